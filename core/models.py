@@ -1,0 +1,230 @@
+"""Boundary models: what intake submits, what a run is, what the runner gets and gives back."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.clock import isoformat
+
+
+class RunStatus(StrEnum):
+    PROVISIONED = "provisioned"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CANCELLED}
+)
+
+
+class Source(StrEnum):
+    API = "api"
+    SLACK = "slack"
+    WHATSAPP = "whatsapp"
+    EMAIL = "email"
+    SCHEDULE = "schedule"
+
+
+def new_run_id() -> str:
+    """``req_`` + 24 hex digits: unguessable, and short enough for socket paths."""
+    return "req_" + secrets.token_hex(12)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ReplyTarget(_Frozen):
+    """Where a run's answer goes (DESIGN §2): channel kind + address + thread."""
+
+    channel: Literal["none", "api", "slack", "whatsapp", "email", "webhook"] = "api"
+    address: str | None = None
+    thread_id: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunRequest(_Frozen):
+    """What an intake hands the queue: one event turned into a run to execute."""
+
+    owner_id: str
+    service_id: str
+    path: str = ""
+    method: Literal["GET", "POST"] = "POST"
+    body: str | None = Field(default=None, description="the inputs as JSON text")
+    source: Source = Source.API
+    reply_target: ReplyTarget | None = None
+    idempotency_key: str | None = None
+    correlation_id: str | None = None
+    caller_id: str | None = None
+    context: dict[str, str] = Field(default_factory=dict)
+    provisioned_run_id: str | None = Field(
+        default=None, description="fill this provisioned husk instead of creating a new run"
+    )
+    run_id: str | None = Field(default=None, description="use this id for a new run")
+
+
+class RunRecord(_Frozen):
+    """One run as stored."""
+
+    id: str
+    owner_id: str
+    caller_id: str | None = None
+    service_id: str
+    workflow_version: int | None = None
+    path: str = ""
+    method: str = "POST"
+    status: RunStatus
+    source: Source = Source.API
+    reply_target: dict[str, Any] | None = None
+    correlation_id: str | None = None
+    context: dict[str, str] | None = None
+    request_body: str | None = None
+    response_status: int | None = None
+    response_body: bytes | None = None
+    response_content_type: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    created_at: datetime
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    def to_api(self) -> dict[str, Any]:
+        """The request record of PROTOCOLS part A (``/result`` and ``/request`` bodies)."""
+        record: dict[str, Any] = {
+            "request_id": self.id,
+            "service_id": self.service_id,
+            "path": self.path,
+            "method": self.method,
+            "status": self.status.value,
+            "source": self.source.value,
+            "createdAt": isoformat(self.created_at),
+            "queuedAt": isoformat(self.queued_at),
+            "startedAt": isoformat(self.started_at),
+            "completedAt": isoformat(self.completed_at),
+            "durationMs": _duration_ms(self.started_at, self.completed_at),
+            "requestJson": _json_or_none(self.request_body),
+            "responseStatus": self.response_status,
+            "responseJson": None,
+            "error": self.error,
+            "correlationId": self.correlation_id,
+            "callerId": self.caller_id,
+            "workflowVersion": self.workflow_version,
+            "attempts": self.attempts,
+        }
+        if self.response_body is not None:
+            try:
+                record["responseJson"] = json.loads(self.response_body)
+            except ValueError:
+                record["responseText"] = self.response_body.decode("utf-8", "replace")
+        return record
+
+
+def _duration_ms(start: datetime | None, end: datetime | None) -> int | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000)
+
+
+def _json_or_none(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class LogEntry(_Frozen):
+    """One line a run wrote (or Switchboard wrote about it: stream ``system``)."""
+
+    id: int
+    run_id: str
+    created_at: datetime
+    stream: Literal["stdout", "stderr", "system"]
+    message: str
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "createdAt": isoformat(self.created_at),
+            "stream": self.stream,
+            "level": "error" if self.stream == "stderr" else "info",
+            "message": self.message,
+            "request_id": self.run_id,
+        }
+
+
+class Invocation(_Frozen):
+    """Everything a runner needs to execute one run of one workflow version."""
+
+    run_id: str
+    owner_id: str
+    service_id: str
+    workflow_version: int | None
+    path: str
+    method: str
+    body: bytes
+    headers: dict[str, str]
+    env: dict[str, str] = Field(description="secrets and keys: passed as environment, never argv")
+    timeout: float
+
+
+class Outcome(_Frozen):
+    """How a run ended."""
+
+    status: Literal[RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMED_OUT]
+    response_status: int | None = None
+    response_body: bytes | None = None
+    response_content_type: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_response(cls, status: int, body: bytes, content_type: str | None) -> Outcome:
+        """A workflow answered: 2xx/3xx is success, anything else fails with its ``detail``."""
+        if status < 400:
+            return cls(
+                status=RunStatus.COMPLETED,
+                response_status=status,
+                response_body=body,
+                response_content_type=content_type,
+            )
+        return cls(
+            status=RunStatus.FAILED,
+            response_status=status,
+            response_body=body,
+            response_content_type=content_type,
+            error=f"workflow answered {status}: {_detail_of(body)}",
+        )
+
+    @classmethod
+    def failure(cls, error: str, *, timed_out: bool = False) -> Outcome:
+        return cls(status=RunStatus.TIMED_OUT if timed_out else RunStatus.FAILED, error=error)
+
+
+def _detail_of(body: bytes) -> str:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body[:300].decode("utf-8", "replace")
+    if isinstance(parsed, dict) and "detail" in parsed:
+        return str(parsed["detail"])[:300]
+    return json.dumps(parsed)[:300]

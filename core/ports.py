@@ -1,0 +1,83 @@
+"""Ports: the only way the packages of the middle ring meet (DESIGN §3).
+
+``triggers`` and ``scheduler`` talk to the queue through :class:`RunGateway`; ``dispatch`` executes
+workflows through :class:`WorkflowRunner` and built-in services through :class:`BuiltinService`.
+The composition root wires the implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from core.models import Invocation, LogEntry, Outcome, RunRecord, RunRequest
+
+LogSink = Callable[[str, str], None]
+"""Receives ``(stream, line)`` for every line a run writes; must not block."""
+
+
+class RunGateway(Protocol):
+    """The durable run queue as seen from an intake.
+
+    ``submit`` returns only after the run request is committed: an intake acknowledges its source
+    after ``submit`` returns and never before. Submitting a request whose ``idempotency_key`` was
+    seen before returns the run that key already made.
+    """
+
+    async def submit(self, request: RunRequest) -> RunRecord: ...
+
+    async def provision(self, owner_id: str, caller_id: str | None, run_id: str | None = None) -> str:
+        """Create an empty ("husk") run that a later submit with ``provisioned_run_id`` fills."""
+        ...
+
+    async def get(self, run_id: str) -> RunRecord | None: ...
+
+    async def wait_until_finished(self, run_id: str, timeout: float) -> RunRecord | None:
+        """The run once finished, or as it stands when ``timeout`` seconds have passed."""
+        ...
+
+    async def logs_after(
+        self, run_id: str, *, after_id: int = 0, after_time: datetime | None = None
+    ) -> list[LogEntry]: ...
+
+    async def wait_for_logs(self, run_id: str, timeout: float) -> None:
+        """Return when the run has new log lines or changed state, or after ``timeout`` s."""
+        ...
+
+    async def has_service(self, service_id: str) -> bool:
+        """Whether ``service_id`` names a registered workflow or a built-in service."""
+        ...
+
+
+class WorkflowRunner(Protocol):
+    """Executes one run of a user workflow and reports how it ended.
+
+    The runner owns the workflow's process from start to end: when ``run`` returns or is
+    cancelled, nothing of the run is left running. Lines the workflow prints go to ``on_log``.
+    A run that exceeds ``invocation.timeout`` ends with status ``timed_out``.
+    """
+
+    async def run(self, invocation: Invocation, workflow: ResolvedWorkflow, on_log: LogSink) -> Outcome:
+        ...
+
+
+class ResolvedWorkflow(Protocol):
+    """A workflow version ready to run: its source file and its built environment."""
+
+    @property
+    def service_id(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def source_path(self) -> Path: ...
+
+    @property
+    def python(self) -> Path: ...
+
+
+BuiltinService = Callable[[Invocation, LogSink], Awaitable[Outcome]]
+"""A service that runs inside the server process (``echo``, later ``send_email``…)."""

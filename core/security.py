@@ -1,0 +1,63 @@
+"""Keys and signatures: API key material, HMAC-signed capabilities (file URIs, run-scoped keys)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+REUSABLE_PREFIX = "cwk-"
+ONE_TIME_PREFIX = "cwotk-"
+RUN_KEY_PREFIX = "cwk-run."
+
+
+def generate_api_key(*, one_time: bool) -> str:
+    """A new key: the CodeWords prefix and 32 random bytes (so a plain sha256 is a safe hash)."""
+    prefix = ONE_TIME_PREFIX if one_time else REUSABLE_PREFIX
+    return prefix + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def display_prefix(key: str) -> str:
+    """The part of a key that may be shown in listings and logs."""
+    return key[: key.index("-") + 5]
+
+
+class Signer:
+    """HMAC-SHA256 signatures over ``|``-joined fields with one server secret."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the signing secret must be at least 16 bytes")
+        self._secret = secret
+
+    def sign(self, *fields: str) -> str:
+        message = "|".join(fields).encode()
+        digest = hmac.new(self._secret, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def verify(self, signature: str, *fields: str) -> bool:
+        return hmac.compare_digest(signature, self.sign(*fields))
+
+    def run_key(self, *, run_id: str, owner_id: str, expires: int) -> str:
+        """A key that acts for ``owner_id`` until ``expires`` (unix time), minted per run.
+
+        It needs no database row: the signature is the proof. Its form is
+        ``cwk-run.<run_id>.<owner_id>.<expires>.<signature>``.
+        """
+        signature = self.sign("run-key", run_id, owner_id, str(expires))
+        return f"{RUN_KEY_PREFIX}{run_id}.{owner_id}.{expires}.{signature}"
+
+    def read_run_key(self, key: str, *, now: int) -> tuple[str, str] | None:
+        """``(run_id, owner_id)`` of a valid, unexpired run key, else ``None``."""
+        parts = key[len(RUN_KEY_PREFIX) :].split(".")
+        if len(parts) != 4 or not parts[2].isdigit():
+            return None
+        run_id, owner_id, expires, signature = parts
+        if int(expires) < now or not self.verify(signature, "run-key", run_id, owner_id, expires):
+            return None
+        return run_id, owner_id

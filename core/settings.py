@@ -1,0 +1,112 @@
+"""The one settings tree (DESIGN §7). Built once by the composition root and passed down.
+
+Sources, highest first: keyword arguments, environment variables ``SWITCHBOARD_<SECTION>__<KEY>``,
+the TOML file given with ``--config``, the defaults below. Nothing below the composition root reads
+the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None,
+        description="URL the outside world uses to reach this server; signed file URIs and "
+        "CODEWORDS_RUNTIME_URI are built from it. Default: http://host:port.",
+    )
+    data_dir: Path = Path(".switchboard")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Default: SQLite (WAL) at <data_dir>/switchboard.db. "
+        "PostgreSQL: postgresql+asyncpg://user:pass@host/db.",
+    )
+    max_body_size: int = Field(default=10 * 1024 * 1024, ge=1024)
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Key for signed URIs and run-scoped API keys. Default: generated once and kept "
+        "in <data_dir>/secret.key (mode 0600).",
+    )
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    auth_cache_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a verified key is trusted without asking the database again; a key "
+        "revoked on another process stops working within this time.",
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'switchboard.db').resolve()}"
+
+
+class RuntimeSettings(_Section):
+    sync_timeout: float = Field(default=120.0, gt=0)
+    run_timeout: float = Field(default=1800.0, gt=0)
+    workers: int = Field(default=8, ge=0, description="runs executed at once by this node")
+    per_workflow_limit: int = Field(
+        default=4, ge=1, description="runs of one workflow executed at once, across all nodes"
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a run whose worker stopped renewing its lease for this long is taken again",
+    )
+    max_attempts: int = Field(default=3, ge=1)
+    poll_interval: float = Field(default=0.5, gt=0)
+    sandbox: Literal["process"] = "process"
+    workflow_log_level: str = "INFO"
+    env_dir: Path | None = Field(default=None, description="default <data_dir>/envs")
+    uv_cache_dir: Path | None = Field(default=None, description="default <data_dir>/uv-cache")
+    startup_timeout: float = Field(default=60.0, gt=0)
+    examples_dir: Path | None = Field(
+        default=None,
+        description="workflows registered on start (the demo); default: the repository's examples/",
+    )
+    register_examples: bool = True
+
+
+class FilesSettings(_Section):
+    max_size: int = Field(default=100 * 1024 * 1024, ge=1)
+    upload_ttl: int = Field(default=3600, ge=1, description="seconds an upload URI stays valid")
+    download_ttl: int = Field(
+        default=7 * 24 * 3600, ge=1, description="seconds a download URI stays valid"
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHBOARD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    files: FilesSettings = FilesSettings()
+
+    def env_dir(self) -> Path:
+        return (self.runtime.env_dir or self.server.data_dir / "envs").resolve()
+
+    def uv_cache_dir(self) -> Path:
+        return (self.runtime.uv_cache_dir or self.server.data_dir / "uv-cache").resolve()

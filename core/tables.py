@@ -1,0 +1,191 @@
+"""Our tables (SQLAlchemy Core). Alembic owns their DDL (migrations/); this module is what the
+code queries and what ``alembic check`` compares the migrations against."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC, also on SQLite (which stores it naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+owners = Table(
+    "owners",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner_id", String(64), ForeignKey("owners.id"), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    # sha256 of the whole key: keys are 32 random bytes, so a fast hash is enough.
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("one_time", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+    Column("used_at", UTCDateTime()),
+    Column("bound_run_id", String(40)),
+)
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("current_version", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("removed_at", UTCDateTime()),
+)
+
+workflow_versions = Table(
+    "workflow_versions",
+    metadata,
+    Column("workflow_id", String(100), ForeignKey("workflows.id"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("source_hash", String(64), nullable=False),
+    Column("lock", Text, nullable=False),
+    Column("lock_hash", String(64), nullable=False),
+    Column("settings", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner_id", String(64), ForeignKey("owners.id"), nullable=False),
+    Column("caller_id", String(64)),
+    Column("service_id", String(100), nullable=False),
+    Column("workflow_version", Integer),
+    Column("path", String(500), nullable=False, default=""),
+    Column("method", String(8), nullable=False, default="POST"),
+    Column("status", String(16), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("reply_target", JSON),
+    Column("idempotency_key", String(300), unique=True),
+    Column("correlation_id", String(200)),
+    Column("context", JSON),
+    Column("request_body", Text),
+    Column("response_status", Integer),
+    Column("response_body", LargeBinary),
+    Column("response_content_type", String(200)),
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("queued_at", UTCDateTime()),
+    Column("started_at", UTCDateTime()),
+    Column("completed_at", UTCDateTime()),
+    Index("ix_runs_status_queued_at", "status", "queued_at"),
+    Index("ix_runs_owner_created_at", "owner_id", "created_at"),
+)
+
+run_logs = Table(
+    "run_logs",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), ForeignKey("runs.id"), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("stream", String(8), nullable=False),
+    Column("message", Text, nullable=False),
+    Index("ix_run_logs_run_id_id", "run_id", "id"),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner_id", String(64), ForeignKey("owners.id"), nullable=False, index=True),
+    Column("filename", String(300), nullable=False),
+    Column("content_type", String(200)),
+    Column("size", BigInteger),
+    Column("sha256", String(64)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("uploaded_at", UTCDateTime()),
+)
+
+inbound_events = Table(
+    "inbound_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("source", String(16), nullable=False),
+    Column("dedupe_key", String(300), nullable=False),
+    Column("run_id", String(40), ForeignKey("runs.id")),
+    Column("received_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("source", "dedupe_key", name="uq_inbound_events_source_dedupe_key"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), ForeignKey("runs.id"), nullable=False, index=True),
+    Column("channel", String(16), nullable=False),
+    Column("target", JSON, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime()),
+    Column("last_error", Text),
+    Column("provider_id", String(200)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+)

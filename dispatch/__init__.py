@@ -1,0 +1,1 @@
+"""The engine in the middle: queue, workers, runner, workflow registry, environments."""

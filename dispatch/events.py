@@ -1,0 +1,38 @@
+"""In-process wake-ups: who is waiting for which run to change.
+
+Waiters on this node are woken at once; a run changed by another node is noticed by the waiter's
+own periodic re-check (``poll_interval``), so this is an optimisation, never the only signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+
+
+class RunEvents:
+    """Per-run change notifications (state changes and new log lines)."""
+
+    def __init__(self) -> None:
+        self._waiters: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self.work_available = asyncio.Event()
+
+    def notify(self, run_id: str) -> None:
+        for future in self._waiters.pop(run_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    async def wait(self, run_id: str, timeout: float) -> None:
+        """Return on the next change of ``run_id`` or after ``timeout`` seconds."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[run_id].add(future)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, timeout)
+        finally:
+            waiters = self._waiters.get(run_id)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiters[run_id]

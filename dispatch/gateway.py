@@ -1,0 +1,82 @@
+"""The queue as intakes see it (implements ``core.ports.RunGateway``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import datetime
+
+from core.db import Database
+from core.models import LogEntry, RunRecord, RunRequest
+from core.ports import BuiltinService
+from dispatch.batching import GroupCommit
+from dispatch.events import RunEvents
+from dispatch.logs import read_logs
+from dispatch.queue import IntakeItem, NewHusk, RunQueue
+from dispatch.registry import WorkflowRegistry
+
+
+class QueueGateway:
+    """Group-committed intake, reads, and waits that wake at once on this node and re-check the
+    database every ``poll_interval`` for changes made by other nodes."""
+
+    def __init__(
+        self,
+        database: Database,
+        queue: RunQueue,
+        registry: WorkflowRegistry,
+        builtins: Mapping[str, BuiltinService],
+        events: RunEvents,
+        *,
+        poll_interval: float,
+    ) -> None:
+        self._db = database
+        self._queue = queue
+        self._registry = registry
+        self._builtins = builtins
+        self._events = events
+        self._poll = poll_interval
+        self._intake: GroupCommit[IntakeItem, RunRecord | str] = GroupCommit(
+            queue.write_intake, name="run-intake"
+        )
+
+    def start(self) -> None:
+        self._intake.start()
+
+    async def aclose(self) -> None:
+        await self._intake.aclose()
+
+    async def submit(self, request: RunRequest) -> RunRecord:
+        record = await self._intake.submit(request)
+        assert isinstance(record, RunRecord)
+        self._events.notify(record.id)
+        self._events.work_available.set()
+        return record
+
+    async def provision(self, owner_id: str, caller_id: str | None, run_id: str | None = None) -> str:
+        run_id = await self._intake.submit(NewHusk(owner_id=owner_id, caller_id=caller_id, run_id=run_id))
+        assert isinstance(run_id, str)
+        return run_id
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        return await self._queue.get(run_id)
+
+    async def wait_until_finished(self, run_id: str, timeout: float) -> RunRecord | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            record = await self._queue.get(run_id)
+            remaining = deadline - time.monotonic()
+            if record is None or record.finished or remaining <= 0:
+                return record
+            await self._events.wait(run_id, min(remaining, self._poll))
+
+    async def logs_after(
+        self, run_id: str, *, after_id: int = 0, after_time: datetime | None = None
+    ) -> list[LogEntry]:
+        return await read_logs(self._db, run_id, after_id=after_id, after_time=after_time)
+
+    async def wait_for_logs(self, run_id: str, timeout: float) -> None:
+        await self._events.wait(run_id, min(timeout, self._poll))
+
+    async def has_service(self, service_id: str) -> bool:
+        return service_id in self._builtins or await self._registry.exists(service_id)

@@ -1,0 +1,200 @@
+"""Workers: claim runs, execute them, renew their leases, record how they ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from core.clock import Clock
+from core.errors import NotFound
+from core.models import Invocation, Outcome, RunRecord
+from core.ports import BuiltinService, LogSink, WorkflowRunner
+from core.security import Signer
+from dispatch.events import RunEvents
+from dispatch.logs import LogWriter
+from dispatch.queue import RunQueue
+from dispatch.registry import WorkflowRegistry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    worker_id: str
+    concurrency: int
+    run_timeout: float
+    lease_seconds: float
+    poll_interval: float
+    runtime_url: str
+    workflow_log_level: str
+    shutdown_grace: float = 10.0
+
+
+class WorkerPool:
+    """Executes up to ``concurrency`` runs at once on this node."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        queue: RunQueue,
+        registry: WorkflowRegistry,
+        runner: WorkflowRunner,
+        builtins: Mapping[str, BuiltinService],
+        logs: LogWriter,
+        events: RunEvents,
+        signer: Signer,
+        clock: Clock,
+    ) -> None:
+        self._settings = settings
+        self._queue = queue
+        self._registry = registry
+        self._runner = runner
+        self._builtins = builtins
+        self._logs = logs
+        self._events = events
+        self._signer = signer
+        self._clock = clock
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
+    def start(self) -> None:
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="workers:claim"),
+            asyncio.create_task(self._lease_loop(), name="workers:leases"),
+        ]
+
+    async def aclose(self) -> None:
+        """Stop claiming; let running runs finish for ``shutdown_grace`` s, hand back the rest."""
+        self._stopping = True
+        self._events.work_available.set()
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._active:
+            _, pending = await asyncio.wait(self._active.values(), timeout=self._settings.shutdown_grace)
+            unfinished = [run_id for run_id, task in self._active.items() if task in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for run_id in unfinished:
+                logger.info("run %s: handed back to the queue at shutdown", run_id)
+                await self._queue.release(self._settings.worker_id, run_id)
+
+    async def _claim_loop(self) -> None:
+        work = self._events.work_available
+        while not self._stopping:
+            free = self._settings.concurrency - len(self._active)
+            claimed: list[RunRecord] = []
+            if free > 0:
+                work.clear()
+                try:
+                    claimed = await self._queue.claim(self._settings.worker_id, free)
+                except Exception:
+                    logger.exception("claiming runs failed; trying again")
+                for run in claimed:
+                    self._active[run.id] = asyncio.create_task(self._execute(run), name=f"run:{run.id}")
+            if free > 0 and len(claimed) == free:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(work.wait(), self._settings.poll_interval)
+
+    async def _lease_loop(self) -> None:
+        interval = self._settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self._active)
+            try:
+                kept = await self._queue.renew(self._settings.worker_id, held)
+            except Exception:
+                logger.exception("renewing leases failed; trying again")
+                continue
+            for run_id in set(held) - kept:
+                task = self._active.get(run_id)
+                if task is not None and run_id in self._active:
+                    logger.warning("run %s: lease lost to another worker; stopping it here", run_id)
+                    task.cancel()
+
+    async def _execute(self, run: RunRecord) -> None:
+        started = time.monotonic()
+
+        def sink(stream: str, line: str) -> None:
+            self._logs.append(run.id, stream, line)
+
+        try:
+            sink("system", f"run started: {run.service_id} (attempt {run.attempts})")
+            outcome = await self._invoke(run, sink)
+            elapsed = (time.monotonic() - started) * 1000
+            sink("system", f"run {outcome.status.value} in {elapsed:.0f} ms" + (f": {outcome.error}" if outcome.error else ""))
+            await self._logs.settle(run.id)
+            if not await self._queue.complete(self._settings.worker_id, run.id, outcome):
+                logger.warning("run %s: finished here but its lease had passed to another worker", run.id)
+        except asyncio.CancelledError:
+            await self._logs.settle(run.id)
+            raise
+        except Exception:
+            logger.exception("run %s: could not record its outcome", run.id)
+        finally:
+            self._active.pop(run.id, None)
+            self._events.notify(run.id)
+            self._events.work_available.set()
+
+    async def _invoke(self, run: RunRecord, sink: LogSink) -> Outcome:
+        invocation = self._invocation(run)
+        builtin = self._builtins.get(run.service_id)
+        try:
+            if builtin is not None:
+                async with asyncio.timeout(invocation.timeout):
+                    return await builtin(invocation, sink)
+            workflow = await self._registry.resolve(run.service_id)
+            await self._queue.set_version(self._settings.worker_id, run.id, workflow.version)
+            root = str(workflow.source_path.parent)
+            invocation = invocation.model_copy(
+                update={"workflow_version": workflow.version, "env": {**invocation.env, "CODEWORDS_SERVICE_ROOT": root}}
+            )
+            return await self._runner.run(invocation, workflow, sink)
+        except TimeoutError:
+            return Outcome.failure(f"timed out after {invocation.timeout:g} s", timed_out=True)
+        except NotFound:
+            return Outcome.failure(f"workflow {run.service_id!r} is not registered (or was removed)")
+        except Exception as exc:
+            logger.exception("run %s: internal error", run.id)
+            return Outcome.failure(f"internal error while running the workflow: {type(exc).__name__}")
+
+    def _invocation(self, run: RunRecord) -> Invocation:
+        settings = self._settings
+        expires = int(self._clock.now().timestamp() + settings.run_timeout + 300)
+        run_key = self._signer.run_key(run_id=run.id, owner_id=run.owner_id, expires=expires)
+        headers = {
+            "X-Request-Id": run.id,
+            "X-Correlation-Id": run.correlation_id or run.id,
+            "Codewords-Caller-Id": run.caller_id or run.owner_id,
+            **(run.context or {}),
+        }
+        return Invocation(
+            run_id=run.id,
+            owner_id=run.owner_id,
+            service_id=run.service_id,
+            workflow_version=None,
+            path=run.path,
+            method=run.method,
+            body=(run.request_body or "").encode(),
+            headers=headers,
+            env={
+                "PORT": "8000",
+                "LOGLEVEL": settings.workflow_log_level,
+                "CODEWORDS_API_KEY": run_key,
+                "CODEWORDS_RUNTIME_URI": settings.runtime_url,
+                "RUNTIME_URI": settings.runtime_url,
+            },
+            timeout=settings.run_timeout,
+        )

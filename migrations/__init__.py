@@ -1,0 +1,1 @@
+"""Alembic environment and versions; ``core.migrate`` runs them."""

@@ -1,0 +1,1 @@
+"""The cron store (see DESIGN §6). Empty until the scheduler issue lands."""

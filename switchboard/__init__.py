@@ -1,0 +1,1 @@
+"""Composition root: settings loading, the aiohttp application, the CLI."""

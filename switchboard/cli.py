@@ -1,0 +1,284 @@
+"""The ``switchboard`` command.
+
+Every command works on the data dir and database the settings name, whether or not a server is
+running there. Secrets are printed only where asked for (a new key, on the last line of stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from core.clock import isoformat
+from core.errors import SwitchboardError
+from core.settings import Settings
+from switchboard.app import ROLES, create_app
+from switchboard.config import load_settings
+from switchboard.logging import configure_logging
+from switchboard.migrate import upgrade
+from switchboard.services import Services, open_services
+from triggers.auth import DEFAULT_OWNER
+
+Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "command"):
+        parser.print_help()
+        return 2
+    try:
+        overrides: dict[str, Any] = {}
+        if args.command is serve:
+            server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+            if server:
+                overrides["server"] = server
+        settings = load_settings(args.config, **overrides)
+        configure_logging(settings.server.log_level, settings.server.log_format)
+        return _run(args.command(args, settings))
+    except SwitchboardError as exc:
+        print(f"switchboard: {exc.detail}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(coroutine: Awaitable[int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coroutine)  # type: ignore[arg-type]
+    return uvloop.run(coroutine)  # type: ignore[arg-type]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file")
+    parser = argparse.ArgumentParser(prog="switchboard", parents=[common], description=__doc__)
+    parser.set_defaults(config=None)
+    commands = parser.add_subparsers(title="commands")
+
+    p = commands.add_parser("serve", parents=[common], help="run the service (the demo when unconfigured)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--role", default="web,worker", help="comma-separated: web, worker (default both)")
+    p.set_defaults(command=serve)
+
+    db = commands.add_parser("db", help="database administration").add_subparsers(title="db commands")
+    p = db.add_parser("upgrade", parents=[common], help="apply migrations")
+    p.set_defaults(command=db_upgrade)
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(title="keys commands")
+    p = keys.add_parser("create", parents=[common], help="create a key (printed alone on the last line)")
+    p.add_argument("--one-time", action="store_true", help="a cwotk- key that starts exactly one run")
+    p.add_argument("--name", default="")
+    p.add_argument("--owner", default=DEFAULT_OWNER)
+    p.set_defaults(command=keys_create)
+    p = keys.add_parser("list", parents=[common], help="list keys (never their secrets)")
+    p.add_argument("--owner")
+    p.set_defaults(command=keys_list)
+    p = keys.add_parser("revoke", parents=[common], help="revoke a key by id or displayed prefix")
+    p.add_argument("key")
+    p.set_defaults(command=keys_revoke)
+
+    wf = commands.add_parser("workflows", help="workflows").add_subparsers(title="workflows commands")
+    p = wf.add_parser("add", parents=[common], help="register a PEP 723 FastAPI file (a new version)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--id", dest="service_id")
+    p.set_defaults(command=workflows_add)
+    p = wf.add_parser("list", parents=[common], help="list workflows and built-in services")
+    p.set_defaults(command=workflows_list)
+    p = wf.add_parser("remove", parents=[common], help="remove a workflow (its runs stay readable)")
+    p.add_argument("service_id")
+    p.set_defaults(command=workflows_remove)
+
+    runs = commands.add_parser("runs", help="runs").add_subparsers(title="runs commands")
+    p = runs.add_parser("list", parents=[common], help="recent runs, newest first")
+    p.add_argument("--status")
+    p.add_argument("--owner")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(command=runs_list)
+    p = runs.add_parser("show", parents=[common], help="a run's request record (JSON)")
+    p.add_argument("run_id")
+    p.set_defaults(command=runs_show)
+    p = runs.add_parser("logs", parents=[common], help="a run's log lines")
+    p.add_argument("run_id")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
+    p.set_defaults(command=runs_logs)
+    return parser
+
+
+# ---- serve ---------------------------------------------------------------------------------
+
+
+async def serve(args: argparse.Namespace, settings: Settings) -> int:
+    roles = {role.strip() for role in args.role.split(",") if role.strip()}
+    if not roles or roles - ROLES:
+        raise SwitchboardError(f"--role takes a comma-separated list of {sorted(ROLES)}")
+
+    def announce_key(key: str) -> None:
+        path = settings.server.data_dir / "admin.key"
+        print(f"\nAdmin API key (saved in {path}, mode 0600):\n{key}\n", flush=True)
+
+    app = create_app(settings, roles=roles, on_admin_key=announce_key)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
+    await site.start()
+    logging.getLogger("switchboard").info(
+        "serving on %s (roles: %s)", settings.server.base_url(), ",".join(sorted(roles))
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    logging.getLogger("switchboard").info("shutting down: finishing or handing back leased runs")
+    await runner.cleanup()
+    return 0
+
+
+# ---- administration ------------------------------------------------------------------------
+
+
+async def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings, migrate=False) as services:
+        await upgrade(services.database)
+    print("database is at the latest schema")
+    return 0
+
+
+async def keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    services: Services
+    async with open_services(settings) as services:
+        key, info = await services.keys.create(owner_id=args.owner, name=args.name, one_time=args.one_time)
+    kind = "one-time key" if info.one_time else "key"
+    print(f"created {kind} {info.id} for owner {info.owner_id} ({info.name}); it is shown only once:")
+    print(key)
+    return 0
+
+
+async def keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        keys = await services.keys.list(args.owner)
+    _table(
+        ["id", "owner", "name", "prefix", "kind", "created", "state"],
+        [
+            [
+                k.id,
+                k.owner_id,
+                k.name,
+                k.prefix + "…",
+                "one-time" if k.one_time else "reusable",
+                isoformat(k.created_at) or "",
+                "revoked" if k.revoked_at else ("used" if k.used_at else "active"),
+            ]
+            for k in keys
+        ],
+    )
+    return 0
+
+
+async def keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        await services.keys.revoke(args.key)
+    print(f"revoked {args.key}")
+    return 0
+
+
+async def workflows_add(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        info = await services.registry.add(args.file, args.service_id)
+    print(f"registered {info.service_id} version {info.version} (environment {info.lock_hash[:12]})")
+    return 0
+
+
+async def workflows_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        workflows = await services.registry.list()
+        builtins = sorted(services.builtins)
+    rows = [[w.service_id, f"v{w.version}", "workflow", w.lock_hash[:12], w.updated_at] for w in workflows]
+    rows += [[name, "-", "built-in", "-", "-"] for name in builtins]
+    _table(["id", "version", "kind", "environment", "updated"], rows)
+    return 0
+
+
+async def workflows_remove(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        await services.registry.remove(args.service_id)
+    print(f"removed {args.service_id}")
+    return 0
+
+
+async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        runs = await services.queue.list_runs(owner_id=args.owner, status=args.status, limit=args.limit)
+    _table(
+        ["id", "service", "status", "source", "created", "ms", "http"],
+        [
+            [
+                r.id,
+                r.service_id or "(provisioned)",
+                r.status.value,
+                r.source.value,
+                isoformat(r.created_at) or "",
+                str(r.to_api()["durationMs"] or ""),
+                str(r.response_status or ""),
+            ]
+            for r in runs
+        ],
+    )
+    return 0
+
+
+async def runs_show(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        record = await services.queue.get(args.run_id)
+    if record is None:
+        raise SwitchboardError(f"request {args.run_id!r} not found")
+    print(json.dumps(record.to_api(), indent=2))
+    return 0
+
+
+async def runs_logs(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        if await services.queue.get(args.run_id) is None:
+            raise SwitchboardError(f"request {args.run_id!r} not found")
+        cursor = 0
+        while True:
+            entries = await services.gateway.logs_after(args.run_id, after_id=cursor)
+            for entry in entries:
+                print(f"{isoformat(entry.created_at)} {entry.stream:6} {entry.message}", flush=True)
+                cursor = entry.id
+            if entries:
+                continue
+            record = await services.queue.get(args.run_id)
+            if not args.follow or record is None or record.finished:
+                # One more read: lines are stored before a run is marked finished.
+                for entry in await services.gateway.logs_after(args.run_id, after_id=cursor):
+                    print(f"{isoformat(entry.created_at)} {entry.stream:6} {entry.message}", flush=True)
+                return 0
+            await services.gateway.wait_for_logs(args.run_id, settings.runtime.poll_interval)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

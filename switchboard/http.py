@@ -1,0 +1,38 @@
+"""HTTP plumbing shared by every route: the error middleware and the health endpoint."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from core.errors import SwitchboardError
+
+logger = logging.getLogger(__name__)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON ``{"detail": …}`` with its status (DESIGN §8)."""
+    try:
+        return await handler(request)
+    except SwitchboardError as exc:
+        return web.json_response({"detail": exc.detail}, status=exc.status)
+    except web.HTTPRequestEntityTooLarge as exc:
+        limit = request.app._client_max_size
+        return web.json_response(
+            {"detail": f"request body is larger than the limit of {limit} bytes"}, status=exc.status
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
+        if exc.status == 404:
+            detail = f"no such endpoint: {request.method} {request.path}"
+        elif exc.status == 405:
+            detail = f"method {request.method} is not allowed on {request.path}"
+        return web.json_response({"detail": detail or exc.reason}, status=exc.status)
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response({"detail": "internal error; see the server log"}, status=500)

@@ -1,0 +1,43 @@
+"""Run Alembic migrations programmatically on a :class:`core.db.Database`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection
+
+import migrations
+from core.db import Database
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    return config
+
+
+async def upgrade(database: Database, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (``head`` by default). Safe to call on every start."""
+    config = alembic_config()
+
+    def _run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    async with database.engine.connect() as connection:
+        await connection.run_sync(_run)
+        await connection.commit()
+
+
+async def downgrade(database: Database, revision: str) -> None:
+    config = alembic_config()
+
+    def _run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    async with database.engine.connect() as connection:
+        await connection.run_sync(_run)
+        await connection.commit()

@@ -1,0 +1,143 @@
+"""Wiring: build every component from the settings, once, in dependency order.
+
+The server (``switchboard.app``) and the CLI use the same wiring, so a CLI command works on the same
+data dir and database as the server, whether or not the server is running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.clock import Clock, SystemClock
+from core.db import Database
+from core.ports import BuiltinService
+from core.security import Signer
+from core.settings import Settings
+from dispatch.builtins import builtin_services
+from dispatch.environments import EnvironmentBuilder
+from dispatch.events import RunEvents
+from dispatch.gateway import QueueGateway
+from dispatch.logs import LogWriter
+from dispatch.queue import RunQueue
+from dispatch.registry import WorkflowRegistry
+from switchboard.config import signing_secret
+from switchboard.migrate import upgrade
+from triggers.auth import Authenticator, KeyStore
+from triggers.files import FileSettings, FileStore
+
+# What a workflow process gets besides its own variables (DESIGN §5): nothing of the server's.
+WORKFLOW_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    database: Database
+    clock: Clock
+    signer: Signer
+    events: RunEvents
+    queue: RunQueue
+    logs: LogWriter
+    registry: WorkflowRegistry
+    builtins: Mapping[str, BuiltinService]
+    keys: KeyStore
+    auth: Authenticator
+    files: FileStore
+    gateway: QueueGateway
+
+    @property
+    def socket_dir(self) -> Path:
+        # Unix socket paths are limited to 107 bytes: keep them out of a deep data dir.
+        digest = hashlib.sha256(str(self.settings.server.data_dir.resolve()).encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"switchboard-{digest}"
+
+    def workflow_env(self) -> dict[str, str]:
+        return {**WORKFLOW_BASE_ENV, "HOME": str((self.settings.server.data_dir / "home").resolve())}
+
+
+def tool_env() -> dict[str, str]:
+    """Environment for uv: the server's, less Switchboard's own (possibly secret) variables."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("SWITCHBOARD_")}
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Services]:
+    """Every component, started; stopped in reverse order on exit."""
+    data_dir = settings.server.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "home").mkdir(exist_ok=True)
+    database = Database(
+        settings.server.resolved_database_url(), sqlite_synchronous=settings.server.sqlite_synchronous
+    )
+    try:
+        if migrate:
+            await upgrade(database)
+        clock = SystemClock()
+        signer = Signer(signing_secret(settings))
+        events = RunEvents()
+        builtins = builtin_services()
+        queue = RunQueue(
+            database,
+            clock,
+            lease_seconds=settings.runtime.lease_seconds,
+            max_attempts=settings.runtime.max_attempts,
+            per_workflow_limit=settings.runtime.per_workflow_limit,
+        )
+        logs = LogWriter(database, clock, events)
+        registry = WorkflowRegistry(
+            database,
+            clock,
+            EnvironmentBuilder(
+                env_dir=settings.env_dir(),
+                uv_cache_dir=settings.uv_cache_dir(),
+                python=Path(sys.executable),
+                base_env=tool_env(),
+            ),
+            workflows_dir=(data_dir / "workflows").resolve(),
+            reserved=frozenset(builtins),
+        )
+        keys = KeyStore(database, clock)
+        services = Services(
+            settings=settings,
+            database=database,
+            clock=clock,
+            signer=signer,
+            events=events,
+            queue=queue,
+            logs=logs,
+            registry=registry,
+            builtins=builtins,
+            keys=keys,
+            auth=Authenticator(keys, signer, clock, cache_seconds=settings.server.auth_cache_seconds),
+            files=FileStore(
+                database,
+                clock,
+                signer,
+                FileSettings(
+                    directory=(data_dir / "files").resolve(),
+                    base_url=settings.server.base_url(),
+                    max_size=settings.files.max_size,
+                    upload_ttl=settings.files.upload_ttl,
+                    download_ttl=settings.files.download_ttl,
+                ),
+            ),
+            gateway=QueueGateway(
+                database, queue, registry, builtins, events, poll_interval=settings.runtime.poll_interval
+            ),
+        )
+        logs.start()
+        services.gateway.start()
+        try:
+            yield services
+        finally:
+            await services.gateway.aclose()
+            await logs.aclose()
+    finally:
+        await database.dispose()

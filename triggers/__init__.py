@@ -1,0 +1,1 @@
+"""Channel edges: the runtime API, files, and (later) Slack, WhatsApp and email."""

@@ -1,0 +1,195 @@
+"""The runtime API (PROTOCOLS part A): the intake whose "reply" is the stored result.
+
+Works with ``codewords-client`` 0.4.11 unchanged: raw or ``Bearer`` keys, ``X-Provisioned-Request-Id``
+husks, long-polled ``/result`` (408 while running), NDJSON ``/logs`` that close when the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from core.clock import parse_iso
+from core.errors import BadRequest, NotFound, ResultNotReady, SyncTimeout
+from core.models import RunRecord, RunRequest, RunStatus, Source, new_run_id
+from core.ports import RunGateway
+from triggers.auth import Authenticator, Principal
+from triggers.files import FileStore
+
+KEEPALIVE_SECONDS = 15.0
+
+ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("POST", "/provision-request", "provision"),
+    ("POST", "/run/{service_id}", "run_sync"),
+    ("POST", "/run/{service_id}/{path:.*}", "run_sync"),
+    ("GET", "/run/{service_id}", "run_sync"),
+    ("GET", "/run/{service_id}/{path:.*}", "run_sync"),
+    ("POST", "/run_async/{service_id}", "run_async"),
+    ("POST", "/run_async/{service_id}/{path:.*}", "run_async"),
+    ("GET", "/result/{request_id}", "result"),
+    ("GET", "/request/{request_id}", "details"),
+    ("GET", "/logs/{request_id}", "logs"),
+    ("POST", "/file", "create_file"),
+    ("GET", "/file/{file_id}", "describe_file"),
+)
+"""(method, path, handler method of :class:`RuntimeApi`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    sync_timeout: float
+
+
+class RuntimeApi:
+    """Handlers for the runtime API. Each one: authenticate, parse, hand to the gateway, answer."""
+
+    def __init__(self, gateway: RunGateway, auth: Authenticator, files: FileStore, settings: ApiSettings) -> None:
+        self._gateway = gateway
+        self._auth = auth
+        self._files = files
+        self._settings = settings
+
+    async def _principal(self, request: web.Request) -> Principal:
+        return await self._auth.authenticate(request.headers.get("Authorization"))
+
+    async def provision(self, request: web.Request) -> web.Response:
+        principal = await self._principal(request)
+        run_id = new_run_id()
+        await self._auth.authorise_start(principal, run_id, provisioned=False)
+        await self._gateway.provision(principal.owner_id, principal.caller_id, run_id)
+        return web.json_response({"request_id": run_id})
+
+    async def run_sync(self, request: web.Request) -> web.Response:
+        record = await self._start(request)
+        finished = await self._gateway.wait_until_finished(record.id, self._settings.sync_timeout)
+        if finished is None or not finished.finished:
+            raise SyncTimeout(record.id, self._settings.sync_timeout)
+        headers = {"X-Request-Id": finished.id}
+        if finished.response_status is None:
+            status = 504 if finished.status is RunStatus.TIMED_OUT else 502
+            detail = f"request {finished.id} {finished.status.value}: {finished.error}"
+            return web.json_response({"detail": detail, "request_id": finished.id}, status=status, headers=headers)
+        return web.Response(
+            status=finished.response_status,
+            body=finished.response_body,
+            content_type=None,
+            headers={**headers, "Content-Type": finished.response_content_type or "application/json"},
+        )
+
+    async def run_async(self, request: web.Request) -> web.Response:
+        record = await self._start(request)
+        return web.json_response({"request_id": record.id})
+
+    async def _start(self, request: web.Request) -> RunRecord:
+        principal = await self._principal(request)
+        service_id = request.match_info["service_id"]
+        if not await self._gateway.has_service(service_id):
+            raise NotFound("service", service_id)
+        body = await _json_body(request)
+        provisioned = request.headers.get("X-Provisioned-Request-Id") or None
+        run_id = provisioned or new_run_id()
+        await self._auth.authorise_start(principal, run_id, provisioned=provisioned is not None)
+        idempotency = request.headers.get("Idempotency-Key")
+        return await self._gateway.submit(
+            RunRequest(
+                owner_id=principal.owner_id,
+                service_id=service_id,
+                path=request.match_info.get("path", ""),
+                method="GET" if request.method == "GET" else "POST",
+                body=body,
+                source=Source.API,
+                idempotency_key=f"api:{principal.owner_id}:{idempotency}" if idempotency else None,
+                correlation_id=request.headers.get("X-Correlation-Id") or None,
+                caller_id=principal.caller_id,
+                provisioned_run_id=provisioned,
+                run_id=None if provisioned else run_id,
+            )
+        )
+
+    async def _readable(self, request: web.Request) -> RunRecord:
+        principal = await self._principal(request)
+        run_id = request.match_info["request_id"]
+        self._auth.authorise_read(principal, run_id)
+        record = await self._gateway.get(run_id)
+        if record is None or record.owner_id != principal.owner_id:
+            raise NotFound("request", run_id)
+        return record
+
+    async def result(self, request: web.Request) -> web.Response:
+        record = await self._readable(request)
+        wait = _seconds(request.query.get("timeout"), upper=self._settings.sync_timeout)
+        if not record.finished and wait > 0:
+            record = await self._gateway.wait_until_finished(record.id, wait) or record
+        if not record.finished:
+            raise ResultNotReady(record.id, wait)
+        return web.json_response(record.to_api())
+
+    async def details(self, request: web.Request) -> web.Response:
+        record = await self._readable(request)
+        return web.json_response(record.to_api())
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        """NDJSON lines until the run has finished and every line has been sent."""
+        record = await self._readable(request)
+        after = request.query.get("after")
+        try:
+            after_time = parse_iso(after) if after else None
+        except ValueError as exc:
+            raise BadRequest(f"'after' is not an ISO 8601 timestamp: {after!r}") from exc
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        cursor = 0
+        finished = record.finished
+        while True:
+            entries = await self._gateway.logs_after(record.id, after_id=cursor, after_time=after_time)
+            if entries:
+                cursor = entries[-1].id
+                await response.write(b"".join(json.dumps(entry.to_api()).encode() + b"\n" for entry in entries))
+                continue
+            if finished:
+                break
+            current = await self._gateway.get(record.id)
+            # Lines are stored before a run is marked finished: one more read after it finished.
+            finished = current is None or current.finished
+            if not finished:
+                await self._gateway.wait_for_logs(record.id, KEEPALIVE_SECONDS)
+        await response.write_eof()
+        return response
+
+    async def create_file(self, request: web.Request) -> web.Response:
+        principal = await self._principal(request)
+        self._auth.refuse_one_time(principal, "file uploads")
+        return web.json_response(await self._files.create(principal.owner_id, request.query.get("filename", "")))
+
+    async def describe_file(self, request: web.Request) -> web.Response:
+        principal = await self._principal(request)
+        self._auth.refuse_one_time(principal, "files")
+        return web.json_response(await self._files.describe(principal.owner_id, request.match_info["file_id"]))
+
+
+async def _json_body(request: web.Request) -> str | None:
+    if request.method == "GET":
+        return None
+    raw = await request.read()
+    if not raw.strip():
+        return None
+    try:
+        text = raw.decode("utf-8")
+        json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    return text
+
+
+def _seconds(value: str | None, *, upper: float) -> float:
+    if value is None or value == "":
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError as exc:
+        raise BadRequest(f"'timeout' must be a number of seconds, not {value!r}") from exc
+    if seconds < 0:
+        raise BadRequest("'timeout' must not be negative")
+    return min(seconds, upper)

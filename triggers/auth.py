@@ -1,0 +1,234 @@
+"""API keys: who is calling, and what a one-time key may still do.
+
+Key kinds (PROTOCOLS part A): ``cwk-…`` reusable; ``cwotk-…`` one-time: it starts exactly one run
+(a provision plus the run that fills it count as one) and may then read only that run; and
+``cwk-run.…`` minted per run so a workflow can call other services as its owner. Keys are stored
+as sha256 hashes. Verified reusable keys are cached for ``cache_seconds`` so the hot path does not
+ask the database on every request; a revocation made by another process takes effect within that
+time (at once in this one).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select, update
+
+from core.clock import Clock
+from core.db import Database
+from core.errors import BadRequest, NotFound, Unauthorized
+from core.security import (
+    ONE_TIME_PREFIX,
+    REUSABLE_PREFIX,
+    RUN_KEY_PREFIX,
+    Signer,
+    display_prefix,
+    generate_api_key,
+    hash_api_key,
+)
+from core.tables import api_keys, owners
+
+OWNER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DEFAULT_OWNER = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller of one request."""
+
+    owner_id: str
+    key_id: str | None = None
+    one_time: bool = False
+    bound_run_id: str | None = None
+    acting_run_id: str | None = None
+
+    @property
+    def caller_id(self) -> str:
+        """Who started a run: the key's id, or the run whose workflow made the call."""
+        return self.key_id or self.acting_run_id or self.owner_id
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: str
+    owner_id: str
+    name: str
+    prefix: str
+    one_time: bool
+    created_at: datetime
+    revoked_at: datetime | None
+    used_at: datetime | None
+
+
+class KeyStore:
+    """Owners and their API keys."""
+
+    def __init__(self, database: Database, clock: Clock) -> None:
+        self._db = database
+        self._clock = clock
+
+    async def ensure_owner(self, owner_id: str) -> str:
+        if not OWNER_ID.match(owner_id):
+            raise BadRequest(f"invalid owner {owner_id!r}: use a-z, 0-9, '_' and '-' (≤ 64)")
+        async with self._db.write() as conn:
+            found = (await conn.execute(select(owners.c.id).where(owners.c.id == owner_id))).first()
+            if found is None:
+                await conn.execute(owners.insert().values(id=owner_id, name=owner_id, created_at=self._clock.now()))
+        return owner_id
+
+    async def create(self, *, owner_id: str = DEFAULT_OWNER, name: str = "", one_time: bool = False) -> tuple[str, KeyInfo]:
+        """A new key for ``owner_id`` (created if needed). The key text exists only in the return value."""
+        await self.ensure_owner(owner_id)
+        key = generate_api_key(one_time=one_time)
+        info = KeyInfo(
+            id="key_" + secrets.token_hex(8),
+            owner_id=owner_id,
+            name=name or ("one-time key" if one_time else "key"),
+            prefix=display_prefix(key),
+            one_time=one_time,
+            created_at=self._clock.now(),
+            revoked_at=None,
+            used_at=None,
+        )
+        async with self._db.write() as conn:
+            await conn.execute(
+                api_keys.insert().values(
+                    id=info.id,
+                    owner_id=owner_id,
+                    name=info.name,
+                    prefix=info.prefix,
+                    key_hash=hash_api_key(key),
+                    one_time=one_time,
+                    created_at=info.created_at,
+                )
+            )
+        return key, info
+
+    async def list(self, owner_id: str | None = None) -> list[KeyInfo]:
+        query = select(api_keys).order_by(api_keys.c.created_at)
+        if owner_id is not None:
+            query = query.where(api_keys.c.owner_id == owner_id)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            KeyInfo(
+                id=row["id"],
+                owner_id=row["owner_id"],
+                name=row["name"],
+                prefix=row["prefix"],
+                one_time=row["one_time"],
+                created_at=row["created_at"],
+                revoked_at=row["revoked_at"],
+                used_at=row["used_at"],
+            )
+            for row in rows
+        ]
+
+    async def revoke(self, key_id_or_prefix: str) -> None:
+        """Revoke by key id (``key_…``) or by the displayed prefix."""
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(
+                    or_(api_keys.c.id == key_id_or_prefix, api_keys.c.prefix == key_id_or_prefix),
+                    api_keys.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=self._clock.now())
+            )
+        if result.rowcount == 0:
+            raise NotFound("active API key", key_id_or_prefix)
+
+    async def find(self, key: str) -> Principal | None:
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(api_keys).where(api_keys.c.key_hash == hash_api_key(key), api_keys.c.revoked_at.is_(None))
+                )
+            ).mappings().first()
+        if row is None:
+            return None
+        return Principal(
+            owner_id=row["owner_id"],
+            key_id=row["id"],
+            one_time=row["one_time"],
+            bound_run_id=row["bound_run_id"],
+        )
+
+    async def use_one_time_key(self, key_id: str, run_id: str) -> bool:
+        """Spend a one-time key on ``run_id``; ``False`` if it was spent already."""
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.used_at.is_(None), api_keys.c.revoked_at.is_(None))
+                .values(used_at=self._clock.now(), bound_run_id=run_id)
+            )
+        return result.rowcount == 1
+
+
+class Authenticator:
+    """Turns an ``Authorization`` header into a :class:`Principal`, or raises ``Unauthorized``."""
+
+    def __init__(self, store: KeyStore, signer: Signer, clock: Clock, *, cache_seconds: float) -> None:
+        self._store = store
+        self._signer = signer
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[Principal, float]] = {}
+
+    async def authenticate(self, header: str | None) -> Principal:
+        key = _key_from_header(header)
+        if key.startswith(RUN_KEY_PREFIX):
+            found = self._signer.read_run_key(key, now=int(self._clock.now().timestamp()))
+            if found is None:
+                raise Unauthorized("invalid or expired run key")
+            return Principal(owner_id=found[1], acting_run_id=found[0])
+        if key.startswith(ONE_TIME_PREFIX):
+            principal = await self._store.find(key)
+        else:
+            cached = self._cache.get(key)
+            if cached is not None and cached[1] > time.monotonic():
+                return cached[0]
+            principal = await self._store.find(key)
+            if principal is not None:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[key] = (principal, time.monotonic() + self._cache_seconds)
+        if principal is None:
+            self._cache.pop(key, None)
+            raise Unauthorized("invalid or revoked API key")
+        return principal
+
+    async def authorise_start(self, principal: Principal, run_id: str, *, provisioned: bool) -> None:
+        """May ``principal`` start run ``run_id``? A one-time key may, once."""
+        if not principal.one_time:
+            return
+        if provisioned and principal.bound_run_id == run_id:
+            return
+        if principal.key_id is None or not await self._store.use_one_time_key(principal.key_id, run_id):
+            raise Unauthorized("this one-time key has already been used")
+
+    @staticmethod
+    def authorise_read(principal: Principal, run_id: str) -> None:
+        """A one-time key may read only the run it started."""
+        if principal.one_time and principal.bound_run_id != run_id:
+            raise Unauthorized("a one-time key may only read the run it started")
+
+    @staticmethod
+    def refuse_one_time(principal: Principal, what: str) -> None:
+        if principal.one_time:
+            raise Unauthorized(f"a one-time key cannot be used for {what}")
+
+
+def _key_from_header(header: str | None) -> str:
+    if not header or not header.strip():
+        raise Unauthorized("missing API key: send 'Authorization: Bearer cwk-…'")
+    value = header.strip()
+    if value[:7].lower() == "bearer ":
+        value = value[7:].strip()
+    if not value.startswith((REUSABLE_PREFIX, ONE_TIME_PREFIX)):
+        raise Unauthorized("invalid or revoked API key")
+    return value

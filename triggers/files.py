@@ -1,0 +1,181 @@
+"""File store: ``POST /file`` hands out a signed upload URI and a signed download URI.
+
+The URIs are capabilities (PROTOCOLS part A): the client PUTs without an ``Authorization`` header,
+and workflows GET with any HTTP client. Each carries ``expires`` and an HMAC over the method, the
+file id and the expiry. Uploads are streamed to disk with a size limit; the content type the
+uploader sent is kept and served back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import mimetypes
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from sqlalchemy import select, update
+
+from core.clock import Clock, isoformat
+from core.db import Database
+from core.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from core.security import Signer
+from core.tables import files
+
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FileSettings:
+    directory: Path
+    base_url: str
+    max_size: int
+    upload_ttl: int
+    download_ttl: int
+
+
+class FileStore:
+    """Stored files and the signed URIs that reach them."""
+
+    def __init__(self, database: Database, clock: Clock, signer: Signer, settings: FileSettings) -> None:
+        self._db = database
+        self._clock = clock
+        self._signer = signer
+        self._settings = settings
+        settings.directory.mkdir(parents=True, exist_ok=True)
+
+    async def create(self, owner_id: str, filename: str) -> dict[str, Any]:
+        filename = _clean_filename(filename)
+        file_id = "file_" + secrets.token_hex(12)
+        async with self._db.write() as conn:
+            await conn.execute(
+                files.insert().values(
+                    id=file_id, owner_id=owner_id, filename=filename, created_at=self._clock.now()
+                )
+            )
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        return {
+            "file_id": file_id,
+            "upload_uri": self._uri("PUT", file_id, filename, self._settings.upload_ttl),
+            "download_uri": self._uri("GET", file_id, filename, self._settings.download_ttl),
+            "upload_headers": {"Content-Type": content_type},
+            "max_size": self._settings.max_size,
+        }
+
+    async def describe(self, owner_id: str, file_id: str) -> dict[str, Any]:
+        row = await self._row(file_id)
+        if row is None or row["owner_id"] != owner_id:
+            raise NotFound("file", file_id)
+        return {
+            "file_id": file_id,
+            "filename": row["filename"],
+            "content_type": row["content_type"],
+            "size": row["size"],
+            "sha256": row["sha256"],
+            "createdAt": isoformat(row["created_at"]),
+            "uploadedAt": isoformat(row["uploaded_at"]),
+            "download_uri": self._uri("GET", file_id, row["filename"], self._settings.download_ttl),
+        }
+
+    def download_uri(self, file_id: str, filename: str) -> str:
+        return self._uri("GET", file_id, filename, self._settings.download_ttl)
+
+    def _uri(self, method: str, file_id: str, filename: str, ttl: int) -> str:
+        expires = str(int(self._clock.now().timestamp()) + ttl)
+        signature = self._signer.sign("file", method, file_id, expires)
+        return f"{self._settings.base_url}/files/{file_id}/{quote(filename)}?expires={expires}&sig={signature}"
+
+    def check_signature(self, method: str, file_id: str, expires: str | None, signature: str | None) -> None:
+        if not expires or not signature or not expires.isdigit():
+            raise Forbidden("this file URI is not signed: use the URI POST /file returned")
+        if not self._signer.verify(signature, "file", method, file_id, expires):
+            raise Forbidden("invalid signature for this file URI")
+        if int(expires) < self._clock.now().timestamp():
+            raise Forbidden("this file URI has expired")
+
+    async def receive(self, file_id: str, content_type: str | None, stream: web.StreamReader, declared: int | None) -> int:
+        """Store an upload; the limit is checked on the declared length and on the bytes read."""
+        limit = self._settings.max_size
+        if declared is not None and declared > limit:
+            raise PayloadTooLarge("the upload", limit)
+        row = await self._row(file_id)
+        if row is None:
+            raise NotFound("file", file_id)
+        target = self._settings.directory / file_id
+        partial = target.with_suffix(f".{secrets.token_hex(4)}.part")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with partial.open("wb") as handle:
+                while chunk := await stream.read(CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge("the upload", limit)
+                    digest.update(chunk)
+                    await asyncio.to_thread(handle.write, chunk)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        if not content_type or content_type == "application/octet-stream":
+            content_type = mimetypes.guess_type(row["filename"])[0] or "application/octet-stream"
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(files)
+                .where(files.c.id == file_id)
+                .values(content_type=content_type, size=size, sha256=digest.hexdigest(), uploaded_at=self._clock.now())
+            )
+        return size
+
+    async def open_for_download(self, file_id: str) -> tuple[Path, str, str]:
+        row = await self._row(file_id)
+        if row is None or row["uploaded_at"] is None:
+            raise NotFound("file", file_id)
+        return self._settings.directory / file_id, row["content_type"], row["filename"]
+
+    async def _row(self, file_id: str) -> Any:
+        async with self._db.read() as conn:
+            return (await conn.execute(select(files).where(files.c.id == file_id))).mappings().first()
+
+
+def _clean_filename(filename: str) -> str:
+    name = os.path.basename(filename.replace("\\", "/")).strip()
+    if not name or name in {".", ".."} or len(name) > 255:
+        raise BadRequest("give a file name: POST /file?filename=NAME (≤ 255 characters)")
+    return name
+
+
+FILE_ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("PUT", "/files/{file_id}/{filename}", "upload"),
+    ("GET", "/files/{file_id}/{filename}", "download"),
+)
+"""(method, path, handler method of :class:`FileRoutes`): the signed URIs' endpoints."""
+
+
+class FileRoutes:
+    """aiohttp handlers for the signed file URIs."""
+
+    def __init__(self, store: FileStore) -> None:
+        self._store = store
+
+    async def upload(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file_id"]
+        self._store.check_signature("PUT", file_id, request.query.get("expires"), request.query.get("sig"))
+        size = await self._store.receive(file_id, request.content_type if request.body_exists else None, request.content, request.content_length)
+        return web.json_response({"file_id": file_id, "size": size})
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        file_id = request.match_info["file_id"]
+        self._store.check_signature("GET", file_id, request.query.get("expires"), request.query.get("sig"))
+        path, content_type, filename = await self._store.open_for_download(file_id)
+        return web.FileResponse(
+            path,
+            headers={
+                "Content-Type": content_type,
+                "Content-Disposition": f"inline; filename*=UTF-8''{quote(filename)}",
+            },
+        )
