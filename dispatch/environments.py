@@ -37,10 +37,7 @@ COMPLETE_MARKER = ".complete"
 LOCK_FILE_NAME = "switchboard-lock.txt"
 _STDERR_TAIL_LINES = 20
 _NAME_RE = re.compile(r"^\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)")
-_PROBE = (
-    "import platform, sys; "
-    "print(platform.python_implementation(), *sys.version_info[:3])"
-)
+_PROBE = "import platform, sys; print(platform.python_implementation(), *sys.version_info[:3])"
 
 
 @dataclass(frozen=True, slots=True)

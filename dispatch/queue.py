@@ -147,7 +147,7 @@ class RunQueue:
                             .where(runs.c.status == RunStatus.RUNNING, runs.c.lease_expires_at >= now)
                             .group_by(runs.c.service_id)
                         )
-                    ).tuples()
+                    )
                 }
             )
             query = (
@@ -164,7 +164,7 @@ class RunQueue:
             if not self._db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
             picked: list[str] = []
-            for run_id, service_id, status, attempts in (await conn.execute(query)).tuples():
+            for run_id, service_id, status, attempts in (await conn.execute(query)):
                 if len(picked) >= limit:
                     break
                 if status == RunStatus.RUNNING and attempts >= self._max_attempts:
@@ -298,7 +298,7 @@ class RunQueue:
                 .where(runs.c.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]))
                 .group_by(runs.c.status)
             )
-            return {status: count for status, count in result.tuples()}
+            return {status: count for status, count in result}
 
 
 def _husk_row(run_id: str, item: NewHusk, now: datetime) -> dict[str, Any]:

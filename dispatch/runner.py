@@ -77,6 +77,9 @@ class ProcessRunner:
             os.close(ready_read)
             logger.error("run %s: cannot start %s: %s", invocation.run_id, workflow.python, exc)
             return Outcome.failure(f"could not start the workflow process: {exc.strerror or exc}")
+        except BaseException:
+            os.close(ready_read)
+            raise
         finally:
             os.close(ready_write)  # the child holds its copy; ours would hide the child's exit
         logger.info(
@@ -246,4 +249,3 @@ def _prepare_socket_dir(socket_dir: Path, socket_path: Path) -> None:
     socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()  # left by a run of this id that died with the server
-

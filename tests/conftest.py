@@ -1,0 +1,137 @@
+"""Shared fixtures: both databases, a live server on a loopback port, registered workflows.
+
+Every test that takes ``live`` runs twice: on SQLite and on a throwaway PostgreSQL 15 server
+(tests/pgserver.py). Workflow environments are built once per session (or once per machine when
+``SWITCHBOARD_TEST_CACHE`` names a directory) and shared by every test's data dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from core.settings import Settings
+from switchboard.app import READY, SERVICES, create_app
+from switchboard.config import load_settings
+from switchboard.services import Services
+from tests.pgserver import ThrowawayPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / "tests" / "workflows"
+EXAMPLES = ROOT / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[ThrowawayPostgres]:
+    with ThrowawayPostgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def workflow_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    configured = os.environ.get("SWITCHBOARD_TEST_CACHE")
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("workflow-cache")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'switchboard.db'}"
+    server: ThrowawayPostgres = request.getfixturevalue("postgres")
+    name = "t_" + uuid.uuid4().hex[:12]
+    server.create_database(name)
+    return server.url(name)
+
+
+def make_settings(
+    data_dir: Path, database_url: str, cache: Path, port: int, **sections: dict[str, Any]
+) -> Settings:
+    server = {"data_dir": str(data_dir), "database_url": database_url, "port": port, "auth_cache_seconds": 0}
+    runtime = {
+        "env_dir": str(cache / "envs"),
+        "uv_cache_dir": str(cache / "uv"),
+        "register_examples": False,
+        "poll_interval": 0.2,
+        "workers": 4,
+    }
+    server.update(sections.pop("server", {}))
+    runtime.update(sections.pop("runtime", {}))
+    return load_settings(None, server=server, runtime=runtime, **sections)
+
+
+@dataclass
+class Live:
+    """A running server on 127.0.0.1 and what a test needs to talk to it."""
+
+    url: str
+    settings: Settings
+    services: Services
+    key: str
+
+    async def key_for(self, owner: str = "default", *, one_time: bool = False) -> str:
+        key, _ = await self.services.keys.create(owner_id=owner, one_time=one_time)
+        return key
+
+    async def register(self, name: str) -> None:
+        path = WORKFLOWS / f"{name}.py"
+        if not path.exists():
+            path = EXAMPLES / f"{name}.py"
+        await self.services.registry.add(path, name.replace("_", "-"))
+
+
+class LiveFactory:
+    def __init__(self, tmp_path: Path, database_url: str, cache: Path) -> None:
+        self._tmp = tmp_path
+        self._database_url = database_url
+        self._cache = cache
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self, **sections: dict[str, Any]) -> Live:
+        port = free_port()
+        settings = make_settings(self._tmp / "data", self._database_url, self._cache, port, **sections)
+        app = create_app(settings)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        async with asyncio.timeout(30):
+            await app[READY].wait()
+        services = app[SERVICES]
+        key, _ = await services.keys.create(name="test")
+        return Live(url=f"http://127.0.0.1:{port}", settings=settings, services=services, key=key)
+
+    async def close(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def live_factory(tmp_path: Path, database_url: str, workflow_cache: Path) -> AsyncIterator[LiveFactory]:
+    factory = LiveFactory(tmp_path, database_url, workflow_cache)
+    yield factory
+    await factory.close()
+
+
+@pytest.fixture
+async def live(live_factory: LiveFactory) -> Live:
+    return await live_factory.start()
