@@ -28,7 +28,9 @@ class RunGateway(Protocol):
 
     async def submit(self, request: RunRequest) -> RunRecord: ...
 
-    async def provision(self, owner_id: str, caller_id: str | None, run_id: str | None = None) -> str:
+    async def provision(
+        self, owner_id: str, caller_id: str | None, run_id: str | None = None
+    ) -> str:
         """Create an empty ("husk") run that a later submit with ``provisioned_run_id`` fills."""
         ...
 
@@ -59,8 +61,9 @@ class WorkflowRunner(Protocol):
     A run that exceeds ``invocation.timeout`` ends with status ``timed_out``.
     """
 
-    async def run(self, invocation: Invocation, workflow: ResolvedWorkflow, on_log: LogSink) -> Outcome:
-        ...
+    async def run(
+        self, invocation: Invocation, workflow: ResolvedWorkflow, on_log: LogSink
+    ) -> Outcome: ...
 
 
 class ResolvedWorkflow(Protocol):

@@ -71,7 +71,9 @@ class GroupCommit(Generic[T, R]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = [self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))]
+            batch = [
+                self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))
+            ]
             await self._write(batch)
 
     async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
@@ -80,7 +82,9 @@ class GroupCommit(Generic[T, R]):
             results = await self._flush(items)
         except Exception as exc:
             if len(batch) > 1:
-                logger.warning("%s: batch of %d failed (%s); retrying one by one", self._name, len(batch), exc)
+                logger.warning(
+                    "%s: batch of %d failed (%s); retrying one by one", self._name, len(batch), exc
+                )
                 for single in batch:
                     await self._write([single])
                 return

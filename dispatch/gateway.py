@@ -48,15 +48,21 @@ class QueueGateway:
 
     async def submit(self, request: RunRequest) -> RunRecord:
         record = await self._intake.submit(request)
-        assert isinstance(record, RunRecord)
+        if not isinstance(record, RunRecord):
+            raise TypeError("intake returned a husk id for a run request")
         self._events.notify(record.id)
         self._events.work_available.set()
         return record
 
-    async def provision(self, owner_id: str, caller_id: str | None, run_id: str | None = None) -> str:
-        run_id = await self._intake.submit(NewHusk(owner_id=owner_id, caller_id=caller_id, run_id=run_id))
-        assert isinstance(run_id, str)
-        return run_id
+    async def provision(
+        self, owner_id: str, caller_id: str | None, run_id: str | None = None
+    ) -> str:
+        husk = await self._intake.submit(
+            NewHusk(owner_id=owner_id, caller_id=caller_id, run_id=run_id)
+        )
+        if not isinstance(husk, str):
+            raise TypeError("intake returned a run record for a husk")
+        return husk
 
     async def get(self, run_id: str) -> RunRecord | None:
         return await self._queue.get(run_id)

@@ -63,7 +63,7 @@ class LogWriter:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _write(self, rows: list[dict[str, Any]]) -> list[None | BaseException]:
+    async def _write(self, rows: list[dict[str, Any]]) -> list[BaseException | None]:
         async with self._db.write() as conn:
             await conn.execute(run_logs.insert(), rows)
         for run_id in {row["run_id"] for row in rows}:
@@ -72,7 +72,12 @@ class LogWriter:
 
 
 async def read_logs(
-    database: Database, run_id: str, *, after_id: int = 0, after_time: datetime | None = None, limit: int = 1000
+    database: Database,
+    run_id: str,
+    *,
+    after_id: int = 0,
+    after_time: datetime | None = None,
+    limit: int = 1000,
 ) -> list[LogEntry]:
     query = (
         select(run_logs)

@@ -90,11 +90,13 @@ class RunQueue:
                     if item.idempotency_key is not None:
                         by_key[item.idempotency_key] = [index]
             if by_key:
-                stored = await conn.execute(select(runs).where(runs.c.idempotency_key.in_(list(by_key))))
-                for row in stored.mappings():
-                    key = row["idempotency_key"]
+                stored = await conn.execute(
+                    select(runs).where(runs.c.idempotency_key.in_(list(by_key)))
+                )
+                for existing in stored.mappings():
+                    key = existing["idempotency_key"]
                     rows = [r for r in rows if r["idempotency_key"] != key]
-                    record = run_from_row(row)
+                    record = run_from_row(existing)
                     for index in by_key.pop(key):
                         results[index] = record
                 for indexes in by_key.values():
@@ -104,9 +106,10 @@ class RunQueue:
                 await conn.execute(runs.insert(), rows)
         return [r if r is not None else RuntimeError("intake item not handled") for r in results]
 
-    async def _fill_husk(self, conn: AsyncConnection, item: RunRequest, now: datetime) -> RunRecord | BaseException:
-        run_id = item.provisioned_run_id
-        assert run_id is not None
+    async def _fill_husk(
+        self, conn: AsyncConnection, item: RunRequest, now: datetime
+    ) -> RunRecord | BaseException:
+        run_id = item.provisioned_run_id or ""
         values = _run_row(item, now)
         for column in ("id", "created_at", "idempotency_key"):
             values.pop(column)
@@ -124,7 +127,9 @@ class RunQueue:
         if row is not None:
             return run_from_row(row)
         current = (
-            await conn.execute(select(runs.c.status).where(runs.c.id == run_id, runs.c.owner_id == item.owner_id))
+            await conn.execute(
+                select(runs.c.status).where(runs.c.id == run_id, runs.c.owner_id == item.owner_id)
+            )
         ).first()
         if current is None:
             return NotFound("provisioned request", run_id)
@@ -138,18 +143,12 @@ class RunQueue:
             return []
         now = self._clock.now()
         async with self._db.write() as conn:
-            busy = Counter(
-                {
-                    service: count
-                    for service, count in (
-                        await conn.execute(
-                            select(runs.c.service_id, func.count())
-                            .where(runs.c.status == RunStatus.RUNNING, runs.c.lease_expires_at >= now)
-                            .group_by(runs.c.service_id)
-                        )
-                    )
-                }
+            running = await conn.execute(
+                select(runs.c.service_id, func.count())
+                .where(runs.c.status == RunStatus.RUNNING, runs.c.lease_expires_at >= now)
+                .group_by(runs.c.service_id)
             )
+            busy: Counter[str] = Counter({str(row[0]): int(row[1]) for row in running})
             query = (
                 select(runs.c.id, runs.c.service_id, runs.c.status, runs.c.attempts)
                 .where(
@@ -164,7 +163,7 @@ class RunQueue:
             if not self._db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
             picked: list[str] = []
-            for run_id, service_id, status, attempts in (await conn.execute(query)):
+            for run_id, service_id, status, attempts in await conn.execute(query):
                 if len(picked) >= limit:
                     break
                 if status == RunStatus.RUNNING and attempts >= self._max_attempts:
@@ -192,14 +191,16 @@ class RunQueue:
         claimed.sort(key=lambda record: record.queued_at or record.created_at)
         return claimed
 
-    async def _give_up(self, conn: AsyncConnection, run_id: str, attempts: int, now: datetime) -> None:
+    async def _give_up(
+        self, conn: AsyncConnection, run_id: str, attempts: int, now: datetime
+    ) -> None:
         logger.error("run %s: giving up after %d attempts whose workers stopped", run_id, attempts)
         await conn.execute(
             update(runs)
             .where(runs.c.id == run_id)
             .values(
                 status=RunStatus.FAILED,
-                error=f"gave up after {attempts} attempts: the worker executing it stopped each time",
+                error=f"gave up after {attempts} attempts: its worker stopped each time",
                 completed_at=now,
                 lease_owner=None,
                 lease_expires_at=None,
@@ -256,7 +257,7 @@ class RunQueue:
             return result.rowcount == 1
 
     async def release(self, worker_id: str, run_id: str) -> None:
-        """Hand a run back to the queue unfinished (graceful shutdown); the attempt is not counted."""
+        """Hand a run back unfinished (graceful shutdown); the attempt does not count."""
         async with self._db.write() as conn:
             await conn.execute(
                 update(runs)
@@ -298,7 +299,7 @@ class RunQueue:
                 .where(runs.c.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]))
                 .group_by(runs.c.status)
             )
-            return {status: count for status, count in result}
+            return {str(status): int(count) for status, count in result}
 
 
 def _husk_row(run_id: str, item: NewHusk, now: datetime) -> dict[str, Any]:
@@ -335,7 +336,9 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "method": item.method,
         "status": RunStatus.QUEUED,
         "source": item.source.value,
-        "reply_target": None if item.reply_target is None else item.reply_target.model_dump(mode="json"),
+        "reply_target": None
+        if item.reply_target is None
+        else item.reply_target.model_dump(mode="json"),
         "idempotency_key": item.idempotency_key,
         "correlation_id": item.correlation_id or run_id,
         "context": item.context or None,
@@ -344,5 +347,3 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "created_at": now,
         "queued_at": now,
     }
-
-

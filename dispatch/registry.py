@@ -7,6 +7,7 @@ written out under ``<data_dir>/workflows/<id>/v<version>/`` where it runs.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -70,7 +71,7 @@ class WorkflowRegistry:
         self._written: set[tuple[str, int]] = set()
 
     async def add(self, source_path: Path, service_id: str | None = None) -> WorkflowInfo:
-        """Register ``source_path`` as a new version of ``service_id`` (default: the file's stem)."""
+        """Register ``source_path`` as a new version of ``service_id`` (default: its stem)."""
         service_id = service_id or source_path.stem.replace("_", "-")
         if not SERVICE_ID.match(service_id):
             raise WorkflowError(
@@ -79,7 +80,7 @@ class WorkflowRegistry:
         if service_id in self._reserved:
             raise WorkflowError(f"{service_id!r} is a built-in service and cannot be replaced")
         try:
-            source = source_path.read_text(encoding="utf-8")
+            source = await asyncio.to_thread(source_path.read_text, encoding="utf-8")
         except OSError as exc:
             raise WorkflowError(f"cannot read workflow file {source_path}: {exc.strerror}") from exc
         metadata = parse_script_metadata(source, origin=str(source_path))
@@ -88,7 +89,9 @@ class WorkflowRegistry:
         now = self._clock.now()
         async with self._db.write() as conn:
             current = (
-                await conn.execute(select(workflows.c.current_version).where(workflows.c.id == service_id))
+                await conn.execute(
+                    select(workflows.c.current_version).where(workflows.c.id == service_id)
+                )
             ).scalar()
             version = 1 if current is None else current + 1
             if current is None:
@@ -126,7 +129,7 @@ class WorkflowRegistry:
         )
 
     async def needs_update(self, service_id: str, source: str) -> bool:
-        """Whether ``source`` differs from the current version of ``service_id`` (or it has none)."""
+        """Whether ``source`` differs from the current version of ``service_id`` (or none)."""
         query = (
             select(workflow_versions.c.source_hash)
             .join(
@@ -153,7 +156,13 @@ class WorkflowRegistry:
 
     async def list(self) -> list[WorkflowInfo]:
         query = (
-            select(workflows.c.id, workflows.c.current_version, workflows.c.updated_at, workflow_versions.c.lock_hash, workflow_versions.c.lock)
+            select(
+                workflows.c.id,
+                workflows.c.current_version,
+                workflows.c.updated_at,
+                workflow_versions.c.lock_hash,
+                workflow_versions.c.lock,
+            )
             .join(
                 workflow_versions,
                 (workflow_versions.c.workflow_id == workflows.c.id)
@@ -169,7 +178,11 @@ class WorkflowRegistry:
                 service_id=row.id,
                 version=row.current_version,
                 lock_hash=row.lock_hash,
-                dependencies=tuple(line for line in row.lock.splitlines() if line and not line.startswith(("#", " "))),
+                dependencies=tuple(
+                    line
+                    for line in row.lock.splitlines()
+                    if line and not line.startswith(("#", " "))
+                ),
                 updated_at=row.updated_at.isoformat(),
             )
             for row in rows
@@ -182,7 +195,9 @@ class WorkflowRegistry:
         async with self._db.read() as conn:
             found = (
                 await conn.execute(
-                    select(workflows.c.id).where(workflows.c.id == service_id, workflows.c.removed_at.is_(None))
+                    select(workflows.c.id).where(
+                        workflows.c.id == service_id, workflows.c.removed_at.is_(None)
+                    )
                 )
             ).first()
         if found is None:
@@ -194,7 +209,9 @@ class WorkflowRegistry:
     async def resolve(self, service_id: str) -> Workflow:
         """The current version, with its environment (built here if this node has not yet)."""
         query = (
-            select(workflow_versions.c.version, workflow_versions.c.source, workflow_versions.c.lock)
+            select(
+                workflow_versions.c.version, workflow_versions.c.source, workflow_versions.c.lock
+            )
             .join(
                 workflows,
                 (workflow_versions.c.workflow_id == workflows.c.id)

@@ -81,7 +81,9 @@ class WorkerPool:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._active:
-            _, pending = await asyncio.wait(self._active.values(), timeout=self._settings.shutdown_grace)
+            _, pending = await asyncio.wait(
+                self._active.values(), timeout=self._settings.shutdown_grace
+            )
             unfinished = [run_id for run_id, task in self._active.items() if task in pending]
             for task in pending:
                 task.cancel()
@@ -102,7 +104,9 @@ class WorkerPool:
                 except Exception:
                     logger.exception("claiming runs failed; trying again")
                 for run in claimed:
-                    self._active[run.id] = asyncio.create_task(self._execute(run), name=f"run:{run.id}")
+                    self._active[run.id] = asyncio.create_task(
+                        self._execute(run), name=f"run:{run.id}"
+                    )
             if free > 0 and len(claimed) == free:
                 continue
             with contextlib.suppress(TimeoutError):
@@ -134,10 +138,16 @@ class WorkerPool:
             sink("system", f"run started: {run.service_id} (attempt {run.attempts})")
             outcome = await self._invoke(run, sink)
             elapsed = (time.monotonic() - started) * 1000
-            sink("system", f"run {outcome.status.value} in {elapsed:.0f} ms" + (f": {outcome.error}" if outcome.error else ""))
+            sink(
+                "system",
+                f"run {outcome.status.value} in {elapsed:.0f} ms"
+                + (f": {outcome.error}" if outcome.error else ""),
+            )
             await self._logs.settle(run.id)
             if not await self._queue.complete(self._settings.worker_id, run.id, outcome):
-                logger.warning("run %s: finished here but its lease had passed to another worker", run.id)
+                logger.warning(
+                    "run %s: finished here but its lease had passed to another worker", run.id
+                )
         except asyncio.CancelledError:
             await self._logs.settle(run.id)
             raise
@@ -159,16 +169,23 @@ class WorkerPool:
             await self._queue.set_version(self._settings.worker_id, run.id, workflow.version)
             root = str(workflow.source_path.parent)
             invocation = invocation.model_copy(
-                update={"workflow_version": workflow.version, "env": {**invocation.env, "CODEWORDS_SERVICE_ROOT": root}}
+                update={
+                    "workflow_version": workflow.version,
+                    "env": {**invocation.env, "CODEWORDS_SERVICE_ROOT": root},
+                }
             )
             return await self._runner.run(invocation, workflow, sink)
         except TimeoutError:
             return Outcome.failure(f"timed out after {invocation.timeout:g} s", timed_out=True)
         except NotFound:
-            return Outcome.failure(f"workflow {run.service_id!r} is not registered (or was removed)")
+            return Outcome.failure(
+                f"workflow {run.service_id!r} is not registered (or was removed)"
+            )
         except Exception as exc:
             logger.exception("run %s: internal error", run.id)
-            return Outcome.failure(f"internal error while running the workflow: {type(exc).__name__}")
+            return Outcome.failure(
+                f"internal error while running the workflow: {type(exc).__name__}"
+            )
 
     def _invocation(self, run: RunRecord) -> Invocation:
         settings = self._settings

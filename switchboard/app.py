@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, and every resource in a ``cleanup_ctx`` (torn down in reverse)."""
+"""The aiohttp application: routes, and every resource in a ``cleanup_ctx`` (reverse teardown)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,9 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
     await pool.aclose()
 
 
-def _bootstrap(on_admin_key: Callable[[str], None] | None) -> Callable[[web.Application], AsyncIterator[None]]:
+def _bootstrap(
+    on_admin_key: Callable[[str], None] | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def bootstrap(app: web.Application) -> AsyncIterator[None]:
         services = app[SERVICES]
         key = await ensure_admin_key(services)

@@ -68,19 +68,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.set_defaults(config=None)
     commands = parser.add_subparsers(title="commands")
 
-    p = commands.add_parser("serve", parents=[common], help="run the service (the demo when unconfigured)")
+    p = commands.add_parser(
+        "serve", parents=[common], help="run the service (the demo when unconfigured)"
+    )
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--role", default="web,worker", help="comma-separated: web, worker (default both)")
+    p.add_argument(
+        "--role", default="web,worker", help="comma-separated: web, worker (default both)"
+    )
     p.set_defaults(command=serve)
 
-    db = commands.add_parser("db", help="database administration").add_subparsers(title="db commands")
+    db = commands.add_parser("db", help="database administration").add_subparsers(
+        title="db commands"
+    )
     p = db.add_parser("upgrade", parents=[common], help="apply migrations")
     p.set_defaults(command=db_upgrade)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(title="keys commands")
-    p = keys.add_parser("create", parents=[common], help="create a key (printed alone on the last line)")
-    p.add_argument("--one-time", action="store_true", help="a cwotk- key that starts exactly one run")
+    p = keys.add_parser(
+        "create", parents=[common], help="create a key (printed alone on the last line)"
+    )
+    p.add_argument(
+        "--one-time", action="store_true", help="a cwotk- key that starts exactly one run"
+    )
     p.add_argument("--name", default="")
     p.add_argument("--owner", default=DEFAULT_OWNER)
     p.set_defaults(command=keys_create)
@@ -91,8 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("key")
     p.set_defaults(command=keys_revoke)
 
-    wf = commands.add_parser("workflows", help="workflows").add_subparsers(title="workflows commands")
-    p = wf.add_parser("add", parents=[common], help="register a PEP 723 FastAPI file (a new version)")
+    wf = commands.add_parser("workflows", help="workflows").add_subparsers(
+        title="workflows commands"
+    )
+    p = wf.add_parser(
+        "add", parents=[common], help="register a PEP 723 FastAPI file (a new version)"
+    )
     p.add_argument("file", type=Path)
     p.add_argument("--id", dest="service_id")
     p.set_defaults(command=workflows_add)
@@ -161,9 +175,13 @@ async def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 async def keys_create(args: argparse.Namespace, settings: Settings) -> int:
     services: Services
     async with open_services(settings) as services:
-        key, info = await services.keys.create(owner_id=args.owner, name=args.name, one_time=args.one_time)
+        key, info = await services.keys.create(
+            owner_id=args.owner, name=args.name, one_time=args.one_time
+        )
     kind = "one-time key" if info.one_time else "key"
-    print(f"created {kind} {info.id} for owner {info.owner_id} ({info.name}); it is shown only once:")
+    print(
+        f"created {kind} {info.id} for owner {info.owner_id} ({info.name}); it is shown only once:"
+    )
     print(key)
     return 0
 
@@ -199,7 +217,9 @@ async def keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 async def workflows_add(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as services:
         info = await services.registry.add(args.file, args.service_id)
-    print(f"registered {info.service_id} version {info.version} (environment {info.lock_hash[:12]})")
+    print(
+        f"registered {info.service_id} version {info.version} (environment {info.lock_hash[:12]})"
+    )
     return 0
 
 
@@ -207,7 +227,10 @@ async def workflows_list(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as services:
         workflows = await services.registry.list()
         builtins = sorted(services.builtins)
-    rows = [[w.service_id, f"v{w.version}", "workflow", w.lock_hash[:12], w.updated_at] for w in workflows]
+    rows = [
+        [w.service_id, f"v{w.version}", "workflow", w.lock_hash[:12], w.updated_at]
+        for w in workflows
+    ]
     rows += [[name, "-", "built-in", "-", "-"] for name in builtins]
     _table(["id", "version", "kind", "environment", "updated"], rows)
     return 0
@@ -222,7 +245,9 @@ async def workflows_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as services:
-        runs = await services.queue.list_runs(owner_id=args.owner, status=args.status, limit=args.limit)
+        runs = await services.queue.list_runs(
+            owner_id=args.owner, status=args.status, limit=args.limit
+        )
     _table(
         ["id", "service", "status", "source", "created", "ms", "http"],
         [
@@ -266,7 +291,10 @@ async def runs_logs(args: argparse.Namespace, settings: Settings) -> int:
             if not args.follow or record is None or record.finished:
                 # One more read: lines are stored before a run is marked finished.
                 for entry in await services.gateway.logs_after(args.run_id, after_id=cursor):
-                    print(f"{isoformat(entry.created_at)} {entry.stream:6} {entry.message}", flush=True)
+                    print(
+                        f"{isoformat(entry.created_at)} {entry.stream:6} {entry.message}",
+                        flush=True,
+                    )
                 return 0
             await services.gateway.wait_for_logs(args.run_id, settings.runtime.poll_interval)
 
@@ -275,9 +303,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
     if not rows:
         print("(none)")
         return
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
+    widths = [
+        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
+    ]
     for row in [headers, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
 
 
 if __name__ == "__main__":

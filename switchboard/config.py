@@ -20,7 +20,7 @@ class ConfigError(SwitchboardError):
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build :class:`Settings` from ``config_file`` (TOML), ``SWITCHBOARD_…`` variables and overrides."""
+    """:class:`Settings` from ``config_file`` (TOML), ``SWITCHBOARD_…`` variables, overrides."""
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"config file {config_file} does not exist")
 

@@ -33,7 +33,11 @@ from triggers.auth import Authenticator, KeyStore
 from triggers.files import FileSettings, FileStore
 
 # What a workflow process gets besides its own variables (DESIGN §5): nothing of the server's.
-WORKFLOW_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+WORKFLOW_BASE_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +59,16 @@ class Services:
     @property
     def socket_dir(self) -> Path:
         # Unix socket paths are limited to 107 bytes: keep them out of a deep data dir.
-        digest = hashlib.sha256(str(self.settings.server.data_dir.resolve()).encode()).hexdigest()[:10]
+        digest = hashlib.sha256(str(self.settings.server.data_dir.resolve()).encode()).hexdigest()[
+            :10
+        ]
         return Path(tempfile.gettempdir()) / f"switchboard-{digest}"
 
     def workflow_env(self) -> dict[str, str]:
-        return {**WORKFLOW_BASE_ENV, "HOME": str((self.settings.server.data_dir / "home").resolve())}
+        return {
+            **WORKFLOW_BASE_ENV,
+            "HOME": str((self.settings.server.data_dir / "home").resolve()),
+        }
 
 
 def tool_env() -> dict[str, str]:
@@ -74,7 +83,8 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "home").mkdir(exist_ok=True)
     database = Database(
-        settings.server.resolved_database_url(), sqlite_synchronous=settings.server.sqlite_synchronous
+        settings.server.resolved_database_url(),
+        sqlite_synchronous=settings.server.sqlite_synchronous,
     )
     try:
         if migrate:
@@ -115,7 +125,9 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
             registry=registry,
             builtins=builtins,
             keys=keys,
-            auth=Authenticator(keys, signer, clock, cache_seconds=settings.server.auth_cache_seconds),
+            auth=Authenticator(
+                keys, signer, clock, cache_seconds=settings.server.auth_cache_seconds
+            ),
             files=FileStore(
                 database,
                 clock,
@@ -129,7 +141,12 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
                 ),
             ),
             gateway=QueueGateway(
-                database, queue, registry, builtins, events, poll_interval=settings.runtime.poll_interval
+                database,
+                queue,
+                registry,
+                builtins,
+                events,
+                poll_interval=settings.runtime.poll_interval,
             ),
         )
         logs.start()

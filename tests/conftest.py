@@ -66,7 +66,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def make_settings(
     data_dir: Path, database_url: str, cache: Path, port: int, **sections: dict[str, Any]
 ) -> Settings:
-    server = {"data_dir": str(data_dir), "database_url": database_url, "port": port, "auth_cache_seconds": 0}
+    server = {
+        "data_dir": str(data_dir),
+        "database_url": database_url,
+        "port": port,
+        "auth_cache_seconds": 0,
+    }
     runtime = {
         "env_dir": str(cache / "envs"),
         "uv_cache_dir": str(cache / "uv"),
@@ -108,7 +113,9 @@ class LiveFactory:
 
     async def start(self, **sections: dict[str, Any]) -> Live:
         port = free_port()
-        settings = make_settings(self._tmp / "data", self._database_url, self._cache, port, **sections)
+        settings = make_settings(
+            self._tmp / "data", self._database_url, self._cache, port, **sections
+        )
         app = create_app(settings)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
@@ -126,7 +133,9 @@ class LiveFactory:
 
 
 @pytest.fixture
-async def live_factory(tmp_path: Path, database_url: str, workflow_cache: Path) -> AsyncIterator[LiveFactory]:
+async def live_factory(
+    tmp_path: Path, database_url: str, workflow_cache: Path
+) -> AsyncIterator[LiveFactory]:
     factory = LiveFactory(tmp_path, database_url, workflow_cache)
     yield factory
     await factory.close()

@@ -1,7 +1,8 @@
 """The runtime API (PROTOCOLS part A): the intake whose "reply" is the stored result.
 
-Works with ``codewords-client`` 0.4.11 unchanged: raw or ``Bearer`` keys, ``X-Provisioned-Request-Id``
-husks, long-polled ``/result`` (408 while running), NDJSON ``/logs`` that close when the run ends.
+Works with ``codewords-client`` 0.4.11 unchanged: raw or ``Bearer`` keys,
+``X-Provisioned-Request-Id`` husks, long-polled ``/result`` (408 while running), NDJSON ``/logs``
+that close when the run ends.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class ApiSettings:
 class RuntimeApi:
     """Handlers for the runtime API. Each one: authenticate, parse, hand to the gateway, answer."""
 
-    def __init__(self, gateway: RunGateway, auth: Authenticator, files: FileStore, settings: ApiSettings) -> None:
+    def __init__(
+        self, gateway: RunGateway, auth: Authenticator, files: FileStore, settings: ApiSettings
+    ) -> None:
         self._gateway = gateway
         self._auth = auth
         self._files = files
@@ -70,12 +73,17 @@ class RuntimeApi:
         if finished.response_status is None:
             status = 504 if finished.status is RunStatus.TIMED_OUT else 502
             detail = f"request {finished.id} {finished.status.value}: {finished.error}"
-            return web.json_response({"detail": detail, "request_id": finished.id}, status=status, headers=headers)
+            return web.json_response(
+                {"detail": detail, "request_id": finished.id}, status=status, headers=headers
+            )
         return web.Response(
             status=finished.response_status,
             body=finished.response_body,
             content_type=None,
-            headers={**headers, "Content-Type": finished.response_content_type or "application/json"},
+            headers={
+                **headers,
+                "Content-Type": finished.response_content_type or "application/json",
+            },
         )
 
     async def run_async(self, request: web.Request) -> web.Response:
@@ -138,15 +146,21 @@ class RuntimeApi:
             after_time = parse_iso(after) if after else None
         except ValueError as exc:
             raise BadRequest(f"'after' is not an ISO 8601 timestamp: {after!r}") from exc
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
         cursor = 0
         finished = record.finished
         while True:
-            entries = await self._gateway.logs_after(record.id, after_id=cursor, after_time=after_time)
+            entries = await self._gateway.logs_after(
+                record.id, after_id=cursor, after_time=after_time
+            )
             if entries:
                 cursor = entries[-1].id
-                await response.write(b"".join(json.dumps(entry.to_api()).encode() + b"\n" for entry in entries))
+                await response.write(
+                    b"".join(json.dumps(entry.to_api()).encode() + b"\n" for entry in entries)
+                )
                 continue
             if finished:
                 break
@@ -161,12 +175,16 @@ class RuntimeApi:
     async def create_file(self, request: web.Request) -> web.Response:
         principal = await self._principal(request)
         self._auth.refuse_one_time(principal, "file uploads")
-        return web.json_response(await self._files.create(principal.owner_id, request.query.get("filename", "")))
+        return web.json_response(
+            await self._files.create(principal.owner_id, request.query.get("filename", ""))
+        )
 
     async def describe_file(self, request: web.Request) -> web.Response:
         principal = await self._principal(request)
         self._auth.refuse_one_time(principal, "files")
-        return web.json_response(await self._files.describe(principal.owner_id, request.match_info["file_id"]))
+        return web.json_response(
+            await self._files.describe(principal.owner_id, request.match_info["file_id"])
+        )
 
 
 async def _json_body(request: web.Request) -> str | None:

@@ -77,11 +77,15 @@ class KeyStore:
         async with self._db.write() as conn:
             found = (await conn.execute(select(owners.c.id).where(owners.c.id == owner_id))).first()
             if found is None:
-                await conn.execute(owners.insert().values(id=owner_id, name=owner_id, created_at=self._clock.now()))
+                await conn.execute(
+                    owners.insert().values(id=owner_id, name=owner_id, created_at=self._clock.now())
+                )
         return owner_id
 
-    async def create(self, *, owner_id: str = DEFAULT_OWNER, name: str = "", one_time: bool = False) -> tuple[str, KeyInfo]:
-        """A new key for ``owner_id`` (created if needed). The key text exists only in the return value."""
+    async def create(
+        self, *, owner_id: str = DEFAULT_OWNER, name: str = "", one_time: bool = False
+    ) -> tuple[str, KeyInfo]:
+        """A new key for ``owner_id`` (created if needed); the key text is only in the result."""
         await self.ensure_owner(owner_id)
         key = generate_api_key(one_time=one_time)
         info = KeyInfo(
@@ -145,10 +149,17 @@ class KeyStore:
     async def find(self, key: str) -> Principal | None:
         async with self._db.read() as conn:
             row = (
-                await conn.execute(
-                    select(api_keys).where(api_keys.c.key_hash == hash_api_key(key), api_keys.c.revoked_at.is_(None))
+                (
+                    await conn.execute(
+                        select(api_keys).where(
+                            api_keys.c.key_hash == hash_api_key(key),
+                            api_keys.c.revoked_at.is_(None),
+                        )
+                    )
                 )
-            ).mappings().first()
+                .mappings()
+                .first()
+            )
         if row is None:
             return None
         return Principal(
@@ -163,7 +174,11 @@ class KeyStore:
         async with self._db.write() as conn:
             result = await conn.execute(
                 update(api_keys)
-                .where(api_keys.c.id == key_id, api_keys.c.used_at.is_(None), api_keys.c.revoked_at.is_(None))
+                .where(
+                    api_keys.c.id == key_id,
+                    api_keys.c.used_at.is_(None),
+                    api_keys.c.revoked_at.is_(None),
+                )
                 .values(used_at=self._clock.now(), bound_run_id=run_id)
             )
         return result.rowcount == 1
@@ -172,7 +187,9 @@ class KeyStore:
 class Authenticator:
     """Turns an ``Authorization`` header into a :class:`Principal`, or raises ``Unauthorized``."""
 
-    def __init__(self, store: KeyStore, signer: Signer, clock: Clock, *, cache_seconds: float) -> None:
+    def __init__(
+        self, store: KeyStore, signer: Signer, clock: Clock, *, cache_seconds: float
+    ) -> None:
         self._store = store
         self._signer = signer
         self._clock = clock
@@ -202,13 +219,17 @@ class Authenticator:
             raise Unauthorized("invalid or revoked API key")
         return principal
 
-    async def authorise_start(self, principal: Principal, run_id: str, *, provisioned: bool) -> None:
+    async def authorise_start(
+        self, principal: Principal, run_id: str, *, provisioned: bool
+    ) -> None:
         """May ``principal`` start run ``run_id``? A one-time key may, once."""
         if not principal.one_time:
             return
         if provisioned and principal.bound_run_id == run_id:
             return
-        if principal.key_id is None or not await self._store.use_one_time_key(principal.key_id, run_id):
+        if principal.key_id is None or not await self._store.use_one_time_key(
+            principal.key_id, run_id
+        ):
             raise Unauthorized("this one-time key has already been used")
 
     @staticmethod

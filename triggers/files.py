@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from sqlalchemy import select, update
 
 from core.clock import Clock, isoformat
@@ -42,7 +42,9 @@ class FileSettings:
 class FileStore:
     """Stored files and the signed URIs that reach them."""
 
-    def __init__(self, database: Database, clock: Clock, signer: Signer, settings: FileSettings) -> None:
+    def __init__(
+        self, database: Database, clock: Clock, signer: Signer, settings: FileSettings
+    ) -> None:
         self._db = database
         self._clock = clock
         self._signer = signer
@@ -88,9 +90,12 @@ class FileStore:
     def _uri(self, method: str, file_id: str, filename: str, ttl: int) -> str:
         expires = str(int(self._clock.now().timestamp()) + ttl)
         signature = self._signer.sign("file", method, file_id, expires)
-        return f"{self._settings.base_url}/files/{file_id}/{quote(filename)}?expires={expires}&sig={signature}"
+        query = f"expires={expires}&sig={signature}"
+        return f"{self._settings.base_url}/files/{file_id}/{quote(filename)}?{query}"
 
-    def check_signature(self, method: str, file_id: str, expires: str | None, signature: str | None) -> None:
+    def check_signature(
+        self, method: str, file_id: str, expires: str | None, signature: str | None
+    ) -> None:
         if not expires or not signature or not expires.isdigit():
             raise Forbidden("this file URI is not signed: use the URI POST /file returned")
         if not self._signer.verify(signature, "file", method, file_id, expires):
@@ -98,7 +103,9 @@ class FileStore:
         if int(expires) < self._clock.now().timestamp():
             raise Forbidden("this file URI has expired")
 
-    async def receive(self, file_id: str, content_type: str | None, stream: web.StreamReader, declared: int | None) -> int:
+    async def receive(
+        self, file_id: str, content_type: str | None, stream: StreamReader, declared: int | None
+    ) -> int:
         """Store an upload; the limit is checked on the declared length and on the bytes read."""
         limit = self._settings.max_size
         if declared is not None and declared > limit:
@@ -127,7 +134,12 @@ class FileStore:
             await conn.execute(
                 update(files)
                 .where(files.c.id == file_id)
-                .values(content_type=content_type, size=size, sha256=digest.hexdigest(), uploaded_at=self._clock.now())
+                .values(
+                    content_type=content_type,
+                    size=size,
+                    sha256=digest.hexdigest(),
+                    uploaded_at=self._clock.now(),
+                )
             )
         return size
 
@@ -139,7 +151,9 @@ class FileStore:
 
     async def _row(self, file_id: str) -> Any:
         async with self._db.read() as conn:
-            return (await conn.execute(select(files).where(files.c.id == file_id))).mappings().first()
+            return (
+                (await conn.execute(select(files).where(files.c.id == file_id))).mappings().first()
+            )
 
 
 def _clean_filename(filename: str) -> str:
@@ -164,13 +178,22 @@ class FileRoutes:
 
     async def upload(self, request: web.Request) -> web.Response:
         file_id = request.match_info["file_id"]
-        self._store.check_signature("PUT", file_id, request.query.get("expires"), request.query.get("sig"))
-        size = await self._store.receive(file_id, request.content_type if request.body_exists else None, request.content, request.content_length)
+        self._store.check_signature(
+            "PUT", file_id, request.query.get("expires"), request.query.get("sig")
+        )
+        size = await self._store.receive(
+            file_id,
+            request.content_type if request.body_exists else None,
+            request.content,
+            request.content_length,
+        )
         return web.json_response({"file_id": file_id, "size": size})
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         file_id = request.match_info["file_id"]
-        self._store.check_signature("GET", file_id, request.query.get("expires"), request.query.get("sig"))
+        self._store.check_signature(
+            "GET", file_id, request.query.get("expires"), request.query.get("sig")
+        )
         path, content_type, filename = await self._store.open_for_download(file_id)
         return web.FileResponse(
             path,

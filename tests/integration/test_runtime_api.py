@@ -30,7 +30,9 @@ async def test_sync_run_of_builtin_echo(live: Live) -> None:
 async def test_bearer_and_raw_keys_both_work(live: Live) -> None:
     async with httpx.AsyncClient(base_url=live.url) as http:
         raw = await http.post("/run/echo/", json=1, headers={"Authorization": live.key})
-        bearer = await http.post("/run/echo", json=2, headers={"Authorization": f"Bearer {live.key}"})
+        bearer = await http.post(
+            "/run/echo", json=2, headers={"Authorization": f"Bearer {live.key}"}
+        )
     assert (raw.status_code, raw.json()) == (200, 1)
     assert (bearer.status_code, bearer.json()) == (200, 2)
 
@@ -68,7 +70,9 @@ async def test_logs_resume_after_timestamp(live: Live) -> None:
     after = everything[1]["createdAt"]
     async with httpx.AsyncClient(base_url=live.url) as http:
         response = await http.get(
-            f"/logs/{handle.request_id}", params={"after": after}, headers={"Authorization": live.key}
+            f"/logs/{handle.request_id}",
+            params={"after": after},
+            headers={"Authorization": live.key},
         )
     resumed = [line for line in response.text.splitlines() if line]
     assert response.headers["Content-Type"].startswith("application/x-ndjson")
@@ -179,18 +183,26 @@ async def test_result_is_408_while_running_then_the_record(live: Live) -> None:
     await live.register("slow")
     async with client(live) as c, httpx.AsyncClient(base_url=live.url) as http:
         handle = await c.run("slow", {"seconds": 2}, in_background=True)
-        early = await http.get(f"/result/{handle.request_id}", params={"timeout": "0"}, headers={"Authorization": live.key})
+        early = await http.get(
+            f"/result/{handle.request_id}",
+            params={"timeout": "0"},
+            headers={"Authorization": live.key},
+        )
         assert early.status_code == 408
         assert handle.request_id in early.json()["detail"]
         final = await handle.result(timeout_seconds=60)  # the client retries on 408
     assert final.json()["responseJson"] == {"slept": 2}
 
 
-async def test_sync_run_past_sync_timeout_is_504_and_result_stays_readable(live_factory: LiveFactory) -> None:
+async def test_sync_run_past_sync_timeout_is_504_and_result_stays_readable(
+    live_factory: LiveFactory,
+) -> None:
     live = await live_factory.start(runtime={"sync_timeout": 1})
     await live.register("slow")
     async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
-        response = await http.post("/run/slow/", json={"seconds": 3}, headers={"Authorization": live.key})
+        response = await http.post(
+            "/run/slow/", json={"seconds": 3}, headers={"Authorization": live.key}
+        )
     assert response.status_code == 504
     detail = response.json()["detail"]
     request_id = detail.split("request ")[1].split(" ")[0]
@@ -227,7 +239,9 @@ async def test_workflow_error_is_passed_through_and_recorded(live: Live) -> None
 async def test_malformed_json_is_400_and_nothing_is_queued(live: Live) -> None:
     async with httpx.AsyncClient(base_url=live.url) as http:
         response = await http.post(
-            "/run_async/echo/", content=b'{"a": ', headers={"Authorization": live.key, "Content-Type": "application/json"}
+            "/run_async/echo/",
+            content=b'{"a": ',
+            headers={"Authorization": live.key, "Content-Type": "application/json"},
         )
     assert response.status_code == 400
     assert "not valid JSON" in response.json()["detail"]
@@ -237,7 +251,9 @@ async def test_malformed_json_is_400_and_nothing_is_queued(live: Live) -> None:
 async def test_oversize_body_is_413(live_factory: LiveFactory) -> None:
     live = await live_factory.start(server={"max_body_size": 2048})
     async with httpx.AsyncClient(base_url=live.url) as http:
-        response = await http.post("/run/echo/", json={"blob": "x" * 5000}, headers={"Authorization": live.key})
+        response = await http.post(
+            "/run/echo/", json={"blob": "x" * 5000}, headers={"Authorization": live.key}
+        )
     assert response.status_code == 413
     assert "2048" in response.json()["detail"]
 
@@ -257,20 +273,31 @@ async def test_other_owners_runs_logs_and_files_are_404(live: Live) -> None:
         info = await c.create_file_upload("mine.txt")
     request_id = response.headers["X-Request-Id"]
     async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": mallory}) as http:
-        for path in (f"/result/{request_id}", f"/request/{request_id}", f"/logs/{request_id}", f"/file/{info['file_id']}"):
+        for path in (
+            f"/result/{request_id}",
+            f"/request/{request_id}",
+            f"/logs/{request_id}",
+            f"/file/{info['file_id']}",
+        ):
             answer = await http.get(path)
             assert answer.status_code == 404, path
         husk = (await http.post("/provision-request")).json()["request_id"]
     async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": live.key}) as http:
-        stolen = await http.post("/run_async/echo/", json={}, headers={"X-Provisioned-Request-Id": husk})
+        stolen = await http.post(
+            "/run_async/echo/", json={}, headers={"X-Provisioned-Request-Id": husk}
+        )
     assert stolen.status_code == 404
 
 
 async def test_provisioned_request_is_filled_once(live: Live) -> None:
     async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": live.key}) as http:
         husk = (await http.post("/provision-request")).json()["request_id"]
-        first = await http.post("/run_async/echo/", json=1, headers={"X-Provisioned-Request-Id": husk})
-        again = await http.post("/run_async/echo/", json=2, headers={"X-Provisioned-Request-Id": husk})
+        first = await http.post(
+            "/run_async/echo/", json=1, headers={"X-Provisioned-Request-Id": husk}
+        )
+        again = await http.post(
+            "/run_async/echo/", json=2, headers={"X-Provisioned-Request-Id": husk}
+        )
     assert first.json() == {"request_id": husk}
     assert again.status_code == 409
 

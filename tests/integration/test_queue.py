@@ -1,0 +1,178 @@
+"""The run queue's state machine on both databases, with a hand-driven clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core.db import Database
+from core.models import Outcome, RunRequest, RunStatus
+from dispatch.batching import GroupCommit
+from dispatch.queue import IntakeItem, NewHusk, RunQueue
+from switchboard.migrate import downgrade, upgrade
+from triggers.auth import KeyStore
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.moment = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    db = Database(database_url)
+    await upgrade(db)
+    await KeyStore(db, ManualClock()).ensure_owner("default")
+    yield db
+    await db.dispose()
+
+
+def make_queue(db: Database, clock: ManualClock, *, per_workflow_limit: int = 10) -> RunQueue:
+    return RunQueue(db, clock, lease_seconds=30, max_attempts=3, per_workflow_limit=per_workflow_limit)
+
+
+def request(service: str = "echo", **fields: str) -> RunRequest:
+    return RunRequest(owner_id="default", service_id=service, body="{}", **fields)  # type: ignore[arg-type]
+
+
+async def submit(queue: RunQueue, *items: IntakeItem) -> list[object]:
+    results = await queue.write_intake(list(items))
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)
+
+
+async def test_expired_lease_is_claimed_again_and_completes_exactly_once(database: Database) -> None:
+    clock = ManualClock()
+    queue = make_queue(database, clock)
+    await submit(queue, request())
+    [first] = await queue.claim("worker-a", 5)
+    assert first.attempts == 1 and first.status == RunStatus.RUNNING
+    assert await queue.claim("worker-b", 5) == []  # leased: nobody else gets it
+    clock.advance(31)  # worker-a died: its lease runs out
+    [again] = await queue.claim("worker-b", 5)
+    assert again.id == first.id and again.attempts == 2
+    done = Outcome.from_response(200, b'{"ok": true}', "application/json")
+    assert await queue.complete("worker-a", first.id, done) is False  # the dead worker lost it
+    assert await queue.complete("worker-b", first.id, done) is True
+    assert await queue.complete("worker-b", first.id, done) is False  # completes once
+    record = await queue.get(first.id)
+    assert record is not None and record.status == RunStatus.COMPLETED and record.attempts == 2
+
+
+async def test_renewed_lease_is_kept(database: Database) -> None:
+    clock = ManualClock()
+    queue = make_queue(database, clock)
+    await submit(queue, request())
+    [run] = await queue.claim("worker-a", 1)
+    clock.advance(20)
+    assert await queue.renew("worker-a", [run.id]) == {run.id}
+    clock.advance(20)
+    assert await queue.claim("worker-b", 1) == []
+    assert await queue.renew("worker-b", [run.id]) == set()
+
+
+async def test_run_is_given_up_after_max_attempts(database: Database) -> None:
+    clock = ManualClock()
+    queue = make_queue(database, clock)
+    await submit(queue, request())
+    for attempt in range(3):
+        claimed = await queue.claim(f"worker-{attempt}", 1)
+        assert len(claimed) == 1
+        clock.advance(31)
+    assert await queue.claim("worker-x", 1) == []
+    [record] = await queue.list_runs()
+    assert record.status == RunStatus.FAILED
+    assert "gave up after 3 attempts" in (record.error or "")
+
+
+async def test_per_workflow_limit_is_enforced_at_claim(database: Database) -> None:
+    clock = ManualClock()
+    queue = make_queue(database, clock, per_workflow_limit=2)
+    await submit(queue, *(request("slow") for _ in range(5)), request("echo"))
+    claimed = await queue.claim("worker-a", 10)
+    services = sorted(run.service_id for run in claimed)
+    assert services == ["echo", "slow", "slow"]
+    assert await queue.claim("worker-b", 10) == []
+
+
+async def test_release_hands_the_run_back_without_counting_the_attempt(database: Database) -> None:
+    clock = ManualClock()
+    queue = make_queue(database, clock)
+    await submit(queue, request())
+    [run] = await queue.claim("worker-a", 1)
+    await queue.release("worker-a", run.id)
+    [again] = await queue.claim("worker-b", 1)
+    assert again.id == run.id and again.attempts == 1
+
+
+async def test_claims_are_oldest_first(database: Database) -> None:
+    clock = ManualClock()
+    queue = make_queue(database, clock)
+    ids = []
+    for _ in range(3):
+        [record] = await submit(queue, request())
+        ids.append(record.id)  # type: ignore[attr-defined]
+        clock.advance(1)
+    claimed = await queue.claim("worker-a", 3)
+    assert [run.id for run in claimed] == ids
+
+
+async def test_idempotency_key_in_one_batch_and_across_batches(database: Database) -> None:
+    queue = make_queue(database, ManualClock())
+    first = await submit(queue, request(idempotency_key="k1"), request(idempotency_key="k1"))
+    later = await submit(queue, request(idempotency_key="k1"), request(idempotency_key="k2"))
+    ids = {result.id for result in [*first, *later[:1]]}  # type: ignore[attr-defined]
+    assert len(ids) == 1
+    assert len(await queue.list_runs()) == 2
+
+
+async def test_group_commit_batches_concurrent_submits(database: Database) -> None:
+    queue = make_queue(database, ManualClock())
+    batches: list[int] = []
+
+    async def counting(items: list[IntakeItem]) -> list[object]:
+        batches.append(len(items))
+        return await queue.write_intake(items)
+
+    commit: GroupCommit[IntakeItem, object] = GroupCommit(counting, name="test")  # type: ignore[arg-type]
+    commit.start()
+    results = await asyncio.gather(*(commit.submit(request()) for _ in range(200)))
+    await commit.aclose()
+    assert len({result.id for result in results}) == 200  # type: ignore[attr-defined]
+    assert sum(batches) == 200 and len(batches) < 200
+    assert len(await queue.list_runs(limit=500)) == 200
+
+
+async def test_one_bad_item_fails_alone(database: Database) -> None:
+    queue = make_queue(database, ManualClock())
+    [husk] = await submit(queue, NewHusk(owner_id="default", caller_id=None))
+    results = await queue.write_intake(
+        [
+            request(provisioned_run_id="req_missing"),
+            request(provisioned_run_id=str(husk)),
+            request(provisioned_run_id=str(husk)),
+        ]
+    )
+    assert isinstance(results[0], LookupError)
+    assert not isinstance(results[1], BaseException)
+    assert isinstance(results[2], Exception) and "already started" in str(results[2])
+
+
+async def test_migrations_downgrade_and_upgrade_again(database: Database) -> None:
+    await downgrade(database, "base")
+    await upgrade(database)
+    await KeyStore(database, ManualClock()).ensure_owner("default")
+    queue = make_queue(database, ManualClock())
+    await submit(queue, request())
+    assert len(await queue.list_runs()) == 1
