@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.db import Database
-from core.models import Outcome, RunRequest, RunStatus
+from core.models import Outcome, RunRecord, RunRequest, RunStatus
 from dispatch.batching import GroupCommit
 from dispatch.queue import IntakeItem, NewHusk, RunQueue
 from switchboard.migrate import downgrade, upgrade
@@ -37,7 +37,9 @@ async def database(database_url: str) -> AsyncIterator[Database]:
 
 
 def make_queue(db: Database, clock: ManualClock, *, per_workflow_limit: int = 10) -> RunQueue:
-    return RunQueue(db, clock, lease_seconds=30, max_attempts=3, per_workflow_limit=per_workflow_limit)
+    return RunQueue(
+        db, clock, lease_seconds=30, max_attempts=3, per_workflow_limit=per_workflow_limit
+    )
 
 
 def request(service: str = "echo", **fields: str) -> RunRequest:
@@ -52,7 +54,9 @@ async def submit(queue: RunQueue, *items: IntakeItem) -> list[object]:
     return list(results)
 
 
-async def test_expired_lease_is_claimed_again_and_completes_exactly_once(database: Database) -> None:
+async def test_expired_lease_is_claimed_again_and_completes_exactly_once(
+    database: Database,
+) -> None:
     clock = ManualClock()
     queue = make_queue(database, clock)
     await submit(queue, request())
@@ -141,15 +145,15 @@ async def test_group_commit_batches_concurrent_submits(database: Database) -> No
     queue = make_queue(database, ManualClock())
     batches: list[int] = []
 
-    async def counting(items: list[IntakeItem]) -> list[object]:
+    async def counting(items: list[IntakeItem]) -> list[RunRecord | str | BaseException]:
         batches.append(len(items))
         return await queue.write_intake(items)
 
-    commit: GroupCommit[IntakeItem, object] = GroupCommit(counting, name="test")  # type: ignore[arg-type]
+    commit: GroupCommit[IntakeItem, RunRecord | str] = GroupCommit(counting, name="test")
     commit.start()
     results = await asyncio.gather(*(commit.submit(request()) for _ in range(200)))
     await commit.aclose()
-    assert len({result.id for result in results}) == 200  # type: ignore[attr-defined]
+    assert len({result.id for result in results}) == 200  # type: ignore[union-attr]
     assert sum(batches) == 200 and len(batches) < 200
     assert len(await queue.list_runs(limit=500)) == 200
 
