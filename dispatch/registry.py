@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, Select, select, update
 
 from core.clock import Clock
 from core.db import Database
@@ -130,18 +130,10 @@ class WorkflowRegistry:
 
     async def needs_update(self, service_id: str, source: str) -> bool:
         """Whether ``source`` differs from the current version of ``service_id`` (or none)."""
-        query = (
-            select(workflow_versions.c.source_hash)
-            .join(
-                workflows,
-                (workflow_versions.c.workflow_id == workflows.c.id)
-                & (workflow_versions.c.version == workflows.c.current_version),
-            )
-            .where(workflows.c.id == service_id, workflows.c.removed_at.is_(None))
-        )
+        query = _current(workflow_versions.c.source_hash).where(workflows.c.id == service_id)
         async with self._db.read() as conn:
             current = (await conn.execute(query)).scalar()
-        return current != hashlib.sha256(source.encode()).hexdigest()
+        return bool(current != hashlib.sha256(source.encode()).hexdigest())
 
     async def remove(self, service_id: str) -> None:
         async with self._db.write() as conn:
@@ -155,22 +147,13 @@ class WorkflowRegistry:
             raise NotFound("workflow", service_id)
 
     async def list(self) -> list[WorkflowInfo]:
-        query = (
-            select(
-                workflows.c.id,
-                workflows.c.current_version,
-                workflows.c.updated_at,
-                workflow_versions.c.lock_hash,
-                workflow_versions.c.lock,
-            )
-            .join(
-                workflow_versions,
-                (workflow_versions.c.workflow_id == workflows.c.id)
-                & (workflow_versions.c.version == workflows.c.current_version),
-            )
-            .where(workflows.c.removed_at.is_(None))
-            .order_by(workflows.c.id)
-        )
+        query = _current(
+            workflows.c.id,
+            workflows.c.current_version,
+            workflows.c.updated_at,
+            workflow_versions.c.lock_hash,
+            workflow_versions.c.lock,
+        ).order_by(workflows.c.id)
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [
@@ -208,17 +191,9 @@ class WorkflowRegistry:
 
     async def resolve(self, service_id: str) -> Workflow:
         """The current version, with its environment (built here if this node has not yet)."""
-        query = (
-            select(
-                workflow_versions.c.version, workflow_versions.c.source, workflow_versions.c.lock
-            )
-            .join(
-                workflows,
-                (workflow_versions.c.workflow_id == workflows.c.id)
-                & (workflow_versions.c.version == workflows.c.current_version),
-            )
-            .where(workflows.c.id == service_id, workflows.c.removed_at.is_(None))
-        )
+        query = _current(
+            workflow_versions.c.version, workflow_versions.c.source, workflow_versions.c.lock
+        ).where(workflows.c.id == service_id)
         async with self._db.read() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
@@ -243,10 +218,15 @@ class WorkflowRegistry:
         return path
 
 
-def describe(info: WorkflowInfo) -> dict[str, Any]:
-    return {
-        "id": info.service_id,
-        "version": info.version,
-        "lock_hash": info.lock_hash[:12],
-        "updated_at": info.updated_at,
-    }
+def _current(*columns: ColumnElement[Any]) -> Select[Any]:
+    """``columns`` of every workflow that is not removed, joined with its current version."""
+    return (
+        select(*columns)
+        .select_from(workflows)
+        .join(
+            workflow_versions,
+            (workflow_versions.c.workflow_id == workflows.c.id)
+            & (workflow_versions.c.version == workflows.c.current_version),
+        )
+        .where(workflows.c.removed_at.is_(None))
+    )
