@@ -72,6 +72,11 @@ class RuntimeSettings(_Section):
         description="a run whose worker stopped renewing its lease for this long is taken again",
     )
     max_attempts: int = Field(default=3, ge=1)
+    shutdown_grace: float = Field(
+        default=10.0,
+        ge=0,
+        description="on SIGTERM, seconds running runs get to finish before they are handed back",
+    )
     poll_interval: float = Field(default=0.5, gt=0)
     sandbox: Literal["process"] = "process"
     workflow_log_level: str = "INFO"

@@ -87,6 +87,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
             poll_interval=settings.runtime.poll_interval,
             runtime_url=settings.server.base_url(),
             workflow_log_level=settings.runtime.workflow_log_level,
+            shutdown_grace=settings.runtime.shutdown_grace,
         ),
         queue=services.queue,
         registry=services.registry,

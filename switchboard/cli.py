@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
             if server:
                 overrides["server"] = server
-        settings = load_settings(args.config, **overrides)
+        settings = load_settings(getattr(args, "config", None), **overrides)
         configure_logging(settings.server.log_level, settings.server.log_format)
         return _run(args.command(args, settings))
     except SwitchboardError as exc:
@@ -65,7 +65,6 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file")
     parser = argparse.ArgumentParser(prog="switchboard", parents=[common], description=__doc__)
-    parser.set_defaults(config=None)
     commands = parser.add_subparsers(title="commands")
 
     p = commands.add_parser(
