@@ -7,7 +7,7 @@ The composition root wires the implementations.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -40,12 +40,14 @@ class RunGateway(Protocol):
         """The run once finished, or as it stands when ``timeout`` seconds have passed."""
         ...
 
-    async def logs_after(
-        self, run_id: str, *, after_id: int = 0, after_time: datetime | None = None
-    ) -> list[LogEntry]: ...
+    def follow_logs(
+        self, run_id: str, *, after_time: datetime | None = None, follow: bool = True
+    ) -> AsyncIterator[list[LogEntry]]:
+        """Batches of the run's log lines (strictly after ``after_time``) in order.
 
-    async def wait_for_logs(self, run_id: str, timeout: float) -> None:
-        """Return when the run has new log lines or changed state, or after ``timeout`` s."""
+        With ``follow`` the iterator ends only once the run has finished and every line it wrote
+        has been yielded; without, once the lines stored so far have been.
+        """
         ...
 
     async def has_service(self, service_id: str) -> bool:

@@ -23,16 +23,28 @@ class RunEvents:
             if not future.done():
                 future.set_result(None)
 
-    async def wait(self, run_id: str, timeout: float) -> None:
-        """Return on the next change of ``run_id`` or after ``timeout`` seconds."""
+    def subscribe(self, run_id: str) -> asyncio.Future[None]:
+        """A future resolved by the next change of ``run_id``.
+
+        Subscribe *before* reading the state you wait to see change: a change that lands between
+        the read and the subscription would otherwise be missed until the next poll.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[run_id].add(future)
+        return future
+
+    def unsubscribe(self, run_id: str, change: asyncio.Future[None]) -> None:
+        change.cancel()
+        waiters = self._waiters.get(run_id)
+        if waiters is not None:
+            waiters.discard(change)
+            if not waiters:
+                del self._waiters[run_id]
+
+    async def wait(self, run_id: str, change: asyncio.Future[None], timeout: float) -> None:
+        """Return when ``change`` (from :meth:`subscribe`) resolves or after ``timeout`` seconds."""
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, timeout)
+                await asyncio.wait_for(asyncio.shield(change), timeout)
         finally:
-            waiters = self._waiters.get(run_id)
-            if waiters is not None:
-                waiters.discard(future)
-                if not waiters:
-                    del self._waiters[run_id]
+            self.unsubscribe(run_id, change)

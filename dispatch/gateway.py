@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 
 from core.db import Database
@@ -70,19 +70,35 @@ class QueueGateway:
     async def wait_until_finished(self, run_id: str, timeout: float) -> RunRecord | None:
         deadline = time.monotonic() + timeout
         while True:
+            change = self._events.subscribe(run_id)
             record = await self._queue.get(run_id)
             remaining = deadline - time.monotonic()
             if record is None or record.finished or remaining <= 0:
+                self._events.unsubscribe(run_id, change)
                 return record
-            await self._events.wait(run_id, min(remaining, self._poll))
+            await self._events.wait(run_id, change, min(remaining, self._poll))
 
-    async def logs_after(
-        self, run_id: str, *, after_id: int = 0, after_time: datetime | None = None
-    ) -> list[LogEntry]:
-        return await read_logs(self._db, run_id, after_id=after_id, after_time=after_time)
-
-    async def wait_for_logs(self, run_id: str, timeout: float) -> None:
-        await self._events.wait(run_id, min(timeout, self._poll))
+    async def follow_logs(
+        self, run_id: str, *, after_time: datetime | None = None, follow: bool = True
+    ) -> AsyncIterator[list[LogEntry]]:
+        cursor = 0
+        while True:
+            change = self._events.subscribe(run_id)
+            entries = await read_logs(self._db, run_id, after_id=cursor, after_time=after_time)
+            if entries:
+                self._events.unsubscribe(run_id, change)
+                cursor = entries[-1].id
+                yield entries
+                continue
+            record = await self._queue.get(run_id)
+            if not follow or record is None or record.finished:
+                self._events.unsubscribe(run_id, change)
+                # Lines are stored before a run is marked finished: one last read settles it.
+                last = await read_logs(self._db, run_id, after_id=cursor, after_time=after_time)
+                if last:
+                    yield last
+                return
+            await self._events.wait(run_id, change, self._poll)
 
     async def has_service(self, service_id: str) -> bool:
         return service_id in self._builtins or await self._registry.exists(service_id)

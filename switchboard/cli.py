@@ -278,24 +278,10 @@ async def runs_logs(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as services:
         if await services.queue.get(args.run_id) is None:
             raise SwitchboardError(f"request {args.run_id!r} not found")
-        cursor = 0
-        while True:
-            entries = await services.gateway.logs_after(args.run_id, after_id=cursor)
+        async for entries in services.gateway.follow_logs(args.run_id, follow=args.follow):
             for entry in entries:
                 print(f"{isoformat(entry.created_at)} {entry.stream:6} {entry.message}", flush=True)
-                cursor = entry.id
-            if entries:
-                continue
-            record = await services.queue.get(args.run_id)
-            if not args.follow or record is None or record.finished:
-                # One more read: lines are stored before a run is marked finished.
-                for entry in await services.gateway.logs_after(args.run_id, after_id=cursor):
-                    print(
-                        f"{isoformat(entry.created_at)} {entry.stream:6} {entry.message}",
-                        flush=True,
-                    )
-                return 0
-            await services.gateway.wait_for_logs(args.run_id, settings.runtime.poll_interval)
+    return 0
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:

@@ -19,8 +19,6 @@ from core.ports import RunGateway
 from triggers.auth import Authenticator, Principal
 from triggers.files import FileStore
 
-KEEPALIVE_SECONDS = 15.0
-
 ROUTES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/provision-request", "provision"),
     ("POST", "/run/{service_id}", "run_sync"),
@@ -150,25 +148,10 @@ class RuntimeApi:
             headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        cursor = 0
-        finished = record.finished
-        while True:
-            entries = await self._gateway.logs_after(
-                record.id, after_id=cursor, after_time=after_time
+        async for entries in self._gateway.follow_logs(record.id, after_time=after_time):
+            await response.write(
+                b"".join(json.dumps(entry.to_api()).encode() + b"\n" for entry in entries)
             )
-            if entries:
-                cursor = entries[-1].id
-                await response.write(
-                    b"".join(json.dumps(entry.to_api()).encode() + b"\n" for entry in entries)
-                )
-                continue
-            if finished:
-                break
-            current = await self._gateway.get(record.id)
-            # Lines are stored before a run is marked finished: one more read after it finished.
-            finished = current is None or current.finished
-            if not finished:
-                await self._gateway.wait_for_logs(record.id, KEEPALIVE_SECONDS)
         await response.write_eof()
         return response
 
