@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -148,6 +149,11 @@ async def serve(args: argparse.Namespace, settings: Settings) -> int:
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
     await site.start()
+    # Everything alive now (modules, SQLAlchemy's compiled caches, pydantic schemas) lives as long
+    # as the process: move it out of the collector's sight. Without this, each full collection
+    # walks ~100k long-lived objects and stalls the event loop for 60-80 ms (measured under load).
+    gc.collect()
+    gc.freeze()
     logging.getLogger("switchboard").info(
         "serving on %s (roles: %s)", settings.server.base_url(), ",".join(sorted(roles))
     )
