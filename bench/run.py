@@ -241,6 +241,19 @@ class Server:
         assert self.process is not None
         return self.process.pid
 
+    def check_alive(self) -> None:
+        """Raise with the exit status and the end of the server's log if it has exited."""
+        if self.process is None or self.process.poll() is None:
+            return
+        tail = ""
+        with contextlib.suppress(OSError):
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            tail = "\n".join(lines[-15:])
+        raise BenchError(
+            f"the server (roles {self.roles}) exited with status {self.process.returncode}; "
+            f"end of its log:\n{tail}"
+        )
+
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM, wait up to ``timeout`` s, SIGKILL only if it did not stop by then."""
         if self.process is None or self.process.poll() is not None:
@@ -724,7 +737,11 @@ def measure_level(
             wait_until_idle(plan.wait_idle)
         log(f"{backend}: wrk c={connections} t={threads} for {plan.duration:g} s")
         with CpuMeter(server.pid, database.server_pids) as meter:
-            measured = run_wrk(url, key, connections, threads, plan.duration)
+            try:
+                measured = run_wrk(url, key, connections, threads, plan.duration)
+            except BenchError:
+                server.check_alive()  # a dead server explains a failed wrk better than wrk does
+                raise
         measured.cpu = meter.use
         measured.stored = database.settled_count() - before
         measured.attempt = attempt
@@ -776,7 +793,7 @@ def profile(backend: str, server: Server, url: str, key: str, plan: Plan) -> Non
                 "--output",
                 str(out),
                 "--threads",
-                "--idle",
+                "--nonblocking",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -828,6 +845,7 @@ def measure_end_to_end(result: BackendResult, database: Database, plan: Plan) ->
                 request_timeout=120,
             )
         )
+        server.check_alive()
         for latency in result.latency:
             failures = "; ".join(latency.failures)
             log(
@@ -901,6 +919,15 @@ def _command_output(cmd: list[str]) -> str:
         lines = (done.stdout or done.stderr).strip().splitlines()
         return lines[0].strip() if lines else ""
     return ""
+
+
+def _problem(backend: str, text: str) -> str:
+    """A list item; any lines after the first (a log tail) go in an indented code block."""
+    first, _, rest = text.partition("\n")
+    if not rest.strip():
+        return f"- {backend}: {first}"
+    block = "\n".join(f"  {line}" for line in ["```", *rest.splitlines(), "```"])
+    return f"- {backend}: {first}\n\n{block}"
 
 
 def _row(cells: Sequence[object]) -> str:
@@ -1061,7 +1088,7 @@ def render(results: list[BackendResult], command: str, plan: Plan, started: dt.d
                 "one CPU during that measurement; the figure is disturbed."
             )
     problems = [
-        f"- {b.backend}: {p}"
+        _problem(b.backend, p)
         for b in results
         for p in ([b.error] if b.error else []) + b.stop_problems
     ]
