@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -76,6 +77,16 @@ class RunRequest(_Frozen):
         default=None, description="fill this provisioned husk instead of creating a new run"
     )
     run_id: str | None = Field(default=None, description="use this id for a new run")
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedRun:
+    """What an intake learns once its run request is committed (a plain class: hot path)."""
+
+    id: str
+    status: RunStatus
+    created: bool
+    """``False`` when an earlier submission (same idempotency key) already made this run."""
 
 
 class RunRecord(_Frozen):

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from core.models import Invocation, LogEntry, Outcome, RunRecord, RunRequest
+from core.models import Invocation, LogEntry, Outcome, RunRecord, RunRequest, SubmittedRun
 
 LogSink = Callable[[str, str], None]
 """Receives ``(stream, line)`` for every line a run writes; must not block."""
@@ -23,10 +23,10 @@ class RunGateway(Protocol):
 
     ``submit`` returns only after the run request is committed: an intake acknowledges its source
     after ``submit`` returns and never before. Submitting a request whose ``idempotency_key`` was
-    seen before returns the run that key already made.
+    seen before returns the run that key already made (``created`` false).
     """
 
-    async def submit(self, request: RunRequest) -> RunRecord: ...
+    async def submit(self, request: RunRequest) -> SubmittedRun: ...
 
     async def provision(
         self, owner_id: str, caller_id: str | None, run_id: str | None = None

@@ -60,8 +60,9 @@ class GroupCommit(Generic[T, R]):
         return future
 
     async def submit(self, item: T) -> R:
-        # Shielded: a caller that goes away (client disconnect) must not leave a half-known write.
-        return await asyncio.shield(self.submit_nowait(item))
+        # A caller that goes away (client disconnect) only stops waiting: the item stays queued
+        # and is written with its batch (the flusher skips futures nobody waits for).
+        return await self.submit_nowait(item)
 
     async def _run(self) -> None:
         while True:

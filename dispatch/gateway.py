@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 
 from core.db import Database
-from core.models import LogEntry, RunRecord, RunRequest
+from core.models import LogEntry, RunRecord, RunRequest, SubmittedRun
 from core.ports import BuiltinService
 from dispatch.batching import GroupCommit
 from dispatch.events import RunEvents
@@ -36,7 +36,7 @@ class QueueGateway:
         self._builtins = builtins
         self._events = events
         self._poll = poll_interval
-        self._intake: GroupCommit[IntakeItem, RunRecord | str] = GroupCommit(
+        self._intake: GroupCommit[IntakeItem, SubmittedRun | str] = GroupCommit(
             queue.write_intake, name="run-intake"
         )
 
@@ -46,13 +46,13 @@ class QueueGateway:
     async def aclose(self) -> None:
         await self._intake.aclose()
 
-    async def submit(self, request: RunRequest) -> RunRecord:
-        record = await self._intake.submit(request)
-        if not isinstance(record, RunRecord):
+    async def submit(self, request: RunRequest) -> SubmittedRun:
+        submitted = await self._intake.submit(request)
+        if not isinstance(submitted, SubmittedRun):
             raise TypeError("intake returned a husk id for a run request")
-        self._events.notify(record.id)
+        self._events.notify(submitted.id)
         self._events.work_available.set()
-        return record
+        return submitted
 
     async def provision(
         self, owner_id: str, caller_id: str | None, run_id: str | None = None

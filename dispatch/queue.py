@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.clock import Clock
 from core.db import Database
 from core.errors import Conflict, NotFound
-from core.models import Outcome, RunRecord, RunRequest, RunStatus, Source, new_run_id
+from core.models import Outcome, RunRecord, RunRequest, RunStatus, SubmittedRun, new_run_id
 from core.tables import runs
 from dispatch.rows import run_from_row
 
@@ -60,14 +60,16 @@ class RunQueue:
 
     # ---- intake ---------------------------------------------------------------------------
 
-    async def write_intake(self, items: list[IntakeItem]) -> list[RunRecord | str | BaseException]:
+    async def write_intake(
+        self, items: list[IntakeItem]
+    ) -> list[SubmittedRun | str | BaseException]:
         """Persist a batch of intake items in one transaction (see ``GroupCommit``).
 
-        Returns per item: the run's record (``RunRequest``), the new husk's id (``NewHusk``), or
+        Returns per item: the submitted run (``RunRequest``), the new husk's id (``NewHusk``), or
         the error that item alone caused.
         """
         now = self._clock.now()
-        results: list[RunRecord | str | BaseException | None] = [None] * len(items)
+        results: list[SubmittedRun | str | BaseException | None] = [None] * len(items)
         rows: list[dict[str, Any]] = []
         # Same idempotency key twice in one batch, or a key already stored: one run only.
         by_key: dict[str, list[int]] = {}
@@ -84,7 +86,7 @@ class RunQueue:
                 else:
                     row = _run_row(item, now)
                     rows.append(row)
-                    results[index] = _record_of(row)
+                    results[index] = SubmittedRun(row["id"], RunStatus.QUEUED, created=True)
                     if item.idempotency_key is not None:
                         by_key[item.idempotency_key] = [index]
             if by_key:
@@ -94,19 +96,23 @@ class RunQueue:
                 for existing in stored.mappings():
                     key = existing["idempotency_key"]
                     rows = [r for r in rows if r["idempotency_key"] != key]
-                    record = run_from_row(existing)
+                    earlier = SubmittedRun(
+                        existing["id"], RunStatus(existing["status"]), created=False
+                    )
                     for index in by_key.pop(key):
-                        results[index] = record
+                        results[index] = earlier
                 for indexes in by_key.values():
+                    first = results[indexes[0]]
                     for duplicate in indexes[1:]:
-                        results[duplicate] = results[indexes[0]]
+                        if isinstance(first, SubmittedRun):
+                            results[duplicate] = SubmittedRun(first.id, first.status, created=False)
             if rows:
                 await conn.execute(runs.insert(), rows)
         return [r if r is not None else RuntimeError("intake item not handled") for r in results]
 
     async def _fill_husk(
         self, conn: AsyncConnection, item: RunRequest, now: datetime
-    ) -> RunRecord | BaseException:
+    ) -> SubmittedRun | BaseException:
         run_id = item.provisioned_run_id or ""
         values = _run_row(item, now)
         for column in ("id", "created_at", "idempotency_key"):
@@ -119,11 +125,9 @@ class RunQueue:
                 runs.c.status == RunStatus.PROVISIONED,
             )
             .values(**values)
-            .returning(*runs.c)
         )
-        row = result.mappings().first()
-        if row is not None:
-            return run_from_row(row)
+        if result.rowcount == 1:
+            return SubmittedRun(run_id, RunStatus.QUEUED, created=True)
         current = (
             await conn.execute(
                 select(runs.c.status).where(runs.c.id == run_id, runs.c.owner_id == item.owner_id)
@@ -298,14 +302,6 @@ class RunQueue:
                 .group_by(runs.c.status)
             )
             return {str(status): int(count) for status, count in result}
-
-
-def _record_of(row: dict[str, Any]) -> RunRecord:
-    """The record of a row built here: its values are already valid, skip validation (hot path)."""
-    fields = {k: v for k, v in row.items() if k != "idempotency_key"}
-    fields["status"] = RunStatus(fields["status"])
-    fields["source"] = Source(fields["source"])
-    return RunRecord.model_construct(**fields)
 
 
 def _husk_row(run_id: str, item: NewHusk, now: datetime) -> dict[str, Any]:

@@ -149,6 +149,7 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
                 poll_interval=settings.runtime.poll_interval,
             ),
         )
+        database.start()
         logs.start()
         services.gateway.start()
         try:

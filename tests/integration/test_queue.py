@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.db import Database
-from core.models import Outcome, RunRecord, RunRequest, RunStatus
+from core.models import Outcome, RunRequest, RunStatus, SubmittedRun
 from dispatch.batching import GroupCommit
 from dispatch.queue import IntakeItem, NewHusk, RunQueue
 from switchboard.migrate import downgrade, upgrade
@@ -145,11 +145,11 @@ async def test_group_commit_batches_concurrent_submits(database: Database) -> No
     queue = make_queue(database, ManualClock())
     batches: list[int] = []
 
-    async def counting(items: list[IntakeItem]) -> list[RunRecord | str | BaseException]:
+    async def counting(items: list[IntakeItem]) -> list[SubmittedRun | str | BaseException]:
         batches.append(len(items))
         return await queue.write_intake(items)
 
-    commit: GroupCommit[IntakeItem, RunRecord | str] = GroupCommit(counting, name="test")
+    commit: GroupCommit[IntakeItem, SubmittedRun | str] = GroupCommit(counting, name="test")
     commit.start()
     results = await asyncio.gather(*(commit.submit(request()) for _ in range(200)))
     await commit.aclose()
