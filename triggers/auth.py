@@ -10,6 +10,7 @@ time (at once in this one).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -195,6 +196,7 @@ class Authenticator:
         self._clock = clock
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
 
     async def authenticate(self, header: str | None) -> Principal:
         key = _key_from_header(header)
@@ -209,7 +211,7 @@ class Authenticator:
             cached = self._cache.get(key)
             if cached is not None and cached[1] > time.monotonic():
                 return cached[0]
-            principal = await self._store.find(key)
+            principal = await self._find_once(key)
             if principal is not None:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
@@ -217,6 +219,34 @@ class Authenticator:
         if principal is None:
             self._cache.pop(key, None)
             raise Unauthorized("invalid or revoked API key")
+        return principal
+
+    async def _find_once(self, key: str) -> Principal | None:
+        """One database lookup per key at a time: when a cached key expires under load, the
+        requests that arrive meanwhile wait for the first one's answer instead of each asking."""
+        pending = self._lookups.get(key)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this request itself was cancelled
+                # the request doing the lookup went away: do it here
+        future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._lookups[key] = future
+        try:
+            principal = await self._store.find(key)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # marked retrieved: each waiter re-raises it itself
+            raise
+        finally:
+            if self._lookups.get(key) is future:
+                del self._lookups[key]
+        future.set_result(principal)
         return principal
 
     async def authorise_start(
