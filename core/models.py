@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -42,8 +43,13 @@ class Source(StrEnum):
 
 
 def new_run_id() -> str:
-    """``req_`` + 24 hex digits: unguessable, and short enough for socket paths."""
-    return "req_" + secrets.token_hex(12)
+    """``req_`` + the time in µs (13 hex digits) + 64 random bits (16 hex digits).
+
+    Time first so that ids sort by creation and new rows land at the end of the primary-key
+    index instead of on random pages (fewer dirty pages per commit); the random part keeps ids
+    unguessable. 33 characters: short enough for socket paths.
+    """
+    return f"req_{time.time_ns() // 1000:013x}{secrets.token_hex(8)}"
 
 
 class _Frozen(BaseModel):

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.db import Database
-from core.models import Outcome, RunRequest, RunStatus, SubmittedRun
+from core.models import Outcome, ReplyTarget, RunRequest, RunStatus, Source, SubmittedRun
 from dispatch.batching import GroupCommit
 from dispatch.queue import IntakeItem, NewHusk, RunQueue
 from switchboard.migrate import downgrade, upgrade
@@ -180,3 +180,32 @@ async def test_migrations_downgrade_and_upgrade_again(database: Database) -> Non
     queue = make_queue(database, ManualClock())
     await submit(queue, request())
     assert len(await queue.list_runs()) == 1
+
+
+async def test_intake_rows_read_back_exactly(database: Database) -> None:
+    clock = ManualClock()
+    clock.moment = clock.moment.replace(microsecond=123456)
+    queue = make_queue(database, clock)
+    target = ReplyTarget(channel="slack", address="C1", thread_id="1700000000.000100")
+    [submitted] = await submit(
+        queue,
+        RunRequest(
+            owner_id="default",
+            service_id="echo",
+            path="sub/path",
+            body='{"n": 1}',
+            source=Source.SLACK,
+            reply_target=target,
+            context={"X-Scheduled-Request-Id": "s1"},
+            correlation_id="corr",
+        ),
+    )
+    record = await queue.get(submitted.id)  # type: ignore[attr-defined]
+    assert record is not None
+    assert record.created_at == clock.moment and record.queued_at == clock.moment
+    assert record.reply_target == target.model_dump(mode="json")
+    assert record.context == {"X-Scheduled-Request-Id": "s1"}
+    assert (record.source, record.path, record.correlation_id) == (Source.SLACK, "sub/path", "corr")
+    assert record.status == RunStatus.QUEUED and record.request_body == '{"n": 1}'
+    [claimed] = await queue.claim("worker-a", 1)  # stored timestamps compare with bound ones
+    assert claimed.id == record.id
