@@ -79,17 +79,11 @@ def base_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    configured = os.environ.get("SWITCHBOARD_TEST_CACHE")
-    return Path(configured) if configured else tmp_path_factory.mktemp("switchboard-cache")
-
-
-@pytest.fixture(scope="session")
-def built_environment(cache_root: Path, base_env: dict[str, str]) -> BuiltEnvironment:
+def built_environment(workflow_cache: Path, base_env: dict[str, str]) -> BuiltEnvironment:
     """The environment of the shared test-workflow header, built once per session (or cache)."""
     builder = EnvironmentBuilder(
-        env_dir=cache_root / "envs",
-        uv_cache_dir=cache_root / "uv-cache",
+        env_dir=workflow_cache / "envs",
+        uv_cache_dir=workflow_cache / "uv",
         python=Path(sys.executable),
         base_env=base_env,
     )
@@ -173,11 +167,14 @@ def test_environment_has_the_locked_stack(built_environment: BuiltEnvironment) -
 
 
 async def test_concurrent_builders_share_one_build_and_replace_a_half_built_one(
-    built_environment: BuiltEnvironment, cache_root: Path, base_env: dict[str, str], tmp_path: Path
+    built_environment: BuiltEnvironment,
+    workflow_cache: Path,
+    base_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     builder = EnvironmentBuilder(
         env_dir=tmp_path / "envs",
-        uv_cache_dir=cache_root / "uv-cache",
+        uv_cache_dir=workflow_cache / "uv",
         python=Path(sys.executable),
         base_env=base_env,
     )
