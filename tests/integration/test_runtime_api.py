@@ -316,3 +316,23 @@ async def test_health_reports_ready(live: Live, tmp_path: Path) -> None:
         health = await http.get("/healthz")
     assert health.status_code == 200
     assert health.json()["status"] == "ok" and health.json()["sandbox"] == "process"
+
+
+async def test_sync_run_with_print_logs_streams_the_provisioned_run(
+    live: Live, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await live.register("hello")
+    async with client(live) as c:
+        # print_logs: the client provisions, runs synchronously and follows /logs meanwhile.
+        response = await c.run("hello", {"name": "Cy"}, print_logs=True)
+    assert response.json() == {"message": "Hello Cy!"}
+    printed = capsys.readouterr().out
+    assert "greeting Cy" in printed
+
+
+async def test_get_method_reaches_the_workflow_without_a_body(live: Live) -> None:
+    async with client(live) as c:
+        response = await c.run("echo", method="GET")
+    assert response.status_code == 200 and response.json() is None
+    record = await live.services.queue.get(response.headers["X-Request-Id"])
+    assert record is not None and record.method == "GET" and record.request_body is None
