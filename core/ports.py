@@ -86,3 +86,32 @@ class ResolvedWorkflow(Protocol):
 
 BuiltinService = Callable[[Invocation, LogSink], Awaitable[Outcome]]
 """A service that runs inside the server process (``echo``, later ``send_email``…)."""
+
+
+class Metrics(Protocol):
+    """What the service counts (exported by the composition root at ``/metrics``)."""
+
+    def run_accepted(self, source: str) -> None:
+        """A run request was committed (one per event, after dedupe)."""
+        ...
+
+    def request_rejected(self, status: int) -> None:
+        """An intake request was refused (4xx) or failed (5xx)."""
+        ...
+
+    def run_finished(self, status: str, seconds: float) -> None:
+        """A run ended with ``status`` after ``seconds`` of execution."""
+        ...
+
+
+class NullMetrics:
+    """Counts nothing: for the CLI and tests that do not look at metrics."""
+
+    def run_accepted(self, source: str) -> None:
+        pass
+
+    def request_rejected(self, status: int) -> None:
+        pass
+
+    def run_finished(self, status: str, seconds: float) -> None:
+        pass

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from core.db import Database
 from core.models import LogEntry, RunRecord, RunRequest, SubmittedRun
-from core.ports import BuiltinService
+from core.ports import BuiltinService, Metrics
 from dispatch.batching import GroupCommit
 from dispatch.events import RunEvents
 from dispatch.logs import read_logs
@@ -27,9 +27,11 @@ class QueueGateway:
         registry: WorkflowRegistry,
         builtins: Mapping[str, BuiltinService],
         events: RunEvents,
+        metrics: Metrics,
         *,
         poll_interval: float,
     ) -> None:
+        self._metrics = metrics
         self._db = database
         self._queue = queue
         self._registry = registry
@@ -50,6 +52,8 @@ class QueueGateway:
         submitted = await self._intake.submit(request)
         if not isinstance(submitted, SubmittedRun):
             raise TypeError("intake returned a husk id for a run request")
+        if submitted.created:
+            self._metrics.run_accepted(request.source.value)
         self._events.notify(submitted.id)
         self._events.work_available.set()
         return submitted

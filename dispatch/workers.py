@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from core.clock import Clock
 from core.errors import NotFound
 from core.models import Invocation, Outcome, RunRecord
-from core.ports import BuiltinService, LogSink, WorkflowRunner
+from core.ports import BuiltinService, LogSink, Metrics, WorkflowRunner
 from core.security import Signer
 from dispatch.events import RunEvents
 from dispatch.logs import LogWriter
@@ -49,7 +49,9 @@ class WorkerPool:
         events: RunEvents,
         signer: Signer,
         clock: Clock,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._queue = queue
         self._registry = registry
@@ -138,6 +140,7 @@ class WorkerPool:
             sink("system", f"run started: {run.service_id} (attempt {run.attempts})")
             outcome = await self._invoke(run, sink)
             elapsed = (time.monotonic() - started) * 1000
+            self._metrics.run_finished(outcome.status.value, elapsed / 1000)
             sink(
                 "system",
                 f"run {outcome.status.value} in {elapsed:.0f} ms"

@@ -16,6 +16,7 @@ from dispatch.runner import ProcessRunner
 from dispatch.workers import WorkerPool, WorkerSettings
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.http import error_middleware
+from switchboard.metrics import PrometheusMetrics
 from switchboard.services import Services, open_services
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
 from triggers.files import FILE_ROUTES, FileRoutes
@@ -23,6 +24,7 @@ from triggers.files import FILE_ROUTES, FileRoutes
 logger = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", PrometheusMetrics)
 SERVICES = web.AppKey("services", Services)
 WORKERS = web.AppKey("workers", WorkerPool)
 API = web.AppKey("api", RuntimeApi)
@@ -43,10 +45,12 @@ def create_app(
     unknown = set(roles) - ROLES
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
+    metrics = PrometheusMetrics()
     app = web.Application(
-        client_max_size=settings.server.max_body_size, middlewares=[error_middleware]
+        client_max_size=settings.server.max_body_size, middlewares=[error_middleware(metrics)]
     )
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app[READY] = asyncio.Event()
     app[STARTUP_ERROR] = []
     app.cleanup_ctx.append(_services)
@@ -54,6 +58,7 @@ def create_app(
         app.cleanup_ctx.append(_workers)
     app.cleanup_ctx.append(_bootstrap(on_admin_key))
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
     if "web" in roles:
         for method, path, name in ROUTES:
             app.router.add_route(method, path, _route_to(API, name))
@@ -63,7 +68,7 @@ def create_app(
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
-    async with open_services(app[SETTINGS]) as services:
+    async with open_services(app[SETTINGS], metrics=app[METRICS]) as services:
         app[SERVICES] = services
         app[API] = RuntimeApi(
             services.gateway,
@@ -101,6 +106,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         events=services.events,
         signer=services.signer,
         clock=services.clock,
+        metrics=services.metrics,
     )
     logger.warning(
         "sandbox = 'process': workflows run as plain processes without isolation; "
@@ -153,6 +159,11 @@ def _route_to(key: web.AppKey[Any], name: str) -> Handler:
 
     handler.__name__ = name
     return handler
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text format: runs accepted, requests rejected, run durations, queue depth."""
+    return await request.app[METRICS].render(request.app[SERVICES].queue)
 
 
 async def healthz(request: web.Request) -> web.Response:

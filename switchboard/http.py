@@ -5,16 +5,28 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from core.errors import SwitchboardError
+from core.ports import Metrics
 
 logger = logging.getLogger(__name__)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as JSON ``{"detail": …}`` with its status (DESIGN §8)."""
+def error_middleware(metrics: Metrics) -> Middleware:
+    """Every error leaves as JSON ``{"detail": …}`` with its status (DESIGN §8), and is counted."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await _as_json_errors(request, handler)
+        if response.status >= 400:
+            metrics.request_rejected(response.status)
+        return response
+
+    return middleware
+
+
+async def _as_json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except SwitchboardError as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.clock import Clock, SystemClock
 from core.db import Database
-from core.ports import BuiltinService
+from core.ports import BuiltinService, Metrics, NullMetrics
 from core.security import Signer
 from core.settings import Settings
 from dispatch.builtins import builtin_services
@@ -55,6 +55,7 @@ class Services:
     auth: Authenticator
     files: FileStore
     gateway: QueueGateway
+    metrics: Metrics
 
     @property
     def socket_dir(self) -> Path:
@@ -77,7 +78,9 @@ def tool_env() -> dict[str, str]:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, *, migrate: bool = True, metrics: Metrics | None = None
+) -> AsyncIterator[Services]:
     """Every component, started; stopped in reverse order on exit."""
     data_dir = settings.server.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +117,7 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
             reserved=frozenset(builtins),
         )
         keys = KeyStore(database, clock)
+        metrics = metrics or NullMetrics()
         services = Services(
             settings=settings,
             database=database,
@@ -146,8 +150,10 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
                 registry,
                 builtins,
                 events,
+                metrics,
                 poll_interval=settings.runtime.poll_interval,
             ),
+            metrics=metrics,
         )
         database.start()
         logs.start()

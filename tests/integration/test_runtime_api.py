@@ -336,3 +336,18 @@ async def test_get_method_reaches_the_workflow_without_a_body(live: Live) -> Non
     assert response.status_code == 200 and response.json() is None
     record = await live.services.queue.get(response.headers["X-Request-Id"])
     assert record is not None and record.method == "GET" and record.request_body is None
+
+
+async def test_metrics_count_accepted_rejected_and_finished_runs(live: Live) -> None:
+    async with client(live) as c:
+        await c.run("echo", {"a": 1})
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        refused = await http.post("/run/echo/", json={}, headers={"Authorization": "cwk-wrong"})
+        metrics = await http.get("/metrics")
+    assert refused.status_code == 401
+    assert metrics.status_code == 200
+    text = metrics.text
+    assert 'switchboard_runs_accepted_total{source="api"} 1.0' in text
+    assert 'switchboard_requests_rejected_total{status="401"} 1.0' in text
+    assert 'switchboard_run_duration_seconds_count{status="completed"} 1.0' in text
+    assert 'switchboard_queue_depth{status="queued"} 0.0' in text
