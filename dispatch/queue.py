@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Update, and_, func, or_, select, update
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -253,23 +253,13 @@ class RunQueue:
 
     async def set_version(self, worker_id: str, run_id: str, version: int | None) -> None:
         async with self._db.write() as conn:
-            await conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.lease_owner == worker_id)
-                .values(workflow_version=version)
-            )
+            await conn.execute(_held(worker_id, run_id).values(workflow_version=version))
 
     async def complete(self, worker_id: str, run_id: str, outcome: Outcome) -> bool:
         """Record how a run ended; ``False`` if this worker no longer held it (nothing written)."""
         async with self._db.write() as conn:
             result = await conn.execute(
-                update(runs)
-                .where(
-                    runs.c.id == run_id,
-                    runs.c.lease_owner == worker_id,
-                    runs.c.status == RunStatus.RUNNING,
-                )
-                .values(
+                _held(worker_id, run_id).values(
                     status=outcome.status,
                     response_status=outcome.response_status,
                     response_body=outcome.response_body,
@@ -286,13 +276,7 @@ class RunQueue:
         """Hand a run back unfinished (graceful shutdown); the attempt does not count."""
         async with self._db.write() as conn:
             await conn.execute(
-                update(runs)
-                .where(
-                    runs.c.id == run_id,
-                    runs.c.lease_owner == worker_id,
-                    runs.c.status == RunStatus.RUNNING,
-                )
-                .values(
+                _held(worker_id, run_id).values(
                     status=RunStatus.QUEUED,
                     lease_owner=None,
                     lease_expires_at=None,
@@ -326,6 +310,13 @@ class RunQueue:
                 .group_by(runs.c.status)
             )
             return {str(status): int(count) for status, count in result}
+
+
+def _held(worker_id: str, run_id: str) -> Update:
+    """An update of ``run_id`` that matches only while ``worker_id`` holds its lease."""
+    return update(runs).where(
+        runs.c.id == run_id, runs.c.lease_owner == worker_id, runs.c.status == RunStatus.RUNNING
+    )
 
 
 INTAKE_COLUMNS = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -20,23 +21,21 @@ def alembic_config() -> Config:
 
 async def upgrade(database: Database, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (``head`` by default). Safe to call on every start."""
-    config = alembic_config()
-
-    def _run(connection: Connection) -> None:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-
-    async with database.engine.connect() as connection:
-        await connection.run_sync(_run)
-        await connection.commit()
+    await _run_alembic(database, command.upgrade, revision)
 
 
 async def downgrade(database: Database, revision: str) -> None:
+    await _run_alembic(database, command.downgrade, revision)
+
+
+async def _run_alembic(
+    database: Database, step: Callable[[Config, str], None], revision: str
+) -> None:
     config = alembic_config()
 
     def _run(connection: Connection) -> None:
         config.attributes["connection"] = connection
-        command.downgrade(config, revision)
+        step(config, revision)
 
     async with database.engine.connect() as connection:
         await connection.run_sync(_run)
