@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from core.models import Invocation, LogEntry, Outcome, RunRecord, RunRequest, SubmittedRun
+from core.replies import Delivery, SendResult
 
 LogSink = Callable[[str, str], None]
 """Receives ``(stream, line)`` for every line a run writes; must not block."""
@@ -88,6 +89,19 @@ BuiltinService = Callable[[Invocation, LogSink], Awaitable[Outcome]]
 """A service that runs inside the server process (``echo``, later ``send_email``…)."""
 
 
+class Sender(Protocol):
+    """Sends replies to one channel (Slack, WhatsApp, email, webhook).
+
+    ``send`` makes one attempt and says how it went; it raises only for bugs. Retries, backoff
+    and giving up belong to the outbox: a sender answers ``retry`` (with ``retry_after`` when the
+    provider said how long to wait, e.g. HTTP 429 ``Retry-After``) or ``failed`` for errors that
+    no retry can fix. A multi-part reply reports the parts sent so far in ``progress`` and resumes
+    after ``delivery.progress`` on the next attempt.
+    """
+
+    async def send(self, delivery: Delivery) -> SendResult: ...
+
+
 class Metrics(Protocol):
     """What the service counts (exported by the composition root at ``/metrics``)."""
 
@@ -103,6 +117,10 @@ class Metrics(Protocol):
         """A run ended with ``status`` after ``seconds`` of execution."""
         ...
 
+    def delivery_finished(self, channel: str, outcome: str) -> None:
+        """A delivery attempt ended: ``sent``, ``retry`` or ``failed``."""
+        ...
+
 
 class NullMetrics:
     """Counts nothing: for the CLI and tests that do not look at metrics."""
@@ -114,4 +132,7 @@ class NullMetrics:
         pass
 
     def run_finished(self, status: str, seconds: float) -> None:
+        pass
+
+    def delivery_finished(self, channel: str, outcome: str) -> None:
         pass

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.replies import DEFAULT_FAILURE_LINE
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -98,6 +100,20 @@ class FilesSettings(_Section):
     )
 
 
+class DeliverySettings(_Section):
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="key of the X-Switchboard-Signature HMAC on webhook deliveries; default: "
+        "derived from the server secret",
+    )
+    failure_line: str = Field(
+        default=DEFAULT_FAILURE_LINE,
+        description="the one line a failed run sends back; {run_id} and {status} are filled in",
+    )
+    max_attempts: int = Field(default=8, ge=1)
+    lease_seconds: float = Field(default=60.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SWITCHBOARD_",
@@ -109,6 +125,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     files: FilesSettings = FilesSettings()
+    delivery: DeliverySettings = DeliverySettings()
 
     def env_dir(self) -> Path:
         return (self.runtime.env_dir or self.server.data_dir / "envs").resolve()

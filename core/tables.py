@@ -177,7 +177,8 @@ deliveries = Table(
     "deliveries",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("run_id", String(40), ForeignKey("runs.id"), nullable=False, index=True),
+    # One delivery per run: a run has one reply target, and its reply is sent once.
+    Column("run_id", String(40), ForeignKey("runs.id"), nullable=False, unique=True),
     Column("channel", String(16), nullable=False),
     Column("target", JSON, nullable=False),
     Column("payload", JSON, nullable=False),
@@ -186,6 +187,9 @@ deliveries = Table(
     Column("next_attempt_at", UTCDateTime()),
     Column("last_error", Text),
     Column("provider_id", String(200)),
+    # Parts of a multi-message reply already sent: a retry resumes after them.
+    Column("progress", Integer, nullable=False, default=0, server_default="0"),
+    Column("lease_expires_at", UTCDateTime()),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),

@@ -43,8 +43,11 @@ class RunEvents:
 
     async def wait(self, run_id: str, change: asyncio.Future[None], timeout: float) -> None:
         """Return when ``change`` (from :meth:`subscribe`) resolves or after ``timeout`` seconds."""
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+        # arrives as the awaited future completes, and the cancelled task then waits on forever.
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(change), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(change)
         finally:
             self.unsubscribe(run_id, change)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from core.clock import Clock
 from core.db import Database
 from core.errors import Conflict, NotFound
 from core.models import Outcome, RunRecord, RunRequest, RunStatus, SubmittedRun, new_run_id
-from core.tables import runs
+from core.tables import deliveries, runs
 from dispatch.rows import run_from_row
 
 logger = logging.getLogger(__name__)
@@ -255,8 +256,19 @@ class RunQueue:
         async with self._db.write() as conn:
             await conn.execute(_held(worker_id, run_id).values(workflow_version=version))
 
-    async def complete(self, worker_id: str, run_id: str, outcome: Outcome) -> bool:
-        """Record how a run ended; ``False`` if this worker no longer held it (nothing written)."""
+    async def complete(
+        self,
+        worker_id: str,
+        run_id: str,
+        outcome: Outcome,
+        reply: Callable[[datetime], dict[str, Any] | None] | None = None,
+    ) -> bool:
+        """Record how a run ended; ``False`` if this worker no longer held it (nothing written).
+
+        ``reply`` builds the run's outbox row; it is inserted in the same transaction, so the
+        reply exists if and only if the run is recorded as finished.
+        """
+        now = self._clock.now()
         async with self._db.write() as conn:
             result = await conn.execute(
                 _held(worker_id, run_id).values(
@@ -265,12 +277,17 @@ class RunQueue:
                     response_body=outcome.response_body,
                     response_content_type=outcome.response_content_type,
                     error=outcome.error,
-                    completed_at=self._clock.now(),
+                    completed_at=now,
                     lease_owner=None,
                     lease_expires_at=None,
                 )
             )
-            return result.rowcount == 1
+            if result.rowcount != 1:
+                return False
+            row = reply(now) if reply is not None else None
+            if row is not None:
+                await conn.execute(deliveries.insert().values(**row))
+            return True
 
     async def release(self, worker_id: str, run_id: str) -> None:
         """Hand a run back unfinished (graceful shutdown); the attempt does not count."""

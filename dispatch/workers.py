@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from core.clock import Clock
 from core.errors import NotFound
@@ -16,6 +18,7 @@ from core.ports import BuiltinService, LogSink, Metrics, WorkflowRunner
 from core.security import Signer
 from dispatch.events import RunEvents
 from dispatch.logs import LogWriter
+from dispatch.outbox import ReplyWriter
 from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowRegistry
 
@@ -50,8 +53,12 @@ class WorkerPool:
         signer: Signer,
         clock: Clock,
         metrics: Metrics,
+        replies: ReplyWriter,
+        on_reply: Callable[[], None] = lambda: None,
     ) -> None:
         self._metrics = metrics
+        self._replies = replies
+        self._on_reply = on_reply
         self._settings = settings
         self._queue = queue
         self._registry = registry
@@ -112,7 +119,8 @@ class WorkerPool:
             if free > 0 and len(claimed) == free:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(work.wait(), self._settings.poll_interval)
+                async with asyncio.timeout(self._settings.poll_interval):
+                    await work.wait()
 
     async def _lease_loop(self) -> None:
         interval = self._settings.lease_seconds / 3
@@ -147,7 +155,13 @@ class WorkerPool:
                 + (f": {outcome.error}" if outcome.error else ""),
             )
             await self._logs.settle(run.id)
-            if not await self._queue.complete(self._settings.worker_id, run.id, outcome):
+
+            def reply(now: datetime) -> dict[str, Any] | None:
+                return self._replies.row(run, outcome, now)
+
+            if await self._queue.complete(self._settings.worker_id, run.id, outcome, reply):
+                self._on_reply()
+            else:
                 logger.warning(
                     "run %s: finished here but its lease had passed to another worker", run.id
                 )

@@ -107,15 +107,19 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         signer=services.signer,
         clock=services.clock,
         metrics=services.metrics,
+        replies=services.replies,
+        on_reply=services.outbox.wake,
     )
     logger.warning(
         "sandbox = 'process': workflows run as plain processes without isolation; "
         "use only workflows you trust"
     )
     pool.start()
+    services.outbox.start()
     app[WORKERS] = pool
     yield
     await pool.aclose()
+    await services.outbox.aclose()
 
 
 def _bootstrap(

@@ -33,6 +33,12 @@ class PrometheusMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
             registry=self.registry,
         )
+        self._deliveries = Counter(
+            "switchboard_delivery_attempts",
+            "Reply delivery attempts, by channel and outcome (sent, retry, failed)",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
         self._depth = Gauge(
             "switchboard_queue_depth",
             "Runs waiting or running, by status (read at scrape time)",
@@ -48,6 +54,9 @@ class PrometheusMetrics:
 
     def run_finished(self, status: str, seconds: float) -> None:
         self._finished.labels(status).observe(seconds)
+
+    def delivery_finished(self, channel: str, outcome: str) -> None:
+        self._deliveries.labels(channel, outcome).inc()
 
     async def render(self, queue: RunQueue) -> web.Response:
         counts = await queue.counts()

@@ -6,6 +6,7 @@ data dir and database as the server, whether or not the server is running.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -15,9 +16,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from core.clock import Clock, SystemClock
 from core.db import Database
-from core.ports import BuiltinService, Metrics, NullMetrics
+from core.ports import BuiltinService, Metrics, NullMetrics, Sender
 from core.security import Signer
 from core.settings import Settings
 from dispatch.builtins import builtin_services
@@ -25,12 +28,14 @@ from dispatch.environments import EnvironmentBuilder
 from dispatch.events import RunEvents
 from dispatch.gateway import QueueGateway
 from dispatch.logs import LogWriter
+from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
 from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowRegistry
 from switchboard.config import signing_secret
 from switchboard.migrate import upgrade
 from triggers.auth import Authenticator, KeyStore
 from triggers.files import FileSettings, FileStore
+from triggers.webhook import WebhookSender
 
 # What a workflow process gets besides its own variables (DESIGN §5): nothing of the server's.
 WORKFLOW_BASE_ENV = {
@@ -56,6 +61,8 @@ class Services:
     files: FileStore
     gateway: QueueGateway
     metrics: Metrics
+    outbox: Outbox
+    replies: ReplyWriter
 
     @property
     def socket_dir(self) -> Path:
@@ -70,6 +77,13 @@ class Services:
             **WORKFLOW_BASE_ENV,
             "HOME": str((self.settings.server.data_dir / "home").resolve()),
         }
+
+
+def webhook_secret(settings: Settings, signer: Signer) -> bytes:
+    """The configured webhook secret, else one derived from the server secret."""
+    if settings.delivery.webhook_secret is not None:
+        return settings.delivery.webhook_secret.get_secret_value().encode()
+    return signer.sign("webhook-secret").encode()
 
 
 def tool_env() -> dict[str, str]:
@@ -89,6 +103,7 @@ async def open_services(
         settings.server.resolved_database_url(),
         sqlite_synchronous=settings.server.sqlite_synchronous,
     )
+    stack = contextlib.AsyncExitStack()
     try:
         if migrate:
             await upgrade(database)
@@ -118,6 +133,22 @@ async def open_services(
         )
         keys = KeyStore(database, clock)
         metrics = metrics or NullMetrics()
+        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
+        senders: dict[str, Sender] = {
+            "webhook": WebhookSender(http, webhook_secret(settings, signer), clock),
+        }
+        outbox = Outbox(
+            database,
+            clock,
+            senders,
+            metrics,
+            OutboxSettings(
+                lease_seconds=settings.delivery.lease_seconds,
+                max_attempts=settings.delivery.max_attempts,
+                poll_interval=settings.runtime.poll_interval,
+                failure_line=settings.delivery.failure_line,
+            ),
+        )
         services = Services(
             settings=settings,
             database=database,
@@ -154,6 +185,10 @@ async def open_services(
                 poll_interval=settings.runtime.poll_interval,
             ),
             metrics=metrics,
+            outbox=outbox,
+            replies=ReplyWriter(
+                channels=outbox.channels, failure_line=settings.delivery.failure_line
+            ),
         )
         database.start()
         logs.start()
@@ -164,4 +199,5 @@ async def open_services(
             await services.gateway.aclose()
             await logs.aclose()
     finally:
+        await stack.aclose()
         await database.dispose()

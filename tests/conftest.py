@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from core.settings import Settings
-from switchboard.app import READY, SERVICES, create_app
+from switchboard.app import READY, ROLES, SERVICES, create_app
 from switchboard.config import load_settings
 from switchboard.services import Services
 from tests.pgserver import ThrowawayPostgres
@@ -111,12 +111,12 @@ class LiveFactory:
         self._cache = cache
         self._runners: list[web.AppRunner] = []
 
-    async def start(self, **sections: dict[str, Any]) -> Live:
+    async def start(self, *, roles: Collection[str] = ROLES, **sections: dict[str, Any]) -> Live:
         port = free_port()
         settings = make_settings(
             self._tmp / "data", self._database_url, self._cache, port, **sections
         )
-        app = create_app(settings)
+        app = create_app(settings, roles=roles)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)

@@ -1,0 +1,259 @@
+"""The delivery outbox (DESIGN §1, step 4): a run's reply, sent once, with retries.
+
+The delivery row is written in the transaction that completes the run (``delivery_row``), so a
+reply exists exactly when its run finished, whatever happens to the process afterwards. The
+drain loop leases due deliveries, hands each to its channel's :class:`~core.ports.Sender`, and
+records the result: sent, retry later (backoff, or the provider's ``Retry-After``), or failed.
+Deliveries to one target within a drain are sent one after another in order; different targets
+go in parallel. A sender that dies mid-send is retried after the lease: providers may then see an
+attempt twice, which is why senders pass their own idempotency keys where the provider has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from core.clock import Clock
+from core.db import Database
+from core.models import Outcome, RunRecord
+from core.ports import Metrics, Sender
+from core.replies import DEFAULT_FAILURE_LINE, Delivery, SendResult, reply_for
+from core.tables import deliveries
+
+logger = logging.getLogger(__name__)
+
+NO_DELIVERY_CHANNELS = frozenset({"api", "none"})
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    lease_seconds: float = 60.0
+    max_attempts: int = 8
+    max_backoff: float = 300.0
+    poll_interval: float = 1.0
+    batch: int = 50
+    failure_line: str = DEFAULT_FAILURE_LINE
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyWriter:
+    """Turns a run that just ended into its outbox row (written with the run's completion)."""
+
+    channels: frozenset[str]
+    failure_line: str = DEFAULT_FAILURE_LINE
+
+    def row(self, run: RunRecord, outcome: Outcome, now: datetime) -> dict[str, Any] | None:
+        return delivery_row(
+            run, outcome, now, channels=self.channels, failure_line=self.failure_line
+        )
+
+
+def delivery_row(
+    run: RunRecord, outcome: Outcome, now: datetime, *, channels: frozenset[str], failure_line: str
+) -> dict[str, Any] | None:
+    """The outbox row for a run that just ended, or ``None`` when its answer goes nowhere."""
+    target = run.reply_target or {}
+    channel = str(target.get("channel", "api"))
+    if channel in NO_DELIVERY_CHANNELS:
+        return None
+    finished = run.model_copy(
+        update={
+            "status": outcome.status,
+            "response_status": outcome.response_status,
+            "response_body": outcome.response_body,
+            "response_content_type": outcome.response_content_type,
+            "error": outcome.error,
+            "completed_at": now,
+        }
+    )
+    reply = reply_for(finished, failure_line=failure_line)
+    sendable = channel in channels
+    return {
+        "run_id": run.id,
+        "channel": channel,
+        "target": target,
+        "payload": {
+            "reply": None if reply is None else reply.model_dump(mode="json"),
+            "record": finished.to_api(),
+        },
+        "status": "pending" if sendable else "failed",
+        "attempts": 0,
+        "progress": 0,
+        "next_attempt_at": now,
+        "last_error": None if sendable else f"no sender is configured for channel {channel!r}",
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+class Outbox:
+    """Drains due deliveries through the senders registered per channel."""
+
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        senders: Mapping[str, Sender],
+        metrics: Metrics,
+        settings: OutboxSettings,
+    ) -> None:
+        self._db = database
+        self._clock = clock
+        self._senders = senders
+        self._metrics = metrics
+        self._settings = settings
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return frozenset(self._senders)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._drain_loop(), name="outbox")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def wake(self) -> None:
+        """Something was added (a run completed): drain now rather than at the next poll."""
+        self._wakeup.set()
+
+    async def _drain_loop(self) -> None:
+        while True:
+            try:
+                sent = await self.drain_once()
+            except Exception:
+                logger.exception("draining the outbox failed; trying again")
+                sent = 0
+            if sent:
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.poll_interval):  # not wait_for: 3.11
+                    await self._wakeup.wait()
+
+    async def drain_once(self) -> int:
+        """Lease and attempt every due delivery (up to a batch); returns how many were attempted."""
+        claimed = await self._claim()
+        by_target: dict[str, list[Delivery]] = {}
+        for delivery in claimed:
+            key = f"{delivery.channel}:{delivery.target.get('address')}"
+            by_target.setdefault(key, []).append(delivery)
+        await asyncio.gather(*(self._send_in_order(group) for group in by_target.values()))
+        return len(claimed)
+
+    async def _send_in_order(self, group: list[Delivery]) -> None:
+        for delivery in group:
+            sender = self._senders[delivery.channel]
+            try:
+                result = await sender.send(delivery)
+            except Exception as exc:
+                logger.exception(
+                    "delivery %s (run %s): sender failed", delivery.id, delivery.run_id
+                )
+                result = SendResult.retry(f"sender error: {type(exc).__name__}: {exc}")
+            await self._record(delivery, result)
+
+    async def _claim(self) -> list[Delivery]:
+        now = self._clock.now()
+        query = (
+            select(deliveries.c.id)
+            .where(
+                deliveries.c.channel.in_(list(self._senders)),
+                or_(
+                    (deliveries.c.status == "pending") & (deliveries.c.next_attempt_at <= now),
+                    (deliveries.c.status == "sending") & (deliveries.c.lease_expires_at < now),
+                ),
+            )
+            .order_by(deliveries.c.id)
+            .limit(self._settings.batch)
+        )
+        async with self._db.read() as conn:
+            # Most polls find nothing: ask a reader before taking the write lock.
+            if (await conn.execute(query.limit(1))).first() is None:
+                return []
+        async with self._db.write() as conn:
+            if not self._db.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            ids = list((await conn.execute(query)).scalars())
+            if not ids:
+                return []
+            result = await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(ids))
+                .values(
+                    status="sending",
+                    attempts=deliveries.c.attempts + 1,
+                    lease_expires_at=now + timedelta(seconds=self._settings.lease_seconds),
+                    updated_at=now,
+                )
+                .returning(*deliveries.c)
+            )
+            rows = result.mappings().all()
+        return sorted((_delivery_of(row) for row in rows), key=lambda d: d.id)
+
+    async def _record(self, delivery: Delivery, result: SendResult) -> None:
+        now = self._clock.now()
+        values: dict[str, Any] = {
+            "progress": max(result.progress, delivery.progress),
+            "lease_expires_at": None,
+            "updated_at": now,
+            "last_error": result.error,
+        }
+        outcome = result.outcome
+        if outcome == "retry" and delivery.attempts >= self._settings.max_attempts:
+            outcome = "failed"
+            values["last_error"] = f"gave up after {delivery.attempts} attempts: {result.error}"
+        if outcome == "sent":
+            values.update(status="sent", provider_id=result.provider_id)
+        elif outcome == "failed":
+            values.update(status="failed")
+            logger.warning(
+                "delivery %s (run %s) to %s failed: %s",
+                delivery.id,
+                delivery.run_id,
+                delivery.channel,
+                values["last_error"],
+            )
+        else:
+            delay = result.retry_after
+            if delay is None:
+                backoff = min(2.0**delivery.attempts, self._settings.max_backoff)
+                delay = backoff * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not secrecy
+            values.update(status="pending", next_attempt_at=now + timedelta(seconds=delay))
+        self._metrics.delivery_finished(delivery.channel, outcome)
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery.id, deliveries.c.status == "sending")
+                .values(**values)
+            )
+
+
+def _delivery_of(row: Any) -> Delivery:
+    payload = row["payload"] or {}
+    return Delivery.model_validate(
+        {
+            "id": row["id"],
+            "run_id": row["run_id"],
+            "channel": row["channel"],
+            "target": row["target"],
+            "reply": payload.get("reply"),
+            "record": payload.get("record") or {},
+            "attempts": row["attempts"],
+            "progress": row["progress"],
+        }
+    )

@@ -1,0 +1,173 @@
+"""Replies leave through the outbox: once, signed, retried, and never lost across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from aiohttp import web
+from sqlalchemy import select
+
+from core.models import Outcome, ReplyTarget, RunRequest, RunStatus
+from core.ports import NullMetrics
+from core.tables import deliveries
+from dispatch.outbox import Outbox, OutboxSettings
+from tests.conftest import Live, LiveFactory, free_port
+from triggers.webhook import WebhookSender, webhook_signature
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint on loopback that records what it got and fails on request."""
+
+    url: str = ""
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    failures_left: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append((dict(request.headers), body))
+        self.arrived.set()
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            return web.Response(status=503, headers={"Retry-After": "0"})
+        return web.Response(status=204)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    target = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", target.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    target.url = f"http://127.0.0.1:{port}/hook"
+    yield target
+    await runner.cleanup()
+
+
+async def wait_for_delivery(live: Live, run_id: str, status: str) -> dict[str, object]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        async with live.services.database.read() as conn:
+            row = (
+                (await conn.execute(select(deliveries).where(deliveries.c.run_id == run_id)))
+                .mappings()
+                .first()
+            )
+        if row is not None and row["status"] == status:
+            return dict(row)
+        await live.services.events.wait(run_id, live.services.events.subscribe(run_id), 0.1)
+    raise AssertionError(f"delivery of {run_id} never reached {status!r}")
+
+
+async def submit_to_webhook(live: Live, url: str, service: str, body: object) -> str:
+    submitted = await live.services.gateway.submit(
+        RunRequest(
+            owner_id="default",
+            service_id=service,
+            body=json.dumps(body),
+            reply_target=ReplyTarget(channel="webhook", address=url),
+        )
+    )
+    return submitted.id
+
+
+async def test_reply_is_posted_once_and_signed(live: Live, receiver: Receiver) -> None:
+    run_id = await submit_to_webhook(live, receiver.url, "echo", {"text": "hello"})
+    row = await wait_for_delivery(live, run_id, "sent")
+    assert row["attempts"] == 1
+    [(headers, body)] = receiver.received
+    record = json.loads(body)
+    assert record["request_id"] == run_id and record["responseJson"] == {"text": "hello"}
+    assert record["status"] == "completed"
+    secret = live.services.signer.sign("webhook-secret").encode()
+    expected = webhook_signature(secret, headers["X-Switchboard-Timestamp"], body)
+    assert headers["X-Switchboard-Signature"] == expected
+    assert headers["Idempotency-Key"] == f"switchboard-delivery-{row['id']}"
+
+
+async def test_unavailable_receiver_is_retried_until_it_answers(
+    live: Live, receiver: Receiver
+) -> None:
+    receiver.failures_left = 2
+    run_id = await submit_to_webhook(live, receiver.url, "echo", {"n": 1})
+    row = await wait_for_delivery(live, run_id, "sent")
+    assert row["attempts"] == 3
+    assert len(receiver.received) == 3
+
+
+async def test_failed_run_still_replies_with_a_line_naming_it(
+    live_factory: LiveFactory, receiver: Receiver
+) -> None:
+    live = await live_factory.start(runtime={"run_timeout": 1})
+    await live.register("slow")
+    run_id = await submit_to_webhook(live, receiver.url, "slow", {"seconds": 10})
+    row = await wait_for_delivery(live, run_id, "sent")
+    payload = row["payload"]
+    assert isinstance(payload, dict)
+    assert payload["reply"]["failed"] is True and run_id in payload["reply"]["text"]
+    assert json.loads(receiver.received[0][1])["status"] == "timed_out"
+
+
+async def test_channel_without_a_sender_fails_visibly(live: Live) -> None:
+    submitted = await live.services.gateway.submit(
+        RunRequest(
+            owner_id="default",
+            service_id="echo",
+            body="{}",
+            reply_target=ReplyTarget(channel="whatsapp", address="whatsapp:+15550001"),
+        )
+    )
+    row = await wait_for_delivery(live, submitted.id, "failed")
+    assert "no sender is configured for channel 'whatsapp'" in str(row["last_error"])
+
+
+async def test_reply_recorded_before_a_restart_is_sent_once_after_it(
+    live_factory: LiveFactory, receiver: Receiver
+) -> None:
+    # A node that serves but neither executes nor delivers: we complete the run by hand, as a
+    # worker would, and "crash" before any outbox drained.
+    live = await live_factory.start(roles={"web"})
+    services = live.services
+    submitted = await services.gateway.submit(
+        RunRequest(
+            owner_id="default",
+            service_id="echo",
+            body='"hi"',
+            reply_target=ReplyTarget(channel="webhook", address=receiver.url),
+        )
+    )
+    [run] = await services.queue.claim("worker-a", 1)
+    done = Outcome.from_response(200, b'"hi"', "application/json")
+    assert await services.queue.complete(
+        "worker-a", run.id, done, lambda now: services.replies.row(run, done, now)
+    )
+    assert receiver.received == []
+    # After the restart, two outboxes (two nodes) drain the same database: the reply goes once.
+    async with httpx.AsyncClient() as http:
+        first, second = (
+            Outbox(
+                services.database,
+                services.clock,
+                {"webhook": WebhookSender(http, b"k" * 32, services.clock)},
+                NullMetrics(),
+                OutboxSettings(),
+            )
+            for _ in range(2)
+        )
+        attempted = await asyncio.gather(first.drain_once(), second.drain_once())
+        assert sorted(attempted) == [0, 1]
+        assert await first.drain_once() == 0
+    assert len(receiver.received) == 1
+    assert json.loads(receiver.received[0][1])["request_id"] == submitted.id
+    record = await services.queue.get(submitted.id)
+    assert record is not None and record.status == RunStatus.COMPLETED
