@@ -11,8 +11,9 @@ from core.models import LogEntry, RunRecord, RunRequest, SubmittedRun
 from core.ports import BuiltinService, Metrics
 from dispatch.batching import GroupCommit
 from dispatch.events import RunEvents
+from dispatch.intake import IntakeItem, IntakeWriter, NewHusk
 from dispatch.logs import read_logs
-from dispatch.queue import IntakeItem, NewHusk, RunQueue
+from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowRegistry
 
 
@@ -23,6 +24,7 @@ class QueueGateway:
     def __init__(
         self,
         database: Database,
+        intake: IntakeWriter,
         queue: RunQueue,
         registry: WorkflowRegistry,
         builtins: Mapping[str, BuiltinService],
@@ -39,7 +41,7 @@ class QueueGateway:
         self._events = events
         self._poll = poll_interval
         self._intake: GroupCommit[IntakeItem, SubmittedRun | str] = GroupCommit(
-            queue.write_intake, name="run-intake"
+            intake.write, name="run-intake"
         )
 
     def start(self) -> None:

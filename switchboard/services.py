@@ -27,6 +27,7 @@ from dispatch.builtins import builtin_services
 from dispatch.environments import EnvironmentBuilder
 from dispatch.events import RunEvents
 from dispatch.gateway import QueueGateway
+from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
 from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
 from dispatch.queue import RunQueue
@@ -177,6 +178,7 @@ async def open_services(
             ),
             gateway=QueueGateway(
                 database,
+                IntakeWriter(database, clock),
                 queue,
                 registry,
                 builtins,

@@ -11,7 +11,8 @@ import pytest
 from core.db import Database
 from core.models import Outcome, ReplyTarget, RunRequest, RunStatus, Source, SubmittedRun
 from dispatch.batching import GroupCommit
-from dispatch.queue import IntakeItem, NewHusk, RunQueue
+from dispatch.intake import IntakeItem, IntakeWriter, NewHusk
+from dispatch.queue import RunQueue
 from switchboard.migrate import downgrade, upgrade
 from triggers.auth import KeyStore
 
@@ -46,8 +47,8 @@ def request(service: str = "echo", **fields: str) -> RunRequest:
     return RunRequest(owner_id="default", service_id=service, body="{}", **fields)  # type: ignore[arg-type]
 
 
-async def submit(queue: RunQueue, *items: IntakeItem) -> list[object]:
-    results = await queue.write_intake(list(items))
+async def submit(writer: IntakeWriter, *items: IntakeItem) -> list[object]:
+    results = await writer.write(list(items))
     for result in results:
         if isinstance(result, BaseException):
             raise result
@@ -59,7 +60,8 @@ async def test_expired_lease_is_claimed_again_and_completes_exactly_once(
 ) -> None:
     clock = ManualClock()
     queue = make_queue(database, clock)
-    await submit(queue, request())
+    writer = IntakeWriter(database, clock)
+    await submit(writer, request())
     [first] = await queue.claim("worker-a", 5)
     assert first.attempts == 1 and first.status == RunStatus.RUNNING
     assert await queue.claim("worker-b", 5) == []  # leased: nobody else gets it
@@ -77,7 +79,8 @@ async def test_expired_lease_is_claimed_again_and_completes_exactly_once(
 async def test_renewed_lease_is_kept(database: Database) -> None:
     clock = ManualClock()
     queue = make_queue(database, clock)
-    await submit(queue, request())
+    writer = IntakeWriter(database, clock)
+    await submit(writer, request())
     [run] = await queue.claim("worker-a", 1)
     clock.advance(20)
     assert await queue.renew("worker-a", [run.id]) == {run.id}
@@ -89,7 +92,8 @@ async def test_renewed_lease_is_kept(database: Database) -> None:
 async def test_run_is_given_up_after_max_attempts(database: Database) -> None:
     clock = ManualClock()
     queue = make_queue(database, clock)
-    await submit(queue, request())
+    writer = IntakeWriter(database, clock)
+    await submit(writer, request())
     for attempt in range(3):
         claimed = await queue.claim(f"worker-{attempt}", 1)
         assert len(claimed) == 1
@@ -103,7 +107,8 @@ async def test_run_is_given_up_after_max_attempts(database: Database) -> None:
 async def test_per_workflow_limit_is_enforced_at_claim(database: Database) -> None:
     clock = ManualClock()
     queue = make_queue(database, clock, per_workflow_limit=2)
-    await submit(queue, *(request("slow") for _ in range(5)), request("echo"))
+    writer = IntakeWriter(database, clock)
+    await submit(writer, *(request("slow") for _ in range(5)), request("echo"))
     claimed = await queue.claim("worker-a", 10)
     services = sorted(run.service_id for run in claimed)
     assert services == ["echo", "slow", "slow"]
@@ -113,7 +118,8 @@ async def test_per_workflow_limit_is_enforced_at_claim(database: Database) -> No
 async def test_release_hands_the_run_back_without_counting_the_attempt(database: Database) -> None:
     clock = ManualClock()
     queue = make_queue(database, clock)
-    await submit(queue, request())
+    writer = IntakeWriter(database, clock)
+    await submit(writer, request())
     [run] = await queue.claim("worker-a", 1)
     await queue.release("worker-a", run.id)
     [again] = await queue.claim("worker-b", 1)
@@ -123,9 +129,10 @@ async def test_release_hands_the_run_back_without_counting_the_attempt(database:
 async def test_claims_are_oldest_first(database: Database) -> None:
     clock = ManualClock()
     queue = make_queue(database, clock)
+    writer = IntakeWriter(database, clock)
     ids = []
     for _ in range(3):
-        [record] = await submit(queue, request())
+        [record] = await submit(writer, request())
         ids.append(record.id)  # type: ignore[attr-defined]
         clock.advance(1)
     claimed = await queue.claim("worker-a", 3)
@@ -133,21 +140,25 @@ async def test_claims_are_oldest_first(database: Database) -> None:
 
 
 async def test_idempotency_key_in_one_batch_and_across_batches(database: Database) -> None:
-    queue = make_queue(database, ManualClock())
-    first = await submit(queue, request(idempotency_key="k1"), request(idempotency_key="k1"))
-    later = await submit(queue, request(idempotency_key="k1"), request(idempotency_key="k2"))
+    clock = ManualClock()
+    queue = make_queue(database, clock)
+    writer = IntakeWriter(database, clock)
+    first = await submit(writer, request(idempotency_key="k1"), request(idempotency_key="k1"))
+    later = await submit(writer, request(idempotency_key="k1"), request(idempotency_key="k2"))
     ids = {result.id for result in [*first, *later[:1]]}  # type: ignore[attr-defined]
     assert len(ids) == 1
     assert len(await queue.list_runs()) == 2
 
 
 async def test_group_commit_batches_concurrent_submits(database: Database) -> None:
-    queue = make_queue(database, ManualClock())
+    clock = ManualClock()
+    queue = make_queue(database, clock)
+    writer = IntakeWriter(database, clock)
     batches: list[int] = []
 
     async def counting(items: list[IntakeItem]) -> list[SubmittedRun | str | BaseException]:
         batches.append(len(items))
-        return await queue.write_intake(items)
+        return await writer.write(items)
 
     commit: GroupCommit[IntakeItem, SubmittedRun | str] = GroupCommit(counting, name="test")
     commit.start()
@@ -159,9 +170,9 @@ async def test_group_commit_batches_concurrent_submits(database: Database) -> No
 
 
 async def test_one_bad_item_fails_alone(database: Database) -> None:
-    queue = make_queue(database, ManualClock())
-    [husk] = await submit(queue, NewHusk(owner_id="default", caller_id=None))
-    results = await queue.write_intake(
+    writer = IntakeWriter(database, ManualClock())
+    [husk] = await submit(writer, NewHusk(owner_id="default", caller_id=None))
+    results = await writer.write(
         [
             request(provisioned_run_id="req_missing"),
             request(provisioned_run_id=str(husk)),
@@ -177,8 +188,10 @@ async def test_migrations_downgrade_and_upgrade_again(database: Database) -> Non
     await downgrade(database, "base")
     await upgrade(database)
     await KeyStore(database, ManualClock()).ensure_owner("default")
-    queue = make_queue(database, ManualClock())
-    await submit(queue, request())
+    clock = ManualClock()
+    queue = make_queue(database, clock)
+    writer = IntakeWriter(database, clock)
+    await submit(writer, request())
     assert len(await queue.list_runs()) == 1
 
 
@@ -186,9 +199,10 @@ async def test_intake_rows_read_back_exactly(database: Database) -> None:
     clock = ManualClock()
     clock.moment = clock.moment.replace(microsecond=123456)
     queue = make_queue(database, clock)
+    writer = IntakeWriter(database, clock)
     target = ReplyTarget(channel="slack", address="C1", thread_id="1700000000.000100")
     [submitted] = await submit(
-        queue,
+        writer,
         RunRequest(
             owner_id="default",
             service_id="echo",
