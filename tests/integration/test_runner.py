@@ -21,6 +21,7 @@ from core.errors import WorkflowError
 from core.models import Invocation, RunStatus
 from dispatch.environments import COMPLETE_MARKER, EnvironmentBuilder, python_of
 from dispatch.pep723 import ScriptMetadata, read_script_metadata
+from dispatch.registry import Workflow
 from dispatch.runner import MAX_LINE_BYTES, ProcessRunner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,14 +35,6 @@ PASSED_ENV = (
     "UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "UV_NATIVE_TLS",
 )  # fmt: skip
 SECRET = "cwk-test-secret-never-in-argv"
-
-
-@dataclass(frozen=True)
-class Workflow:
-    service_id: str
-    version: int
-    source_path: Path
-    python: Path
 
 
 @dataclass
@@ -356,17 +349,10 @@ async def test_a_workflow_that_never_serves_hits_the_startup_timeout(
 
 SERVER_THAT_DIES = """
 import asyncio, sys
-from dataclasses import dataclass
 from pathlib import Path
 from core.models import Invocation
+from dispatch.registry import Workflow
 from dispatch.runner import ProcessRunner
-
-@dataclass(frozen=True)
-class Workflow:
-    service_id: str
-    version: int
-    source_path: Path
-    python: Path
 
 invocation = Invocation.model_validate_json(sys.argv[4])
 runner = ProcessRunner(socket_dir=Path(sys.argv[3]), startup_timeout=30, base_env={})
