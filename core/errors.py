@@ -86,12 +86,6 @@ class SyncTimeout(SwitchboardError, TimeoutError):
         )
 
 
-class Unavailable(SwitchboardError):
-    """The service is not ready."""
-
-    status = 503
-
-
 class WorkflowError(SwitchboardError):
     """A workflow could not be registered or started."""
 

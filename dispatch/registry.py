@@ -44,7 +44,6 @@ class WorkflowInfo:
     service_id: str
     version: int
     lock_hash: str
-    dependencies: tuple[str, ...]
     updated_at: str
 
 
@@ -124,7 +123,6 @@ class WorkflowRegistry:
             service_id=service_id,
             version=version,
             lock_hash=self._builder.lock_hash(lock),
-            dependencies=metadata.dependencies,
             updated_at=now.isoformat(),
         )
 
@@ -152,7 +150,6 @@ class WorkflowRegistry:
             workflows.c.current_version,
             workflows.c.updated_at,
             workflow_versions.c.lock_hash,
-            workflow_versions.c.lock,
         ).order_by(workflows.c.id)
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
@@ -161,11 +158,6 @@ class WorkflowRegistry:
                 service_id=row.id,
                 version=row.current_version,
                 lock_hash=row.lock_hash,
-                dependencies=tuple(
-                    line
-                    for line in row.lock.splitlines()
-                    if line and not line.startswith(("#", " "))
-                ),
                 updated_at=row.updated_at.isoformat(),
             )
             for row in rows

@@ -134,7 +134,7 @@ class WorkerPool:
                 continue
             for run_id in set(held) - kept:
                 task = self._active.get(run_id)
-                if task is not None and run_id in self._active:
+                if task is not None:
                     logger.warning("run %s: lease lost to another worker; stopping it here", run_id)
                     task.cancel()
 

@@ -13,7 +13,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,6 @@ from switchboard.logging import configure_logging
 from switchboard.migrate import upgrade
 from switchboard.services import Services, open_services
 from triggers.auth import DEFAULT_OWNER
-
-Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,7 +64,7 @@ class FileStore:
         return {
             "file_id": file_id,
             "upload_uri": self._uri("PUT", file_id, filename, self._settings.upload_ttl),
-            "download_uri": self._uri("GET", file_id, filename, self._settings.download_ttl),
+            "download_uri": self.download_uri(file_id, filename),
             "upload_headers": {"Content-Type": content_type},
             "max_size": self._settings.max_size,
         }
@@ -81,10 +81,11 @@ class FileStore:
             "sha256": row["sha256"],
             "createdAt": isoformat(row["created_at"]),
             "uploadedAt": isoformat(row["uploaded_at"]),
-            "download_uri": self._uri("GET", file_id, row["filename"], self._settings.download_ttl),
+            "download_uri": self.download_uri(file_id, row["filename"]),
         }
 
     def download_uri(self, file_id: str, filename: str) -> str:
+        """A signed GET URI for a stored file (also for channels that pass attachments on)."""
         return self._uri("GET", file_id, filename, self._settings.download_ttl)
 
     def _uri(self, method: str, file_id: str, filename: str, ttl: int) -> str:
