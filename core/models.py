@@ -78,6 +78,11 @@ class RunRequest(_Frozen):
     idempotency_key: str | None = None
     correlation_id: str | None = None
     caller_id: str | None = None
+    serial_key: str | None = Field(
+        default=None,
+        description="runs sharing this key run one at a time in arrival order (one chat, "
+        "one schedule with overlap 'queue'); other runs are not held back",
+    )
     context: dict[str, str] = Field(default_factory=dict)
     provisioned_run_id: str | None = Field(
         default=None, description="fill this provisioned husk instead of creating a new run"
@@ -109,6 +114,7 @@ class RunRecord(_Frozen):
     source: Source = Source.API
     reply_target: dict[str, Any] | None = None
     correlation_id: str | None = None
+    serial_key: str | None = None
     context: dict[str, str] | None = None
     request_body: str | None = None
     response_status: int | None = None

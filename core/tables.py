@@ -121,6 +121,7 @@ runs = Table(
     Column("reply_target", JSON(none_as_null=True)),
     Column("idempotency_key", String(300), unique=True),
     Column("correlation_id", String(200)),
+    Column("serial_key", String(300)),
     Column("context", JSON(none_as_null=True)),
     Column("request_body", Text),
     Column("response_status", Integer),
@@ -181,6 +182,9 @@ deliveries = Table(
     Column("run_id", String(40), ForeignKey("runs.id"), nullable=False, unique=True),
     Column("channel", String(16), nullable=False),
     Column("target", JSON, nullable=False),
+    # channel:address. Deliveries to one target go out one at a time in id order (a chat's
+    # replies arrive in the order of its messages, even across retries).
+    Column("target_key", String(300), nullable=False),
     Column("payload", JSON, nullable=False),
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
@@ -193,4 +197,5 @@ deliveries = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    Index("ix_deliveries_target_key_status", "target_key", "status"),
 )

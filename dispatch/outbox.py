@@ -4,9 +4,11 @@ The delivery row is written in the transaction that completes the run (``deliver
 reply exists exactly when its run finished, whatever happens to the process afterwards. The
 drain loop leases due deliveries, hands each to its channel's :class:`~core.ports.Sender`, and
 records the result: sent, retry later (backoff, or the provider's ``Retry-After``), or failed.
-Deliveries to one target within a drain are sent one after another in order; different targets
-go in parallel. A sender that dies mid-send is retried after the lease: providers may then see an
-attempt twice, which is why senders pass their own idempotency keys where the provider has them.
+Deliveries to one target (``target_key``: a chat, a Slack channel, a mailbox, a URL) are strictly
+ordered: only the oldest unfinished one is attempted, so a reply waiting out a retry holds back
+the later ones; different targets go in parallel. A sender that dies mid-send is retried after
+the lease: providers may then see an attempt twice, which is why senders pass their own
+idempotency keys where the provider has them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from core.clock import Clock
 from core.db import Database
@@ -81,6 +83,7 @@ def delivery_row(
         "run_id": run.id,
         "channel": channel,
         "target": target,
+        "target_key": target_key(channel, target),
         "payload": {
             "reply": None if reply is None else reply.model_dump(mode="json"),
             "record": finished.to_api(),
@@ -93,6 +96,11 @@ def delivery_row(
         "created_at": now,
         "updated_at": now,
     }
+
+
+def target_key(channel: str, target: Mapping[str, Any]) -> str:
+    """What orders deliveries: one chat, channel, mailbox or URL (threads share their channel)."""
+    return f"{channel}:{target.get('address')}"[:300]
 
 
 class Outbox:
@@ -148,27 +156,26 @@ class Outbox:
     async def drain_once(self) -> int:
         """Lease and attempt every due delivery (up to a batch); returns how many were attempted."""
         claimed = await self._claim()
-        by_target: dict[str, list[Delivery]] = {}
-        for delivery in claimed:
-            key = f"{delivery.channel}:{delivery.target.get('address')}"
-            by_target.setdefault(key, []).append(delivery)
-        await asyncio.gather(*(self._send_in_order(group) for group in by_target.values()))
+        await asyncio.gather(*(self._attempt(delivery) for delivery in claimed))
         return len(claimed)
 
-    async def _send_in_order(self, group: list[Delivery]) -> None:
-        for delivery in group:
-            sender = self._senders[delivery.channel]
-            try:
-                result = await sender.send(delivery)
-            except Exception as exc:
-                logger.exception(
-                    "delivery %s (run %s): sender failed", delivery.id, delivery.run_id
-                )
-                result = SendResult.retry(f"sender error: {type(exc).__name__}: {exc}")
-            await self._record(delivery, result)
+    async def _attempt(self, delivery: Delivery) -> None:
+        sender = self._senders[delivery.channel]
+        try:
+            result = await sender.send(delivery)
+        except Exception as exc:
+            logger.exception("delivery %s (run %s): sender failed", delivery.id, delivery.run_id)
+            result = SendResult.retry(f"sender error: {type(exc).__name__}: {exc}")
+        await self._record(delivery, result)
 
     async def _claim(self) -> list[Delivery]:
+        """Lease due deliveries, at most one per target: the oldest unfinished one (in order)."""
         now = self._clock.now()
+        heads = (
+            select(func.min(deliveries.c.id))
+            .where(deliveries.c.status.in_(("pending", "sending")))
+            .group_by(deliveries.c.target_key)
+        )
         query = (
             select(deliveries.c.id)
             .where(
@@ -177,6 +184,7 @@ class Outbox:
                     (deliveries.c.status == "pending") & (deliveries.c.next_attempt_at <= now),
                     (deliveries.c.status == "sending") & (deliveries.c.lease_expires_at < now),
                 ),
+                deliveries.c.id.in_(heads),
             )
             .order_by(deliveries.c.id)
             .limit(self._settings.batch)

@@ -26,6 +26,8 @@ from dispatch.rows import run_from_row
 
 logger = logging.getLogger(__name__)
 
+CLAIM_LOCK_ID = 0x5357_4331  # "SWC1": the advisory lock that serialises claims on PostgreSQL
+
 
 class RunQueue:
     """SQL for the run lifecycle. Stateless apart from its settings; safe to share."""
@@ -48,37 +50,58 @@ class RunQueue:
     # ---- workers --------------------------------------------------------------------------
 
     async def claim(self, worker_id: str, limit: int) -> list[RunRecord]:
-        """Lease up to ``limit`` runnable runs, oldest first, honouring the per-workflow limit."""
+        """Lease up to ``limit`` runnable runs, oldest first, honouring the concurrency limits.
+
+        Limits (DESIGN §1 step 2): ``per_workflow_limit`` running runs per workflow, and one
+        running run per ``serial_key`` (one chat, one queued schedule), taken in arrival order:
+        a run waits while an earlier run with its key is unfinished. On PostgreSQL, claims are
+        serialised cluster-wide by a transaction-level advisory lock, so two nodes cannot both
+        pass a limit check on runs the other one is claiming at the same moment.
+        """
         if limit <= 0:
             return []
         now = self._clock.now()
         async with self._db.write() as conn:
+            if not self._db.is_sqlite:
+                await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
             running = await conn.execute(
-                select(runs.c.service_id, func.count())
-                .where(runs.c.status == RunStatus.RUNNING, runs.c.lease_expires_at >= now)
-                .group_by(runs.c.service_id)
+                select(runs.c.service_id, runs.c.serial_key).where(
+                    runs.c.status == RunStatus.RUNNING, runs.c.lease_expires_at >= now
+                )
             )
-            busy: Counter[str] = Counter({str(row[0]): int(row[1]) for row in running})
+            busy: Counter[str] = Counter()
+            held_keys: set[str] = set()
+            for service_id, serial_key in running:
+                busy[service_id] += 1
+                if serial_key is not None:
+                    held_keys.add(serial_key)
             query = (
-                select(runs.c.id, runs.c.service_id, runs.c.status, runs.c.attempts)
+                select(
+                    runs.c.id, runs.c.service_id, runs.c.status, runs.c.attempts, runs.c.serial_key
+                )
                 .where(
                     or_(
                         runs.c.status == RunStatus.QUEUED,
                         and_(runs.c.status == RunStatus.RUNNING, runs.c.lease_expires_at < now),
                     )
                 )
-                .order_by(runs.c.queued_at)
+                .order_by(runs.c.queued_at, runs.c.id)
                 .limit(limit * 4 + 16)
             )
             if not self._db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
             picked: list[str] = []
-            for run_id, service_id, status, attempts in await conn.execute(query):
+            for run_id, service_id, status, attempts, serial_key in await conn.execute(query):
                 if len(picked) >= limit:
                     break
                 if status == RunStatus.RUNNING and attempts >= self._max_attempts:
                     await self._give_up(conn, run_id, attempts, now)
                     continue
+                if serial_key is not None:
+                    if serial_key in held_keys:
+                        continue
+                    # Later runs of this key wait for this one, picked or not (arrival order).
+                    held_keys.add(serial_key)
                 if busy[service_id] >= self._per_workflow_limit:
                     continue
                 busy[service_id] += 1

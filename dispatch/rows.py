@@ -22,6 +22,7 @@ def run_from_row(row: RowMapping) -> RunRecord:
         source=Source(row["source"]),
         reply_target=row["reply_target"],
         correlation_id=row["correlation_id"],
+        serial_key=row["serial_key"],
         context=row["context"],
         request_body=row["request_body"],
         response_status=row["response_status"],

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import httpx
 import pytest
@@ -171,3 +172,44 @@ async def test_reply_recorded_before_a_restart_is_sent_once_after_it(
     assert json.loads(receiver.received[0][1])["request_id"] == submitted.id
     record = await services.queue.get(submitted.id)
     assert record is not None and record.status == RunStatus.COMPLETED
+
+
+async def test_replies_to_one_target_stay_in_order_while_the_first_is_retried(
+    live_factory: LiveFactory, receiver: Receiver
+) -> None:
+    live = await live_factory.start(roles={"web"})
+    services = live.services
+    run_ids = []
+    for n in range(3):
+        submitted = await services.gateway.submit(
+            RunRequest(
+                owner_id="default",
+                service_id="echo",
+                body=json.dumps({"n": n}),
+                reply_target=ReplyTarget(channel="webhook", address=receiver.url),
+            )
+        )
+        [run] = await services.queue.claim("worker-a", 1)
+        done = Outcome.from_response(200, json.dumps({"n": n}).encode(), "application/json")
+        assert await services.queue.complete(
+            "worker-a",
+            run.id,
+            done,
+            partial(services.replies.row, run, done),
+        )
+        run_ids.append(submitted.id)
+    receiver.failures_left = 2  # the first reply fails twice (Retry-After: 0)
+    async with httpx.AsyncClient() as http:
+        outbox = Outbox(
+            services.database,
+            services.clock,
+            {"webhook": WebhookSender(http, b"k" * 32, services.clock)},
+            NullMetrics(),
+            OutboxSettings(),
+        )
+        for _ in range(20):
+            if len(receiver.received) == 5:
+                break
+            assert await outbox.drain_once() <= 1  # one target: one delivery at a time
+    attempted = [json.loads(body)["request_id"] for _, body in receiver.received]
+    assert attempted == [run_ids[0], run_ids[0], run_ids[0], run_ids[1], run_ids[2]]

@@ -115,6 +115,39 @@ async def test_per_workflow_limit_is_enforced_at_claim(database: Database) -> No
     assert await queue.claim("worker-b", 10) == []
 
 
+async def test_runs_sharing_a_serial_key_run_one_at_a_time_in_arrival_order(
+    database: Database,
+) -> None:
+    clock = ManualClock()
+    queue = make_queue(database, clock)
+    writer = IntakeWriter(database, clock)
+    # One batch (one commit, one timestamp) still keeps arrival order within a chat.
+    results = await submit(
+        writer,
+        request(serial_key="chat:alice"),
+        request(serial_key="chat:bob"),
+        request(serial_key="chat:alice"),
+        request(serial_key="chat:alice"),
+        request(),
+    )
+    alice = [result.id for result in results[0:1] + results[2:4]]  # type: ignore[attr-defined]
+    first_claim = await queue.claim("worker-a", 10)
+    assert {run.serial_key for run in first_claim} == {"chat:alice", "chat:bob", None}
+    assert [run.id for run in first_claim if run.serial_key == "chat:alice"] == alice[:1]
+    assert await queue.claim("worker-b", 10) == []  # alice's next waits for her first
+    done = Outcome.from_response(200, b"{}", "application/json")
+    order = [alice[0]]
+    for _ in range(2):
+        assert await queue.complete("worker-a", order[-1], done)
+        [following] = await queue.claim("worker-a", 10)
+        order.append(following.id)
+    assert order == alice
+    clock.advance(31)  # a worker dies holding alice's last run: it is the one retried, alone
+    reclaimed = await queue.claim("worker-b", 10)
+    [retried] = [run for run in reclaimed if run.serial_key == "chat:alice"]
+    assert retried.id == alice[-1] and retried.attempts == 2
+
+
 async def test_release_hands_the_run_back_without_counting_the_attempt(database: Database) -> None:
     clock = ManualClock()
     queue = make_queue(database, clock)
