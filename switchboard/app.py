@@ -20,6 +20,7 @@ from switchboard.metrics import PrometheusMetrics
 from switchboard.services import Services, open_services
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
 from triggers.files import FILE_ROUTES, FileRoutes
+from triggers.slack.wiring import SLACK_ROUTES, SlackRoutes
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ SERVICES = web.AppKey("services", Services)
 WORKERS = web.AppKey("workers", WorkerPool)
 API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
+SLACK = web.AppKey("slack", SlackRoutes)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 
@@ -64,6 +66,9 @@ def create_app(
             app.router.add_route(method, path, _route_to(API, name))
         for method, path, name in FILE_ROUTES:
             app.router.add_route(method, path, _route_to(FILE_HANDLERS, name))
+        if settings.slack.enabled:
+            for method, path, name in SLACK_ROUTES:
+                app.router.add_route(method, path, _route_to(SLACK, name))
     return app
 
 
@@ -77,6 +82,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             ApiSettings(sync_timeout=services.settings.runtime.sync_timeout),
         )
         app[FILE_HANDLERS] = FileRoutes(services.files)
+        if services.slack is not None:
+            app[SLACK] = services.slack.routes(
+                services.gateway, services.files, public_url=services.settings.server.base_url()
+            )
         yield
 
 

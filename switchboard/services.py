@@ -36,6 +36,7 @@ from switchboard.config import signing_secret
 from switchboard.migrate import upgrade
 from triggers.auth import Authenticator, KeyStore
 from triggers.files import FileSettings, FileStore
+from triggers.slack.wiring import SlackChannel, open_slack
 from triggers.webhook import WebhookSender
 
 # What a workflow process gets besides its own variables (DESIGN §5): nothing of the server's.
@@ -64,6 +65,7 @@ class Services:
     metrics: Metrics
     outbox: Outbox
     replies: ReplyWriter
+    slack: SlackChannel | None = None
 
     @property
     def socket_dir(self) -> Path:
@@ -138,6 +140,11 @@ async def open_services(
         senders: dict[str, Sender] = {
             "webhook": WebhookSender(http, webhook_secret(settings, signer), clock),
         }
+        slack = None
+        if settings.slack.enabled:
+            slack = open_slack(settings.slack, database, clock, http)
+            stack.push_async_callback(slack.aclose)
+            senders["slack"] = slack.sender
         outbox = Outbox(
             database,
             clock,
@@ -191,6 +198,7 @@ async def open_services(
             replies=ReplyWriter(
                 channels=outbox.channels, failure_line=settings.delivery.failure_line
             ),
+            slack=slack,
         )
         database.start()
         logs.start()

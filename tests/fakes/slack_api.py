@@ -1,0 +1,249 @@
+"""A fake Slack Web API on 127.0.0.1: records every call and answers like Slack (PROTOCOLS §1).
+
+Methods: ``auth.test``, ``chat.postMessage``, ``reactions.add/remove``, ``users.info``,
+``files.getUploadURLExternal`` + the upload URL + ``files.completeUploadExternal`` (the
+``files_upload_v2`` flow), ``oauth.v2.access``; plus ``response_url`` endpoints for slash commands
+and private file downloads. Failures are programmed per method with :meth:`SlackApi.fail_next`
+(HTTP 429 with ``Retry-After``, or HTTP 200 ``ok: false``). Tests (Slack's and the scheduler's)
+wait on what arrived with :meth:`SlackApi.wait_for`.
+
+Usage::
+
+    async with SlackApi.running() as slack:
+        settings = {"api_url": slack.api_url, ...}
+        await slack.wait_for(lambda: slack.posts)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from slack_sdk.signature import SignatureVerifier
+
+BOT_USER_ID = "UBOT"
+BOT_ID = "BBOT"
+TEAM_ID = "T111"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the fake received."""
+
+    method: str
+    args: dict[str, Any]
+    token: str | None
+
+
+@dataclass
+class _Failure:
+    status: int
+    error: str
+    retry_after: int | None
+
+
+@dataclass
+class SlackApi:
+    base_url: str = ""
+    calls: list[Call] = field(default_factory=list)
+    responses: list[dict[str, Any]] = field(default_factory=list)
+    """Bodies POSTed to ``response_url``s (slash command results)."""
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    """Bytes uploaded to ``files.getUploadURLExternal`` URLs, by file id."""
+    private_files: dict[str, bytes] = field(default_factory=dict)
+    """Files served at ``{base_url}/files-pri/<name>`` (a bot token is required)."""
+    users: dict[str, str] = field(default_factory=dict)
+    """User id → display name for ``users.info``."""
+    tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Bot token → (team id, bot user id), for ``auth.test``; unknown tokens are ``TEAM_ID``."""
+    _failures: dict[str, list[_Failure]] = field(default_factory=dict)
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _ts: int = 0
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/api/"
+
+    def response_url(self, name: str = "cmd") -> str:
+        return f"{self.base_url}/response/{name}"
+
+    def private_url(self, name: str) -> str:
+        return f"{self.base_url}/files-pri/{name}"
+
+    def fail_next(
+        self,
+        method: str,
+        *,
+        error: str = "ratelimited",
+        status: int = 200,
+        retry_after: int | None = None,
+    ) -> None:
+        """The next call of ``method`` fails (``status`` 429 sends ``Retry-After``)."""
+        self._failures.setdefault(method, []).append(_Failure(status, error, retry_after))
+
+    def called(self, method: str) -> list[Call]:
+        return [call for call in self.calls if call.method == method]
+
+    @property
+    def posts(self) -> list[Call]:
+        """Successful ``chat.postMessage`` calls."""
+        return [call for call in self.called("chat.postMessage") if call.args.get("_ok")]
+
+    async def wait_for(self, condition: Callable[[], object], timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: bool(condition()))
+
+    async def _record(self, call: Call) -> None:
+        async with self._changed:
+            self.calls.append(call)
+            self._changed.notify_all()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # --- the Web API ---------------------------------------------------------------------
+
+    async def api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if request.content_type == "application/json":
+            args: dict[str, Any] = await request.json()
+        else:
+            args = dict(await request.post())
+        args.update(request.query)  # slack_sdk sends some methods' arguments as query parameters
+        authorization = request.headers.get("Authorization", "")
+        token = authorization.removeprefix("Bearer ") or None
+        call = Call(method, args, token)
+        failures = self._failures.get(method)
+        if failures:
+            failure = failures.pop(0)
+            await self._record(call)
+            headers = (
+                {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
+            )
+            return web.json_response(
+                {"ok": False, "error": failure.error}, status=failure.status, headers=headers
+            )
+        answer = self._answer(method, args, token)
+        if answer.get("ok"):
+            args["_ok"] = True
+        await self._record(call)
+        return web.json_response(answer)
+
+    def _answer(self, method: str, args: dict[str, Any], token: str | None) -> dict[str, Any]:
+        team, bot_user = self.tokens.get(token or "", (TEAM_ID, BOT_USER_ID))
+        if method == "auth.test":
+            return {
+                "ok": True,
+                "user_id": bot_user,
+                "bot_id": BOT_ID,
+                "team_id": team,
+                "team": "Test",
+            }
+        if method == "chat.postMessage":
+            self._ts += 1
+            ts = f"1800000000.{self._ts:06d}"
+            return {"ok": True, "channel": args.get("channel"), "ts": ts, "message": {"ts": ts}}
+        if method in {"reactions.add", "reactions.remove"}:
+            return {"ok": True}
+        if method == "users.info":
+            user = str(args.get("user"))
+            name = self.users.get(user)
+            if name is None:
+                return {"ok": False, "error": "user_not_found"}
+            return {
+                "ok": True,
+                "user": {"id": user, "name": name, "profile": {"display_name": name}},
+            }
+        if method == "files.getUploadURLExternal":
+            file_id = f"F{len(self.uploads) + len(self.called(method)):06d}"
+            return {
+                "ok": True,
+                "upload_url": f"{self.base_url}/upload/{file_id}",
+                "file_id": file_id,
+            }
+        if method == "files.completeUploadExternal":
+            files = (
+                json.loads(args["files"]) if isinstance(args.get("files"), str) else args["files"]
+            )
+            return {
+                "ok": True,
+                "files": [{"id": item["id"], "title": item.get("title")} for item in files],
+            }
+        if method == "oauth.v2.access":
+            code = str(args.get("code"))
+            return {
+                "ok": True,
+                "access_token": f"xoxb-{code}",
+                "token_type": "bot",
+                "scope": "chat:write,app_mentions:read",
+                "bot_user_id": f"UB{code.upper()}",
+                "app_id": "A111",
+                "team": {"id": f"T{code.upper()}", "name": code},
+                "enterprise": None,
+                "is_enterprise_install": False,
+                "authed_user": {"id": "UINSTALLER"},
+            }
+        return {"ok": False, "error": "unknown_method"}
+
+    async def upload(self, request: web.Request) -> web.Response:
+        self.uploads[request.match_info["file_id"]] = await request.read()
+        await self._notify()
+        return web.Response(text=f"OK - {len(self.uploads)}")
+
+    async def respond(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        async with self._changed:
+            self.responses.append({"url": str(request.url), **body})
+            self._changed.notify_all()
+        return web.Response(text="ok")
+
+    async def private_file(self, request: web.Request) -> web.Response:
+        if not request.headers.get("Authorization", "").startswith("Bearer xoxb-"):
+            return web.Response(status=403)
+        data = self.private_files.get(request.match_info["name"])
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls) -> AsyncIterator[SlackApi]:
+        fake = cls()
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", fake.api)
+        app.router.add_post("/upload/{file_id}", fake.upload)
+        app.router.add_post("/response/{name}", fake.respond)
+        app.router.add_get("/files-pri/{name}", fake.private_file)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        fake.base_url = f"http://127.0.0.1:{port}"
+        try:
+            yield fake
+        finally:
+            await runner.cleanup()
+
+
+def signed_headers(
+    secret: str, body: str, *, timestamp: int | None = None, content_type: str = "application/json"
+) -> dict[str, str]:
+    """Headers Slack sends with ``body``, signed with slack_sdk's own ``SignatureVerifier``."""
+    stamp = str(timestamp if timestamp is not None else int(time.time()))
+    signature = SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body)
+    assert signature is not None
+    return {
+        "Content-Type": content_type,
+        "X-Slack-Request-Timestamp": stamp,
+        "X-Slack-Signature": signature,
+    }

@@ -1,0 +1,411 @@
+"""The Slack trigger through real sockets: signed requests in, a fake Slack Web API out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from core.models import Outcome, RunStatus
+from core.ports import NullMetrics
+from core.replies import Delivery, Reply
+from core.tables import runs
+from dispatch.outbox import Outbox, OutboxSettings
+from tests.conftest import Live, LiveFactory
+from tests.fakes.slack_api import BOT_USER_ID, SlackApi, signed_headers
+from tests.integration.test_outbox import wait_for_delivery
+
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[SlackApi]:
+    async with SlackApi.running() as fake:
+        fake.users["U42"] = "Alice"
+        yield fake
+
+
+def slack_section(fake: SlackApi, **overrides: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "signing_secret": SECRET,
+        "bot_token": "xoxb-test",
+        "api_url": fake.api_url,
+        "workflow": "echo",
+        "channel_interval": 0,
+    }
+    section.update(overrides)
+    return section
+
+
+async def start(factory: LiveFactory, fake: SlackApi, **overrides: Any) -> Live:
+    roles = overrides.pop("roles", {"web", "worker"})
+    return await factory.start(roles=roles, slack=slack_section(fake, **overrides))
+
+
+def envelope(event: dict[str, Any], *, event_id: str = "Ev1", team: str = "T111") -> dict[str, Any]:
+    return {
+        "token": "legacy",
+        "team_id": team,
+        "api_app_id": "A111",
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": 1_700_000_000,
+        "event": event,
+        "authorizations": [{"team_id": team, "user_id": BOT_USER_ID, "is_bot": True}],
+    }
+
+
+def mention(
+    text: str = "hello there", *, ts: str = "1700000000.000100", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "type": "app_mention",
+        "user": "U42",
+        "text": f"<@{BOT_USER_ID}> {text}",
+        "ts": ts,
+        "channel": "C1",
+        "event_ts": ts,
+        **extra,
+    }
+
+
+async def post_event(
+    live: Live,
+    body: dict[str, Any],
+    *,
+    retry: int | None = None,
+    timestamp: int | None = None,
+    secret: str = SECRET,
+) -> httpx.Response:
+    raw = json.dumps(body)
+    headers = signed_headers(secret, raw, timestamp=timestamp)
+    if retry is not None:
+        headers["X-Slack-Retry-Num"] = str(retry)
+        headers["X-Slack-Retry-Reason"] = "http_timeout"
+    async with httpx.AsyncClient() as http:
+        return await http.post(f"{live.url}/slack/events", content=raw, headers=headers)
+
+
+async def run_count(live: Live) -> int:
+    async with live.services.database.read() as conn:
+        return int((await conn.execute(select(func.count()).select_from(runs))).scalar_one())
+
+
+async def test_mention_gets_one_threaded_reply_with_the_workflow_text(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    response = await post_event(live, envelope(mention("**hi** & <you>")))
+    assert response.status_code == 200
+    await slack.wait_for(lambda: slack.posts and slack.called("reactions.remove"))
+    [post] = slack.posts
+    assert post.args["channel"] == "C1" and post.args["thread_ts"] == "1700000000.000100"
+    assert post.args["text"] == "*hi* &amp; &lt;you&gt;"
+    assert post.token == "xoxb-test"
+    [added_eyes, added_done] = slack.called("reactions.add")
+    assert added_eyes.args["name"] == "eyes" and added_done.args["name"] == "white_check_mark"
+    assert slack.called("reactions.remove")[0].args["name"] == "eyes"
+    async with live.services.database.read() as conn:
+        body = (await conn.execute(select(runs.c.request_body))).scalar_one()
+    inputs = json.loads(body)
+    assert inputs["text"] == "**hi** & <you>"
+    assert inputs["sender"] == {"id": "U42", "name": "Alice"}
+    assert inputs["conversation"] == {"id": "C1", "thread_id": "1700000000.000100"}
+    assert inputs["channel"] == "slack"
+
+
+async def test_direct_message_gets_a_reply(live_factory: LiveFactory, slack: SlackApi) -> None:
+    live = await start(live_factory, slack)
+    dm = {
+        "type": "message",
+        "channel_type": "im",
+        "channel": "D9",
+        "user": "U42",
+        "text": "what's up",
+        "ts": "1700000001.000200",
+        "event_ts": "1700000001.000200",
+    }
+    assert (await post_event(live, envelope(dm))).status_code == 200
+    await slack.wait_for(lambda: slack.posts)
+    [post] = slack.posts
+    assert post.args["channel"] == "D9" and post.args["text"] == "what's up"
+    assert post.args["thread_ts"] == "1700000001.000200"
+
+
+async def test_one_message_as_mention_message_and_retries_makes_one_run_one_reply(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    as_mention = envelope(mention(), event_id="EvA")
+    as_message = envelope(
+        {**mention(), "type": "message", "channel_type": "channel"}, event_id="EvB"
+    )
+    answers = await asyncio.gather(
+        post_event(live, as_mention),
+        post_event(live, as_message),
+        *(post_event(live, as_mention, retry=n) for n in (1, 2, 3)),
+    )
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert await run_count(live) == 1
+    await slack.wait_for(lambda: slack.called("reactions.remove"))
+    assert await run_count(live) == 1
+    assert len(slack.posts) == 1
+
+
+@pytest.mark.parametrize("problem", ["bad", "stale", "missing"])
+async def test_bad_or_stale_signature_is_refused_and_nothing_is_stored(
+    live_factory: LiveFactory, slack: SlackApi, problem: str
+) -> None:
+    live = await start(live_factory, slack)
+    body = envelope(mention())
+    if problem == "bad":
+        response = await post_event(live, body, secret="not-the-secret")
+    elif problem == "stale":
+        response = await post_event(live, body, timestamp=int(time.time()) - 301)
+    else:
+        async with httpx.AsyncClient() as http:
+            response = await http.post(f"{live.url}/slack/events", json=body)
+    assert response.status_code == 401
+    assert await run_count(live) == 0
+    assert slack.calls == []
+
+
+async def test_url_verification_is_answered(live_factory: LiveFactory, slack: SlackApi) -> None:
+    live = await start(live_factory, slack)
+    response = await post_event(live, {"type": "url_verification", "challenge": "c-123"})
+    assert response.status_code == 200 and response.json() == {"challenge": "c-123"}
+
+
+async def test_bot_self_edited_and_unsubscribed_events_are_acked_and_ignored(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    ignored = [
+        {**mention(ts="1.1"), "bot_id": "BOTHER", "user": "U77"},  # another bot
+        {**mention(ts="1.2"), "user": BOT_USER_ID},  # ourselves
+        {
+            "type": "message",
+            "subtype": "message_changed",
+            "channel": "D9",
+            "channel_type": "im",
+            "ts": "1.3",
+            "message": {"text": "edited"},
+        },
+        {
+            "type": "message",
+            "channel": "C1",
+            "channel_type": "channel",
+            "user": "U42",
+            "text": "just chatting",
+            "ts": "1.4",
+        },  # a channel message that is not for us
+        {"type": "reaction_added", "user": "U42", "reaction": "+1", "item": {}},
+    ]
+    for number, event in enumerate(ignored):
+        response = await post_event(live, envelope(event, event_id=f"Ev{number}"))
+        assert response.status_code == 200, event
+    assert await run_count(live) == 0
+    assert slack.posts == []
+
+
+async def test_slash_command_is_acked_at_once_and_answers_on_response_url(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(
+        live_factory,
+        slack,
+        routes=[{"workflow": "echo", "commands": ["/ask"], "response_type": "in_channel"}],
+    )
+    form = {
+        "token": "legacy",
+        "team_id": "T111",
+        "channel_id": "C1",
+        "user_id": "U42",
+        "user_name": "alice",
+        "command": "/ask",
+        "text": "the _question_",
+        "response_url": slack.response_url("cmd1"),
+        "trigger_id": "123.456",
+    }
+    raw = urlencode(form)
+    headers = signed_headers(SECRET, raw, content_type="application/x-www-form-urlencoded")
+    started = time.monotonic()
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{live.url}/slack/commands", content=raw, headers=headers)
+    assert time.monotonic() - started < 3
+    assert response.status_code == 200 and response.text == "Working on it…"
+    await slack.wait_for(lambda: slack.responses)
+    [answer] = slack.responses
+    assert answer["text"] == "the _question_" and answer["response_type"] == "in_channel"
+    assert slack.posts == []
+
+
+async def test_long_answer_is_split_into_messages_without_breaking_code(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack, message_limit=4000)
+    prose = " ".join(f"word{n}" for n in range(900))  # ~7,000 characters
+    code = "```\n" + "\n".join(f"line {n} = {n * n}" for n in range(200)) + "\n```"
+    text = (prose + "\n\n" + code)[:10_000]
+    assert len(prose + "\n\n" + code) >= 10_000 - 1
+    await post_event(live, envelope(mention(text)))
+    await slack.wait_for(lambda: slack.called("reactions.remove"))
+    parts = [post.args["text"] for post in slack.posts]
+    assert len(parts) == 3
+    assert all(len(part) <= 4000 for part in parts)
+    assert all(part.count("```") % 2 == 0 for part in parts)
+    assert all(post.args["thread_ts"] == "1700000000.000100" for post in slack.posts)
+    joined = " ".join(parts)
+    assert "word0 " in joined and "word899" in joined
+
+
+async def test_rate_limited_post_is_retried_after_retry_after(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    slack.fail_next("chat.postMessage", status=429, retry_after=1)
+    await post_event(live, envelope(mention("again")))
+    await slack.wait_for(lambda: slack.posts)
+    attempts = slack.called("chat.postMessage")
+    assert len(attempts) == 2 and len(slack.posts) == 1
+    [run_id] = await _run_ids(live)
+    row = await wait_for_delivery(live, run_id, "sent")
+    assert row["attempts"] == 2
+
+
+async def test_permanent_slack_error_is_recorded_on_the_delivery(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    slack.fail_next("chat.postMessage", error="channel_not_found")
+    await post_event(live, envelope(mention()))
+    [run_id] = await _run_ids(live)
+    row = await wait_for_delivery(live, run_id, "failed")
+    assert row["attempts"] == 1 and "channel_not_found" in str(row["last_error"])
+
+
+async def test_restart_between_run_and_delivery_replies_exactly_once(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    # A web-only node stores the event; we complete the run as a worker would and "crash"
+    # before any outbox drained; then two outboxes (two nodes after the restart) drain.
+    live = await start(live_factory, slack, roles={"web"})
+    await post_event(live, envelope(mention("once")))
+    services = live.services
+    [run] = await services.queue.claim("worker-a", 1)
+    done = Outcome.from_response(200, b'{"text": "once"}', "application/json")
+    assert await services.queue.complete(
+        "worker-a", run.id, done, lambda now: services.replies.row(run, done, now)
+    )
+    assert slack.posts == []
+    assert services.slack is not None
+    sender = services.slack.sender
+    outboxes = [
+        Outbox(
+            services.database, services.clock, {"slack": sender}, NullMetrics(), OutboxSettings()
+        )
+        for _ in range(2)
+    ]
+    attempted = await asyncio.gather(*(outbox.drain_once() for outbox in outboxes))
+    assert sorted(attempted) == [0, 1]
+    assert await outboxes[0].drain_once() == 0
+    assert [post.args["text"] for post in slack.posts] == ["once"]
+    record = await services.queue.get(run.id)
+    assert record is not None and record.status == RunStatus.COMPLETED
+
+
+async def test_failed_run_answers_one_short_line_naming_the_run(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack, workflow="fail")
+    await live.register("fail")
+    await post_event(live, envelope(mention("please")))
+    await slack.wait_for(lambda: slack.called("reactions.remove"), timeout=60)
+    [run_id] = await _run_ids(live)
+    [post] = slack.posts
+    assert run_id in post.args["text"] and "\n" not in post.args["text"]
+    assert "boom" not in post.args["text"]
+    assert [call.args["name"] for call in slack.called("reactions.add")] == ["eyes", "x"]
+
+
+async def test_route_by_keyword_with_fixed_inputs(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(
+        live_factory,
+        slack,
+        workflow=None,
+        routes=[{"workflow": "echo", "keyword": "summarize", "inputs": {"reply": "summary!"}}],
+    )
+    await post_event(live, envelope(mention("nothing for us", ts="2.1"), event_id="Ev1"))
+    await post_event(live, envelope(mention("Summarize: this", ts="2.2"), event_id="Ev2"))
+    await slack.wait_for(lambda: slack.posts)
+    assert [post.args["text"] for post in slack.posts] == ["summary!"]
+    assert await run_count(live) == 1
+
+
+async def test_attachments_are_uploaded_and_inbound_files_get_signed_uris(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack, workflow=None, routes=[{"workflow": "echo"}])
+    slack.private_files["report.txt"] = b"quarterly numbers"
+    event = mention(
+        "see file",
+        files=[
+            {
+                "id": "F1",
+                "name": "report.txt",
+                "mimetype": "text/plain",
+                "url_private_download": slack.private_url("report.txt"),
+            }
+        ],
+    )
+    await post_event(live, envelope(event))
+    [run_id] = await _run_ids(live)
+    record = await live.services.gateway.wait_until_finished(run_id, 10)
+    assert record is not None and record.request_body is not None
+    [attachment] = json.loads(record.request_body)["attachments"]
+    assert attachment["filename"] == "report.txt" and attachment["size"] == 17
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(attachment["url"])).content == b"quarterly numbers"
+    await slack.wait_for(lambda: slack.called("reactions.remove"))
+    assert slack.uploads == {}
+
+
+async def test_reply_attachments_are_uploaded_as_files_in_the_thread(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack, roles={"web"})
+    url = await live.services.files.put("default", "chart.png", "image/png", b"\x89PNG data")
+    assert live.services.slack is not None
+    delivery = Delivery(
+        id=1,
+        run_id="req_x",
+        channel="slack",
+        target={"channel": "slack", "address": "C1", "thread_id": "1.5", "details": {}},
+        reply=Reply(text="see the chart", attachments=(url,)),
+        record={},
+        attempts=1,
+        progress=0,
+    )
+    result = await live.services.slack.sender.send(delivery)
+    assert result.outcome == "sent" and result.progress == 2
+    assert [post.args["text"] for post in slack.posts] == ["see the chart"]
+    [complete] = slack.called("files.completeUploadExternal")
+    assert complete.args["channel_id"] == "C1" and complete.args["thread_ts"] == "1.5"
+    assert list(slack.uploads.values()) == [b"\x89PNG data"]
+    # A retry after the text went out resumes with the file only.
+    again = await live.services.slack.sender.send(delivery.model_copy(update={"progress": 1}))
+    assert again.outcome == "sent" and len(slack.posts) == 1 and len(slack.uploads) == 2
+
+
+async def _run_ids(live: Live) -> list[str]:
+    async with live.services.database.read() as conn:
+        return list((await conn.execute(select(runs.c.id).order_by(runs.c.id))).scalars())

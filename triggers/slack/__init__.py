@@ -1,0 +1,1 @@
+"""The Slack channel: Events API and slash-command intake, OAuth installs, the reply sender."""

@@ -1,0 +1,310 @@
+"""Slack intake: Events API and slash commands through slack-bolt, persisted before the ack.
+
+Bolt runs with ``process_before_response=True``, so the HTTP answer goes back only when the
+listener returned: every listener awaits ``RunGateway.submit`` (committed, group-committed with
+other intakes) before that, and an event whose run could not be stored gets a 500 (Slack retries
+it) instead of a 200 that would lose it (DESIGN §1). Nothing slow runs before the ack besides the
+commit: the sender's name comes from a cache (``users.info`` once per user, short timeout) and
+attached files are copied into our file store under a deadline.
+
+Exactly once (PROTOCOLS §1.3): the run's idempotency key is ``slack:<team>:<channel>:<ts>``, the
+user message itself; the ``app_mention`` and ``message`` deliveries of one message and every
+retry (``X-Slack-Retry-Num``) carry the same channel and ts, so they find the run the first one
+made. Every event type has a listener (a no-op for the ones we do not answer): bolt would
+otherwise answer 404, which Slack counts as a failure and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import select
+
+from core.clock import Clock
+from core.db import Database
+from core.messages import Attachment
+from core.ports import RunGateway
+from core.slack_settings import SlackSettings
+from core.tables import runs
+from triggers.files import FileStore
+from triggers.slack.installations import (
+    BotTokens,
+    SlackInstallations,
+    SlackOAuthStates,
+    WorkspaceAuthorize,
+)
+from triggers.slack.messages import (
+    choose_workflow,
+    command_run_request,
+    event_run_request,
+    ignored_because,
+    mentions,
+    message_from_command,
+    message_from_event,
+    message_key,
+    strip_mention,
+    team_of,
+)
+from triggers.slack.sender import Reactions
+
+logger = logging.getLogger(__name__)
+
+NAME_LOOKUP_TIMEOUT = 1.0
+NAME_CACHE_SECONDS = 3600.0
+FILES_DEADLINE = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeDeps:
+    gateway: RunGateway
+    database: Database
+    files: FileStore
+    clock: Clock
+    http: httpx.AsyncClient
+    reactions: Reactions
+
+
+class SlackIntake:
+    """The bolt app and its listeners: each mention, DM or command becomes one run."""
+
+    def __init__(
+        self,
+        settings: SlackSettings,
+        deps: IntakeDeps,
+        tokens: BotTokens,
+        installations: SlackInstallations,
+        *,
+        oauth_states: SlackOAuthStates | None,
+        redirect_uri: str | None,
+    ) -> None:
+        if settings.signing_secret is None:
+            raise ValueError("the Slack intake needs [slack] signing_secret")
+        self._settings = settings
+        self._deps = deps
+        self._names: dict[str, tuple[float, str | None]] = {}
+        oauth = None
+        if settings.oauth_enabled and oauth_states is not None:
+            oauth = AsyncOAuthSettings(
+                client_id=settings.client_id,
+                client_secret=(
+                    settings.client_secret.get_secret_value() if settings.client_secret else None
+                ),
+                scopes=list(settings.scopes),
+                redirect_uri=redirect_uri,
+                installation_store=installations,
+                state_store=oauth_states,
+            )
+        # No token on the app's client: each request gets its workspace's token from authorize,
+        # so bolt never reads SLACK_BOT_TOKEN nor calls auth.test on its own.
+        self.app = AsyncApp(
+            signing_secret=settings.signing_secret.get_secret_value(),
+            client=AsyncWebClient(base_url=settings.api_url),
+            authorize=WorkspaceAuthorize(tokens),  # type: ignore[arg-type]  # an AsyncAuthorize
+            installation_store=installations,
+            oauth_settings=oauth,
+            process_before_response=True,
+            raise_error_for_unhandled_request=False,
+        )
+        self.app.event("app_mention")(self.accept_mention)
+        self.app.event("message")(self.accept_message)
+        self.app.enable_token_revocation_listeners()
+        self.app.event(re.compile(".*"))(_not_answered)
+        self.app.command(re.compile(".*"))(self.accept_command)
+
+    async def accept_mention(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        """``app_mention``: a mention in a channel or thread (never a DM)."""
+        reason = ignored_because(event, context.bot_user_id)
+        if reason is not None:
+            logger.debug("slack: event %s ignored: %s", body.get("event_id"), reason)
+            return
+        await self._accept(event, body, context, follow_up=False)
+
+    async def accept_message(
+        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        """``message.*``: DMs, and plain follow-ups in threads a route follows. A channel
+        message that mentions us is the twin of an ``app_mention``: same run (same key)."""
+        reason = ignored_because(event, context.bot_user_id)
+        if reason is not None:
+            logger.debug("slack: event %s ignored: %s", body.get("event_id"), reason)
+            return
+        if event.get("channel_type") == "im" or mentions(event, context.bot_user_id):
+            await self._accept(event, body, context, follow_up=False)
+        elif event.get("thread_ts") and event.get("thread_ts") != event.get("ts"):
+            await self._accept(event, body, context, follow_up=True)
+
+    async def _accept(
+        self,
+        event: Mapping[str, Any],
+        body: Mapping[str, Any],
+        context: AsyncBoltContext,
+        *,
+        follow_up: bool,
+    ) -> None:
+        team = team_of(body)
+        channel = str(event["channel"])
+        text = strip_mention(str(event.get("text") or ""), context.bot_user_id)
+        chosen = choose_workflow(self._settings, channel=channel, text=text)
+        if chosen is None:
+            logger.info("slack: no workflow for a message in %s (set [slack] workflow)", channel)
+            return
+        if follow_up and not (
+            chosen.route is not None
+            and chosen.route.follow_threads
+            and await self._in_thread(event, team, context.bot_user_id)
+        ):
+            return
+        client = context.client
+        message = message_from_event(
+            event,
+            bot_user_id=context.bot_user_id,
+            sender_name=await self._name_of(client, event),
+            attachments=await self._attachments(event, context.bot_token),
+            received_at=self._deps.clock.now(),
+        )
+        request = event_run_request(
+            message,
+            chosen,
+            owner_id=self._settings.owner,
+            team_id=team,
+            event_id=body.get("event_id"),
+        )
+        submitted = await self._deps.gateway.submit(request)
+        if not submitted.created:
+            logger.debug(
+                "slack: event %s is a repeat of run %s", body.get("event_id"), submitted.id
+            )
+            return
+        logger.info(
+            "slack: event %s in %s became run %s", body.get("event_id"), channel, submitted.id
+        )
+        reaction = self._settings.working_reaction
+        if reaction is not None:
+            ts = str(event["ts"])
+            self._deps.reactions.adding(
+                f"{channel}:{ts}", _add_reaction(client, channel, ts, reaction)
+            )
+
+    async def _in_thread(
+        self, event: Mapping[str, Any], team: str, bot_user_id: str | None
+    ) -> bool:
+        """Whether we are in this thread: we started it, or its first message made a run."""
+        if bot_user_id is not None and event.get("parent_user_id") == bot_user_id:
+            return True
+        root = message_key(team, str(event["channel"]), str(event["thread_ts"]))
+        async with self._deps.database.read() as conn:
+            found = await conn.execute(select(runs.c.id).where(runs.c.idempotency_key == root))
+            return found.first() is not None
+
+    async def accept_command(
+        self, ack: AsyncAck, command: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        """A slash command: stored, then acked with a short ephemeral line (well inside 3 s)."""
+        chosen = choose_workflow(
+            self._settings,
+            channel=str(command.get("channel_id") or ""),
+            text=str(command.get("text") or "").strip(),
+            command=str(command.get("command") or ""),
+        )
+        if chosen is None:
+            await ack(f"No workflow answers {command.get('command')} here.")
+            return
+        message = message_from_command(
+            command, sender_name=command.get("user_name"), received_at=self._deps.clock.now()
+        )
+        request = command_run_request(
+            message, chosen, owner_id=self._settings.owner, team_id=team_of(command)
+        )
+        submitted = await self._deps.gateway.submit(request)
+        logger.info("slack: %s became run %s", command.get("command"), submitted.id)
+        await ack(self._settings.command_ack)
+
+    async def _name_of(self, client: AsyncWebClient, event: Mapping[str, Any]) -> str | None:
+        """The sender's display name: from the event when it has one, else ``users.info``
+        (cached; a slow or refused lookup gives ``None`` rather than delaying the ack)."""
+        profile = event.get("user_profile") or {}
+        name = profile.get("display_name") or profile.get("real_name")
+        if name:
+            return str(name)
+        user = str(event["user"])
+        cached = self._names.get(user)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        found: str | None = None
+        try:
+            async with asyncio.timeout(NAME_LOOKUP_TIMEOUT):
+                info = await client.users_info(user=user)
+            person = info.get("user") or {}
+            details = person.get("profile") or {}
+            found = details.get("display_name") or person.get("real_name") or person.get("name")
+        except (SlackApiError, TimeoutError, OSError) as exc:
+            logger.debug("slack: no name for %s: %s", user, exc)
+        self._names[user] = (time.monotonic() + NAME_CACHE_SECONDS, found or None)
+        return found or None
+
+    async def _attachments(
+        self, event: Mapping[str, Any], token: str | None
+    ) -> Sequence[Attachment]:
+        """The message's files, copied into our file store (signed download URIs). Slack's
+        ``url_private`` needs the bot token, which workflows must never see."""
+        shared = [item for item in event.get("files") or [] if item.get("url_private_download")]
+        if not shared or token is None:
+            return ()
+        attachments: list[Attachment] = []
+        try:
+            async with asyncio.timeout(FILES_DEADLINE):
+                for item in shared:
+                    response = await self._deps.http.get(
+                        str(item["url_private_download"]),
+                        headers={"Authorization": f"Bearer {token}"},
+                        follow_redirects=True,
+                    )
+                    if not response.is_success:
+                        logger.warning(
+                            "slack: file %s answered %s", item.get("id"), response.status_code
+                        )
+                        continue
+                    content_type = str(item.get("mimetype") or "application/octet-stream")
+                    filename = str(item.get("name") or item.get("id") or "file")
+                    url = await self._deps.files.put(
+                        self._settings.owner, filename, content_type, response.content
+                    )
+                    attachments.append(
+                        Attachment(
+                            filename=filename,
+                            content_type=content_type,
+                            size=len(response.content),
+                            url=url,
+                        )
+                    )
+        except (TimeoutError, httpx.HTTPError) as exc:
+            logger.warning("slack: files not copied before the ack deadline: %r", exc)
+        return attachments
+
+
+async def _add_reaction(client: AsyncWebClient, channel: str, ts: str, name: str) -> None:
+    try:
+        await client.reactions_add(channel=channel, timestamp=ts, name=name)
+    except (SlackApiError, OSError) as exc:
+        logger.info("slack: no %s reaction on %s/%s: %r", name, channel, ts, exc)
+
+
+async def _not_answered(body: dict[str, Any]) -> None:
+    """Subscribed events we do not answer: acknowledged, so Slack does not retry them."""
+    event = body.get("event") or {}
+    logger.debug("slack: event %s (%s) not answered", body.get("event_id"), event.get("type"))

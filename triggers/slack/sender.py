@@ -1,0 +1,286 @@
+"""The ``slack`` channel's sender: a run's reply, posted in the thread it answers.
+
+One delivery is several Slack calls, each a "part": the text (Markdown rendered as mrkdwn, split
+into messages of ``message_limit`` characters without breaking code blocks), then one file upload
+per attachment. ``progress`` counts the parts sent, so a retry resumes after them. At the end the
+``:eyes:`` reaction the intake put on the user's message is swapped for the done/failed one
+(best-effort: a reaction that cannot be changed never holds a reply back).
+
+Slack answers errors with HTTP 200 ``ok: false`` (PROTOCOLS §1.6): the ones no retry can fix fail
+the delivery; ``ratelimited``/HTTP 429 is retried after ``Retry-After`` (§1.7); the rest retry
+with the outbox's backoff. Messages to one channel are paced to about one a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from core.chunking import split_text
+from core.replies import Delivery, Reply, SendResult
+from triggers.slack.installations import BotTokens
+from triggers.slack.mrkdwn import render_mrkdwn
+from triggers.webhook import retry_after
+
+logger = logging.getLogger(__name__)
+
+FETCH_TIMEOUT = 30.0
+# Errors that mean "this message can never be posted here" (a retry would fail the same way).
+PERMANENT_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "missing_scope",
+        "msg_too_long",
+        "no_text",
+        "invalid_blocks",
+        "restricted_action",
+        "cannot_reply_to_message",
+        "team_access_not_granted",
+        "invalid_arguments",
+        "expired_url",
+        "used_url",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SenderSettings:
+    api_url: str
+    message_limit: int = 3800
+    channel_interval: float = 1.0
+    working_reaction: str | None = "eyes"
+    done_reaction: str | None = "white_check_mark"
+    failed_reaction: str | None = "x"
+
+
+class Reactions:
+    """The ``:eyes:`` reactions the intake is still adding, so the sender never removes a
+    reaction before it was added (a fast run can finish before ``reactions.add`` returns)."""
+
+    def __init__(self) -> None:
+        self._adding: dict[str, asyncio.Task[None]] = {}
+
+    def adding(self, key: str, call: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(call)
+        self._adding[key] = task
+        task.add_done_callback(lambda _: self._adding.pop(key, None))
+
+    async def settled(self, key: str, timeout: float = 5.0) -> None:
+        task = self._adding.get(key)
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Let the adds in flight finish (they are short), then stop what is left."""
+        pending = set(self._adding.values())
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=5.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+
+class _Attempt(Exception):
+    """Ends an attempt early with the result it should report."""
+
+    def __init__(self, result: SendResult) -> None:
+        super().__init__(result.error)
+        self.result = result
+
+
+class SlackSender:
+    """Implements ``core.ports.Sender`` for ``slack`` reply targets (address = channel id)."""
+
+    def __init__(
+        self,
+        tokens: BotTokens,
+        http: httpx.AsyncClient,
+        settings: SenderSettings,
+        reactions: Reactions,
+    ) -> None:
+        self._tokens = tokens
+        self._http = http
+        self._settings = settings
+        self._reactions = reactions
+        self._clients: dict[str, AsyncWebClient] = {}
+        self._last_post: dict[str, float] = {}
+        self._pace_locks: dict[str, asyncio.Lock] = {}
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        target = delivery.target
+        details: dict[str, Any] = target.get("details") or {}
+        channel = str(target.get("address") or "")
+        reply = delivery.reply
+        try:
+            if details.get("response_url"):
+                return await self._respond(delivery, str(details["response_url"]), details)
+            workspace = await self._tokens.for_workspace(
+                details.get("enterprise_id"), details.get("team_id")
+            )
+            if workspace is None or workspace.bot_token is None:
+                return SendResult.failed(
+                    f"no bot token for Slack workspace {details.get('team_id')!r}"
+                )
+            client = self._client(workspace.bot_token)
+            parts = self._parts(reply)
+            done = delivery.progress
+            for index, part in enumerate(parts):
+                if index < done:
+                    continue
+                await self._pace(channel)
+                try:
+                    await part(client, channel, target.get("thread_id"))
+                except _Attempt as stop:
+                    return stop.result.model_copy(update={"progress": index})
+                except SlackApiError as exc:
+                    return _result_of(exc, progress=index)
+            await self._swap_reaction(client, channel, details, failed=bool(reply and reply.failed))
+            return SendResult.sent(progress=len(parts))
+        except httpx.HTTPError as exc:
+            return SendResult.retry(
+                f"slack unreachable: {type(exc).__name__}", progress=delivery.progress
+            )
+
+    def _client(self, token: str) -> AsyncWebClient:
+        client = self._clients.get(token)
+        if client is None:
+            client = AsyncWebClient(token=token, base_url=self._settings.api_url)
+            self._clients[token] = client
+        return client
+
+    def _parts(
+        self, reply: Reply | None
+    ) -> list[Callable[[AsyncWebClient, str, str | None], Awaitable[None]]]:
+        if reply is None:
+            return []
+        parts: list[Callable[[AsyncWebClient, str, str | None], Awaitable[None]]] = []
+        text = render_mrkdwn(reply.text) if reply.text.strip() else ""
+        for chunk in split_text(text, self._settings.message_limit) if text else []:
+
+            async def post(
+                client: AsyncWebClient, channel: str, thread: str | None, chunk: str = chunk
+            ) -> None:
+                await client.chat_postMessage(channel=channel, text=chunk, thread_ts=thread)
+
+            parts.append(post)
+        for url in reply.attachments:
+
+            async def upload(
+                client: AsyncWebClient, channel: str, thread: str | None, url: str = url
+            ) -> None:
+                content, filename = await self._fetch(url)
+                await client.files_upload_v2(
+                    channel=channel, thread_ts=thread, content=content, filename=filename
+                )
+
+            parts.append(upload)
+        return parts
+
+    async def _fetch(self, url: str) -> tuple[bytes, str]:
+        """An attachment's bytes (our file store's signed URI, or any http(s) URL)."""
+        if not url.startswith(("http://", "https://")):
+            raise _Attempt(SendResult.failed(f"attachment {url!r} is not an http(s) URL"))
+        response = await self._http.get(url, timeout=FETCH_TIMEOUT)
+        if response.status_code >= 500 or response.status_code == 429:
+            raise _Attempt(SendResult.retry(f"attachment {url} answered {response.status_code}"))
+        if not response.is_success:
+            raise _Attempt(SendResult.failed(f"attachment {url} answered {response.status_code}"))
+        name = unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or "attachment"
+        return response.content, name
+
+    async def _respond(self, delivery: Delivery, url: str, details: dict[str, Any]) -> SendResult:
+        """A slash command's result: POSTed to its ``response_url`` (no token needed)."""
+        reply = delivery.reply
+        if reply is None:
+            return SendResult.sent()
+        lines = [reply.text, *reply.attachments]
+        text = render_mrkdwn("\n\n".join(line for line in lines if line.strip()))
+        parts = split_text(text, self._settings.message_limit) if text else []
+        for index, chunk in enumerate(parts):
+            if index < delivery.progress:
+                continue
+            body = {
+                "text": chunk,
+                "response_type": details.get("response_type", "ephemeral"),
+                "replace_original": False,
+            }
+            response = await self._http.post(url, json=body, timeout=FETCH_TIMEOUT)
+            if response.status_code == 429 or response.status_code >= 500:
+                return SendResult.retry(
+                    f"response_url answered {response.status_code}",
+                    after=retry_after(response.headers.get("Retry-After")),
+                    progress=index,
+                )
+            if not response.is_success:
+                return SendResult.failed(
+                    f"response_url answered {response.status_code}: {response.text[:200]}",
+                    progress=index,
+                )
+        return SendResult.sent(progress=len(parts))
+
+    async def _pace(self, channel: str) -> None:
+        """About one message per second per channel (chat.postMessage's special limit)."""
+        interval = self._settings.channel_interval
+        if interval <= 0:
+            return
+        lock = self._pace_locks.setdefault(channel, asyncio.Lock())
+        async with lock:
+            wait = self._last_post.get(channel, 0.0) + interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_post[channel] = time.monotonic()
+
+    async def _swap_reaction(
+        self, client: AsyncWebClient, channel: str, details: dict[str, Any], *, failed: bool
+    ) -> None:
+        message_ts = details.get("message_ts")
+        settings = self._settings
+        if not message_ts or settings.working_reaction is None:
+            return
+        await self._reactions.settled(f"{channel}:{message_ts}")
+        final = settings.failed_reaction if failed else settings.done_reaction
+        try:
+            if final is not None:
+                await client.reactions_add(channel=channel, timestamp=message_ts, name=final)
+            await client.reactions_remove(
+                channel=channel, timestamp=message_ts, name=settings.working_reaction
+            )
+        except SlackApiError as exc:
+            logger.info(
+                "slack: reaction on %s/%s not changed: %s",
+                channel,
+                message_ts,
+                exc.response.get("error"),
+            )
+
+
+def _result_of(exc: SlackApiError, *, progress: int) -> SendResult:
+    response = exc.response
+    error = str(response.get("error") or f"HTTP {response.status_code}")
+    if response.status_code == 429 or error == "ratelimited":
+        after = retry_after(
+            str(response.headers.get("Retry-After") or response.headers.get("retry-after") or "")
+        )
+        return SendResult.retry(
+            f"slack: {error}", after=after if after is not None else 1.0, progress=progress
+        )
+    if error in PERMANENT_ERRORS:
+        return SendResult.failed(f"slack: {error}", progress=progress)
+    return SendResult.retry(f"slack: {error}", progress=progress)

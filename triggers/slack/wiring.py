@@ -1,0 +1,118 @@
+"""The Slack channel's parts, built once from ``[slack]``: the composition root calls
+:func:`open_slack` (sender for the outbox) and :meth:`SlackChannel.routes` (aiohttp handlers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_sdk.web.async_client import AsyncWebClient
+
+from core.clock import Clock
+from core.db import Database
+from core.ports import RunGateway
+from core.slack_settings import SlackSettings
+from triggers.files import FileStore
+from triggers.slack.installations import BotTokens, SlackInstallations, SlackOAuthStates
+from triggers.slack.intake import IntakeDeps, SlackIntake
+from triggers.slack.sender import Reactions, SenderSettings, SlackSender
+
+SLACK_ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("POST", "/slack/events", "events"),
+    ("POST", "/slack/commands", "events"),
+    ("GET", "/slack/install", "install"),
+    ("GET", "/slack/oauth_redirect", "oauth_redirect"),
+)
+"""(method, path, handler method of :class:`SlackRoutes`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlackChannel:
+    settings: SlackSettings
+    database: Database
+    clock: Clock
+    http: httpx.AsyncClient
+    installations: SlackInstallations
+    tokens: BotTokens
+    reactions: Reactions
+    sender: SlackSender
+
+    def routes(self, gateway: RunGateway, files: FileStore, *, public_url: str) -> SlackRoutes:
+        intake = SlackIntake(
+            self.settings,
+            IntakeDeps(
+                gateway=gateway,
+                database=self.database,
+                files=files,
+                clock=self.clock,
+                http=self.http,
+                reactions=self.reactions,
+            ),
+            self.tokens,
+            self.installations,
+            oauth_states=SlackOAuthStates(self.database, self.clock),
+            redirect_uri=self.settings.redirect_uri or f"{public_url}/slack/oauth_redirect",
+        )
+        return SlackRoutes(intake)
+
+    async def aclose(self) -> None:
+        await self.reactions.aclose()
+
+
+def open_slack(
+    settings: SlackSettings, database: Database, clock: Clock, http: httpx.AsyncClient
+) -> SlackChannel:
+    installations = SlackInstallations(database, clock)
+    bot_token = settings.bot_token.get_secret_value() if settings.bot_token else None
+    tokens = BotTokens(installations, AsyncWebClient(base_url=settings.api_url), bot_token)
+    reactions = Reactions()
+    sender = SlackSender(
+        tokens,
+        http,
+        SenderSettings(
+            api_url=settings.api_url,
+            message_limit=settings.message_limit,
+            channel_interval=settings.channel_interval,
+            working_reaction=settings.working_reaction,
+            done_reaction=settings.done_reaction,
+            failed_reaction=settings.failed_reaction,
+        ),
+        reactions,
+    )
+    return SlackChannel(
+        settings=settings,
+        database=database,
+        clock=clock,
+        http=http,
+        installations=installations,
+        tokens=tokens,
+        reactions=reactions,
+        sender=sender,
+    )
+
+
+class SlackRoutes:
+    """aiohttp handlers: bolt's adapter converts the request, bolt verifies and dispatches."""
+
+    def __init__(self, intake: SlackIntake) -> None:
+        self._intake = intake
+
+    async def events(self, request: web.Request) -> web.Response:
+        bolt_request = await to_bolt_request(request)
+        return await to_aiohttp_response(await self._intake.app.async_dispatch(bolt_request))
+
+    async def install(self, request: web.Request) -> web.Response:
+        flow = self._intake.app.oauth_flow
+        if flow is None:
+            raise web.HTTPNotFound(text="OAuth install is not configured ([slack] client_id)")
+        return await to_aiohttp_response(
+            await flow.handle_installation(await to_bolt_request(request))
+        )
+
+    async def oauth_redirect(self, request: web.Request) -> web.Response:
+        flow = self._intake.app.oauth_flow
+        if flow is None:
+            raise web.HTTPNotFound(text="OAuth install is not configured ([slack] client_id)")
+        return await to_aiohttp_response(await flow.handle_callback(await to_bolt_request(request)))
