@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
@@ -89,6 +90,7 @@ class SlackIntake:
         *,
         oauth_states: SlackOAuthStates | None,
         redirect_uri: str | None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         if settings.signing_secret is None:
             raise ValueError("the Slack intake needs [slack] signing_secret")
@@ -111,7 +113,7 @@ class SlackIntake:
         # so bolt never reads SLACK_BOT_TOKEN nor calls auth.test on its own.
         self.app = AsyncApp(
             signing_secret=settings.signing_secret.get_secret_value(),
-            client=AsyncWebClient(base_url=settings.api_url),
+            client=AsyncWebClient(base_url=settings.api_url, session=session),
             authorize=WorkspaceAuthorize(tokens),  # type: ignore[arg-type]  # an AsyncAuthorize
             installation_store=installations,
             oauth_settings=oauth,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import aiohttp
 import httpx
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -114,7 +115,9 @@ class SlackSender:
         http: httpx.AsyncClient,
         settings: SenderSettings,
         reactions: Reactions,
+        session: aiohttp.ClientSession,
     ) -> None:
+        self._session = session
         self._tokens = tokens
         self._http = http
         self._settings = settings
@@ -161,7 +164,9 @@ class SlackSender:
     def _client(self, token: str) -> AsyncWebClient:
         client = self._clients.get(token)
         if client is None:
-            client = AsyncWebClient(token=token, base_url=self._settings.api_url)
+            client = AsyncWebClient(
+                token=token, base_url=self._settings.api_url, session=self._session
+            )
             self._clients[token] = client
         return client
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -38,6 +39,8 @@ class SlackChannel:
     tokens: BotTokens
     reactions: Reactions
     sender: SlackSender
+    session: aiohttp.ClientSession
+    """One connection pool for every Web API call (slack_sdk opens a session per call without)."""
 
     def routes(self, gateway: RunGateway, files: FileStore, *, public_url: str) -> SlackRoutes:
         intake = SlackIntake(
@@ -54,11 +57,13 @@ class SlackChannel:
             self.installations,
             oauth_states=SlackOAuthStates(self.database, self.clock),
             redirect_uri=self.settings.redirect_uri or f"{public_url}/slack/oauth_redirect",
+            session=self.session,
         )
         return SlackRoutes(intake)
 
     async def aclose(self) -> None:
         await self.reactions.aclose()
+        await self.session.close()
 
 
 def open_slack(
@@ -66,7 +71,9 @@ def open_slack(
 ) -> SlackChannel:
     installations = SlackInstallations(database, clock)
     bot_token = settings.bot_token.get_secret_value() if settings.bot_token else None
-    tokens = BotTokens(installations, AsyncWebClient(base_url=settings.api_url), bot_token)
+    session = aiohttp.ClientSession()
+    client = AsyncWebClient(base_url=settings.api_url, session=session)
+    tokens = BotTokens(installations, client, bot_token)
     reactions = Reactions()
     sender = SlackSender(
         tokens,
@@ -80,6 +87,7 @@ def open_slack(
             failed_reaction=settings.failed_reaction,
         ),
         reactions,
+        session,
     )
     return SlackChannel(
         settings=settings,
@@ -90,6 +98,7 @@ def open_slack(
         tokens=tokens,
         reactions=reactions,
         sender=sender,
+        session=session,
     )
 
 

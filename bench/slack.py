@@ -1,0 +1,269 @@
+"""Slack intake benchmark: signed ``app_mention`` events accepted per second, ack latency, and
+mention → reply latency for ``echo``.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/slack.py [--duration 8] [--connections 50] [--replies 30]
+
+1. Intake: ``switchboard serve --role web`` (SQLite) with ``[slack]`` pointed at the fake Slack
+   Web API of ``tests/fakes/slack_api.py`` (running in this process). ``wrk`` replays pre-signed
+   ``app_mention`` events, each a different message (its own event id and ts; signatures made with
+   slack_sdk's ``SignatureVerifier``) at ``--connections`` connections. Afterwards the ``runs``
+   table must hold one run per distinct event acknowledged.
+2. Mention → reply: ``switchboard serve`` (web and worker); one signed mention at a time, timed
+   from the POST to the moment the fake receives the ``chat.postMessage`` in that thread.
+
+Prints a Markdown section (append it to bench/RESULTS.md). All traffic is to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from slack_sdk.signature import SignatureVerifier
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import run as bench  # noqa: E402  (bench/run.py: server process, wrk parsing)
+
+from tests.fakes.slack_api import BOT_USER_ID, SlackApi  # noqa: E402
+
+SECRET = "bench-signing-secret-0123456789ab"
+LUA_TEMPLATE = """
+local threads = {}
+local counter = 0
+function setup(thread)
+   counter = counter + 1
+   thread:set("id", counter)
+   table.insert(threads, thread)
+end
+local pool = {POOL}
+local n, index
+function init(args)
+   n = #pool
+   index = (id - 1) * math.floor(n / 2)
+   sent, responses, ok, bad = 0, 0, 0, 0
+end
+function request()
+   sent = sent + 1
+   index = index % n + 1
+   return pool[index]
+end
+function response(status, headers, body)
+   responses = responses + 1
+   if status >= 200 and status < 300 then ok = ok + 1 else bad = bad + 1 end
+end
+function done(summary, latency, requests)
+   local t = { sent = 0, responses = 0, ok = 0, bad = 0 }
+   for _, thread in ipairs(threads) do
+      for name, _ in pairs(t) do t[name] = t[name] + (thread:get(name) or 0) end
+   end
+   local e = summary.errors
+   io.write(string.format(
+      "SBBENCH sent=%d responses=%d 2xx=%d non2xx=%d " ..
+      "connect=%d read=%d write=%d status=%d timeout=%d\\n",
+      t.sent, t.responses, t.ok, t.bad, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def mention_body(number: int, channel: str = "C1") -> str:
+    ts = f"1700000000.{number:06d}"
+    return json.dumps(
+        {
+            "token": "legacy",
+            "team_id": "T111",
+            "api_app_id": "A111",
+            "type": "event_callback",
+            "event_id": f"Ev{number:08d}",
+            "event_time": 1_700_000_000,
+            "event": {
+                "type": "app_mention",
+                "user": "U42",
+                "user_profile": {"display_name": "Alice"},
+                "text": f"<@{BOT_USER_ID}> benchmark message {number}",
+                "ts": ts,
+                "channel": channel,
+                "event_ts": ts,
+            },
+        }
+    )
+
+
+def signed(body: str) -> dict[str, str]:
+    stamp = str(int(time.time()))
+    signature = SignatureVerifier(SECRET).generate_signature(timestamp=stamp, body=body)
+    assert signature is not None
+    return {
+        "Content-Type": "application/json",
+        "X-Slack-Request-Timestamp": stamp,
+        "X-Slack-Signature": signature,
+    }
+
+
+def lua_pool(count: int, port: int) -> str:
+    entries = []
+    for number in range(count):
+        body = mention_body(number)
+        headers = signed(body)
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        raw = (
+            f"POST /slack/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}"
+            f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
+        )
+        entries.append(json.dumps(raw))  # a JSON string is a valid Lua string literal here
+    return LUA_TEMPLATE.replace("{POOL}", "{" + ",\n".join(entries) + "}")
+
+
+class FakeSlack:
+    """The fake Web API on its own event loop thread (the server calls it during the load)."""
+
+    def __init__(self) -> None:
+        self.api: SlackApi | None = None
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> SlackApi:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop)
+        self._ready.wait(10)
+        assert self.api is not None
+        return self.api
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with SlackApi.running() as api:
+            self.api = api
+            self._ready.set()
+            await self._stop.wait()
+
+    def posted_threads(self) -> set[str]:
+        assert self.api is not None
+        return {str(call.args.get("thread_ts")) for call in list(self.api.posts)}
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+
+def slack_env(api_url: str) -> dict[str, str]:
+    return {
+        "SWITCHBOARD_SLACK__SIGNING_SECRET": SECRET,
+        "SWITCHBOARD_SLACK__BOT_TOKEN": "xoxb-bench",
+        "SWITCHBOARD_SLACK__API_URL": api_url,
+        "SWITCHBOARD_SLACK__WORKFLOW": "echo",
+        "SWITCHBOARD_RUNTIME__REGISTER_EXAMPLES": "false",
+    }
+
+
+def measure_intake(api_url: str, work: Path, seconds: float, connections: int) -> str:
+    database = bench.Database(kind="sqlite", data_dir=work / "intake")
+    server = bench.Server(
+        database, {**bench.clean_environ(), **slack_env(api_url)}, "web", work / "intake.log"
+    )
+    server.start()
+    try:
+        pool = max(2000, int(seconds * 6000))
+        script = work / "slack.lua"
+        script.write_text(lua_pool(pool, server.port))
+        cmd = [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            f"{server.url}/slack/events",
+        ]
+        output = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, timeout=seconds + 120
+        ).stdout
+        result = bench.parse_wrk(output, connections, 2)
+        stored = database.settled_count()
+        distinct = min(result.ok, pool)
+    finally:
+        server.stop()
+    return (
+        f"| {connections} | {result.rps:,.0f} | {bench.fmt_ms(result.p50_ms)} | "
+        f"{bench.fmt_ms(result.p99_ms)} | {result.ok:,} | {result.non2xx} | {stored:,} "
+        f"(distinct events acked ≥ {distinct:,}; pool {pool:,}) |"
+    )
+
+
+def measure_replies(fake: FakeSlack, api_url: str, work: Path, count: int) -> str:
+    database = bench.Database(kind="sqlite", data_dir=work / "e2e")
+    env = {
+        **bench.clean_environ(),
+        **slack_env(api_url),
+        "SWITCHBOARD_SLACK__CHANNEL_INTERVAL": "0",
+    }
+    server = bench.Server(database, env, "web,worker", work / "e2e.log")
+    server.start()
+    samples: list[float] = []
+    try:
+        with httpx.Client(timeout=10) as http:
+            for number in range(count + 3):  # three warm-up mentions
+                body = mention_body(900_000 + number, channel="CLAT")
+                thread = json.loads(body)["event"]["ts"]
+                started = time.perf_counter()
+                http.post(
+                    f"{server.url}/slack/events", content=body, headers=signed(body)
+                ).raise_for_status()
+                deadline = time.monotonic() + 10
+                while thread not in fake.posted_threads():
+                    if time.monotonic() > deadline:
+                        raise bench.BenchError(f"no reply to mention {number}")
+                    time.sleep(0.0005)
+                if number >= 3:
+                    samples.append((time.perf_counter() - started) * 1000)
+    finally:
+        server.stop()
+    return (
+        f"| {len(samples)} | {bench.fmt_ms(bench.percentile(samples, 50))} | "
+        f"{bench.fmt_ms(bench.percentile(samples, 99))} | {bench.fmt_ms(max(samples))} |"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--replies", type=int, default=30)
+    args = parser.parse_args()
+    fake = FakeSlack()
+    api = fake.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="sb-slack-bench-") as tmp:
+            work = Path(tmp)
+            intake = measure_intake(api.api_url, work, args.duration, args.connections)
+            replies = measure_replies(fake, api.api_url, work, args.replies)
+    finally:
+        fake.stop()
+    print("| connections | events/s | ack p50 | ack p99 | 2xx | non-2xx | runs stored |")
+    print("|---|---|---|---|---|---|---|")
+    print(intake)
+    print()
+    print("| mentions | reply p50 | reply p99 | max |")
+    print("|---|---|---|---|")
+    print(replies)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
