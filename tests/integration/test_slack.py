@@ -409,3 +409,28 @@ async def test_reply_attachments_are_uploaded_as_files_in_the_thread(
 async def _run_ids(live: Live) -> list[str]:
     async with live.services.database.read() as conn:
         return list((await conn.execute(select(runs.c.id).order_by(runs.c.id))).scalars())
+
+
+async def test_follow_up_in_a_thread_we_are_in_is_answered_when_the_route_says_so(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(
+        live_factory, slack, workflow=None, routes=[{"workflow": "echo", "follow_threads": True}]
+    )
+    await post_event(live, envelope(mention("start", ts="3.1"), event_id="Ev1"))
+    follow_up = {
+        "type": "message",
+        "channel_type": "channel",
+        "channel": "C1",
+        "user": "U42",
+        "text": "and another thing",
+        "ts": "3.2",
+        "thread_ts": "3.1",
+    }
+    elsewhere = {**follow_up, "ts": "4.2", "thread_ts": "4.1", "text": "not our thread"}
+    await post_event(live, envelope(follow_up, event_id="Ev2"))
+    await post_event(live, envelope(elsewhere, event_id="Ev3"))
+    await slack.wait_for(lambda: len(slack.posts) == 2)
+    assert sorted(post.args["text"] for post in slack.posts) == ["and another thing", "start"]
+    assert {post.args["thread_ts"] for post in slack.posts} == {"3.1"}
+    assert await run_count(live) == 2
