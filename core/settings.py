@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.replies import DEFAULT_FAILURE_LINE
+from core.whatsapp_settings import WhatsAppSettings
 
 
 class _Section(BaseModel):
@@ -126,6 +127,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     files: FilesSettings = FilesSettings()
     delivery: DeliverySettings = DeliverySettings()
+    whatsapp: WhatsAppSettings = WhatsAppSettings()
 
     def env_dir(self) -> Path:
         return (self.runtime.env_dir or self.server.data_dir / "envs").resolve()

@@ -20,6 +20,8 @@ from switchboard.metrics import PrometheusMetrics
 from switchboard.services import Services, open_services
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
 from triggers.files import FILE_ROUTES, FileRoutes
+from triggers.whatsapp.intake import WhatsAppIntake
+from triggers.whatsapp.wiring import WHATSAPP_ROUTES, open_whatsapp_intake
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ SERVICES = web.AppKey("services", Services)
 WORKERS = web.AppKey("workers", WorkerPool)
 API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
+WHATSAPP = web.AppKey("whatsapp", WhatsAppIntake)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 
@@ -64,6 +67,10 @@ def create_app(
             app.router.add_route(method, path, _route_to(API, name))
         for method, path, name in FILE_ROUTES:
             app.router.add_route(method, path, _route_to(FILE_HANDLERS, name))
+        if settings.whatsapp.enabled:
+            app.cleanup_ctx.append(_whatsapp)
+            for method, path, name in WHATSAPP_ROUTES:
+                app.router.add_route(method, path, _route_to(WHATSAPP, name))
     return app
 
 
@@ -77,6 +84,22 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             ApiSettings(sync_timeout=services.settings.runtime.sync_timeout),
         )
         app[FILE_HANDLERS] = FileRoutes(services.files)
+        yield
+
+
+async def _whatsapp(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    settings = services.settings
+    await services.keys.ensure_owner(settings.whatsapp.owner)
+    async with open_whatsapp_intake(
+        settings.whatsapp,
+        services.gateway,
+        services.files,
+        services.database,
+        services.clock,
+        public_url=settings.server.base_url(),
+    ) as intake:
+        app[WHATSAPP] = intake
         yield
 
 

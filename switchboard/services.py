@@ -37,6 +37,7 @@ from switchboard.migrate import upgrade
 from triggers.auth import Authenticator, KeyStore
 from triggers.files import FileSettings, FileStore
 from triggers.webhook import WebhookSender
+from triggers.whatsapp.wiring import open_whatsapp_sender
 
 # What a workflow process gets besides its own variables (DESIGN §5): nothing of the server's.
 WORKFLOW_BASE_ENV = {
@@ -138,6 +139,12 @@ async def open_services(
         senders: dict[str, Sender] = {
             "webhook": WebhookSender(http, webhook_secret(settings, signer), clock),
         }
+        if settings.whatsapp.enabled:
+            senders["whatsapp"] = await stack.enter_async_context(
+                open_whatsapp_sender(
+                    settings.whatsapp, database, clock, public_url=settings.server.base_url()
+                )
+            )
         outbox = Outbox(
             database,
             clock,
