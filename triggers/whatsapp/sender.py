@@ -78,7 +78,8 @@ class WhatsAppSender:
             except TwilioUnavailable as exc:
                 return SendResult.retry(str(exc), after=exc.retry_after, progress=part)
             except TwilioRestException as exc:
-                error = f"Twilio error {exc.code}: {exc.msg}"
+                detail = str(exc.msg).removeprefix("Unable to create record: ")
+                error = f"Twilio error {exc.code}: {detail}"
                 if exc.status == 429 or exc.status >= 500:
                     return SendResult.retry(error, progress=part)
                 return SendResult.failed(error, progress=part)

@@ -3,11 +3,13 @@
 twilio-python has no base-URL setting (PROTOCOLS §2.6): every product hard-codes
 ``https://api.twilio.com``. The HTTP client is the one place all its requests pass, so it rewrites
 that prefix to the configured URL (a fake in the tests). It also turns 429 and 5xx answers into
-:class:`TwilioUnavailable` carrying ``Retry-After``, which ``TwilioRestException`` would drop.
+:class:`TwilioUnavailable` carrying ``Retry-After``, which ``TwilioRestException`` would drop, and
+sends Basic auth as a header (aiohttp 3.14 deprecates the ``BasicAuth`` object twilio builds).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Any
 
@@ -50,13 +52,17 @@ class TwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # twilio s
     ) -> Response:
         if url.startswith(TWILIO_API):
             url = self._api_url + url[len(TWILIO_API) :]
+        if auth is not None:
+            # The header itself: aiohttp 3.14 deprecates the BasicAuth object twilio would build.
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            headers = {**(headers or {}), "Authorization": f"Basic {token}"}
         response: Response = await super().request(
             method,
             url,
             params=params,
             data=data,
             headers=headers,
-            auth=auth,
+            auth=None,
             timeout=timeout or self.timeout,
             allow_redirects=allow_redirects,
         )
