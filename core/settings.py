@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.replies import DEFAULT_FAILURE_LINE
 from core.slack_settings import SlackSettings
+from core.whatsapp_settings import WhatsAppSettings
 
 
 class _Section(BaseModel):
@@ -128,6 +129,7 @@ class Settings(BaseSettings):
     files: FilesSettings = FilesSettings()
     delivery: DeliverySettings = DeliverySettings()
     slack: SlackSettings = SlackSettings()
+    whatsapp: WhatsAppSettings = WhatsAppSettings()
 
     def env_dir(self) -> Path:
         return (self.runtime.env_dir or self.server.data_dir / "envs").resolve()

@@ -21,6 +21,8 @@ from switchboard.services import Services, open_services
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
 from triggers.files import FILE_ROUTES, FileRoutes
 from triggers.slack.wiring import SLACK_ROUTES, SlackRoutes
+from triggers.whatsapp.intake import WhatsAppIntake
+from triggers.whatsapp.wiring import WHATSAPP_ROUTES, open_whatsapp_intake
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ WORKERS = web.AppKey("workers", WorkerPool)
 API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
 SLACK = web.AppKey("slack", SlackRoutes)
+WHATSAPP = web.AppKey("whatsapp", WhatsAppIntake)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 
@@ -69,6 +72,10 @@ def create_app(
         if settings.slack.enabled:
             for method, path, name in SLACK_ROUTES:
                 app.router.add_route(method, path, _route_to(SLACK, name))
+        if settings.whatsapp.enabled:
+            app.cleanup_ctx.append(_whatsapp)
+            for method, path, name in WHATSAPP_ROUTES:
+                app.router.add_route(method, path, _route_to(WHATSAPP, name))
     return app
 
 
@@ -86,6 +93,22 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             app[SLACK] = services.slack.routes(
                 services.gateway, services.files, public_url=services.settings.server.base_url()
             )
+        yield
+
+
+async def _whatsapp(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    settings = services.settings
+    await services.keys.ensure_owner(settings.whatsapp.owner)
+    async with open_whatsapp_intake(
+        settings.whatsapp,
+        services.gateway,
+        services.files,
+        services.database,
+        services.clock,
+        public_url=settings.server.base_url(),
+    ) as intake:
+        app[WHATSAPP] = intake
         yield
 
 

@@ -38,6 +38,7 @@ from triggers.auth import Authenticator, KeyStore
 from triggers.files import FileSettings, FileStore
 from triggers.slack.wiring import SlackChannel, open_slack
 from triggers.webhook import WebhookSender
+from triggers.whatsapp.wiring import open_whatsapp_sender
 
 # What a workflow process gets besides its own variables (DESIGN §5): nothing of the server's.
 WORKFLOW_BASE_ENV = {
@@ -145,6 +146,12 @@ async def open_services(
             slack = open_slack(settings.slack, database, clock, http)
             stack.push_async_callback(slack.aclose)
             senders["slack"] = slack.sender
+        if settings.whatsapp.enabled:
+            senders["whatsapp"] = await stack.enter_async_context(
+                open_whatsapp_sender(
+                    settings.whatsapp, database, clock, public_url=settings.server.base_url()
+                )
+            )
         outbox = Outbox(
             database,
             clock,

@@ -15,10 +15,10 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
-from aiohttp import StreamReader, web
+from aiohttp import web
 from sqlalchemy import select, update
 
 from core.clock import Clock, isoformat
@@ -28,6 +28,12 @@ from core.security import Signer
 from core.tables import files
 
 CHUNK = 256 * 1024
+
+
+class ByteSource(Protocol):
+    """What an upload is read from: an aiohttp request body, or a channel's media download."""
+
+    async def read(self, n: int = -1) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +129,7 @@ class FileStore:
             raise Forbidden("this file URI has expired")
 
     async def receive(
-        self, file_id: str, content_type: str | None, stream: StreamReader, declared: int | None
+        self, file_id: str, content_type: str | None, stream: ByteSource, declared: int | None
     ) -> int:
         """Store an upload; the limit is checked on the declared length and on the bytes read."""
         limit = self._settings.max_size

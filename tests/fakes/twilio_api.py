@@ -1,0 +1,188 @@
+"""A fake of Twilio's REST API on 127.0.0.1, for the WhatsApp channel's tests (and the scheduler's).
+
+It records every ``POST /2010-04-01/Accounts/<sid>/Messages.json`` (HTTP Basic auth checked) and
+answers 201 with a Message resource like Twilio's, or, when told to, 429/5xx/4xx errors in Twilio's
+JSON shape. It also serves media the way Twilio does: ``/2010-04-01/Accounts/<sid>/Messages/<MM>/
+Media/<ME>`` demands Basic auth and redirects to a short-lived "CDN" URL that serves the bytes.
+
+Point ``[whatsapp] api_url`` at :attr:`FakeTwilioApi.url`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from multidict import MultiDict
+
+ACCOUNT_SID = "AC" + "0" * 32
+AUTH_TOKEN = "tw-token"
+SANDBOX_NUMBER = "whatsapp:+14155238886"
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """One ``Messages.json`` post as Twilio received it."""
+
+    sid: str
+    form: MultiDict[str]
+
+    def get(self, name: str) -> str | None:
+        return self.form.get(name)
+
+    @property
+    def body(self) -> str | None:
+        return self.form.get("Body")
+
+    @property
+    def sender(self) -> str | None:
+        return self.form.get("From")
+
+    @property
+    def to(self) -> str | None:
+        return self.form.get("To")
+
+    @property
+    def media_urls(self) -> list[str]:
+        return self.form.getall("MediaUrl", [])
+
+
+@dataclass
+class _Failure:
+    status: int
+    code: int
+    message: str
+    retry_after: str | None
+    successes_first: int
+
+
+@dataclass
+class FakeTwilioApi:
+    """Twilio's Messages API and media URLs, recording what they were sent."""
+
+    account_sid: str = ACCOUNT_SID
+    auth_token: str = AUTH_TOKEN
+    url: str = ""
+    messages: list[SentMessage] = field(default_factory=list)
+    attempts: int = 0
+    media_fetches: list[str] = field(default_factory=list)
+    _failures: list[_Failure] = field(default_factory=list)
+    _media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def fail_next(
+        self,
+        status: int,
+        *,
+        code: int | None = None,
+        message: str = "Too Many Requests",
+        retry_after: str | None = None,
+        after: int = 0,
+    ) -> None:
+        """Answer a later ``Messages.json`` post with an error: the next one, or the one after
+        ``after`` more successful posts (failures queue up in the order they were asked for)."""
+        self._failures.append(
+            _Failure(status, code or status * 100 + 29, message, retry_after, after)
+        )
+
+    def add_media(self, content: bytes, content_type: str) -> str:
+        """A Twilio-style media URL (Basic auth, then a redirect) serving ``content``."""
+        media_sid = "ME" + secrets.token_hex(16)
+        self._media[media_sid] = (content, content_type)
+        message_sid = "MM" + secrets.token_hex(16)
+        return (
+            f"{self.url}/2010-04-01/Accounts/{self.account_sid}/Messages/{message_sid}"
+            f"/Media/{media_sid}"
+        )
+
+    async def wait_for(self, count: int, timeout: float = 20.0) -> list[SentMessage]:
+        """The first ``count`` messages, once at least that many arrived."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: len(self.messages) >= count)
+        return self.messages[:count]
+
+    def _authorized(self, request: web.Request) -> bool:
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return request.headers.get("Authorization") == f"Basic {expected}"
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        if request.match_info["account"] != self.account_sid or not self._authorized(request):
+            return _error(401, 20003, "Authenticate")
+        form = MultiDict((k, v) for k, v in (await request.post()).items() if isinstance(v, str))
+        async with self._changed:
+            self.attempts += 1
+            if self._failures and self._failures[0].successes_first == 0:
+                failure = self._failures.pop(0)
+                headers = {"Retry-After": failure.retry_after} if failure.retry_after else {}
+                return _error(failure.status, failure.code, failure.message, headers)
+            if self._failures:
+                self._failures[0].successes_first -= 1
+            sid = "SM" + secrets.token_hex(16)
+            self.messages.append(SentMessage(sid, form))
+            self._changed.notify_all()
+        resource = {
+            "sid": sid,
+            "account_sid": self.account_sid,
+            "from": form.get("From"),
+            "to": form.get("To"),
+            "body": form.get("Body"),
+            "status": "queued",
+            "direction": "outbound-api",
+            "num_media": str(len(form.getall("MediaUrl", []))),
+            "api_version": "2010-04-01",
+            "date_created": "Sun, 22 Nov 2026 10:00:00 +0000",
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
+        }
+        return web.json_response(resource, status=201)
+
+    async def _media_resource(self, request: web.Request) -> web.Response:
+        self.media_fetches.append(request.path)
+        if not self._authorized(request):
+            return _error(401, 20003, "Authenticate")
+        media_sid = request.match_info["media"]
+        if media_sid not in self._media:
+            return _error(404, 20404, "The requested resource was not found")
+        raise web.HTTPTemporaryRedirect(f"/cdn/{media_sid}?token={secrets.token_hex(8)}")
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        self.media_fetches.append(request.path)
+        content, content_type = self._media[request.match_info["media"]]
+        return web.Response(body=content, content_type=content_type)
+
+
+def _error(
+    status: int, code: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    return web.Response(
+        text=json.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+@asynccontextmanager
+async def running_twilio_api(port: int) -> AsyncIterator[FakeTwilioApi]:
+    """The fake, serving on ``127.0.0.1:port`` until the block ends."""
+    fake = FakeTwilioApi(url=f"http://127.0.0.1:{port}")
+    app = web.Application()
+    accounts = "/2010-04-01/Accounts/{account}"
+    app.router.add_post(accounts + "/Messages.json", fake._create_message)
+    app.router.add_get(accounts + "/Messages/{message}/Media/{media}", fake._media_resource)
+    app.router.add_get("/cdn/{media}", fake._cdn)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,384 @@
+"""WhatsApp through Twilio: signed webhooks in through real sockets, replies to a fake Twilio API.
+
+Webhooks are signed with twilio's ``RequestValidator.compute_signature`` exactly as Twilio signs
+them; replies are sent by the real twilio-python client to ``tests/fakes/twilio_api.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Collection
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+from twilio.request_validator import RequestValidator
+
+from core.models import Outcome, ReplyTarget, RunRequest, Source
+from core.tables import deliveries, runs
+from switchboard.app import ROLES
+from tests.conftest import Live, LiveFactory, free_port
+from tests.fakes.twilio_api import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    SANDBOX_NUMBER,
+    FakeTwilioApi,
+    running_twilio_api,
+)
+from triggers.whatsapp.sender import OUTSIDE_WINDOW
+from triggers.whatsapp.status import MessageLog
+
+USER = "whatsapp:+15005550006"
+OTHER_NUMBER = "whatsapp:+14155550100"
+_sids = iter(range(1, 10**6))
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[FakeTwilioApi]:
+    async with running_twilio_api(free_port()) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+async def start(
+    live_factory: LiveFactory,
+    twilio: FakeTwilioApi,
+    *,
+    roles: Collection[str] = ROLES,
+    **whatsapp: Any,
+) -> Live:
+    settings = {
+        "account_sid": ACCOUNT_SID,
+        "auth_token": AUTH_TOKEN,
+        "api_url": twilio.url,
+        "from_number": SANDBOX_NUMBER,
+        "workflow": "echo",
+        **whatsapp,
+    }
+    return await live_factory.start(roles=roles, whatsapp=settings)
+
+
+def message(body: str, *, sid: str | None = None, user: str = USER, **extra: str) -> dict[str, str]:
+    """The form fields of a Twilio WhatsApp webhook (PROTOCOLS §2.1)."""
+    sid = sid or f"SM{next(_sids):032d}"
+    return {
+        "SmsMessageSid": sid,
+        "NumMedia": "0",
+        "ProfileName": "Ann",
+        "MessageType": "text",
+        "SmsSid": sid,
+        "WaId": user.removeprefix("whatsapp:+"),
+        "SmsStatus": "received",
+        "Body": body,
+        "To": SANDBOX_NUMBER,
+        "NumSegments": "1",
+        "ReferralNumMedia": "0",
+        "MessageSid": sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": user,
+        "ApiVersion": "2010-04-01",
+        **extra,
+    }
+
+
+async def post_signed(
+    http: httpx.AsyncClient,
+    live: Live,
+    params: dict[str, str],
+    *,
+    path: str = "/twilio/whatsapp",
+    signed_url: str | None = None,
+    signed_params: dict[str, str] | None = None,
+) -> httpx.Response:
+    url = live.url + path
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(
+        signed_url or url, signed_params or params
+    )
+    return await http.post(url, data=params, headers={"X-Twilio-Signature": signature})
+
+
+async def whatsapp_runs(live: Live) -> list[dict[str, Any]]:
+    async with live.services.database.read() as conn:
+        rows = await conn.execute(
+            select(runs).where(runs.c.source == Source.WHATSAPP.value).order_by(runs.c.id)
+        )
+        return [dict(row) for row in rows.mappings()]
+
+
+async def delivery_of(live: Live, run_id: str, status: str) -> dict[str, Any]:
+    """The run's delivery once it reached ``status`` (waits on run events, 20 s at most)."""
+    events = live.services.events
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        change = events.subscribe(run_id)
+        async with live.services.database.read() as conn:
+            row = (
+                (await conn.execute(select(deliveries).where(deliveries.c.run_id == run_id)))
+                .mappings()
+                .first()
+            )
+        if row is not None and row["status"] == status:
+            events.unsubscribe(run_id, change)
+            return dict(row)
+        await events.wait(run_id, change, 0.1)
+    raise AssertionError(f"the delivery of {run_id} never reached {status!r}")
+
+
+async def test_text_message_gets_one_reply_from_the_number_it_was_sent_to(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio)
+    params = message("hello there", Latitude="52.37", Longitude="4.89", ButtonPayload="yes")
+    params["To"] = OTHER_NUMBER
+    response = await post_signed(http, live, params)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/xml")
+    assert response.text.endswith("<Response/>")
+    [sent] = await twilio.wait_for(1)
+    assert (sent.sender, sent.to, sent.body) == (OTHER_NUMBER, USER, "hello there")
+    assert sent.get("StatusCallback") == live.url + "/twilio/status"
+    [run] = await whatsapp_runs(live)
+    inputs = json.loads(run["request_body"])
+    assert inputs["channel"] == "whatsapp" and inputs["text"] == "hello there"
+    assert inputs["sender"] == {"id": USER, "name": "Ann"}
+    assert inputs["conversation"] == {"id": USER, "thread_id": None}
+    assert inputs["event"]["Latitude"] == "52.37" and inputs["event"]["ButtonPayload"] == "yes"
+    assert run["idempotency_key"] == f"whatsapp:{params['MessageSid']}"
+    await delivery_of(live, run["id"], "sent")
+    assert len(twilio.messages) == 1
+
+
+async def test_unsigned_tampered_and_wrong_url_posts_are_refused_and_not_stored(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio)
+    params = message("pay me")
+    unsigned = await http.post(live.url + "/twilio/whatsapp", data=params)
+    tampered = await post_signed(
+        http, live, {**params, "Body": "pay me more"}, signed_params=params
+    )
+    wrong_url = await post_signed(
+        http, live, params, signed_url="https://example.com/twilio/whatsapp"
+    )
+    wrong_status = await http.post(live.url + "/twilio/status", data={"MessageSid": "SM1"})
+    for response in (unsigned, tampered, wrong_url, wrong_status):
+        assert response.status_code == 403, response.text
+        assert "X-Twilio-Signature" in response.json()["detail"]
+    assert await whatsapp_runs(live) == []
+    assert twilio.attempts == 0
+
+
+async def test_a_message_twilio_sends_twice_makes_one_run_and_one_reply(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio)
+    params = message("once")
+    for _ in range(2):
+        assert (await post_signed(http, live, params)).status_code == 200
+    [run] = await whatsapp_runs(live)
+    await delivery_of(live, run["id"], "sent")
+    assert [sent.body for sent in twilio.messages] == ["once"]
+
+
+async def test_a_long_answer_goes_as_numbered_parts_in_order_resuming_after_a_429(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio)
+    sentences = [f"Sentence {n} says something **bold** about part {n}." for n in range(120)]
+    text = " ".join(sentences)
+    assert len(text) >= 5000
+    twilio.fail_next(429, retry_after="0", after=1)  # the second part waits once
+    await post_signed(http, live, message(text))
+    [run] = await whatsapp_runs(live)
+    row = await delivery_of(live, run["id"], "sent")
+    assert row["attempts"] == 2
+    parts = [sent.body or "" for sent in twilio.messages]
+    total = len(parts)
+    assert total >= 4 and twilio.attempts == total + 1
+    for number, part in enumerate(parts, 1):
+        assert len(part) <= 1600
+        assert part.endswith(f" ({number}/{total})")
+    joined = " ".join(part.rsplit(" (", 1)[0] for part in parts)
+    assert joined == text.replace("**", "*")
+
+
+async def test_three_quick_messages_from_one_user_run_and_are_answered_in_order(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio, workflow="whatsapp-bot")
+    await live.register("whatsapp_bot")
+    texts = ["sleep 1 first", "sleep 0 second", "sleep 0 third"]
+    for text in texts:
+        assert (await post_signed(http, live, message(text))).status_code == 200
+    sent = await twilio.wait_for(3, timeout=60)
+    assert [m.body for m in sent] == texts
+    ran = await whatsapp_runs(live)
+    assert [json.loads(r["request_body"])["text"] for r in ran] == texts
+    for earlier, later in itertools.pairwise(ran):
+        assert later["started_at"] >= earlier["completed_at"]
+
+
+async def test_media_is_downloaded_with_basic_auth_and_handed_on_as_a_signed_url(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio, workflow="whatsapp-bot")
+    await live.register("whatsapp_bot")
+    picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+    params = message(
+        "",
+        NumMedia="1",
+        MessageType="image",
+        MediaUrl0=twilio.add_media(picture, "image/png"),
+        MediaContentType0="image/png",
+    )
+    assert (await post_signed(http, live, params)).status_code == 200
+    [run] = await whatsapp_runs(live)
+    [attachment] = json.loads(run["request_body"])["attachments"]
+    assert attachment["content_type"] == "image/png" and attachment["size"] == len(picture)
+    assert attachment["url"].startswith(live.url + "/files/")
+    assert [path.split("/")[1] for path in twilio.media_fetches] == ["2010-04-01", "cdn"]
+    [sent] = await twilio.wait_for(1, timeout=60)
+    digest = hashlib.sha256(picture).hexdigest()
+    assert sent.body == f"media-0.png {len(picture)} {digest}"
+
+
+async def test_media_that_cannot_be_fetched_does_not_cost_the_message(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio)
+    missing = twilio.add_media(b"x", "image/jpeg").rsplit("/", 1)[0] + "/MEnothere"
+    params = message("look", NumMedia="1", MediaUrl0=missing, MediaContentType0="image/jpeg")
+    assert (await post_signed(http, live, params)).status_code == 200
+    [run] = await whatsapp_runs(live)
+    inputs = json.loads(run["request_body"])
+    assert inputs["attachments"] == []
+    assert "answered 404" in inputs["event"]["media_errors"][0]
+
+
+async def test_outside_the_window_the_template_is_sent_instead(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(
+        live_factory,
+        twilio,
+        template_sid="HX" + "1" * 32,
+        template_variables={"1": "{text}", "2": "{run_id}"},
+    )
+    # The user wrote 25 hours ago: the window has closed since.
+    await post_signed(http, live, message("remember me"))
+    [earlier] = await whatsapp_runs(live)
+    await delivery_of(live, earlier["id"], "sent")
+    async with live.services.database.write() as conn:
+        await conn.execute(
+            update(runs)
+            .where(runs.c.id == earlier["id"])
+            .values(created_at=live.services.clock.now() - timedelta(hours=25))
+        )
+    # A message nobody asked for (a schedule's): to the user, from the configured number.
+    submitted = await live.services.gateway.submit(
+        RunRequest(
+            owner_id="default",
+            service_id="echo",
+            body=json.dumps("Your *daily* report {is} ready"),
+            reply_target=ReplyTarget(channel="whatsapp", address=USER),
+        )
+    )
+    await delivery_of(live, submitted.id, "sent")
+    free_form, template = await twilio.wait_for(2)
+    assert free_form.body == "remember me"
+    assert template.body is None and template.media_urls == []
+    assert (template.sender, template.to) == (SANDBOX_NUMBER, USER)
+    assert template.get("ContentSid") == "HX" + "1" * 32
+    variables = json.loads(template.get("ContentVariables") or "")
+    assert variables == {"1": "Your _daily_ report {is} ready", "2": submitted.id}
+
+
+async def test_outside_the_window_without_a_template_the_delivery_fails_clearly(
+    live_factory: LiveFactory, twilio: FakeTwilioApi
+) -> None:
+    live = await start(live_factory, twilio)
+    submitted = await live.services.gateway.submit(
+        RunRequest(
+            owner_id="default",
+            service_id="echo",
+            body=json.dumps("unsolicited"),
+            reply_target=ReplyTarget(channel="whatsapp", address=USER),
+        )
+    )
+    row = await delivery_of(live, submitted.id, "failed")
+    assert row["last_error"] == OUTSIDE_WINDOW
+    assert twilio.attempts == 0
+
+
+async def test_twilio_client_errors_fail_the_delivery_with_code_and_message(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio)
+    twilio.fail_next(400, code=21211, message="Invalid 'To' Phone Number")
+    await post_signed(http, live, message("hi"))
+    [run] = await whatsapp_runs(live)
+    row = await delivery_of(live, run["id"], "failed")
+    assert row["last_error"] == "Twilio error 21211: Invalid 'To' Phone Number"
+    assert row["attempts"] == 1
+
+
+async def test_status_callbacks_move_a_message_forward_only(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio)
+    await post_signed(http, live, message("track me"))
+    [run] = await whatsapp_runs(live)
+    row = await delivery_of(live, run["id"], "sent")
+    [sent] = await twilio.wait_for(1)
+    for status in ("sent", "read", "delivered", "sent"):  # the last two arrive late
+        callback = {
+            "MessageSid": sent.sid,
+            "MessageStatus": status,
+            "AccountSid": ACCOUNT_SID,
+            "From": SANDBOX_NUMBER,
+            "To": USER,
+            "ChannelPrefix": "whatsapp",
+        }
+        response = await post_signed(http, live, callback, path="/twilio/status")
+        assert response.status_code == 204
+    log = MessageLog(live.services.database, live.services.clock)
+    [recorded] = await log.of_delivery(row["id"])
+    assert (recorded["sid"], recorded["status"], recorded["part"]) == (sent.sid, "read", 0)
+    failure = {"MessageSid": sent.sid, "MessageStatus": "undelivered", "ErrorCode": "63016"}
+    await post_signed(http, live, failure, path="/twilio/status")
+    [recorded] = await log.of_delivery(row["id"])
+    assert (recorded["status"], recorded["error_code"]) == ("undelivered", "63016")
+
+
+async def test_a_restart_between_run_and_delivery_sends_exactly_one_reply(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    # A node that accepts messages but neither executes nor delivers: the run is completed by
+    # hand, as a worker would, and the node "crashes" before any outbox drained.
+    web_node = await start(live_factory, twilio, roles={"web"})
+    await post_signed(http, web_node, message("survive"))
+    services = web_node.services
+    [run] = await services.queue.claim("worker-a", 1)
+    done = Outcome.from_response(200, json.dumps({"text": "survived"}).encode(), None)
+    assert await services.queue.complete(
+        "worker-a", run.id, done, lambda now: services.replies.row(run, done, now)
+    )
+    assert twilio.messages == []
+    # The restarted service (worker role: outbox and senders) on the same database.
+    worker_node = await start(live_factory, twilio, roles={"worker"})
+    await delivery_of(worker_node, run.id, "sent")
+    assert await worker_node.services.outbox.drain_once() == 0
+    assert [sent.body for sent in twilio.messages] == ["survived"]
+    async with worker_node.services.database.read() as conn:
+        count = (await conn.execute(select(func.count()).select_from(deliveries))).scalar()
+    assert count == 1

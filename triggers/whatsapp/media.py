@@ -1,0 +1,112 @@
+"""Inbound media: Twilio's ``MediaUrlN`` downloaded into our file store before the ack.
+
+Twilio's media URLs need HTTP Basic auth (AccountSid:AuthToken) and redirect to a short-lived CDN
+URL (PROTOCOLS §2.1), so they are no use to a workflow as they are: each file is fetched (all of a
+message's files at once, bounded by ``media_timeout`` so that Twilio, which waits 15 s, still gets
+its answer) and stored behind a signed download URI. Text-only messages skip all of this. A file
+that cannot be fetched does not cost the message: the run still starts, and
+``event.media_errors`` says what was missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from core.errors import PayloadTooLarge
+from core.messages import Attachment
+from triggers.files import FileStore
+
+logger = logging.getLogger(__name__)
+
+
+class _Chunks:
+    """An httpx byte stream seen as the file store's ``ByteSource``."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    async def read(self, n: int = -1) -> bytes:
+        return await anext(self._chunks, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class MediaDownloads:
+    attachments: list[Attachment]
+    errors: list[str]
+
+
+class MediaFetcher:
+    """Fetches a message's media with the account's credentials into the file store."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        files: FileStore,
+        *,
+        account_sid: str,
+        auth_token: str,
+        owner_id: str,
+        timeout: float,
+    ) -> None:
+        self._http = http
+        self._files = files
+        self._auth = httpx.BasicAuth(account_sid, auth_token)
+        self._owner = owner_id
+        self._timeout = timeout
+
+    async def fetch_all(self, items: Sequence[tuple[str, str]]) -> MediaDownloads:
+        """Every ``(url, content_type)`` stored, in order; failures reported, not raised."""
+        if not items:
+            return MediaDownloads([], [])
+        tasks = [
+            asyncio.ensure_future(self._fetch(index, url, content_type))
+            for index, (url, content_type) in enumerate(items)
+        ]
+        _, pending = await asyncio.wait(tasks, timeout=self._timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        attachments: list[Attachment] = []
+        errors: list[str] = []
+        for index, task in enumerate(tasks):
+            if task in pending:
+                errors.append(f"MediaUrl{index}: not downloaded within {self._timeout:g} s")
+            elif (exc := task.exception()) is not None:
+                errors.append(f"MediaUrl{index}: {exc}")
+            else:
+                attachments.append(task.result())
+        return MediaDownloads(attachments, errors)
+
+    async def _fetch(self, index: int, url: str, content_type: str) -> Attachment:
+        extension = mimetypes.guess_extension(content_type.split(";")[0].strip()) or ""
+        filename = f"media-{index}{extension}"
+        try:
+            async with self._http.stream("GET", url, auth=self._auth) as response:
+                if response.status_code != 200:
+                    raise MediaError(f"{url} answered {response.status_code}")
+                created = await self._files.create(self._owner, filename)
+                declared = response.headers.get("Content-Length")
+                size = await self._files.receive(
+                    created["file_id"],
+                    response.headers.get("Content-Type") or content_type,
+                    _Chunks(response.aiter_bytes()),
+                    int(declared) if declared and declared.isdigit() else None,
+                )
+        except httpx.HTTPError as exc:
+            logger.warning("WhatsApp media %s could not be downloaded: %s", url, exc)
+            raise MediaError(f"download failed: {type(exc).__name__}") from exc
+        except PayloadTooLarge as exc:
+            raise MediaError(exc.detail) from exc
+        return Attachment(
+            filename=filename, content_type=content_type, size=size, url=created["download_uri"]
+        )
+
+
+class MediaError(Exception):
+    """An inbound media file could not be fetched."""

@@ -1,0 +1,129 @@
+"""Replies to WhatsApp through Twilio's Messages API (implements ``core.ports.Sender``).
+
+From the number that received the user's message (``target.details.from``, else
+``[whatsapp] from_number``) to the user (``target.address``). Inside the 24-hour window the
+reply goes as free-form messages (text parts, then one per attachment); outside it as the
+configured template, or not at all: the delivery fails with a clear error. Each message Twilio
+accepts is recorded at once (``MessageLog``), so a retry — after a 429/5xx, or after a crash in
+the middle of a multi-part reply — resumes after the parts already sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+from twilio.base import values as twilio_values
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
+
+from core.clock import Clock
+from core.db import Database
+from core.replies import Delivery, Reply, SendResult
+from core.whatsapp_settings import WhatsAppSettings, whatsapp_address
+from triggers.whatsapp.messages import OutboundMessage, session_messages, template_message
+from triggers.whatsapp.status import MessageLog
+from triggers.whatsapp.twilio_http import TwilioUnavailable
+from triggers.whatsapp.window import last_inbound_at
+
+logger = logging.getLogger(__name__)
+
+_UNSET = twilio_values.unset
+OUTSIDE_WINDOW = "outside WhatsApp's 24-hour window and no template configured"
+
+
+class WhatsAppSender:
+    """Sends deliveries of the ``whatsapp`` channel with twilio-python's async client."""
+
+    def __init__(
+        self,
+        client: Client,
+        settings: WhatsAppSettings,
+        database: Database,
+        clock: Clock,
+        *,
+        status_callback: str | None,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._db = database
+        self._clock = clock
+        self._log = MessageLog(database, clock)
+        self._status_callback = status_callback
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        reply = delivery.reply
+        if reply is None:
+            return SendResult.sent()
+        user = str(delivery.target.get("address") or "")
+        details: Mapping[str, Any] = delivery.target.get("details") or {}
+        sender = str(details.get("from") or self._settings.from_number or "")
+        if not user or not sender:
+            return SendResult.failed(
+                "WhatsApp reply has no recipient or no sender: set the target's address and "
+                "details.from, or [whatsapp] from_number"
+            )
+        user, sender = whatsapp_address(user), whatsapp_address(sender)
+        messages = await self._messages_for(delivery, reply, sender, user)
+        if messages is None:
+            return SendResult.failed(OUTSIDE_WINDOW, progress=delivery.progress)
+        done = max(delivery.progress, await self._log.parts_sent(delivery.id))
+        sid: str | None = None
+        for part in range(done, len(messages)):
+            try:
+                sid, status = await self._create(sender, user, messages[part])
+            except TwilioUnavailable as exc:
+                return SendResult.retry(str(exc), after=exc.retry_after, progress=part)
+            except TwilioRestException as exc:
+                detail = str(exc.msg).removeprefix("Unable to create record: ")
+                error = f"Twilio error {exc.code}: {detail}"
+                if exc.status == 429 or exc.status >= 500:
+                    return SendResult.retry(error, progress=part)
+                return SendResult.failed(error, progress=part)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return SendResult.retry(f"Twilio unreachable: {type(exc).__name__}", progress=part)
+            await self._log.record_sent(delivery.id, part, sid, status)
+            logger.info(
+                "delivery %s (run %s): WhatsApp message %d/%d sent as %s",
+                delivery.id,
+                delivery.run_id,
+                part + 1,
+                len(messages),
+                sid,
+            )
+        return SendResult.sent(sid, progress=len(messages))
+
+    async def _messages_for(
+        self, delivery: Delivery, reply: Reply, sender: str, user: str
+    ) -> list[OutboundMessage] | None:
+        """The reply's messages, or the template outside the window (``None``: nothing allowed)."""
+        last = await last_inbound_at(self._db, sender, user)
+        window = timedelta(hours=self._settings.window_hours)
+        if last is not None and self._clock.now() - last < window:
+            return session_messages(reply)
+        if self._settings.template_sid is None:
+            return None
+        return [
+            template_message(
+                reply,
+                self._settings.template_sid,
+                self._settings.template_variables,
+                run_id=delivery.run_id,
+                workflow=str(delivery.record.get("service_id") or ""),
+            )
+        ]
+
+    async def _create(self, sender: str, user: str, message: OutboundMessage) -> tuple[str, str]:
+        created = await self._client.messages.create_async(
+            from_=sender,
+            to=user,
+            body=message.body or _UNSET,
+            media_url=[message.media_url] if message.media_url else _UNSET,
+            content_sid=message.content_sid or _UNSET,
+            content_variables=message.content_variables or _UNSET,
+            status_callback=self._status_callback or _UNSET,
+        )
+        return str(created.sid), str(created.status or "queued")

@@ -1,0 +1,33 @@
+"""WhatsApp's 24-hour customer service window (PROTOCOLS §2.4).
+
+Free-form messages may only be sent within 24 hours of the user's last message to that sender.
+The last message is the newest run its chat made: the run row is written in the same transaction
+that accepts the message (before Twilio gets its answer), so the window never depends on a second
+write that could be lost, and costs the intake nothing. A Twilio retry of the same message adds
+no run and does not move the window.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from core.db import Database
+from core.models import Source
+from core.tables import runs
+from triggers.whatsapp.parse import chat_key
+
+
+async def last_inbound_at(database: Database, our_number: str, user: str) -> datetime | None:
+    """When ``user`` last wrote to ``our_number``, as far as this service knows."""
+    async with database.read() as conn:
+        moment: datetime | None = (
+            await conn.execute(
+                select(func.max(runs.c.created_at)).where(
+                    runs.c.serial_key == chat_key(our_number, user),
+                    runs.c.source == Source.WHATSAPP.value,
+                )
+            )
+        ).scalar()
+    return moment
