@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.email_settings import EmailSettings
 from core.replies import DEFAULT_FAILURE_LINE
 
 
@@ -126,6 +127,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     files: FilesSettings = FilesSettings()
     delivery: DeliverySettings = DeliverySettings()
+    email: EmailSettings = EmailSettings()
 
     def env_dir(self) -> Path:
         return (self.runtime.env_dir or self.server.data_dir / "envs").resolve()
