@@ -19,6 +19,7 @@ from switchboard.http import error_middleware
 from switchboard.metrics import PrometheusMetrics
 from switchboard.services import Services, open_services
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
+from triggers.email.wiring import EMAIL_ROUTES, EmailWebhooks, email_intake
 from triggers.files import FILE_ROUTES, FileRoutes
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ SERVICES = web.AppKey("services", Services)
 WORKERS = web.AppKey("workers", WorkerPool)
 API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
+EMAIL = web.AppKey("email", EmailWebhooks)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 
@@ -64,6 +66,10 @@ def create_app(
             app.router.add_route(method, path, _route_to(API, name))
         for method, path, name in FILE_ROUTES:
             app.router.add_route(method, path, _route_to(FILE_HANDLERS, name))
+        # The web role also runs the SMTP intake server (another intake, like the HTTP API).
+        app.cleanup_ctx.append(_email)
+        for method, path, name in EMAIL_ROUTES:
+            app.router.add_route(method, path, _route_to(EMAIL, name))
     return app
 
 
@@ -77,6 +83,19 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             ApiSettings(sync_timeout=services.settings.runtime.sync_timeout),
         )
         app[FILE_HANDLERS] = FileRoutes(services.files)
+        yield
+
+
+async def _email(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    async with email_intake(
+        services.settings.email,
+        gateway=services.gateway,
+        files=services.files,
+        database=services.database,
+        clock=services.clock,
+    ) as webhooks:
+        app[EMAIL] = webhooks
         yield
 
 
