@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 from multidict import MultiDictProxy
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from core.clock import Clock
@@ -73,12 +74,33 @@ class EmailWebhooks:
 
     async def mailgun(self, request: web.Request) -> web.Response:
         if self._settings.mailgun_signing_key is None:
-            raise web.HTTPNotFound(
-                text="Mailgun intake is not configured ([email] mailgun_signing_key)"
+            raise web.HTTPNotFound(text="Mailgun intake is off: set [email] mailgun_signing_key")
+        form = await self._form(request)
+        try:
+            return await self._mailgun(form, self._settings.mailgun_signing_key)
+        finally:
+            _close_files(form)
+
+    async def sendgrid(self, request: web.Request) -> web.Response:
+        if self._settings.sendgrid_token is None:
+            raise web.HTTPNotFound(text="SendGrid intake is off: set [email] sendgrid_token")
+        expected = self._settings.sendgrid_token.get_secret_value().encode()
+        given = (request.match_info.get("token") or _basic_password(request) or "").encode()
+        if not hmac.compare_digest(given, expected):
+            return web.json_response(
+                {"detail": "unknown SendGrid token"},
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="switchboard"'},
             )
         form = await self._form(request)
+        try:
+            return await self._sendgrid(form)
+        finally:
+            _close_files(form)
+
+    async def _mailgun(self, form: Form, signing_key: SecretStr) -> web.Response:
         timestamp, token = _text(form, "timestamp"), _text(form, "token")
-        key = self._settings.mailgun_signing_key.get_secret_value().encode()
+        key = signing_key.get_secret_value().encode()
         expected = mailgun_signature(key, timestamp, token)
         if not token or not hmac.compare_digest(expected, _text(form, "signature")):
             return _mailgun_refusal("invalid signature")
@@ -104,20 +126,7 @@ class EmailWebhooks:
             return _mailgun_refusal(result.reason)
         return _accepted(result)
 
-    async def sendgrid(self, request: web.Request) -> web.Response:
-        if self._settings.sendgrid_token is None:
-            raise web.HTTPNotFound(
-                text="SendGrid intake is not configured ([email] sendgrid_token)"
-            )
-        expected = self._settings.sendgrid_token.get_secret_value().encode()
-        given = (request.match_info.get("token") or _basic_password(request) or "").encode()
-        if not hmac.compare_digest(given, expected):
-            return web.json_response(
-                {"detail": "unknown SendGrid token"},
-                status=401,
-                headers={"WWW-Authenticate": 'Basic realm="switchboard"'},
-            )
-        form = await self._form(request)
+    async def _sendgrid(self, form: Form) -> web.Response:
         raw = _file_or_text(form, "email")
         if raw is None:
             return web.json_response(
@@ -183,6 +192,12 @@ def _file_or_text(form: Form, name: str) -> bytes | None:
         data: bytes = value.file.read()
         return data
     return None
+
+
+def _close_files(form: Form) -> None:
+    for value in form.values():
+        if isinstance(value, web.FileField):
+            value.file.close()
 
 
 def _basic_password(request: web.Request) -> str | None:
