@@ -240,3 +240,45 @@ async def test_html_only_mail_is_read_as_text(live_factory: LiveFactory, sink: S
     inputs = inputs_of(await run_of(live, question))
     assert inputs["subject"] == "Hello ✓"
     assert inputs["text"] == "Please review the doc (https://x.test/doc)."
+
+
+async def test_route_sender_policy_allowlist_and_dmarc(
+    live_factory: LiveFactory, sink: SmtpSink
+) -> None:
+    live = await start_email(
+        live_factory,
+        sink,
+        trusted_authserv_id="mx.example.test",
+        routes=[
+            {
+                "address": "ops@example.test",
+                "workflow": "echo",
+                "allow_senders": ["*@sender.test"],
+                "require_dmarc": True,
+                "inputs": {"team": "ops"},
+            }
+        ],
+    )
+    outsider = mail(to="ops@example.test", sender="mallory@evil.test")
+    with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+        await smtp_send(live, outsider)
+    assert refused.value.code == 550
+
+    forged = mail(
+        to="ops@example.test",
+        headers={"Authentication-Results": "evil.test; dmarc=pass header.from=sender.test"},
+    )
+    with pytest.raises(aiosmtplib.SMTPResponseException) as unauthenticated:
+        await smtp_send(live, forged)
+    assert unauthenticated.value.code == 550
+
+    signed = mail(
+        to="ops+urgent@example.test",
+        headers={"Authentication-Results": "mx.example.test; dmarc=pass header.from=sender.test"},
+    )
+    await smtp_send(live, signed)
+    inputs = inputs_of(await run_of(live, signed))
+    assert inputs["team"] == "ops"
+    assert inputs["event"]["tag"] == "urgent"
+    (reply,) = await sink.wait_for(1)
+    assert reply["From"] == "ops+urgent@example.test"

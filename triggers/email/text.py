@@ -30,10 +30,9 @@ def strip_quoted(text: str) -> str:
     lines = text.replace("\r\n", "\n").split("\n")
     kept: list[str] = []
     for index, line in enumerate(lines):
-        following = " ".join(lines[index : index + 3])
-        if _ATTRIBUTION.match(line) or (
-            line.lstrip().startswith("On ") and _ATTRIBUTION.match(following)
-        ):
+        # Clients wrap long attribution lines: "On …, Name <\nname@x> wrote:".
+        wrapped = (" ".join(lines[index : index + n]) for n in (1, 2, 3))
+        if any(_ATTRIBUTION.match(candidate) for candidate in wrapped):
             break
         if _ORIGINAL_MESSAGE.match(line) or _SIGNATURE.match(line.rstrip("\n")):
             break
