@@ -11,7 +11,7 @@ from core.email_settings import EmailRoute, EmailSettings
 from triggers.email.compose import compose_mail, reply_subject
 from triggers.email.loops import Disposition, loop_verdict
 from triggers.email.parse import parse_email
-from triggers.email.routing import Router
+from triggers.email.routing import RouteMatch, Router
 from triggers.email.senders import authenticated_from, sender_allowed
 from triggers.email.text import html_to_text, strip_quoted
 
@@ -117,7 +117,7 @@ def test_routing_by_address_and_plus_tag() -> None:
     assert router.route("bot@elsewhere.test") is None
 
 
-def _none() -> object:
+def _none() -> RouteMatch:
     raise AssertionError("no route")
 
 
