@@ -112,6 +112,8 @@ class EmailSettings(_Section):
             raise ValueError("give both tls_cert and tls_key, or neither")
         if (self.auth_username is None) != (self.auth_password is None):
             raise ValueError("give both auth_username and auth_password, or neither")
+        if self.auth_username is not None and self.tls_cert is None:
+            raise ValueError("SMTP AUTH needs STARTTLS: give tls_cert and tls_key too")
         return self
 
     @property

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import smtplib
+import subprocess
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -282,3 +284,58 @@ async def test_route_sender_policy_allowlist_and_dmarc(
     assert inputs["event"]["tag"] == "urgent"
     (reply,) = await sink.wait_for(1)
     assert reply["From"] == "ops+urgent@example.test"
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_starttls_and_auth_for_a_submission_port(
+    live_factory: LiveFactory, sink: SmtpSink, tmp_path: Path
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    live = await start_email(
+        live_factory,
+        sink,
+        tls_cert=str(cert),
+        tls_key=str(key),
+        auth_username="submit",
+        auth_password="s3cret",
+    )
+    port = live.settings.email.smtp_port
+    question = mail("Over TLS")
+    common = {"hostname": "127.0.0.1", "port": port, "start_tls": True, "cert_bundle": str(cert)}
+    with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+        await aiosmtplib.send(mail(), username="submit", password="wrong", **common)  # type: ignore[arg-type]
+    with pytest.raises(aiosmtplib.SMTPResponseException) as anonymous:
+        await aiosmtplib.send(mail(), **common)  # type: ignore[arg-type]
+    assert anonymous.value.code == 530
+    await aiosmtplib.send(question, username="submit", password="s3cret", **common)  # type: ignore[arg-type]
+    (reply,) = await sink.wait_for(1)
+    assert reply["In-Reply-To"] == question["Message-ID"]
