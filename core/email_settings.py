@@ -115,7 +115,3 @@ class EmailSettings(_Section):
         if self.auth_username is not None and self.tls_cert is None:
             raise ValueError("SMTP AUTH needs STARTTLS: give tls_cert and tls_key too")
         return self
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.domains or self.addresses or self.routes)
