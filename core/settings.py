@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.email_settings import EmailSettings
 from core.replies import DEFAULT_FAILURE_LINE
 from core.slack_settings import SlackSettings
 from core.whatsapp_settings import WhatsAppSettings
@@ -130,6 +131,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     slack: SlackSettings = SlackSettings()
     whatsapp: WhatsAppSettings = WhatsAppSettings()
+    email: EmailSettings = EmailSettings()
 
     def env_dir(self) -> Path:
         return (self.runtime.env_dir or self.server.data_dir / "envs").resolve()

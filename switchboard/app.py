@@ -19,6 +19,7 @@ from switchboard.http import error_middleware
 from switchboard.metrics import PrometheusMetrics
 from switchboard.services import Services, open_services
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
+from triggers.email.wiring import EMAIL_ROUTES, EmailWebhooks, email_intake
 from triggers.files import FILE_ROUTES, FileRoutes
 from triggers.slack.wiring import SLACK_ROUTES, SlackRoutes
 from triggers.whatsapp.intake import WhatsAppIntake
@@ -34,6 +35,7 @@ API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
 SLACK = web.AppKey("slack", SlackRoutes)
 WHATSAPP = web.AppKey("whatsapp", WhatsAppIntake)
+EMAIL = web.AppKey("email", EmailWebhooks)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 
@@ -76,6 +78,10 @@ def create_app(
             app.cleanup_ctx.append(_whatsapp)
             for method, path, name in WHATSAPP_ROUTES:
                 app.router.add_route(method, path, _route_to(WHATSAPP, name))
+        # The web role also runs the SMTP intake server (another intake, like the HTTP API).
+        app.cleanup_ctx.append(_email)
+        for method, path, name in EMAIL_ROUTES:
+            app.router.add_route(method, path, _route_to(EMAIL, name))
     return app
 
 
@@ -109,6 +115,19 @@ async def _whatsapp(app: web.Application) -> AsyncIterator[None]:
         public_url=settings.server.base_url(),
     ) as intake:
         app[WHATSAPP] = intake
+        yield
+
+
+async def _email(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    async with email_intake(
+        services.settings.email,
+        gateway=services.gateway,
+        files=services.files,
+        database=services.database,
+        clock=services.clock,
+    ) as webhooks:
+        app[EMAIL] = webhooks
         yield
 
 

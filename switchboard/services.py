@@ -35,6 +35,7 @@ from dispatch.registry import WorkflowRegistry
 from switchboard.config import signing_secret
 from switchboard.migrate import upgrade
 from triggers.auth import Authenticator, KeyStore
+from triggers.email.wiring import EmailOutbound
 from triggers.files import FileSettings, FileStore
 from triggers.slack.wiring import SlackChannel, open_slack
 from triggers.webhook import WebhookSender
@@ -114,7 +115,11 @@ async def open_services(
         clock = SystemClock()
         signer = Signer(signing_secret(settings))
         events = RunEvents()
-        builtins = builtin_services()
+        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
+        email = EmailOutbound.build(
+            settings.email, data_dir=data_dir, database=database, clock=clock, http=http
+        )
+        builtins = {**builtin_services(), **email.builtins}
         queue = RunQueue(
             database,
             clock,
@@ -137,9 +142,9 @@ async def open_services(
         )
         keys = KeyStore(database, clock)
         metrics = metrics or NullMetrics()
-        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
         senders: dict[str, Sender] = {
             "webhook": WebhookSender(http, webhook_secret(settings, signer), clock),
+            "email": email.sender,
         }
         slack = None
         if settings.slack.enabled:

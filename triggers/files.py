@@ -168,6 +168,30 @@ class FileStore:
             )
         return size
 
+    async def store(
+        self, owner_id: str, filename: str, content_type: str | None, data: bytes
+    ) -> tuple[str, str]:
+        """Keep bytes a channel received (an attachment); returns the file id and a signed
+        download URI. The file is written before its row says it was uploaded."""
+        if len(data) > self._settings.max_size:
+            raise PayloadTooLarge(f"the file {filename!r}", self._settings.max_size)
+        created = await self.create(owner_id, filename or "attachment")
+        file_id: str = created["file_id"]
+        target = self._settings.directory / file_id
+        await asyncio.to_thread(target.write_bytes, data)
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(files)
+                .where(files.c.id == file_id)
+                .values(
+                    content_type=content_type or "application/octet-stream",
+                    size=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    uploaded_at=self._clock.now(),
+                )
+            )
+        return file_id, str(created["download_uri"])
+
     async def open_for_download(self, file_id: str) -> tuple[Path, str, str]:
         row = await self._row(file_id)
         if row is None or row["uploaded_at"] is None:

@@ -1,0 +1,98 @@
+"""Shared by the email tests: a configured live server, mails to send, runs to look up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from email.message import EmailMessage
+from email.utils import make_msgid
+from typing import Any
+
+import aiosmtplib
+from sqlalchemy import select
+
+from core.tables import deliveries, runs
+from tests.conftest import Live, LiveFactory, free_port
+from tests.fakes.smtp_sink import SmtpSink
+
+SENDER = "alice@sender.test"
+BOT = "bot@example.test"
+MAILGUN_KEY = "mg-signing-key"
+SENDGRID_TOKEN = "sg-secret-token"
+
+
+async def start_email(live_factory: LiveFactory, sink: SmtpSink, **email: Any) -> Live:
+    section: dict[str, Any] = {
+        "smtp_port": free_port(),
+        "addresses": [BOT],
+        "workflow": "echo",
+        "relay_url": sink.url,
+        "mailgun_signing_key": MAILGUN_KEY,
+        "sendgrid_token": SENDGRID_TOKEN,
+    }
+    section.update(email)
+    return await live_factory.start(email=section)
+
+
+def mail(
+    subject: str = "Hello",
+    body: str = "Can you help me?",
+    *,
+    sender: str = SENDER,
+    to: str = BOT,
+    headers: dict[str, str] | None = None,
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = f"Alice Example <{sender}>"
+    message["To"] = to
+    message["Subject"] = subject
+    message["Message-ID"] = make_msgid(domain="sender.test")
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(body)
+    return message
+
+
+async def smtp_send(live: Live, message: EmailMessage, *, mail_from: str | None = None) -> None:
+    port = live.settings.email.smtp_port
+    assert port is not None
+    await aiosmtplib.send(
+        message, hostname="127.0.0.1", port=port, start_tls=False, sender=mail_from, timeout=20
+    )
+
+
+async def email_runs(live: Live) -> list[dict[str, Any]]:
+    async with live.services.database.read() as conn:
+        rows = await conn.execute(select(runs).where(runs.c.source == "email").order_by(runs.c.id))
+        return [dict(row) for row in rows.mappings()]
+
+
+async def run_of(live: Live, message: EmailMessage) -> dict[str, Any]:
+    key = f"email:{message['Message-ID']}"
+    found = [run for run in await email_runs(live) if run["idempotency_key"] == key]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def inputs_of(run: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(run["request_body"])
+    return body
+
+
+async def delivery_rows(live: Live) -> list[dict[str, Any]]:
+    async with live.services.database.read() as conn:
+        rows = await conn.execute(select(deliveries).order_by(deliveries.c.id))
+        return [dict(row) for row in rows.mappings()]
+
+
+async def wait_for_rows(
+    live: Live, condition: Callable[[dict[str, Any]], bool], timeout: float = 20
+) -> list[dict[str, Any]]:
+    """The delivery rows, once one of them meets ``condition``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            rows = await delivery_rows(live)
+            if any(condition(row) for row in rows):
+                return rows
+            await asyncio.sleep(0.05)  # polling the database: nothing to subscribe to here

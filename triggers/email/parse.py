@@ -1,0 +1,173 @@
+"""Raw RFC 5322 bytes → :class:`ParsedEmail` with the stdlib ``email`` package (PROTOCOLS §3.6).
+
+``policy.default`` gives decoded headers and ``get_body``; every header access is guarded because
+mail from the internet is often malformed, and a malformed header must not lose the message.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import getaddresses, parseaddr
+from typing import Any
+
+from triggers.email.text import html_to_text, strip_quoted
+
+_MESSAGE_ID = re.compile(r"<[^<>\s]+>")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedAttachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEmail:
+    message: EmailMessage
+    message_id: str | None
+    """With its angle brackets, as it appears in ``In-Reply-To``/``References``."""
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    subject: str
+    from_address: str
+    """The ``From`` address (lower case), or ``""`` when there is none."""
+    from_name: str | None
+    reply_to: str | None
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    text: str
+    """The new part of the message (quoted history and signature removed)."""
+    full_text: str
+    html: str | None
+    attachments: tuple[ParsedAttachment, ...]
+
+    def header(self, name: str) -> str | None:
+        return header_text(self.message, name)
+
+    def headers(self) -> list[list[str]]:
+        """Every header, decoded, in order (``[name, value]`` pairs)."""
+        pairs = [
+            [name, _as_text(value)]
+            for name in self.message
+            for value in self.message.get_all(name) or []
+        ]
+        return _unique(pairs)
+
+    def thread_ids(self) -> list[str]:
+        """Message-IDs this mail answers, most specific first: In-Reply-To, then References
+        from the newest back to the thread root."""
+        ids = [*self.in_reply_to, *reversed(self.references)]
+        return list(dict.fromkeys(ids))
+
+
+def parse_email(raw: bytes) -> ParsedEmail:
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    if not isinstance(message, EmailMessage):  # pragma: no cover - policy.default guarantees it
+        raise TypeError("expected an EmailMessage")
+    return parsed_from_message(message)
+
+
+def parsed_from_message(message: EmailMessage) -> ParsedEmail:
+    from_name, from_address = parseaddr(header_text(message, "From") or "")
+    reply_to = parseaddr(header_text(message, "Reply-To") or "")[1] or None
+    full_text, html = _body_text(message)
+    return ParsedEmail(
+        message=message,
+        message_id=_first_id(header_text(message, "Message-ID")),
+        in_reply_to=tuple(_MESSAGE_ID.findall(header_text(message, "In-Reply-To") or "")),
+        references=tuple(_MESSAGE_ID.findall(header_text(message, "References") or "")),
+        subject=" ".join((header_text(message, "Subject") or "").split()),
+        from_address=from_address.strip().lower(),
+        from_name=from_name.strip() or None,
+        reply_to=reply_to.strip().lower() if reply_to else None,
+        to=_addresses(message, "To"),
+        cc=_addresses(message, "Cc"),
+        text=strip_quoted(full_text),
+        full_text=full_text,
+        html=html,
+        attachments=tuple(_attachments(message)),
+    )
+
+
+def header_text(message: EmailMessage, name: str) -> str | None:
+    """A header's decoded value, or ``None``; a header too broken to parse gives its raw text."""
+    try:
+        value = message.get(name)
+    except Exception:  # a defective header: fall back to the undecoded text
+        raw = [v for k, v in message.raw_items() if k.lower() == name.lower()]
+        return str(raw[0]) if raw else None
+    return None if value is None else _as_text(value)
+
+
+def _as_text(value: Any) -> str:
+    return str(value).replace("\r", " ").replace("\n", " ").strip()
+
+
+def _first_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    found = _MESSAGE_ID.search(value)
+    return found.group(0) if found else None
+
+
+def _addresses(message: EmailMessage, name: str) -> tuple[str, ...]:
+    values = [header_text(message, name) or ""]
+    return tuple(address.lower() for _, address in getaddresses(values) if "@" in address)
+
+
+def _body_text(message: EmailMessage) -> tuple[str, str | None]:
+    """The text body (HTML converted when there is no text part) and the HTML, if any."""
+    html_part = message.get_body(preferencelist=("html",))
+    html = _content(html_part) if isinstance(html_part, EmailMessage) else None
+    plain = message.get_body(preferencelist=("plain",))
+    if isinstance(plain, EmailMessage):
+        return _content(plain).strip(), html
+    if html is not None:
+        return html_to_text(html), html
+    return "", None
+
+
+def _content(part: EmailMessage) -> str:
+    try:
+        content = part.get_content()
+    except (LookupError, UnicodeError, ValueError):  # unknown or lying charset
+        payload = part.get_payload(decode=True)
+        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    if isinstance(content, bytes):
+        return content.decode("utf-8", "replace")
+    return str(content)
+
+
+def _attachments(message: EmailMessage) -> list[ParsedAttachment]:
+    found: list[ParsedAttachment] = []
+    for index, part in enumerate(message.iter_attachments(), start=1):
+        content_type = part.get_content_type()
+        if content_type == "message/rfc822":
+            inner = part.get_payload()
+            first = inner[0] if isinstance(inner, list) and inner else None
+            data = first.as_bytes() if isinstance(first, EmailMessage) else b""
+        else:
+            payload = part.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
+        filename = part.get_filename() or (
+            f"attachment-{index}{mimetypes.guess_extension(content_type) or '.bin'}"
+        )
+        found.append(ParsedAttachment(filename=filename, content_type=content_type, data=data))
+    return found
+
+
+def _unique(pairs: list[list[str]]) -> list[list[str]]:
+    # get_all returns every value for a name; iterating the message repeats the name per value.
+    seen: set[tuple[str, str]] = set()
+    unique: list[list[str]] = []
+    for name, value in pairs:
+        if (name.lower(), value) not in seen:
+            seen.add((name.lower(), value))
+            unique.append([name, value])
+    return unique

@@ -1,0 +1,168 @@
+"""The built-in service ``send_email`` (``POST /run/send_email``): a workflow sends a mail.
+
+Inputs: ``to`` (an address or a list), ``cc``, ``bcc``, ``subject``, ``body`` (Markdown),
+``reply_to``, ``attachments`` (file URIs). Invalid inputs end the run with HTTP 400 and a
+``detail``. A valid mail is queued in the delivery outbox under this run (its one delivery row),
+and the run answers ``{"message_id": …}`` at once; the outbox sends it with retries. The
+Message-ID is derived from the run id, so a run that is executed again (its worker died) finds its
+queued mail instead of queueing a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import select
+
+from core.clock import Clock
+from core.db import Database
+from core.models import Invocation, Outcome
+from core.ports import LogSink
+from core.tables import deliveries, runs
+from triggers.email.sender import EmailSender
+from triggers.email.threads import insert_unless_present
+
+_ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+NO_DELIVERY_CHANNELS = ("api", "none")
+
+
+def _addresses(value: Any) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError("give an address or a list of addresses")
+    cleaned = []
+    for item in items:
+        if not isinstance(item, str) or not _ADDRESS.match(item.strip()):
+            raise ValueError(f"{item!r} is not an email address (name@example.com)")
+        cleaned.append(item.strip())
+    return cleaned
+
+
+class SendEmailRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    to: list[str] = Field(min_length=1, max_length=50)
+    cc: list[str] = Field(default_factory=list, max_length=50)
+    bcc: list[str] = Field(default_factory=list, max_length=50)
+    subject: str = Field(min_length=1, max_length=998)
+    body: str = Field(max_length=1_000_000)
+    reply_to: str | None = None
+    attachments: list[str] = Field(default_factory=list, max_length=20)
+
+    @field_validator("to", "cc", "bcc", mode="before")
+    @classmethod
+    def _check_addresses(cls, value: Any) -> list[str]:
+        return _addresses(value)
+
+    @field_validator("reply_to", mode="before")
+    @classmethod
+    def _check_reply_to(cls, value: Any) -> str | None:
+        found = _addresses(value)
+        return found[0] if found else None
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if "\r" in value or "\n" in value:
+            raise ValueError("the subject must be one line")
+        return value.strip()
+
+    @field_validator("attachments")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"attachment {url!r} is not a file URI (http or https)")
+        return value
+
+
+class SendEmailService:
+    """A ``core.ports.BuiltinService``: validates, queues the mail, returns its Message-ID."""
+
+    def __init__(self, database: Database, clock: Clock, sender: EmailSender) -> None:
+        self._db = database
+        self._clock = clock
+        self._sender = sender
+
+    async def __call__(self, invocation: Invocation, on_log: LogSink) -> Outcome:
+        try:
+            request = SendEmailRequest.model_validate(json.loads(invocation.body or b"null"))
+        except ValueError as exc:
+            return _bad_request(_explain(exc))
+        message_id = self._sender.message_id_for(invocation.run_id)
+        async with self._db.write() as conn:
+            own = select(runs.c.reply_target).where(runs.c.id == invocation.run_id)
+            own_target = (await conn.execute(own)).scalar_one_or_none() or {}
+            if str(own_target.get("channel", "api")) not in NO_DELIVERY_CHANNELS:
+                # deliveries.run_id is unique: the mail is this run's one delivery.
+                return _bad_request(
+                    "send_email sends its own mail: start it without a reply target"
+                )
+            queued = await insert_unless_present(
+                conn,
+                deliveries,
+                self._row(invocation.run_id, request, message_id),
+                unique=["run_id"],
+            )
+        on_log("stdout", f"send_email: {'queued' if queued else 'already queued'} {message_id}")
+        body = json.dumps({"message_id": message_id, "to": request.to}).encode()
+        return Outcome.from_response(200, body, "application/json")
+
+    def _row(self, run_id: str, request: SendEmailRequest, message_id: str) -> dict[str, Any]:
+        now = self._clock.now()
+        address = request.to[0]
+        target = {
+            "channel": "email",
+            "address": address,
+            "thread_id": None,
+            "details": {
+                "subject": request.subject,
+                "to": request.to,
+                "cc": request.cc,
+                "bcc": request.bcc,
+                "reply_to": request.reply_to,
+                "message_id": message_id,
+            },
+        }
+        return {
+            "run_id": run_id,
+            "channel": "email",
+            "target": target,
+            # The outbox orders deliveries per target key; dispatch.outbox.target_key's format.
+            "target_key": f"email:{address}"[:300],
+            "payload": {
+                "reply": {
+                    "text": request.body,
+                    "attachments": request.attachments,
+                    "failed": False,
+                },
+                "record": {"request_id": run_id, "service_id": "send_email"},
+            },
+            "status": "pending",
+            "attempts": 0,
+            "progress": 0,
+            "next_attempt_at": now,
+            "last_error": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+
+def _explain(error: ValueError) -> str:
+    if isinstance(error, ValidationError):
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"]) or "inputs"
+            problems.append(f"{where}: {item['msg']}")
+        return "invalid send_email inputs: " + "; ".join(problems)
+    return f"send_email takes a JSON object: {error}"
+
+
+def _bad_request(detail: str) -> Outcome:
+    body = json.dumps({"detail": detail}).encode()
+    return Outcome.from_response(400, body, "application/json")

@@ -1,0 +1,222 @@
+"""The ``email`` channel's :class:`~core.ports.Sender`: a run's reply as a threaded mail.
+
+Mail leaves through ``[email] relay_url`` with aiosmtplib, or, with no relay (the demo), lands in
+the Maildir ``<data_dir>/outbox``. The Message-ID is derived from the run (one delivery per run),
+so a retried attempt sends the same id and the recipient's client shows one mail even if a relay
+saw both attempts. 4xx answers and connection errors are retried by the outbox; 5xx are final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mailbox
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+import httpx
+
+from core.clock import Clock
+from core.email_settings import EmailSettings
+from core.replies import Delivery, SendResult
+from triggers.email.compose import OutgoingFile, compose_mail
+from triggers.email.threads import ThreadStore
+
+logger = logging.getLogger(__name__)
+
+SMTP_TIMEOUT = 30.0
+
+
+class MailTransport(Protocol):
+    """Hands one composed mail to the next hop; one attempt per call."""
+
+    async def deliver(self, message: EmailMessage) -> SendResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpRelay:
+    """An SMTP relay (``smtp://``, optional STARTTLS; ``smtps://``); credentials never logged."""
+
+    hostname: str
+    port: int
+    use_tls: bool
+    start_tls: bool | None
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def from_settings(cls, settings: EmailSettings) -> SmtpRelay | None:
+        if not settings.relay_url:
+            return None
+        url = urlsplit(settings.relay_url)
+        if url.scheme not in {"smtp", "smtps"} or not url.hostname:
+            raise ValueError("[email] relay_url must look like smtp://host:port or smtps://host")
+        starttls = (parse_qs(url.query).get("starttls") or ["auto"])[0].lower()
+        password = settings.relay_password.get_secret_value() if settings.relay_password else None
+        return cls(
+            hostname=url.hostname,
+            port=url.port or (465 if url.scheme == "smtps" else 25),
+            use_tls=url.scheme == "smtps",
+            # "auto": upgrade when the relay offers STARTTLS (and then verify its certificate).
+            start_tls=None
+            if url.scheme == "smtps" or starttls == "auto"
+            else starttls in {"required", "yes", "true", "on"},
+            username=unquote(url.username) if url.username else settings.relay_username,
+            password=unquote(url.password) if url.password else password,
+        )
+
+    def __repr__(self) -> str:
+        return f"SmtpRelay({self.hostname}:{self.port})"
+
+    async def deliver(self, message: EmailMessage) -> SendResult:
+        where = f"relay {self.hostname}:{self.port}"
+        try:
+            refused, _answer = await aiosmtplib.send(
+                message,
+                hostname=self.hostname,
+                port=self.port,
+                use_tls=self.use_tls,
+                start_tls=False if self.use_tls else self.start_tls,
+                username=self.username,
+                password=self.password,
+                timeout=SMTP_TIMEOUT,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            error = f"{where} refused every recipient: " + "; ".join(
+                f"{r.recipient} {r.code} {r.message}" for r in exc.recipients
+            )
+            if any(400 <= code < 500 for code in codes):
+                return SendResult.retry(error)
+            return SendResult.failed(error)
+        except aiosmtplib.SMTPResponseException as exc:
+            error = f"{where} answered {exc.code} {exc.message}"
+            return SendResult.retry(error) if exc.code < 500 else SendResult.failed(error)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            return SendResult.retry(f"{where} unreachable: {type(exc).__name__}: {exc}")
+        if refused:
+            logger.warning("%s refused some recipients: %s", where, ", ".join(refused))
+        return SendResult.sent(str(message["Message-ID"]))
+
+
+@dataclass(frozen=True, slots=True)
+class MaildirOutbox:
+    """No relay configured: mail is kept in a Maildir (readable with any mail client, mutt -f)."""
+
+    path: Path
+
+    async def deliver(self, message: EmailMessage) -> SendResult:
+        def add() -> None:
+            mailbox.Maildir(self.path, create=True).add(message)
+
+        await asyncio.to_thread(add)
+        return SendResult.sent(str(message["Message-ID"]))
+
+
+class EmailSender:
+    """Implements ``core.ports.Sender`` for ``email`` reply targets."""
+
+    def __init__(
+        self,
+        settings: EmailSettings,
+        transport: MailTransport,
+        threads: ThreadStore,
+        http: httpx.AsyncClient,
+        clock: Clock,
+    ) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._threads = threads
+        self._http = http
+        self._clock = clock
+
+    def message_id_for(self, run_id: str) -> str:
+        return f"<{run_id}@{self.domain}>"
+
+    @property
+    def domain(self) -> str:
+        return mail_domain(self._settings)
+
+    def sender_address(self, written_to: str | None = None) -> str:
+        """Our From: the configured one, else the address the mail was written to."""
+        if self._settings.from_address:
+            return self._settings.from_address
+        if written_to:
+            return written_to
+        return next(iter(self._settings.addresses), f"switchboard@{self.domain}")
+
+    async def send(self, delivery: Delivery) -> SendResult:
+        reply = delivery.reply
+        if reply is None or (not reply.text.strip() and not reply.attachments):
+            return SendResult.sent()  # the workflow chose not to answer
+        details = delivery.target.get("details") or {}
+        message_id = str(details.get("message_id") or self.message_id_for(delivery.run_id))
+        recipient = str(delivery.target.get("address") or "")
+        if "@" not in recipient:
+            return SendResult.failed(f"email target {recipient!r} is not an address")
+        files: list[OutgoingFile] = []
+        for url in reply.attachments:
+            fetched = await self._fetch(url)
+            if isinstance(fetched, SendResult):
+                return fetched
+            files.append(fetched)
+        # Stored before sending: an answer to this mail may come back before we return.
+        await self._threads.record(
+            message_id=message_id,
+            conversation_id=str(details.get("conversation_id") or message_id),
+            direction="out",
+            peer=recipient,
+            run_id=delivery.run_id,
+        )
+        message = compose_mail(
+            sender=self.sender_address(details.get("from")),
+            target=delivery.target,
+            text=reply.text,
+            message_id=message_id,
+            now=self._clock.now(),
+            default_subject=f"Result of {delivery.record.get('service_id') or 'your workflow'}",
+            files=files,
+        )
+        return await self._transport.deliver(message)
+
+    async def _fetch(self, url: str) -> OutgoingFile | SendResult:
+        if not url.startswith(("http://", "https://")):
+            return SendResult.failed(f"attachment {url!r} is not an http(s) URL")
+        limit = self._settings.max_size
+        try:
+            async with self._http.stream("GET", url, timeout=SMTP_TIMEOUT) as response:
+                if response.status_code >= 400:
+                    error = f"attachment {url.split('?')[0]} answered {response.status_code}"
+                    retry = response.status_code == 429 or response.status_code >= 500
+                    return SendResult.retry(error) if retry else SendResult.failed(error)
+                data = bytearray()
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) > limit:
+                        return SendResult.failed(f"attachment larger than {limit} bytes")
+                content_type = response.headers.get("content-type", "application/octet-stream")
+        except httpx.HTTPError as exc:
+            return SendResult.retry(f"attachment {url.split('?')[0]}: {type(exc).__name__}")
+        path = urlsplit(url).path.rstrip("/")
+        filename = unquote(path.rpartition("/")[2]) or "attachment"
+        return OutgoingFile(filename, content_type.split(";")[0].strip(), bytes(data))
+
+
+def mail_domain(settings: EmailSettings) -> str:
+    """Our name: in the SMTP banner and the right-hand side of our Message-IDs."""
+    if settings.hostname:
+        return settings.hostname
+    address = settings.from_address or next(iter(settings.addresses), "")
+    domain = address.rpartition("@")[2].strip(">")
+    return domain or next(iter(settings.domains), "switchboard.localhost")
+
+
+def mail_transport(settings: EmailSettings, data_dir: Path) -> MailTransport:
+    relay = SmtpRelay.from_settings(settings)
+    if relay is not None:
+        return relay
+    return MaildirOutbox((data_dir / "outbox").resolve())

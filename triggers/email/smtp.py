@@ -1,0 +1,130 @@
+"""The SMTP intake server (PROTOCOLS §3.2): aiosmtpd's ``SMTP`` protocol on the service's own
+event loop (``loop.create_server``, not the threaded ``Controller``), so the handler shares the
+database pool and the gateway with the rest of the process.
+
+Envelope rules: ``RCPT TO`` outside our domains/addresses/routes → ``550`` (never an open relay);
+over ``max_size`` → ``552`` (advertised as ``SIZE``); ``250`` only once the mail and its run
+request are committed; any internal failure → ``451 4.3.0`` so the sending MTA tries again (an
+exception escaping a hook would otherwise become aiosmtpd's permanent ``500``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import ssl
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from core.email_settings import EmailSettings
+from triggers.email.intake import EmailIntake
+from triggers.email.intake import Envelope as MailEnvelope
+
+logger = logging.getLogger(__name__)
+
+TRY_AGAIN = "451 4.3.0 Temporary failure storing the message; please try again later"
+
+
+class SmtpIntakeHandler:
+    """aiosmtpd handler hooks: recipient check, then hand the whole mail to the intake."""
+
+    def __init__(self, intake: EmailIntake, max_size: int) -> None:
+        self._intake = intake
+        self._max_size = max_size
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if self._intake.router.route(address) is None:
+            return f"550 5.1.1 <{address}>: no such recipient here (we do not relay)"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content
+        if raw is None:
+            content = envelope.content
+            raw = content.encode() if isinstance(content, str) else (content or b"")
+        if len(raw) > self._max_size:
+            return "552 5.3.4 Message too big for this system"
+        mail_from = envelope.mail_from or ""
+        try:
+            result = await self._intake.accept(
+                raw,
+                MailEnvelope(
+                    mail_from="" if mail_from == "<>" else mail_from,
+                    recipients=list(envelope.rcpt_tos),
+                    via="smtp",
+                ),
+            )
+        except Exception:
+            logger.exception("storing a mail from %s failed; asked the sender to retry", mail_from)
+            return TRY_AGAIN
+        if result.rejected:
+            return result.reason
+        return f"250 2.0.0 Message accepted ({result.outcome.value})"
+
+    async def handle_exception(self, error: Exception) -> str:
+        logger.error("SMTP session error: %s: %s", type(error).__name__, error)
+        return TRY_AGAIN
+
+
+def tls_context(settings: EmailSettings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return context
+
+
+def password_check(settings: EmailSettings) -> Any:
+    """An aiosmtpd authenticator for the one configured user (AUTH PLAIN/LOGIN), or ``None``."""
+    if settings.auth_username is None or settings.auth_password is None:
+        return None
+    user = settings.auth_username.encode()
+    password = settings.auth_password.get_secret_value().encode()
+
+    def authenticate(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            good = hmac.compare_digest(auth_data.login, user) & hmac.compare_digest(
+                auth_data.password, password
+            )
+            if good:
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+    return authenticate
+
+
+async def start_smtp_server(
+    intake: EmailIntake, settings: EmailSettings, *, hostname: str
+) -> asyncio.Server:
+    """Listen on ``[email] smtp_host:smtp_port``; close with ``close()`` + ``wait_closed()``."""
+    loop = asyncio.get_running_loop()
+    handler = SmtpIntakeHandler(intake, settings.max_size)
+    context = tls_context(settings)
+    authenticator = password_check(settings)
+
+    def protocol() -> SMTP:
+        return SMTP(
+            handler,
+            hostname=hostname,
+            ident="Switchboard ESMTP",
+            data_size_limit=settings.max_size,
+            enable_SMTPUTF8=True,
+            tls_context=context,
+            authenticator=authenticator,
+            auth_required=authenticator is not None,
+            loop=loop,
+        )
+
+    return await loop.create_server(protocol, host=settings.smtp_host, port=settings.smtp_port)

@@ -1,0 +1,90 @@
+"""Threads: the Message-IDs we received and sent, and the conversation each belongs to.
+
+A conversation's id is the Message-ID of its root mail (DESIGN §9). A reply names its parents in
+``In-Reply-To``/``References`` (RFC 5322 §3.6.4); any of them we stored continues that
+conversation, even when the client trimmed ``References``. Otherwise the oldest reference (the
+root, when the client kept it) or the mail's own id starts a new one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core.clock import Clock
+from core.db import Database
+from core.tables import email_messages
+
+
+async def insert_unless_present(
+    conn: AsyncConnection, table: Table, values: dict[str, Any], *, unique: list[str]
+) -> bool:
+    """Insert one row unless a row with the same ``unique`` columns exists; ``True`` if inserted."""
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=unique)
+    result = await conn.execute(statement)
+    return bool(result.rowcount)
+
+
+class ThreadStore:
+    def __init__(self, database: Database, clock: Clock) -> None:
+        self._db = database
+        self._clock = clock
+
+    async def conversation_of(self, message_ids: list[str]) -> str | None:
+        """The conversation of the first of ``message_ids`` we know, in the order given."""
+        if not message_ids:
+            return None
+        query = select(email_messages.c.message_id, email_messages.c.conversation_id).where(
+            email_messages.c.message_id.in_(message_ids[:100])
+        )
+        async with self._db.read() as conn:
+            known = {row.message_id: row.conversation_id for row in await conn.execute(query)}
+        return next((known[i] for i in message_ids if i in known), None)
+
+    async def received(self, message_id: str) -> bool:
+        query = select(email_messages.c.id).where(
+            email_messages.c.message_id == message_id, email_messages.c.direction == "in"
+        )
+        async with self._db.read() as conn:
+            return (await conn.execute(query)).first() is not None
+
+    async def record(
+        self,
+        *,
+        message_id: str,
+        conversation_id: str,
+        direction: str,
+        peer: str,
+        run_id: str | None = None,
+        replied: bool = False,
+    ) -> None:
+        values = {
+            "message_id": message_id[:300],
+            "conversation_id": conversation_id[:300],
+            "direction": direction,
+            "peer": peer[:300],
+            "run_id": run_id,
+            "replied": replied,
+            "created_at": self._clock.now(),
+        }
+        async with self._db.write() as conn:
+            await insert_unless_present(conn, email_messages, values, unique=["message_id"])
+
+    async def replies_since(self, peer: str, since: datetime) -> int:
+        """How many of ``peer``'s mails since ``since`` were answered automatically."""
+        query = select(func.count()).where(
+            email_messages.c.peer == peer[:300],
+            email_messages.c.direction == "in",
+            email_messages.c.replied.is_(True),
+            email_messages.c.created_at >= since,
+        )
+        async with self._db.read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def replies_in_last_hour(self, peer: str) -> int:
+        return await self.replies_since(peer, self._clock.now() - timedelta(hours=1))

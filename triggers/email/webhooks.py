@@ -1,0 +1,250 @@
+"""Inbound-parse webhooks for domains whose MX is a provider (PROTOCOLS §3.3, §3.4).
+
+``POST /email/mailgun``: a Mailgun route's ``forward()``. The signature is HMAC-SHA256 (key:
+``mailgun_signing_key``) over ``timestamp + token``; a stale timestamp (older than
+``mailgun_max_age``) or a token seen before is refused. Tokens are remembered in the database
+(``inbound_events``, source ``mailgun``), so a replay is refused by every node; a token is recorded
+only once its mail is stored, so Mailgun's retry of a failed post still gets through. Refusals
+answer ``406`` (Mailgun: "rejected, do not retry"); a storage failure answers ``503`` (retried).
+A route ending in ``mime`` posts the raw message (``body-mime``); otherwise the mail is rebuilt
+from the parsed fields.
+
+``POST /email/sendgrid/<token>`` (or ``/email/sendgrid`` with Basic auth, password = the token):
+SendGrid Inbound Parse in "POST the raw, full MIME message" mode (field ``email``). SendGrid has no
+"do not retry" status, so a mail our rules refuse is answered ``200`` with ``accepted: false``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+from email.message import EmailMessage
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiDictProxy
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from core.clock import Clock
+from core.db import Database
+from core.email_settings import EmailSettings
+from core.tables import inbound_events
+from triggers.email.intake import EmailIntake, Envelope, IntakeResult
+from triggers.email.threads import insert_unless_present
+
+logger = logging.getLogger(__name__)
+
+EMAIL_ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("POST", "/email/mailgun", "mailgun"),
+    ("POST", "/email/sendgrid", "sendgrid"),
+    ("POST", "/email/sendgrid/{token}", "sendgrid"),
+)
+"""(method, path, handler method of :class:`EmailWebhooks`)."""
+
+FORM_OVERHEAD = 1024 * 1024  # form encoding and the parsed copies providers send alongside
+_REBUILT_SKIP = frozenset({"content-type", "content-transfer-encoding", "mime-version"})
+
+Form = MultiDictProxy[Any]
+
+
+def mailgun_signature(key: bytes, timestamp: str, token: str) -> str:
+    return hmac.new(key, (timestamp + token).encode(), hashlib.sha256).hexdigest()
+
+
+class EmailWebhooks:
+    """aiohttp handlers for the inbound-parse webhooks."""
+
+    def __init__(
+        self, settings: EmailSettings, intake: EmailIntake, database: Database, clock: Clock
+    ) -> None:
+        self._settings = settings
+        self._intake = intake
+        self._db = database
+        self._clock = clock
+
+    async def _form(self, request: web.Request) -> Form:
+        # The app's client_max_size is for API calls; mail may be larger (SendGrid: up to 30 MB).
+        larger = request.clone(client_max_size=self._settings.max_size * 2 + FORM_OVERHEAD)
+        return await larger.post()
+
+    async def mailgun(self, request: web.Request) -> web.Response:
+        if self._settings.mailgun_signing_key is None:
+            raise web.HTTPNotFound(text="Mailgun intake is off: set [email] mailgun_signing_key")
+        form = await self._form(request)
+        try:
+            return await self._mailgun(form, self._settings.mailgun_signing_key)
+        finally:
+            _close_files(form)
+
+    async def sendgrid(self, request: web.Request) -> web.Response:
+        if self._settings.sendgrid_token is None:
+            raise web.HTTPNotFound(text="SendGrid intake is off: set [email] sendgrid_token")
+        expected = self._settings.sendgrid_token.get_secret_value().encode()
+        given = (request.match_info.get("token") or _basic_password(request) or "").encode()
+        if not hmac.compare_digest(given, expected):
+            return web.json_response(
+                {"detail": "unknown SendGrid token"},
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="switchboard"'},
+            )
+        form = await self._form(request)
+        try:
+            return await self._sendgrid(form)
+        finally:
+            _close_files(form)
+
+    async def _mailgun(self, form: Form, signing_key: SecretStr) -> web.Response:
+        timestamp, token = _text(form, "timestamp"), _text(form, "token")
+        key = signing_key.get_secret_value().encode()
+        expected = mailgun_signature(key, timestamp, token)
+        if not token or not hmac.compare_digest(expected, _text(form, "signature")):
+            return _mailgun_refusal("invalid signature")
+        now = self._clock.now().timestamp()
+        if not timestamp.isdigit() or abs(now - int(timestamp)) > self._settings.mailgun_max_age:
+            return _mailgun_refusal("stale timestamp")
+        if await self._seen_token(token):
+            return _mailgun_refusal("token already used (replayed request)")
+        raw = _file_or_text(form, "body-mime") or _rebuild_mailgun(form)
+        recipients = [r.strip() for r in _text(form, "recipient").split(",") if r.strip()]
+        try:
+            result = await self._intake.accept(
+                raw,
+                Envelope(
+                    mail_from=_text(form, "sender") or None, recipients=recipients, via="mailgun"
+                ),
+            )
+        except Exception:
+            logger.exception("storing a Mailgun mail failed; Mailgun will retry")
+            return web.json_response({"detail": "temporary failure, retry"}, status=503)
+        await self._remember_token(token)
+        if result.rejected:
+            return _mailgun_refusal(result.reason)
+        return _accepted(result)
+
+    async def _sendgrid(self, form: Form) -> web.Response:
+        raw = _file_or_text(form, "email")
+        if raw is None:
+            return web.json_response(
+                {"detail": "turn on 'POST the raw, full MIME message' in SendGrid Inbound Parse"},
+                status=400,
+            )
+        try:
+            envelope = json.loads(_text(form, "envelope") or "{}")
+        except ValueError:
+            envelope = {}
+        to = envelope.get("to") if isinstance(envelope, dict) else None
+        try:
+            result = await self._intake.accept(
+                raw,
+                Envelope(
+                    mail_from=envelope.get("from") if isinstance(envelope, dict) else None,
+                    recipients=[str(r) for r in to] if isinstance(to, list) else [],
+                    via="sendgrid",
+                ),
+            )
+        except Exception:
+            logger.exception("storing a SendGrid mail failed; SendGrid will retry")
+            return web.json_response({"detail": "temporary failure, retry"}, status=503)
+        if result.rejected:
+            return web.json_response({"accepted": False, "detail": result.reason})
+        return _accepted(result)
+
+    async def _seen_token(self, token: str) -> bool:
+        query = select(inbound_events.c.id).where(
+            inbound_events.c.source == "mailgun", inbound_events.c.dedupe_key == token[:300]
+        )
+        async with self._db.read() as conn:
+            return (await conn.execute(query)).first() is not None
+
+    async def _remember_token(self, token: str) -> None:
+        values = {"source": "mailgun", "dedupe_key": token[:300], "received_at": self._clock.now()}
+        async with self._db.write() as conn:
+            await insert_unless_present(
+                conn, inbound_events, values, unique=["source", "dedupe_key"]
+            )
+
+
+def _accepted(result: IntakeResult) -> web.Response:
+    return web.json_response(
+        {"accepted": True, "outcome": result.outcome.value, "request_id": result.run_id}
+    )
+
+
+def _mailgun_refusal(reason: str) -> web.Response:
+    return web.json_response({"detail": reason}, status=406)
+
+
+def _text(form: Form, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def _file_or_text(form: Form, name: str) -> bytes | None:
+    value = form.get(name)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if isinstance(value, web.FileField):
+        data: bytes = value.file.read()
+        return data
+    return None
+
+
+def _close_files(form: Form) -> None:
+    for value in form.values():
+        if isinstance(value, web.FileField):
+            value.file.close()
+
+
+def _basic_password(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2]
+
+
+def _rebuild_mailgun(form: Form) -> bytes:
+    """A MIME message from Mailgun's parsed fields (headers, text, HTML, attachments)."""
+    message = EmailMessage()
+    try:
+        headers = json.loads(_text(form, "message-headers") or "[]")
+    except ValueError:
+        headers = []
+    for pair in headers if isinstance(headers, list) else []:
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+        ):
+            continue
+        name, value = pair
+        if name.lower() in _REBUILT_SKIP:
+            continue
+        try:
+            message[name] = value
+        except (ValueError, TypeError, IndexError):
+            logger.debug("Mailgun header %s could not be kept", name)
+    for name, header in (("from", "From"), ("subject", "Subject")):
+        if header not in message and _text(form, name):
+            message[header] = _text(form, name)
+    message.set_content(_text(form, "body-plain") or " ")
+    if _text(form, "body-html"):
+        message.add_alternative(_text(form, "body-html"), subtype="html")
+    count = _text(form, "attachment-count")
+    for index in range(1, (int(count) if count.isdigit() else 0) + 1):
+        value = form.get(f"attachment-{index}")
+        if isinstance(value, web.FileField):
+            maintype, _, subtype = (value.content_type or "application/octet-stream").partition("/")
+            message.add_attachment(
+                value.file.read(),
+                maintype=maintype,
+                subtype=subtype or "octet-stream",
+                filename=value.filename,
+            )
+    return message.as_bytes()

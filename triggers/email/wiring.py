@@ -1,0 +1,73 @@
+"""The email channel's pieces, built for the composition root (``switchboard``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from core.clock import Clock
+from core.db import Database
+from core.email_settings import EmailSettings
+from core.ports import BuiltinService, RunGateway
+from triggers.email.intake import EmailIntake
+from triggers.email.send_email import SendEmailService
+from triggers.email.sender import EmailSender, mail_domain, mail_transport
+from triggers.email.smtp import start_smtp_server
+from triggers.email.threads import ThreadStore
+from triggers.email.webhooks import EMAIL_ROUTES, EmailWebhooks
+from triggers.files import FileStore
+
+__all__ = ["EMAIL_ROUTES", "EmailOutbound", "EmailWebhooks", "email_intake"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EmailOutbound:
+    """The ``email`` sender and the ``send_email`` built-in (every node has both)."""
+
+    sender: EmailSender
+    builtins: dict[str, BuiltinService]
+
+    @classmethod
+    def build(
+        cls,
+        settings: EmailSettings,
+        *,
+        data_dir: Path,
+        database: Database,
+        clock: Clock,
+        http: httpx.AsyncClient,
+    ) -> EmailOutbound:
+        threads = ThreadStore(database, clock)
+        sender = EmailSender(settings, mail_transport(settings, data_dir), threads, http, clock)
+        return cls(sender, {"send_email": SendEmailService(database, clock, sender)})
+
+
+@asynccontextmanager
+async def email_intake(
+    settings: EmailSettings,
+    *,
+    gateway: RunGateway,
+    files: FileStore,
+    database: Database,
+    clock: Clock,
+) -> AsyncIterator[EmailWebhooks]:
+    """The webhook handlers, and the SMTP server while ``smtp_port`` is set (web role)."""
+    intake = EmailIntake(settings, gateway, files, ThreadStore(database, clock), clock)
+    server = None
+    if settings.smtp_port is not None:
+        server = await start_smtp_server(intake, settings, hostname=mail_domain(settings))
+        bound = ", ".join(str(s.getsockname()) for s in server.sockets)
+        logger.info("SMTP intake listening on %s", bound)
+    try:
+        yield EmailWebhooks(settings, intake, database, clock)
+    finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
