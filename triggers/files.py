@@ -90,24 +90,6 @@ class FileStore:
             "download_uri": self.download_uri(file_id, row["filename"]),
         }
 
-    async def put(self, owner_id: str, filename: str, content_type: str, data: bytes) -> str:
-        """Store ``data`` as a new file (a channel's inbound attachment); its download URI."""
-        created = await self.create(owner_id, filename)
-        file_id = created["file_id"]
-        await asyncio.to_thread((self._settings.directory / file_id).write_bytes, data)
-        async with self._db.write() as conn:
-            await conn.execute(
-                update(files)
-                .where(files.c.id == file_id)
-                .values(
-                    content_type=content_type or "application/octet-stream",
-                    size=len(data),
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    uploaded_at=self._clock.now(),
-                )
-            )
-        return str(created["download_uri"])
-
     def download_uri(self, file_id: str, filename: str) -> str:
         """A signed GET URI for a stored file (also for channels that pass attachments on)."""
         return self._uri("GET", file_id, filename, self._settings.download_ttl)

@@ -383,7 +383,7 @@ async def test_reply_attachments_are_uploaded_as_files_in_the_thread(
     live_factory: LiveFactory, slack: SlackApi
 ) -> None:
     live = await start(live_factory, slack, roles={"web"})
-    url = await live.services.files.put("default", "chart.png", "image/png", b"\x89PNG data")
+    _, url = await live.services.files.store("default", "chart.png", "image/png", b"\x89PNG data")
     assert live.services.slack is not None
     delivery = Delivery(
         id=1,

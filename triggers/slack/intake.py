@@ -283,7 +283,7 @@ class SlackIntake:
                         continue
                     content_type = str(item.get("mimetype") or "application/octet-stream")
                     filename = str(item.get("name") or item.get("id") or "file")
-                    url = await self._deps.files.put(
+                    _, url = await self._deps.files.store(
                         self._settings.owner, filename, content_type, response.content
                     )
                     attachments.append(
