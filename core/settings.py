@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.replies import DEFAULT_FAILURE_LINE
+from core.scheduler_settings import SchedulerSettings, ScheduleSpec
 
 
 class _Section(BaseModel):
@@ -126,6 +127,8 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     files: FilesSettings = FilesSettings()
     delivery: DeliverySettings = DeliverySettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    schedules: list[ScheduleSpec] = Field(default_factory=list, description="[[schedules]]")
 
     def env_dir(self) -> Path:
         return (self.runtime.env_dir or self.server.data_dir / "envs").resolve()
