@@ -9,9 +9,12 @@ import logging
 from dataclasses import dataclass
 
 from core.clock import Clock
+from core.db import Database
 from core.ports import RunGateway
+from core.scheduler_settings import SchedulerSettings
 from scheduler.engine import ScheduleEngine
-from scheduler.leadership import Leadership, LeadershipLost
+from scheduler.leadership import Leadership, LeadershipLost, leadership_for
+from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
 
 logger = logging.getLogger(__name__)
@@ -101,3 +104,26 @@ class SchedulerNode:
     async def _step_down(self, engine: ScheduleEngine) -> None:
         await engine.aclose()
         await self._leadership.release()
+
+
+def scheduler_node(
+    database: Database,
+    schedules: ScheduleService,
+    gateway: RunGateway,
+    clock: Clock,
+    settings: SchedulerSettings,
+) -> SchedulerNode:
+    """A node for ``database`` whose leader wakes at once on changes made through ``schedules``."""
+    node = SchedulerNode(
+        leadership_for(database),
+        schedules.store,
+        gateway,
+        clock,
+        NodeSettings(
+            standby_retry=settings.standby_retry,
+            poll_interval=settings.poll_interval,
+            on_time=settings.on_time,
+        ),
+    )
+    schedules.on_change(node.wake)
+    return node

@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument(
-        "--role", default="web,worker", help="comma-separated: web, worker (default both)"
+        "--role",
+        default="web,worker,scheduler",
+        help="comma-separated: web, worker, scheduler (default all three)",
     )
     p.set_defaults(command=serve)
 
