@@ -26,6 +26,7 @@ from scheduler.ticks import SCHEDULED_REQUEST_HEADER
 from switchboard.app import SCHEDULER
 from tests.conftest import Live, LiveFactory
 from tests.integration.test_outbox import Receiver, wait_for_delivery
+from tests.integration.test_outbox import receiver as receiver  # the fixture
 
 T = TypeVar("T")
 EVERY_SECOND = "* * * * * *"
