@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from core.clock import parse_iso  # noqa: E402
 from core.tables import owners, runs, schedules  # noqa: E402
+from scheduler.cron import parse_cron  # noqa: E402
 from tests.pgserver import ThrowawayPostgres  # noqa: E402
 
 SECTION = "## Scheduler"
@@ -65,7 +66,7 @@ def schedule_rows(count: int, now: dt.datetime) -> list[dict[str, object]]:
 
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -126,10 +127,15 @@ async def measure(args: argparse.Namespace, url: str, data_dir: Path) -> dict[st
             if window_start <= fire < window_end:
                 lags.append((created - fire).total_seconds() * 1000)
     await engine.dispose()
-    expected = args.schedules * (0.8 / 120 + 0.2 / 60) * args.duration
+    expected = 0
+    for row in schedule_rows(args.schedules, now):
+        for fire in parse_cron(str(row["cron"])).fire_times(window_start - dt.timedelta(seconds=1)):
+            if fire >= window_end:
+                break
+            expected += fire >= window_start
     return {
         "ticks": len(lags),
-        "expected": round(expected),
+        "expected": expected,
         "rate": len(lags) / args.duration,
         "p50": percentile(lags, 0.50),
         "p99": percentile(lags, 0.99),
@@ -156,7 +162,8 @@ def report(args: argparse.Namespace, figures: dict[str, object]) -> str:
 
 Fire lag = the run request's `created_at` - its scheduled fire time (the time in its idempotency
 key): APScheduler's wake-up, the tick's submit through the group-committed intake, and the commit.
-Target: p99 ≤ 100 ms.
+Target: p99 ≤ 100 ms. `created_at` is stamped once per group-committed intake batch, so the
+lags of one second's ticks come in clusters (p99 and max may coincide).
 """  # noqa: E501
 
 
