@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.email_settings import EmailSettings
 from core.replies import DEFAULT_FAILURE_LINE
+from core.scheduler_settings import SchedulerSettings, ScheduleSpec
 from core.slack_settings import SlackSettings
 from core.whatsapp_settings import WhatsAppSettings
 
@@ -132,6 +133,8 @@ class Settings(BaseSettings):
     slack: SlackSettings = SlackSettings()
     whatsapp: WhatsAppSettings = WhatsAppSettings()
     email: EmailSettings = EmailSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    schedules: list[ScheduleSpec] = Field(default_factory=list, description="[[schedules]]")
 
     def env_dir(self) -> Path:
         return (self.runtime.env_dir or self.server.data_dir / "envs").resolve()

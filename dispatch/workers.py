@@ -106,8 +106,11 @@ class WorkerPool:
         while not self._stopping:
             free = self._settings.concurrency - len(self._active)
             claimed: list[RunRecord] = []
+            # Cleared also when every worker is busy: a set event makes ``work.wait()`` below
+            # return without yielding, and this loop would spin and starve the event loop until
+            # a run finished (which it cannot, starved). A finishing run sets it again.
+            work.clear()
             if free > 0:
-                work.clear()
                 try:
                     claimed = await self._queue.claim(self._settings.worker_id, free)
                 except Exception:

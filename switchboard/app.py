@@ -14,6 +14,8 @@ from aiohttp.typedefs import Handler
 from core.settings import Settings
 from dispatch.runner import ProcessRunner
 from dispatch.workers import WorkerPool, WorkerSettings
+from scheduler.node import SchedulerNode, scheduler_node
+from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.http import error_middleware
 from switchboard.metrics import PrometheusMetrics
@@ -38,8 +40,10 @@ WHATSAPP = web.AppKey("whatsapp", WhatsAppIntake)
 EMAIL = web.AppKey("email", EmailWebhooks)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
+SCHEDULER = web.AppKey("scheduler", SchedulerNode)
+SCHEDULE_HANDLERS = web.AppKey("schedule_handlers", ScheduleRoutes)
 
-ROLES = frozenset({"web", "worker"})
+ROLES = frozenset({"web", "worker", "scheduler"})
 
 
 def create_app(
@@ -48,7 +52,8 @@ def create_app(
     roles: Collection[str] = ROLES,
     on_admin_key: Callable[[str], None] | None = None,
 ) -> web.Application:
-    """The whole service for ``roles``: ``web`` serves the API, ``worker`` executes runs."""
+    """The whole service for ``roles``: ``web`` serves the API, ``worker`` executes runs,
+    ``scheduler`` fires schedules (one leader per database, the other nodes stand by)."""
     unknown = set(roles) - ROLES
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
@@ -63,6 +68,8 @@ def create_app(
     app.cleanup_ctx.append(_services)
     if "worker" in roles:
         app.cleanup_ctx.append(_workers)
+    if "scheduler" in roles:
+        app.cleanup_ctx.append(_scheduler)
     app.cleanup_ctx.append(_bootstrap(on_admin_key))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -82,6 +89,8 @@ def create_app(
         app.cleanup_ctx.append(_email)
         for method, path, name in EMAIL_ROUTES:
             app.router.add_route(method, path, _route_to(EMAIL, name))
+        for method, path, name in SCHEDULE_ROUTES:
+            app.router.add_route(method, path, _route_to(SCHEDULE_HANDLERS, name))
     return app
 
 
@@ -99,6 +108,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             app[SLACK] = services.slack.routes(
                 services.gateway, services.files, public_url=services.settings.server.base_url()
             )
+
+        async def schedule_owner(request: web.Request) -> str:
+            principal = await services.auth.authenticate(request.headers.get("Authorization"))
+            services.auth.refuse_one_time(principal, "schedules")
+            return principal.owner_id
+
+        app[SCHEDULE_HANDLERS] = ScheduleRoutes(services.schedules, schedule_owner)
         yield
 
 
@@ -173,6 +189,20 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
     await services.outbox.aclose()
 
 
+async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+    """``[[schedules]]`` of the config applied, then this node stands by or leads."""
+    services = app[SERVICES]
+    settings = services.settings
+    await services.schedules.apply_config(settings.scheduler.owner, settings.schedules)
+    node = scheduler_node(
+        services.database, services.schedules, services.gateway, services.clock, settings.scheduler
+    )
+    node.start()
+    app[SCHEDULER] = node
+    yield
+    await node.aclose()
+
+
 def _bootstrap(
     on_admin_key: Callable[[str], None] | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -240,6 +270,9 @@ async def healthz(request: web.Request) -> web.Response:
             body["status"] = "error"
             body["errors"] = [*errors, f"database unreachable: {type(exc).__name__}"]
             ready = False
+    node = app.get(SCHEDULER)
+    if node is not None:
+        body["scheduler"] = "leader" if node.leading.is_set() else "standby"
     workers = app.get(WORKERS)
     if workers is not None:
         body["workers"] = {"active": workers.active_count, "limit": app[SETTINGS].runtime.workers}

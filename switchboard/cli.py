@@ -22,6 +22,7 @@ from aiohttp import web
 from core.clock import isoformat
 from core.errors import SwitchboardError
 from core.settings import Settings
+from scheduler.actions import perform
 from switchboard.app import ROLES, create_app
 from switchboard.config import load_settings
 from switchboard.logging import configure_logging
@@ -72,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument(
-        "--role", default="web,worker", help="comma-separated: web, worker (default both)"
+        "--role",
+        default="web,worker,scheduler",
+        help="comma-separated: web, worker, scheduler (default all three)",
     )
     p.set_defaults(command=serve)
 
@@ -127,7 +130,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.set_defaults(command=runs_logs)
+    _schedule_commands(commands, common)
     return parser
+
+
+def _schedule_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    sched = commands.add_parser("schedules", help="schedules").add_subparsers(
+        title="schedules commands"
+    )
+    p = sched.add_parser("add", parents=[common], help="create a schedule")
+    p.add_argument("--workflow", required=True, help="service_id of the workflow to run")
+    p.add_argument("--cron", required=True, help="5 fields, or 6 with leading seconds, or @daily")
+    p.add_argument("--timezone", default="UTC", help="IANA zone (default UTC)")
+    p.add_argument("--inputs", default="{}", help="JSON object given to the workflow")
+    p.add_argument(
+        "--deliver-to",
+        help="slack:<channel>, whatsapp:<+number>, email:<address>, webhook:<url> (default: none)",
+    )
+    p.add_argument("--id", dest="schedule_id")
+    p.add_argument("--owner", default=DEFAULT_OWNER)
+    p.add_argument("--misfire", choices=["skip", "run_once", "run_all"], default="skip")
+    p.add_argument("--misfire-grace", type=float, default=3600.0, help="seconds")
+    p.add_argument("--overlap", choices=["allow", "skip", "queue"], default="allow")
+    p.add_argument("--jitter", type=float, default=0.0, help="seconds, at most")
+    p.set_defaults(command=schedules_add)
+    p = sched.add_parser("list", parents=[common], help="schedules with next/last fire and counts")
+    p.add_argument("--owner")
+    p.set_defaults(command=schedules_list)
+    for name, helptext in (
+        ("show", "a schedule and its recent runs (JSON)"),
+        ("pause", "stop firing (run-now still works)"),
+        ("resume", "fire again from now on"),
+        ("remove", "delete a schedule (its runs stay readable)"),
+        ("run-now", "start one run at once"),
+    ):
+        p = sched.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("schedule_id")
+        p.set_defaults(command=schedules_action, action=name)
+    p = sched.add_parser(
+        "preview", parents=[common], help="next fire times of a schedule or --cron"
+    )
+    p.add_argument("schedule_id", nargs="?")
+    p.add_argument("--cron")
+    p.add_argument("--timezone", default="UTC")
+    p.add_argument("--count", type=int, default=5)
+    p.set_defaults(command=schedules_preview)
 
 
 # ---- serve ---------------------------------------------------------------------------------
@@ -285,6 +332,80 @@ async def runs_logs(args: argparse.Namespace, settings: Settings) -> int:
         async for entries in services.gateway.follow_logs(args.run_id, follow=args.follow):
             for entry in entries:
                 print(f"{isoformat(entry.created_at)} {entry.stream:6} {entry.message}", flush=True)
+    return 0
+
+
+# ---- schedules ------------------------------------------------------------------------------
+
+
+async def schedules_add(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        inputs = json.loads(args.inputs)
+    except ValueError as exc:
+        raise SwitchboardError(f"--inputs is not valid JSON: {exc}") from exc
+    body = {
+        "id": args.schedule_id,
+        "service_id": args.workflow,
+        "cron": args.cron,
+        "timezone": args.timezone,
+        "inputs": inputs,
+        "deliver_to": args.deliver_to,
+        "misfire_policy": args.misfire,
+        "misfire_grace": args.misfire_grace,
+        "overlap_policy": args.overlap,
+        "jitter": args.jitter,
+    }
+    async with open_services(settings) as services:
+        created = await perform(services.schedules, args.owner, body)
+    print(f"created schedule {created['id']}; next fire at {created['next_fire_at']}")
+    return 0
+
+
+async def schedules_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        listed = await services.schedules.list_schedules(args.owner)
+    _table(
+        ["id", "workflow", "cron", "timezone", "state", "next fire", "last fire", "fired",
+         "skipped", "missed"],
+        [
+            [
+                s.id, s.service_id, s.cron, s.timezone, "paused" if s.paused else "active",
+                isoformat(s.next_fire_at) or "-", isoformat(s.last_fire_at) or "-",
+                str(s.fired_count), str(s.skipped_count), str(s.missed_count),
+            ]
+            for s in listed
+        ],
+    )  # fmt: skip
+    return 0
+
+
+async def schedules_action(args: argparse.Namespace, settings: Settings) -> int:
+    action = {"show": "get", "remove": "delete", "run-now": "run_now"}.get(args.action, args.action)
+    async with open_services(settings) as services:
+        answer = await perform(
+            services.schedules, None, {"action": action, "schedule_id": args.schedule_id}
+        )
+    if action == "get":
+        print(json.dumps(answer, indent=2))
+    elif action == "run_now":
+        print(f"started run {answer['request_id']}")
+    else:
+        print(f"{args.action}: {args.schedule_id}")
+    return 0
+
+
+async def schedules_preview(args: argparse.Namespace, settings: Settings) -> int:
+    body: dict[str, Any] = {"action": "preview", "count": args.count}
+    if args.schedule_id:
+        body["schedule_id"] = args.schedule_id
+    elif args.cron:
+        body.update(cron=args.cron, timezone=args.timezone)
+    else:
+        raise SwitchboardError("preview needs a schedule id or --cron")
+    async with open_services(settings) as services:
+        answer = await perform(services.schedules, None, body)
+    for moment in answer["fire_times"]:
+        print(moment)
     return 0
 
 

@@ -32,6 +32,9 @@ from dispatch.logs import LogWriter
 from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
 from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowRegistry
+from scheduler.builtin import SCHEDULE_RUNS, schedule_runs_service
+from scheduler.service import ScheduleService
+from scheduler.store import ScheduleStore
 from switchboard.config import signing_secret
 from switchboard.migrate import upgrade
 from triggers.auth import Authenticator, KeyStore
@@ -67,6 +70,7 @@ class Services:
     metrics: Metrics
     outbox: Outbox
     replies: ReplyWriter
+    schedules: ScheduleService
     slack: SlackChannel | None = None
 
     @property
@@ -138,7 +142,7 @@ async def open_services(
                 base_env=tool_env(),
             ),
             workflows_dir=(data_dir / "workflows").resolve(),
-            reserved=frozenset(builtins),
+            reserved=frozenset([*builtins, SCHEDULE_RUNS]),
         )
         keys = KeyStore(database, clock)
         metrics = metrics or NullMetrics()
@@ -169,6 +173,20 @@ async def open_services(
                 failure_line=settings.delivery.failure_line,
             ),
         )
+        gateway = QueueGateway(
+            database,
+            IntakeWriter(database, clock),
+            queue,
+            registry,
+            builtins,
+            events,
+            metrics,
+            poll_interval=settings.runtime.poll_interval,
+        )
+        schedules = ScheduleService(
+            ScheduleStore(database), gateway, clock, ensure_owner=keys.ensure_owner
+        )
+        builtins[SCHEDULE_RUNS] = schedule_runs_service(schedules)
         services = Services(
             settings=settings,
             database=database,
@@ -195,21 +213,13 @@ async def open_services(
                     download_ttl=settings.files.download_ttl,
                 ),
             ),
-            gateway=QueueGateway(
-                database,
-                IntakeWriter(database, clock),
-                queue,
-                registry,
-                builtins,
-                events,
-                metrics,
-                poll_interval=settings.runtime.poll_interval,
-            ),
+            gateway=gateway,
             metrics=metrics,
             outbox=outbox,
             replies=ReplyWriter(
                 channels=outbox.channels, failure_line=settings.delivery.failure_line
             ),
+            schedules=schedules,
             slack=slack,
         )
         database.start()

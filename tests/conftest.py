@@ -92,6 +92,7 @@ class Live:
     settings: Settings
     services: Services
     key: str
+    app: web.Application | None = None
 
     async def key_for(self, owner: str = "default", *, one_time: bool = False) -> str:
         key, _ = await self.services.keys.create(owner_id=owner, one_time=one_time)
@@ -125,7 +126,9 @@ class LiveFactory:
             await app[READY].wait()
         services = app[SERVICES]
         key, _ = await services.keys.create(name="test")
-        return Live(url=f"http://127.0.0.1:{port}", settings=settings, services=services, key=key)
+        return Live(
+            url=f"http://127.0.0.1:{port}", settings=settings, services=services, key=key, app=app
+        )
 
     async def close(self) -> None:
         for runner in reversed(self._runners):

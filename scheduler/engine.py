@@ -1,0 +1,240 @@
+"""The leader's engine: APScheduler jobs built from the ``schedules`` table, and what a tick does.
+
+Runs only while this node holds the scheduler lock (``scheduler.leadership``). Each due tick
+submits the run request of ``scheduler.ticks`` (exactly once per schedule and fire time, whoever
+submits it), applies the overlap policy, and records the schedule's fire state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from core.clock import Clock
+from core.models import SubmittedRun
+from core.ports import RunGateway
+from scheduler.misfire import plan_catch_up
+from scheduler.models import OverlapPolicy, Schedule
+from scheduler.store import ScheduleStore, TickRecord
+from scheduler.ticklog import TickLog
+from scheduler.ticks import tick_request
+from scheduler.trigger import CronTrigger, TickExecutor
+
+logger = logging.getLogger(__name__)
+
+SUBMIT_ATTEMPTS = 5
+
+
+def _never() -> None:
+    """The jobs' function: never called (``TickExecutor`` hands ticks to the engine)."""
+
+
+def jitter_delay(schedule_id: str, fire_time: datetime, jitter: float) -> float:
+    """A delay in ``[0, jitter)`` s, the same for one tick on every node (a hand-over does not
+    move it)."""
+    if jitter <= 0:
+        return 0.0
+    digest = hashlib.sha256(f"{schedule_id}@{fire_time.isoformat()}".encode()).digest()
+    return jitter * int.from_bytes(digest[:8], "big") / 2**64
+
+
+class ScheduleEngine:
+    """APScheduler (asyncio, memory job store) driven by the table; one job per active schedule."""
+
+    def __init__(
+        self,
+        store: ScheduleStore,
+        gateway: RunGateway,
+        clock: Clock,
+        *,
+        on_time: float = 2.0,
+        flush_interval: float = 0.1,
+    ) -> None:
+        self._store = store
+        self._gateway = gateway
+        self._clock = clock
+        self._on_time = on_time
+        self._log = TickLog(store, interval=flush_interval)
+        self._schedules: dict[str, Schedule] = {}
+        self._last_fire: dict[str, datetime] = {}
+        self._last_run: dict[str, str | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._scheduler: AsyncIOScheduler | None = None
+
+    @property
+    def job_count(self) -> int:
+        return len(self._schedules)
+
+    async def start(self) -> None:
+        self._scheduler = AsyncIOScheduler(
+            event_loop=asyncio.get_running_loop(),
+            timezone=UTC,
+            executors={"default": TickExecutor(self._on_tick)},
+            job_defaults={"coalesce": False, "misfire_grace_time": None, "max_instances": 1},
+        )
+        self._scheduler.start()
+        self._log.start()
+        await self.sync()
+
+    async def aclose(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._log.aclose()
+
+    async def sync(self) -> None:
+        """Bring the jobs in line with the table: add, rebuild or remove what changed."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        stored = {schedule.id: schedule for schedule in await self._store.list_schedules(None)}
+        for schedule_id in list(self._schedules):
+            current = stored.get(schedule_id)
+            if current is None or current.paused:
+                del self._schedules[schedule_id]
+                self._last_fire.pop(schedule_id, None)
+                try:
+                    scheduler.remove_job(schedule_id)
+                except JobLookupError:
+                    pass
+        for schedule in stored.values():
+            known = self._schedules.get(schedule.id)
+            if schedule.paused or (known is not None and known.revision == schedule.revision):
+                continue
+            self._adopt(scheduler, schedule)
+
+    def _adopt(self, scheduler: AsyncIOScheduler, schedule: Schedule) -> None:
+        """(Re)build the job of ``schedule``; ticks it missed go through its misfire policy."""
+        cron = schedule.parsed_cron()
+        now = self._clock.now()
+        since = max(
+            filter(
+                None, (schedule.last_fire_at, schedule.updated_at, self._last_fire.get(schedule.id))
+            )
+        )
+        plan = plan_catch_up(
+            cron, schedule.misfire_policy, schedule.misfire_grace, since, now, on_time=self._on_time
+        )
+        self._schedules[schedule.id] = schedule
+        self._last_run.setdefault(schedule.id, schedule.last_run_id)
+        if plan.last_tick is not None:
+            self._last_fire[schedule.id] = plan.last_tick
+        next_fire = cron.next_after(max(now, plan.last_tick or now))
+        if plan.missed or (plan.last_tick and not plan.run):
+            logger.info(
+                "schedule %s: %d tick(s) missed while no scheduler ran (policy %s)",
+                schedule.id,
+                plan.missed,
+                schedule.misfire_policy.value,
+            )
+            self._log.add(
+                TickRecord(
+                    schedule.id,
+                    last_fire_at=plan.last_tick,
+                    next_fire_at=next_fire,
+                    missed=plan.missed,
+                )
+            )
+        if plan.run:
+            self._spawn(self._fire_in_order(schedule, plan.run), f"catch-up:{schedule.id}")
+        if next_fire is None:
+            return
+        scheduler.add_job(
+            _never,
+            trigger=CronTrigger(cron),
+            id=schedule.id,
+            name=schedule.id,
+            next_run_time=next_fire,
+            replace_existing=True,
+        )
+
+    def _on_tick(self, schedule_id: str, fire_time: datetime) -> None:
+        schedule = self._schedules.get(schedule_id)
+        if schedule is not None:
+            self._spawn(self._fire(schedule, fire_time.astimezone(UTC)), f"tick:{schedule_id}")
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fire_in_order(self, schedule: Schedule, fire_times: list[datetime]) -> None:
+        for fire_time in fire_times:
+            await self._fire(schedule, fire_time)
+
+    async def _fire(self, schedule: Schedule, fire_time: datetime) -> None:
+        try:
+            delay = jitter_delay(schedule.id, fire_time, schedule.jitter)
+            if delay:
+                await asyncio.sleep(delay)  # the jitter itself, not a wait for a condition
+            next_fire = schedule.parsed_cron().next_after(fire_time)
+            if schedule.overlap_policy == OverlapPolicy.SKIP and await self._still_running(
+                schedule.id
+            ):
+                self._record(schedule.id, fire_time, next_fire, skipped=1)
+                return
+            submitted = await self._submit(schedule, fire_time)
+            self._last_run[schedule.id] = submitted.id
+            self._record(
+                schedule.id, fire_time, next_fire, run_id=submitted.id, fired=int(submitted.created)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("schedule %s: tick %s could not be submitted", schedule.id, fire_time)
+
+    def _record(
+        self,
+        schedule_id: str,
+        fire_time: datetime,
+        next_fire: datetime | None,
+        *,
+        run_id: str | None = None,
+        fired: int = 0,
+        skipped: int = 0,
+    ) -> None:
+        if fire_time > self._last_fire.get(schedule_id, fire_time - timedelta(seconds=1)):
+            self._last_fire[schedule_id] = fire_time
+        self._log.add(
+            TickRecord(
+                schedule_id,
+                last_fire_at=fire_time,
+                next_fire_at=next_fire,
+                last_run_id=run_id,
+                fired=fired,
+                skipped=skipped,
+            )
+        )
+
+    async def _still_running(self, schedule_id: str) -> bool:
+        last = self._last_run.get(schedule_id)
+        if last is None:
+            return False
+        record = await self._gateway.get(last)
+        return record is not None and not record.finished
+
+    async def _submit(self, schedule: Schedule, fire_time: datetime) -> SubmittedRun:
+        request = tick_request(schedule, fire_time)
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            try:
+                return await self._gateway.submit(request)
+            except Exception:
+                # Another leader may have inserted the same key between our check and insert
+                # (unique violation): the retry finds its run. Or the database blinked.
+                if attempt == SUBMIT_ATTEMPTS:
+                    raise
+                logger.warning("schedule %s: submitting tick failed; retrying", schedule.id)
+                await asyncio.sleep(0.2 * attempt)  # backoff between attempts
+        raise AssertionError("unreachable")

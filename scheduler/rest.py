@@ -1,0 +1,93 @@
+"""``/schedules``: the schedule operations over REST (API-key auth; an owner sees only their
+own schedules). Thin: each handler turns the request into an action of ``scheduler.actions``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from core.errors import BadRequest
+from scheduler.actions import perform
+from scheduler.service import ScheduleService
+
+Authenticate = Callable[[web.Request], Awaitable[str]]
+"""The owner id of the request's API key (raises ``Unauthorized``)."""
+
+
+class ScheduleRoutes:
+    def __init__(self, schedules: ScheduleService, authenticate: Authenticate) -> None:
+        self._schedules = schedules
+        self._authenticate = authenticate
+
+    async def _answer(
+        self, request: web.Request, body: dict[str, Any], status: int = 200
+    ) -> web.Response:
+        owner_id = await self._authenticate(request)
+        return web.json_response(await perform(self._schedules, owner_id, body), status=status)
+
+    async def list(self, request: web.Request) -> web.Response:
+        return await self._answer(request, {"action": "list"})
+
+    async def create(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        return await self._answer(request, {**body, "action": "create"}, status=201)
+
+    async def get(self, request: web.Request) -> web.Response:
+        return await self._answer(request, _named(request, "get"))
+
+    async def update(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        return await self._answer(request, {**body, **_named(request, "update")})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        return await self._answer(request, _named(request, "delete"))
+
+    async def pause(self, request: web.Request) -> web.Response:
+        return await self._answer(request, _named(request, "pause"))
+
+    async def resume(self, request: web.Request) -> web.Response:
+        return await self._answer(request, _named(request, "resume"))
+
+    async def run_now(self, request: web.Request) -> web.Response:
+        return await self._answer(request, _named(request, "run_now"), status=202)
+
+    async def preview(self, request: web.Request) -> web.Response:
+        body = {**_named(request, "preview"), "count": request.query.get("count", "5")}
+        return await self._answer(request, body)
+
+    async def preview_expression(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        return await self._answer(request, {**body, "action": "preview"})
+
+
+SCHEDULE_ROUTES = [
+    ("GET", "/schedules", "list"),
+    ("POST", "/schedules", "create"),
+    ("POST", "/schedules/preview", "preview_expression"),
+    ("GET", "/schedules/{schedule_id}", "get"),
+    ("PATCH", "/schedules/{schedule_id}", "update"),
+    ("DELETE", "/schedules/{schedule_id}", "delete"),
+    ("POST", "/schedules/{schedule_id}/pause", "pause"),
+    ("POST", "/schedules/{schedule_id}/resume", "resume"),
+    ("POST", "/schedules/{schedule_id}/run-now", "run_now"),
+    ("GET", "/schedules/{schedule_id}/preview", "preview"),
+]
+"""(method, path, handler name) of every route, for the composition root to register."""
+
+
+def _named(request: web.Request, action: str) -> dict[str, Any]:
+    return {"action": action, "schedule_id": request.match_info["schedule_id"]}
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    body.pop("action", None)
+    return body

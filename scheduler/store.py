@@ -1,0 +1,243 @@
+"""The ``schedules`` table: definitions (which bump the change counter) and fire state (which
+does not: the leader writes it many times a second and must not wake itself)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core.clock import isoformat
+from core.db import Database
+from core.errors import Conflict, NotFound
+from core.tables import runs, schedule_changes, schedules
+from scheduler.models import Schedule, ScheduleSpec
+
+_DEFINITION = {
+    "service_id",
+    "cron",
+    "timezone",
+    "inputs",
+    "deliver_to",
+    "misfire_policy",
+    "misfire_grace",
+    "overlap_policy",
+    "jitter",
+    "paused",
+}
+
+
+@dataclass(slots=True)
+class TickRecord:
+    """What happened to one schedule since the last flush (merged per schedule)."""
+
+    schedule_id: str
+    last_fire_at: datetime | None = None
+    next_fire_at: datetime | None = None
+    last_run_id: str | None = None
+    fired: int = 0
+    skipped: int = 0
+    missed: int = 0
+
+    def merge(self, later: TickRecord) -> None:
+        if later.last_fire_at is not None and (
+            self.last_fire_at is None or later.last_fire_at > self.last_fire_at
+        ):
+            self.last_fire_at = later.last_fire_at
+        self.next_fire_at = later.next_fire_at or self.next_fire_at
+        self.last_run_id = later.last_run_id or self.last_run_id
+        self.fired += later.fired
+        self.skipped += later.skipped
+        self.missed += later.missed
+
+
+class ScheduleStore:
+    """SQL for schedules. ``owner_id=None`` means "any owner" (the administrator's CLI)."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def revision(self) -> int:
+        async with self._db.read() as conn:
+            value = await conn.scalar(select(schedule_changes.c.revision))
+        return int(value or 0)
+
+    async def _bump(self, conn: AsyncConnection) -> int:
+        # The row lock serialises definition writers: revisions are handed out in commit order.
+        result = await conn.execute(
+            update(schedule_changes)
+            .where(schedule_changes.c.id == 1)
+            .values(revision=schedule_changes.c.revision + 1)
+            .returning(schedule_changes.c.revision)
+        )
+        value = result.scalar()
+        if value is None:
+            await conn.execute(insert(schedule_changes).values(id=1, revision=1))
+            return 1
+        return int(value)
+
+    async def insert(
+        self,
+        spec: ScheduleSpec,
+        *,
+        schedule_id: str,
+        owner_id: str,
+        now: datetime,
+        next_fire_at: datetime | None,
+    ) -> Schedule:
+        async with self._db.write() as conn:
+            exists = await conn.scalar(select(schedules.c.id).where(schedules.c.id == schedule_id))
+            if exists is not None:
+                raise Conflict(f"schedule {schedule_id!r} already exists")
+            row = {
+                **spec.model_dump(mode="json", include=_DEFINITION),
+                "id": schedule_id,
+                "owner_id": owner_id,
+                "revision": await self._bump(conn),
+                "next_fire_at": next_fire_at,
+                "fired_count": 0,
+                "skipped_count": 0,
+                "missed_count": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            await conn.execute(insert(schedules).values(**row))
+        return Schedule.model_validate(row)
+
+    async def replace(
+        self,
+        schedule_id: str,
+        owner_id: str | None,
+        spec: ScheduleSpec,
+        *,
+        now: datetime,
+        next_fire_at: datetime | None,
+    ) -> Schedule:
+        """Store a new definition; the fire state (last fire, counters) is kept."""
+        async with self._db.write() as conn:
+            values = spec.model_dump(mode="json", include=_DEFINITION)
+            result = await conn.execute(
+                update(schedules)
+                .where(*_owned(schedule_id, owner_id))
+                .values(
+                    **values,
+                    revision=await self._bump(conn),
+                    next_fire_at=next_fire_at,
+                    updated_at=now,
+                )
+            )
+            if result.rowcount != 1:
+                raise NotFound("schedule", schedule_id)
+            return await _fetch(conn, schedule_id)
+
+    async def delete(self, schedule_id: str, owner_id: str | None) -> None:
+        async with self._db.write() as conn:
+            result = await conn.execute(delete(schedules).where(*_owned(schedule_id, owner_id)))
+            if result.rowcount != 1:
+                raise NotFound("schedule", schedule_id)
+            await self._bump(conn)
+
+    async def get(self, schedule_id: str, owner_id: str | None) -> Schedule:
+        async with self._db.read() as conn:
+            row = (
+                (await conn.execute(select(schedules).where(*_owned(schedule_id, owner_id))))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFound("schedule", schedule_id)
+        return Schedule.model_validate(dict(row))
+
+    async def list_schedules(self, owner_id: str | None) -> list[Schedule]:
+        query = select(schedules).order_by(schedules.c.created_at, schedules.c.id)
+        if owner_id is not None:
+            query = query.where(schedules.c.owner_id == owner_id)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [Schedule.model_validate(dict(row)) for row in rows]
+
+    async def record(self, ticks: list[TickRecord]) -> None:
+        """Write the fire state of many schedules in one transaction (counters add up)."""
+        if not ticks:
+            return
+        statement = (
+            update(schedules)
+            .where(schedules.c.id == bindparam("b_id"))
+            .values(
+                last_fire_at=func.coalesce(
+                    bindparam("b_last", type_=schedules.c.last_fire_at.type),
+                    schedules.c.last_fire_at,
+                ),
+                next_fire_at=func.coalesce(
+                    bindparam("b_next", type_=schedules.c.next_fire_at.type),
+                    schedules.c.next_fire_at,
+                ),
+                last_run_id=func.coalesce(
+                    bindparam("b_run", type_=schedules.c.last_run_id.type), schedules.c.last_run_id
+                ),
+                fired_count=schedules.c.fired_count + bindparam("b_fired"),
+                skipped_count=schedules.c.skipped_count + bindparam("b_skipped"),
+                missed_count=schedules.c.missed_count + bindparam("b_missed"),
+            )
+        )
+        parameters: list[dict[str, Any]] = [
+            {
+                "b_id": tick.schedule_id,
+                "b_last": tick.last_fire_at,
+                "b_next": tick.next_fire_at,
+                "b_run": tick.last_run_id,
+                "b_fired": tick.fired,
+                "b_skipped": tick.skipped,
+                "b_missed": tick.missed,
+            }
+            for tick in ticks
+        ]
+        async with self._db.write() as conn:
+            await conn.execute(statement, parameters)
+
+    async def history(self, schedule_id: str, limit: int) -> list[dict[str, Any]]:
+        """The schedule's most recent runs, newest first (the runs' own record has the rest)."""
+        prefix = f"schedule:{schedule_id}:"
+        query = (
+            select(
+                runs.c.id,
+                runs.c.status,
+                runs.c.idempotency_key,
+                runs.c.created_at,
+                runs.c.completed_at,
+            )
+            .where(runs.c.idempotency_key.startswith(prefix, autoescape=True))
+            .order_by(runs.c.created_at.desc(), runs.c.id.desc())
+            .limit(limit)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {
+                "request_id": row.id,
+                "status": row.status,
+                "tick": row.idempotency_key.removeprefix(prefix),
+                "createdAt": isoformat(row.created_at),
+                "completedAt": isoformat(row.completed_at),
+            }
+            for row in rows
+        ]
+
+
+def _owned(schedule_id: str, owner_id: str | None) -> list[Any]:
+    conditions: list[Any] = [schedules.c.id == schedule_id]
+    if owner_id is not None:
+        conditions.append(schedules.c.owner_id == owner_id)
+    return conditions
+
+
+async def _fetch(conn: AsyncConnection, schedule_id: str) -> Schedule:
+    row = (
+        (await conn.execute(select(schedules).where(schedules.c.id == schedule_id)))
+        .mappings()
+        .one()
+    )
+    return Schedule.model_validate(dict(row))
