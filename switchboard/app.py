@@ -12,11 +12,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from core.settings import Settings
-from dispatch.runner import ProcessRunner
 from dispatch.workers import WorkerPool, WorkerSettings
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.http import error_middleware
 from switchboard.metrics import PrometheusMetrics
+from switchboard.sandboxing import ChosenRunner, open_runner
 from switchboard.services import Services, open_services
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
 from triggers.files import FILE_ROUTES, FileRoutes
@@ -31,6 +31,7 @@ API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
+RUNNER = web.AppKey("runner", ChosenRunner)
 
 ROLES = frozenset({"web", "worker"})
 
@@ -81,6 +82,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:
+    async with open_runner(app[SERVICES]) as chosen:
+        app[RUNNER] = chosen
+        async for _ in _worker_pool(app, chosen):
+            yield
+
+
+async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncIterator[None]:
     services = app[SERVICES]
     settings = services.settings
     pool = WorkerPool(
@@ -96,11 +104,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         ),
         queue=services.queue,
         registry=services.registry,
-        runner=ProcessRunner(
-            socket_dir=services.socket_dir,
-            startup_timeout=settings.runtime.startup_timeout,
-            base_env=services.workflow_env(),
-        ),
+        runner=chosen.runner,
         builtins=services.builtins,
         logs=services.logs,
         events=services.events,
@@ -109,10 +113,6 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         metrics=services.metrics,
         replies=services.replies,
         on_reply=services.outbox.wake,
-    )
-    logger.warning(
-        "sandbox = 'process': workflows run as plain processes without isolation; "
-        "use only workflows you trust"
     )
     pool.start()
     services.outbox.start()
@@ -178,6 +178,11 @@ async def healthz(request: web.Request) -> web.Response:
         "status": "ok" if ready else ("error" if errors else "starting"),
         "sandbox": app[SETTINGS].runtime.sandbox,
     }
+    chosen = app.get(RUNNER)
+    if chosen is not None:  # a worker node: the mode it really runs in
+        body["sandbox"] = chosen.mode
+        if chosen.problem is not None:
+            body["sandbox_problem"] = chosen.problem
     if errors:
         body["errors"] = errors
     services = app.get(SERVICES)
