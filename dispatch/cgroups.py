@@ -126,6 +126,11 @@ class CgroupLayout:
             logger.warning("removing the stale cgroup %s left by an earlier server", stale)
             RunCgroup(self, stale).destroy()
 
+    def release(self) -> None:
+        """Remove the instance's (empty) parent cgroups: the server is stopping."""
+        for parent in self.parents():
+            _remove(parent)
+
     def apply(self, cgroup: RunCgroup, limits: CgroupLimits) -> None:
         period = 100_000
         quota = max(1000, int(limits.cpu * period))

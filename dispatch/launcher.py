@@ -4,7 +4,7 @@ Run by the workflow environment's interpreter, not by Switchboard's, so it impor
 standard library and uvicorn (both present in every environment)::
 
     <env>/bin/python launcher.py <workflow_file> <unix_socket_path> <ready_fd> [<parent_pid>|-]
-        [<port>:<runtime_socket>]
+        [<port>:<runtime_socket> [<netns_fd>:<go_fd>]]
 
 The workflow file is loaded under the module name ``__workflow__`` so that its own
 ``if __name__ == "__main__": uvicorn.run(...)`` does not start a TCP server. The runner learns the
@@ -16,7 +16,9 @@ does that job, and the parent is the sandbox's pid 1), and ``<port>:<runtime_soc
 forwarder: connections to ``127.0.0.1:<port>`` inside the sandbox's network namespace are relayed
 to the Unix socket the runtime API is forwarded on, so ``CODEWORDS_RUNTIME_URI`` works under every
 network policy. It runs in threads, so a workflow that blocks its event loop while calling the
-runtime API (a sync client in an ``async def``) still gets an answer.
+runtime API (a sync client in an ``async def``) still gets an answer. ``<netns_fd>:<go_fd>``: say
+on the first that bubblewrap is done with the network namespace, then wait on the second until
+the runner has connected it to the internet, before any workflow code runs.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ class ReadyServer(uvicorn.Server):
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) not in (4, 5, 6):
+    if len(argv) not in (4, 5, 6, 7):
         fail(
             "usage: launcher.py <workflow_file> <unix_socket_path> <ready_fd> [<parent_pid>|-] "
             "[<port>:<runtime_socket>]"
@@ -143,9 +145,16 @@ def main(argv: list[str]) -> None:
     parent = argv[4] if len(argv) >= 5 else ""
     if parent != "-":
         die_with_parent(int(parent) if parent else None)
-    if len(argv) == 6:
+    if len(argv) >= 6:
         port, _, runtime_socket = argv[5].partition(":")
         forward_runtime_api(int(port), runtime_socket)
+    if len(argv) == 7:
+        netns_fd, _, go_fd = argv[6].partition(":")
+        os.write(int(netns_fd), b"1")
+        os.close(int(netns_fd))
+        if os.read(int(go_fd), 1) != b"1":
+            fail("the runner did not connect the network")
+        os.close(int(go_fd))
     # The workflow may start subprocesses; they must not hold the ready pipe open.
     os.set_inheritable(ready_fd, False)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]

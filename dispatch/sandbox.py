@@ -23,9 +23,11 @@ Why each step:
   ``FSIZE``, ``CORE=0`` (not ``RLIMIT_AS``: it breaks runtimes that reserve address space).
 - Network: always a private network namespace. ``none`` has only loopback; ``internet`` adds
   slirp4netns with ``--disable-host-loopback`` (the host's 127.0.0.1 stays out of reach), attached
-  before the workflow starts (bwrap ``--info-fd``/``--block-fd``). Either way the launcher relays
-  ``127.0.0.1:8900`` to ``/run/switchboard/runtime.sock``, which the server relays to its own
-  listener: that is ``CODEWORDS_RUNTIME_URI`` inside.
+  before the workflow is loaded: bwrap's ``--info-fd`` names the namespace, the launcher says when
+  bwrap is done with it (attaching earlier races bwrap's own loopback setup) and waits for a go.
+  Either way the launcher relays ``127.0.0.1:<server port>`` to ``/run/switchboard/runtime.sock``,
+  which the server relays to its own listener, so ``CODEWORDS_RUNTIME_URI`` and signed file URIs
+  of a server on loopback work unchanged inside.
 - Secrets travel in the environment of the chain (``/proc/<pid>/environ`` is readable only by the
   same user and root), never in argv.
 
@@ -55,12 +57,11 @@ from dispatch.runner import LAUNCHER, drain, forward_lines, send_request, wait_u
 logger = logging.getLogger(__name__)
 
 INNER_UID = 1000
-RUNTIME_PORT = 8900
-RUNTIME_URI = f"http://127.0.0.1:{RUNTIME_PORT}"
 WORK = "/run/work"
 SOCKETS = "/run/switchboard"
 WORKFLOW_DIR = "/workflow"
 LAUNCHER_PATH = "/opt/switchboard/launcher.py"
+FALLBACK_RELAY_PORT = 8900
 LIMIT_POLL_SECONDS = 0.1
 SLIRP_READY_SECONDS = 10.0
 
@@ -184,7 +185,6 @@ def sandbox_command(
     uid: int,
     inner_command: Sequence[str],
     info_fd: int | None,
-    block_fd: int | None,
 ) -> list[str]:
     """The argv of one sandboxed run (paths and numbers only: secrets go in the environment)."""
     stage = [
@@ -217,8 +217,6 @@ def sandbox_command(
     bwrap += ["--chdir", WORK]
     if info_fd is not None:
         bwrap += ["--info-fd", str(info_fd)]
-    if block_fd is not None:
-        bwrap += ["--block-fd", str(block_fd)]
     drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs"]
     return [
         "unshare", "--mount", "--propagation", "private", "--",
@@ -240,6 +238,13 @@ def system_mounts() -> list[str]:
     return arguments
 
 
+def relay_port(settings: SandboxSettings) -> int:
+    """The server's own port (so loopback URLs it signs work inside), unless the sandbox user
+    cannot bind it (below 1024): then 8900."""
+    port = settings.runtime_address[1]
+    return port if port >= 1024 else FALLBACK_RELAY_PORT
+
+
 def limit_error(events: LimitEvents, limits: WorkflowLimits) -> str | None:
     """The error that names the limit a run broke, if it broke one."""
     if events.oom_kills:
@@ -255,6 +260,7 @@ class SandboxRunner:
     def __init__(self, settings: SandboxSettings, *, base_env: Mapping[str, str]) -> None:
         self._settings = settings
         self._base_env = dict(base_env)
+        self._runtime_uri = f"http://127.0.0.1:{relay_port(settings)}"
 
     async def run(
         self, invocation: Invocation, workflow: ResolvedWorkflow, on_log: LogSink
@@ -283,8 +289,8 @@ class SandboxRunner:
             **invocation.env,
             "HOME": WORK,
             "TMPDIR": "/tmp",  # noqa: S108 - the sandbox's own tmpfs
-            "CODEWORDS_RUNTIME_URI": RUNTIME_URI,
-            "RUNTIME_URI": RUNTIME_URI,
+            "CODEWORDS_RUNTIME_URI": self._runtime_uri,
+            "RUNTIME_URI": self._runtime_uri,
             "CODEWORDS_SERVICE_ROOT": WORKFLOW_DIR,
         }
 
@@ -320,8 +326,10 @@ class Launch:
             f"{SOCKETS}/workflow.sock",
             str(pipes.ready_write),
             "-",
-            f"{RUNTIME_PORT}:{SOCKETS}/runtime.sock",
+            f"{relay_port(settings)}:{SOCKETS}/runtime.sock",
         ]
+        if pipes.netns_write is not None and pipes.go_read is not None:
+            inner.append(f"{pipes.netns_write}:{pipes.go_read}")
         argv = sandbox_command(
             run_dir=self.run_dir,
             sources=self.sources,
@@ -330,7 +338,6 @@ class Launch:
             uid=settings.uid,
             inner_command=inner,
             info_fd=pipes.info_write,
-            block_fd=pipes.block_read,
         )
         try:
             process = await asyncio.create_subprocess_exec(
@@ -395,21 +402,25 @@ class Launch:
 
     async def _connect_internet(self, pipes: _Pipes) -> str | None:
         """Attach slirp4netns to the sandbox's network namespace, then let the sandbox go on."""
-        if pipes.info_read is None or pipes.block_write is None:  # pragma: no cover - internet
+        if pipes.info_read is None or pipes.netns_read is None or pipes.go_write is None:
             raise RuntimeError("the sandbox was started without its network pipes")
         info = await asyncio.to_thread(_read_json, pipes.info_read)
         child = info.get("child-pid")
         if not isinstance(child, int):
             return "the sandbox did not start (no child pid from bwrap)"
+        if await asyncio.to_thread(os.read, pipes.netns_read, 1) != b"1":
+            return "the sandbox ended before its network was connected; see the run's logs"
         ready_read, ready_write = os.pipe()
         try:
-            # As root: the network namespace belongs to the user namespace bwrap nests for
-            # --disable-userns, which the sandbox uid cannot enter from outside. slirp4netns
-            # then confines itself (--enable-sandbox: empty root, no capabilities; seccomp).
+            # As root, by netns path: given a pid, slirp4netns would first join that process's
+            # user namespace, which for --disable-userns is a nested one that does not own the
+            # network namespace (EPERM), and the sandbox uid cannot enter the outer one from
+            # outside. slirp4netns confines itself (--enable-sandbox: empty root, no
+            # capabilities; --enable-seccomp).
             self.slirp = await asyncio.create_subprocess_exec(
                 "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
                 "--enable-sandbox", "--enable-seccomp", f"--ready-fd={ready_write}",
-                str(child), "tap0",
+                "--netns-type=path", f"/proc/{child}/ns/net", "tap0",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
@@ -430,7 +441,10 @@ class Launch:
                     async with asyncio.timeout(1):
                         stderr = await self.slirp.stderr.read()
             return f"could not connect the sandbox to the internet: {stderr.decode().strip()}"
-        os.write(pipes.block_write, b"1")
+        try:
+            os.write(pipes.go_write, b"1")
+        except BrokenPipeError:
+            return "the sandbox ended before its network was connected; see the run's logs"
         return None
 
     async def _watch_limits(self) -> str:
@@ -466,20 +480,25 @@ class Launch:
 
 
 class _Pipes:
-    """The pipes between server and sandbox: ready (always), info and block (``internet``)."""
+    """Pipes between server and sandbox: ready (always); info, netns and go (``internet``)."""
 
     def __init__(self, internet: bool) -> None:
         ready_read, self.ready_write = os.pipe()
         self.ready = io.FileIO(ready_read, "rb")
         self.info_read: int | None = None
         self.info_write: int | None = None
-        self.block_read: int | None = None
-        self.block_write: int | None = None
+        self.netns_read: int | None = None
+        self.netns_write: int | None = None
+        self.go_read: int | None = None
+        self.go_write: int | None = None
         if internet:
             self.info_read, self.info_write = os.pipe()
-            self.block_read, self.block_write = os.pipe()
+            self.netns_read, self.netns_write = os.pipe()
+            self.go_read, self.go_write = os.pipe()
         self._child_ends = [
-            fd for fd in (self.ready_write, self.info_write, self.block_read) if fd is not None
+            fd
+            for fd in (self.ready_write, self.info_write, self.netns_write, self.go_read)
+            if fd is not None
         ]
 
     def child_ends(self) -> tuple[int, ...]:
@@ -493,10 +512,10 @@ class _Pipes:
     def close(self) -> None:
         self.close_child_ends()
         self.ready.close()
-        for fd in (self.info_read, self.block_write):
+        for fd in (self.info_read, self.netns_read, self.go_write):
             if fd is not None:
                 os.close(fd)
-        self.info_read = self.block_write = None
+        self.info_read = self.netns_read = self.go_write = None
 
 
 def _read_json(fd: int) -> dict[str, object]:

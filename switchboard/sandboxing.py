@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from core.ports import WorkflowRunner
 from dispatch.cgroups import detect_cgroups
@@ -72,4 +74,13 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
         cgroups=cgroups,
     )
     logger.info("sandbox = 'bwrap' as uid %s, %s", sandbox.uid, cgroups.describe())
-    yield ChosenRunner(SandboxRunner(sandbox, base_env=services.workflow_env()), "bwrap")
+    try:
+        yield ChosenRunner(SandboxRunner(sandbox, base_env=services.workflow_env()), "bwrap")
+    finally:  # the workers have stopped: every run's cgroup and directory is gone already
+        await asyncio.to_thread(cgroups.release)
+        await asyncio.to_thread(_remove_empty, services.runs_dir)
+
+
+def _remove_empty(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        directory.rmdir()
