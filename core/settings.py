@@ -92,12 +92,6 @@ class RuntimeSettings(_Section):
         ge=1,
         description="host uid (and gid) that sandboxed workflows run as; never 0",
     )
-    zygotes: int = Field(
-        default=4,
-        ge=0,
-        description="pre-forked zygotes kept (one per environment, least recently used go first); "
-        "0 starts every run from a fresh interpreter",
-    )
     limits: WorkflowLimits = Field(
         default=WorkflowLimits(),
         description="per-run limits; a workflow overrides them in its [tool.switchboard] table",
