@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ByteSize, ConfigDict, Field
 
 from core.clock import isoformat
 
@@ -194,6 +194,39 @@ class LogEntry(_Frozen):
             "message": self.message,
             "request_id": self.run_id,
         }
+
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+class WorkflowLimits(_Frozen):
+    """What one run of a workflow may use (DESIGN §5): the sandbox enforces it, errors name it.
+
+    Defaults come from ``[runtime.limits]``; a workflow overrides any of them in its PEP 723 header
+    (``[tool.switchboard]``). Sizes are bytes, or strings such as ``"512MiB"`` / ``"2 GiB"``.
+    """
+
+    memory: ByteSize = Field(default=ByteSize(2 * GIB), ge=16 * MIB, description="swap is 0")
+    pids: int = Field(default=256, ge=8, description="processes and threads at once")
+    cpu: float = Field(default=1.0, gt=0, le=256, description="CPUs' worth of time")
+    tmp_size: ByteSize = Field(default=ByteSize(256 * MIB), ge=MIB, description="tmpfs /tmp")
+    network: Literal["none", "internet"] = Field(
+        default="internet", description="internet: slirp4netns, never the host's loopback"
+    )
+    timeout: float | None = Field(
+        default=None, gt=0, description="seconds; default: the runtime's run_timeout"
+    )
+    open_files: int = Field(default=1024, ge=64, description="RLIMIT_NOFILE")
+    file_size: ByteSize = Field(default=ByteSize(GIB), ge=MIB, description="RLIMIT_FSIZE")
+
+
+def format_bytes(size: int) -> str:
+    """``2 GiB``, ``256 MiB``, ``1.5 GiB``: sizes as limit errors name them."""
+    for unit, factor in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if size >= factor:
+            return f"{size / factor:g} {unit}"
+    return f"{size} bytes"
 
 
 class Invocation(_Frozen):

@@ -12,7 +12,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from core.models import Invocation, LogEntry, Outcome, RunRecord, RunRequest, SubmittedRun
+from core.models import (
+    Invocation,
+    LogEntry,
+    Outcome,
+    RunRecord,
+    RunRequest,
+    SubmittedRun,
+    WorkflowLimits,
+)
 from core.replies import Delivery, SendResult
 
 LogSink = Callable[[str, str], None]
@@ -61,7 +69,8 @@ class WorkflowRunner(Protocol):
 
     The runner owns the workflow's process from start to end: when ``run`` returns or is
     cancelled, nothing of the run is left running. Lines the workflow prints go to ``on_log``.
-    A run that exceeds ``invocation.timeout`` ends with status ``timed_out``.
+    A run that exceeds ``invocation.timeout`` ends with status ``timed_out``; a runner that
+    enforces ``workflow.limits`` ends a run that breaks one with an error naming it.
     """
 
     async def run(
@@ -83,6 +92,11 @@ class ResolvedWorkflow(Protocol):
 
     @property
     def python(self) -> Path: ...
+
+    @property
+    def limits(self) -> WorkflowLimits:
+        """The runtime's defaults with the workflow's own ``[tool.switchboard]`` on top."""
+        ...
 
 
 BuiltinService = Callable[[Invocation, LogSink], Awaitable[Outcome]]

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.email_settings import EmailSettings
+from core.models import WorkflowLimits
 from core.replies import DEFAULT_FAILURE_LINE
 from core.scheduler_settings import SchedulerSettings, ScheduleSpec
 from core.slack_settings import SlackSettings
@@ -84,7 +85,21 @@ class RuntimeSettings(_Section):
         description="on SIGTERM, seconds running runs get to finish before they are handed back",
     )
     poll_interval: float = Field(default=0.5, gt=0)
-    sandbox: Literal["process"] = "process"
+    sandbox: Literal["bwrap", "process"] = Field(
+        default="bwrap",
+        description="bwrap: namespaces, cgroup and rlimits per run (README 'Sandbox'); falls back "
+        "to process, loudly, where bubblewrap or user namespaces are missing. process: plain "
+        "child processes, for development only",
+    )
+    sandbox_uid: int = Field(
+        default=65534,
+        ge=1,
+        description="host uid (and gid) that sandboxed workflows run as; never 0",
+    )
+    limits: WorkflowLimits = Field(
+        default=WorkflowLimits(),
+        description="per-run limits; a workflow overrides them in its [tool.switchboard] table",
+    )
     workflow_log_level: str = "INFO"
     env_dir: Path | None = Field(default=None, description="default <data_dir>/envs")
     uv_cache_dir: Path | None = Field(default=None, description="default <data_dir>/uv-cache")

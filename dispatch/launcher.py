@@ -3,12 +3,22 @@
 Run by the workflow environment's interpreter, not by Switchboard's, so it imports only the
 standard library and uvicorn (both present in every environment)::
 
-    <env>/bin/python launcher.py <workflow_file> <unix_socket_path> <ready_fd> [<parent_pid>]
+    <env>/bin/python launcher.py <workflow_file> <unix_socket_path> <ready_fd> [<parent_pid>|-]
+        [<port>:<runtime_socket> [<netns_fd>:<go_fd>]]
 
 The workflow file is loaded under the module name ``__workflow__`` so that its own
 ``if __name__ == "__main__": uvicorn.run(...)`` does not start a TCP server. The runner learns the
 server is accepting connections from the line ``ready`` on ``ready_fd``; if the process dies first,
 the runner sees the pipe close instead. Exit code 2 means the workflow could not be loaded.
+
+In the sandbox (``dispatch/sandbox.py``) the parent pid is ``-`` (bubblewrap's ``--die-with-parent``
+does that job, and the parent is the sandbox's pid 1), and ``<port>:<runtime_socket>`` asks for a
+forwarder: connections to ``127.0.0.1:<port>`` inside the sandbox's network namespace are relayed
+to the Unix socket the runtime API is forwarded on, so ``CODEWORDS_RUNTIME_URI`` works under every
+network policy. It runs in threads, so a workflow that blocks its event loop while calling the
+runtime API (a sync client in an ``async def``) still gets an answer. ``<netns_fd>:<go_fd>``: say
+on the first that bubblewrap is done with the network namespace, then wait on the second until
+the runner has connected it to the internet, before any workflow code runs.
 """
 
 from __future__ import annotations
@@ -24,8 +34,10 @@ if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpat
 
 import ctypes
 import importlib.util
+import select
 import signal
 import socket
+import threading
 from types import ModuleType
 from typing import NoReturn
 
@@ -73,6 +85,39 @@ def fail(message: str) -> NoReturn:
     sys.exit(EXIT_BAD_WORKFLOW)
 
 
+def forward_runtime_api(port: int, unix_path: str) -> None:
+    """Relay ``127.0.0.1:port`` to the Unix socket ``unix_path``, one thread per connection."""
+    listener = socket.create_server(("127.0.0.1", port))
+
+    def relay(client: socket.socket) -> None:
+        with client, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
+            try:
+                upstream.connect(unix_path)
+            except OSError as exc:
+                print(f"launcher: runtime API unreachable: {exc}", file=sys.stderr)
+                return
+            peers = {client: upstream, upstream: client}
+            reading = [client, upstream]
+            try:
+                while reading:
+                    for end in select.select(reading, [], [])[0]:
+                        data = end.recv(65536)
+                        if data:
+                            peers[end].sendall(data)
+                        else:  # half-close: pass the EOF on, keep relaying the other way
+                            reading.remove(end)
+                            peers[end].shutdown(socket.SHUT_WR)
+            except OSError:
+                return  # a reset on either side ends the relay
+
+    def accept() -> None:
+        while True:
+            client, _ = listener.accept()
+            threading.Thread(target=relay, args=(client,), daemon=True).start()
+
+    threading.Thread(target=accept, name="runtime-forwarder", daemon=True).start()
+
+
 class ReadyServer(uvicorn.Server):
     """A uvicorn server that writes ``ready`` to a pipe once it accepts connections."""
 
@@ -91,10 +136,25 @@ class ReadyServer(uvicorn.Server):
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) not in (4, 5):
-        fail("usage: launcher.py <workflow_file> <unix_socket_path> <ready_fd> [<parent_pid>]")
+    if len(argv) not in (4, 5, 6, 7):
+        fail(
+            "usage: launcher.py <workflow_file> <unix_socket_path> <ready_fd> [<parent_pid>|-] "
+            "[<port>:<runtime_socket>]"
+        )
     workflow_file, socket_path, ready_fd = argv[1], argv[2], int(argv[3])
-    die_with_parent(int(argv[4]) if len(argv) == 5 else None)
+    parent = argv[4] if len(argv) >= 5 else ""
+    if parent != "-":
+        die_with_parent(int(parent) if parent else None)
+    if len(argv) >= 6:
+        port, _, runtime_socket = argv[5].partition(":")
+        forward_runtime_api(int(port), runtime_socket)
+    if len(argv) == 7:
+        netns_fd, _, go_fd = argv[6].partition(":")
+        os.write(int(netns_fd), b"1")
+        os.close(int(netns_fd))
+        if os.read(int(go_fd), 1) != b"1":
+            fail("the runner did not connect the network")
+        os.close(int(go_fd))
     # The workflow may start subprocesses; they must not hold the ready pipe open.
     os.set_inheritable(ready_fd, False)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from core.errors import WorkflowError
+from core.models import WorkflowLimits
 
 # The reference implementation's regular expression (PEP 723, "Reference Implementation").
 _BLOCK_RE = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
@@ -34,6 +38,8 @@ class ScriptMetadata:
 
     dependencies: tuple[str, ...]
     requires_python: str | None = None
+    limits: dict[str, Any] = field(default_factory=dict)
+    """The ``[tool.switchboard]`` table, validated: limits this workflow sets for itself."""
 
     def allows_python(self, version: PythonVersion) -> bool:
         """Whether an interpreter of ``version`` satisfies ``requires-python`` (None: any)."""
@@ -89,7 +95,25 @@ def parse_script_metadata(source: str, *, origin: str = "the workflow") -> Scrip
     return ScriptMetadata(
         dependencies=tuple(d.strip() for d in dependencies),
         requires_python=requires_python,
+        limits=_limits(table, origin),
     )
+
+
+def _limits(table: dict[str, Any], origin: str) -> dict[str, Any]:
+    """``[tool.switchboard]`` checked against :class:`WorkflowLimits`, as JSON-ready overrides."""
+    tool = table.get("tool", {})
+    own = tool.get("switchboard", {}) if isinstance(tool, dict) else {}
+    if not isinstance(own, dict):
+        raise WorkflowError(f"{origin}: `[tool.switchboard]` must be a table")
+    try:
+        limits = WorkflowLimits.model_validate(own)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise WorkflowError(f"{origin}: `[tool.switchboard]` {problems}") from exc
+    return limits.model_dump(mode="json", exclude_unset=True)
 
 
 def format_python_version(version: PythonVersion) -> str:

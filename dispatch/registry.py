@@ -21,12 +21,14 @@ from sqlalchemy import ColumnElement, Select, select, update
 from core.clock import Clock
 from core.db import Database
 from core.errors import NotFound, WorkflowError
+from core.models import WorkflowLimits
 from core.tables import workflow_versions, workflows
 from dispatch.environments import EnvironmentBuilder, python_of
 from dispatch.pep723 import parse_script_metadata
 
 SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SOURCE_NAME = "main.py"
+DEFAULT_LIMITS = WorkflowLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,7 @@ class Workflow:
     version: int
     source_path: Path
     python: Path
+    limits: WorkflowLimits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,9 @@ class WorkflowRegistry:
         workflows_dir: Path,
         reserved: frozenset[str],
         cache_seconds: float = 5.0,
+        default_limits: WorkflowLimits = DEFAULT_LIMITS,
     ) -> None:
+        self._default_limits = default_limits
         self._db = database
         self._clock = clock
         self._builder = builder
@@ -113,7 +118,7 @@ class WorkflowRegistry:
                     source_hash=hashlib.sha256(source.encode()).hexdigest(),
                     lock=lock,
                     lock_hash=self._builder.lock_hash(lock),
-                    settings={},
+                    settings={"limits": metadata.limits},
                     created_at=now,
                 )
             )
@@ -184,7 +189,10 @@ class WorkflowRegistry:
     async def resolve(self, service_id: str) -> Workflow:
         """The current version, with its environment (built here if this node has not yet)."""
         query = _current(
-            workflow_versions.c.version, workflow_versions.c.source, workflow_versions.c.lock
+            workflow_versions.c.version,
+            workflow_versions.c.source,
+            workflow_versions.c.lock,
+            workflow_versions.c.settings,
         ).where(workflows.c.id == service_id)
         async with self._db.read() as conn:
             row = (await conn.execute(query)).first()
@@ -196,6 +204,9 @@ class WorkflowRegistry:
             version=row.version,
             source_path=self._materialise(service_id, row.version, row.source),
             python=python_of(env),
+            limits=WorkflowLimits.model_validate(
+                {**self._default_limits.model_dump(), **(row.settings or {}).get("limits", {})}
+            ),
         )
 
     def _materialise(self, service_id: str, version: int, source: str) -> Path:

@@ -92,8 +92,8 @@ class ProcessRunner:
         if process.stdout is None or process.stderr is None:  # pragma: no cover - both are PIPEs
             raise RuntimeError("the workflow process has no output pipes")
         readers = [
-            asyncio.create_task(_forward_lines(process.stdout, "stdout", on_log)),
-            asyncio.create_task(_forward_lines(process.stderr, "stderr", on_log)),
+            asyncio.create_task(forward_lines(process.stdout, "stdout", on_log)),
+            asyncio.create_task(forward_lines(process.stderr, "stderr", on_log)),
         ]
         ready_pipe = io.FileIO(ready_read, "rb")
         try:
@@ -111,54 +111,54 @@ class ProcessRunner:
         deadline = asyncio.timeout(invocation.timeout)
         try:
             async with deadline:
-                problem = await self._wait_until_ready(process, ready_pipe)
+                problem = await wait_until_ready(process, ready_pipe, self._startup_timeout)
                 if problem is not None:
                     return Outcome.failure(problem)
-                return await _send_request(invocation, process, socket_path)
+                return await send_request(invocation, process, socket_path)
         except TimeoutError:
             if not deadline.expired():
                 raise
             logger.info("run %s: timed out after %g s", invocation.run_id, invocation.timeout)
             return Outcome.failure(f"timed out after {invocation.timeout:g} s", timed_out=True)
 
-    async def _wait_until_ready(
-        self, process: asyncio.subprocess.Process, ready_pipe: io.FileIO
-    ) -> str | None:
-        """None once the workflow serves, else why it never will."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), ready_pipe
+
+async def wait_until_ready(
+    process: asyncio.subprocess.Process, ready_pipe: io.FileIO, startup_timeout: float
+) -> str | None:
+    """None once the workflow serves, else why it never will."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), ready_pipe
+    )
+    ready = asyncio.create_task(reader.readline())
+    exited = asyncio.create_task(process.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {ready, exited},
+            timeout=startup_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
         )
-        ready = asyncio.create_task(reader.readline())
-        exited = asyncio.create_task(process.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {ready, exited},
-                timeout=self._startup_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if ready in done and ready.result() == b"ready\n":
-                return None
-            if not done:
-                return (
-                    f"the workflow did not start serving within {self._startup_timeout:g} s "
-                    "(startup timeout)"
-                )
-            # Either the process exited, or the pipe closed and the exit is a moment away.
-            returncode = await process.wait()
+        if ready in done and ready.result() == b"ready\n":
+            return None
+        if not done:
             return (
-                f"workflow process exited with code {returncode} before it was ready; "
-                "see the run's logs"
+                f"the workflow did not start serving within {startup_timeout:g} s (startup timeout)"
             )
-        finally:
-            for task in (ready, exited):
-                task.cancel()
-            await asyncio.gather(ready, exited, return_exceptions=True)
-            transport.close()
+        # Either the process exited, or the pipe closed and the exit is a moment away.
+        returncode = await process.wait()
+        return (
+            f"workflow process exited with code {returncode} before it was ready; "
+            "see the run's logs"
+        )
+    finally:
+        for task in (ready, exited):
+            task.cancel()
+        await asyncio.gather(ready, exited, return_exceptions=True)
+        transport.close()
 
 
-async def _send_request(
+async def send_request(
     invocation: Invocation, process: asyncio.subprocess.Process, socket_path: Path
 ) -> Outcome:
     headers = dict(invocation.headers)
@@ -201,19 +201,24 @@ async def _end(
     try:
         await process.wait()
     finally:
-        _, pending = await asyncio.wait(readers, timeout=DRAIN_SECONDS)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-        if pending:
-            logger.warning("run %s: output still open after the process group was killed", run_id)
+        await drain(readers, run_id)
         ready_pipe.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)  # no thread hop: this must not be interrupted by cancellation
     logger.info("run %s: process %s ended (code %s)", run_id, process.pid, process.returncode)
 
 
-async def _forward_lines(
+async def drain(readers: list[asyncio.Task[None]], run_id: str) -> None:
+    """Let the output readers of a killed run finish for a moment, then stop them."""
+    _, pending = await asyncio.wait(readers, timeout=DRAIN_SECONDS)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    if pending:
+        logger.warning("run %s: output still open after its processes were killed", run_id)
+
+
+async def forward_lines(
     stream: asyncio.StreamReader, name: Literal["stdout", "stderr"], on_log: LogSink
 ) -> None:
     """Hand every line of ``stream`` to ``on_log``; lines over 16 KiB are cut."""

@@ -192,6 +192,7 @@ class WorkerPool:
                 update={
                     "workflow_version": workflow.version,
                     "env": {**invocation.env, "CODEWORDS_SERVICE_ROOT": root},
+                    "timeout": workflow.limits.timeout or invocation.timeout,
                 }
             )
             return await self._runner.run(invocation, workflow, sink)

@@ -12,13 +12,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from core.settings import Settings
-from dispatch.runner import ProcessRunner
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.http import error_middleware
 from switchboard.metrics import PrometheusMetrics
+from switchboard.sandboxing import ChosenRunner, open_runner
 from switchboard.services import Services, open_services
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
 from triggers.email.wiring import EMAIL_ROUTES, EmailWebhooks, email_intake
@@ -42,6 +42,7 @@ READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 SCHEDULER = web.AppKey("scheduler", SchedulerNode)
 SCHEDULE_HANDLERS = web.AppKey("schedule_handlers", ScheduleRoutes)
+RUNNER = web.AppKey("runner", ChosenRunner)
 
 ROLES = frozenset({"web", "worker", "scheduler"})
 
@@ -148,6 +149,13 @@ async def _email(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:
+    async with open_runner(app[SERVICES]) as chosen:
+        app[RUNNER] = chosen
+        async for _ in _worker_pool(app, chosen):
+            yield
+
+
+async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncIterator[None]:
     services = app[SERVICES]
     settings = services.settings
     pool = WorkerPool(
@@ -163,11 +171,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         ),
         queue=services.queue,
         registry=services.registry,
-        runner=ProcessRunner(
-            socket_dir=services.socket_dir,
-            startup_timeout=settings.runtime.startup_timeout,
-            base_env=services.workflow_env(),
-        ),
+        runner=chosen.runner,
         builtins=services.builtins,
         logs=services.logs,
         events=services.events,
@@ -176,10 +180,6 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         metrics=services.metrics,
         replies=services.replies,
         on_reply=services.outbox.wake,
-    )
-    logger.warning(
-        "sandbox = 'process': workflows run as plain processes without isolation; "
-        "use only workflows you trust"
     )
     pool.start()
     services.outbox.start()
@@ -259,6 +259,11 @@ async def healthz(request: web.Request) -> web.Response:
         "status": "ok" if ready else ("error" if errors else "starting"),
         "sandbox": app[SETTINGS].runtime.sandbox,
     }
+    chosen = app.get(RUNNER)
+    if chosen is not None:  # a worker node: the mode it really runs in
+        body["sandbox"] = chosen.mode
+        if chosen.problem is not None:
+            body["sandbox_problem"] = chosen.problem
     if errors:
         body["errors"] = errors
     services = app.get(SERVICES)

@@ -74,12 +74,21 @@ class Services:
     slack: SlackChannel | None = None
 
     @property
-    def socket_dir(self) -> Path:
-        # Unix socket paths are limited to 107 bytes: keep them out of a deep data dir.
-        digest = hashlib.sha256(str(self.settings.server.data_dir.resolve()).encode()).hexdigest()[
+    def instance(self) -> str:
+        """Tells this server's sockets, run dirs and cgroups from other servers' on the host."""
+        return hashlib.sha256(str(self.settings.server.data_dir.resolve()).encode()).hexdigest()[
             :10
         ]
-        return Path(tempfile.gettempdir()) / f"switchboard-{digest}"
+
+    @property
+    def socket_dir(self) -> Path:
+        # Unix socket paths are limited to 107 bytes: keep them out of a deep data dir.
+        return Path(tempfile.gettempdir()) / f"switchboard-{self.instance}"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Sandboxed runs' directories: traversable by the sandbox user, so not in socket_dir."""
+        return Path(tempfile.gettempdir()) / f"switchboard-{self.instance}-runs"
 
     def workflow_env(self) -> dict[str, str]:
         return {
@@ -143,6 +152,7 @@ async def open_services(
             ),
             workflows_dir=(data_dir / "workflows").resolve(),
             reserved=frozenset([*builtins, SCHEDULE_RUNS]),
+            default_limits=settings.runtime.limits,
         )
         keys = KeyStore(database, clock)
         metrics = metrics or NullMetrics()

@@ -48,6 +48,9 @@ def service(make_service: ServiceFactory, database_url: str, workflow_cache: Pat
             "SWITCHBOARD_RUNTIME__UV_CACHE_DIR": str(workflow_cache / "uv"),
             "SWITCHBOARD_RUNTIME__POLL_INTERVAL": "0.2",
             "SWITCHBOARD_RUNTIME__REGISTER_EXAMPLES": "false",
+            # These tests count executions through a marker file on the host, which the sandbox
+            # rightly hides from workflows; the sandbox has its own tests (test_sandbox.py).
+            "SWITCHBOARD_RUNTIME__SANDBOX": "process",
         }
     )
 

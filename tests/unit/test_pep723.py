@@ -106,3 +106,27 @@ def test_allows_python(spec: str | None, version: tuple[int, int, int], allowed:
     metadata = ScriptMetadata(dependencies=(), requires_python=spec)
 
     assert metadata.allows_python(version) is allowed
+
+
+def test_tool_switchboard_sets_the_workflow_s_own_limits() -> None:
+    table = 'memory = "512MiB"\n# network = "none"\n# timeout = 30'
+    source = HEADER_WITH_LIMITS.format(table=table)
+
+    metadata = parse_script_metadata(source)
+
+    assert metadata.limits == {"memory": 512 * 1024**2, "network": "none", "timeout": 30.0}
+
+
+def test_tool_switchboard_names_a_bad_limit() -> None:
+    source = HEADER_WITH_LIMITS.format(table='network = "host"')
+
+    with pytest.raises(WorkflowError, match=r"`\[tool.switchboard\]` network: Input should be"):
+        parse_script_metadata(source)
+
+
+HEADER_WITH_LIMITS = """# /// script
+# dependencies = ["fastapi"]
+# [tool.switchboard]
+# {table}
+# ///
+"""

@@ -1,0 +1,142 @@
+"""Cold-start cost of the workflow runners: plain process vs bubblewrap sandbox.
+
+Usage (from the repository root, as root, with bubblewrap and slirp4netns installed)::
+
+    .venv/bin/python bench/sandbox.py --env <built environment dir> [--runs 30]
+
+``--env`` is an environment built for the test workflows (``tests/runs.py`` builds one under
+``$SWITCHBOARD_TEST_CACHE/envs/<hash>``). For each runner it times ``--runs`` sequential cold
+runs of ``examples/hello.py`` (fresh process, one request, teardown), then 10 concurrent cold
+starts, and samples the memory of an idle sandboxed run (``tests/workflows/slow.py`` sleeping)
+from its cgroup. Prints a Markdown table for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from core.models import Invocation, WorkflowLimits
+from dispatch.cgroups import CgroupLayout, detect_cgroups
+from dispatch.registry import Workflow
+from dispatch.runner import ProcessRunner
+from dispatch.sandbox import SandboxRunner, SandboxSettings, probe_sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+HELLO = REPO / "examples" / "hello.py"
+SLOW = REPO / "tests" / "workflows" / "slow.py"
+BASE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
+def invocation(body: object, timeout: float = 60) -> Invocation:
+    run_id = f"req_bench{uuid.uuid4().hex[:16]}"
+    return Invocation(
+        run_id=run_id,
+        owner_id="bench",
+        service_id="hello",
+        workflow_version=1,
+        path="",
+        method="POST",
+        body=json.dumps(body).encode(),
+        headers={"X-Request-Id": run_id},
+        env={"CODEWORDS_API_KEY": "bench-key", "CODEWORDS_RUNTIME_URI": "http://127.0.0.1:9"},
+        timeout=timeout,
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+async def cold(runner: ProcessRunner | SandboxRunner, workflow: Workflow) -> float:
+    started = time.perf_counter()
+    outcome = await runner.run(invocation({"name": "Ada"}), workflow, lambda _s, _l: None)
+    if outcome.status.value != "completed":
+        raise RuntimeError(f"run failed: {outcome.error}")
+    return (time.perf_counter() - started) * 1000
+
+
+async def measure(
+    name: str, runner: ProcessRunner | SandboxRunner, workflow: Workflow, runs: int
+) -> str:
+    await cold(runner, workflow)  # page cache warm-up, not measured
+    sequential = [await cold(runner, workflow) for _ in range(runs)]
+    concurrent = await asyncio.gather(*(cold(runner, workflow) for _ in range(10)))
+    return (
+        f"| {name} | {runs} | {statistics.median(sequential):.0f} | "
+        f"{percentile(sequential, 0.95):.0f} | {statistics.median(concurrent):.0f} | "
+        f"{max(concurrent):.0f} |"
+    )
+
+
+async def idle_memory(runner: SandboxRunner, workflow: Workflow, cgroups: CgroupLayout) -> int:
+    """Bytes charged to a sandboxed run's cgroup while its workflow sleeps."""
+    sleeping = asyncio.Event()
+    run = invocation({"seconds": 5})
+
+    def on_log(_stream: str, line: str) -> None:
+        if line == "sleeping":
+            sleeping.set()
+
+    task = asyncio.create_task(runner.run(run, workflow, on_log))
+    await sleeping.wait()
+    await asyncio.sleep(0.5)
+    cgroup = cgroups.run_cgroup(run.run_id)
+    memory = next(d for d in cgroup.directories if "memory" in str(d) or cgroups.version == 2)
+    usage_file = "memory.current" if cgroups.version == 2 else "memory.usage_in_bytes"
+    usage = int((memory / usage_file).read_text())
+    await task
+    return usage
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--env", type=Path, required=True)
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    python = args.env / "bin" / "python"
+    runs_dir = Path(tempfile.gettempdir()) / f"sb-bench-{uuid.uuid4().hex[:8]}"
+    problem = probe_sandbox(65534, runs_dir)
+    cgroups = detect_cgroups(f"bench-{uuid.uuid4().hex[:8]}") if problem is None else problem
+    if isinstance(cgroups, str):
+        raise SystemExit(f"no sandbox here: {cgroups}")
+    rows = []
+    with tempfile.TemporaryDirectory() as sockets:
+        plain = ProcessRunner(socket_dir=Path(sockets), startup_timeout=30, base_env=BASE_ENV)
+        rows.append(await measure("process", plain, Workflow("hello", 1, HELLO, python), args.runs))
+    for network in ("none", "internet"):
+        limits = WorkflowLimits(network=network)
+        settings = SandboxSettings(
+            uid=65534,
+            runs_dir=runs_dir,
+            runtime_address=("127.0.0.1", 8000),
+            startup_timeout=30,
+            cgroups=cgroups,
+        )
+        sandbox = SandboxRunner(settings, base_env=BASE_ENV)
+        workflow = Workflow("hello", 1, HELLO, python, limits)
+        rows.append(await measure(f"bwrap, network {network}", sandbox, workflow, args.runs))
+    idle = await idle_memory(
+        SandboxRunner(settings, base_env=BASE_ENV),
+        Workflow("slow", 1, SLOW, python, WorkflowLimits(network="none")),
+        cgroups,
+    )
+    cgroups.release()
+    runs_dir.rmdir()
+    print(
+        "| runner | N | cold p50 ms | cold p95 ms | 10 concurrent p50 ms | 10 concurrent max ms |"
+    )
+    print("|---|--:|--:|--:|--:|--:|")
+    print("\n".join(rows))
+    print(f"\nIdle sandboxed run (slow.py sleeping), its cgroup's memory: {idle / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,86 @@
+"""Choose the workflow runner: the bubblewrap sandbox where it works, else the plain one, loudly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.ports import WorkflowRunner
+from dispatch.cgroups import detect_cgroups
+from dispatch.runner import ProcessRunner
+from dispatch.sandbox import SandboxRunner, SandboxSettings, probe_sandbox
+from switchboard.services import Services
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_FOR = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - mapping only
+
+
+@dataclass(frozen=True, slots=True)
+class ChosenRunner:
+    runner: WorkflowRunner
+    mode: str
+    """``bwrap`` or ``process``: what /healthz reports."""
+    problem: str | None = None
+    """Why ``bwrap`` was asked for but ``process`` is used."""
+
+
+@asynccontextmanager
+async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
+    """The runner ``runtime.sandbox`` asks for, if this host can give it."""
+    settings = services.settings
+    plain = ProcessRunner(
+        socket_dir=services.socket_dir,
+        startup_timeout=settings.runtime.startup_timeout,
+        base_env=services.workflow_env(),
+    )
+    if settings.runtime.sandbox == "process":
+        logger.warning(
+            "sandbox = 'process': workflows run as plain processes without isolation; "
+            "use only workflows you trust"
+        )
+        yield ChosenRunner(plain, "process")
+        return
+    problem = await asyncio.to_thread(
+        probe_sandbox, settings.runtime.sandbox_uid, services.runs_dir
+    )
+    cgroups = None
+    if problem is None:
+        found = await asyncio.to_thread(detect_cgroups, services.instance)
+        if isinstance(found, str):
+            problem = found
+        else:
+            cgroups = found
+    if problem is not None or cgroups is None:
+        logger.error(
+            "SANDBOX UNAVAILABLE: %s. Falling back to sandbox = 'process': workflows run WITHOUT "
+            "isolation or limits. Install bubblewrap (and slirp4netns) and allow user namespaces, "
+            "or set runtime.sandbox = 'process' to silence this.",
+            problem,
+        )
+        yield ChosenRunner(plain, "process", problem)
+        return
+    host = settings.server.host
+    sandbox = SandboxSettings(
+        uid=settings.runtime.sandbox_uid,
+        runs_dir=services.runs_dir,
+        runtime_address=(LOOPBACK_FOR.get(host, host), settings.server.port),
+        startup_timeout=settings.runtime.startup_timeout,
+        cgroups=cgroups,
+    )
+    logger.info("sandbox = 'bwrap' as uid %s, %s", sandbox.uid, cgroups.describe())
+    try:
+        yield ChosenRunner(SandboxRunner(sandbox, base_env=services.workflow_env()), "bwrap")
+    finally:  # the workers have stopped: every run's cgroup and directory is gone already
+        await asyncio.to_thread(cgroups.release)
+        await asyncio.to_thread(_remove_empty, services.runs_dir)
+
+
+def _remove_empty(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        directory.rmdir()

@@ -1,0 +1,315 @@
+"""The bubblewrap sandbox for real: hostile workflows against real namespaces, cgroups and rlimits.
+
+Each attack runs next to a well-behaved run that must still answer, and must leave no process,
+cgroup or run directory behind. Skipped (with the reason) only where the host cannot make
+sandboxes at all; CI installs bubblewrap and slirp4netns (scripts/setup), so there they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import pytest
+from codewords_client import AsyncCodewordsClient
+
+from core.models import Outcome, RunStatus, WorkflowLimits
+from dispatch.cgroups import CgroupLayout, detect_cgroups
+from dispatch.registry import Workflow
+from dispatch.sandbox import SandboxRunner, SandboxSettings, probe_sandbox
+from tests.conftest import LiveFactory
+from tests.runs import (
+    HELLO,
+    SECRET,
+    WORKFLOWS,
+    BuiltEnvironment,
+    Logs,
+    base_env,
+    built_environment,
+    invocation,
+    workflow,
+)
+
+__all__ = ["base_env", "built_environment"]  # fixtures, used by name
+
+HOSTILE = WORKFLOWS / "hostile.py"
+SANDBOX_UID = 65534
+LIMITS = WorkflowLimits.model_validate({"memory": "256MiB", "pids": 64, "network": "none"})
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    runner: SandboxRunner
+    runs_dir: Path
+    cgroups: CgroupLayout
+
+
+@pytest.fixture(scope="module")
+def host_sandbox() -> Iterator[tuple[str, CgroupLayout]]:
+    instance = f"test-{uuid.uuid4().hex[:8]}"
+    runs_dir = Path("/tmp") / f"sb-{instance}-runs"
+    problem = probe_sandbox(SANDBOX_UID, runs_dir)
+    found = detect_cgroups(instance) if problem is None else problem
+    if isinstance(found, str):
+        pytest.skip(f"no sandbox on this host: {found}")
+    yield str(runs_dir), found
+    found.release()
+    runs_dir.rmdir()
+
+
+@pytest.fixture
+def sandbox(host_sandbox: tuple[str, CgroupLayout], base_env: dict[str, str]) -> Sandbox:
+    runs_dir, cgroups = host_sandbox
+    settings = SandboxSettings(
+        uid=SANDBOX_UID,
+        runs_dir=Path(runs_dir),
+        runtime_address=("127.0.0.1", 9),
+        startup_timeout=30,
+        cgroups=cgroups,
+    )
+    return Sandbox(SandboxRunner(settings, base_env=base_env), Path(runs_dir), cgroups)
+
+
+def limited(built: BuiltEnvironment, source: Path, **limits: object) -> Workflow:
+    return replace(workflow(built, source), limits=LIMITS.model_copy(update=limits))
+
+
+def processes_with(marker: str) -> list[int]:
+    """Host pids whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def assert_nothing_left(sandbox: Sandbox) -> None:
+    assert list(sandbox.runs_dir.iterdir()) == []
+    for parent in sandbox.cgroups.parents():
+        assert list(parent.glob("run-*")) == []
+
+
+async def attack_beside_a_good_run(
+    sandbox: Sandbox,
+    built: BuiltEnvironment,
+    body: dict[str, object],
+    timeout: float = 30,
+    **limits: object,
+) -> tuple[Outcome, Logs]:
+    """Run the hostile workflow and meanwhile hello, which must answer whatever the attack does."""
+    logs = Logs()
+    hostile = sandbox.runner.run(
+        invocation(body, run_id=f"req_bad{uuid.uuid4().hex[:12]}", timeout=timeout),
+        limited(built, HOSTILE, **limits),
+        logs,
+    )
+    good = sandbox.runner.run(
+        invocation({"name": "Ada"}, run_id=f"req_good{uuid.uuid4().hex[:12]}"),
+        limited(built, HELLO),
+        Logs(),
+    )
+    outcome, good_outcome = await asyncio.gather(hostile, good)
+    assert good_outcome.status is RunStatus.COMPLETED, good_outcome.error
+    assert json.loads(good_outcome.response_body or b"") == {"message": "Hello Ada!"}
+    assert_nothing_left(sandbox)
+    return outcome, logs
+
+
+@pytest.mark.parametrize(
+    ("network", "interfaces"), [("none", ["lo"]), ("internet", ["lo", "tap0"])]
+)
+async def test_a_sandboxed_run_sees_only_what_it_owns(
+    sandbox: Sandbox, built_environment: BuiltEnvironment, network: str, interfaces: list[str]
+) -> None:
+    outcome, _ = await attack_beside_a_good_run(
+        sandbox, built_environment, {"attack": "whoami"}, network=network
+    )
+
+    assert outcome.status is RunStatus.COMPLETED, outcome.error
+    seen = json.loads(outcome.response_body or b"")
+    assert seen["uid"] == 1000
+    assert seen["hostname"] == "sandbox"
+    assert seen["home"] == "/run/work" and seen["home_writable"] and seen["tmp_writable"]
+    assert set(seen["root"]) <= {
+        "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "tmp",
+        "run", "workflow", "opt", "root",
+    }  # fmt: skip
+    assert seen["interfaces"] == interfaces
+    assert seen["pids"][0] == 1 and len(seen["pids"]) < 5
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        pytest.param({"attack": "read", "path": "/etc/shadow"}, "FileNotFoundError", id="shadow"),
+        pytest.param(
+            {"attack": "read", "path": str(WORKFLOWS / "env_dump.py")},
+            "FileNotFoundError",
+            id="another-workflow",
+        ),
+        pytest.param({"attack": "write", "path": "/usr/owned"}, "Read-only file system", id="usr"),
+        pytest.param(
+            {"attack": "write", "path": "/workflow/main.py"}, "Read-only file system", id="source"
+        ),
+    ],
+)
+async def test_files_outside_the_sandbox_cannot_be_read_or_written(
+    sandbox: Sandbox,
+    built_environment: BuiltEnvironment,
+    body: dict[str, object],
+    error: str,
+) -> None:
+    outcome, _ = await attack_beside_a_good_run(sandbox, built_environment, body)
+
+    assert outcome.status is RunStatus.FAILED
+    assert error in (outcome.error or "")
+
+
+async def test_the_data_dir_and_the_environment_are_out_of_reach(
+    sandbox: Sandbox, built_environment: BuiltEnvironment, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "secret.key").write_text("server secret")
+    site = next((built_environment.env / "lib").glob("python*/site-packages"))
+
+    read, _ = await attack_beside_a_good_run(
+        sandbox, built_environment, {"attack": "read", "path": str(data_dir / "secret.key")}
+    )
+    write, _ = await attack_beside_a_good_run(
+        sandbox, built_environment, {"attack": "write", "path": str(site / "fastapi/__init__.py")}
+    )
+
+    assert read.status is RunStatus.FAILED
+    assert "FileNotFoundError" in (read.error or "")
+    assert write.status is RunStatus.FAILED
+    assert "Read-only file system" in (write.error or "")
+
+
+async def test_a_fork_bomb_hits_the_process_limit(
+    sandbox: Sandbox, built_environment: BuiltEnvironment
+) -> None:
+    outcome, _ = await attack_beside_a_good_run(sandbox, built_environment, {"attack": "fork_bomb"})
+
+    assert outcome.status is RunStatus.FAILED
+    assert outcome.error == "process limit of 64 reached"
+
+
+async def test_allocating_10_gib_hits_the_memory_limit(
+    sandbox: Sandbox, built_environment: BuiltEnvironment
+) -> None:
+    outcome, _ = await attack_beside_a_good_run(sandbox, built_environment, {"attack": "memory"})
+
+    assert outcome.status is RunStatus.FAILED
+    assert outcome.error == "memory limit of 256 MiB exceeded"
+
+
+async def test_an_endless_loop_times_out(
+    sandbox: Sandbox, built_environment: BuiltEnvironment
+) -> None:
+    outcome, _ = await attack_beside_a_good_run(
+        sandbox, built_environment, {"attack": "loop"}, timeout=2
+    )
+
+    assert outcome.status is RunStatus.TIMED_OUT
+    assert outcome.error == "timed out after 2 s"
+
+
+async def test_a_setsid_double_fork_that_ignores_sigterm_does_not_outlive_the_run(
+    sandbox: Sandbox, built_environment: BuiltEnvironment
+) -> None:
+    marker = f"{uuid.uuid4().int % 10**6 + 10**6}.25"  # `sleep` takes it; unique on the host
+
+    outcome, _ = await attack_beside_a_good_run(
+        sandbox, built_environment, {"attack": "escape_session", "marker": marker}
+    )
+
+    assert outcome.status is RunStatus.COMPLETED, outcome.error
+    assert processes_with(f"sleep {marker}") == []
+
+
+@pytest.fixture
+async def host_service() -> AsyncIterator[int]:
+    """A TCP service on the host's 127.0.0.1 that answers anyone who connects."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"host secrets")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("network", "host", "error"),
+    [
+        pytest.param("none", "1.1.1.1", "Network is unreachable", id="none-internet"),
+        pytest.param("none", "127.0.0.1", "Connection refused", id="none-host-loopback"),
+        pytest.param("internet", "127.0.0.1", "Connection refused", id="internet-loopback"),
+        pytest.param("internet", "10.0.2.2", "Network is unreachable", id="internet-slirp-gateway"),
+    ],
+)
+async def test_the_host_network_is_out_of_reach(
+    sandbox: Sandbox,
+    built_environment: BuiltEnvironment,
+    host_service: int,
+    network: str,
+    host: str,
+    error: str,
+) -> None:
+    body = {"attack": "connect", "host": host, "port": host_service}
+
+    outcome, _ = await attack_beside_a_good_run(sandbox, built_environment, body, network=network)
+
+    assert outcome.status is RunStatus.FAILED, outcome.response_body
+    assert error in (outcome.error or "")
+
+
+async def test_secrets_are_not_in_any_command_line(
+    sandbox: Sandbox, built_environment: BuiltEnvironment
+) -> None:
+    logs = Logs()
+    run = sandbox.runner.run(
+        invocation({"seconds": 30}, run_id="req_secret" + uuid.uuid4().hex[:12]),
+        limited(built_environment, WORKFLOWS / "slow.py"),
+        logs,
+    )
+    task = asyncio.create_task(run)
+    await logs.wait_for("sleeping")
+
+    assert processes_with(SECRET) == []
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert_nothing_left(sandbox)
+
+
+@pytest.mark.parametrize("network", ["none", "internet"])
+async def test_the_runtime_api_works_from_inside_under_both_network_policies(
+    live_factory: LiveFactory, network: str
+) -> None:
+    live = await live_factory.start(runtime={"sandbox": "bwrap", "limits": {"network": network}})
+    await live.register("caller")
+
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        health = (await http.get("/healthz")).json()
+    async with AsyncCodewordsClient(base_url=live.url, api_key=live.key) as client:
+        response = await client.run("caller", {"service_id": "echo", "inputs": {"hi": network}})
+
+    assert health["sandbox"] == "bwrap", health
+    assert response.status_code == 200, response.text
+    assert response.json() == {"inner": {"hi": network}}
