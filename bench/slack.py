@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -161,22 +160,15 @@ def measure_intake(api_url: str, work: Path, seconds: float, connections: int) -
         pool = max(2000, int(seconds * 6000))
         script = work / "slack.lua"
         script.write_text(lua_pool(pool, server.port))
-        cmd = [
-            "wrk",
-            "-t2",
-            f"-c{connections}",
-            f"-d{seconds:g}s",
-            "--latency",
-            "--timeout",
-            "5s",
-            "-s",
-            str(script),
+        result = bench.run_wrk_script(
+            script,
             f"{server.url}/slack/events",
-        ]
-        output = subprocess.run(
-            cmd, capture_output=True, text=True, check=True, timeout=seconds + 120
-        ).stdout
-        result = bench.parse_wrk(output, connections, 2)
+            connections,
+            2,
+            seconds,
+            env=bench.clean_environ(),
+            startup=120,  # every wrk thread parses the whole pool before it sends
+        )
         stored = database.settled_count()
         distinct = min(result.ok, pool)
     finally:

@@ -34,7 +34,7 @@ from run import (  # bench/run.py: the server, wrk parsing and CPU accounting ar
     clean_environ,
     fmt_ms,
     log,
-    parse_wrk,
+    run_wrk_script,
 )
 from twilio.request_validator import RequestValidator
 
@@ -80,14 +80,7 @@ def run_wrk(url: str, bodies: Path, connections: int, threads: int, seconds: flo
         "SWITCHBOARD_BENCH_BODIES": str(bodies),
         "SWITCHBOARD_BENCH_THREADS": str(threads),
     }
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
-    cmd += ["--timeout", "5s", "-s", str(LUA_SCRIPT), url]
-    result = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
-    )
-    if result.returncode != 0:
-        raise BenchError(f"wrk failed ({result.returncode}): {result.stderr[-2000:]}")
-    return parse_wrk(result.stdout, connections, threads)
+    return run_wrk_script(LUA_SCRIPT, url, connections, threads, seconds, env=env)
 
 
 def measure(duration: float, workdir: Path) -> list[WrkResult]:
