@@ -38,10 +38,14 @@ from run import (  # bench/run.py: the server, wrk parsing and CPU accounting ar
 )
 from twilio.request_validator import RequestValidator
 
+sys.path.insert(0, str(REPO))
+from tests.fakes.twilio_api import (
+    ACCOUNT_SID,
+    whatsapp_message_form,
+)
+
 LUA_SCRIPT = Path(__file__).resolve().parent / "whatsapp.lua"
-ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "bench-token"
-OUR_NUMBER = "whatsapp:+14155238886"
 LEVELS = ((10, 2), (50, 2))
 TARGET_RPS = 3000.0
 TARGET_P99_MS = 25.0
@@ -53,24 +57,12 @@ def signed_bodies(url: str, count: int, first: int, path: Path) -> None:
     with path.open("w") as out:
         for n in range(first, first + count):
             user = f"whatsapp:+1555{n % 1000:07d}"
-            sid = f"SM{n:032d}"
-            params = {
-                "SmsMessageSid": sid,
-                "NumMedia": "0",
-                "ProfileName": f"User {n % 1000}",
-                "MessageType": "text",
-                "SmsSid": sid,
-                "WaId": user.removeprefix("whatsapp:+"),
-                "SmsStatus": "received",
-                "Body": f"Hello, this is message {n}. What is the weather like today?",
-                "To": OUR_NUMBER,
-                "NumSegments": "1",
-                "ReferralNumMedia": "0",
-                "MessageSid": sid,
-                "AccountSid": ACCOUNT_SID,
-                "From": user,
-                "ApiVersion": "2010-04-01",
-            }
+            params = whatsapp_message_form(
+                f"Hello, this is message {n}. What is the weather like today?",
+                sid=f"SM{n:032d}",
+                user=user,
+                profile_name=f"User {n % 1000}",
+            )
             out.write(f"{validator.compute_signature(url, params)}\t{urlencode(params)}\n")
 
 

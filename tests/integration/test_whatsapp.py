@@ -28,6 +28,7 @@ from tests.fakes.twilio_api import (
     SANDBOX_NUMBER,
     FakeTwilioApi,
     running_twilio_api,
+    whatsapp_message_form,
 )
 from tests.integration.deliveries import wait_for_delivery
 from triggers.whatsapp.sender import OUTSIDE_WINDOW
@@ -70,25 +71,7 @@ async def start(
 
 def message(body: str, *, sid: str | None = None, user: str = USER, **extra: str) -> dict[str, str]:
     """The form fields of a Twilio WhatsApp webhook (PROTOCOLS §2.1)."""
-    sid = sid or f"SM{next(_sids):032d}"
-    return {
-        "SmsMessageSid": sid,
-        "NumMedia": "0",
-        "ProfileName": "Ann",
-        "MessageType": "text",
-        "SmsSid": sid,
-        "WaId": user.removeprefix("whatsapp:+"),
-        "SmsStatus": "received",
-        "Body": body,
-        "To": SANDBOX_NUMBER,
-        "NumSegments": "1",
-        "ReferralNumMedia": "0",
-        "MessageSid": sid,
-        "AccountSid": ACCOUNT_SID,
-        "From": user,
-        "ApiVersion": "2010-04-01",
-        **extra,
-    }
+    return whatsapp_message_form(body, sid=sid or f"SM{next(_sids):032d}", user=user, **extra)
 
 
 async def post_signed(
