@@ -525,7 +525,25 @@ def parse_wrk(output: str, connections: int, threads: int) -> WrkResult:
 
 
 def run_wrk(url: str, key: str, connections: int, threads: int, seconds: float) -> WrkResult:
-    env = {**clean_environ(), KEY_ENV: key}
+    return run_wrk_script(
+        LUA_SCRIPT, url, connections, threads, seconds, env={**clean_environ(), KEY_ENV: key}
+    )
+
+
+def run_wrk_script(
+    script: Path,
+    url: str,
+    connections: int,
+    threads: int,
+    seconds: float,
+    *,
+    env: dict[str, str],
+    startup: float = 60,
+) -> WrkResult:
+    """wrk with one of our scripts (they print the SBBENCH line of bench/counts.lua).
+
+    ``startup`` is how long, beyond ``seconds``, wrk may take to load the script and finish.
+    """
     cmd = [
         "wrk",
         f"-t{threads}",
@@ -535,7 +553,7 @@ def run_wrk(url: str, key: str, connections: int, threads: int, seconds: float) 
         "--timeout",
         "5s",
         "-s",
-        str(LUA_SCRIPT),
+        str(script),
         url,
     ]
     result = subprocess.run(
@@ -544,7 +562,7 @@ def run_wrk(url: str, key: str, connections: int, threads: int, seconds: float) 
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=seconds + 60,
+        timeout=seconds + startup,
         check=False,
     )
     if result.returncode != 0:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,39 +40,18 @@ from tests.fakes.slack_api import BOT_USER_ID, SlackApi  # noqa: E402
 
 SECRET = "bench-signing-secret-0123456789ab"
 LUA_TEMPLATE = """
-local threads = {}
-local counter = 0
-function setup(thread)
-   counter = counter + 1
-   thread:set("id", counter)
-   table.insert(threads, thread)
-end
+dofile({COUNTS})
 local pool = {POOL}
 local n, index
 function init(args)
    n = #pool
-   index = (id - 1) * math.floor(n / 2)
-   sent, responses, ok, bad = 0, 0, 0, 0
+   index = id * math.floor(n / 2)
+   reset_counts()
 end
 function request()
    sent = sent + 1
    index = index % n + 1
    return pool[index]
-end
-function response(status, headers, body)
-   responses = responses + 1
-   if status >= 200 and status < 300 then ok = ok + 1 else bad = bad + 1 end
-end
-function done(summary, latency, requests)
-   local t = { sent = 0, responses = 0, ok = 0, bad = 0 }
-   for _, thread in ipairs(threads) do
-      for name, _ in pairs(t) do t[name] = t[name] + (thread:get(name) or 0) end
-   end
-   local e = summary.errors
-   io.write(string.format(
-      "SBBENCH sent=%d responses=%d 2xx=%d non2xx=%d " ..
-      "connect=%d read=%d write=%d status=%d timeout=%d\\n",
-      t.sent, t.responses, t.ok, t.bad, e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
 
@@ -123,7 +101,10 @@ def lua_pool(count: int, port: int) -> str:
             f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
         )
         entries.append(json.dumps(raw))  # a JSON string is a valid Lua string literal here
-    return LUA_TEMPLATE.replace("{POOL}", "{" + ",\n".join(entries) + "}")
+    counts = json.dumps(str(Path(__file__).resolve().parent / "counts.lua"))
+    return LUA_TEMPLATE.replace("{COUNTS}", counts).replace(
+        "{POOL}", "{" + ",\n".join(entries) + "}"
+    )
 
 
 class FakeSlack:
@@ -179,22 +160,15 @@ def measure_intake(api_url: str, work: Path, seconds: float, connections: int) -
         pool = max(2000, int(seconds * 6000))
         script = work / "slack.lua"
         script.write_text(lua_pool(pool, server.port))
-        cmd = [
-            "wrk",
-            "-t2",
-            f"-c{connections}",
-            f"-d{seconds:g}s",
-            "--latency",
-            "--timeout",
-            "5s",
-            "-s",
-            str(script),
+        result = bench.run_wrk_script(
+            script,
             f"{server.url}/slack/events",
-        ]
-        output = subprocess.run(
-            cmd, capture_output=True, text=True, check=True, timeout=seconds + 120
-        ).stdout
-        result = bench.parse_wrk(output, connections, 2)
+            connections,
+            2,
+            seconds,
+            env=bench.clean_environ(),
+            startup=120,  # every wrk thread parses the whole pool before it sends
+        )
         stored = database.settled_count()
         distinct = min(result.ok, pool)
     finally:

@@ -3,16 +3,9 @@
 -- $SWITCHBOARD_BENCH_BODIES names a file of "<X-Twilio-Signature>\t<form body>" lines, each a
 -- distinct MessageSid signed for the server's URL. Thread k of n sends lines k, k+n, k+2n, ...
 -- (no two threads send the same message; a thread that runs out starts over, and its repeats
--- are deduplicated by the server). done() prints the same SBBENCH line as bench/post.lua.
+-- are deduplicated by the server). Counting and the SBBENCH line are bench/counts.lua's.
 
-local threads = {}
-local counter = 0
-
-function setup(thread)
-   thread:set("id", counter)
-   counter = counter + 1
-   table.insert(threads, thread)
-end
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "counts.lua")
 
 local requests_text = {}
 local next_index = 1
@@ -35,10 +28,7 @@ function init(args)
       end
       line_number = line_number + 1
    end
-   sent = 0
-   responses = 0
-   ok = 0
-   bad = 0
+   reset_counts()
 end
 
 function request()
@@ -49,27 +39,4 @@ function request()
       next_index = 1
    end
    return text
-end
-
-function response(status, headers, body)
-   responses = responses + 1
-   if status >= 200 and status < 300 then
-      ok = ok + 1
-   else
-      bad = bad + 1
-   end
-end
-
-function done(summary, latency, requests)
-   local totals = { sent = 0, responses = 0, ok = 0, bad = 0 }
-   for _, thread in ipairs(threads) do
-      for name, _ in pairs(totals) do
-         totals[name] = totals[name] + (thread:get(name) or 0)
-      end
-   end
-   local e = summary.errors
-   io.write(string.format(
-      "SBBENCH sent=%d responses=%d 2xx=%d non2xx=%d connect=%d read=%d write=%d status=%d timeout=%d\n",
-      totals.sent, totals.responses, totals.ok, totals.bad,
-      e.connect, e.read, e.write, e.status, e.timeout))
 end

@@ -34,14 +34,18 @@ from run import (  # bench/run.py: the server, wrk parsing and CPU accounting ar
     clean_environ,
     fmt_ms,
     log,
-    parse_wrk,
+    run_wrk_script,
 )
 from twilio.request_validator import RequestValidator
 
+sys.path.insert(0, str(REPO))
+from tests.fakes.twilio_api import (
+    ACCOUNT_SID,
+    whatsapp_message_form,
+)
+
 LUA_SCRIPT = Path(__file__).resolve().parent / "whatsapp.lua"
-ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "bench-token"
-OUR_NUMBER = "whatsapp:+14155238886"
 LEVELS = ((10, 2), (50, 2))
 TARGET_RPS = 3000.0
 TARGET_P99_MS = 25.0
@@ -53,24 +57,12 @@ def signed_bodies(url: str, count: int, first: int, path: Path) -> None:
     with path.open("w") as out:
         for n in range(first, first + count):
             user = f"whatsapp:+1555{n % 1000:07d}"
-            sid = f"SM{n:032d}"
-            params = {
-                "SmsMessageSid": sid,
-                "NumMedia": "0",
-                "ProfileName": f"User {n % 1000}",
-                "MessageType": "text",
-                "SmsSid": sid,
-                "WaId": user.removeprefix("whatsapp:+"),
-                "SmsStatus": "received",
-                "Body": f"Hello, this is message {n}. What is the weather like today?",
-                "To": OUR_NUMBER,
-                "NumSegments": "1",
-                "ReferralNumMedia": "0",
-                "MessageSid": sid,
-                "AccountSid": ACCOUNT_SID,
-                "From": user,
-                "ApiVersion": "2010-04-01",
-            }
+            params = whatsapp_message_form(
+                f"Hello, this is message {n}. What is the weather like today?",
+                sid=f"SM{n:032d}",
+                user=user,
+                profile_name=f"User {n % 1000}",
+            )
             out.write(f"{validator.compute_signature(url, params)}\t{urlencode(params)}\n")
 
 
@@ -80,14 +72,7 @@ def run_wrk(url: str, bodies: Path, connections: int, threads: int, seconds: flo
         "SWITCHBOARD_BENCH_BODIES": str(bodies),
         "SWITCHBOARD_BENCH_THREADS": str(threads),
     }
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
-    cmd += ["--timeout", "5s", "-s", str(LUA_SCRIPT), url]
-    result = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
-    )
-    if result.returncode != 0:
-        raise BenchError(f"wrk failed ({result.returncode}): {result.stderr[-2000:]}")
-    return parse_wrk(result.stdout, connections, threads)
+    return run_wrk_script(LUA_SCRIPT, url, connections, threads, seconds, env=env)
 
 
 def measure(duration: float, workdir: Path) -> list[WrkResult]:

@@ -1,17 +1,20 @@
 """The message a channel hands its workflow (DESIGN §9): one shape for Slack, WhatsApp and email.
 
 Each channel's pure ``parse`` function builds an :class:`InboundMessage` from its wire payload;
-``to_inputs`` is the JSON object the workflow receives (plus any fixed inputs of the route).
+``to_inputs`` is the JSON object the workflow receives (plus any fixed inputs of the route), and
+:func:`run_request_for` the run every channel submits for a message.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.clock import isoformat
+from core.models import ReplyTarget, RunRequest, Source
 
 
 class _Frozen(BaseModel):
@@ -59,3 +62,28 @@ class InboundMessage(_Frozen):
         if fixed:
             inputs.update(fixed)
         return inputs
+
+
+def run_request_for(
+    message: InboundMessage,
+    *,
+    owner_id: str,
+    workflow: str,
+    fixed_inputs: dict[str, Any] | None,
+    reply_target: ReplyTarget,
+    idempotency_key: str | None,
+    serial_key: str,
+    context: dict[str, str] | None = None,
+) -> RunRequest:
+    """The run for a message a channel received: ``workflow`` gets :meth:`InboundMessage.to_inputs`
+    as its JSON body; the run's source is the message's channel."""
+    return RunRequest(
+        owner_id=owner_id,
+        service_id=workflow,
+        body=json.dumps(message.to_inputs(fixed_inputs), ensure_ascii=False),
+        source=Source(message.channel),
+        reply_target=reply_target,
+        idempotency_key=idempotency_key,
+        serial_key=serial_key,
+        context=context or {},
+    )

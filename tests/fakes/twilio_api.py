@@ -26,6 +26,31 @@ AUTH_TOKEN = "tw-token"
 SANDBOX_NUMBER = "whatsapp:+14155238886"
 
 
+def whatsapp_message_form(
+    body: str, *, sid: str, user: str, profile_name: str = "Ann", **extra: str
+) -> dict[str, str]:
+    """The form fields Twilio posts to a WhatsApp webhook for a text message from ``user`` to
+    :data:`SANDBOX_NUMBER` (PROTOCOLS §2.1); ``extra`` adds fields or replaces them."""
+    return {
+        "SmsMessageSid": sid,
+        "NumMedia": "0",
+        "ProfileName": profile_name,
+        "MessageType": "text",
+        "SmsSid": sid,
+        "WaId": user.removeprefix("whatsapp:+"),
+        "SmsStatus": "received",
+        "Body": body,
+        "To": SANDBOX_NUMBER,
+        "NumSegments": "1",
+        "ReferralNumMedia": "0",
+        "MessageSid": sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": user,
+        "ApiVersion": "2010-04-01",
+        **extra,
+    }
+
+
 @dataclass(frozen=True)
 class SentMessage:
     """One ``Messages.json`` post as Twilio received it."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
@@ -12,7 +10,7 @@ from typing import Any
 import aiosmtplib
 from sqlalchemy import select
 
-from core.tables import deliveries, runs
+from core.tables import runs
 from tests.conftest import Live, LiveFactory, free_port
 from tests.fakes.smtp_sink import SmtpSink
 
@@ -78,21 +76,3 @@ async def run_of(live: Live, message: EmailMessage) -> dict[str, Any]:
 def inputs_of(run: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(run["request_body"])
     return body
-
-
-async def delivery_rows(live: Live) -> list[dict[str, Any]]:
-    async with live.services.database.read() as conn:
-        rows = await conn.execute(select(deliveries).order_by(deliveries.c.id))
-        return [dict(row) for row in rows.mappings()]
-
-
-async def wait_for_rows(
-    live: Live, condition: Callable[[dict[str, Any]], bool], timeout: float = 20
-) -> list[dict[str, Any]]:
-    """The delivery rows, once one of them meets ``condition``."""
-    async with asyncio.timeout(timeout):
-        while True:
-            rows = await delivery_rows(live)
-            if any(condition(row) for row in rows):
-                return rows
-            await asyncio.sleep(0.05)  # polling the database: nothing to subscribe to here

@@ -4,7 +4,6 @@ and the Maildir outbox when no relay is configured."""
 from __future__ import annotations
 
 import mailbox
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -13,24 +12,14 @@ from codewords_client import AsyncCodewordsClient
 
 from tests.conftest import LiveFactory
 from tests.fakes.smtp_sink import SmtpSink
+from tests.integration.deliveries import delivery_rows, wait_for_delivery, wait_for_rows
 from tests.integration.email_helpers import (
     BOT,
     SENDER,
-    delivery_rows,
     mail,
     smtp_send,
     start_email,
-    wait_for_rows,
 )
-from tests.integration.test_outbox import wait_for_delivery
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    relay = SmtpSink()
-    await relay.start()
-    yield relay
-    await relay.stop()
 
 
 async def test_send_email_from_a_workflow(live_factory: LiveFactory, sink: SmtpSink) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import shutil
 import smtplib
 import subprocess
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -16,10 +15,10 @@ import pytest
 
 from tests.conftest import LiveFactory
 from tests.fakes.smtp_sink import SmtpSink
+from tests.integration.deliveries import delivery_rows
 from tests.integration.email_helpers import (
     BOT,
     SENDER,
-    delivery_rows,
     email_runs,
     inputs_of,
     mail,
@@ -27,14 +26,6 @@ from tests.integration.email_helpers import (
     smtp_send,
     start_email,
 )
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    relay = SmtpSink()
-    await relay.start()
-    yield relay
-    await relay.stop()
 
 
 async def test_mail_gets_one_threaded_reply(live_factory: LiveFactory, sink: SmtpSink) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -24,14 +23,6 @@ from tests.integration.email_helpers import (
     start_email,
 )
 from triggers.email.webhooks import mailgun_signature
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    relay = SmtpSink()
-    await relay.start()
-    yield relay
-    await relay.stop()
 
 
 def mailgun_form(

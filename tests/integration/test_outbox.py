@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -12,13 +11,12 @@ from functools import partial
 import httpx
 import pytest
 from aiohttp import web
-from sqlalchemy import select
 
 from core.models import Outcome, ReplyTarget, RunRequest, RunStatus
 from core.ports import NullMetrics
-from core.tables import deliveries
 from dispatch.outbox import Outbox, OutboxSettings
 from tests.conftest import Live, LiveFactory, free_port
+from tests.integration.deliveries import wait_for_delivery
 from triggers.webhook import WebhookSender, webhook_signature
 
 
@@ -53,21 +51,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     target.url = f"http://127.0.0.1:{port}/hook"
     yield target
     await runner.cleanup()
-
-
-async def wait_for_delivery(live: Live, run_id: str, status: str) -> dict[str, object]:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        async with live.services.database.read() as conn:
-            row = (
-                (await conn.execute(select(deliveries).where(deliveries.c.run_id == run_id)))
-                .mappings()
-                .first()
-            )
-        if row is not None and row["status"] == status:
-            return dict(row)
-        await live.services.events.wait(run_id, live.services.events.subscribe(run_id), 0.1)
-    raise AssertionError(f"delivery of {run_id} never reached {status!r}")
 
 
 async def submit_to_webhook(live: Live, url: str, service: str, body: object) -> str:

@@ -20,7 +20,7 @@ from core.tables import runs
 from dispatch.outbox import Outbox, OutboxSettings
 from tests.conftest import Live, LiveFactory
 from tests.fakes.slack_api import BOT_USER_ID, SlackApi, signed_headers
-from tests.integration.test_outbox import wait_for_delivery
+from tests.integration.deliveries import wait_for_delivery
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import time
 from collections.abc import AsyncIterator, Collection
 from datetime import timedelta
 from typing import Any
@@ -29,7 +28,9 @@ from tests.fakes.twilio_api import (
     SANDBOX_NUMBER,
     FakeTwilioApi,
     running_twilio_api,
+    whatsapp_message_form,
 )
+from tests.integration.deliveries import wait_for_delivery
 from triggers.whatsapp.sender import OUTSIDE_WINDOW
 from triggers.whatsapp.status import MessageLog
 
@@ -70,25 +71,7 @@ async def start(
 
 def message(body: str, *, sid: str | None = None, user: str = USER, **extra: str) -> dict[str, str]:
     """The form fields of a Twilio WhatsApp webhook (PROTOCOLS §2.1)."""
-    sid = sid or f"SM{next(_sids):032d}"
-    return {
-        "SmsMessageSid": sid,
-        "NumMedia": "0",
-        "ProfileName": "Ann",
-        "MessageType": "text",
-        "SmsSid": sid,
-        "WaId": user.removeprefix("whatsapp:+"),
-        "SmsStatus": "received",
-        "Body": body,
-        "To": SANDBOX_NUMBER,
-        "NumSegments": "1",
-        "ReferralNumMedia": "0",
-        "MessageSid": sid,
-        "AccountSid": ACCOUNT_SID,
-        "From": user,
-        "ApiVersion": "2010-04-01",
-        **extra,
-    }
+    return whatsapp_message_form(body, sid=sid or f"SM{next(_sids):032d}", user=user, **extra)
 
 
 async def post_signed(
@@ -115,25 +98,6 @@ async def whatsapp_runs(live: Live) -> list[dict[str, Any]]:
         return [dict(row) for row in rows.mappings()]
 
 
-async def delivery_of(live: Live, run_id: str, status: str) -> dict[str, Any]:
-    """The run's delivery once it reached ``status`` (waits on run events, 20 s at most)."""
-    events = live.services.events
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        change = events.subscribe(run_id)
-        async with live.services.database.read() as conn:
-            row = (
-                (await conn.execute(select(deliveries).where(deliveries.c.run_id == run_id)))
-                .mappings()
-                .first()
-            )
-        if row is not None and row["status"] == status:
-            events.unsubscribe(run_id, change)
-            return dict(row)
-        await events.wait(run_id, change, 0.1)
-    raise AssertionError(f"the delivery of {run_id} never reached {status!r}")
-
-
 async def test_text_message_gets_one_reply_from_the_number_it_was_sent_to(
     live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
 ) -> None:
@@ -154,7 +118,7 @@ async def test_text_message_gets_one_reply_from_the_number_it_was_sent_to(
     assert inputs["conversation"] == {"id": USER, "thread_id": None}
     assert inputs["event"]["Latitude"] == "52.37" and inputs["event"]["ButtonPayload"] == "yes"
     assert run["idempotency_key"] == f"whatsapp:{params['MessageSid']}"
-    await delivery_of(live, run["id"], "sent")
+    await wait_for_delivery(live, run["id"], "sent")
     assert len(twilio.messages) == 1
 
 
@@ -186,7 +150,7 @@ async def test_a_message_twilio_sends_twice_makes_one_run_and_one_reply(
     for _ in range(2):
         assert (await post_signed(http, live, params)).status_code == 200
     [run] = await whatsapp_runs(live)
-    await delivery_of(live, run["id"], "sent")
+    await wait_for_delivery(live, run["id"], "sent")
     assert [sent.body for sent in twilio.messages] == ["once"]
 
 
@@ -200,7 +164,7 @@ async def test_a_long_answer_goes_as_numbered_parts_in_order_resuming_after_a_42
     twilio.fail_next(429, retry_after="0", after=1)  # the second part waits once
     await post_signed(http, live, message(text))
     [run] = await whatsapp_runs(live)
-    row = await delivery_of(live, run["id"], "sent")
+    row = await wait_for_delivery(live, run["id"], "sent")
     assert row["attempts"] == 2
     parts = [sent.body or "" for sent in twilio.messages]
     total = len(parts)
@@ -277,7 +241,7 @@ async def test_outside_the_window_the_template_is_sent_instead(
     # The user wrote 25 hours ago: the window has closed since.
     await post_signed(http, live, message("remember me"))
     [earlier] = await whatsapp_runs(live)
-    await delivery_of(live, earlier["id"], "sent")
+    await wait_for_delivery(live, earlier["id"], "sent")
     async with live.services.database.write() as conn:
         await conn.execute(
             update(runs)
@@ -293,7 +257,7 @@ async def test_outside_the_window_the_template_is_sent_instead(
             reply_target=ReplyTarget(channel="whatsapp", address=USER),
         )
     )
-    await delivery_of(live, submitted.id, "sent")
+    await wait_for_delivery(live, submitted.id, "sent")
     free_form, template = await twilio.wait_for(2)
     assert free_form.body == "remember me"
     assert template.body is None and template.media_urls == []
@@ -315,7 +279,7 @@ async def test_outside_the_window_without_a_template_the_delivery_fails_clearly(
             reply_target=ReplyTarget(channel="whatsapp", address=USER),
         )
     )
-    row = await delivery_of(live, submitted.id, "failed")
+    row = await wait_for_delivery(live, submitted.id, "failed")
     assert row["last_error"] == OUTSIDE_WINDOW
     assert twilio.attempts == 0
 
@@ -327,7 +291,7 @@ async def test_twilio_client_errors_fail_the_delivery_with_code_and_message(
     twilio.fail_next(400, code=21211, message="Invalid 'To' Phone Number")
     await post_signed(http, live, message("hi"))
     [run] = await whatsapp_runs(live)
-    row = await delivery_of(live, run["id"], "failed")
+    row = await wait_for_delivery(live, run["id"], "failed")
     assert row["last_error"] == "Twilio error 21211: Invalid 'To' Phone Number"
     assert row["attempts"] == 1
 
@@ -338,7 +302,7 @@ async def test_status_callbacks_move_a_message_forward_only(
     live = await start(live_factory, twilio)
     await post_signed(http, live, message("track me"))
     [run] = await whatsapp_runs(live)
-    row = await delivery_of(live, run["id"], "sent")
+    row = await wait_for_delivery(live, run["id"], "sent")
     [sent] = await twilio.wait_for(1)
     for status in ("sent", "read", "delivered", "sent"):  # the last two arrive late
         callback = {
@@ -376,7 +340,7 @@ async def test_a_restart_between_run_and_delivery_sends_exactly_one_reply(
     assert twilio.messages == []
     # The restarted service (worker role: outbox and senders) on the same database.
     worker_node = await start(live_factory, twilio, roles={"worker"})
-    await delivery_of(worker_node, run.id, "sent")
+    await wait_for_delivery(worker_node, run.id, "sent")
     assert await worker_node.services.outbox.drain_once() == 0
     assert [sent.body for sent in twilio.messages] == ["survived"]
     async with worker_node.services.database.read() as conn:

@@ -8,7 +8,6 @@ stored; any exception means "not stored" and the caller asks the sender to try a
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -18,8 +17,8 @@ from typing import Any
 
 from core.clock import Clock
 from core.email_settings import EmailSettings
-from core.messages import Attachment, Conversation, InboundMessage, Person
-from core.models import ReplyTarget, RunRequest, Source
+from core.messages import Attachment, Conversation, InboundMessage, Person, run_request_for
+from core.models import ReplyTarget
 from core.ports import RunGateway
 from triggers.email.loops import Disposition, loop_verdict
 from triggers.email.parse import ParsedEmail, parse_email
@@ -117,11 +116,11 @@ class EmailIntake:
             event=_event(parsed, envelope, route, message_id),
         )
         submitted = await self._gateway.submit(
-            RunRequest(
+            run_request_for(
+                message,
                 owner_id=self._settings.owner,
-                service_id=route.workflow,
-                body=json.dumps(message.to_inputs(route.inputs), ensure_ascii=False),
-                source=Source.EMAIL,
+                workflow=route.workflow,
+                fixed_inputs=route.inputs,
                 reply_target=_reply_target(parsed, route, message_id, conversation, reply_to)
                 if reply
                 else ReplyTarget(channel="none"),

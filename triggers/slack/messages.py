@@ -4,15 +4,14 @@ answers them, and the run request each one becomes (PROTOCOLS §1.2, §1.4; DESI
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from core.messages import Attachment, Conversation, InboundMessage, Person
-from core.models import ReplyTarget, RunRequest, Source
+from core.messages import Attachment, Conversation, InboundMessage, Person, run_request_for
+from core.models import ReplyTarget, RunRequest
 from core.slack_settings import SlackRoute, SlackSettings
 
 # Subtypes that are still a person talking to us; everything else (edits, deletions, joins,
@@ -148,14 +147,11 @@ def event_run_request(
     event = message.event
     channel = message.conversation.id
     thread = message.conversation.thread_id
-    inputs = message.model_copy(update={"text": chosen.text}).to_inputs(
-        chosen.route.inputs if chosen.route else None
-    )
-    return RunRequest(
+    return run_request_for(
+        message.model_copy(update={"text": chosen.text}),
         owner_id=owner_id,
-        service_id=chosen.workflow,
-        body=json.dumps(inputs, ensure_ascii=False),
-        source=Source.SLACK,
+        workflow=chosen.workflow,
+        fixed_inputs=chosen.route.inputs if chosen.route else None,
         reply_target=ReplyTarget(
             channel="slack",
             address=channel,
@@ -173,17 +169,14 @@ def command_run_request(
 ) -> RunRequest:
     """The run for a slash command: its result goes to ``response_url``."""
     command = message.event
-    inputs = message.model_copy(update={"text": chosen.text}).to_inputs(
-        chosen.route.inputs if chosen.route else None
-    )
     channel = message.conversation.id
     response_type = chosen.route.response_type if chosen.route else "ephemeral"
     trigger = str(command.get("trigger_id") or command.get("response_url") or "")
-    return RunRequest(
+    return run_request_for(
+        message.model_copy(update={"text": chosen.text}),
         owner_id=owner_id,
-        service_id=chosen.workflow,
-        body=json.dumps(inputs, ensure_ascii=False),
-        source=Source.SLACK,
+        workflow=chosen.workflow,
+        fixed_inputs=chosen.route.inputs if chosen.route else None,
         reply_target=ReplyTarget(
             channel="slack",
             address=channel,

@@ -13,7 +13,6 @@ plain text: Twilio would send it to the user). The reply goes later, through the
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,8 @@ from twilio.request_validator import RequestValidator
 
 from core.clock import Clock
 from core.errors import BadRequest, Forbidden
-from core.models import ReplyTarget, RunRequest, Source
+from core.messages import run_request_for
+from core.models import ReplyTarget
 from core.ports import RunGateway
 from core.whatsapp_settings import WhatsAppSettings
 from triggers.whatsapp.media import MediaFetcher
@@ -101,11 +101,11 @@ class WhatsAppIntake:
             media_errors=downloads.errors,
         )
         submitted = await self.gateway.submit(
-            RunRequest(
+            run_request_for(
+                message,
                 owner_id=self.settings.owner,
-                service_id=routed.workflow,
-                body=json.dumps(message.to_inputs(routed.inputs), ensure_ascii=False),
-                source=Source.WHATSAPP,
+                workflow=routed.workflow,
+                fixed_inputs=routed.inputs,
                 reply_target=ReplyTarget(
                     channel="whatsapp", address=user, details={"from": ours, "message_sid": sid}
                 ),
