@@ -25,7 +25,8 @@ from scheduler.service import ScheduleService
 from scheduler.ticks import SCHEDULED_REQUEST_HEADER
 from switchboard.app import SCHEDULER
 from tests.conftest import Live, LiveFactory
-from tests.integration.test_outbox import Receiver, wait_for_delivery
+from tests.integration.deliveries import wait_for_delivery
+from tests.integration.test_outbox import Receiver
 from tests.integration.test_outbox import receiver as receiver  # the fixture
 
 T = TypeVar("T")
