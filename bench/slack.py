@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -150,7 +152,36 @@ def slack_env(api_url: str) -> dict[str, str]:
     }
 
 
-def measure_intake(api_url: str, work: Path, seconds: float, connections: int) -> str:
+def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (``.venv/bin/pip install py-spy``) sampling the server for the whole load."""
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.is_file():
+        raise bench.BenchError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return subprocess.Popen(
+        [
+            str(py_spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def measure_intake(
+    api_url: str, work: Path, seconds: float, connections: int, profile: Path | None
+) -> str:
     database = bench.Database(kind="sqlite", data_dir=work / "intake")
     server = bench.Server(
         database, {**bench.clean_environ(), **slack_env(api_url)}, "web", work / "intake.log"
@@ -160,6 +191,12 @@ def measure_intake(api_url: str, work: Path, seconds: float, connections: int) -
         pool = max(2000, int(seconds * 6000))
         script = work / "slack.lua"
         script.write_text(lua_pool(pool, server.port))
+        recorder = None
+        # wrk parses the whole pool before it sends (the server idles meanwhile): CPU per event
+        # is the server's CPU time over the run divided by the events it acknowledged.
+        cpu_before = bench._process_seconds(server.pid)
+        if profile is not None:
+            recorder = start_profile(server.pid, seconds + 60, profile)
         result = bench.run_wrk_script(
             script,
             f"{server.url}/slack/events",
@@ -169,14 +206,19 @@ def measure_intake(api_url: str, work: Path, seconds: float, connections: int) -
             env=bench.clean_environ(),
             startup=120,  # every wrk thread parses the whole pool before it sends
         )
+        cpu = bench._process_seconds(server.pid) - cpu_before
+        if recorder is not None:
+            recorder.send_signal(signal.SIGINT)  # py-spy writes its profile on Ctrl-C
+            recorder.wait(30)
         stored = database.settled_count()
         distinct = min(result.ok, pool)
     finally:
         server.stop()
+    per_event = 1000 * cpu / max(1, result.ok)
     return (
         f"| {connections} | {result.rps:,.0f} | {bench.fmt_ms(result.p50_ms)} | "
-        f"{bench.fmt_ms(result.p99_ms)} | {result.ok:,} | {result.non2xx} | {stored:,} "
-        f"(distinct events acked ≥ {distinct:,}; pool {pool:,}) |"
+        f"{bench.fmt_ms(result.p99_ms)} | {per_event:.3f} | {result.ok:,} | {result.non2xx} | "
+        f"{stored:,} (distinct events acked ≥ {distinct:,}; pool {pool:,}) |"
     )
 
 
@@ -219,18 +261,26 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--replies", type=int, default=30)
+    parser.add_argument(
+        "--profile", type=Path, help="record a py-spy profile of the intake run (collapsed stacks)"
+    )
     args = parser.parse_args()
     fake = FakeSlack()
     api = fake.start()
     try:
         with tempfile.TemporaryDirectory(prefix="sb-slack-bench-") as tmp:
             work = Path(tmp)
-            intake = measure_intake(api.api_url, work, args.duration, args.connections)
+            intake = measure_intake(
+                api.api_url, work, args.duration, args.connections, args.profile
+            )
             replies = measure_replies(fake, api.api_url, work, args.replies)
     finally:
         fake.stop()
-    print("| connections | events/s | ack p50 | ack p99 | 2xx | non-2xx | runs stored |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| connections | events/s | ack p50 | ack p99 | server CPU ms/event | 2xx | non-2xx "
+        "| runs stored |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     print(intake)
     print()
     print("| mentions | reply p50 | reply p99 | max |")

@@ -67,7 +67,7 @@ class SlackSettings(_Section):
     )
     routes: tuple[SlackRoute, ...] = ()
     working_reaction: str | None = Field(
-        default="eyes", description="added to the user's message at intake; none: no reactions"
+        default="eyes", description="on the user's message while its run works; none: no reactions"
     )
     done_reaction: str | None = "white_check_mark"
     failed_reaction: str | None = "x"

@@ -55,8 +55,10 @@ class WorkerPool:
         metrics: Metrics,
         replies: ReplyWriter,
         on_reply: Callable[[], None] = lambda: None,
+        on_started: Callable[[RunRecord], None] = lambda _run: None,
     ) -> None:
         self._metrics = metrics
+        self._on_started = on_started
         self._replies = replies
         self._on_reply = on_reply
         self._settings = settings
@@ -149,6 +151,7 @@ class WorkerPool:
 
         try:
             sink("system", f"run started: {run.service_id} (attempt {run.attempts})")
+            self._on_started(run)
             outcome = await self._invoke(run, sink)
             elapsed = (time.monotonic() - started) * 1000
             self._metrics.run_finished(outcome.status.value, elapsed / 1000)

@@ -180,6 +180,7 @@ async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncItera
         metrics=services.metrics,
         replies=services.replies,
         on_reply=services.outbox.wake,
+        on_started=services.run_started,
     )
     pool.start()
     services.outbox.start()

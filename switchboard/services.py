@@ -20,6 +20,7 @@ import httpx
 
 from core.clock import Clock, SystemClock
 from core.db import Database
+from core.models import RunRecord
 from core.ports import BuiltinService, Metrics, NullMetrics, Sender
 from core.security import Signer
 from core.settings import Settings
@@ -72,6 +73,11 @@ class Services:
     replies: ReplyWriter
     schedules: ScheduleService
     slack: SlackChannel | None = None
+
+    def run_started(self, run: RunRecord) -> None:
+        """A worker of this node starts ``run``: its channel may show it (Slack's ``:eyes:``)."""
+        if self.slack is not None:
+            self.slack.sender.working(run.reply_target)
 
     @property
     def instance(self) -> str:

@@ -300,6 +300,7 @@ async def test_restart_between_run_and_delivery_replies_exactly_once(
     await post_event(live, envelope(mention("once")))
     services = live.services
     [run] = await services.queue.claim("worker-a", 1)
+    assert slack.called("reactions.add") == []  # :eyes: comes from the worker, not the intake
     done = Outcome.from_response(200, b'{"text": "once"}', "application/json")
     assert await services.queue.complete(
         "worker-a", run.id, done, lambda now: services.replies.row(run, done, now)

@@ -18,6 +18,7 @@ from core.slack_settings import SlackRoute, SlackSettings
 # bot_message…) is ignored. Bots are recognised by ``bot_id``, not by subtype (PROTOCOLS §1.2).
 ANSWERED_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 _MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+_SPACES = re.compile(r"[ \t]{2,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,7 @@ def strip_mention(text: str, bot_user_id: str | None) -> str:
     def keep_others(match: re.Match[str]) -> str:
         return "" if match.group(1) == bot_user_id else match.group(0)
 
-    return re.sub(r"[ \t]{2,}", " ", _MENTION.sub(keep_others, text)).strip()
+    return _SPACES.sub(" ", _MENTION.sub(keep_others, text)).strip()
 
 
 def choose_workflow(

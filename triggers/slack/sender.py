@@ -3,8 +3,9 @@
 One delivery is several Slack calls, each a "part": the text (Markdown rendered as mrkdwn, split
 into messages of ``message_limit`` characters without breaking code blocks), then one file upload
 per attachment. ``progress`` counts the parts sent, so a retry resumes after them. At the end the
-``:eyes:`` reaction the intake put on the user's message is swapped for the done/failed one
-(best-effort: a reaction that cannot be changed never holds a reply back).
+``:eyes:`` reaction put on the user's message when a worker started the run
+(:meth:`SlackSender.working`) is swapped for the done/failed one (best-effort: a reaction that
+cannot be changed never holds a reply back).
 
 Slack answers errors with HTTP 200 ``ok: false`` (PROTOCOLS §1.6): the ones no retry can fix fail
 the delivery; ``ratelimited``/HTTP 429 is retried after ``Retry-After`` (§1.7); the rest retry
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -72,8 +73,8 @@ class SenderSettings:
 
 
 class Reactions:
-    """The ``:eyes:`` reactions the intake is still adding, so the sender never removes a
-    reaction before it was added (a fast run can finish before ``reactions.add`` returns)."""
+    """The ``:eyes:`` reactions still being added, so the sender never removes a reaction
+    before it was added (a fast run can finish before ``reactions.add`` returns)."""
 
     def __init__(self) -> None:
         self._adding: dict[str, asyncio.Task[None]] = {}
@@ -125,6 +126,40 @@ class SlackSender:
         self._clients: dict[str, AsyncWebClient] = {}
         self._last_post: dict[str, float] = {}
         self._pace_locks: dict[str, asyncio.Lock] = {}
+
+    def working(self, target: Mapping[str, Any] | None) -> None:
+        """Puts the ``:eyes:`` reaction on the message a run answers, when a worker starts it.
+
+        Not at intake: one Web API call per event there cost as much CPU as the rest of the
+        ack path, and "working" is what the reaction says. Started in the background, owned by
+        :class:`Reactions` (drained at shutdown); :meth:`send` waits for it before the swap."""
+        reaction = self._settings.working_reaction
+        if reaction is None or not target or target.get("channel") != "slack":
+            return
+        details: Mapping[str, Any] = target.get("details") or {}
+        message_ts = details.get("message_ts")
+        if not message_ts:
+            return  # a slash command: no message of the user's to react to
+        channel = str(target.get("address") or "")
+        self._reactions.adding(
+            f"{channel}:{message_ts}",
+            self._add_working(channel, str(message_ts), details, reaction),
+        )
+
+    async def _add_working(
+        self, channel: str, message_ts: str, details: Mapping[str, Any], reaction: str
+    ) -> None:
+        try:
+            workspace = await self._tokens.for_workspace(
+                details.get("enterprise_id"), details.get("team_id")
+            )
+            if workspace is None or workspace.bot_token is None:
+                return
+            await self._client(workspace.bot_token).reactions_add(
+                channel=channel, timestamp=message_ts, name=reaction
+            )
+        except (SlackApiError, OSError) as exc:
+            logger.info("slack: no %s reaction on %s/%s: %r", reaction, channel, message_ts, exc)
 
     async def send(self, delivery: Delivery) -> SendResult:
         target = delivery.target

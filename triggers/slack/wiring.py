@@ -51,7 +51,6 @@ class SlackChannel:
                 files=files,
                 clock=self.clock,
                 http=self.http,
-                reactions=self.reactions,
             ),
             self.tokens,
             self.installations,
