@@ -21,7 +21,9 @@ from codewords_client import AsyncCodewordsClient
 from core.models import Outcome, RunStatus, WorkflowLimits
 from dispatch.cgroups import CgroupLayout, detect_cgroups
 from dispatch.registry import Workflow
-from dispatch.sandbox import SandboxRunner, SandboxSettings, probe_sandbox
+from dispatch.bwrap import SandboxSettings, probe_sandbox
+from dispatch.sandbox import SandboxRunner
+from dispatch.zygotes import ZygotePool
 from tests.conftest import LiveFactory
 from tests.runs import (
     HELLO,
@@ -62,8 +64,11 @@ def host_sandbox() -> Iterator[tuple[str, CgroupLayout]]:
     runs_dir.rmdir()
 
 
-@pytest.fixture
-def sandbox(host_sandbox: tuple[str, CgroupLayout], base_env: dict[str, str]) -> Sandbox:
+@pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
+async def sandbox(
+    request: pytest.FixtureRequest, host_sandbox: tuple[str, CgroupLayout], base_env: dict[str, str]
+) -> AsyncIterator[Sandbox]:
+    """The sandbox runner, with each run a fresh sandbox or a zygote's child: same assertions."""
     runs_dir, cgroups = host_sandbox
     settings = SandboxSettings(
         uid=SANDBOX_UID,
@@ -72,7 +77,11 @@ def sandbox(host_sandbox: tuple[str, CgroupLayout], base_env: dict[str, str]) ->
         startup_timeout=30,
         cgroups=cgroups,
     )
-    return Sandbox(SandboxRunner(settings, base_env=base_env), Path(runs_dir), cgroups)
+    zygotes = ZygotePool(settings, Path(f"{runs_dir}-z")) if request.param else None
+    runner = SandboxRunner(settings, base_env=base_env, zygotes=zygotes)
+    yield Sandbox(runner, Path(runs_dir), cgroups)
+    if zygotes is not None:
+        await zygotes.close()
 
 
 def limited(built: BuiltEnvironment, source: Path, **limits: object) -> Workflow:
