@@ -211,7 +211,7 @@ def zygote_command(
     internet = zygote_dir.etc_file("resolv.internet")
     bwrap += ["--ro-bind", str(internet), RESOLV_INTERNET]
     bwrap += ["--proc", "/proc", "--dev", "/dev"]
-    bwrap += ["--dir", "/tmp", "--dir", WORK, "--dir", SOCKETS, "--dir", WORKFLOW_DIR]
+    bwrap += ["--dir", "/tmp", "--dir", WORK, "--dir", SOCKETS, "--dir", WORKFLOW_DIR]  # noqa: S108
     for index, (_, destination) in enumerate(sources):
         bwrap += ["--ro-bind", str(zygote_dir.mount_point(index)), destination]
     bwrap += ["--chdir", "/"]

@@ -44,9 +44,9 @@ import json
 import logging
 import os
 import socket
-from typing import Protocol
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from core.models import Invocation, Outcome, WorkflowLimits, format_bytes
 from core.ports import LogSink, ResolvedWorkflow
@@ -371,8 +371,8 @@ class Launch:
         ours.setblocking(False)
         trees: list[int] = []
         try:
-            for path in (self.run_dir.work, self.run_dir.sockets, self.workflow.source_path.parent):
-                trees.append(await asyncio.to_thread(clone_tree, path))
+            sources = (self.run_dir.work, self.run_dir.sockets, self.workflow.source_path.parent)
+            trees += await asyncio.to_thread(lambda: [clone_tree(path) for path in sources])
             limits = self.limits
             header = {
                 "env": self.env,

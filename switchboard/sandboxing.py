@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.ports import WorkflowRunner
+from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.cgroups import detect_cgroups
 from dispatch.runner import ProcessRunner
-from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.sandbox import SandboxRunner
 from dispatch.zygotes import ZygotePool
 from switchboard.services import Services

@@ -19,9 +19,9 @@ import pytest
 from codewords_client import AsyncCodewordsClient
 
 from core.models import Outcome, RunStatus, WorkflowLimits
+from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.cgroups import CgroupLayout, detect_cgroups
 from dispatch.registry import Workflow
-from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.sandbox import SandboxRunner
 from dispatch.zygotes import ZygotePool
 from tests.conftest import LiveFactory
@@ -81,6 +81,7 @@ async def sandbox(
     runner = SandboxRunner(settings, base_env=base_env, zygotes=zygotes)
     yield Sandbox(runner, Path(runs_dir), cgroups)
     if zygotes is not None:
+        assert len(zygotes) == 1, "the runs fell back to fresh sandboxes"
         await zygotes.close()
 
 
@@ -314,11 +315,12 @@ async def test_the_runtime_api_works_from_inside_under_both_network_policies(
     live = await live_factory.start(runtime={"sandbox": "bwrap", "limits": {"network": network}})
     await live.register("caller")
 
-    async with httpx.AsyncClient(base_url=live.url) as http:
-        health = (await http.get("/healthz")).json()
     async with AsyncCodewordsClient(base_url=live.url, api_key=live.key) as client:
         response = await client.run("caller", {"service_id": "echo", "inputs": {"hi": network}})
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        health = (await http.get("/healthz")).json()
 
     assert health["sandbox"] == "bwrap", health
+    assert health["zygotes"] == 1, health
     assert response.status_code == 200, response.text
     assert response.json() == {"inner": {"hi": network}}
