@@ -1,4 +1,5 @@
-"""Cold-start cost of the workflow runners: plain process vs bubblewrap sandbox.
+"""Cold-start cost of the workflow runners: plain process vs bubblewrap sandbox, with and without
+the zygote.
 
 Usage (from the repository root, as root, with bubblewrap and slirp4netns installed)::
 
@@ -8,7 +9,8 @@ Usage (from the repository root, as root, with bubblewrap and slirp4netns instal
 ``$SWITCHBOARD_TEST_CACHE/envs/<hash>``). For each runner it times ``--runs`` sequential cold
 runs of ``examples/hello.py`` (fresh process, one request, teardown), then 10 concurrent cold
 starts, and samples the memory of an idle sandboxed run (``tests/workflows/slow.py`` sleeping)
-from its cgroup. Prints a Markdown table for bench/RESULTS.md.
+from its cgroup, with and without the zygote; and the warm request overhead: one request over the
+Unix socket to an already serving workflow. Prints a Markdown table for bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -16,17 +18,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import httpx
+
 from core.models import Invocation, WorkflowLimits
+from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.cgroups import CgroupLayout, detect_cgroups
 from dispatch.registry import Workflow
-from dispatch.runner import ProcessRunner
-from dispatch.sandbox import SandboxRunner, SandboxSettings, probe_sandbox
+from dispatch.runner import LAUNCHER, ProcessRunner
+from dispatch.sandbox import SandboxRunner
+from dispatch.zygotes import ZygotePool
 
 REPO = Path(__file__).resolve().parents[1]
 HELLO = REPO / "examples" / "hello.py"
@@ -96,6 +103,31 @@ async def idle_memory(runner: SandboxRunner, workflow: Workflow, cgroups: Cgroup
     return usage
 
 
+async def warm_overhead(python: Path, requests: int = 200) -> float:
+    """p50 ms of one request to a workflow that already serves (what a warm run costs)."""
+    with tempfile.TemporaryDirectory() as directory:
+        socket_path = f"{directory}/hello.sock"
+        ready_read, ready_write = os.pipe()
+        process = await asyncio.create_subprocess_exec(
+            str(python), str(LAUNCHER), str(HELLO), socket_path, str(ready_write), str(os.getpid()),
+            env=BASE_ENV, pass_fds=(ready_write,), stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(ready_write)
+        await asyncio.to_thread(os.read, ready_read, 16)
+        os.close(ready_read)
+        transport = httpx.AsyncHTTPTransport(uds=socket_path)
+        timings = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://workflow") as client:
+            for _ in range(requests):
+                started = time.perf_counter()
+                response = await client.post("/", json={"name": "Ada"})
+                response.raise_for_status()
+                timings.append((time.perf_counter() - started) * 1000)
+        process.kill()
+        await process.wait()
+    return statistics.median(timings)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--env", type=Path, required=True)
@@ -111,23 +143,27 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as sockets:
         plain = ProcessRunner(socket_dir=Path(sockets), startup_timeout=30, base_env=BASE_ENV)
         rows.append(await measure("process", plain, Workflow("hello", 1, HELLO, python), args.runs))
-    for network in ("none", "internet"):
-        limits = WorkflowLimits(network=network)
-        settings = SandboxSettings(
-            uid=65534,
-            runs_dir=runs_dir,
-            runtime_address=("127.0.0.1", 8000),
-            startup_timeout=30,
-            cgroups=cgroups,
-        )
-        sandbox = SandboxRunner(settings, base_env=BASE_ENV)
-        workflow = Workflow("hello", 1, HELLO, python, limits)
-        rows.append(await measure(f"bwrap, network {network}", sandbox, workflow, args.runs))
-    idle = await idle_memory(
-        SandboxRunner(settings, base_env=BASE_ENV),
-        Workflow("slow", 1, SLOW, python, WorkflowLimits(network="none")),
-        cgroups,
+    settings = SandboxSettings(
+        uid=65534,
+        runs_dir=runs_dir,
+        runtime_address=("127.0.0.1", 8000),
+        startup_timeout=30,
+        cgroups=cgroups,
     )
+    pool = ZygotePool(settings, runs_dir.with_name(runs_dir.name + "-z"))
+    idle: dict[str, int] = {}
+    for zygotes, label in ((None, "bwrap"), (pool, "bwrap + zygote")):
+        for network in ("none", "internet"):
+            sandbox = SandboxRunner(settings, base_env=BASE_ENV, zygotes=zygotes)
+            workflow = Workflow("hello", 1, HELLO, python, WorkflowLimits(network=network))
+            rows.append(await measure(f"{label}, network {network}", sandbox, workflow, args.runs))
+        idle[label] = await idle_memory(
+            SandboxRunner(settings, base_env=BASE_ENV, zygotes=zygotes),
+            Workflow("slow", 1, SLOW, python, WorkflowLimits(network="none")),
+            cgroups,
+        )
+    await pool.close()
+    warm = await warm_overhead(python)
     cgroups.release()
     runs_dir.rmdir()
     print(
@@ -135,7 +171,11 @@ async def main() -> None:
     )
     print("|---|--:|--:|--:|--:|--:|")
     print("\n".join(rows))
-    print(f"\nIdle sandboxed run (slow.py sleeping), its cgroup's memory: {idle / 2**20:.1f} MiB")
+    for label, usage in idle.items():
+        print(
+            f"\nIdle run ({label}, slow.py sleeping), its cgroup's memory: {usage / 2**20:.1f} MiB"
+        )
+    print(f"\nWarm request over the Unix socket (hello.py serving), p50: {warm:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,15 @@ class RuntimeSettings(_Section):
         ge=1,
         description="host uid (and gid) that sandboxed workflows run as; never 0",
     )
+    zygote: bool = Field(
+        default=True,
+        description="with sandbox = bwrap: fork each run from a zygote per environment that has "
+        "imported the workflow stack (≈ 40 ms cold starts instead of ≈ 400 ms); each child gets "
+        "the same isolation as a fresh sandbox (README 'Sandbox')",
+    )
+    zygote_cap: int = Field(
+        default=8, ge=1, description="idle zygotes kept at most (least recently used stop first)"
+    )
     limits: WorkflowLimits = Field(
         default=WorkflowLimits(),
         description="per-run limits; a workflow overrides them in its [tool.switchboard] table",

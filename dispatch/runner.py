@@ -18,7 +18,7 @@ import os
 import signal
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import httpx
 
@@ -122,8 +122,14 @@ class ProcessRunner:
             return Outcome.failure(f"timed out after {invocation.timeout:g} s", timed_out=True)
 
 
+class Exiting(Protocol):
+    """A workflow's process as far as serving one request needs it."""
+
+    async def wait(self) -> int: ...
+
+
 async def wait_until_ready(
-    process: asyncio.subprocess.Process, ready_pipe: io.FileIO, startup_timeout: float
+    process: Exiting, ready_pipe: io.FileIO, startup_timeout: float
 ) -> str | None:
     """None once the workflow serves, else why it never will."""
     loop = asyncio.get_running_loop()
@@ -158,9 +164,7 @@ async def wait_until_ready(
         transport.close()
 
 
-async def send_request(
-    invocation: Invocation, process: asyncio.subprocess.Process, socket_path: Path
-) -> Outcome:
+async def send_request(invocation: Invocation, process: Exiting, socket_path: Path) -> Outcome:
     headers = dict(invocation.headers)
     if invocation.body and not any(name.lower() == "content-type" for name in headers):
         headers["Content-Type"] = "application/json"

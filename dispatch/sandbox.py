@@ -43,206 +43,39 @@ import io
 import json
 import logging
 import os
-import shutil
-import subprocess
+import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from core.models import Invocation, Outcome, WorkflowLimits, format_bytes
 from core.ports import LogSink, ResolvedWorkflow
-from dispatch.cgroups import CgroupLayout, CgroupLimits, LimitEvents, RunCgroup
-from dispatch.runner import LAUNCHER, drain, forward_lines, send_request, wait_until_ready
+from dispatch.bwrap import (
+    LAUNCHER_PATH,
+    SOCKETS,
+    WORK,
+    WORKFLOW_DIR,
+    RunDirectory,
+    SandboxSettings,
+    read_only_sources,
+    relay_port,
+    sandbox_command,
+)
+from dispatch.cgroups import CgroupLimits, LimitEvents, RunCgroup
+from dispatch.runner import drain, forward_lines, send_request, wait_until_ready
+from dispatch.zygotes import (
+    Zygote,
+    ZygoteChild,
+    ZygotePool,
+    clone_tree,
+    read_pipe,
+    sender_pid,
+)
 
 logger = logging.getLogger(__name__)
 
-INNER_UID = 1000
-WORK = "/run/work"
-SOCKETS = "/run/switchboard"
-WORKFLOW_DIR = "/workflow"
-LAUNCHER_PATH = "/opt/switchboard/launcher.py"
-FALLBACK_RELAY_PORT = 8900
 LIMIT_POLL_SECONDS = 0.1
 SLIRP_READY_SECONDS = 10.0
-
-# Joins the cgroups, sets the rlimits, binds the sources; then execs the rest of argv. Its argv:
-#   <procs files…> -- <nofile> <fsize in 512-byte blocks> -- <source> <mount point>… -- <command…>
-STAGE_SCRIPT = r"""set -e
-while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift
-ulimit -n "$1"; ulimit -f "$2"; ulimit -c 0; shift 3
-while [ "$1" != -- ]; do mount --bind "$1" "$2"; shift 2; done; shift
-exec "$@"
-"""
-
-SYSTEM_PATHS = ("/usr",)
-SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-PUBLIC_ETC = ("/etc/ssl", "/etc/ca-certificates", "/etc/localtime", "/etc/mime.types")
-
-
-@dataclass(frozen=True, slots=True)
-class SandboxSettings:
-    uid: int
-    runs_dir: Path
-    """Per-run directories; traversable (0711) by ``uid`` so bwrap can reach the mount points."""
-    runtime_address: tuple[str, int]
-    """Where the server's own HTTP listener is: the runtime API relay's far end."""
-    startup_timeout: float
-    cgroups: CgroupLayout
-
-
-@dataclass(frozen=True, slots=True)
-class RunDirectory:
-    """``<runs_dir>/<run_id>``: mount points, generated ``/etc`` files, writable dirs, sockets."""
-
-    path: Path
-
-    @property
-    def work(self) -> Path:
-        return self.path / "work"
-
-    @property
-    def sockets(self) -> Path:
-        return self.path / "sockets"
-
-    @property
-    def workflow_socket(self) -> Path:
-        return self.sockets / "workflow.sock"
-
-    @property
-    def runtime_socket(self) -> Path:
-        return self.sockets / "runtime.sock"
-
-    def mount_point(self, index: int) -> Path:
-        return self.path / "mnt" / str(index)
-
-    def etc_file(self, name: str) -> Path:
-        return self.path / "etc" / name
-
-    def create(self, uid: int, sources: Sequence[Path], network: str) -> None:
-        self.path.mkdir(mode=0o711)
-        for directory in (self.work, self.sockets):
-            directory.mkdir(mode=0o700)
-            os.chown(directory, uid, uid)
-        (self.path / "mnt").mkdir(mode=0o711)
-        for index, source in enumerate(sources):
-            point = self.mount_point(index)
-            if source.is_dir():
-                point.mkdir(mode=0o755)
-            else:
-                point.touch(mode=0o644)
-        (self.path / "etc").mkdir(mode=0o755)
-        for name, text in etc_files(network).items():
-            self.etc_file(name).write_text(text, encoding="utf-8")
-
-    def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def etc_files(network: str) -> dict[str, str]:
-    """The only ``/etc`` a workflow sees, besides public certificates and the timezone."""
-    files = {
-        "passwd": "root:x:0:0::/:/usr/sbin/nologin\n"
-        f"run:x:{INNER_UID}:{INNER_UID}::{WORK}:/bin/sh\n",
-        "group": f"root:x:0:\nrun:x:{INNER_UID}:\n",
-        "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost\n",
-        "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
-        "resolv.conf": "nameserver 10.0.2.3\n" if network == "internet" else "",
-    }
-    return files
-
-
-def read_only_sources(workflow: ResolvedWorkflow) -> list[tuple[Path, str]]:
-    """Host paths a run sees read-only, and where: interpreter, environment, workflow, launcher."""
-    env = workflow.python.parent.parent
-    sources = [(env, str(env))]
-    interpreter = base_interpreter_prefix(env)
-    if interpreter is not None and not interpreter.is_relative_to("/usr"):
-        sources.append((interpreter, str(interpreter)))
-    sources.append((workflow.source_path.parent, WORKFLOW_DIR))
-    sources.append((LAUNCHER, LAUNCHER_PATH))
-    return sources
-
-
-def base_interpreter_prefix(env: Path) -> Path | None:
-    """The prefix of the interpreter a virtual environment was made from (``pyvenv.cfg`` home)."""
-    try:
-        config = (env / "pyvenv.cfg").read_text(encoding="utf-8")
-    except OSError:
-        return None
-    for line in config.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "home":
-            return Path(value.strip()).resolve().parent
-    return None
-
-
-def sandbox_command(
-    *,
-    run_dir: RunDirectory,
-    sources: Sequence[tuple[Path, str]],
-    cgroup_procs: Sequence[Path],
-    limits: WorkflowLimits,
-    uid: int,
-    inner_command: Sequence[str],
-    info_fd: int | None,
-) -> list[str]:
-    """The argv of one sandboxed run (paths and numbers only: secrets go in the environment)."""
-    stage = [
-        *(str(path) for path in cgroup_procs),
-        "--",
-        str(limits.open_files),
-        str(max(1, limits.file_size // 512)),
-        "--",
-    ]
-    for index, (source, _) in enumerate(sources):
-        stage += [str(source), str(run_dir.mount_point(index))]
-    bwrap = [
-        "bwrap",
-        "--unshare-user", "--uid", str(INNER_UID), "--gid", str(INNER_UID),
-        "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-        "--hostname", "sandbox",
-        "--die-with-parent", "--new-session", "--disable-userns",
-        "--cap-drop", "ALL",
-    ]  # fmt: skip
-    bwrap += system_mounts()
-    for path in PUBLIC_ETC:
-        bwrap += ["--ro-bind-try", path, path]
-    for name in etc_files(limits.network):
-        bwrap += ["--ro-bind", str(run_dir.etc_file(name)), f"/etc/{name}"]
-    bwrap += ["--proc", "/proc", "--dev", "/dev"]
-    bwrap += ["--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108
-    for index, (_, destination) in enumerate(sources):
-        bwrap += ["--ro-bind", str(run_dir.mount_point(index)), destination]
-    bwrap += ["--bind", str(run_dir.work), WORK, "--bind", str(run_dir.sockets), SOCKETS]
-    bwrap += ["--chdir", WORK]
-    if info_fd is not None:
-        bwrap += ["--info-fd", str(info_fd)]
-    drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs"]
-    return [
-        "unshare", "--mount", "--propagation", "private", "--",
-        "sh", "-c", STAGE_SCRIPT, "sandbox-stage", *stage, "--",
-        *drop, "--", *bwrap, "--", *inner_command,
-    ]  # fmt: skip
-
-
-def system_mounts() -> list[str]:
-    """bwrap arguments for the read-only system: ``/usr`` and the host's links into it."""
-    arguments: list[str] = []
-    for path in SYSTEM_PATHS:
-        arguments += ["--ro-bind", path, path]
-    for link in SYSTEM_LINKS:
-        if os.path.islink(link):
-            arguments += ["--symlink", os.readlink(link), link]
-        elif os.path.isdir(link):
-            arguments += ["--ro-bind", link, link]
-    return arguments
-
-
-def relay_port(settings: SandboxSettings) -> int:
-    """The server's own port (so loopback URLs it signs work inside), unless the sandbox user
-    cannot bind it (below 1024): then 8900."""
-    port = settings.runtime_address[1]
-    return port if port >= 1024 else FALLBACK_RELAY_PORT
 
 
 def limit_error(events: LimitEvents, limits: WorkflowLimits) -> str | None:
@@ -257,10 +90,17 @@ def limit_error(events: LimitEvents, limits: WorkflowLimits) -> str | None:
 class SandboxRunner:
     """Runs each invocation in a fresh bubblewrap sandbox with its own cgroup."""
 
-    def __init__(self, settings: SandboxSettings, *, base_env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        settings: SandboxSettings,
+        *,
+        base_env: Mapping[str, str],
+        zygotes: ZygotePool | None = None,
+    ) -> None:
         self._settings = settings
         self._base_env = dict(base_env)
         self._runtime_uri = f"http://127.0.0.1:{relay_port(settings)}"
+        self.zygotes = zygotes
 
     async def run(
         self, invocation: Invocation, workflow: ResolvedWorkflow, on_log: LogSink
@@ -277,6 +117,13 @@ class SandboxRunner:
             )
             relay = await relay_runtime_api(run_dir.runtime_socket, settings.runtime_address)
             launch = Launch(invocation, workflow, run_dir, cgroup, sources, self._env(invocation))
+            if self.zygotes is not None:
+                zygote = await self.zygotes.acquire(workflow.python)
+                if zygote is not None:
+                    try:
+                        return await launch.run(settings, on_log, zygote)
+                    finally:
+                        self.zygotes.release(zygote)
             return await launch.run(settings, on_log)
         finally:
             if relay is not None:
@@ -293,6 +140,17 @@ class SandboxRunner:
             "RUNTIME_URI": self._runtime_uri,
             "CODEWORDS_SERVICE_ROOT": WORKFLOW_DIR,
         }
+
+
+class RunProcess(Protocol):
+    """What a run's supervision needs of its process: a fresh sandbox or a zygote's child."""
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
 
 
 class Launch:
@@ -316,7 +174,11 @@ class Launch:
         self.env = env
         self.slirp: asyncio.subprocess.Process | None = None
 
-    async def run(self, settings: SandboxSettings, on_log: LogSink) -> Outcome:
+    async def run(
+        self, settings: SandboxSettings, on_log: LogSink, zygote: Zygote | None = None
+    ) -> Outcome:
+        if zygote is not None:
+            return await self._run_forked(settings, on_log, zygote)
         internet = self.limits.network == "internet"
         pipes = _Pipes(internet)
         inner = [
@@ -362,6 +224,15 @@ class Launch:
             asyncio.create_task(forward_lines(process.stdout, "stdout", on_log)),
             asyncio.create_task(forward_lines(process.stderr, "stderr", on_log)),
         ]
+        try:
+            return await self._supervise(settings, process, pipes)
+        finally:
+            await self._end(process, readers, pipes)
+
+    async def _supervise(
+        self, settings: SandboxSettings, process: RunProcess, pipes: _Pipes
+    ) -> Outcome:
+        """Serve the request while watching the limits; the first to end decides."""
         watcher = asyncio.create_task(self._watch_limits())
         try:
             serve = asyncio.create_task(self._serve(settings, process, pipes))
@@ -377,16 +248,20 @@ class Launch:
             return outcome
         finally:
             watcher.cancel()
-            await self._end(process, readers, pipes)
+            await asyncio.gather(watcher, return_exceptions=True)
 
     async def _serve(
-        self, settings: SandboxSettings, process: asyncio.subprocess.Process, pipes: _Pipes
+        self, settings: SandboxSettings, process: RunProcess, pipes: _Pipes
     ) -> Outcome:
         invocation = self.invocation
         deadline = asyncio.timeout(invocation.timeout)
         try:
             async with deadline:
-                if pipes.info_read is not None:
+                if isinstance(process, ZygoteChild):
+                    problem = await self._place(settings, process)
+                    if problem is not None:
+                        return Outcome.failure(problem)
+                elif pipes.info_read is not None:
                     problem = await self._connect_internet(pipes)
                     if problem is not None:
                         return Outcome.failure(problem)
@@ -410,6 +285,37 @@ class Launch:
             return "the sandbox did not start (no child pid from bwrap)"
         if await asyncio.to_thread(os.read, pipes.netns_read, 1) != b"1":
             return "the sandbox ended before its network was connected; see the run's logs"
+        problem = await self._attach_slirp(child)
+        if problem is not None:
+            return problem
+        try:
+            os.write(pipes.go_write, b"1")
+        except BrokenPipeError:
+            return "the sandbox ended before its network was connected; see the run's logs"
+        return None
+
+    async def _place(self, settings: SandboxSettings, child: ZygoteChild) -> str | None:
+        """Put a zygote's child in the run's cgroup (and on the internet) before it goes on."""
+        try:
+            async with asyncio.timeout(settings.startup_timeout):
+                pid = await sender_pid(child.handshake)
+        except TimeoutError:
+            pid = None
+        if pid is None:
+            return "the sandbox did not start; see the run's logs"
+        child.pid = pid
+        await asyncio.to_thread(_join, self.cgroup.procs_files, pid)
+        if self.limits.network == "internet":
+            problem = await self._attach_slirp(pid)
+            if problem is not None:
+                return problem
+        try:
+            child.handshake.send(b"g")
+        except OSError:
+            return "the sandbox ended before it was placed in its cgroup; see the run's logs"
+        return None
+
+    async def _attach_slirp(self, child: int) -> str | None:
         ready_read, ready_write = os.pipe()
         try:
             # As root, by netns path: given a pid, slirp4netns would first join that process's
@@ -441,10 +347,6 @@ class Launch:
                     async with asyncio.timeout(1):
                         stderr = await self.slirp.stderr.read()
             return f"could not connect the sandbox to the internet: {stderr.decode().strip()}"
-        try:
-            os.write(pipes.go_write, b"1")
-        except BrokenPipeError:
-            return "the sandbox ended before its network was connected; see the run's logs"
         return None
 
     async def _watch_limits(self) -> str:
@@ -456,9 +358,63 @@ class Launch:
                 logger.info("run %s: %s", self.invocation.run_id, broken)
                 return broken
 
+    async def _run_forked(
+        self, settings: SandboxSettings, on_log: LogSink, zygote: Zygote
+    ) -> Outcome:
+        """The run as a child of its environment's zygote (``dispatch/zygote.py``)."""
+        pipes = _Pipes(internet=False)
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        status_read, status_write = os.pipe()
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        ours.setblocking(False)
+        trees: list[int] = []
+        try:
+            sources = (self.run_dir.work, self.run_dir.sockets, self.workflow.source_path.parent)
+            trees += await asyncio.to_thread(lambda: [clone_tree(path) for path in sources])
+            limits = self.limits
+            header = {
+                "env": self.env,
+                "network": limits.network,
+                "workflow_file": f"{WORKFLOW_DIR}/{self.workflow.source_path.name}",
+                "open_files": limits.open_files,
+                "file_size": limits.file_size,
+                "tmp_size": limits.tmp_size,
+                "relay_port": relay_port(settings),
+            }
+            fds = [out_write, err_write, pipes.ready_write, status_write, theirs.fileno(), *trees]
+            await zygote.fork(header, fds)
+        except OSError as exc:
+            ours.close()
+            for fd in (out_read, err_read, status_read):
+                os.close(fd)
+            pipes.close()
+            return Outcome.failure(f"could not start the sandbox: {exc.strerror or exc}")
+        finally:
+            for fd in (out_write, err_write, status_write, *trees):
+                os.close(fd)
+            theirs.close()
+            pipes.close_child_ends()
+        stdout, out_transport = await read_pipe(out_read)
+        stderr, err_transport = await read_pipe(err_read)
+        status, status_transport = await read_pipe(status_read)
+        child = ZygoteChild(status, ours)
+        readers = [
+            asyncio.create_task(forward_lines(stdout, "stdout", on_log)),
+            asyncio.create_task(forward_lines(stderr, "stderr", on_log)),
+        ]
+        try:
+            return await self._supervise(settings, child, pipes)
+        finally:
+            await self._end(child, readers, pipes)
+            ours.close()
+            for transport in (out_transport, err_transport, status_transport):
+                transport.close()
+
     async def _end(
         self,
-        process: asyncio.subprocess.Process,
+        process: RunProcess,
         readers: list[asyncio.Task[None]],
         pipes: _Pipes,
     ) -> None:
@@ -575,36 +531,11 @@ def _prepare(
     cgroup.create(CgroupLimits(memory=limits.memory, pids=limits.pids, cpu=limits.cpu))
 
 
+def _join(procs_files: Sequence[Path], pid: int) -> None:
+    for procs in procs_files:
+        procs.write_text(str(pid), encoding="ascii")
+
+
 def _clean_up(run_dir: RunDirectory, cgroup: RunCgroup) -> None:
     cgroup.destroy()
     run_dir.remove()
-
-
-def probe_sandbox(uid: int, runs_dir: Path) -> str | None:
-    """None if bubblewrap sandboxes work here as ``uid``; else why not (for the fallback)."""
-    if uid == 0:
-        return "sandbox_uid must not be 0"
-    for tool in ("bwrap", "setpriv", "unshare", "mount"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian: apt-get install bubblewrap util-linux)"
-    argv = [
-        "unshare", "--mount", "--propagation", "private", "--",
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--",
-        "bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-        "--unshare-uts", "--die-with-parent", "--disable-userns",
-        *system_mounts(), "--proc", "/proc", "--", "/usr/bin/true",
-    ]  # fmt: skip
-    try:
-        completed = subprocess.run(  # noqa: S603 - fixed argv
-            argv, capture_output=True, text=True, timeout=10, check=False, cwd="/"
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"a test sandbox did not run: {exc}"
-    if completed.returncode != 0:
-        return f"a test sandbox failed: {completed.stderr.strip() or completed.returncode}"
-    runs_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-    os.chmod(runs_dir, 0o711)  # noqa: S103 - traversable, not listable
-    for stale in runs_dir.iterdir():
-        logger.warning("removing the stale run directory %s left by an earlier server", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    return None

@@ -265,6 +265,8 @@ async def healthz(request: web.Request) -> web.Response:
         body["sandbox"] = chosen.mode
         if chosen.problem is not None:
             body["sandbox_problem"] = chosen.problem
+        if chosen.zygotes is not None:
+            body["zygotes"] = len(chosen.zygotes)
     if errors:
         body["errors"] = errors
     services = app.get(SERVICES)

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.ports import WorkflowRunner
+from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.cgroups import detect_cgroups
 from dispatch.runner import ProcessRunner
-from dispatch.sandbox import SandboxRunner, SandboxSettings, probe_sandbox
+from dispatch.sandbox import SandboxRunner
+from dispatch.zygotes import ZygotePool
 from switchboard.services import Services
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ class ChosenRunner:
     """``bwrap`` or ``process``: what /healthz reports."""
     problem: str | None = None
     """Why ``bwrap`` was asked for but ``process`` is used."""
+    zygotes: ZygotePool | None = None
+    """Running zygotes (``runtime.zygote``), counted by /healthz."""
 
 
 @asynccontextmanager
@@ -72,11 +76,18 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
         runtime_address=(LOOPBACK_FOR.get(host, host), settings.server.port),
         startup_timeout=settings.runtime.startup_timeout,
         cgroups=cgroups,
+        zygote_cap=settings.runtime.zygote_cap,
     )
     logger.info("sandbox = 'bwrap' as uid %s, %s", sandbox.uid, cgroups.describe())
+    zygotes = None
+    if settings.runtime.zygote:
+        zygotes = ZygotePool(sandbox, services.runs_dir.with_name(services.runs_dir.name + "-z"))
+    runner = SandboxRunner(sandbox, base_env=services.workflow_env(), zygotes=zygotes)
     try:
-        yield ChosenRunner(SandboxRunner(sandbox, base_env=services.workflow_env()), "bwrap")
+        yield ChosenRunner(runner, "bwrap", zygotes=zygotes)
     finally:  # the workers have stopped: every run's cgroup and directory is gone already
+        if zygotes is not None:
+            await zygotes.close()
         await asyncio.to_thread(cgroups.release)
         await asyncio.to_thread(_remove_empty, services.runs_dir)
 

@@ -19,9 +19,11 @@ import pytest
 from codewords_client import AsyncCodewordsClient
 
 from core.models import Outcome, RunStatus, WorkflowLimits
+from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.cgroups import CgroupLayout, detect_cgroups
 from dispatch.registry import Workflow
-from dispatch.sandbox import SandboxRunner, SandboxSettings, probe_sandbox
+from dispatch.sandbox import SandboxRunner
+from dispatch.zygotes import ZygotePool
 from tests.conftest import LiveFactory
 from tests.runs import (
     HELLO,
@@ -62,8 +64,11 @@ def host_sandbox() -> Iterator[tuple[str, CgroupLayout]]:
     runs_dir.rmdir()
 
 
-@pytest.fixture
-def sandbox(host_sandbox: tuple[str, CgroupLayout], base_env: dict[str, str]) -> Sandbox:
+@pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
+async def sandbox(
+    request: pytest.FixtureRequest, host_sandbox: tuple[str, CgroupLayout], base_env: dict[str, str]
+) -> AsyncIterator[Sandbox]:
+    """The sandbox runner, with each run a fresh sandbox or a zygote's child: same assertions."""
     runs_dir, cgroups = host_sandbox
     settings = SandboxSettings(
         uid=SANDBOX_UID,
@@ -72,7 +77,12 @@ def sandbox(host_sandbox: tuple[str, CgroupLayout], base_env: dict[str, str]) ->
         startup_timeout=30,
         cgroups=cgroups,
     )
-    return Sandbox(SandboxRunner(settings, base_env=base_env), Path(runs_dir), cgroups)
+    zygotes = ZygotePool(settings, Path(f"{runs_dir}-z")) if request.param else None
+    runner = SandboxRunner(settings, base_env=base_env, zygotes=zygotes)
+    yield Sandbox(runner, Path(runs_dir), cgroups)
+    if zygotes is not None:
+        assert len(zygotes) == 1, "the runs fell back to fresh sandboxes"
+        await zygotes.close()
 
 
 def limited(built: BuiltEnvironment, source: Path, **limits: object) -> Workflow:
@@ -305,11 +315,12 @@ async def test_the_runtime_api_works_from_inside_under_both_network_policies(
     live = await live_factory.start(runtime={"sandbox": "bwrap", "limits": {"network": network}})
     await live.register("caller")
 
-    async with httpx.AsyncClient(base_url=live.url) as http:
-        health = (await http.get("/healthz")).json()
     async with AsyncCodewordsClient(base_url=live.url, api_key=live.key) as client:
         response = await client.run("caller", {"service_id": "echo", "inputs": {"hi": network}})
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        health = (await http.get("/healthz")).json()
 
     assert health["sandbox"] == "bwrap", health
+    assert health["zygotes"] == 1, health
     assert response.status_code == 200, response.text
     assert response.json() == {"inner": {"hi": network}}

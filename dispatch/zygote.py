@@ -1,0 +1,291 @@
+"""A zygote: import the workflow stack once, then fork one fully isolated child per run.
+
+Run inside its own bubblewrap sandbox (``dispatch/bwrap.py`` :func:`zygote_command`) by the
+environment's interpreter, as root of its own user namespace (the unprivileged ``sandbox_uid``
+outside), with no run directory, no secrets and no per-run data::
+
+    <env>/bin/python zygote.py <control_fd>
+
+It says ``ready`` on the control socket (``SOCK_SEQPACKET``) once the stack is imported, then
+reads one message per run: a JSON header (environment, workflow file, limits) and eight file
+descriptors (stdout, stderr, ready pipe, status pipe, handshake socket, and three detached mount
+trees the server cloned with ``open_tree``: the run's work dir, its sockets dir and its
+workflow's directory). Per run::
+
+    zygote ─fork→ keeper: unshare mount/pid/net/ipc/uts; attach the trees; tmpfs /tmp; lo up
+                    └fork→ pid 1 of the run: fresh /proc; rlimits; handshake (the server puts it
+                           in the run's cgroup, connects slirp4netns); new user namespace
+                           (uid 1000), no further user namespaces, no capabilities; the workflow
+
+The keeper reports the run's exit status on the status pipe. Children die with the zygote (the
+pid namespace of its sandbox ends with it, and bwrap's ``--die-with-parent`` ends it with the
+server); the zygote exits once its control socket closes and its children are done.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+    del sys.path[0]  # this is Switchboard's ``dispatch`` package: see launcher.py
+
+import array
+import ctypes
+import fcntl
+import importlib
+import importlib.util
+import json
+import resource
+import signal
+import socket
+import struct
+from typing import Any
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+SYS_MOVE_MOUNT = 429  # x86_64 and aarch64 alike (new syscalls share numbers)
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+AT_FDCWD = -100
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+INNER_UID = 1000
+FDS_PER_RUN = 8
+STACK = (
+    "fastapi",
+    "pydantic",
+    "uvicorn",
+    "uvicorn.config",
+    "uvicorn.server",
+    "uvicorn.loops.auto",
+    "uvicorn.loops.asyncio",
+    "uvicorn.protocols.http.auto",
+    "uvicorn.protocols.http.h11_impl",
+    "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.protocols.websockets.auto",
+    "uvicorn.lifespan.on",
+    "starlette.routing",
+    "fastapi.routing",
+    "httpx",
+    "codewords_client",
+)
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def check(result: int, what: str) -> int:
+    if result < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+    return result
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    check(
+        libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def attach(tree: int, target: str, *, read_only: bool = False) -> None:
+    """Put a detached mount tree (from the server's ``open_tree``) at ``target``."""
+    check(
+        libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH),
+        f"move_mount {target}",
+    )
+    os.close(tree)
+    if read_only:
+        mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+
+
+def loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        request = struct.pack("16sH14x", b"lo", IFF_UP | IFF_RUNNING)
+        fcntl.ioctl(probe.fileno(), SIOCSIFFLAGS, request)
+
+
+def import_stack() -> None:
+    for name in STACK:
+        if importlib.util.find_spec(name.partition(".")[0]) is not None:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # an optional extra (httptools, websockets) is not installed
+                pass
+
+
+def serve(control: socket.socket) -> None:
+    """Fork a keeper per message until the server closes the control socket."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # reap keepers automatically
+    control.send(b"ready")
+    while True:
+        message, ancillary, _, _ = control.recvmsg(1 << 20, socket.CMSG_SPACE(FDS_PER_RUN * 4))
+        if not message:
+            break
+        fds = array.array("i")
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        if len(fds) != FDS_PER_RUN:
+            for fd in fds:
+                os.close(fd)
+            continue
+        if os.fork() == 0:
+            control.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            code = 70
+            try:
+                code = keep(json.loads(message), list(fds))
+            finally:
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+    # The sandbox (and so every run in it) ends with this process: let running runs finish.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
+
+
+def keep(run: dict[str, Any], fds: list[int]) -> int:
+    """Make the run's namespaces and mounts, fork its pid 1, report how it ended."""
+    stdout, stderr, ready, status, handshake, work, sockets, workflow = fds
+    os.setsid()
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+    for fd in (devnull, stdout, stderr):
+        os.close(fd)
+    namespaces = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    check(libc.unshare(namespaces), "unshare")
+    check(libc.sethostname(b"sandbox", 7), "sethostname")
+    mount("none", "/", None, MS_REC | MS_PRIVATE, None)
+    attach(work, "/run/work")
+    attach(sockets, "/run/switchboard")
+    attach(workflow, "/workflow", read_only=True)
+    if run["network"] == "internet":
+        mount("/opt/switchboard/resolv.internet", "/etc/resolv.conf", None, MS_BIND, None)
+        mount("none", "/etc/resolv.conf", None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={run['tmp_size']},mode=1777")  # noqa: S108
+    loopback_up()
+    pid = os.fork()
+    if pid == 0:
+        os.close(status)
+        code = 70
+        try:
+            code = run_workflow(run, ready, handshake)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException as exc:
+            print(f"zygote: the run could not start: {exc!r}", file=sys.stderr)
+        finally:
+            os._exit(code)
+    for fd in (ready, handshake):
+        os.close(fd)
+    _, wait_status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(wait_status)
+    os.write(status, f"{code}\n".encode())
+    return 0
+
+
+def run_workflow(run: dict[str, Any], ready: int, handshake: int) -> int:
+    """Pid 1 of the run: finish confinement, wait to be placed in the cgroup, serve."""
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV, None)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (run["open_files"], run["open_files"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (run["file_size"], run["file_size"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # The server reads this process's host pid from the credentials on the message, writes it
+    # into the run's cgroup (and attaches slirp4netns to its network), then says go.
+    with socket.socket(fileno=handshake) as channel:
+        channel.sendall(b"p")
+        if channel.recv(1) != b"g":
+            return 1
+    check(libc.unshare(CLONE_NEWUSER), "unshare user")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{INNER_UID} 0 1")):
+        with open(f"/proc/self/{name}", "w", encoding="ascii") as file:
+            file.write(text)
+    with open("/proc/self/gid_map", "w", encoding="ascii") as file:
+        file.write(f"{INNER_UID} 0 1")
+    with open("/proc/sys/user/max_user_namespaces", "w", encoding="ascii") as file:
+        file.write("0")  # as bwrap --disable-userns: no nested user namespaces
+    drop_capabilities()
+    env = run["env"]
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir("/run/work")
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    launcher = load_launcher()
+    launcher.main(
+        [
+            "/opt/switchboard/launcher.py",
+            run["workflow_file"],
+            "/run/switchboard/workflow.sock",
+            str(ready),
+            "-",
+            f"{run['relay_port']}:/run/switchboard/runtime.sock",
+        ]
+    )
+    return 0
+
+
+def drop_capabilities() -> None:
+    """No capabilities (as bwrap --cap-drop ALL), none to regain by exec, no new privileges."""
+    for capability in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            break  # past the last capability this kernel knows
+    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = bytes(24)  # two empty __user_cap_data_struct: effective, permitted, inheritable
+    check(libc.capset(header, data), "capset")
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl no_new_privs")
+
+
+_LAUNCHER: Any = None
+
+
+def load_launcher() -> Any:
+    global _LAUNCHER
+    if _LAUNCHER is None:
+        path = "/opt/switchboard/launcher.py"
+        spec = importlib.util.spec_from_file_location("switchboard_launcher", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(path)
+        _LAUNCHER = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_LAUNCHER)
+    return _LAUNCHER
+
+
+def main(argv: list[str]) -> None:
+    control = socket.socket(fileno=int(argv[1]))
+    import_stack()
+    load_launcher()
+    serve(control)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
