@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Update, and_, func, or_, select, update
+from sqlalchemy import Update, and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.clock import Clock
@@ -75,6 +75,21 @@ class RunQueue:
                 busy[service_id] += 1
                 if serial_key is not None:
                     held_keys.add(serial_key)
+            # Runs that must wait anyway are left out in SQL, so that a long backlog of one chat
+            # or one saturated workflow cannot fill the candidate window and hold back the rest.
+            earlier = runs.alias("earlier")
+            first_of_its_key = or_(
+                runs.c.serial_key.is_(None),
+                ~exists().where(
+                    earlier.c.serial_key == runs.c.serial_key,
+                    earlier.c.status.in_((RunStatus.QUEUED, RunStatus.RUNNING)),
+                    or_(
+                        earlier.c.created_at < runs.c.created_at,
+                        and_(earlier.c.created_at == runs.c.created_at, earlier.c.id < runs.c.id),
+                    ),
+                ),
+            )
+            full = [service for service, count in busy.items() if count >= self._per_workflow_limit]
             query = (
                 select(
                     runs.c.id, runs.c.service_id, runs.c.status, runs.c.attempts, runs.c.serial_key
@@ -83,13 +98,15 @@ class RunQueue:
                     or_(
                         runs.c.status == RunStatus.QUEUED,
                         and_(runs.c.status == RunStatus.RUNNING, runs.c.lease_expires_at < now),
-                    )
+                    ),
+                    first_of_its_key,
+                    runs.c.service_id.not_in(full),
                 )
                 .order_by(runs.c.queued_at, runs.c.id)
                 .limit(limit * 4 + 16)
             )
             if not self._db.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
+                query = query.with_for_update(skip_locked=True, of=runs)
             picked: list[str] = []
             for run_id, service_id, status, attempts, serial_key in await conn.execute(query):
                 if len(picked) >= limit:

@@ -121,7 +121,9 @@ class WorkerPool:
                     self._active[run.id] = asyncio.create_task(
                         self._execute(run), name=f"run:{run.id}"
                     )
-            if free > 0 and len(claimed) == free:
+            if claimed:
+                # Claim again at once: runs held back by a limit reached in this claim (a
+                # workflow at its limit, a chat's next message) no longer hide the ones behind.
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.poll_interval):

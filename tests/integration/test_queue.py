@@ -148,6 +148,26 @@ async def test_runs_sharing_a_serial_key_run_one_at_a_time_in_arrival_order(
     assert retried.id == alice[-1] and retried.attempts == 2
 
 
+async def test_a_long_backlog_of_one_chat_or_workflow_does_not_hold_back_the_others(
+    database: Database,
+) -> None:
+    clock = ManualClock()
+    queue = make_queue(database, clock, per_workflow_limit=2)
+    writer = IntakeWriter(database, clock)
+    await submit(writer, *(request(serial_key="chat:busy") for _ in range(60)))
+    await submit(writer, *(request("slow") for _ in range(60)))
+    clock.advance(1)
+    [late_chat, late_run] = await submit(writer, request(serial_key="chat:quiet"), request("fast"))
+    # The chat's backlog never takes room among the candidates: only its first run can go.
+    # A workflow at its limit takes none once its runs are running: the next claim (workers
+    # claim again while they have room) reaches the runs behind the backlog.
+    claimed = await queue.claim("worker-a", 10) + await queue.claim("worker-a", 10)
+    ids = {run.id for run in claimed}
+    assert late_chat.id in ids and late_run.id in ids  # type: ignore[attr-defined]
+    assert sum(run.serial_key == "chat:busy" for run in claimed) == 1
+    assert sum(run.service_id == "slow" for run in claimed) == 2
+
+
 async def test_release_hands_the_run_back_without_counting_the_attempt(database: Database) -> None:
     clock = ManualClock()
     queue = make_queue(database, clock)
