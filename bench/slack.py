@@ -194,7 +194,7 @@ def measure_intake(
         recorder = None
         # wrk parses the whole pool before it sends (the server idles meanwhile): CPU per event
         # is the server's CPU time over the run divided by the events it acknowledged.
-        cpu_before = bench._process_seconds(server.pid)
+        cpu_before = bench.process_seconds(server.pid)
         if profile is not None:
             recorder = start_profile(server.pid, seconds + 60, profile)
         result = bench.run_wrk_script(
@@ -206,7 +206,7 @@ def measure_intake(
             env=bench.clean_environ(),
             startup=120,  # every wrk thread parses the whole pool before it sends
         )
-        cpu = bench._process_seconds(server.pid) - cpu_before
+        cpu = bench.process_seconds(server.pid) - cpu_before
         if recorder is not None:
             recorder.send_signal(signal.SIGINT)  # py-spy writes its profile on Ctrl-C
             recorder.wait(30)
