@@ -165,6 +165,23 @@ class Database:
         return last
 
 
+def bench_database(kind: str, stack: contextlib.ExitStack, work: Path, name: str) -> Database:
+    """A fresh database of ``kind`` for one server: SQLite in ``work/name``, or a database
+    ``name`` on a throwaway PostgreSQL (tests/pgserver.py, fsync off) that ``stack`` stops."""
+    data_dir = work / name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "sqlite":
+        return Database("sqlite", data_dir)
+    if kind != "postgres":
+        raise BenchError(f"unknown database {kind!r} (sqlite or postgres)")
+    sys.path.insert(0, str(REPO))
+    from tests.pgserver import ThrowawayPostgres
+
+    pg = stack.enter_context(ThrowawayPostgres())
+    pg.create_database(name)
+    return Database("postgres", data_dir, pg.url(name), pg.dsn(name), pg.port)
+
+
 # ---- the server process --------------------------------------------------------------------
 
 
@@ -317,7 +334,7 @@ def _proc_stat() -> list[int]:
     return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
 
 
-def _process_seconds(pid: int) -> float:
+def process_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads)."""
     with contextlib.suppress(OSError, IndexError, ValueError):
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -351,11 +368,11 @@ class CpuMeter:
         self.database_pids = database_pids
 
     def _database_seconds(self) -> dict[int, float]:
-        return {pid: _process_seconds(pid) for pid in self.database_pids()}
+        return {pid: process_seconds(pid) for pid in self.database_pids()}
 
     def __enter__(self) -> CpuMeter:
         self._wall = time.monotonic()
-        self._server = _process_seconds(self.server_pid)
+        self._server = process_seconds(self.server_pid)
         self._database = self._database_seconds()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         self._children = children.ru_utime + children.ru_stime
@@ -382,7 +399,7 @@ class CpuMeter:
             if not math.isnan(used)
         )
         self.use = CpuUse(
-            server=100 * (_process_seconds(self.server_pid) - self._server) / wall,
+            server=100 * (process_seconds(self.server_pid) - self._server) / wall,
             load_generator=100 * (children.ru_utime + children.ru_stime - self._children) / wall,
             database=100 * database_used / wall,
             machine=100 * share * cpus,
@@ -457,6 +474,13 @@ class WrkResult:
     raw: str = ""
     cpu: CpuUse = field(default_factory=CpuUse)
     attempt: int = 1
+    server_cpu_seconds: float = math.nan  # the server's CPU time (all threads) over the run
+    load_average: float = math.nan  # 1-minute load average when the run started
+
+    @property
+    def cpu_ms_per_ok(self) -> float:
+        """Server CPU per acknowledged request: independent of how much CPU it was given."""
+        return 1000 * self.server_cpu_seconds / self.ok if self.ok else math.nan
 
     @property
     def disturbance(self) -> float:

@@ -136,6 +136,12 @@ def message_from_command(
     )
 
 
+def _with_text(message: InboundMessage, text: str) -> InboundMessage:
+    """The message with the text its workflow sees (a route's keyword removed); most messages
+    have no keyword, and copying a model on every ack is not free."""
+    return message if message.text == text else message.model_copy(update={"text": text})
+
+
 def event_run_request(
     message: InboundMessage,
     chosen: Chosen,
@@ -149,7 +155,7 @@ def event_run_request(
     channel = message.conversation.id
     thread = message.conversation.thread_id
     return run_request_for(
-        message.model_copy(update={"text": chosen.text}),
+        _with_text(message, chosen.text),
         owner_id=owner_id,
         workflow=chosen.workflow,
         fixed_inputs=chosen.route.inputs if chosen.route else None,
@@ -174,7 +180,7 @@ def command_run_request(
     response_type = chosen.route.response_type if chosen.route else "ephemeral"
     trigger = str(command.get("trigger_id") or command.get("response_url") or "")
     return run_request_for(
-        message.model_copy(update={"text": chosen.text}),
+        _with_text(message, chosen.text),
         owner_id=owner_id,
         workflow=chosen.workflow,
         fixed_inputs=chosen.route.inputs if chosen.route else None,
