@@ -76,6 +76,7 @@ logger = logging.getLogger(__name__)
 
 LIMIT_POLL_SECONDS = 0.1
 SLIRP_READY_SECONDS = 10.0
+KILL_GRACE_SECONDS = 1.0
 
 
 def limit_error(events: LimitEvents, limits: WorkflowLimits) -> str | None:
@@ -296,15 +297,30 @@ class Launch:
 
     async def _place(self, settings: SandboxSettings, child: ZygoteChild) -> str | None:
         """Put a zygote's child in the run's cgroup (and on the internet) before it goes on."""
+        procs = self.cgroup.procs_files
+        joining: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(settings.startup_timeout):
-                pid = await sender_pid(child.handshake)
-        except TimeoutError:
+                keeper = await sender_pid(child.handshake, b"k")
+                if keeper is not None:
+                    # The keeper (see dispatch/zygote.py) joins while it makes the namespaces:
+                    # a v1 cgroup move costs an RCU grace period; the move of pid 1 right after
+                    # is then quick. Pid 1 forked after the keeper joined is in by inheritance.
+                    joining = asyncio.create_task(asyncio.to_thread(_join, procs, keeper))
+                    pid = await sender_pid(child.handshake, b"p")
+                    await joining
+                else:
+                    pid = None
+        except (TimeoutError, OSError):  # OSError: the keeper died before it could join
             pid = None
+        finally:
+            if joining is not None and not joining.done():
+                joining.cancel()
+                await asyncio.gather(joining, return_exceptions=True)
         if pid is None:
             return "the sandbox did not start; see the run's logs"
         child.pid = pid
-        await asyncio.to_thread(_join, self.cgroup.procs_files, pid)
+        await asyncio.to_thread(_join, procs, pid)
         if self.limits.network == "internet":
             problem = await self._attach_slirp(pid)
             if problem is not None:
@@ -425,6 +441,13 @@ class Launch:
             with contextlib.suppress(ProcessLookupError):
                 self.slirp.kill()
         try:
+            # Kill the whole cgroup, then wait for the exit the kill causes (an event: the
+            # status pipe or the process), and only then empty and remove the cgroup: its
+            # emptiness is polled, and polled right after the kill it never is yet.
+            await asyncio.to_thread(self.cgroup.kill)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KILL_GRACE_SECONDS):
+                    await process.wait()
             await asyncio.to_thread(self.cgroup.destroy)
             await process.wait()
             if self.slirp is not None:

@@ -74,6 +74,8 @@ STACK = (
     "uvicorn.server",
     "uvicorn.loops.auto",
     "uvicorn.loops.asyncio",
+    "uvicorn.loops.uvloop",
+    "uvloop",
     "uvicorn.protocols.http.auto",
     "uvicorn.protocols.http.h11_impl",
     "uvicorn.protocols.http.httptools_impl",
@@ -233,6 +235,11 @@ def keep(run: dict[str, Any], fds: list[int]) -> int:
     stdout, stderr, ready, status, handshake, work, sockets, workflow = fds
     os.setsid()
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    # Say who we are first: the server moves this keeper into the run's cgroup while it makes the
+    # namespaces and mounts (a cgroup v1 move waits for an RCU grace period, ≈ 10 ms), so that
+    # wait is off the run's critical path. The keeper runs nothing of the workflow; pid 1 is
+    # placed on its own handshake below either way, before any workflow code runs.
+    os.write(handshake, b"k")
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(stdout, 1)
@@ -279,7 +286,8 @@ def run_workflow(run: dict[str, Any], ready: int, handshake: int) -> int:
     resource.setrlimit(resource.RLIMIT_FSIZE, (run["file_size"], run["file_size"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # The server reads this process's host pid from the credentials on the message, writes it
-    # into the run's cgroup (and attaches slirp4netns to its network), then says go.
+    # into the run's cgroup (and attaches slirp4netns to its network), then says go. (The keeper
+    # said "k" on this socket before: the server reads both in order.)
     with socket.socket(fileno=handshake) as channel:
         channel.sendall(b"p")
         if channel.recv(1) != b"g":

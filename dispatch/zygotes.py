@@ -232,9 +232,10 @@ class ZygotePool:
         return zygote
 
 
-async def sender_pid(channel: socket.socket) -> int | None:
-    """Read one byte and the host pid of the process that sent it (``SO_PASSCRED``: the kernel
-    translates the sender's pid into ours, whatever pid namespace it is in)."""
+async def sender_pid(channel: socket.socket, expected: bytes) -> int | None:
+    """Read one byte (None unless it is ``expected``) and the host pid of the process that sent
+    it (``SO_PASSCRED``: the kernel translates the sender's pid into ours, whatever pid namespace
+    it is in)."""
     loop = asyncio.get_running_loop()
     readable = loop.create_future()
     loop.add_reader(channel.fileno(), readable.set_result, None)
@@ -243,7 +244,7 @@ async def sender_pid(channel: socket.socket) -> int | None:
     finally:
         loop.remove_reader(channel.fileno())
     data, ancillary, _, _ = channel.recvmsg(1, socket.CMSG_SPACE(struct.calcsize("3i")))
-    if data != b"p":
+    if data != expected:
         return None
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
