@@ -67,7 +67,7 @@ from dispatch.zygotes import (
     Zygote,
     ZygoteChild,
     ZygotePool,
-    clone_tree,
+    clone_trees,
     read_pipe,
     sender_pid,
 )
@@ -388,7 +388,7 @@ class Launch:
         trees: list[int] = []
         try:
             sources = (self.run_dir.work, self.run_dir.sockets, self.workflow.source_path.parent)
-            trees += await asyncio.to_thread(lambda: [clone_tree(path) for path in sources])
+            trees += await asyncio.to_thread(clone_trees, sources)
             limits = self.limits
             header = {
                 "env": self.env,

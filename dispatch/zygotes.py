@@ -61,6 +61,19 @@ def clone_tree(path: Path) -> int:
     return fd
 
 
+def clone_trees(paths: Sequence[Path]) -> list[int]:
+    """:func:`clone_tree` of each path, all or none: if one fails, the clones made are closed."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            fds.append(clone_tree(path))  # noqa: PERF401 - a loop keeps the partial list
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
 @dataclass(frozen=True, slots=True)
 class ZygoteKey:
     python: Path
