@@ -12,7 +12,8 @@ descriptors (stdout, stderr, ready pipe, status pipe, handshake socket, and thre
 trees the server cloned with ``open_tree``: the run's work dir, its sockets dir and its
 workflow's directory). Per run::
 
-    zygote ─fork→ keeper: unshare mount/pid/net/ipc/uts; attach the trees; tmpfs /tmp; lo up
+    zygote ─fork→ keeper: says "k" (the server puts it in the run's cgroup meanwhile);
+                  unshare mount/pid/net/ipc/uts; attach the trees; tmpfs /tmp; lo up
                     └fork→ pid 1 of the run: fresh /proc; rlimits; handshake (the server puts it
                            in the run's cgroup, connects slirp4netns); new user namespace
                            (uid 1000), no further user namespaces, no capabilities; the workflow
