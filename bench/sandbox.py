@@ -192,6 +192,7 @@ async def main() -> None:
             sandbox = SandboxRunner(settings, base_env=BASE_ENV, zygotes=zygotes)
             workflow = Workflow("hello", 1, HELLO, python, WorkflowLimits(network=network))
             rows.append(await measure(f"{label}, network {network}", sandbox, workflow, args.runs))
+            await sandbox.close()
         idle[label] = await idle_memory(
             SandboxRunner(settings, base_env=BASE_ENV, zygotes=zygotes),
             Workflow("slow", 1, SLOW, python, WorkflowLimits(network="none")),

@@ -102,6 +102,11 @@ class SandboxRunner:
         self._base_env = dict(base_env)
         self._runtime_uri = f"http://127.0.0.1:{relay_port(settings)}"
         self.zygotes = zygotes
+        self._reaping: set[asyncio.Task[int]] = set()
+
+    async def close(self) -> None:
+        """Wait for the killed slirp4netns processes still exiting (see :meth:`Launch._end`)."""
+        await asyncio.gather(*self._reaping, return_exceptions=True)
 
     async def run(
         self, invocation: Invocation, workflow: ResolvedWorkflow, on_log: LogSink
@@ -118,6 +123,7 @@ class SandboxRunner:
             )
             relay = await relay_runtime_api(run_dir.runtime_socket, settings.runtime_address)
             launch = Launch(invocation, workflow, run_dir, cgroup, sources, self._env(invocation))
+            launch.reaping = self._reaping
             if self.zygotes is not None:
                 zygote = await self.zygotes.acquire(workflow.python)
                 if zygote is not None:
@@ -174,6 +180,7 @@ class Launch:
         self.sources = sources
         self.env = env
         self.slirp: asyncio.subprocess.Process | None = None
+        self.reaping: set[asyncio.Task[int]] | None = None
 
     async def run(
         self, settings: SandboxSettings, on_log: LogSink, zygote: Zygote | None = None
@@ -451,7 +458,15 @@ class Launch:
             await asyncio.to_thread(self.cgroup.destroy)
             await process.wait()
             if self.slirp is not None:
-                await self.slirp.wait()
+                # SIGKILLed above; its exit unregisters the tap device, which waits for an RCU
+                # grace period or two (≈ 20 ms) in the kernel. Reaped in the background, owned
+                # by the runner (``SandboxRunner.close`` waits for it).
+                if self.reaping is None:
+                    await self.slirp.wait()
+                else:
+                    reaping = asyncio.create_task(self.slirp.wait())
+                    self.reaping.add(reaping)
+                    reaping.add_done_callback(self.reaping.discard)
         finally:
             await drain(readers, self.invocation.run_id)
             pipes.close()
