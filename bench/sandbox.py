@@ -7,7 +7,8 @@ Usage (from the repository root, as root, with bubblewrap and slirp4netns instal
 
 ``--env`` is an environment built for the test workflows (``tests/runs.py`` builds one under
 ``$SWITCHBOARD_TEST_CACHE/envs/<hash>``). For each runner it times ``--runs`` sequential cold
-runs of ``examples/hello.py`` (fresh process, one request, teardown), then 10 concurrent cold
+runs of ``examples/hello.py`` (fresh process, one request, teardown: the cold figures include the
+teardown, the "to response" ones stop when the workflow's answer arrives), then 10 concurrent cold
 starts, and samples the memory of an idle sandboxed run (``tests/workflows/slow.py`` sleeping)
 from its cgroup, with and without the zygote; and the warm request overhead: one request over the
 Unix socket to an already serving workflow. Prints a Markdown table for bench/RESULTS.md.
@@ -17,17 +18,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import contextvars
 import json
 import os
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from core.models import Invocation, WorkflowLimits
+import dispatch.runner
+import dispatch.sandbox
+from core.models import Invocation, Outcome, WorkflowLimits
 from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.cgroups import CgroupLayout, detect_cgroups
 from dispatch.registry import Workflow
@@ -62,12 +69,35 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-async def cold(runner: ProcessRunner | SandboxRunner, workflow: Workflow) -> float:
+_answered: contextvars.ContextVar[list[float]] = contextvars.ContextVar("answered")
+
+
+def _timed(send: Callable[..., Awaitable[Outcome]]) -> Callable[..., Awaitable[Outcome]]:
+    """``send_request`` that notes when the workflow's response arrived (before the teardown)."""
+
+    async def send_request(*args: Any, **kwargs: Any) -> Outcome:
+        outcome = await send(*args, **kwargs)
+        with contextlib.suppress(LookupError):
+            _answered.get().append(time.perf_counter())
+        return outcome
+
+    return send_request
+
+
+dispatch.runner.send_request = _timed(dispatch.runner.send_request)  # type: ignore[assignment]
+dispatch.sandbox.send_request = _timed(dispatch.sandbox.send_request)  # type: ignore[assignment]
+
+
+async def cold(runner: ProcessRunner | SandboxRunner, workflow: Workflow) -> tuple[float, float]:
+    """ms of the whole run (teardown included) and ms from its start to the workflow's answer."""
+    answered: list[float] = []
+    _answered.set(answered)
     started = time.perf_counter()
     outcome = await runner.run(invocation({"name": "Ada"}), workflow, lambda _s, _l: None)
+    ended = time.perf_counter()
     if outcome.status.value != "completed":
         raise RuntimeError(f"run failed: {outcome.error}")
-    return (time.perf_counter() - started) * 1000
+    return (ended - started) * 1000, (answered[0] - started) * 1000
 
 
 async def measure(
@@ -76,10 +106,15 @@ async def measure(
     await cold(runner, workflow)  # page cache warm-up, not measured
     sequential = [await cold(runner, workflow) for _ in range(runs)]
     concurrent = await asyncio.gather(*(cold(runner, workflow) for _ in range(10)))
+    whole = [total for total, _ in sequential]
+    answer = [to_response for _, to_response in sequential]
+    together = [total for total, _ in concurrent]
+    together_answer = [to_response for _, to_response in concurrent]
     return (
-        f"| {name} | {runs} | {statistics.median(sequential):.0f} | "
-        f"{percentile(sequential, 0.95):.0f} | {statistics.median(concurrent):.0f} | "
-        f"{max(concurrent):.0f} |"
+        f"| {name} | {runs} | {statistics.median(whole):.0f} | "
+        f"{percentile(whole, 0.95):.0f} | {statistics.median(answer):.0f} | "
+        f"{statistics.median(together):.0f} | {max(together):.0f} | "
+        f"{statistics.median(together_answer):.0f} |"
     )
 
 
@@ -157,6 +192,7 @@ async def main() -> None:
             sandbox = SandboxRunner(settings, base_env=BASE_ENV, zygotes=zygotes)
             workflow = Workflow("hello", 1, HELLO, python, WorkflowLimits(network=network))
             rows.append(await measure(f"{label}, network {network}", sandbox, workflow, args.runs))
+            await sandbox.close()
         idle[label] = await idle_memory(
             SandboxRunner(settings, base_env=BASE_ENV, zygotes=zygotes),
             Workflow("slow", 1, SLOW, python, WorkflowLimits(network="none")),
@@ -167,9 +203,10 @@ async def main() -> None:
     cgroups.release()
     runs_dir.rmdir()
     print(
-        "| runner | N | cold p50 ms | cold p95 ms | 10 concurrent p50 ms | 10 concurrent max ms |"
+        "| runner | N | cold p50 ms | cold p95 ms | cold p50 to response ms "
+        "| 10 concurrent p50 ms | 10 concurrent max ms | 10 concurrent p50 to response ms |"
     )
-    print("|---|--:|--:|--:|--:|--:|")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
     print("\n".join(rows))
     for label, usage in idle.items():
         print(

@@ -79,6 +79,17 @@ class RunCgroup:
             return []
         return [int(line) for line in text.split()]
 
+    def kill(self) -> None:
+        """SIGKILL every process in the cgroup (``cgroup.kill`` where there is one), no waiting."""
+        kill_file = self._layout.kill_file(self)
+        if kill_file is not None and kill_file.exists():
+            with contextlib.suppress(OSError):
+                kill_file.write_text("1")
+            return
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def destroy(self) -> None:
         """Kill every process in the cgroup, wait until it is empty, remove the directories."""
         kill_file = self._layout.kill_file(self)

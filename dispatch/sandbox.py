@@ -67,7 +67,7 @@ from dispatch.zygotes import (
     Zygote,
     ZygoteChild,
     ZygotePool,
-    clone_tree,
+    clone_trees,
     read_pipe,
     sender_pid,
 )
@@ -76,6 +76,7 @@ logger = logging.getLogger(__name__)
 
 LIMIT_POLL_SECONDS = 0.1
 SLIRP_READY_SECONDS = 10.0
+KILL_GRACE_SECONDS = 1.0
 
 
 def limit_error(events: LimitEvents, limits: WorkflowLimits) -> str | None:
@@ -101,6 +102,11 @@ class SandboxRunner:
         self._base_env = dict(base_env)
         self._runtime_uri = f"http://127.0.0.1:{relay_port(settings)}"
         self.zygotes = zygotes
+        self._reaping: set[asyncio.Task[int]] = set()
+
+    async def close(self) -> None:
+        """Wait for the killed slirp4netns processes still exiting (see :meth:`Launch._end`)."""
+        await asyncio.gather(*self._reaping, return_exceptions=True)
 
     async def run(
         self, invocation: Invocation, workflow: ResolvedWorkflow, on_log: LogSink
@@ -117,6 +123,7 @@ class SandboxRunner:
             )
             relay = await relay_runtime_api(run_dir.runtime_socket, settings.runtime_address)
             launch = Launch(invocation, workflow, run_dir, cgroup, sources, self._env(invocation))
+            launch.reaping = self._reaping
             if self.zygotes is not None:
                 zygote = await self.zygotes.acquire(workflow.python)
                 if zygote is not None:
@@ -173,6 +180,7 @@ class Launch:
         self.sources = sources
         self.env = env
         self.slirp: asyncio.subprocess.Process | None = None
+        self.reaping: set[asyncio.Task[int]] | None = None
 
     async def run(
         self, settings: SandboxSettings, on_log: LogSink, zygote: Zygote | None = None
@@ -296,15 +304,30 @@ class Launch:
 
     async def _place(self, settings: SandboxSettings, child: ZygoteChild) -> str | None:
         """Put a zygote's child in the run's cgroup (and on the internet) before it goes on."""
+        procs = self.cgroup.procs_files
+        joining: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(settings.startup_timeout):
-                pid = await sender_pid(child.handshake)
-        except TimeoutError:
+                keeper = await sender_pid(child.handshake, b"k")
+                if keeper is not None:
+                    # The keeper (see dispatch/zygote.py) joins while it makes the namespaces:
+                    # a v1 cgroup move costs an RCU grace period; the move of pid 1 right after
+                    # is then quick. Pid 1 forked after the keeper joined is in by inheritance.
+                    joining = asyncio.create_task(asyncio.to_thread(_join, procs, keeper))
+                    pid = await sender_pid(child.handshake, b"p")
+                    await joining
+                else:
+                    pid = None
+        except (TimeoutError, OSError):  # OSError: the keeper died before it could join
             pid = None
+        finally:
+            if joining is not None and not joining.done():
+                joining.cancel()
+                await asyncio.gather(joining, return_exceptions=True)
         if pid is None:
             return "the sandbox did not start; see the run's logs"
         child.pid = pid
-        await asyncio.to_thread(_join, self.cgroup.procs_files, pid)
+        await asyncio.to_thread(_join, procs, pid)
         if self.limits.network == "internet":
             problem = await self._attach_slirp(pid)
             if problem is not None:
@@ -372,7 +395,7 @@ class Launch:
         trees: list[int] = []
         try:
             sources = (self.run_dir.work, self.run_dir.sockets, self.workflow.source_path.parent)
-            trees += await asyncio.to_thread(lambda: [clone_tree(path) for path in sources])
+            trees += await asyncio.to_thread(clone_trees, sources)
             limits = self.limits
             header = {
                 "env": self.env,
@@ -425,10 +448,25 @@ class Launch:
             with contextlib.suppress(ProcessLookupError):
                 self.slirp.kill()
         try:
+            # Kill the whole cgroup, then wait for the exit the kill causes (an event: the
+            # status pipe or the process), and only then empty and remove the cgroup: its
+            # emptiness is polled, and polled right after the kill it never is yet.
+            await asyncio.to_thread(self.cgroup.kill)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KILL_GRACE_SECONDS):
+                    await process.wait()
             await asyncio.to_thread(self.cgroup.destroy)
             await process.wait()
             if self.slirp is not None:
-                await self.slirp.wait()
+                # SIGKILLed above; its exit unregisters the tap device, which waits for an RCU
+                # grace period or two (≈ 20 ms) in the kernel. Reaped in the background, owned
+                # by the runner (``SandboxRunner.close`` waits for it).
+                if self.reaping is None:
+                    await self.slirp.wait()
+                else:
+                    reaping = asyncio.create_task(self.slirp.wait())
+                    self.reaping.add(reaping)
+                    reaping.add_done_callback(self.reaping.discard)
         finally:
             await drain(readers, self.invocation.run_id)
             pipes.close()

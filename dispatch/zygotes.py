@@ -61,6 +61,19 @@ def clone_tree(path: Path) -> int:
     return fd
 
 
+def clone_trees(paths: Sequence[Path]) -> list[int]:
+    """:func:`clone_tree` of each path, all or none: if one fails, the clones made are closed."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            fds.append(clone_tree(path))  # noqa: PERF401 - a loop keeps the partial list
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
 @dataclass(frozen=True, slots=True)
 class ZygoteKey:
     python: Path
@@ -232,9 +245,10 @@ class ZygotePool:
         return zygote
 
 
-async def sender_pid(channel: socket.socket) -> int | None:
-    """Read one byte and the host pid of the process that sent it (``SO_PASSCRED``: the kernel
-    translates the sender's pid into ours, whatever pid namespace it is in)."""
+async def sender_pid(channel: socket.socket, expected: bytes) -> int | None:
+    """Read one byte (None unless it is ``expected``) and the host pid of the process that sent
+    it (``SO_PASSCRED``: the kernel translates the sender's pid into ours, whatever pid namespace
+    it is in)."""
     loop = asyncio.get_running_loop()
     readable = loop.create_future()
     loop.add_reader(channel.fileno(), readable.set_result, None)
@@ -243,7 +257,7 @@ async def sender_pid(channel: socket.socket) -> int | None:
     finally:
         loop.remove_reader(channel.fileno())
     data, ancillary, _, _ = channel.recvmsg(1, socket.CMSG_SPACE(struct.calcsize("3i")))
-    if data != b"p":
+    if data != expected:
         return None
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:

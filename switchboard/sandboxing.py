@@ -86,6 +86,7 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
     try:
         yield ChosenRunner(runner, "bwrap", zygotes=zygotes)
     finally:  # the workers have stopped: every run's cgroup and directory is gone already
+        await runner.close()
         if zygotes is not None:
             await zygotes.close()
         await asyncio.to_thread(cgroups.release)

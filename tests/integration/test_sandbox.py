@@ -80,6 +80,7 @@ async def sandbox(
     zygotes = ZygotePool(settings, Path(f"{runs_dir}-z")) if request.param else None
     runner = SandboxRunner(settings, base_env=base_env, zygotes=zygotes)
     yield Sandbox(runner, Path(runs_dir), cgroups)
+    await runner.close()
     if zygotes is not None:
         assert len(zygotes) == 1, "the runs fell back to fresh sandboxes"
         await zygotes.close()
