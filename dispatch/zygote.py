@@ -56,7 +56,10 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
-SYS_MOVE_MOUNT = 429  # x86_64 and aarch64 alike (new syscalls share numbers)
+SYS_OPEN_TREE = 428  # x86_64 and aarch64 alike (new syscalls share numbers)
+SYS_MOVE_MOUNT = 429
+OPEN_TREE_CLONE = 0x1
+AT_RECURSIVE = 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 AT_FDCWD = -100
 PR_SET_PDEATHSIG = 1
@@ -120,6 +123,24 @@ def attach(tree: int, target: str, *, read_only: bool = False) -> None:
     os.close(tree)
     if read_only:
         mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+
+
+def environment_under_tmp() -> list[str]:
+    """This zygote's environment and interpreter dirs that live below /tmp (a data dir there):
+    the run's fresh tmpfs on /tmp would hide them, so they are put back on top of it."""
+    paths = {
+        os.path.realpath(path)
+        for path in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)))
+    }
+    return sorted(path for path in paths if path.startswith("/tmp/"))  # noqa: S108
+
+
+def clone(path: str) -> int:
+    """A detached copy of the mounts at ``path`` (``open_tree``), to attach elsewhere."""
+    return check(
+        libc.syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), OPEN_TREE_CLONE | AT_RECURSIVE),
+        f"open_tree {path}",
+    )
 
 
 def loopback_up() -> None:
@@ -257,7 +278,11 @@ def keep(run: dict[str, Any], fds: list[int]) -> int:
     if run["network"] == "internet":
         mount("/opt/switchboard/resolv.internet", "/etc/resolv.conf", None, MS_BIND, None)
         mount("none", "/etc/resolv.conf", None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
+    under_tmp = [(path, clone(path)) for path in environment_under_tmp()]
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={run['tmp_size']},mode=1777")  # noqa: S108
+    for path, tree in under_tmp:
+        os.makedirs(path, exist_ok=True)
+        attach(tree, path, read_only=True)
     loopback_up()
     pid = os.fork()
     if pid == 0:
