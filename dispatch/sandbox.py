@@ -68,6 +68,7 @@ from dispatch.zygotes import (
     ZygoteChild,
     ZygotePool,
     clone_trees,
+    go_message,
     read_pipe,
     sender_pid,
 )
@@ -333,7 +334,10 @@ class Launch:
             if problem is not None:
                 return problem
         try:
-            child.handshake.send(b"g")
+            # "go" carries the run's environment (its keys and the user's secrets): only the
+            # run's own pid 1 reads it, never the zygote it was forked from.
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendall(child.handshake, go_message(self.env))
         except OSError:
             return "the sandbox ended before it was placed in its cgroup; see the run's logs"
         return None
@@ -397,8 +401,9 @@ class Launch:
             sources = (self.run_dir.work, self.run_dir.sockets, self.workflow.source_path.parent)
             trees += await asyncio.to_thread(clone_trees, sources)
             limits = self.limits
+            # No "env" here: the zygote never sees a run's secrets. Pid 1 of the run reads its
+            # environment from the handshake, after it was forked (see _place).
             header = {
-                "env": self.env,
                 "network": limits.network,
                 "workflow_file": f"{WORKFLOW_DIR}/{self.workflow.source_path.name}",
                 "open_files": limits.open_files,

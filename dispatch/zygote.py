@@ -7,7 +7,7 @@ outside), with no run directory, no secrets and no per-run data::
     <env>/bin/python zygote.py <control_fd>
 
 It says ``ready`` on the control socket (``SOCK_SEQPACKET``) once the stack is imported, then
-reads one message per run: a JSON header (environment, workflow file, limits) and eight file
+reads one message per run: a JSON header (workflow file, limits; no environment) and eight file
 descriptors (stdout, stderr, ready pipe, status pipe, handshake socket, and three detached mount
 trees the server cloned with ``open_tree``: the run's work dir, its sockets dir and its
 workflow's directory). Per run::
@@ -316,7 +316,8 @@ def run_workflow(run: dict[str, Any], ready: int, handshake: int) -> int:
     # said "k" on this socket before: the server reads both in order.)
     with socket.socket(fileno=handshake) as channel:
         channel.sendall(b"p")
-        if channel.recv(1) != b"g":
+        env = receive_environment(channel)
+        if env is None:
             return 1
     check(libc.unshare(CLONE_NEWUSER), "unshare user")
     for name, text in (("setgroups", "deny"), ("uid_map", f"{INNER_UID} 0 1")):
@@ -327,7 +328,6 @@ def run_workflow(run: dict[str, Any], ready: int, handshake: int) -> int:
     with open("/proc/sys/user/max_user_namespaces", "w", encoding="ascii") as file:
         file.write("0")  # as bwrap --disable-userns: no nested user namespaces
     drop_capabilities()
-    env = run["env"]
     os.environ.clear()
     os.environ.update(env)
     os.chdir("/run/work")
@@ -345,6 +345,34 @@ def run_workflow(run: dict[str, Any], ready: int, handshake: int) -> int:
         ]
     )
     return 0
+
+
+def receive_environment(channel: socket.socket) -> dict[str, str] | None:
+    """The server's "go" (``g``) with the run's environment behind a 4-byte length, or None if
+    the server gave up on this run. The environment (the run's key, the user's secrets) is read
+    here, in the run's own pid 1: the zygote that forked it never holds it."""
+    head = receive_exactly(channel, 5)
+    if len(head) != 5 or head[:1] != b"g":
+        return None
+    (size,) = struct.unpack("!I", head[1:])
+    body = receive_exactly(channel, size)
+    if len(body) != size:
+        return None
+    env: dict[str, str] = json.loads(body)
+    return env
+
+
+def receive_exactly(channel: socket.socket, size: int) -> bytes:
+    """Up to ``size`` bytes: fewer only when the other end closed."""
+    chunks: list[bytes] = []
+    missing = size
+    while missing:
+        chunk = channel.recv(missing)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        missing -= len(chunk)
+    return b"".join(chunks)
 
 
 def drop_capabilities() -> None:

@@ -266,6 +266,13 @@ async def sender_pid(channel: socket.socket, expected: bytes) -> int | None:
     return None
 
 
+def go_message(env: Mapping[str, str]) -> bytes:
+    """The handshake's last message to a run's pid 1: ``g``, then its environment as JSON behind
+    a 4-byte big-endian length (read by ``dispatch/zygote.py`` :func:`receive_environment`)."""
+    body = json.dumps(dict(env)).encode()
+    return b"g" + struct.pack("!I", len(body)) + body
+
+
 class ZygoteChild:
     """One run forked by a zygote, seen like a process: ``pid`` (host, once placed), ``wait``."""
 

@@ -309,6 +309,42 @@ async def test_secrets_are_not_in_any_command_line(
     assert_nothing_left(sandbox)
 
 
+def memory_contains(pid: int, needle: bytes) -> bool:
+    """Whether any readable mapping of process ``pid`` holds ``needle`` (read as root)."""
+    with open(f"/proc/{pid}/maps", encoding="ascii") as maps, open(f"/proc/{pid}/mem", "rb") as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5] == "[vsyscall]"):
+                continue
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+            except OSError:  # [vvar] and other unreadable mappings
+                continue
+    return False
+
+
+@pytest.mark.parametrize("sandbox", [True], ids=["zygote"], indirect=True)
+async def test_the_zygote_never_holds_a_runs_secrets(
+    sandbox: Sandbox, built_environment: BuiltEnvironment
+) -> None:
+    # The run's environment (its key, the user's secrets) goes to the run's own pid 1, never
+    # through the zygote: a later run forked from the zygote could otherwise find it in memory.
+    for _ in range(2):
+        outcome = await sandbox.runner.run(
+            invocation({"name": "Ada"}, run_id="req_zsecret" + uuid.uuid4().hex[:12]),
+            limited(built_environment, HELLO),
+            Logs(),
+        )
+        assert outcome.status is RunStatus.COMPLETED, outcome.error
+    zygotes = processes_with("zygote.py")
+
+    assert zygotes, "no zygote process found"
+    assert [pid for pid in zygotes if memory_contains(pid, SECRET.encode())] == []
+
+
 @pytest.mark.parametrize("network", ["none", "internet"])
 async def test_the_runtime_api_works_from_inside_under_both_network_policies(
     live_factory: LiveFactory, network: str
