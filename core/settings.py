@@ -85,11 +85,11 @@ class RuntimeSettings(_Section):
         description="on SIGTERM, seconds running runs get to finish before they are handed back",
     )
     poll_interval: float = Field(default=0.5, gt=0)
-    sandbox: Literal["bwrap", "process"] = Field(
-        default="bwrap",
-        description="bwrap: namespaces, cgroup and rlimits per run (README 'Sandbox'); falls back "
-        "to process, loudly, where bubblewrap or user namespaces are missing. process: plain "
-        "child processes, for development only",
+    sandbox: Literal["auto", "bwrap", "process"] = Field(
+        default="auto",
+        description="bwrap: namespaces, cgroup and rlimits per run (README 'Sandbox'); the server "
+        "refuses to start where the host cannot give them. auto: bwrap where the host can, else "
+        "process with a loud warning. process: plain child processes, for development only",
     )
     sandbox_uid: int = Field(
         default=65534,

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KILL_WAIT_SECONDS = 5.0
+WANTED_CONTROLLERS = frozenset({"memory", "pids", "cpu"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,19 @@ class CgroupLayout:
             logger.warning("removing the stale cgroup %s left by an earlier server", stale)
             RunCgroup(self, stale).destroy()
 
+    def missing_controllers(self) -> list[str]:
+        """v2: the controllers the instance's parent cgroup does not hand to its children (a
+        run there would get no limits at all, so the sandbox must not start). v1: none."""
+        if self.version != 2:
+            return []
+        parent = self._parent("unified")
+        try:
+            text = _read(parent / "cgroup.subtree_control")
+        except OSError:
+            text = ""
+        enabled = {name.lstrip("+") for name in text.split()}
+        return sorted(WANTED_CONTROLLERS - enabled)
+
     def release(self) -> None:
         """Remove the instance's (empty) parent cgroups: the server is stopping."""
         for parent in self.parents():
@@ -191,10 +205,9 @@ class CgroupLayout:
 def detect_cgroups(instance: str, root: Path = CGROUP_ROOT) -> CgroupLayout | str:
     """The host's cgroup layout, or why per-run cgroups cannot be made here."""
     if (root / "cgroup.controllers").exists():
-        wanted = {"memory", "pids", "cpu"}
         available = set(_read(root / "cgroup.controllers").split())
-        if not wanted <= available:
-            return f"cgroup v2 lacks the controllers {sorted(wanted - available)}"
+        if not WANTED_CONTROLLERS <= available:
+            return f"cgroup v2 lacks the controllers {sorted(WANTED_CONTROLLERS - available)}"
         layout = CgroupLayout(instance=instance, version=2, mounts={"unified": root})
     else:
         mounts = {key: root / key for key in ("memory", "pids", "cpu")}
@@ -209,6 +222,14 @@ def detect_cgroups(instance: str, root: Path = CGROUP_ROOT) -> CgroupLayout | st
         layout.prepare()
     except OSError as exc:
         return f"cannot create cgroups under {root}: {exc.strerror or exc}"
+    missing = layout.missing_controllers()
+    if missing:
+        layout.release()
+        return (
+            f"cgroup v2 would not enable the {', '.join(missing)} controller(s) for "
+            f"{layout.parents()[0]} (is the server's own cgroup the root of a container? "
+            "run it in a cgroup that may delegate them)"
+        )
     return layout
 
 

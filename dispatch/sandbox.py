@@ -181,6 +181,7 @@ class Launch:
         self.sources = sources
         self.env = env
         self.slirp: asyncio.subprocess.Process | None = None
+        self.slirp_exit: int | None = None
         self.reaping: set[asyncio.Task[int]] | None = None
 
     async def run(
@@ -344,6 +345,10 @@ class Launch:
 
     async def _attach_slirp(self, child: int) -> str | None:
         ready_read, ready_write = os.pipe()
+        # slirp4netns exits when the write end of this pipe closes: at the end of the run, and
+        # also when the server dies without ending it (the kernel closes the server's fds), so a
+        # crash leaves no slirp4netns behind holding a dead run's network namespace.
+        exit_read, self.slirp_exit = os.pipe()
         try:
             # As root, by netns path: given a pid, slirp4netns would first join that process's
             # user namespace, which for --disable-userns is a nested one that does not own the
@@ -353,15 +358,16 @@ class Launch:
             self.slirp = await asyncio.create_subprocess_exec(
                 "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
                 "--enable-sandbox", "--enable-seccomp", f"--ready-fd={ready_write}",
-                "--netns-type=path", f"/proc/{child}/ns/net", "tap0",
+                f"--exit-fd={exit_read}", "--netns-type=path", f"/proc/{child}/ns/net", "tap0",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(ready_write,),
+                pass_fds=(ready_write, exit_read),
                 start_new_session=True,
             )  # fmt: skip
         finally:
             os.close(ready_write)
+            os.close(exit_read)
         try:
             async with asyncio.timeout(SLIRP_READY_SECONDS):
                 ready = await asyncio.to_thread(os.read, ready_read, 1)
@@ -452,6 +458,9 @@ class Launch:
         if self.slirp is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.slirp.kill()
+        if self.slirp_exit is not None:
+            os.close(self.slirp_exit)
+            self.slirp_exit = None
         try:
             # Kill the whole cgroup, then wait for the exit the kill causes (an event: the
             # status pipe or the process), and only then empty and remove the cgroup: its

@@ -191,7 +191,13 @@ async def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     app = create_app(settings, roles=roles, on_admin_key=announce_key)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        # A resource refused to start (say, runtime.sandbox = "bwrap" on a host without it):
+        # close what had started, then let main() print the reason.
+        await runner.cleanup()
+        raise
     site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
     await site.start()
     # Everything alive now (modules, SQLAlchemy's compiled caches, pydantic schemas) lives as long

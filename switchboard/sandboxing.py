@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import SwitchboardError
 from core.ports import WorkflowRunner
 from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.cgroups import detect_cgroups
@@ -32,6 +33,17 @@ class ChosenRunner:
     """Why ``bwrap`` was asked for but ``process`` is used."""
     zygotes: ZygotePool | None = None
     """Running zygotes (``runtime.zygote``), counted by /healthz."""
+
+
+class SandboxUnavailable(SwitchboardError):
+    """runtime.sandbox = "bwrap", but this host cannot make sandboxes."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(
+            f"runtime.sandbox = 'bwrap' but the sandbox is unavailable here: {problem}. Install "
+            "bubblewrap (and slirp4netns), allow user namespaces and writable cgroups, or set "
+            "runtime.sandbox = 'auto' (falls back to no isolation, loudly) or 'process'"
+        )
 
 
 @asynccontextmanager
@@ -61,10 +73,14 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
         else:
             cgroups = found
     if problem is not None or cgroups is None:
+        if settings.runtime.sandbox == "bwrap":
+            # Asked for isolation explicitly: running other people's code without it would be
+            # a silent downgrade. Only "auto" may fall back.
+            raise SandboxUnavailable(str(problem))
         logger.error(
             "SANDBOX UNAVAILABLE: %s. Falling back to sandbox = 'process': workflows run WITHOUT "
             "isolation or limits. Install bubblewrap (and slirp4netns) and allow user namespaces, "
-            "or set runtime.sandbox = 'process' to silence this.",
+            "or set runtime.sandbox = 'process' to silence this (or 'bwrap' to refuse to start).",
             problem,
         )
         yield ChosenRunner(plain, "process", problem)
