@@ -197,7 +197,11 @@ class WorkerPool:
                 update={
                     "workflow_version": workflow.version,
                     "env": {**invocation.env, "CODEWORDS_SERVICE_ROOT": root},
-                    "timeout": workflow.limits.timeout or invocation.timeout,
+                    # A workflow's own timeout may be shorter than runtime.run_timeout, never
+                    # longer: that is the operator's ceiling (and the run key's lifetime).
+                    "timeout": min(
+                        workflow.limits.timeout or invocation.timeout, invocation.timeout
+                    ),
                 }
             )
             return await self._runner.run(invocation, workflow, sink)
