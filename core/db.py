@@ -78,6 +78,14 @@ class Database:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(connection: Any) -> None:
+            # A task cancelled while its COMMIT or BEGIN was on the driver's thread (shutdown
+            # cancels tasks) can hand the connection back inside a transaction nobody owns, and
+            # the pool does not reset it (pool_reset_on_return=None): the next BEGIN would fail
+            # with "cannot start a transaction within a transaction". Its owner saw it fail, so
+            # rolling it back is what it expects.
+            if connection.connection.driver_connection.in_transaction:
+                logger.warning("rolling back a transaction abandoned on a pooled connection")
+                connection.exec_driver_sql("ROLLBACK")
             connection.exec_driver_sql("BEGIN IMMEDIATE" if pool_size == 1 else "BEGIN")
 
         return engine
