@@ -17,9 +17,10 @@ async def test_a_transaction_left_open_on_the_writer_is_rolled_back_by_the_next_
         # What a task cancelled mid-COMMIT can leave: the driver inside a transaction that
         # SQLAlchemy no longer knows about, handed back to the pool (which does not reset it).
         async with database.engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            await raw.driver_connection.execute("BEGIN IMMEDIATE")
-            await raw.driver_connection.execute("INSERT INTO t VALUES (1)")
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
+            await driver.execute("BEGIN IMMEDIATE")
+            await driver.execute("INSERT INTO t VALUES (1)")
 
         async with database.write() as connection:
             await connection.exec_driver_sql("INSERT INTO t VALUES (2)")
