@@ -148,6 +148,14 @@ class ZygotePool:
     def __len__(self) -> int:
         return len(self._zygotes)
 
+    def sweep(self) -> None:
+        """Remove the zygote directories a crashed server of this data dir left (blocking: call
+        it at start, before the first zygote)."""
+        if self._dir.is_dir():
+            for stale in self._dir.iterdir():
+                logger.warning("removing the stale zygote directory %s", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+
     async def acquire(self, python: Path) -> Zygote | None:
         """The zygote of this interpreter's environment, started if need be; None if it cannot
         start (the caller falls back to a fresh process). Release it with :meth:`release`."""

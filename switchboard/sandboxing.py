@@ -50,6 +50,7 @@ class SandboxUnavailable(SwitchboardError):
 async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
     """The runner ``runtime.sandbox`` asks for, if this host can give it."""
     settings = services.settings
+    await asyncio.to_thread(_sweep_sockets, services.socket_dir)
     plain = ProcessRunner(
         socket_dir=services.socket_dir,
         startup_timeout=settings.runtime.startup_timeout,
@@ -98,6 +99,7 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
     zygotes = None
     if settings.runtime.zygote:
         zygotes = ZygotePool(sandbox, services.runs_dir.with_name(services.runs_dir.name + "-z"))
+        await asyncio.to_thread(zygotes.sweep)
     runner = SandboxRunner(sandbox, base_env=services.workflow_env(), zygotes=zygotes)
     try:
         yield ChosenRunner(runner, "bwrap", zygotes=zygotes)
@@ -107,6 +109,15 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
             await zygotes.close()
         await asyncio.to_thread(cgroups.release)
         await asyncio.to_thread(_remove_empty, services.runs_dir)
+
+
+def _sweep_sockets(socket_dir: Path) -> None:
+    """Remove the run sockets a crashed server of this data dir left (its runs' processes died
+    with it: PDEATHSIG); cgroups and run dirs are swept by the sandbox itself."""
+    if socket_dir.is_dir():
+        for stale in socket_dir.glob("*.sock"):
+            logger.warning("removing the stale run socket %s", stale)
+            stale.unlink(missing_ok=True)
 
 
 def _remove_empty(directory: Path) -> None:

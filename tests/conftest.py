@@ -131,8 +131,9 @@ class LiveFactory:
         )
 
     async def close(self) -> None:
-        for runner in reversed(self._runners):
-            await runner.cleanup()
+        """Stop every server started so far (a test may stop them and start again)."""
+        while self._runners:
+            await self._runners.pop().cleanup()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import httpx
@@ -58,3 +59,30 @@ async def test_auto_on_a_host_without_it_runs_plain_processes_loudly(
 
     assert health["sandbox"] == "process"
     assert any("SANDBOX UNAVAILABLE" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+async def test_start_sweeps_what_a_crashed_server_of_the_same_data_dir_left(
+    live_factory: LiveFactory,
+) -> None:
+    # Where a server of this data dir keeps run state (named after the data dir's hash).
+    first = await live_factory.start(runtime={"sandbox": "bwrap"})
+    runs_dir, socket_dir = first.services.runs_dir, first.services.socket_dir
+    await live_factory.close()
+    zygotes_dir = runs_dir.with_name(runs_dir.name + "-z")
+    stale_run = runs_dir / "req_crashed"
+    stale_zygote = zygotes_dir / "zygote-crashed"
+    stale_socket = socket_dir / "req_crashed.sock"
+    for directory in (stale_run / "work", stale_zygote / "env", socket_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    stale_socket.write_bytes(b"")
+
+    live = await live_factory.start(runtime={"sandbox": "bwrap"})
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        health = (await http.get("/healthz")).json()
+
+    assert health["sandbox"] == "bwrap"
+    assert live.services.runs_dir == runs_dir
+    assert not stale_run.exists()
+    assert not stale_zygote.exists()
+    assert not stale_socket.exists()
