@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -435,3 +436,49 @@ async def test_follow_up_in_a_thread_we_are_in_is_answered_when_the_route_says_s
     assert sorted(post.args["text"] for post in slack.posts) == ["and another thing", "start"]
     assert {post.args["thread_ts"] for post in slack.posts} == {"3.1"}
     assert await run_count(live) == 2
+
+
+SLACK_ENVIRONMENT = {
+    "SLACK_CLIENT_ID": "999.888",
+    "SLACK_CLIENT_SECRET": "from-the-environment",
+    "SLACK_SCOPES": "admin",
+    "SLACK_USER_SCOPES": "users:read",
+    "SLACK_REDIRECT_URI": "https://attacker.example/redirect",
+    "SLACK_VERIFICATION_TOKEN": "legacy",
+    "SLACK_BOT_TOKEN": "xoxb-from-the-environment",
+    "SLACK_SIGNING_SECRET": "not-the-secret",
+}
+
+
+async def test_slack_environment_variables_are_never_used(
+    live_factory: LiveFactory,
+    slack: SlackApi,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # bolt 1.x builds an OAuth install flow (file stores under $HOME) from SLACK_CLIENT_ID/SECRET
+    # when given no OAuth settings, and takes tokens and secrets it is not given from SLACK_*.
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name, value in SLACK_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    live = await start(live_factory, slack)
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        assert (await http.get("/slack/install")).status_code == 404
+        callback = await http.get("/slack/oauth_redirect", params={"code": "c", "state": "s"})
+        assert callback.status_code == 404
+        # Slack's ssl_check probe carries the legacy token; bolt's own check (with the token
+        # from SLACK_VERIFICATION_TOKEN) would refuse it.
+        probe = urlencode({"ssl_check": "1", "token": "legacy"})
+        headers = signed_headers(
+            SECRET, probe, content_type="application/x-www-form-urlencoded"
+        )
+        response = await http.post("/slack/commands", content=probe, headers=headers)
+        assert response.status_code == 200
+    assert [path.name for path in home.iterdir() if path.name.startswith(".bolt")] == []
+    assert (await post_event(live, envelope(mention("still here")))).status_code == 200
+    await slack.wait_for(lambda: slack.called("reactions.remove"))
+    assert [post.args["text"] for post in slack.posts] == ["still here"]
+    assert {call.token for call in slack.calls} == {"xoxb-test"}
+    assert slack.called("oauth.v2.access") == []

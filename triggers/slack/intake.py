@@ -29,7 +29,10 @@ import httpx
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
 from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
@@ -65,6 +68,7 @@ logger = logging.getLogger(__name__)
 NAME_LOOKUP_TIMEOUT = 1.0
 NAME_CACHE_SECONDS = 3600.0
 FILES_DEADLINE = 1.5
+_NOT_CONFIGURED = "oauth-not-configured"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +90,8 @@ class SlackIntake:
         tokens: BotTokens,
         installations: SlackInstallations,
         *,
-        oauth_states: SlackOAuthStates | None,
-        redirect_uri: str | None,
+        oauth_states: SlackOAuthStates,
+        redirect_uri: str,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         if settings.signing_secret is None:
@@ -95,26 +99,24 @@ class SlackIntake:
         self._settings = settings
         self._deps = deps
         self._names: dict[str, tuple[float, str | None]] = {}
-        oauth = None
-        if settings.oauth_enabled and oauth_states is not None:
-            oauth = AsyncOAuthSettings(
-                client_id=settings.client_id,
-                client_secret=(
-                    settings.client_secret.get_secret_value() if settings.client_secret else None
-                ),
-                scopes=list(settings.scopes),
-                redirect_uri=redirect_uri,
-                installation_store=installations,
-                state_store=oauth_states,
-            )
-        # No token on the app's client: each request gets its workspace's token from authorize,
-        # so bolt never reads SLACK_BOT_TOKEN nor calls auth.test on its own.
+        oauth = explicit_oauth_settings(settings, installations, oauth_states, redirect_uri)
+        self.oauth_flow = AsyncOAuthFlow(settings=oauth) if settings.oauth_enabled else None
+        """The install flow, or ``None`` without ``[slack] client_id`` (``/slack/install`` 404s)."""
+        # Every value bolt 1.x would take from the environment is given (STYLE 4): the signing
+        # secret; a client without a token (each request gets its workspace's token from
+        # authorize, so SLACK_BOT_TOKEN is never used nor auth.test called on bolt's own); an
+        # OAuth settings object always (without one bolt builds an install flow from
+        # SLACK_CLIENT_ID/SECRET, with file stores under $HOME); no SslCheck middleware, whose
+        # verification token comes from SLACK_VERIFICATION_TOKEN (:meth:`dispatch` answers the
+        # probe instead).
         self.app = AsyncApp(
             signing_secret=settings.signing_secret.get_secret_value(),
             client=AsyncWebClient(base_url=settings.api_url, session=session),
             authorize=WorkspaceAuthorize(tokens),  # type: ignore[arg-type]  # an AsyncAuthorize
             installation_store=installations,
+            oauth_flow=self.oauth_flow,
             oauth_settings=oauth,
+            ssl_check_enabled=False,
             process_before_response=True,
             raise_error_for_unhandled_request=False,
         )
@@ -123,6 +125,13 @@ class SlackIntake:
         self.app.enable_token_revocation_listeners()
         self.app.event(re.compile(".*"))(_not_answered)
         self.app.command(re.compile(".*"))(self.accept_command)
+
+    async def dispatch(self, request: AsyncBoltRequest) -> BoltResponse:
+        """One request from Slack, through bolt. Slack's ``ssl_check`` probe of a slash command
+        URL is answered first, unverified, as bolt's own SslCheck would (PROTOCOLS §1.4)."""
+        if request.body.get("ssl_check") == "1":
+            return BoltResponse(status=200, body="")
+        return await self.app.async_dispatch(request)
 
     async def accept_mention(
         self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
@@ -291,6 +300,30 @@ class SlackIntake:
         except (TimeoutError, httpx.HTTPError) as exc:
             logger.warning("slack: files not copied before the ack deadline: %r", exc)
         return attachments
+
+
+def explicit_oauth_settings(
+    settings: SlackSettings,
+    installations: SlackInstallations,
+    states: SlackOAuthStates,
+    redirect_uri: str,
+) -> AsyncOAuthSettings:
+    """Bolt's OAuth settings with every value given: bolt 1.x reads SLACK_CLIENT_ID/SECRET,
+    SLACK_SCOPES, SLACK_USER_SCOPES, SLACK_REDIRECT_URI and SLACK_INSTALL_PATH for each one it
+    is not. Without ``[slack] client_id`` the credentials are placeholders and the flow is never
+    routed to."""
+    secret = settings.client_secret.get_secret_value() if settings.client_secret else None
+    return AsyncOAuthSettings(
+        client_id=settings.client_id or _NOT_CONFIGURED,
+        client_secret=secret or _NOT_CONFIGURED,
+        scopes=list(settings.scopes),
+        user_scopes=[],
+        redirect_uri=redirect_uri,
+        install_path="/slack/install",
+        redirect_uri_path="/slack/oauth_redirect",
+        installation_store=installations,
+        state_store=states,
+    )
 
 
 async def _not_answered(body: dict[str, Any]) -> None:

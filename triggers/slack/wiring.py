@@ -109,10 +109,10 @@ class SlackRoutes:
 
     async def events(self, request: web.Request) -> web.Response:
         bolt_request = await to_bolt_request(request)
-        return await to_aiohttp_response(await self._intake.app.async_dispatch(bolt_request))
+        return await to_aiohttp_response(await self._intake.dispatch(bolt_request))
 
     async def install(self, request: web.Request) -> web.Response:
-        flow = self._intake.app.oauth_flow
+        flow = self._intake.oauth_flow
         if flow is None:
             raise web.HTTPNotFound(text="OAuth install is not configured ([slack] client_id)")
         return await to_aiohttp_response(
@@ -120,7 +120,7 @@ class SlackRoutes:
         )
 
     async def oauth_redirect(self, request: web.Request) -> web.Response:
-        flow = self._intake.app.oauth_flow
+        flow = self._intake.oauth_flow
         if flow is None:
             raise web.HTTPNotFound(text="OAuth install is not configured ([slack] client_id)")
         return await to_aiohttp_response(await flow.handle_callback(await to_bolt_request(request)))
