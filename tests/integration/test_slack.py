@@ -482,3 +482,20 @@ async def test_slack_environment_variables_are_never_used(
     assert [post.args["text"] for post in slack.posts] == ["still here"]
     assert {call.token for call in slack.calls} == {"xoxb-test"}
     assert slack.called("oauth.v2.access") == []
+
+
+async def test_connection_dropped_mid_reply_resumes_after_the_parts_already_posted(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack, message_limit=200)
+    paragraphs = [f"Paragraph {n}. " + "word " * 30 for n in range(3)]
+    # Part 2's connection drops twice: once for us, once for slack_sdk's own reconnect retry.
+    slack.fail_next("chat.postMessage", drop=True, after=1)
+    slack.fail_next("chat.postMessage", drop=True)
+    await post_event(live, envelope(mention("\n\n".join(paragraphs))))
+    [run_id] = await _run_ids(live)
+    row = await wait_for_delivery(live, run_id, "sent")
+    assert row["attempts"] == 2 and row["progress"] == 3
+    texts = [post.args["text"] for post in slack.posts]
+    assert texts == [paragraph.strip() for paragraph in paragraphs]
+    assert len(slack.called("chat.postMessage")) == 5  # 1 sent, 2 dropped, 2 sent

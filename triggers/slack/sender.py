@@ -36,6 +36,9 @@ from triggers.webhook import retry_after
 logger = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 30.0
+UNREACHABLE = (aiohttp.ClientError, httpx.HTTPError, TimeoutError)
+"""Transport failures: the Web API client is aiohttp (slack_sdk), attachments and
+``response_url`` go through httpx; a retry may succeed."""
 # Errors that mean "this message can never be posted here" (a retry would fail the same way).
 PERMANENT_ERRORS = frozenset(
     {
@@ -158,7 +161,7 @@ class SlackSender:
             await self._client(workspace.bot_token).reactions_add(
                 channel=channel, timestamp=message_ts, name=reaction
             )
-        except (SlackApiError, OSError) as exc:
+        except (SlackApiError, *UNREACHABLE) as exc:
             logger.info("slack: no %s reaction on %s/%s: %r", reaction, channel, message_ts, exc)
 
     async def send(self, delivery: Delivery) -> SendResult:
@@ -189,12 +192,15 @@ class SlackSender:
                     return stop.result.model_copy(update={"progress": index})
                 except SlackApiError as exc:
                     return _result_of(exc, progress=index)
+                except UNREACHABLE as exc:
+                    # The parts before this one are in the thread: the retry starts here.
+                    return _unreachable(exc, progress=index)
             await self._swap_reaction(client, channel, details, failed=bool(reply and reply.failed))
             return SendResult.sent(progress=len(parts))
-        except httpx.HTTPError as exc:
-            return SendResult.retry(
-                f"slack unreachable: {type(exc).__name__}", progress=delivery.progress
-            )
+        except UNREACHABLE as exc:
+            return _unreachable(exc, progress=delivery.progress)
+        except SlackApiError as exc:  # auth.test refused the single-workspace token
+            return _result_of(exc, progress=delivery.progress)
 
     def _client(self, token: str) -> AsyncWebClient:
         client = self._clients.get(token)
@@ -261,7 +267,10 @@ class SlackSender:
                 "response_type": details.get("response_type", "ephemeral"),
                 "replace_original": False,
             }
-            response = await self._http.post(url, json=body, timeout=FETCH_TIMEOUT)
+            try:
+                response = await self._http.post(url, json=body, timeout=FETCH_TIMEOUT)
+            except httpx.HTTPError as exc:
+                return _unreachable(exc, progress=index)
             if response.status_code == 429 or response.status_code >= 500:
                 return SendResult.retry(
                     f"response_url answered {response.status_code}",
@@ -309,6 +318,12 @@ class SlackSender:
                 message_ts,
                 exc.response.get("error"),
             )
+        except UNREACHABLE as exc:  # the reply is out: never worth a retry that re-posts it
+            logger.info("slack: reaction on %s/%s not changed: %r", channel, message_ts, exc)
+
+
+def _unreachable(exc: BaseException, *, progress: int) -> SendResult:
+    return SendResult.retry(f"slack unreachable: {type(exc).__name__}", progress=progress)
 
 
 def _result_of(exc: SlackApiError, *, progress: int) -> SendResult:
