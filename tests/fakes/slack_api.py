@@ -69,6 +69,8 @@ class SlackApi:
     """User id → display name for ``users.info``."""
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Bot token → (team id, bot user id), for ``auth.test``; unknown tokens are ``TEAM_ID``."""
+    holds: dict[str, asyncio.Event] = field(default_factory=dict)
+    """Method → an event its calls wait for before being answered (a slow Slack)."""
     _failures: dict[str, list[_Failure]] = field(default_factory=dict)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _ts: int = 0
@@ -132,6 +134,9 @@ class SlackApi:
         authorization = request.headers.get("Authorization", "")
         token = authorization.removeprefix("Bearer ") or None
         call = Call(method, args, token)
+        hold = self.holds.get(method)
+        if hold is not None:
+            await hold.wait()
         failures = self._failures.get(method)
         if failures and failures[0].after > 0:
             failures[0].after -= 1

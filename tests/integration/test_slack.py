@@ -499,3 +499,46 @@ async def test_connection_dropped_mid_reply_resumes_after_the_parts_already_post
     texts = [post.args["text"] for post in slack.posts]
     assert texts == [paragraph.strip() for paragraph in paragraphs]
     assert len(slack.called("chat.postMessage")) == 5  # 1 sent, 2 dropped, 2 sent
+
+
+async def test_event_from_another_workspace_is_not_answered_with_the_single_token(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    response = await post_event(live, envelope(mention(), team="TOTHER"))
+    assert response.status_code == 200
+    assert await run_count(live) == 0
+    assert live.services.slack is not None
+    delivery = Delivery(
+        id=1,
+        run_id="req_x",
+        channel="slack",
+        target={"channel": "slack", "address": "C1", "details": {"team_id": "TOTHER"}},
+        reply=Reply(text="not for you"),
+        record={},
+        attempts=1,
+        progress=0,
+    )
+    result = await live.services.slack.sender.send(delivery)
+    assert result.outcome == "failed" and "TOTHER" in str(result.error)
+    assert slack.posts == [] and slack.called("chat.postMessage") == []
+    # The token's own workspace (auth.test says T111) is still answered.
+    assert (await post_event(live, envelope(mention("mine"), event_id="Ev2"))).status_code == 200
+    await slack.wait_for(lambda: slack.posts)
+    assert [post.args["text"] for post in slack.posts] == ["mine"]
+
+
+async def test_a_slow_first_auth_test_does_not_hold_the_ack(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    slack.holds["auth.test"] = asyncio.Event()
+    started = time.monotonic()
+    response = await post_event(live, envelope(mention("patience")))
+    # Not stored, so not acknowledged: Slack delivers it again later.
+    assert response.status_code == 500 and time.monotonic() - started < 2.5
+    assert await run_count(live) == 0
+    slack.holds.pop("auth.test").set()
+    assert (await post_event(live, envelope(mention("patience")), retry=1)).status_code == 200
+    await slack.wait_for(lambda: slack.posts)
+    assert [post.args["text"] for post in slack.posts] == ["patience"]

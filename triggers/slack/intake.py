@@ -192,6 +192,8 @@ class SlackIntake:
             owner_id=self._settings.owner,
             team_id=team,
             event_id=body.get("event_id"),
+            enterprise_id=context.enterprise_id,
+            enterprise_install=bool(context.is_enterprise_install),
         )
         submitted = await self._deps.gateway.submit(request)
         if not submitted.created:
@@ -233,7 +235,11 @@ class SlackIntake:
             command, sender_name=command.get("user_name"), received_at=self._deps.clock.now()
         )
         request = command_run_request(
-            message, chosen, owner_id=self._settings.owner, team_id=team_of(command)
+            message,
+            chosen,
+            owner_id=self._settings.owner,
+            team_id=team_of(command),
+            enterprise_id=command.get("enterprise_id") or None,
         )
         submitted = await self._deps.gateway.submit(request)
         logger.debug("slack: %s became run %s", command.get("command"), submitted.id)

@@ -154,7 +154,9 @@ class SlackSender:
     ) -> None:
         try:
             workspace = await self._tokens.for_workspace(
-                details.get("enterprise_id"), details.get("team_id")
+                details.get("enterprise_id"),
+                details.get("team_id"),
+                enterprise_install=bool(details.get("enterprise_install")),
             )
             if workspace is None or workspace.bot_token is None:
                 return
@@ -173,7 +175,9 @@ class SlackSender:
             if details.get("response_url"):
                 return await self._respond(delivery, str(details["response_url"]), details)
             workspace = await self._tokens.for_workspace(
-                details.get("enterprise_id"), details.get("team_id")
+                details.get("enterprise_id"),
+                details.get("team_id"),
+                enterprise_install=bool(details.get("enterprise_install")),
             )
             if workspace is None or workspace.bot_token is None:
                 return SendResult.failed(
