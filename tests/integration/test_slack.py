@@ -542,3 +542,49 @@ async def test_a_slow_first_auth_test_does_not_hold_the_ack(
     assert (await post_event(live, envelope(mention("patience")), retry=1)).status_code == 200
     await slack.wait_for(lambda: slack.posts)
     assert [post.args["text"] for post in slack.posts] == ["patience"]
+
+
+def with_file(fake: SlackApi, **extra: Any) -> dict[str, Any]:
+    fake.private_files["report.txt"] = b"quarterly numbers"
+    shared = {
+        "id": "F1",
+        "name": "report.txt",
+        "mimetype": "text/plain",
+        "url_private_download": fake.private_url("report.txt"),
+    }
+    return mention("see file", files=[shared], **extra)
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "together"])
+async def test_twins_and_retries_copy_the_files_once(
+    live_factory: LiveFactory, slack: SlackApi, together: bool
+) -> None:
+    live = await start(live_factory, slack, roles={"web"})
+    event = with_file(slack)
+    as_mention = envelope(event, event_id="EvA")
+    as_message = envelope({**event, "type": "message", "channel_type": "channel"}, event_id="EvB")
+    deliveries = [
+        post_event(live, as_mention),
+        post_event(live, as_message),
+        *(post_event(live, as_mention, retry=n) for n in (1, 2)),
+    ]
+    if together:
+        answers = await asyncio.gather(*deliveries)
+    else:
+        answers = [await delivery for delivery in deliveries]
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert await run_count(live) == 1
+    assert slack.downloads == ["report.txt"]
+    assert len(slack.called("users.info")) <= 1
+
+
+async def test_a_retry_another_node_took_is_not_worked_on_again(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    first = await start(live_factory, slack, roles={"web"})
+    second = await start(live_factory, slack, roles={"web"})
+    event = envelope(with_file(slack))
+    assert (await post_event(first, event)).status_code == 200
+    assert (await post_event(second, event, retry=1)).status_code == 200
+    assert await run_count(second) == 1
+    assert slack.downloads == ["report.txt"]

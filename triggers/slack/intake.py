@@ -10,7 +10,10 @@ attached files are copied into our file store under a deadline.
 Exactly once (PROTOCOLS §1.3): the run's idempotency key is ``slack:<team>:<channel>:<ts>``, the
 user message itself; the ``app_mention`` and ``message`` deliveries of one message and every
 retry (``X-Slack-Retry-Num``) carry the same channel and ts, so they find the run the first one
-made. Every event type has a listener (a no-op for the ones we do not answer): bolt would
+made. Repeats are recognised before any work (``users.info``, file copies): by the message keys
+and event ids this process accepted lately (:class:`RecentMessages`, twins in flight wait for
+each other), and for retries and messages with files by the key in the database. Every event
+type has a listener (a no-op for the ones we do not answer): bolt would
 otherwise answer 404, which Slack counts as a failure and retries.
 """
 
@@ -62,6 +65,7 @@ from triggers.slack.messages import (
     strip_mention,
     team_of,
 )
+from triggers.slack.recent import RecentMessages
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +103,7 @@ class SlackIntake:
         self._settings = settings
         self._deps = deps
         self._names: dict[str, tuple[float, str | None]] = {}
+        self._recent = RecentMessages()
         oauth = explicit_oauth_settings(settings, installations, oauth_states, redirect_uri)
         self.oauth_flow = AsyncOAuthFlow(settings=oauth) if settings.oauth_enabled else None
         """The install flow, or ``None`` without ``[slack] client_id`` (``/slack/install`` 404s)."""
@@ -134,17 +139,25 @@ class SlackIntake:
         return await self.app.async_dispatch(request)
 
     async def accept_mention(
-        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+        self,
+        event: dict[str, Any],
+        body: dict[str, Any],
+        context: AsyncBoltContext,
+        request: AsyncBoltRequest,
     ) -> None:
         """``app_mention``: a mention in a channel or thread (never a DM)."""
         reason = ignored_because(event, context.bot_user_id)
         if reason is not None:
             logger.debug("slack: event %s ignored: %s", body.get("event_id"), reason)
             return
-        await self._accept(event, body, context, follow_up=False)
+        await self._accept(event, body, context, request, follow_up=False)
 
     async def accept_message(
-        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+        self,
+        event: dict[str, Any],
+        body: dict[str, Any],
+        context: AsyncBoltContext,
+        request: AsyncBoltRequest,
     ) -> None:
         """``message.*``: DMs, and plain follow-ups in threads a route follows. A channel
         message that mentions us is the twin of an ``app_mention``: same run (same key)."""
@@ -153,19 +166,50 @@ class SlackIntake:
             logger.debug("slack: event %s ignored: %s", body.get("event_id"), reason)
             return
         if event.get("channel_type") == "im" or mentions(event, context.bot_user_id):
-            await self._accept(event, body, context, follow_up=False)
+            await self._accept(event, body, context, request, follow_up=False)
         elif event.get("thread_ts") and event.get("thread_ts") != event.get("ts"):
-            await self._accept(event, body, context, follow_up=True)
+            await self._accept(event, body, context, request, follow_up=True)
 
     async def _accept(
         self,
         event: Mapping[str, Any],
         body: Mapping[str, Any],
         context: AsyncBoltContext,
+        request: AsyncBoltRequest,
         *,
         follow_up: bool,
     ) -> None:
         team = team_of(body)
+        channel = str(event["channel"])
+        key = message_key(team, channel, str(event["ts"]))
+        event_id = body.get("event_id")
+        # Twins and retries first (PROTOCOLS §1.3): before any lookup, users.info or file copy.
+        if self._recent.accepted(key, event_id):
+            logger.debug("slack: event %s is a repeat of %s", event_id, key)
+            return
+        async with self._recent.one_at_a_time(key):
+            if self._recent.accepted(key, event_id):
+                logger.debug("slack: event %s is a repeat of %s", event_id, key)
+                return
+            if (request.headers.get("x-slack-retry-num") or event.get("files")) and (
+                await self._stored(key)
+            ):
+                # A retry (or a message with files) another node or an earlier process took.
+                self._recent.remember(key, event_id)
+                logger.debug("slack: event %s is a repeat of %s", event_id, key)
+                return
+            await self._accept_new(event, body, context, team=team, follow_up=follow_up)
+            self._recent.remember(key, event_id)
+
+    async def _accept_new(
+        self,
+        event: Mapping[str, Any],
+        body: Mapping[str, Any],
+        context: AsyncBoltContext,
+        *,
+        team: str,
+        follow_up: bool,
+    ) -> None:
         channel = str(event["channel"])
         text = strip_mention(str(event.get("text") or ""), context.bot_user_id)
         chosen = choose_workflow(self._settings, channel=channel, text=text)
@@ -207,16 +251,18 @@ class SlackIntake:
             "slack: event %s in %s became run %s", body.get("event_id"), channel, submitted.id
         )
 
+    async def _stored(self, key: str) -> bool:
+        async with self._deps.database.read() as conn:
+            found = await conn.execute(select(runs.c.id).where(runs.c.idempotency_key == key))
+            return found.first() is not None
+
     async def _in_thread(
         self, event: Mapping[str, Any], team: str, bot_user_id: str | None
     ) -> bool:
         """Whether we are in this thread: we started it, or its first message made a run."""
         if bot_user_id is not None and event.get("parent_user_id") == bot_user_id:
             return True
-        root = message_key(team, str(event["channel"]), str(event["thread_ts"]))
-        async with self._deps.database.read() as conn:
-            found = await conn.execute(select(runs.c.id).where(runs.c.idempotency_key == root))
-            return found.first() is not None
+        return await self._stored(message_key(team, str(event["channel"]), str(event["thread_ts"])))
 
     async def accept_command(
         self, ack: AsyncAck, command: dict[str, Any], context: AsyncBoltContext
