@@ -276,6 +276,7 @@ async def test_rate_limited_post_is_retried_after_retry_after(
     await slack.wait_for(lambda: slack.posts)
     attempts = slack.called("chat.postMessage")
     assert len(attempts) == 2 and len(slack.posts) == 1
+    assert attempts[1].at - attempts[0].at >= 1.0  # Retry-After: 1 honoured
     [run_id] = await _run_ids(live)
     row = await wait_for_delivery(live, run_id, "sent")
     assert row["attempts"] == 2
@@ -588,3 +589,112 @@ async def test_a_retry_another_node_took_is_not_worked_on_again(
     assert (await post_event(second, event, retry=1)).status_code == 200
     assert await run_count(second) == 1
     assert slack.downloads == ["report.txt"]
+
+
+async def test_replies_to_one_channel_are_paced(live_factory: LiveFactory, slack: SlackApi) -> None:
+    live = await start(live_factory, slack, channel_interval=1)
+    await post_event(live, envelope(mention("first", ts="5.1"), event_id="Ev1"))
+    await post_event(live, envelope(mention("second", ts="5.2"), event_id="Ev2"))
+    await slack.wait_for(lambda: len(slack.posts) == 2)
+    first, second = slack.posts
+    assert {first.args["text"], second.args["text"]} == {"first", "second"}
+    assert second.at - first.at >= 0.95
+
+
+async def test_server_error_is_retried_then_sent(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    slack.fail_next("chat.postMessage", status=500, error="internal_error")
+    await post_event(live, envelope(mention("eventually")))
+    [run_id] = await _run_ids(live)
+    row = await wait_for_delivery(live, run_id, "sent")
+    assert row["attempts"] == 2
+    assert len(slack.called("chat.postMessage")) == 2
+    assert [post.args["text"] for post in slack.posts] == ["eventually"]
+
+
+async def test_slash_command_result_is_ephemeral_by_default(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    form = {
+        "team_id": "T111",
+        "channel_id": "C1",
+        "user_id": "U42",
+        "command": "/echo",
+        "text": "just for me",
+        "response_url": slack.response_url("cmd2"),
+        "trigger_id": "123.789",
+    }
+    raw = urlencode(form)
+    headers = signed_headers(SECRET, raw, content_type="application/x-www-form-urlencoded")
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{live.url}/slack/commands", content=raw, headers=headers)
+    assert response.status_code == 200
+    await slack.wait_for(lambda: slack.responses)
+    [answer] = slack.responses
+    assert answer["text"] == "just for me" and answer["response_type"] == "ephemeral"
+    assert answer["url"].endswith("/response/cmd2")
+    assert slack.called("chat.postMessage") == []
+
+
+async def test_channel_route_answers_only_its_channel(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(
+        live_factory,
+        slack,
+        workflow=None,
+        routes=[{"workflow": "echo", "channels": ["C7"], "inputs": {"reply": "from the C7 route"}}],
+    )
+    await post_event(live, envelope(mention("elsewhere", ts="6.1"), event_id="Ev1"))
+    await post_event(live, envelope(mention("here", ts="6.2", channel="C7"), event_id="Ev2"))
+    await slack.wait_for(lambda: slack.called("reactions.remove"))
+    [post] = slack.posts
+    assert post.args["channel"] == "C7" and post.args["thread_ts"] == "6.2"
+    assert post.args["text"] == "from the C7 route"
+    assert await run_count(live) == 1
+
+
+@pytest.mark.parametrize(
+    ("reactions", "added", "removed"),
+    [
+        (
+            {"working_reaction": "hourglass", "done_reaction": "tada"},
+            ["hourglass", "tada"],
+            ["hourglass"],
+        ),
+        ({"done_reaction": None}, ["eyes"], ["eyes"]),
+        ({"working_reaction": None}, [], []),
+    ],
+    ids=["custom", "no-done", "disabled"],
+)
+async def test_reactions_can_be_changed_or_turned_off(
+    live_factory: LiveFactory,
+    slack: SlackApi,
+    reactions: dict[str, Any],
+    added: list[str],
+    removed: list[str],
+) -> None:
+    live = await start(live_factory, slack, **reactions)
+    await post_event(live, envelope(mention("react")))
+    [run_id] = await _run_ids(live)
+    await wait_for_delivery(live, run_id, "sent")  # the swap happens before "sent"
+    assert [post.args["text"] for post in slack.posts] == ["react"]
+    assert [call.args["name"] for call in slack.called("reactions.add")] == added
+    assert [call.args["name"] for call in slack.called("reactions.remove")] == removed
+
+
+async def test_undeliverable_reply_swaps_eyes_for_the_failure_reaction(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    slack.fail_next("chat.postMessage", error="not_in_channel")
+    await post_event(live, envelope(mention("lost")))
+    [run_id] = await _run_ids(live)
+    row = await wait_for_delivery(live, run_id, "failed")
+    assert "not_in_channel" in str(row["last_error"])
+    assert slack.posts == []
+    assert [call.args["name"] for call in slack.called("reactions.add")] == ["eyes", "x"]
+    assert [call.args["name"] for call in slack.called("reactions.remove")] == ["eyes"]

@@ -4,8 +4,9 @@ One delivery is several Slack calls, each a "part": the text (Markdown rendered 
 into messages of ``message_limit`` characters without breaking code blocks), then one file upload
 per attachment. ``progress`` counts the parts sent, so a retry resumes after them. At the end the
 ``:eyes:`` reaction put on the user's message when a worker started the run
-(:meth:`SlackSender.working`) is swapped for the done/failed one (best-effort: a reaction that
-cannot be changed never holds a reply back).
+(:meth:`SlackSender.working`) is swapped for the done/failed one, the failed one also when the
+reply itself cannot be delivered (best-effort: a reaction that cannot be changed never holds a
+reply back).
 
 Slack answers errors with HTTP 200 ``ok: false`` (PROTOCOLS §1.6): the ones no retry can fix fail
 the delivery; ``ratelimited``/HTTP 429 is retried after ``Retry-After`` (§1.7); the rest retry
@@ -190,15 +191,13 @@ class SlackSender:
                 if index < done:
                     continue
                 await self._pace(channel)
-                try:
-                    await part(client, channel, target.get("thread_id"))
-                except _Attempt as stop:
-                    return stop.result.model_copy(update={"progress": index})
-                except SlackApiError as exc:
-                    return _result_of(exc, progress=index)
-                except UNREACHABLE as exc:
-                    # The parts before this one are in the thread: the retry starts here.
-                    return _unreachable(exc, progress=index)
+                stopped = await _post(part, client, channel, target.get("thread_id"), index)
+                if stopped is not None:
+                    if stopped.outcome == "failed":
+                        # No retry will bring the reply: the user's message should not keep
+                        # saying "working" forever.
+                        await self._swap_reaction(client, channel, details, failed=True)
+                    return stopped
             await self._swap_reaction(client, channel, details, failed=bool(reply and reply.failed))
             return SendResult.sent(progress=len(parts))
         except UNREACHABLE as exc:
@@ -324,6 +323,26 @@ class SlackSender:
             )
         except UNREACHABLE as exc:  # the reply is out: never worth a retry that re-posts it
             logger.info("slack: reaction on %s/%s not changed: %r", channel, message_ts, exc)
+
+
+async def _post(
+    part: Callable[[AsyncWebClient, str, str | None], Awaitable[None]],
+    client: AsyncWebClient,
+    channel: str,
+    thread: str | None,
+    index: int,
+) -> SendResult | None:
+    """Sends one part; ``None`` when it went out, else the attempt's result (``progress`` =
+    ``index``: the parts before this one are in the thread, the retry starts here)."""
+    try:
+        await part(client, channel, thread)
+    except _Attempt as stop:
+        return stop.result.model_copy(update={"progress": index})
+    except SlackApiError as exc:
+        return _result_of(exc, progress=index)
+    except UNREACHABLE as exc:
+        return _unreachable(exc, progress=index)
+    return None
 
 
 def _unreachable(exc: BaseException, *, progress: int) -> SendResult:
