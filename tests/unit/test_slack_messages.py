@@ -18,7 +18,7 @@ from triggers.slack.messages import (
     strip_mention,
     thread_of,
 )
-from triggers.slack.mrkdwn import render_mrkdwn
+from triggers.slack.mrkdwn import render_mrkdwn, split_mrkdwn
 
 USER_MESSAGE: dict[str, Any] = {"user": "U1", "channel": "C1", "ts": "1.1", "text": "hi"}
 
@@ -121,3 +121,14 @@ def test_the_reply_target_names_the_workspace_and_its_enterprise() -> None:
     plain = event_run_request(message, chosen, owner_id="o", team_id="T1", event_id=None)
     assert plain.reply_target is not None
     assert plain.reply_target.details == {"team_id": "T1", "message_ts": "1.1"}
+
+
+def test_long_mrkdwn_is_never_split_inside_a_link() -> None:
+    markdown = "see " * 40 + "[the full quarterly report for all regions](https://example.com/q3)"
+    mrkdwn = render_mrkdwn(markdown + " and more text after the link" * 10)
+    link = "<https://example.com/q3|the full quarterly report for all regions>"
+    assert link in mrkdwn
+    parts = split_mrkdwn(mrkdwn, 200)
+    assert all(len(part) <= 200 for part in parts)
+    assert sum(part.count(link) for part in parts) == 1
+    assert all(part.count("<") == part.count(">") for part in parts)

@@ -28,10 +28,9 @@ import httpx
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from core.chunking import split_text
 from core.replies import Delivery, Reply, SendResult
 from triggers.slack.installations import BotTokens
-from triggers.slack.mrkdwn import render_mrkdwn
+from triggers.slack.mrkdwn import render_mrkdwn, split_mrkdwn
 from triggers.webhook import retry_after
 
 logger = logging.getLogger(__name__)
@@ -221,7 +220,7 @@ class SlackSender:
             return []
         parts: list[Callable[[AsyncWebClient, str, str | None], Awaitable[None]]] = []
         text = render_mrkdwn(reply.text) if reply.text.strip() else ""
-        for chunk in split_text(text, self._settings.message_limit) if text else []:
+        for chunk in split_mrkdwn(text, self._settings.message_limit) if text else []:
 
             async def post(
                 client: AsyncWebClient, channel: str, thread: str | None, chunk: str = chunk
@@ -261,7 +260,7 @@ class SlackSender:
             return SendResult.sent()
         lines = [reply.text, *reply.attachments]
         text = render_mrkdwn("\n\n".join(line for line in lines if line.strip()))
-        parts = split_text(text, self._settings.message_limit) if text else []
+        parts = split_mrkdwn(text, self._settings.message_limit) if text else []
         for index, chunk in enumerate(parts):
             if index < delivery.progress:
                 continue
