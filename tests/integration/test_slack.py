@@ -686,15 +686,25 @@ async def test_reactions_can_be_changed_or_turned_off(
     assert [call.args["name"] for call in slack.called("reactions.remove")] == removed
 
 
+@pytest.mark.parametrize("failure", ["permanent", "given-up"])
 async def test_undeliverable_reply_swaps_eyes_for_the_failure_reaction(
-    live_factory: LiveFactory, slack: SlackApi
+    live_factory: LiveFactory, slack: SlackApi, failure: str
 ) -> None:
-    live = await start(live_factory, slack)
-    slack.fail_next("chat.postMessage", error="not_in_channel")
+    if failure == "permanent":
+        live = await start(live_factory, slack)
+        slack.fail_next("chat.postMessage", error="not_in_channel")
+    else:  # a transient error on the outbox's last attempt
+        live = await live_factory.start(
+            roles={"web", "worker"}, slack=slack_section(slack), delivery={"max_attempts": 2}
+        )
+        for _ in range(2):
+            slack.fail_next("chat.postMessage", status=500, error="internal_error")
     await post_event(live, envelope(mention("lost")))
     [run_id] = await _run_ids(live)
     row = await wait_for_delivery(live, run_id, "failed")
-    assert "not_in_channel" in str(row["last_error"])
+    assert ("not_in_channel" if failure == "permanent" else "internal_error") in str(
+        row["last_error"]
+    )
     assert slack.posts == []
     assert [call.args["name"] for call in slack.called("reactions.add")] == ["eyes", "x"]
     assert [call.args["name"] for call in slack.called("reactions.remove")] == ["eyes"]

@@ -73,6 +73,8 @@ class SenderSettings:
     working_reaction: str | None = "eyes"
     done_reaction: str | None = "white_check_mark"
     failed_reaction: str | None = "x"
+    delivery_attempts: int = 8
+    """The outbox's ``max_attempts``: a retry asked for on the last attempt is a failure."""
 
 
 class Reactions:
@@ -192,9 +194,10 @@ class SlackSender:
                 await self._pace(channel)
                 stopped = await _post(part, client, channel, target.get("thread_id"), index)
                 if stopped is not None:
-                    if stopped.outcome == "failed":
-                        # No retry will bring the reply: the user's message should not keep
-                        # saying "working" forever.
+                    last = delivery.attempts >= self._settings.delivery_attempts
+                    if stopped.outcome == "failed" or last:
+                        # No retry will bring the reply (a permanent error, or the outbox gives
+                        # up now): the user's message should not keep saying "working".
                         await self._swap_reaction(client, channel, details, failed=True)
                     return stopped
             await self._swap_reaction(client, channel, details, failed=bool(reply and reply.failed))

@@ -66,8 +66,15 @@ class SlackChannel:
 
 
 def open_slack(
-    settings: SlackSettings, database: Database, clock: Clock, http: httpx.AsyncClient
+    settings: SlackSettings,
+    database: Database,
+    clock: Clock,
+    http: httpx.AsyncClient,
+    *,
+    delivery_attempts: int,
 ) -> SlackChannel:
+    """The channel's parts; ``delivery_attempts`` is the outbox's ``[delivery] max_attempts``
+    (after the last one the sender shows the failure reaction)."""
     installations = SlackInstallations(database, clock)
     bot_token = settings.bot_token.get_secret_value() if settings.bot_token else None
     session = aiohttp.ClientSession()
@@ -84,6 +91,7 @@ def open_slack(
             working_reaction=settings.working_reaction,
             done_reaction=settings.done_reaction,
             failed_reaction=settings.failed_reaction,
+            delivery_attempts=delivery_attempts,
         ),
         reactions,
         session,
