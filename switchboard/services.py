@@ -168,7 +168,13 @@ async def open_services(
         }
         slack = None
         if settings.slack.enabled:
-            slack = open_slack(settings.slack, database, clock, http)
+            slack = open_slack(
+                settings.slack,
+                database,
+                clock,
+                http,
+                delivery_attempts=settings.delivery.max_attempts,
+            )
             stack.push_async_callback(slack.aclose)
             senders["slack"] = slack.sender
         if settings.whatsapp.enabled:

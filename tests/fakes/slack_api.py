@@ -4,8 +4,8 @@ Methods: ``auth.test``, ``chat.postMessage``, ``reactions.add/remove``, ``users.
 ``files.getUploadURLExternal`` + the upload URL + ``files.completeUploadExternal`` (the
 ``files_upload_v2`` flow), ``oauth.v2.access``; plus ``response_url`` endpoints for slash commands
 and private file downloads. Failures are programmed per method with :meth:`SlackApi.fail_next`
-(HTTP 429 with ``Retry-After``, or HTTP 200 ``ok: false``). Tests (Slack's and the scheduler's)
-wait on what arrived with :meth:`SlackApi.wait_for`.
+(HTTP 429 with ``Retry-After``, HTTP 200 or 500 ``ok: false``, or a dropped connection). Tests
+(Slack's and the scheduler's) wait on what arrived with :meth:`SlackApi.wait_for`.
 
 Usage::
 
@@ -40,6 +40,8 @@ class Call:
     method: str
     args: dict[str, Any]
     token: str | None
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (``time.monotonic``), for pacing and ``Retry-After`` checks."""
 
 
 @dataclass
@@ -47,6 +49,8 @@ class _Failure:
     status: int
     error: str
     retry_after: int | None
+    drop: bool
+    after: int
 
 
 @dataclass
@@ -59,10 +63,14 @@ class SlackApi:
     """Bytes uploaded to ``files.getUploadURLExternal`` URLs, by file id."""
     private_files: dict[str, bytes] = field(default_factory=dict)
     """Files served at ``{base_url}/files-pri/<name>`` (a bot token is required)."""
+    downloads: list[str] = field(default_factory=list)
+    """Names of the private files downloaded, in order."""
     users: dict[str, str] = field(default_factory=dict)
     """User id → display name for ``users.info``."""
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Bot token → (team id, bot user id), for ``auth.test``; unknown tokens are ``TEAM_ID``."""
+    holds: dict[str, asyncio.Event] = field(default_factory=dict)
+    """Method → an event its calls wait for before being answered (a slow Slack)."""
     _failures: dict[str, list[_Failure]] = field(default_factory=dict)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _ts: int = 0
@@ -84,9 +92,14 @@ class SlackApi:
         error: str = "ratelimited",
         status: int = 200,
         retry_after: int | None = None,
+        drop: bool = False,
+        after: int = 0,
     ) -> None:
-        """The next call of ``method`` fails (``status`` 429 sends ``Retry-After``)."""
-        self._failures.setdefault(method, []).append(_Failure(status, error, retry_after))
+        """The next call of ``method`` fails (``status`` 429 sends ``Retry-After``), or, with
+        ``drop``, has its connection closed unanswered; ``after`` lets that many calls succeed
+        first. Failures queue up: each one applies once the ones before it are used."""
+        failure = _Failure(status, error, retry_after, drop, after)
+        self._failures.setdefault(method, []).append(failure)
 
     def called(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
@@ -121,10 +134,19 @@ class SlackApi:
         authorization = request.headers.get("Authorization", "")
         token = authorization.removeprefix("Bearer ") or None
         call = Call(method, args, token)
+        hold = self.holds.get(method)
+        if hold is not None:
+            await hold.wait()
         failures = self._failures.get(method)
-        if failures:
+        if failures and failures[0].after > 0:
+            failures[0].after -= 1
+        elif failures:
             failure = failures.pop(0)
             await self._record(call)
+            if failure.drop:
+                assert request.transport is not None
+                request.transport.close()  # the client sees the connection dropped
+                return web.Response(status=500)
             headers = (
                 {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
             )
@@ -208,6 +230,7 @@ class SlackApi:
     async def private_file(self, request: web.Request) -> web.Response:
         if not request.headers.get("Authorization", "").startswith("Bearer xoxb-"):
             return web.Response(status=403)
+        self.downloads.append(request.match_info["name"])
         data = self.private_files.get(request.match_info["name"])
         if data is None:
             return web.Response(status=404)

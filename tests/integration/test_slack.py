@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -275,6 +276,7 @@ async def test_rate_limited_post_is_retried_after_retry_after(
     await slack.wait_for(lambda: slack.posts)
     attempts = slack.called("chat.postMessage")
     assert len(attempts) == 2 and len(slack.posts) == 1
+    assert attempts[1].at - attempts[0].at >= 1.0  # Retry-After: 1 honoured
     [run_id] = await _run_ids(live)
     row = await wait_for_delivery(live, run_id, "sent")
     assert row["attempts"] == 2
@@ -435,3 +437,274 @@ async def test_follow_up_in_a_thread_we_are_in_is_answered_when_the_route_says_s
     assert sorted(post.args["text"] for post in slack.posts) == ["and another thing", "start"]
     assert {post.args["thread_ts"] for post in slack.posts} == {"3.1"}
     assert await run_count(live) == 2
+
+
+SLACK_ENVIRONMENT = {
+    "SLACK_CLIENT_ID": "999.888",
+    "SLACK_CLIENT_SECRET": "from-the-environment",
+    "SLACK_SCOPES": "admin",
+    "SLACK_USER_SCOPES": "users:read",
+    "SLACK_REDIRECT_URI": "https://attacker.example/redirect",
+    "SLACK_VERIFICATION_TOKEN": "legacy",
+    "SLACK_BOT_TOKEN": "xoxb-from-the-environment",
+    "SLACK_SIGNING_SECRET": "not-the-secret",
+}
+
+
+async def test_slack_environment_variables_are_never_used(
+    live_factory: LiveFactory,
+    slack: SlackApi,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # bolt 1.x builds an OAuth install flow (file stores under $HOME) from SLACK_CLIENT_ID/SECRET
+    # when given no OAuth settings, and takes tokens and secrets it is not given from SLACK_*.
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name, value in SLACK_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    live = await start(live_factory, slack)
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        assert (await http.get("/slack/install")).status_code == 404
+        callback = await http.get("/slack/oauth_redirect", params={"code": "c", "state": "s"})
+        assert callback.status_code == 404
+        # Slack's ssl_check probe carries the legacy token; bolt's own check (with the token
+        # from SLACK_VERIFICATION_TOKEN) would refuse it.
+        probe = urlencode({"ssl_check": "1", "token": "legacy"})
+        headers = signed_headers(
+            SECRET, probe, content_type="application/x-www-form-urlencoded"
+        )
+        response = await http.post("/slack/commands", content=probe, headers=headers)
+        assert response.status_code == 200
+    assert [path.name for path in home.iterdir() if path.name.startswith(".bolt")] == []
+    assert (await post_event(live, envelope(mention("still here")))).status_code == 200
+    await slack.wait_for(lambda: slack.called("reactions.remove"))
+    assert [post.args["text"] for post in slack.posts] == ["still here"]
+    assert {call.token for call in slack.calls} == {"xoxb-test"}
+    assert slack.called("oauth.v2.access") == []
+
+
+async def test_connection_dropped_mid_reply_resumes_after_the_parts_already_posted(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack, message_limit=200)
+    paragraphs = [f"Paragraph {n}. " + "word " * 30 for n in range(3)]
+    # Part 2's connection drops twice: once for us, once for slack_sdk's own reconnect retry.
+    slack.fail_next("chat.postMessage", drop=True, after=1)
+    slack.fail_next("chat.postMessage", drop=True)
+    await post_event(live, envelope(mention("\n\n".join(paragraphs))))
+    [run_id] = await _run_ids(live)
+    row = await wait_for_delivery(live, run_id, "sent")
+    assert row["attempts"] == 2 and row["progress"] == 3
+    texts = [post.args["text"] for post in slack.posts]
+    assert texts == [paragraph.strip() for paragraph in paragraphs]
+    assert len(slack.called("chat.postMessage")) == 5  # 1 sent, 2 dropped, 2 sent
+
+
+async def test_event_from_another_workspace_is_not_answered_with_the_single_token(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    response = await post_event(live, envelope(mention(), team="TOTHER"))
+    assert response.status_code == 200
+    assert await run_count(live) == 0
+    assert live.services.slack is not None
+    delivery = Delivery(
+        id=1,
+        run_id="req_x",
+        channel="slack",
+        target={"channel": "slack", "address": "C1", "details": {"team_id": "TOTHER"}},
+        reply=Reply(text="not for you"),
+        record={},
+        attempts=1,
+        progress=0,
+    )
+    result = await live.services.slack.sender.send(delivery)
+    assert result.outcome == "failed" and "TOTHER" in str(result.error)
+    assert slack.posts == [] and slack.called("chat.postMessage") == []
+    # The token's own workspace (auth.test says T111) is still answered.
+    assert (await post_event(live, envelope(mention("mine"), event_id="Ev2"))).status_code == 200
+    await slack.wait_for(lambda: slack.posts)
+    assert [post.args["text"] for post in slack.posts] == ["mine"]
+
+
+async def test_a_slow_first_auth_test_does_not_hold_the_ack(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    slack.holds["auth.test"] = asyncio.Event()
+    started = time.monotonic()
+    response = await post_event(live, envelope(mention("patience")))
+    # Not stored, so not acknowledged: Slack delivers it again later.
+    assert response.status_code == 500 and time.monotonic() - started < 2.5
+    assert await run_count(live) == 0
+    slack.holds.pop("auth.test").set()
+    assert (await post_event(live, envelope(mention("patience")), retry=1)).status_code == 200
+    await slack.wait_for(lambda: slack.posts)
+    assert [post.args["text"] for post in slack.posts] == ["patience"]
+
+
+def with_file(fake: SlackApi, **extra: Any) -> dict[str, Any]:
+    fake.private_files["report.txt"] = b"quarterly numbers"
+    shared = {
+        "id": "F1",
+        "name": "report.txt",
+        "mimetype": "text/plain",
+        "url_private_download": fake.private_url("report.txt"),
+    }
+    return mention("see file", files=[shared], **extra)
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "together"])
+async def test_twins_and_retries_copy_the_files_once(
+    live_factory: LiveFactory, slack: SlackApi, together: bool
+) -> None:
+    live = await start(live_factory, slack, roles={"web"})
+    event = with_file(slack)
+    as_mention = envelope(event, event_id="EvA")
+    as_message = envelope({**event, "type": "message", "channel_type": "channel"}, event_id="EvB")
+    deliveries = [
+        post_event(live, as_mention),
+        post_event(live, as_message),
+        *(post_event(live, as_mention, retry=n) for n in (1, 2)),
+    ]
+    if together:
+        answers = await asyncio.gather(*deliveries)
+    else:
+        answers = [await delivery for delivery in deliveries]
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert await run_count(live) == 1
+    assert slack.downloads == ["report.txt"]
+    assert len(slack.called("users.info")) <= 1
+
+
+async def test_a_retry_another_node_took_is_not_worked_on_again(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    first = await start(live_factory, slack, roles={"web"})
+    second = await start(live_factory, slack, roles={"web"})
+    event = envelope(with_file(slack))
+    assert (await post_event(first, event)).status_code == 200
+    assert (await post_event(second, event, retry=1)).status_code == 200
+    assert await run_count(second) == 1
+    assert slack.downloads == ["report.txt"]
+
+
+async def test_replies_to_one_channel_are_paced(live_factory: LiveFactory, slack: SlackApi) -> None:
+    live = await start(live_factory, slack, channel_interval=1)
+    await post_event(live, envelope(mention("first", ts="5.1"), event_id="Ev1"))
+    await post_event(live, envelope(mention("second", ts="5.2"), event_id="Ev2"))
+    await slack.wait_for(lambda: len(slack.posts) == 2)
+    first, second = slack.posts
+    assert {first.args["text"], second.args["text"]} == {"first", "second"}
+    assert second.at - first.at >= 0.95
+
+
+async def test_server_error_is_retried_then_sent(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    slack.fail_next("chat.postMessage", status=500, error="internal_error")
+    await post_event(live, envelope(mention("eventually")))
+    [run_id] = await _run_ids(live)
+    row = await wait_for_delivery(live, run_id, "sent")
+    assert row["attempts"] == 2
+    assert len(slack.called("chat.postMessage")) == 2
+    assert [post.args["text"] for post in slack.posts] == ["eventually"]
+
+
+async def test_slash_command_result_is_ephemeral_by_default(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    form = {
+        "team_id": "T111",
+        "channel_id": "C1",
+        "user_id": "U42",
+        "command": "/echo",
+        "text": "just for me",
+        "response_url": slack.response_url("cmd2"),
+        "trigger_id": "123.789",
+    }
+    raw = urlencode(form)
+    headers = signed_headers(SECRET, raw, content_type="application/x-www-form-urlencoded")
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{live.url}/slack/commands", content=raw, headers=headers)
+    assert response.status_code == 200
+    await slack.wait_for(lambda: slack.responses)
+    [answer] = slack.responses
+    assert answer["text"] == "just for me" and answer["response_type"] == "ephemeral"
+    assert answer["url"].endswith("/response/cmd2")
+    assert slack.called("chat.postMessage") == []
+
+
+async def test_channel_route_answers_only_its_channel(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(
+        live_factory,
+        slack,
+        workflow=None,
+        routes=[{"workflow": "echo", "channels": ["C7"], "inputs": {"reply": "from the C7 route"}}],
+    )
+    await post_event(live, envelope(mention("elsewhere", ts="6.1"), event_id="Ev1"))
+    await post_event(live, envelope(mention("here", ts="6.2", channel="C7"), event_id="Ev2"))
+    await slack.wait_for(lambda: slack.called("reactions.remove"))
+    [post] = slack.posts
+    assert post.args["channel"] == "C7" and post.args["thread_ts"] == "6.2"
+    assert post.args["text"] == "from the C7 route"
+    assert await run_count(live) == 1
+
+
+@pytest.mark.parametrize(
+    ("reactions", "added", "removed"),
+    [
+        (
+            {"working_reaction": "hourglass", "done_reaction": "tada"},
+            ["hourglass", "tada"],
+            ["hourglass"],
+        ),
+        ({"done_reaction": None}, ["eyes"], ["eyes"]),
+        ({"working_reaction": None}, [], []),
+    ],
+    ids=["custom", "no-done", "disabled"],
+)
+async def test_reactions_can_be_changed_or_turned_off(
+    live_factory: LiveFactory,
+    slack: SlackApi,
+    reactions: dict[str, Any],
+    added: list[str],
+    removed: list[str],
+) -> None:
+    live = await start(live_factory, slack, **reactions)
+    await post_event(live, envelope(mention("react")))
+    [run_id] = await _run_ids(live)
+    await wait_for_delivery(live, run_id, "sent")  # the swap happens before "sent"
+    assert [post.args["text"] for post in slack.posts] == ["react"]
+    assert [call.args["name"] for call in slack.called("reactions.add")] == added
+    assert [call.args["name"] for call in slack.called("reactions.remove")] == removed
+
+
+@pytest.mark.parametrize("failure", ["permanent", "given-up"])
+async def test_undeliverable_reply_swaps_eyes_for_the_failure_reaction(
+    live_factory: LiveFactory, slack: SlackApi, failure: str
+) -> None:
+    if failure == "permanent":
+        live = await start(live_factory, slack)
+        slack.fail_next("chat.postMessage", error="not_in_channel")
+    else:  # a transient error on the outbox's last attempt
+        live = await live_factory.start(
+            roles={"web", "worker"}, slack=slack_section(slack), delivery={"max_attempts": 2}
+        )
+        for _ in range(2):
+            slack.fail_next("chat.postMessage", status=500, error="internal_error")
+    await post_event(live, envelope(mention("lost")))
+    [run_id] = await _run_ids(live)
+    row = await wait_for_delivery(live, run_id, "failed")
+    assert ("not_in_channel" if failure == "permanent" else "internal_error") in str(
+        row["last_error"]
+    )
+    assert slack.posts == []
+    assert [call.args["name"] for call in slack.called("reactions.add")] == ["eyes", "x"]
+    assert [call.args["name"] for call in slack.called("reactions.remove")] == ["eyes"]

@@ -3,8 +3,10 @@ with the token of their workspace, uninstall forgets it."""
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -102,3 +104,40 @@ async def test_event_from_a_workspace_without_installation_is_not_run(
     response = await post_event(live, envelope(mention(), team="TNOPE"))
     assert response.status_code == 200
     assert slack.posts == []
+
+
+async def test_install_link_takes_nothing_from_the_environment(
+    live_factory: LiveFactory, slack: SlackApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLACK_USER_SCOPES", "users:read,chat:write")
+    monkeypatch.setenv("SLACK_REDIRECT_URI", "https://attacker.example/redirect")
+    monkeypatch.setenv("SLACK_CLIENT_ID", "999.888")
+    live = await start(live_factory, slack)
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        page = await http.get("/slack/install")
+    found = re.search(r'href="(https://slack.com/oauth/v2/authorize\?[^"]+)"', page.text)
+    assert found is not None
+    query = parse_qs(urlsplit(html.unescape(found.group(1))).query, keep_blank_values=True)
+    assert query["client_id"] == ["111.222"] and query["user_scope"] == [""]
+    assert query["redirect_uri"] == [f"{live.url}/slack/oauth_redirect"]
+
+
+async def test_revoking_a_user_token_keeps_the_bot_and_revoking_the_bot_removes_it(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    assert (await install(live, "abc")).status_code == 200
+    slack.tokens["xoxb-abc"] = ("TABC", "UBABC")
+    users_revoked = {"type": "tokens_revoked", "tokens": {"oauth": ["UINSTALLER"], "bot": []}}
+    response = await post_event(live, envelope(users_revoked, event_id="EvR1", team="TABC"))
+    assert response.status_code == 200
+    assert await stored_workspaces(live) == ["TABC"]
+    event = {**mention(), "text": "<@UBABC> still there?"}
+    assert (await post_event(live, envelope(event, team="TABC"))).status_code == 200
+    await slack.wait_for(lambda: slack.posts)
+    assert [post.token for post in slack.posts] == ["xoxb-abc"]
+
+    bot_revoked = {"type": "tokens_revoked", "tokens": {"oauth": [], "bot": ["UBABC"]}}
+    response = await post_event(live, envelope(bot_revoked, event_id="EvR2", team="TABC"))
+    assert response.status_code == 200
+    assert await stored_workspaces(live) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from core.chunking import split_text
@@ -40,3 +42,31 @@ def test_code_blocks_are_closed_and_reopened_across_parts() -> None:
 def test_limit_too_small_is_refused() -> None:
     with pytest.raises(ValueError, match="too small"):
         split_text("abc", 10)
+
+
+LINK = re.compile(r"<[^<>]*>")
+
+
+def test_a_cut_never_falls_inside_a_span_kept_whole() -> None:
+    link = "<https://example.com/reports/2026/q3|the quarterly report with all the numbers>"
+    text = "word " * 14 + link + " and some words after it." * 5
+    unprotected = split_text(text, 120)  # the last space that fits is in the label
+    assert unprotected[0].count("<") != unprotected[0].count(">")
+    parts = split_text(text, 120, keep_whole=LINK)
+    assert all(len(part) <= 120 for part in parts)
+    assert sum(part.count(link) for part in parts) == 1
+    assert all(part.count("<") == part.count(">") for part in parts)
+    assert " ".join(parts).split() == text.split()
+
+
+def test_a_span_without_a_boundary_before_it_starts_the_next_part() -> None:
+    link = "<https://example.com/" + "a" * 30 + "|label>"
+    text = "x" * 100 + link
+    parts = split_text(text, 120, keep_whole=LINK)
+    assert parts == ["x" * 100, link]
+
+
+def test_a_span_longer_than_a_part_is_still_cut() -> None:
+    link = "<https://example.com/" + "a" * 200 + ">"
+    parts = split_text(link, 120, keep_whole=LINK)
+    assert all(len(part) <= 120 for part in parts) and "".join(parts) == link

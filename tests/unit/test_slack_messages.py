@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from core.slack_settings import SlackRoute, SlackSettings
 from triggers.slack.messages import (
+    Chosen,
     choose_workflow,
+    event_run_request,
     ignored_because,
+    message_from_event,
     message_key,
     strip_mention,
     thread_of,
 )
-from triggers.slack.mrkdwn import render_mrkdwn
+from triggers.slack.mrkdwn import render_mrkdwn, split_mrkdwn
 
 USER_MESSAGE: dict[str, Any] = {"user": "U1", "channel": "C1", "ts": "1.1", "text": "hi"}
 
@@ -86,3 +90,45 @@ def test_routes_match_channel_command_and_keyword_in_order() -> None:
 )
 def test_markdown_is_rendered_as_mrkdwn(markdown: str, mrkdwn: str) -> None:
     assert render_mrkdwn(markdown) == mrkdwn
+
+
+def test_the_reply_target_names_the_workspace_and_its_enterprise() -> None:
+    message = message_from_event(
+        {**USER_MESSAGE, "thread_ts": "1.0"},
+        bot_user_id="UBOT",
+        sender_name=None,
+        attachments=(),
+        received_at=datetime(2026, 11, 22, tzinfo=UTC),
+    )
+    chosen = Chosen("echo", "hi", None)
+    grid = event_run_request(
+        message,
+        chosen,
+        owner_id="o",
+        team_id="T1",
+        event_id="Ev1",
+        enterprise_id="E1",
+        enterprise_install=True,
+    )
+    assert grid.reply_target is not None
+    assert grid.reply_target.details == {
+        "team_id": "T1",
+        "enterprise_id": "E1",
+        "enterprise_install": True,
+        "message_ts": "1.1",
+    }
+    assert grid.reply_target.thread_id == "1.0"
+    plain = event_run_request(message, chosen, owner_id="o", team_id="T1", event_id=None)
+    assert plain.reply_target is not None
+    assert plain.reply_target.details == {"team_id": "T1", "message_ts": "1.1"}
+
+
+def test_long_mrkdwn_is_never_split_inside_a_link() -> None:
+    markdown = "see " * 40 + "[the full quarterly report for all regions](https://example.com/q3)"
+    mrkdwn = render_mrkdwn(markdown + " and more text after the link" * 10)
+    link = "<https://example.com/q3|the full quarterly report for all regions>"
+    assert link in mrkdwn
+    parts = split_mrkdwn(mrkdwn, 200)
+    assert all(len(part) <= 200 for part in parts)
+    assert sum(part.count(link) for part in parts) == 1
+    assert all(part.count("<") == part.count(">") for part in parts)

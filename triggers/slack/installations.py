@@ -9,6 +9,7 @@ event: the ack path stays a database lookup, cached for a minute.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -32,6 +33,8 @@ from core.tables import slack_installations, slack_oauth_states
 logger = logging.getLogger(__name__)
 
 CACHE_SECONDS = 60.0
+AUTH_TEST_TIMEOUT = 1.0
+"""Seconds for the single-workspace token's first ``auth.test``: well inside Slack's 3 s ack."""
 _STORED_FIELDS = (
     "app_id",
     "enterprise_id",
@@ -147,6 +150,13 @@ class SlackInstallations(AsyncInstallationStore):
     async def async_delete_installation(
         self, *, enterprise_id: str | None, team_id: str | None, user_id: str | None = None
     ) -> None:
+        if user_id is not None:
+            # tokens_revoked for a user's token: we keep no user tokens, and the workspace's
+            # bot stays installed (only app_uninstalled or the bot token's revocation end it).
+            logger.info(
+                "slack: a user token was revoked in %s/%s; the bot stays", enterprise_id, team_id
+            )
+            return
         keys = {_workspace(enterprise_id, team_id, False), _workspace(enterprise_id, team_id, True)}
         async with self._db.write() as conn:
             for key in keys:
@@ -199,7 +209,8 @@ class SlackOAuthStates(AsyncOAuthStateStore):
 
 class BotTokens:
     """The bot token (and bot identity) for a workspace: its OAuth installation, else the
-    single-workspace ``bot_token`` (whose identity ``auth.test`` tells once, then cached)."""
+    single-workspace ``bot_token``, but only for the workspace that token belongs to (its
+    ``auth.test`` identity, asked once and cached) or when no workspace is known."""
 
     def __init__(
         self, installations: SlackInstallations, client: AsyncWebClient, bot_token: str | None
@@ -208,10 +219,14 @@ class BotTokens:
         self._client = client
         self._bot_token = bot_token
         self._single: AuthorizeResult | None = None
+        self._asking = asyncio.Lock()
 
     async def for_workspace(
         self, enterprise_id: str | None, team_id: str | None, *, enterprise_install: bool = False
     ) -> AuthorizeResult | None:
+        """``None`` for a workspace we have no token for. Raises ``SlackApiError`` when
+        ``auth.test`` refuses the single-workspace token, ``TimeoutError`` or
+        ``aiohttp.ClientError`` when it cannot be asked."""
         installation = await self._installations.async_find_installation(
             enterprise_id=enterprise_id,
             team_id=team_id,
@@ -226,21 +241,38 @@ class BotTokens:
                 bot_user_id=installation.bot_user_id,
                 bot_scopes=installation.bot_scopes,
             )
-        return await self.single_workspace()
+        single = await self.single_workspace()
+        if single is None:
+            return None
+        if enterprise_install:
+            return single if enterprise_id and enterprise_id == single.enterprise_id else None
+        if team_id and team_id != single.team_id:
+            # Another workspace's event (or reply) must never go out with this token.
+            logger.info("slack: no installation and no bot_token for workspace %s", team_id)
+            return None
+        return single
 
     async def single_workspace(self) -> AuthorizeResult | None:
+        """The ``bot_token``'s identity. The first ``auth.test`` runs on an event's ack path,
+        so it has :data:`AUTH_TEST_TIMEOUT`; a failure is not cached (the next event asks)."""
         if self._bot_token is None:
             return None
-        if self._single is None:
-            identity = await self._client.auth_test(token=self._bot_token)
-            self._single = AuthorizeResult.from_auth_test_response(
-                auth_test_response=identity, bot_token=self._bot_token
-            )
+        async with self._asking:
+            if self._single is None:
+                async with asyncio.timeout(AUTH_TEST_TIMEOUT):
+                    identity = await self._client.auth_test(token=self._bot_token)
+                self._single = AuthorizeResult.from_auth_test_response(
+                    auth_test_response=identity, bot_token=self._bot_token
+                )
         return self._single
 
 
 class WorkspaceAuthorize(AsyncAuthorize):
-    """Bolt's authorize step, answered by :class:`BotTokens` (no ``auth.test`` per event)."""
+    """Bolt's authorize step, answered by :class:`BotTokens` (no ``auth.test`` per event).
+
+    ``None`` (bolt answers 200, nothing runs) for a workspace we have no token for; an
+    ``auth.test`` that timed out or could not connect propagates, so bolt answers 500 and
+    Slack retries the event later (nothing was stored, so nothing may be acknowledged)."""
 
     def __init__(self, tokens: BotTokens) -> None:
         self._tokens = tokens

@@ -10,7 +10,10 @@ attached files are copied into our file store under a deadline.
 Exactly once (PROTOCOLS §1.3): the run's idempotency key is ``slack:<team>:<channel>:<ts>``, the
 user message itself; the ``app_mention`` and ``message`` deliveries of one message and every
 retry (``X-Slack-Retry-Num``) carry the same channel and ts, so they find the run the first one
-made. Every event type has a listener (a no-op for the ones we do not answer): bolt would
+made. Repeats are recognised before any work (``users.info``, file copies): by the message keys
+and event ids this process accepted lately (:class:`RecentMessages`, twins in flight wait for
+each other), and for retries and messages with files by the key in the database. Every event
+type has a listener (a no-op for the ones we do not answer): bolt would
 otherwise answer 404, which Slack counts as a failure and retries.
 """
 
@@ -29,7 +32,10 @@ import httpx
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
 from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
@@ -59,12 +65,14 @@ from triggers.slack.messages import (
     strip_mention,
     team_of,
 )
+from triggers.slack.recent import RecentMessages
 
 logger = logging.getLogger(__name__)
 
 NAME_LOOKUP_TIMEOUT = 1.0
 NAME_CACHE_SECONDS = 3600.0
 FILES_DEADLINE = 1.5
+_NOT_CONFIGURED = "oauth-not-configured"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +94,8 @@ class SlackIntake:
         tokens: BotTokens,
         installations: SlackInstallations,
         *,
-        oauth_states: SlackOAuthStates | None,
-        redirect_uri: str | None,
+        oauth_states: SlackOAuthStates,
+        redirect_uri: str,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         if settings.signing_secret is None:
@@ -95,26 +103,25 @@ class SlackIntake:
         self._settings = settings
         self._deps = deps
         self._names: dict[str, tuple[float, str | None]] = {}
-        oauth = None
-        if settings.oauth_enabled and oauth_states is not None:
-            oauth = AsyncOAuthSettings(
-                client_id=settings.client_id,
-                client_secret=(
-                    settings.client_secret.get_secret_value() if settings.client_secret else None
-                ),
-                scopes=list(settings.scopes),
-                redirect_uri=redirect_uri,
-                installation_store=installations,
-                state_store=oauth_states,
-            )
-        # No token on the app's client: each request gets its workspace's token from authorize,
-        # so bolt never reads SLACK_BOT_TOKEN nor calls auth.test on its own.
+        self._recent = RecentMessages()
+        oauth = explicit_oauth_settings(settings, installations, oauth_states, redirect_uri)
+        self.oauth_flow = AsyncOAuthFlow(settings=oauth) if settings.oauth_enabled else None
+        """The install flow, or ``None`` without ``[slack] client_id`` (``/slack/install`` 404s)."""
+        # Every value bolt 1.x would take from the environment is given (STYLE 4): the signing
+        # secret; a client without a token (each request gets its workspace's token from
+        # authorize, so SLACK_BOT_TOKEN is never used nor auth.test called on bolt's own); an
+        # OAuth settings object always (without one bolt builds an install flow from
+        # SLACK_CLIENT_ID/SECRET, with file stores under $HOME); no SslCheck middleware, whose
+        # verification token comes from SLACK_VERIFICATION_TOKEN (:meth:`dispatch` answers the
+        # probe instead).
         self.app = AsyncApp(
             signing_secret=settings.signing_secret.get_secret_value(),
             client=AsyncWebClient(base_url=settings.api_url, session=session),
             authorize=WorkspaceAuthorize(tokens),  # type: ignore[arg-type]  # an AsyncAuthorize
             installation_store=installations,
+            oauth_flow=self.oauth_flow,
             oauth_settings=oauth,
+            ssl_check_enabled=False,
             process_before_response=True,
             raise_error_for_unhandled_request=False,
         )
@@ -124,18 +131,33 @@ class SlackIntake:
         self.app.event(re.compile(".*"))(_not_answered)
         self.app.command(re.compile(".*"))(self.accept_command)
 
+    async def dispatch(self, request: AsyncBoltRequest) -> BoltResponse:
+        """One request from Slack, through bolt. Slack's ``ssl_check`` probe of a slash command
+        URL is answered first, unverified, as bolt's own SslCheck would (PROTOCOLS §1.4)."""
+        if request.body.get("ssl_check") == "1":
+            return BoltResponse(status=200, body="")
+        return await self.app.async_dispatch(request)
+
     async def accept_mention(
-        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+        self,
+        event: dict[str, Any],
+        body: dict[str, Any],
+        context: AsyncBoltContext,
+        request: AsyncBoltRequest,
     ) -> None:
         """``app_mention``: a mention in a channel or thread (never a DM)."""
         reason = ignored_because(event, context.bot_user_id)
         if reason is not None:
             logger.debug("slack: event %s ignored: %s", body.get("event_id"), reason)
             return
-        await self._accept(event, body, context, follow_up=False)
+        await self._accept(event, body, context, request, follow_up=False)
 
     async def accept_message(
-        self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+        self,
+        event: dict[str, Any],
+        body: dict[str, Any],
+        context: AsyncBoltContext,
+        request: AsyncBoltRequest,
     ) -> None:
         """``message.*``: DMs, and plain follow-ups in threads a route follows. A channel
         message that mentions us is the twin of an ``app_mention``: same run (same key)."""
@@ -144,19 +166,50 @@ class SlackIntake:
             logger.debug("slack: event %s ignored: %s", body.get("event_id"), reason)
             return
         if event.get("channel_type") == "im" or mentions(event, context.bot_user_id):
-            await self._accept(event, body, context, follow_up=False)
+            await self._accept(event, body, context, request, follow_up=False)
         elif event.get("thread_ts") and event.get("thread_ts") != event.get("ts"):
-            await self._accept(event, body, context, follow_up=True)
+            await self._accept(event, body, context, request, follow_up=True)
 
     async def _accept(
         self,
         event: Mapping[str, Any],
         body: Mapping[str, Any],
         context: AsyncBoltContext,
+        request: AsyncBoltRequest,
         *,
         follow_up: bool,
     ) -> None:
         team = team_of(body)
+        channel = str(event["channel"])
+        key = message_key(team, channel, str(event["ts"]))
+        event_id = body.get("event_id")
+        # Twins and retries first (PROTOCOLS §1.3): before any lookup, users.info or file copy.
+        if self._recent.accepted(key, event_id):
+            logger.debug("slack: event %s is a repeat of %s", event_id, key)
+            return
+        async with self._recent.one_at_a_time(key):
+            if self._recent.accepted(key, event_id):
+                logger.debug("slack: event %s is a repeat of %s", event_id, key)
+                return
+            if (request.headers.get("x-slack-retry-num") or event.get("files")) and (
+                await self._stored(key)
+            ):
+                # A retry (or a message with files) another node or an earlier process took.
+                self._recent.remember(key, event_id)
+                logger.debug("slack: event %s is a repeat of %s", event_id, key)
+                return
+            await self._accept_new(event, body, context, team=team, follow_up=follow_up)
+            self._recent.remember(key, event_id)
+
+    async def _accept_new(
+        self,
+        event: Mapping[str, Any],
+        body: Mapping[str, Any],
+        context: AsyncBoltContext,
+        *,
+        team: str,
+        follow_up: bool,
+    ) -> None:
         channel = str(event["channel"])
         text = strip_mention(str(event.get("text") or ""), context.bot_user_id)
         chosen = choose_workflow(self._settings, channel=channel, text=text)
@@ -183,6 +236,8 @@ class SlackIntake:
             owner_id=self._settings.owner,
             team_id=team,
             event_id=body.get("event_id"),
+            enterprise_id=context.enterprise_id,
+            enterprise_install=bool(context.is_enterprise_install),
         )
         submitted = await self._deps.gateway.submit(request)
         if not submitted.created:
@@ -196,16 +251,18 @@ class SlackIntake:
             "slack: event %s in %s became run %s", body.get("event_id"), channel, submitted.id
         )
 
+    async def _stored(self, key: str) -> bool:
+        async with self._deps.database.read() as conn:
+            found = await conn.execute(select(runs.c.id).where(runs.c.idempotency_key == key))
+            return found.first() is not None
+
     async def _in_thread(
         self, event: Mapping[str, Any], team: str, bot_user_id: str | None
     ) -> bool:
         """Whether we are in this thread: we started it, or its first message made a run."""
         if bot_user_id is not None and event.get("parent_user_id") == bot_user_id:
             return True
-        root = message_key(team, str(event["channel"]), str(event["thread_ts"]))
-        async with self._deps.database.read() as conn:
-            found = await conn.execute(select(runs.c.id).where(runs.c.idempotency_key == root))
-            return found.first() is not None
+        return await self._stored(message_key(team, str(event["channel"]), str(event["thread_ts"])))
 
     async def accept_command(
         self, ack: AsyncAck, command: dict[str, Any], context: AsyncBoltContext
@@ -224,7 +281,11 @@ class SlackIntake:
             command, sender_name=command.get("user_name"), received_at=self._deps.clock.now()
         )
         request = command_run_request(
-            message, chosen, owner_id=self._settings.owner, team_id=team_of(command)
+            message,
+            chosen,
+            owner_id=self._settings.owner,
+            team_id=team_of(command),
+            enterprise_id=command.get("enterprise_id") or None,
         )
         submitted = await self._deps.gateway.submit(request)
         logger.debug("slack: %s became run %s", command.get("command"), submitted.id)
@@ -291,6 +352,30 @@ class SlackIntake:
         except (TimeoutError, httpx.HTTPError) as exc:
             logger.warning("slack: files not copied before the ack deadline: %r", exc)
         return attachments
+
+
+def explicit_oauth_settings(
+    settings: SlackSettings,
+    installations: SlackInstallations,
+    states: SlackOAuthStates,
+    redirect_uri: str,
+) -> AsyncOAuthSettings:
+    """Bolt's OAuth settings with every value given: bolt 1.x reads SLACK_CLIENT_ID/SECRET,
+    SLACK_SCOPES, SLACK_USER_SCOPES, SLACK_REDIRECT_URI and SLACK_INSTALL_PATH for each one it
+    is not. Without ``[slack] client_id`` the credentials are placeholders and the flow is never
+    routed to."""
+    secret = settings.client_secret.get_secret_value() if settings.client_secret else None
+    return AsyncOAuthSettings(
+        client_id=settings.client_id or _NOT_CONFIGURED,
+        client_secret=secret or _NOT_CONFIGURED,
+        scopes=list(settings.scopes),
+        user_scopes=[],
+        redirect_uri=redirect_uri,
+        install_path="/slack/install",
+        redirect_uri_path="/slack/oauth_redirect",
+        installation_store=installations,
+        state_store=states,
+    )
 
 
 async def _not_answered(body: dict[str, Any]) -> None:

@@ -102,6 +102,19 @@ def team_of(body: Mapping[str, Any]) -> str:
     return str(body.get("team_id") or event.get("team") or body.get("enterprise_id") or "")
 
 
+def workspace_details(
+    team_id: str, enterprise_id: str | None, enterprise_install: bool
+) -> dict[str, Any]:
+    """Where a reply target's workspace is recorded: the sender finds the bot token with it
+    (an Enterprise Grid installation is keyed by its enterprise, an org-wide one by it alone)."""
+    details: dict[str, Any] = {"team_id": team_id}
+    if enterprise_id:
+        details["enterprise_id"] = enterprise_id
+    if enterprise_install:
+        details["enterprise_install"] = True
+    return details
+
+
 def message_from_event(
     event: Mapping[str, Any],
     *,
@@ -149,6 +162,8 @@ def event_run_request(
     owner_id: str,
     team_id: str,
     event_id: str | None,
+    enterprise_id: str | None = None,
+    enterprise_install: bool = False,
 ) -> RunRequest:
     """The run for a mention/DM: replies in the message's thread, one run per message."""
     event = message.event
@@ -163,7 +178,10 @@ def event_run_request(
             channel="slack",
             address=channel,
             thread_id=thread,
-            details={"team_id": team_id, "message_ts": str(event["ts"])},
+            details={
+                **workspace_details(team_id, enterprise_id, enterprise_install),
+                "message_ts": str(event["ts"]),
+            },
         ),
         idempotency_key=message_key(team_id, channel, str(event["ts"])),
         serial_key=f"slack:{team_id}:{channel}:{thread}",
@@ -172,7 +190,12 @@ def event_run_request(
 
 
 def command_run_request(
-    message: InboundMessage, chosen: Chosen, *, owner_id: str, team_id: str
+    message: InboundMessage,
+    chosen: Chosen,
+    *,
+    owner_id: str,
+    team_id: str,
+    enterprise_id: str | None = None,
 ) -> RunRequest:
     """The run for a slash command: its result goes to ``response_url``."""
     command = message.event
@@ -188,7 +211,7 @@ def command_run_request(
             channel="slack",
             address=channel,
             details={
-                "team_id": team_id,
+                **workspace_details(team_id, enterprise_id, False),
                 "response_url": str(command.get("response_url") or ""),
                 "response_type": response_type,
             },

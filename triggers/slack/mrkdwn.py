@@ -8,17 +8,28 @@ code: Slack would read ``<…>`` as a link or mention). The Markdown is parsed w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from core.chunking import split_text
+
 _PARSER = MarkdownIt("commonmark", {"html": False}).enable("strikethrough")
+LINK = re.compile(r"<[^<>]*>")
+"""Links and mentions (``<url|label>``, ``<@U123>``): text escapes every other ``<`` and ``>``."""
 _INLINE_MARKS = {"strong": "*", "em": "_", "s": "~"}
 
 
 def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def split_mrkdwn(mrkdwn: str, limit: int) -> list[str]:
+    """Rendered mrkdwn as messages of at most ``limit`` characters, never cut inside a link
+    (half a ``<url|label>`` shows as raw text in both messages)."""
+    return split_text(mrkdwn, limit, keep_whole=LINK)
 
 
 def render_mrkdwn(markdown: str) -> str:

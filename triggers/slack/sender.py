@@ -4,8 +4,9 @@ One delivery is several Slack calls, each a "part": the text (Markdown rendered 
 into messages of ``message_limit`` characters without breaking code blocks), then one file upload
 per attachment. ``progress`` counts the parts sent, so a retry resumes after them. At the end the
 ``:eyes:`` reaction put on the user's message when a worker started the run
-(:meth:`SlackSender.working`) is swapped for the done/failed one (best-effort: a reaction that
-cannot be changed never holds a reply back).
+(:meth:`SlackSender.working`) is swapped for the done/failed one, the failed one also when the
+reply itself cannot be delivered (best-effort: a reaction that cannot be changed never holds a
+reply back).
 
 Slack answers errors with HTTP 200 ``ok: false`` (PROTOCOLS §1.6): the ones no retry can fix fail
 the delivery; ``ratelimited``/HTTP 429 is retried after ``Retry-After`` (§1.7); the rest retry
@@ -27,15 +28,17 @@ import httpx
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from core.chunking import split_text
 from core.replies import Delivery, Reply, SendResult
 from triggers.slack.installations import BotTokens
-from triggers.slack.mrkdwn import render_mrkdwn
+from triggers.slack.mrkdwn import render_mrkdwn, split_mrkdwn
 from triggers.webhook import retry_after
 
 logger = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 30.0
+UNREACHABLE = (aiohttp.ClientError, httpx.HTTPError, TimeoutError)
+"""Transport failures: the Web API client is aiohttp (slack_sdk), attachments and
+``response_url`` go through httpx; a retry may succeed."""
 # Errors that mean "this message can never be posted here" (a retry would fail the same way).
 PERMANENT_ERRORS = frozenset(
     {
@@ -70,6 +73,8 @@ class SenderSettings:
     working_reaction: str | None = "eyes"
     done_reaction: str | None = "white_check_mark"
     failed_reaction: str | None = "x"
+    delivery_attempts: int = 8
+    """The outbox's ``max_attempts``: a retry asked for on the last attempt is a failure."""
 
 
 class Reactions:
@@ -151,14 +156,16 @@ class SlackSender:
     ) -> None:
         try:
             workspace = await self._tokens.for_workspace(
-                details.get("enterprise_id"), details.get("team_id")
+                details.get("enterprise_id"),
+                details.get("team_id"),
+                enterprise_install=bool(details.get("enterprise_install")),
             )
             if workspace is None or workspace.bot_token is None:
                 return
             await self._client(workspace.bot_token).reactions_add(
                 channel=channel, timestamp=message_ts, name=reaction
             )
-        except (SlackApiError, OSError) as exc:
+        except (SlackApiError, *UNREACHABLE) as exc:
             logger.info("slack: no %s reaction on %s/%s: %r", reaction, channel, message_ts, exc)
 
     async def send(self, delivery: Delivery) -> SendResult:
@@ -170,7 +177,9 @@ class SlackSender:
             if details.get("response_url"):
                 return await self._respond(delivery, str(details["response_url"]), details)
             workspace = await self._tokens.for_workspace(
-                details.get("enterprise_id"), details.get("team_id")
+                details.get("enterprise_id"),
+                details.get("team_id"),
+                enterprise_install=bool(details.get("enterprise_install")),
             )
             if workspace is None or workspace.bot_token is None:
                 return SendResult.failed(
@@ -183,18 +192,20 @@ class SlackSender:
                 if index < done:
                     continue
                 await self._pace(channel)
-                try:
-                    await part(client, channel, target.get("thread_id"))
-                except _Attempt as stop:
-                    return stop.result.model_copy(update={"progress": index})
-                except SlackApiError as exc:
-                    return _result_of(exc, progress=index)
+                stopped = await _post(part, client, channel, target.get("thread_id"), index)
+                if stopped is not None:
+                    last = delivery.attempts >= self._settings.delivery_attempts
+                    if stopped.outcome == "failed" or last:
+                        # No retry will bring the reply (a permanent error, or the outbox gives
+                        # up now): the user's message should not keep saying "working".
+                        await self._swap_reaction(client, channel, details, failed=True)
+                    return stopped
             await self._swap_reaction(client, channel, details, failed=bool(reply and reply.failed))
             return SendResult.sent(progress=len(parts))
-        except httpx.HTTPError as exc:
-            return SendResult.retry(
-                f"slack unreachable: {type(exc).__name__}", progress=delivery.progress
-            )
+        except UNREACHABLE as exc:
+            return _unreachable(exc, progress=delivery.progress)
+        except SlackApiError as exc:  # auth.test refused the single-workspace token
+            return _result_of(exc, progress=delivery.progress)
 
     def _client(self, token: str) -> AsyncWebClient:
         client = self._clients.get(token)
@@ -212,7 +223,7 @@ class SlackSender:
             return []
         parts: list[Callable[[AsyncWebClient, str, str | None], Awaitable[None]]] = []
         text = render_mrkdwn(reply.text) if reply.text.strip() else ""
-        for chunk in split_text(text, self._settings.message_limit) if text else []:
+        for chunk in split_mrkdwn(text, self._settings.message_limit) if text else []:
 
             async def post(
                 client: AsyncWebClient, channel: str, thread: str | None, chunk: str = chunk
@@ -252,7 +263,7 @@ class SlackSender:
             return SendResult.sent()
         lines = [reply.text, *reply.attachments]
         text = render_mrkdwn("\n\n".join(line for line in lines if line.strip()))
-        parts = split_text(text, self._settings.message_limit) if text else []
+        parts = split_mrkdwn(text, self._settings.message_limit) if text else []
         for index, chunk in enumerate(parts):
             if index < delivery.progress:
                 continue
@@ -261,7 +272,10 @@ class SlackSender:
                 "response_type": details.get("response_type", "ephemeral"),
                 "replace_original": False,
             }
-            response = await self._http.post(url, json=body, timeout=FETCH_TIMEOUT)
+            try:
+                response = await self._http.post(url, json=body, timeout=FETCH_TIMEOUT)
+            except httpx.HTTPError as exc:
+                return _unreachable(exc, progress=index)
             if response.status_code == 429 or response.status_code >= 500:
                 return SendResult.retry(
                     f"response_url answered {response.status_code}",
@@ -309,6 +323,32 @@ class SlackSender:
                 message_ts,
                 exc.response.get("error"),
             )
+        except UNREACHABLE as exc:  # the reply is out: never worth a retry that re-posts it
+            logger.info("slack: reaction on %s/%s not changed: %r", channel, message_ts, exc)
+
+
+async def _post(
+    part: Callable[[AsyncWebClient, str, str | None], Awaitable[None]],
+    client: AsyncWebClient,
+    channel: str,
+    thread: str | None,
+    index: int,
+) -> SendResult | None:
+    """Sends one part; ``None`` when it went out, else the attempt's result (``progress`` =
+    ``index``: the parts before this one are in the thread, the retry starts here)."""
+    try:
+        await part(client, channel, thread)
+    except _Attempt as stop:
+        return stop.result.model_copy(update={"progress": index})
+    except SlackApiError as exc:
+        return _result_of(exc, progress=index)
+    except UNREACHABLE as exc:
+        return _unreachable(exc, progress=index)
+    return None
+
+
+def _unreachable(exc: BaseException, *, progress: int) -> SendResult:
+    return SendResult.retry(f"slack unreachable: {type(exc).__name__}", progress=progress)
 
 
 def _result_of(exc: SlackApiError, *, progress: int) -> SendResult:

@@ -66,8 +66,15 @@ class SlackChannel:
 
 
 def open_slack(
-    settings: SlackSettings, database: Database, clock: Clock, http: httpx.AsyncClient
+    settings: SlackSettings,
+    database: Database,
+    clock: Clock,
+    http: httpx.AsyncClient,
+    *,
+    delivery_attempts: int,
 ) -> SlackChannel:
+    """The channel's parts; ``delivery_attempts`` is the outbox's ``[delivery] max_attempts``
+    (after the last one the sender shows the failure reaction)."""
     installations = SlackInstallations(database, clock)
     bot_token = settings.bot_token.get_secret_value() if settings.bot_token else None
     session = aiohttp.ClientSession()
@@ -84,6 +91,7 @@ def open_slack(
             working_reaction=settings.working_reaction,
             done_reaction=settings.done_reaction,
             failed_reaction=settings.failed_reaction,
+            delivery_attempts=delivery_attempts,
         ),
         reactions,
         session,
@@ -109,10 +117,10 @@ class SlackRoutes:
 
     async def events(self, request: web.Request) -> web.Response:
         bolt_request = await to_bolt_request(request)
-        return await to_aiohttp_response(await self._intake.app.async_dispatch(bolt_request))
+        return await to_aiohttp_response(await self._intake.dispatch(bolt_request))
 
     async def install(self, request: web.Request) -> web.Response:
-        flow = self._intake.app.oauth_flow
+        flow = self._intake.oauth_flow
         if flow is None:
             raise web.HTTPNotFound(text="OAuth install is not configured ([slack] client_id)")
         return await to_aiohttp_response(
@@ -120,7 +128,7 @@ class SlackRoutes:
         )
 
     async def oauth_redirect(self, request: web.Request) -> web.Response:
-        flow = self._intake.app.oauth_flow
+        flow = self._intake.oauth_flow
         if flow is None:
             raise web.HTTPNotFound(text="OAuth install is not configured ([slack] client_id)")
         return await to_aiohttp_response(await flow.handle_callback(await to_bolt_request(request)))
