@@ -6,6 +6,7 @@ them; replies are sent by the real twilio-python client to ``tests/fakes/twilio_
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -206,14 +207,14 @@ async def test_media_is_downloaded_with_basic_auth_and_handed_on_as_a_signed_url
         MediaContentType0="image/png",
     )
     assert (await post_signed(http, live, params)).status_code == 200
+    [sent] = await twilio.wait_for(1, timeout=60)
+    digest = hashlib.sha256(picture).hexdigest()
+    assert sent.body == f"media-0.png {len(picture)} {digest}"
     [run] = await whatsapp_runs(live)
     [attachment] = json.loads(run["request_body"])["attachments"]
     assert attachment["content_type"] == "image/png" and attachment["size"] == len(picture)
     assert attachment["url"].startswith(live.url + "/files/")
     assert [path.split("/")[1] for path in twilio.media_fetches] == ["2010-04-01", "cdn"]
-    [sent] = await twilio.wait_for(1, timeout=60)
-    digest = hashlib.sha256(picture).hexdigest()
-    assert sent.body == f"media-0.png {len(picture)} {digest}"
 
 
 async def test_media_that_cannot_be_fetched_does_not_cost_the_message(
@@ -224,9 +225,82 @@ async def test_media_that_cannot_be_fetched_does_not_cost_the_message(
     params = message("look", NumMedia="1", MediaUrl0=missing, MediaContentType0="image/jpeg")
     assert (await post_signed(http, live, params)).status_code == 200
     [run] = await whatsapp_runs(live)
+    await wait_for_delivery(live, run["id"], "sent")
+    [run] = await whatsapp_runs(live)
     inputs = json.loads(run["request_body"])
     assert inputs["attachments"] == []
     assert "answered 404" in inputs["event"]["media_errors"][0]
+    [sent] = twilio.messages
+    assert sent.body == "look"
+
+
+def image(twilio: FakeTwilioApi, picture: bytes, **extra: str) -> dict[str, str]:
+    return message(
+        "",
+        NumMedia="1",
+        MessageType="image",
+        MediaUrl0=twilio.add_media(picture, "image/png"),
+        MediaContentType0="image/png",
+        **extra,
+    )
+
+
+def api_fetches(twilio: FakeTwilioApi) -> int:
+    """Requests to Twilio's media resource (each download starts with one)."""
+    return sum(path.startswith("/2010-04-01/") for path in twilio.media_fetches)
+
+
+async def test_media_does_not_hold_up_the_ack_nor_jump_the_chat_queue(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    # A node that accepts messages but runs nothing: the queue can be probed while media hangs.
+    web_node = await start(live_factory, twilio, roles={"web"}, media_timeout=30)
+    gate = twilio.hold_media()
+    picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+    photo = image(twilio, picture, Body="look at this")
+    async with asyncio.timeout(5):  # Twilio's media server has not answered yet
+        assert (await post_signed(http, web_node, photo)).status_code == 200
+    await twilio.wait_for_media_fetches(1)
+    async with asyncio.timeout(5):  # Twilio's retry while the media is still on its way
+        assert (await post_signed(http, web_node, photo)).status_code == 200
+    assert (await post_signed(http, web_node, message("and this text"))).status_code == 200
+    held, text = await whatsapp_runs(web_node)
+    assert held["status"] == "provisioned" and held["idempotency_key"].endswith(photo["MessageSid"])
+    assert text["status"] == "queued"
+    # The text arrived second: it waits for the picture's run even though that is not queued.
+    assert await web_node.services.queue.claim("probe", 10) == []
+    assert not gate.is_set()
+    worker_node = await start(live_factory, twilio, roles={"worker"})
+    gate.set()
+    replies = await twilio.wait_for(2, timeout=60)
+    assert [sent.body for sent in replies] == ["look at this", "and this text"]
+    picture_run, text_run = await whatsapp_runs(worker_node)
+    assert text_run["started_at"] >= picture_run["completed_at"]
+    [attachment] = json.loads(picture_run["request_body"])["attachments"]
+    assert attachment["size"] == len(picture)
+    assert api_fetches(twilio) == 1
+    assert len(twilio.messages) == 2
+
+
+async def test_a_restart_while_media_downloads_loses_no_message(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    first = await start(live_factory, twilio, roles={"web"}, workflow="whatsapp-bot")
+    await first.register("whatsapp_bot")
+    gate = twilio.hold_media()
+    picture = b"GIF89a" + bytes(range(200))
+    assert (await post_signed(http, first, image(twilio, picture))).status_code == 200
+    await twilio.wait_for_media_fetches(1)
+    await live_factory.stop(first)  # the download is interrupted; the run stays held
+    [held] = await whatsapp_runs(first)
+    assert held["status"] == "provisioned"
+    gate.set()
+    second = await start(live_factory, twilio, workflow="whatsapp-bot")
+    [sent] = await twilio.wait_for(1, timeout=60)
+    assert sent.body == f"media-0.png {len(picture)} {hashlib.sha256(picture).hexdigest()}"
+    [run] = await whatsapp_runs(second)
+    assert run["id"] == held["id"] and run["status"] == "completed"
+    assert api_fetches(twilio) == 2
 
 
 async def test_outside_the_window_the_template_is_sent_instead(
