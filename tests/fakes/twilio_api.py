@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from multidict import MultiDict
+from twilio.request_validator import RequestValidator
 
 ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "tw-token"
@@ -101,6 +103,9 @@ class FakeTwilioApi:
     _failures: list[_Failure] = field(default_factory=list)
     _media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     _media_gate: asyncio.Event | None = None
+    early_statuses: list[str] = field(default_factory=list)
+    """Statuses called back (signed, to ``StatusCallback``) before the create call is answered."""
+    callback_answers: list[int] = field(default_factory=list)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def hold_media(self) -> asyncio.Event:
@@ -164,6 +169,9 @@ class FakeTwilioApi:
             sid = "SM" + secrets.token_hex(16)
             self.messages.append(SentMessage(sid, form))
             self._changed.notify_all()
+        callback = form.get("StatusCallback")
+        if callback and self.early_statuses:
+            await self._call_back(callback, sid, form)
         resource = {
             "sid": sid,
             "account_sid": self.account_sid,
@@ -178,6 +186,25 @@ class FakeTwilioApi:
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
         }
         return web.json_response(resource, status=201)
+
+    async def _call_back(self, url: str, sid: str, message: MultiDict[str]) -> None:
+        """Status callbacks as Twilio posts them, here before our create call is answered."""
+        validator = RequestValidator(self.auth_token)
+        async with aiohttp.ClientSession() as session:
+            for status in self.early_statuses:
+                form = {
+                    "MessageSid": sid,
+                    "MessageStatus": status,
+                    "AccountSid": self.account_sid,
+                    "From": message.get("From", ""),
+                    "To": message.get("To", ""),
+                    "ChannelPrefix": "whatsapp",
+                }
+                signature = validator.compute_signature(url, form)
+                async with session.post(
+                    url, data=form, headers={"X-Twilio-Signature": signature}
+                ) as answer:
+                    self.callback_answers.append(answer.status)
 
     async def _media_resource(self, request: web.Request) -> web.Response:
         async with self._changed:

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from twilio.request_validator import RequestValidator
 
 from core.models import Outcome, ReplyTarget, RunRequest, Source
-from core.tables import deliveries, runs
+from core.tables import deliveries, inbound_events, runs
 from switchboard.app import ROLES
 from tests.conftest import Live, LiveFactory, free_port
 from tests.fakes.twilio_api import (
@@ -57,6 +57,7 @@ async def start(
     twilio: FakeTwilioApi,
     *,
     roles: Collection[str] = ROLES,
+    server: dict[str, Any] | None = None,
     **whatsapp: Any,
 ) -> Live:
     settings = {
@@ -67,7 +68,7 @@ async def start(
         "workflow": "echo",
         **whatsapp,
     }
-    return await live_factory.start(roles=roles, whatsapp=settings)
+    return await live_factory.start(roles=roles, whatsapp=settings, server=server or {})
 
 
 def message(body: str, *, sid: str | None = None, user: str = USER, **extra: str) -> dict[str, str]:
@@ -396,6 +397,64 @@ async def test_status_callbacks_move_a_message_forward_only(
     await post_signed(http, live, failure, path="/twilio/status")
     [recorded] = await log.of_delivery(row["id"])
     assert (recorded["status"], recorded["error_code"]) == ("undelivered", "63016")
+    # The delivery shows it too (API, CLI): it was sent, but it did not arrive.
+    row = await wait_for_delivery(live, run["id"], "failed")
+    assert (
+        row["last_error"] == f"WhatsApp message {sent.sid} (part 1) undelivered: Twilio error 63016"
+    )
+
+
+async def test_status_callbacks_that_arrive_before_the_message_is_recorded_are_kept(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    # Twilio calls back while our create call is still waiting for its answer.
+    twilio.early_statuses = ["sent", "delivered", "sending"]
+    live = await start(live_factory, twilio)
+    await post_signed(http, live, message("fast"))
+    [run] = await whatsapp_runs(live)
+    row = await wait_for_delivery(live, run["id"], "sent")
+    assert twilio.callback_answers == [204, 204, 204]
+    [sent] = twilio.messages
+    log = MessageLog(live.services.database, live.services.clock)
+    [recorded] = await log.of_delivery(row["id"])
+    assert (recorded["sid"], recorded["status"]) == (sent.sid, "delivered")
+    async with live.services.database.read() as conn:
+        left = (await conn.execute(select(func.count()).select_from(inbound_events))).scalar()
+    assert left == 0  # merged, then forgotten
+    # A status for a message nobody sent is kept, and applies once such a message is recorded.
+    assert await log.apply_status("SM" + "f" * 32, "read", None)
+    await log.record_sent(row["id"], 1, "SM" + "f" * 32, "queued")
+    assert [m["status"] for m in await log.of_delivery(row["id"])] == ["delivered", "read"]
+
+
+async def test_behind_a_proxy_signatures_cover_the_public_url_and_its_query(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    public = "https://hooks.example.test"
+    live = await start(live_factory, twilio, roles={"web"}, server={"public_url": public})
+    path = "/twilio/whatsapp?q=1"
+    params = message("via the proxy")
+    socket_signed = await post_signed(http, live, params, path=path, signed_url=live.url + path)
+    assert socket_signed.status_code == 403, socket_signed.text
+    assert await whatsapp_runs(live) == []
+    proxy_signed = await post_signed(http, live, params, path=path, signed_url=public + path)
+    assert proxy_signed.status_code == 200, proxy_signed.text
+    [run] = await whatsapp_runs(live)
+    assert json.loads(run["request_body"])["text"] == "via the proxy"
+
+    path = "/twilio/status?q=1"
+    callback = {"MessageSid": "SM" + "e" * 32, "MessageStatus": "delivered"}
+    socket_signed = await post_signed(http, live, callback, path=path, signed_url=live.url + path)
+    assert socket_signed.status_code == 403, socket_signed.text
+    assert await early_statuses(live) == []
+    proxy_signed = await post_signed(http, live, callback, path=path, signed_url=public + path)
+    assert proxy_signed.status_code == 204, proxy_signed.text
+    assert await early_statuses(live) == [f"SM{'e' * 32}|delivered|"]
+
+
+async def early_statuses(live: Live) -> list[str]:
+    async with live.services.database.read() as conn:
+        return list((await conn.execute(select(inbound_events.c.dedupe_key))).scalars())
 
 
 async def test_a_restart_between_run_and_delivery_sends_exactly_one_reply(
