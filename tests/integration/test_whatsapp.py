@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy import text as sql
 from twilio.request_validator import RequestValidator
 
 from core.models import Outcome, ReplyTarget, RunRequest, Source
@@ -31,7 +32,7 @@ from tests.fakes.twilio_api import (
     running_twilio_api,
     whatsapp_message_form,
 )
-from tests.integration.deliveries import wait_for_delivery
+from tests.integration.deliveries import wait_for_delivery, wait_for_rows
 from triggers.whatsapp.sender import OUTSIDE_WINDOW
 from triggers.whatsapp.status import MessageLog
 
@@ -479,3 +480,168 @@ async def test_a_restart_between_run_and_delivery_sends_exactly_one_reply(
     async with worker_node.services.database.read() as conn:
         count = (await conn.execute(select(func.count()).select_from(deliveries))).scalar()
     assert count == 1
+
+
+async def test_a_5xx_from_twilio_is_retried_until_it_goes_through(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio)
+    twilio.fail_next(503, message="Service Unavailable")
+    await post_signed(http, live, message("try again"))
+    [run] = await whatsapp_runs(live)
+    row = await wait_for_delivery(live, run["id"], "sent")
+    assert row["attempts"] == 2 and twilio.attempts == 2
+    assert [sent.body for sent in twilio.messages] == ["try again"]
+
+
+async def test_a_failed_run_is_answered_with_one_short_line_naming_it(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio, workflow="fail")
+    await live.register("fail")
+    await post_signed(http, live, message("do the thing"))
+    [run] = await whatsapp_runs(live)
+    await wait_for_delivery(live, run["id"], "sent", timeout=60)
+    [sent] = twilio.messages
+    assert sent.body == f"Sorry, that did not work (run {run['id']} failed)."
+    assert "boom" not in (sent.body or "") and "\n" not in (sent.body or "")
+
+
+async def test_reply_attachments_go_one_media_url_per_message_after_the_text(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    files = ["https://files.example.test/a.png", "https://files.example.test/b.pdf"]
+    # echo answers with its inputs: the route's fixed `reply` is the workflow's answer.
+    route = {
+        "keyword": "files",
+        "workflow": "echo",
+        "inputs": {"reply": {"text": "two files", "attachments": files}},
+    }
+    live = await start(live_factory, twilio, routes=[route])
+    await post_signed(http, live, message("files please"))
+    [run] = await whatsapp_runs(live)
+    await wait_for_delivery(live, run["id"], "sent")
+    assert [(sent.body, sent.media_urls) for sent in twilio.messages] == [
+        ("two files", []),
+        (None, files[:1]),
+        (None, files[1:]),
+    ]
+
+
+async def test_messages_are_routed_by_keyword_and_by_receiving_number(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    routes = [
+        {"to": OTHER_NUMBER, "workflow": "echo", "inputs": {"desk": "sales"}},
+        {"keyword": "report", "workflow": "echo", "inputs": {"desk": "reports"}},
+    ]
+    live = await start(live_factory, twilio, routes=routes)
+    cases = {
+        "whatsapp:+15005550001": ("Report: weekly numbers", SANDBOX_NUMBER),
+        "whatsapp:+15005550002": ("reporting for duty", SANDBOX_NUMBER),
+        "whatsapp:+15005550003": ("report on sales", OTHER_NUMBER),
+    }
+    for user, (body, to) in cases.items():
+        params = message(body, user=user)
+        params["To"] = to
+        assert (await post_signed(http, live, params)).status_code == 200
+    await twilio.wait_for(3)
+    routed = {}
+    for run in await whatsapp_runs(live):
+        inputs = json.loads(run["request_body"])
+        routed[inputs["sender"]["id"]] = (inputs["text"], inputs.get("desk"))
+        await wait_for_delivery(live, run["id"], "sent")
+    assert routed == {
+        "whatsapp:+15005550001": ("weekly numbers", "reports"),
+        "whatsapp:+15005550002": ("reporting for duty", None),
+        "whatsapp:+15005550003": ("report on sales", "sales"),
+    }
+    replies = {sent.to: (sent.sender, sent.body) for sent in twilio.messages}
+    assert replies == {
+        "whatsapp:+15005550001": (SANDBOX_NUMBER, "weekly numbers"),
+        "whatsapp:+15005550002": (SANDBOX_NUMBER, "reporting for duty"),
+        "whatsapp:+15005550003": (OTHER_NUMBER, "report on sales"),
+    }
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["template", "no-template"])
+async def test_a_window_that_closes_between_parts_is_not_skipped_silently(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient, template: bool
+) -> None:
+    settings: dict[str, Any] = {"template_sid": "HX" + "2" * 32} if template else {}
+    live = await start(live_factory, twilio, **settings)
+    text = " ".join(f"Sentence {n} is here to make the answer long." for n in range(100))
+    twilio.fail_next(429, retry_after="3600", after=1)  # part 2 waits; the window closes
+    await post_signed(http, live, message(text))
+    [run] = await whatsapp_runs(live)
+    rows = await wait_for_rows(
+        live, lambda row: row["attempts"] == 1 and row["status"] == "pending"
+    )
+    assert rows[0]["progress"] == 1
+    async with live.services.database.write() as conn:
+        await conn.execute(
+            update(runs)
+            .where(runs.c.id == run["id"])
+            .values(created_at=live.services.clock.now() - timedelta(hours=25))
+        )
+        await conn.execute(update(deliveries).values(next_attempt_at=live.services.clock.now()))
+    live.services.outbox.wake()
+    if template:
+        row = await wait_for_delivery(live, run["id"], "sent")
+        first, stand_in = twilio.messages
+        assert first.body is not None and first.body.endswith("(1/3)")
+        assert stand_in.body is None and stand_in.get("ContentSid") == "HX" + "2" * 32
+        assert row["progress"] == 2
+    else:
+        row = await wait_for_delivery(live, run["id"], "failed")
+        assert row["last_error"] == (
+            "WhatsApp's 24-hour window closed after 1 of the reply's 3 messages were sent; "
+            "the rest was not sent and no template is configured"
+        )
+        assert len(twilio.messages) == 1
+
+
+async def test_a_duplicate_written_concurrently_by_another_node_is_answered_as_one(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio, roles={"web"})
+    database = live.services.database
+    if database.is_sqlite:
+        pytest.skip("SQLite has one writer: the check and the insert cannot interleave")
+    params = message("twice at once")
+    key = f"whatsapp:{params['MessageSid']}"
+    now = live.services.clock.now()
+    # "Another node" has inserted the same message and not committed yet.
+    async with database.engine.connect() as other:
+        transaction = await other.begin()
+        await other.execute(
+            runs.insert().values(
+                id="req_other_node",
+                owner_id="default",
+                service_id="echo",
+                status="queued",
+                source="whatsapp",
+                idempotency_key=key,
+                created_at=now,
+                queued_at=now,
+            )
+        )
+        posting = asyncio.ensure_future(post_signed(http, live, params))
+        await wait_for_a_lock_waiter(live)
+        await transaction.commit()
+    response = await posting
+    assert response.status_code == 200, response.text
+    [run] = await whatsapp_runs(live)
+    assert run["id"] == "req_other_node"
+
+
+async def wait_for_a_lock_waiter(live: Live) -> None:
+    """Until some PostgreSQL backend waits for a lock (our insert, on the other's row)."""
+    query = sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+    async with asyncio.timeout(10):
+        while True:
+            # A fresh transaction each time: statistics views are a snapshot per transaction.
+            async with live.services.database.read() as probe:
+                if (await probe.execute(query)).scalar():
+                    return
+            await asyncio.sleep(0.02)  # polling the server: nothing to subscribe to
