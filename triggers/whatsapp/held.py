@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -89,6 +89,13 @@ class HeldMessages:
         task.add_done_callback(lambda _: self._fetching.pop(run_id, None))
 
     async def _release(self, run_id: str, request: RunRequest) -> None:
+        try:
+            await self._attach_and_queue(run_id, request)
+        except Exception:
+            # The run stays held: the next sweep (or start) fetches its media again.
+            logger.exception("run %s: releasing it with its media failed", run_id)
+
+    async def _attach_and_queue(self, run_id: str, request: RunRequest) -> None:
         inputs: dict[str, Any] = json.loads(request.body or "{}")
         event = inputs.get("event")
         params = event if isinstance(event, dict) else {}
@@ -115,9 +122,6 @@ class HeldMessages:
             await self._gateway.submit(filled)
         except Conflict:
             logger.info("run %s: its media was attached elsewhere already", run_id)
-        except Exception:
-            # The run stays held: the next sweep (or start) fetches its media again.
-            logger.exception("run %s: releasing it with its media failed", run_id)
             return
         attached = len(inputs["attachments"])
         logger.info("run %s: %d media file(s) attached, run queued", run_id, attached)
@@ -136,7 +140,7 @@ class HeldMessages:
                 return
             cutoff = self._clock.now() - timedelta(seconds=self._sweep_interval)
 
-    async def _release_held(self, *, before: Any) -> None:
+    async def _release_held(self, *, before: datetime) -> None:
         async with self._db.read() as conn:
             rows = (
                 await conn.execute(
