@@ -70,8 +70,8 @@ class WhatsAppSettings(_Section):
     media_timeout: float = Field(
         default=10.0,
         gt=0,
-        description="seconds to download an inbound message's media before answering Twilio "
-        "(Twilio waits 15 s)",
+        description="seconds to download an inbound message's media (after answering Twilio; "
+        "the message's run waits for it)",
     )
     send_timeout: float = Field(default=15.0, gt=0, description="seconds per Twilio API call")
 

@@ -54,7 +54,7 @@ class QueueGateway:
         submitted = await self._intake.submit(request)
         if not isinstance(submitted, SubmittedRun):
             raise TypeError("intake returned a husk id for a run request")
-        if submitted.created:
+        if submitted.created and not request.held:  # a held run counts once, when filled in
             self._metrics.run_accepted(request.source.value)
         self._events.notify(submitted.id)
         self._events.work_available.set()

@@ -3,6 +3,12 @@
 ``QueueGateway`` feeds these through ``GroupCommit``; this module is only the SQL, and the one
 place that knows a new run's row. Dedupe happens here: a repeated idempotency key (in the batch
 or already stored) yields the run that key made; a provisioned husk is filled exactly once.
+
+A ``held`` run request is stored provisioned (with its idempotency and serial keys) and filled
+later by a request of the same source naming it in ``provisioned_run_id``. On PostgreSQL two
+nodes can insert the same idempotency key at once (neither sees the other's row before it
+commits): the insert skips a conflicting key and the run that key made is read back instead, so
+the duplicate is answered as a duplicate rather than failing its batch.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -66,7 +73,7 @@ class IntakeWriter:
                 else:
                     row = _run_row(item, now)
                     rows.append(row)
-                    results[index] = SubmittedRun(row["id"], RunStatus.QUEUED, created=True)
+                    results[index] = SubmittedRun(row["id"], row["status"], created=True)
                     if item.idempotency_key is not None:
                         by_key[item.idempotency_key] = [index]
             if by_key:
@@ -87,13 +94,54 @@ class IntakeWriter:
                         if isinstance(first, SubmittedRun):
                             results[duplicate] = SubmittedRun(first.id, first.status, created=False)
             if rows:
-                await self._insert(conn, rows)
+                skipped = await self._insert(conn, rows)
+                if skipped:
+                    await self._answer_skipped(conn, skipped, items, results)
         return [r if r is not None else RuntimeError("intake item not handled") for r in results]
 
-    async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    async def _answer_skipped(
+        self,
+        conn: AsyncConnection,
+        keys: set[str],
+        items: list[IntakeItem],
+        results: list[SubmittedRun | str | BaseException | None],
+    ) -> None:
+        """Items whose key another node stored meanwhile get that node's run (a duplicate)."""
+        stored = await conn.execute(
+            select(runs.c.idempotency_key, runs.c.id, runs.c.status).where(
+                runs.c.idempotency_key.in_(list(keys))
+            )
+        )
+        earlier = {key: (run_id, status) for key, run_id, status in stored}
+        for index, item in enumerate(items):
+            if not isinstance(item, RunRequest) or item.provisioned_run_id is not None:
+                continue
+            key = item.idempotency_key
+            if key is None or key not in keys:
+                continue
+            if key in earlier:
+                run_id, status = earlier[key]
+                results[index] = SubmittedRun(run_id, RunStatus(status), created=False)
+            else:  # the conflicting row is gone again: let the caller (Twilio…) retry
+                results[index] = Conflict(f"idempotency key {key!r} is being written elsewhere")
+
+    async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert ``rows``; returns the idempotency keys skipped because they are stored now."""
         if not self._db.is_sqlite:
-            await conn.execute(runs.insert(), rows)
-            return
+            keyed = {row["idempotency_key"] for row in rows if row["idempotency_key"] is not None}
+            if not keyed:
+                await conn.execute(runs.insert(), rows)
+                return set()
+            # A concurrent transaction may have inserted one of these keys after our check:
+            # skip it (ON CONFLICT DO NOTHING waits for that transaction, then skips).
+            inserted = await conn.execute(
+                postgresql.insert(runs)
+                .on_conflict_do_nothing(index_elements=[runs.c.idempotency_key])
+                .returning(runs.c.idempotency_key),
+                rows,
+            )
+            return keyed - {key for (key,) in inserted}
+        # SQLite: the check and the insert are one BEGIN IMMEDIATE transaction (one writer).
         # The intake hot path on SQLite: SQLAlchemy's per-row parameter processing cost more
         # than the insert itself (~30 µs a row). The values are ours and of few kinds, so convert
         # them the way its SQLite types would and hand the driver plain tuples.
@@ -111,20 +159,24 @@ class IntakeWriter:
         await conn.exec_driver_sql(
             _SQLITE_INSERT, [tuple(plain(row[column]) for column in INTAKE_COLUMNS) for row in rows]
         )
+        return set()
 
     async def _fill_husk(
         self, conn: AsyncConnection, item: RunRequest, now: datetime
     ) -> SubmittedRun | BaseException:
         run_id = item.provisioned_run_id or ""
-        values = _run_row(item, now)
+        values = _run_row(item.model_copy(update={"held": False}), now)
         for column in ("id", "created_at", "idempotency_key"):
             values.pop(column)
+        values["correlation_id"] = item.correlation_id or run_id
         result = await conn.execute(
             update(runs)
             .where(
                 runs.c.id == run_id,
                 runs.c.owner_id == item.owner_id,
                 runs.c.status == RunStatus.PROVISIONED,
+                # A run held by one intake is filled by that intake only (an API husk by the API).
+                runs.c.source == item.source.value,
             )
             .values(**values)
         )
@@ -203,7 +255,7 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "workflow_version": None,
         "path": item.path,
         "method": item.method,
-        "status": RunStatus.QUEUED,
+        "status": RunStatus.PROVISIONED if item.held else RunStatus.QUEUED,
         "source": item.source.value,
         "reply_target": None
         if item.reply_target is None
@@ -215,5 +267,5 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "request_body": item.body,
         "attempts": 0,
         "created_at": now,
-        "queued_at": now,
+        "queued_at": None if item.held else now,
     }

@@ -9,6 +9,12 @@ ordered: only the oldest unfinished one is attempted, so a reply waiting out a r
 the later ones; different targets go in parallel. A sender that dies mid-send is retried after
 the lease: providers may then see an attempt twice, which is why senders pass their own
 idempotency keys where the provider has them.
+
+A send can outlast the lease (a reply of several messages, each call up to a provider's
+timeout), so the lease is renewed every third of its length while the sender works. A claim
+counts an attempt, and ``attempts`` is the lease's fencing token: renewals and the final record
+apply only while the row still carries the attempt this drainer claimed, so a drainer that lost
+its lease (stalled past it) cannot overwrite what the next one records.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Update, func, or_, select, update
 
 from core.clock import Clock
 from core.db import Database
@@ -161,12 +167,42 @@ class Outbox:
 
     async def _attempt(self, delivery: Delivery) -> None:
         sender = self._senders[delivery.channel]
+        renewing = asyncio.create_task(
+            self._keep_lease(delivery), name=f"outbox-lease:{delivery.id}"
+        )
         try:
             result = await sender.send(delivery)
         except Exception as exc:
             logger.exception("delivery %s (run %s): sender failed", delivery.id, delivery.run_id)
             result = SendResult.retry(f"sender error: {type(exc).__name__}: {exc}")
+        finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
         await self._record(delivery, result)
+
+    async def _keep_lease(self, delivery: Delivery) -> None:
+        """Extend the lease every third of its length until cancelled (the send ended)."""
+        lease = self._settings.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                async with self._db.write() as conn:
+                    renewed = await conn.execute(
+                        _leased(delivery).values(
+                            lease_expires_at=self._clock.now() + timedelta(seconds=lease)
+                        )
+                    )
+            except Exception:
+                logger.exception("delivery %s: renewing its lease failed", delivery.id)
+                continue
+            if not renewed.rowcount:
+                logger.warning(
+                    "delivery %s (run %s): lease lost during the send; its result will not "
+                    "be recorded by this attempt",
+                    delivery.id,
+                    delivery.run_id,
+                )
+                return
 
     async def _claim(self) -> list[Delivery]:
         """Lease due deliveries, at most one per target: the oldest unfinished one (in order)."""
@@ -244,11 +280,25 @@ class Outbox:
             values.update(status="pending", next_attempt_at=now + timedelta(seconds=delay))
         self._metrics.delivery_finished(delivery.channel, outcome)
         async with self._db.write() as conn:
-            await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery.id, deliveries.c.status == "sending")
-                .values(**values)
+            recorded = await conn.execute(_leased(delivery).values(**values))
+        if not recorded.rowcount:
+            logger.warning(
+                "delivery %s (run %s): attempt %d ended after its lease was lost (or the "
+                "delivery was settled meanwhile); its result (%s) is not recorded",
+                delivery.id,
+                delivery.run_id,
+                delivery.attempts,
+                outcome,
             )
+
+
+def _leased(delivery: Delivery) -> Update:
+    """An update of ``delivery`` that matches only while this attempt's lease holds."""
+    return update(deliveries).where(
+        deliveries.c.id == delivery.id,
+        deliveries.c.status == "sending",
+        deliveries.c.attempts == delivery.attempts,
+    )
 
 
 def _delivery_of(row: Any) -> Delivery:

@@ -54,7 +54,8 @@ class RunQueue:
 
         Limits (DESIGN §1 step 2): ``per_workflow_limit`` running runs per workflow, and one
         running run per ``serial_key`` (one chat, one queued schedule), taken in arrival order:
-        a run waits while an earlier run with its key is unfinished. On PostgreSQL, claims are
+        a run waits while an earlier run with its key is unfinished, including one still held
+        (provisioned) by its intake. On PostgreSQL, claims are
         serialised cluster-wide by a transaction-level advisory lock, so two nodes cannot both
         pass a limit check on runs the other one is claiming at the same moment.
         """
@@ -82,7 +83,11 @@ class RunQueue:
                 runs.c.serial_key.is_(None),
                 ~exists().where(
                     earlier.c.serial_key == runs.c.serial_key,
-                    earlier.c.status.in_((RunStatus.QUEUED, RunStatus.RUNNING)),
+                    # A provisioned run with a key is held by its intake (a WhatsApp message
+                    # whose media is still downloading): the chat's later runs wait for it too.
+                    earlier.c.status.in_(
+                        (RunStatus.PROVISIONED, RunStatus.QUEUED, RunStatus.RUNNING)
+                    ),
                     or_(
                         earlier.c.created_at < runs.c.created_at,
                         and_(earlier.c.created_at == runs.c.created_at, earlier.c.id < runs.c.id),

@@ -130,6 +130,15 @@ class LiveFactory:
             url=f"http://127.0.0.1:{port}", settings=settings, services=services, key=key, app=app
         )
 
+    async def stop(self, live: Live) -> None:
+        """Shut one node down (its cleanup contexts run, as on SIGTERM)."""
+        for runner in self._runners:
+            if runner.app is live.app:
+                self._runners.remove(runner)
+                await runner.cleanup()
+                return
+        raise ValueError("that node is not running")
+
     async def close(self) -> None:
         """Stop every server started so far (a test may stop them and start again)."""
         while self._runners:

@@ -3,7 +3,8 @@
 It records every ``POST /2010-04-01/Accounts/<sid>/Messages.json`` (HTTP Basic auth checked) and
 answers 201 with a Message resource like Twilio's, or, when told to, 429/5xx/4xx errors in Twilio's
 JSON shape. It also serves media the way Twilio does: ``/2010-04-01/Accounts/<sid>/Messages/<MM>/
-Media/<ME>`` demands Basic auth and redirects to a short-lived "CDN" URL that serves the bytes.
+Media/<ME>`` demands Basic auth and redirects to a short-lived "CDN" URL that serves the bytes;
+:meth:`FakeTwilioApi.hold_media` makes the media URLs hang until the test opens the gate.
 
 Point ``[whatsapp] api_url`` at :attr:`FakeTwilioApi.url`.
 """
@@ -18,8 +19,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from multidict import MultiDict
+from twilio.request_validator import RequestValidator
 
 ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "tw-token"
@@ -99,7 +102,22 @@ class FakeTwilioApi:
     media_fetches: list[str] = field(default_factory=list)
     _failures: list[_Failure] = field(default_factory=list)
     _media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    _media_gate: asyncio.Event | None = None
+    early_statuses: list[str] = field(default_factory=list)
+    """Statuses called back (signed, to ``StatusCallback``) before the create call is answered."""
+    callback_answers: list[int] = field(default_factory=list)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def hold_media(self) -> asyncio.Event:
+        """Media URLs answer only once the returned event is set (a slow media server)."""
+        self._media_gate = asyncio.Event()
+        return self._media_gate
+
+    async def wait_for_media_fetches(self, count: int, timeout: float = 20.0) -> list[str]:
+        """The paths of the first ``count`` media requests, once that many arrived."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: len(self.media_fetches) >= count)
+        return self.media_fetches[:count]
 
     def fail_next(
         self,
@@ -151,6 +169,9 @@ class FakeTwilioApi:
             sid = "SM" + secrets.token_hex(16)
             self.messages.append(SentMessage(sid, form))
             self._changed.notify_all()
+        callback = form.get("StatusCallback")
+        if callback and self.early_statuses:
+            await self._call_back(callback, sid, form)
         resource = {
             "sid": sid,
             "account_sid": self.account_sid,
@@ -166,8 +187,31 @@ class FakeTwilioApi:
         }
         return web.json_response(resource, status=201)
 
+    async def _call_back(self, url: str, sid: str, message: MultiDict[str]) -> None:
+        """Status callbacks as Twilio posts them, here before our create call is answered."""
+        validator = RequestValidator(self.auth_token)
+        async with aiohttp.ClientSession() as session:
+            for status in self.early_statuses:
+                form = {
+                    "MessageSid": sid,
+                    "MessageStatus": status,
+                    "AccountSid": self.account_sid,
+                    "From": message.get("From", ""),
+                    "To": message.get("To", ""),
+                    "ChannelPrefix": "whatsapp",
+                }
+                signature = validator.compute_signature(url, form)
+                async with session.post(
+                    url, data=form, headers={"X-Twilio-Signature": signature}
+                ) as answer:
+                    self.callback_answers.append(answer.status)
+
     async def _media_resource(self, request: web.Request) -> web.Response:
-        self.media_fetches.append(request.path)
+        async with self._changed:
+            self.media_fetches.append(request.path)
+            self._changed.notify_all()
+        if self._media_gate is not None:
+            await self._media_gate.wait()
         if not self._authorized(request):
             return _error(401, 20003, "Authenticate")
         media_sid = request.match_info["media"]
@@ -176,7 +220,9 @@ class FakeTwilioApi:
         raise web.HTTPTemporaryRedirect(f"/cdn/{media_sid}?token={secrets.token_hex(8)}")
 
     async def _cdn(self, request: web.Request) -> web.Response:
-        self.media_fetches.append(request.path)
+        async with self._changed:
+            self.media_fetches.append(request.path)
+            self._changed.notify_all()
         content, content_type = self._media[request.match_info["media"]]
         return web.Response(body=content, content_type=content_type)
 

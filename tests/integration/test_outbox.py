@@ -6,17 +6,20 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 
 import httpx
 import pytest
 from aiohttp import web
+from sqlalchemy import update
 
 from core.models import Outcome, ReplyTarget, RunRequest, RunStatus
 from core.ports import NullMetrics
+from core.tables import deliveries
 from dispatch.outbox import Outbox, OutboxSettings
 from tests.conftest import Live, LiveFactory, free_port
-from tests.integration.deliveries import wait_for_delivery
+from tests.integration.deliveries import delivery_rows, wait_for_delivery
 from triggers.webhook import WebhookSender, webhook_signature
 
 
@@ -28,11 +31,22 @@ class Receiver:
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     failures_left: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    gates: list[asyncio.Event] = field(default_factory=list)
+    """Each request takes the next gate (if any) and answers only once it is set."""
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def wait_for(self, count: int) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: len(self.received) >= count)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.received.append((dict(request.headers), body))
+        async with self.changed:
+            self.received.append((dict(request.headers), body))
+            self.changed.notify_all()
         self.arrived.set()
+        if self.gates:
+            await self.gates.pop(0).wait()
         if self.failures_left > 0:
             self.failures_left -= 1
             return web.Response(status=503, headers={"Retry-After": "0"})
@@ -196,3 +210,90 @@ async def test_replies_to_one_target_stay_in_order_while_the_first_is_retried(
             assert await outbox.drain_once() <= 1  # one target: one delivery at a time
     attempted = [json.loads(body)["request_id"] for _, body in receiver.received]
     assert attempted == [run_ids[0], run_ids[0], run_ids[0], run_ids[1], run_ids[2]]
+
+
+async def completed_webhook_reply(live: Live, url: str) -> str:
+    """A run completed by hand (as a worker would) whose reply now waits in the outbox."""
+    services = live.services
+    submitted = await services.gateway.submit(
+        RunRequest(
+            owner_id="default",
+            service_id="echo",
+            body='"hi"',
+            reply_target=ReplyTarget(channel="webhook", address=url),
+        )
+    )
+    [run] = await services.queue.claim("worker-a", 1)
+    done = Outcome.from_response(200, b'"hi"', "application/json")
+    assert await services.queue.complete(
+        "worker-a", run.id, done, partial(services.replies.row, run, done)
+    )
+    return submitted.id
+
+
+def webhook_outbox(live: Live, http: httpx.AsyncClient, lease_seconds: float) -> Outbox:
+    services = live.services
+    return Outbox(
+        services.database,
+        services.clock,
+        {"webhook": WebhookSender(http, b"k" * 32, services.clock)},
+        NullMetrics(),
+        OutboxSettings(lease_seconds=lease_seconds),
+    )
+
+
+async def test_a_send_longer_than_the_lease_keeps_it(
+    live_factory: LiveFactory, receiver: Receiver
+) -> None:
+    live = await live_factory.start(roles={"web"})
+    run_id = await completed_webhook_reply(live, receiver.url)
+    gate = asyncio.Event()
+    receiver.gates.append(gate)
+    async with httpx.AsyncClient() as http:
+        slow, other = webhook_outbox(live, http, 0.3), webhook_outbox(live, http, 0.3)
+        sending = asyncio.ensure_future(slow.drain_once())
+        async with asyncio.timeout(10):
+            await receiver.arrived.wait()
+            [row] = await delivery_rows(live)
+            claimed_until = row["lease_expires_at"]
+            while row["lease_expires_at"] < claimed_until + timedelta(seconds=0.6):
+                await asyncio.sleep(0.05)  # polling the database: nothing to subscribe to
+                [row] = await delivery_rows(live)
+            # Well past the first lease: the other node still finds it leased.
+            assert await other.drain_once() == 0
+        gate.set()
+        assert await sending == 1
+    row = await wait_for_delivery(live, run_id, "sent")
+    assert row["attempts"] == 1 and len(receiver.received) == 1
+
+
+async def test_an_attempt_that_lost_its_lease_does_not_record_its_result(
+    live_factory: LiveFactory, receiver: Receiver
+) -> None:
+    live = await live_factory.start(roles={"web"})
+    run_id = await completed_webhook_reply(live, receiver.url)
+    stalled_gate, second_gate = asyncio.Event(), asyncio.Event()
+    receiver.gates.extend([stalled_gate, second_gate])
+    async with httpx.AsyncClient() as http:
+        stalled, second = webhook_outbox(live, http, 60), webhook_outbox(live, http, 60)
+        stalled_send = asyncio.ensure_future(stalled.drain_once())
+        async with asyncio.timeout(10):
+            await receiver.arrived.wait()
+        # The first drainer stalls past its lease (as if paused): the next one takes over.
+        async with live.services.database.write() as conn:
+            await conn.execute(
+                update(deliveries).values(
+                    lease_expires_at=live.services.clock.now() - timedelta(seconds=1)
+                )
+            )
+        second_send = asyncio.ensure_future(second.drain_once())
+        async with asyncio.timeout(10):
+            await receiver.wait_for(2)
+            stalled_gate.set()
+            assert await stalled_send == 1
+        [row] = await delivery_rows(live)
+        assert (row["status"], row["attempts"]) == ("sending", 2)  # the stale result was dropped
+        second_gate.set()
+        assert await second_send == 1
+    row = await wait_for_delivery(live, run_id, "sent")
+    assert row["attempts"] == 2

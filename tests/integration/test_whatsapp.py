@@ -6,6 +6,7 @@ them; replies are sent by the real twilio-python client to ``tests/fakes/twilio_
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -16,10 +17,11 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy import text as sql
 from twilio.request_validator import RequestValidator
 
 from core.models import Outcome, ReplyTarget, RunRequest, Source
-from core.tables import deliveries, runs
+from core.tables import deliveries, inbound_events, runs
 from switchboard.app import ROLES
 from tests.conftest import Live, LiveFactory, free_port
 from tests.fakes.twilio_api import (
@@ -30,7 +32,7 @@ from tests.fakes.twilio_api import (
     running_twilio_api,
     whatsapp_message_form,
 )
-from tests.integration.deliveries import wait_for_delivery
+from tests.integration.deliveries import wait_for_delivery, wait_for_rows
 from triggers.whatsapp.sender import OUTSIDE_WINDOW
 from triggers.whatsapp.status import MessageLog
 
@@ -56,6 +58,7 @@ async def start(
     twilio: FakeTwilioApi,
     *,
     roles: Collection[str] = ROLES,
+    server: dict[str, Any] | None = None,
     **whatsapp: Any,
 ) -> Live:
     settings = {
@@ -66,7 +69,7 @@ async def start(
         "workflow": "echo",
         **whatsapp,
     }
-    return await live_factory.start(roles=roles, whatsapp=settings)
+    return await live_factory.start(roles=roles, whatsapp=settings, server=server or {})
 
 
 def message(body: str, *, sid: str | None = None, user: str = USER, **extra: str) -> dict[str, str]:
@@ -206,14 +209,14 @@ async def test_media_is_downloaded_with_basic_auth_and_handed_on_as_a_signed_url
         MediaContentType0="image/png",
     )
     assert (await post_signed(http, live, params)).status_code == 200
+    [sent] = await twilio.wait_for(1, timeout=60)
+    digest = hashlib.sha256(picture).hexdigest()
+    assert sent.body == f"media-0.png {len(picture)} {digest}"
     [run] = await whatsapp_runs(live)
     [attachment] = json.loads(run["request_body"])["attachments"]
     assert attachment["content_type"] == "image/png" and attachment["size"] == len(picture)
     assert attachment["url"].startswith(live.url + "/files/")
     assert [path.split("/")[1] for path in twilio.media_fetches] == ["2010-04-01", "cdn"]
-    [sent] = await twilio.wait_for(1, timeout=60)
-    digest = hashlib.sha256(picture).hexdigest()
-    assert sent.body == f"media-0.png {len(picture)} {digest}"
 
 
 async def test_media_that_cannot_be_fetched_does_not_cost_the_message(
@@ -224,9 +227,82 @@ async def test_media_that_cannot_be_fetched_does_not_cost_the_message(
     params = message("look", NumMedia="1", MediaUrl0=missing, MediaContentType0="image/jpeg")
     assert (await post_signed(http, live, params)).status_code == 200
     [run] = await whatsapp_runs(live)
+    await wait_for_delivery(live, run["id"], "sent")
+    [run] = await whatsapp_runs(live)
     inputs = json.loads(run["request_body"])
     assert inputs["attachments"] == []
     assert "answered 404" in inputs["event"]["media_errors"][0]
+    [sent] = twilio.messages
+    assert sent.body == "look"
+
+
+def image(twilio: FakeTwilioApi, picture: bytes, **extra: str) -> dict[str, str]:
+    return message(
+        "",
+        NumMedia="1",
+        MessageType="image",
+        MediaUrl0=twilio.add_media(picture, "image/png"),
+        MediaContentType0="image/png",
+        **extra,
+    )
+
+
+def api_fetches(twilio: FakeTwilioApi) -> int:
+    """Requests to Twilio's media resource (each download starts with one)."""
+    return sum(path.startswith("/2010-04-01/") for path in twilio.media_fetches)
+
+
+async def test_media_does_not_hold_up_the_ack_nor_jump_the_chat_queue(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    # A node that accepts messages but runs nothing: the queue can be probed while media hangs.
+    web_node = await start(live_factory, twilio, roles={"web"}, media_timeout=30)
+    gate = twilio.hold_media()
+    picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+    photo = image(twilio, picture, Body="look at this")
+    async with asyncio.timeout(5):  # Twilio's media server has not answered yet
+        assert (await post_signed(http, web_node, photo)).status_code == 200
+    await twilio.wait_for_media_fetches(1)
+    async with asyncio.timeout(5):  # Twilio's retry while the media is still on its way
+        assert (await post_signed(http, web_node, photo)).status_code == 200
+    assert (await post_signed(http, web_node, message("and this text"))).status_code == 200
+    held, text = await whatsapp_runs(web_node)
+    assert held["status"] == "provisioned" and held["idempotency_key"].endswith(photo["MessageSid"])
+    assert text["status"] == "queued"
+    # The text arrived second: it waits for the picture's run even though that is not queued.
+    assert await web_node.services.queue.claim("probe", 10) == []
+    assert not gate.is_set()
+    worker_node = await start(live_factory, twilio, roles={"worker"})
+    gate.set()
+    replies = await twilio.wait_for(2, timeout=60)
+    assert [sent.body for sent in replies] == ["look at this", "and this text"]
+    picture_run, text_run = await whatsapp_runs(worker_node)
+    assert text_run["started_at"] >= picture_run["completed_at"]
+    [attachment] = json.loads(picture_run["request_body"])["attachments"]
+    assert attachment["size"] == len(picture)
+    assert api_fetches(twilio) == 1
+    assert len(twilio.messages) == 2
+
+
+async def test_a_restart_while_media_downloads_loses_no_message(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    first = await start(live_factory, twilio, roles={"web"}, workflow="whatsapp-bot")
+    await first.register("whatsapp_bot")
+    gate = twilio.hold_media()
+    picture = b"GIF89a" + bytes(range(200))
+    assert (await post_signed(http, first, image(twilio, picture))).status_code == 200
+    await twilio.wait_for_media_fetches(1)
+    await live_factory.stop(first)  # the download is interrupted; the run stays held
+    [held] = await whatsapp_runs(first)
+    assert held["status"] == "provisioned"
+    gate.set()
+    second = await start(live_factory, twilio, workflow="whatsapp-bot")
+    [sent] = await twilio.wait_for(1, timeout=60)
+    assert sent.body == f"media-0.png {len(picture)} {hashlib.sha256(picture).hexdigest()}"
+    [run] = await whatsapp_runs(second)
+    assert run["id"] == held["id"] and run["status"] == "completed"
+    assert api_fetches(twilio) == 2
 
 
 async def test_outside_the_window_the_template_is_sent_instead(
@@ -322,6 +398,64 @@ async def test_status_callbacks_move_a_message_forward_only(
     await post_signed(http, live, failure, path="/twilio/status")
     [recorded] = await log.of_delivery(row["id"])
     assert (recorded["status"], recorded["error_code"]) == ("undelivered", "63016")
+    # The delivery shows it too (API, CLI): it was sent, but it did not arrive.
+    row = await wait_for_delivery(live, run["id"], "failed")
+    assert (
+        row["last_error"] == f"WhatsApp message {sent.sid} (part 1) undelivered: Twilio error 63016"
+    )
+
+
+async def test_status_callbacks_that_arrive_before_the_message_is_recorded_are_kept(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    # Twilio calls back while our create call is still waiting for its answer.
+    twilio.early_statuses = ["sent", "delivered", "sending"]
+    live = await start(live_factory, twilio)
+    await post_signed(http, live, message("fast"))
+    [run] = await whatsapp_runs(live)
+    row = await wait_for_delivery(live, run["id"], "sent")
+    assert twilio.callback_answers == [204, 204, 204]
+    [sent] = twilio.messages
+    log = MessageLog(live.services.database, live.services.clock)
+    [recorded] = await log.of_delivery(row["id"])
+    assert (recorded["sid"], recorded["status"]) == (sent.sid, "delivered")
+    async with live.services.database.read() as conn:
+        left = (await conn.execute(select(func.count()).select_from(inbound_events))).scalar()
+    assert left == 0  # merged, then forgotten
+    # A status for a message nobody sent is kept, and applies once such a message is recorded.
+    assert await log.apply_status("SM" + "f" * 32, "read", None)
+    await log.record_sent(row["id"], 1, "SM" + "f" * 32, "queued")
+    assert [m["status"] for m in await log.of_delivery(row["id"])] == ["delivered", "read"]
+
+
+async def test_behind_a_proxy_signatures_cover_the_public_url_and_its_query(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    public = "https://hooks.example.test"
+    live = await start(live_factory, twilio, roles={"web"}, server={"public_url": public})
+    path = "/twilio/whatsapp?q=1"
+    params = message("via the proxy")
+    socket_signed = await post_signed(http, live, params, path=path, signed_url=live.url + path)
+    assert socket_signed.status_code == 403, socket_signed.text
+    assert await whatsapp_runs(live) == []
+    proxy_signed = await post_signed(http, live, params, path=path, signed_url=public + path)
+    assert proxy_signed.status_code == 200, proxy_signed.text
+    [run] = await whatsapp_runs(live)
+    assert json.loads(run["request_body"])["text"] == "via the proxy"
+
+    path = "/twilio/status?q=1"
+    callback = {"MessageSid": "SM" + "e" * 32, "MessageStatus": "delivered"}
+    socket_signed = await post_signed(http, live, callback, path=path, signed_url=live.url + path)
+    assert socket_signed.status_code == 403, socket_signed.text
+    assert await early_statuses(live) == []
+    proxy_signed = await post_signed(http, live, callback, path=path, signed_url=public + path)
+    assert proxy_signed.status_code == 204, proxy_signed.text
+    assert await early_statuses(live) == [f"SM{'e' * 32}|delivered|"]
+
+
+async def early_statuses(live: Live) -> list[str]:
+    async with live.services.database.read() as conn:
+        return list((await conn.execute(select(inbound_events.c.dedupe_key))).scalars())
 
 
 async def test_a_restart_between_run_and_delivery_sends_exactly_one_reply(
@@ -346,3 +480,168 @@ async def test_a_restart_between_run_and_delivery_sends_exactly_one_reply(
     async with worker_node.services.database.read() as conn:
         count = (await conn.execute(select(func.count()).select_from(deliveries))).scalar()
     assert count == 1
+
+
+async def test_a_5xx_from_twilio_is_retried_until_it_goes_through(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio)
+    twilio.fail_next(503, message="Service Unavailable")
+    await post_signed(http, live, message("try again"))
+    [run] = await whatsapp_runs(live)
+    row = await wait_for_delivery(live, run["id"], "sent")
+    assert row["attempts"] == 2 and twilio.attempts == 2
+    assert [sent.body for sent in twilio.messages] == ["try again"]
+
+
+async def test_a_failed_run_is_answered_with_one_short_line_naming_it(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio, workflow="fail")
+    await live.register("fail")
+    await post_signed(http, live, message("do the thing"))
+    [run] = await whatsapp_runs(live)
+    await wait_for_delivery(live, run["id"], "sent", timeout=60)
+    [sent] = twilio.messages
+    assert sent.body == f"Sorry, that did not work (run {run['id']} failed)."
+    assert "boom" not in (sent.body or "") and "\n" not in (sent.body or "")
+
+
+async def test_reply_attachments_go_one_media_url_per_message_after_the_text(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    files = ["https://files.example.test/a.png", "https://files.example.test/b.pdf"]
+    # echo answers with its inputs: the route's fixed `reply` is the workflow's answer.
+    route = {
+        "keyword": "files",
+        "workflow": "echo",
+        "inputs": {"reply": {"text": "two files", "attachments": files}},
+    }
+    live = await start(live_factory, twilio, routes=[route])
+    await post_signed(http, live, message("files please"))
+    [run] = await whatsapp_runs(live)
+    await wait_for_delivery(live, run["id"], "sent")
+    assert [(sent.body, sent.media_urls) for sent in twilio.messages] == [
+        ("two files", []),
+        (None, files[:1]),
+        (None, files[1:]),
+    ]
+
+
+async def test_messages_are_routed_by_keyword_and_by_receiving_number(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    routes = [
+        {"to": OTHER_NUMBER, "workflow": "echo", "inputs": {"desk": "sales"}},
+        {"keyword": "report", "workflow": "echo", "inputs": {"desk": "reports"}},
+    ]
+    live = await start(live_factory, twilio, routes=routes)
+    cases = {
+        "whatsapp:+15005550001": ("Report: weekly numbers", SANDBOX_NUMBER),
+        "whatsapp:+15005550002": ("reporting for duty", SANDBOX_NUMBER),
+        "whatsapp:+15005550003": ("report on sales", OTHER_NUMBER),
+    }
+    for user, (body, to) in cases.items():
+        params = message(body, user=user)
+        params["To"] = to
+        assert (await post_signed(http, live, params)).status_code == 200
+    await twilio.wait_for(3)
+    routed = {}
+    for run in await whatsapp_runs(live):
+        inputs = json.loads(run["request_body"])
+        routed[inputs["sender"]["id"]] = (inputs["text"], inputs.get("desk"))
+        await wait_for_delivery(live, run["id"], "sent")
+    assert routed == {
+        "whatsapp:+15005550001": ("weekly numbers", "reports"),
+        "whatsapp:+15005550002": ("reporting for duty", None),
+        "whatsapp:+15005550003": ("report on sales", "sales"),
+    }
+    replies = {sent.to: (sent.sender, sent.body) for sent in twilio.messages}
+    assert replies == {
+        "whatsapp:+15005550001": (SANDBOX_NUMBER, "weekly numbers"),
+        "whatsapp:+15005550002": (SANDBOX_NUMBER, "reporting for duty"),
+        "whatsapp:+15005550003": (OTHER_NUMBER, "report on sales"),
+    }
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["template", "no-template"])
+async def test_a_window_that_closes_between_parts_is_not_skipped_silently(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient, template: bool
+) -> None:
+    settings: dict[str, Any] = {"template_sid": "HX" + "2" * 32} if template else {}
+    live = await start(live_factory, twilio, **settings)
+    text = " ".join(f"Sentence {n} is here to make the answer long." for n in range(100))
+    twilio.fail_next(429, retry_after="3600", after=1)  # part 2 waits; the window closes
+    await post_signed(http, live, message(text))
+    [run] = await whatsapp_runs(live)
+    rows = await wait_for_rows(
+        live, lambda row: row["attempts"] == 1 and row["status"] == "pending"
+    )
+    assert rows[0]["progress"] == 1
+    async with live.services.database.write() as conn:
+        await conn.execute(
+            update(runs)
+            .where(runs.c.id == run["id"])
+            .values(created_at=live.services.clock.now() - timedelta(hours=25))
+        )
+        await conn.execute(update(deliveries).values(next_attempt_at=live.services.clock.now()))
+    live.services.outbox.wake()
+    if template:
+        row = await wait_for_delivery(live, run["id"], "sent")
+        first, stand_in = twilio.messages
+        assert first.body is not None and first.body.endswith("(1/3)")
+        assert stand_in.body is None and stand_in.get("ContentSid") == "HX" + "2" * 32
+        assert row["progress"] == 2
+    else:
+        row = await wait_for_delivery(live, run["id"], "failed")
+        assert row["last_error"] == (
+            "WhatsApp's 24-hour window closed after 1 of the reply's 3 messages were sent; "
+            "the rest was not sent and no template is configured"
+        )
+        assert len(twilio.messages) == 1
+
+
+async def test_a_duplicate_written_concurrently_by_another_node_is_answered_as_one(
+    live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
+) -> None:
+    live = await start(live_factory, twilio, roles={"web"})
+    database = live.services.database
+    if database.is_sqlite:
+        pytest.skip("SQLite has one writer: the check and the insert cannot interleave")
+    params = message("twice at once")
+    key = f"whatsapp:{params['MessageSid']}"
+    now = live.services.clock.now()
+    # "Another node" has inserted the same message and not committed yet.
+    async with database.engine.connect() as other:
+        transaction = await other.begin()
+        await other.execute(
+            runs.insert().values(
+                id="req_other_node",
+                owner_id="default",
+                service_id="echo",
+                status="queued",
+                source="whatsapp",
+                idempotency_key=key,
+                created_at=now,
+                queued_at=now,
+            )
+        )
+        posting = asyncio.ensure_future(post_signed(http, live, params))
+        await wait_for_a_lock_waiter(live)
+        await transaction.commit()
+    response = await posting
+    assert response.status_code == 200, response.text
+    [run] = await whatsapp_runs(live)
+    assert run["id"] == "req_other_node"
+
+
+async def wait_for_a_lock_waiter(live: Live) -> None:
+    """Until some PostgreSQL backend waits for a lock (our insert, on the other's row)."""
+    query = sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+    async with asyncio.timeout(10):
+        while True:
+            # A fresh transaction each time: statistics views are a snapshot per transaction.
+            async with live.services.database.read() as probe:
+                if (await probe.execute(query)).scalar():
+                    return
+            await asyncio.sleep(0.02)  # polling the server: nothing to subscribe to

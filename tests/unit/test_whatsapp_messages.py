@@ -94,6 +94,7 @@ def test_template_variables_are_filled_and_limited() -> None:
     assert variables["2"] == "wf/req_1"
 
 
+METRIC = {"units": "metric"}
 SETTINGS = WhatsAppSettings(
     workflow="fallback",
     routes=(
@@ -116,6 +117,26 @@ SETTINGS = WhatsAppSettings(
         ("whatsapp:+14155550200", "help me", RoutedMessage("support-help", "me")),
         ("whatsapp:+14155238886", "help me", RoutedMessage("fallback", "help me")),
         ("whatsapp:+14155238886", "", RoutedMessage("fallback", "")),
+        # The keyword is followed by whitespace or punctuation, in any case.
+        (
+            "whatsapp:+14155238886",
+            "weather: Paris",
+            RoutedMessage("weather", "Paris", {"units": "metric"}),
+        ),
+        (
+            "whatsapp:+14155238886",
+            "Weather,\tLyon",
+            RoutedMessage("weather", "Lyon", {"units": "metric"}),
+        ),
+        ("whatsapp:+14155238886", "WEATHER?", RoutedMessage("weather", "", {"units": "metric"})),
+        (
+            "whatsapp:+14155238886",
+            "weather\n-5 today",
+            RoutedMessage("weather", "-5 today", {"units": "metric"}),
+        ),
+        ("whatsapp:+14155238886", "weather…", RoutedMessage("weather", "", {"units": "metric"})),
+        ("whatsapp:+14155238886", "weatherman says", RoutedMessage("fallback", "weatherman says")),
+        ("whatsapp:+14155238886", "weather2 x", RoutedMessage("fallback", "weather2 x")),
     ],
 )
 def test_routes_match_by_receiving_number_and_leading_keyword(

@@ -7,7 +7,9 @@ that fails the check gets 403 and nothing is stored.
 
 A message is persisted — its run request, deduplicated on ``MessageSid`` because Twilio retries
 after connection failures — before Twilio gets its answer, an empty TwiML ``<Response/>`` (never
-plain text: Twilio would send it to the user). The reply goes later, through the outbox.
+plain text: Twilio would send it to the user). A message with media is persisted as a held run
+and answered at once too; its media is fetched afterwards (held.py), so neither the answer nor the
+chat's order waits on a download. The reply goes later, through the outbox.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from core.messages import run_request_for
 from core.models import ReplyTarget
 from core.ports import RunGateway
 from core.whatsapp_settings import WhatsAppSettings
-from triggers.whatsapp.media import MediaFetcher
+from triggers.whatsapp.held import HeldMessages
 from triggers.whatsapp.parse import chat_key, inbound_message, media_items, route_message
 from triggers.whatsapp.status import MessageLog
 
@@ -70,7 +72,7 @@ class WhatsAppIntake:
     settings: WhatsAppSettings
     signature: TwilioSignature
     gateway: RunGateway
-    media: MediaFetcher
+    held: HeldMessages
     log: MessageLog
     clock: Clock
 
@@ -91,28 +93,23 @@ class WhatsAppIntake:
                 ours,
             )
             return twiml()
-        received_at = self.clock.now()
-        downloads = await self.media.fetch_all(media_items(params))
-        message = inbound_message(
-            params,
-            routed,
-            attachments=downloads.attachments,
-            received_at=received_at,
-            media_errors=downloads.errors,
+        media = media_items(params)
+        message = inbound_message(params, routed, attachments=(), received_at=self.clock.now())
+        run_request = run_request_for(
+            message,
+            owner_id=self.settings.owner,
+            workflow=routed.workflow,
+            fixed_inputs=routed.inputs,
+            reply_target=ReplyTarget(
+                channel="whatsapp", address=user, details={"from": ours, "message_sid": sid}
+            ),
+            idempotency_key=f"whatsapp:{sid}",
+            serial_key=chat_key(ours, user),
+            held=bool(media),
         )
-        submitted = await self.gateway.submit(
-            run_request_for(
-                message,
-                owner_id=self.settings.owner,
-                workflow=routed.workflow,
-                fixed_inputs=routed.inputs,
-                reply_target=ReplyTarget(
-                    channel="whatsapp", address=user, details={"from": ours, "message_sid": sid}
-                ),
-                idempotency_key=f"whatsapp:{sid}",
-                serial_key=chat_key(ours, user),
-            )
-        )
+        submitted = await self.gateway.submit(run_request)
+        if media and submitted.created:
+            self.held.release_later(submitted.id, run_request)
         if not submitted.created:
             logger.info("WhatsApp message %s was accepted before (run %s)", sid, submitted.id)
         return twiml()

@@ -1,10 +1,10 @@
-"""Inbound media: Twilio's ``MediaUrlN`` downloaded into our file store before the ack.
+"""Inbound media: Twilio's ``MediaUrlN`` downloaded into our file store.
 
 Twilio's media URLs need HTTP Basic auth (AccountSid:AuthToken) and redirect to a short-lived CDN
 URL (PROTOCOLS §2.1), so they are no use to a workflow as they are: each file is fetched (all of a
-message's files at once, bounded by ``media_timeout`` so that Twilio, which waits 15 s, still gets
-its answer) and stored behind a signed download URI. Text-only messages skip all of this. A file
-that cannot be fetched does not cost the message: the run still starts, and
+message's files at once, bounded by ``media_timeout``) and stored behind a signed download URI.
+This happens after the ack, while the message's run is held (held.py); text-only messages skip
+all of this. A file that cannot be fetched does not cost the message: the run still starts, and
 ``event.media_errors`` says what was missing.
 """
 

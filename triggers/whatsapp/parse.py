@@ -8,13 +8,15 @@ location ``Latitude``/``Longitude``/``Address``/``Label``, ``ButtonText``/``Butt
 
 from __future__ import annotations
 
+import string
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from core.messages import Attachment, Conversation, InboundMessage, Person
-from core.whatsapp_settings import WhatsAppRoute, WhatsAppSettings, whatsapp_address
+from core.whatsapp_settings import WhatsAppSettings, whatsapp_address
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,24 +32,41 @@ def route_message(settings: WhatsAppSettings, to: str, body: str) -> RoutedMessa
     """The first ``[[whatsapp.routes]]`` entry that matches, else ``[whatsapp] workflow``.
 
     A route matches when its ``to`` (if any) is the receiving number and its ``keyword`` (if any)
-    is the message's first word, compared case-insensitively; the keyword is removed from the text.
+    starts the message, compared case-insensitively, followed by the end of the message,
+    whitespace or punctuation (``Report: weekly``, ``report, please``, ``REPORT``); the keyword
+    and the punctuation right after it are removed from the text.
     """
     receiving = whatsapp_address(to) if to else ""
-    first, _, rest = body.strip().partition(" ") if body.strip() else ("", "", "")
+    text = body.strip()
     for route in settings.routes:
-        if not _matches(route, receiving, first):
+        if route.to is not None and whatsapp_address(route.to) != receiving:
             continue
-        text = rest.strip() if route.keyword is not None else body.strip()
-        return RoutedMessage(route.workflow, text, dict(route.inputs))
+        if route.keyword is None:
+            return RoutedMessage(route.workflow, text, dict(route.inputs))
+        rest = _after_keyword(text, route.keyword.strip())
+        if rest is not None:
+            return RoutedMessage(route.workflow, rest, dict(route.inputs))
     if settings.workflow is not None:
-        return RoutedMessage(settings.workflow, body.strip())
+        return RoutedMessage(settings.workflow, text)
     return None
 
 
-def _matches(route: WhatsAppRoute, receiving: str, first_word: str) -> bool:
-    if route.to is not None and whatsapp_address(route.to) != receiving:
-        return False
-    return route.keyword is None or route.keyword.strip().casefold() == first_word.casefold()
+def _after_keyword(text: str, keyword: str) -> str | None:
+    """``text`` without its leading ``keyword``, or ``None`` when it does not start with it."""
+    head = text[: len(keyword)]
+    if not keyword or head.casefold() != keyword.casefold():
+        return None
+    rest = text[len(keyword) :]
+    if rest and not (rest[0].isspace() or _is_punctuation(rest[0])):
+        return None  # "reporting" does not start with the keyword "report"
+    start = 0
+    while start < len(rest) and _is_punctuation(rest[start]):
+        start += 1  # "Report: weekly", "help!!"; "report -5" keeps its "-"
+    return rest[start:].strip()
+
+
+def _is_punctuation(char: str) -> bool:
+    return char in string.punctuation or unicodedata.category(char).startswith("P")
 
 
 def chat_key(our_number: str, user: str) -> str:

@@ -67,14 +67,15 @@ class WhatsAppSender:
                 "details.from, or [whatsapp] from_number"
             )
         user, sender = whatsapp_address(user), whatsapp_address(sender)
-        messages = await self._messages_for(delivery, reply, sender, user)
-        if messages is None:
-            return SendResult.failed(OUTSIDE_WINDOW, progress=delivery.progress)
         done = max(delivery.progress, await self._log.parts_sent(delivery.id))
+        plan = await self._plan(delivery, reply, sender, user, done)
+        if isinstance(plan, str):
+            return SendResult.failed(plan, progress=done)
         sid: str | None = None
-        for part in range(done, len(messages)):
+        total = done + len(plan)
+        for part, outbound in enumerate(plan, done):
             try:
-                sid, status = await self._create(sender, user, messages[part])
+                sid, status = await self._create(sender, user, outbound)
             except TwilioUnavailable as exc:
                 return SendResult.retry(str(exc), after=exc.retry_after, progress=part)
             except TwilioRestException as exc:
@@ -91,21 +92,43 @@ class WhatsAppSender:
                 delivery.id,
                 delivery.run_id,
                 part + 1,
-                len(messages),
+                total,
                 sid,
             )
-        return SendResult.sent(sid, progress=len(messages))
+        return SendResult.sent(sid, progress=total)
 
-    async def _messages_for(
-        self, delivery: Delivery, reply: Reply, sender: str, user: str
-    ) -> list[OutboundMessage] | None:
-        """The reply's messages, or the template outside the window (``None``: nothing allowed)."""
+    async def _plan(
+        self, delivery: Delivery, reply: Reply, sender: str, user: str, done: int
+    ) -> list[OutboundMessage] | str:
+        """The messages still to send after the ``done`` first, or why none may be sent.
+
+        Inside the window: the reply's remaining parts. Outside it: the template alone, also
+        when the window closed between two parts of this reply (a retry after a 429, say): the
+        rest cannot go as free-form messages, so the template carries the answer instead.
+        """
+        session = session_messages(reply)
+        if done and done >= len(session):
+            return []  # every part went before a crash kept the outbox from recording it
         last = await last_inbound_at(self._db, sender, user)
         window = timedelta(hours=self._settings.window_hours)
         if last is not None and self._clock.now() - last < window:
-            return session_messages(reply)
+            return session[done:]
         if self._settings.template_sid is None:
-            return None
+            if not done:
+                return OUTSIDE_WINDOW
+            return (
+                f"WhatsApp's 24-hour window closed after {done} of the reply's {len(session)} "
+                "messages were sent; the rest was not sent and no template is configured"
+            )
+        if done:
+            logger.warning(
+                "delivery %s (run %s): WhatsApp's window closed after %d of %d messages; "
+                "sending the template instead of the rest",
+                delivery.id,
+                delivery.run_id,
+                done,
+                len(session),
+            )
         return [
             template_message(
                 reply,

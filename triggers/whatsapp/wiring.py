@@ -13,6 +13,7 @@ from core.db import Database
 from core.ports import RunGateway
 from core.whatsapp_settings import WhatsAppSettings
 from triggers.files import FileStore
+from triggers.whatsapp.held import HeldMessages
 from triggers.whatsapp.intake import TwilioSignature, WhatsAppIntake
 from triggers.whatsapp.media import MediaFetcher
 from triggers.whatsapp.sender import WhatsAppSender
@@ -64,14 +65,13 @@ async def open_whatsapp_intake(
     *,
     public_url: str,
 ) -> AsyncIterator[WhatsAppIntake]:
-    """The webhook handlers, with an HTTP client for inbound media (closed on exit)."""
+    """The webhook handlers, with the owner of inbound media downloads and its HTTP client
+    (the downloads are stopped, then the client closed, on exit)."""
     account_sid, auth_token = _credentials(settings)
     async with httpx.AsyncClient(follow_redirects=True, timeout=settings.media_timeout) as http:
-        yield WhatsAppIntake(
-            settings=settings,
-            signature=TwilioSignature(auth_token, public_url),
-            gateway=gateway,
-            media=MediaFetcher(
+        held = HeldMessages(
+            gateway,
+            MediaFetcher(
                 http,
                 files,
                 account_sid=account_sid,
@@ -79,6 +79,19 @@ async def open_whatsapp_intake(
                 owner_id=settings.owner,
                 timeout=settings.media_timeout,
             ),
-            log=MessageLog(database, clock),
-            clock=clock,
+            database,
+            clock,
+            sweep_interval=3 * settings.media_timeout,
         )
+        held.start()
+        try:
+            yield WhatsAppIntake(
+                settings=settings,
+                signature=TwilioSignature(auth_token, public_url),
+                gateway=gateway,
+                held=held,
+                log=MessageLog(database, clock),
+                clock=clock,
+            )
+        finally:
+            await held.aclose()
