@@ -146,10 +146,10 @@ async def test_duplicate_message_id_makes_one_run(
         ({"Precedence": "bulk"}, None, SENDER, 1),
         ({"List-Id": "<news.sender.test>"}, None, SENDER, 1),
         ({}, "", SENDER, 0),
-        ({}, None, "other@example.test", 0),
         ({}, None, BOT, 0),
+        ({}, None, "bot+tag@example.test", 0),
     ],
-    ids=["auto-submitted", "precedence-bulk", "list-id", "null-sender", "own-domain", "own"],
+    ids=["auto-submitted", "precedence-bulk", "list-id", "null-sender", "own", "own-tagged"],
 )
 async def test_loop_rules_mean_no_reply(
     live_factory: LiveFactory,
@@ -174,6 +174,18 @@ async def test_loop_rules_mean_no_reply(
         assert finished is not None and finished.finished
     assert await delivery_rows(live) == []
     assert sink.attempts == 0
+
+
+async def test_a_colleague_at_our_domain_is_answered(
+    live_factory: LiveFactory, sink: SmtpSink
+) -> None:
+    # domains makes every address there ours to receive for, not ours to ignore as a loop.
+    live = await start_email(live_factory, sink, domains=["example.test"])
+    question = mail("From a colleague", sender="carol@example.test")
+    await smtp_send(live, question)
+    (reply,) = await sink.wait_for(1)
+    assert reply["To"] == "carol@example.test"
+    assert reply["In-Reply-To"] == question["Message-ID"]
 
 
 async def test_replies_to_one_sender_are_rate_limited(

@@ -73,8 +73,27 @@ def test_loop_rules(
     headers: dict[str, str], envelope_from: str | None, expected: Disposition
 ) -> None:
     router = Router(EmailSettings(addresses=("bot@example.test",), workflow="echo"))
-    verdict = loop_verdict(parse_email(raw_mail(headers)), envelope_from, router.is_ours)
+    verdict = loop_verdict(parse_email(raw_mail(headers)), envelope_from, router.is_own_address)
     assert verdict.disposition is expected
+
+
+def test_own_addresses_are_ours_not_the_whole_domain() -> None:
+    router = Router(
+        EmailSettings(
+            domains=("example.test",),
+            addresses=("bot@example.test",),
+            from_address="Switchboard <noreply-bot@example.test>",
+            workflow="echo",
+            routes=(EmailRoute(address="ops+x@example.test", workflow="ops"),),
+        )
+    )
+    assert router.is_own_address("Bot+tag@example.test")
+    assert router.is_own_address("noreply-bot@example.test")
+    assert router.is_own_address("ops@example.test")
+    assert not router.is_own_address("carol@example.test")  # a colleague
+    assert router.is_ours("carol@example.test")  # still routed
+    colleague = parse_email(raw_mail({"From": "carol@example.test"}))
+    assert loop_verdict(colleague, None, router.is_own_address).disposition is Disposition.RUN
 
 
 @pytest.mark.parametrize(

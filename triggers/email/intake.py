@@ -86,7 +86,7 @@ class EmailIntake:
         route = self._route(parsed, envelope)
         if route is None:
             return IntakeResult(Outcome.REJECTED, "550 5.1.1 no such recipient here")
-        verdict = loop_verdict(parsed, envelope.mail_from, self.router.is_ours)
+        verdict = loop_verdict(parsed, envelope.mail_from, self.router.is_own_address)
         if verdict.disposition is Disposition.DROP:
             logger.info("email %s dropped: %s", parsed.message_id, verdict.reason)
             return IntakeResult(Outcome.DROPPED, verdict.reason)
