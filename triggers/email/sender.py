@@ -4,6 +4,11 @@ Mail leaves through ``[email] relay_url`` with aiosmtplib, or, with no relay (th
 the Maildir ``<data_dir>/outbox``. The Message-ID is derived from the run (one delivery per run),
 so a retried attempt sends the same id and the recipient's client shows one mail even if a relay
 saw both attempts. 4xx answers and connection errors are retried by the outbox; 5xx are final.
+
+Attachments are read from our own file store (signed download URIs, checked by signature), never
+fetched over HTTP: a URL from a workflow must not make the server fetch from its own network
+(SSRF). A reply attachment that is not one of our files, or too large to attach, is listed as a
+link under the text instead; ``send_email`` refuses such URLs up front.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
-import httpx
 
 from core.clock import Clock
 from core.email_settings import EmailSettings
+from core.errors import Forbidden, NotFound, PayloadTooLarge
 from core.replies import Delivery, SendResult
 from triggers.email.compose import OutgoingFile, compose_mail
 from triggers.email.threads import ThreadStore
+from triggers.files import FileStore
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +131,13 @@ class EmailSender:
         settings: EmailSettings,
         transport: MailTransport,
         threads: ThreadStore,
-        http: httpx.AsyncClient,
+        files: FileStore,
         clock: Clock,
     ) -> None:
         self._settings = settings
         self._transport = transport
         self._threads = threads
-        self._http = http
+        self._files = files
         self._clock = clock
 
     def message_id_for(self, run_id: str) -> str:
@@ -159,11 +165,19 @@ class EmailSender:
         if "@" not in recipient:
             return SendResult.failed(f"email target {recipient!r} is not an address")
         files: list[OutgoingFile] = []
+        links: list[str] = []
+        room = self._settings.max_size
         for url in reply.attachments:
-            fetched = await self._fetch(url)
-            if isinstance(fetched, SendResult):
-                return fetched
-            files.append(fetched)
+            try:
+                stored = await self._files.read_signed(url, max_size=room, allow_expired=True)
+            except (Forbidden, PayloadTooLarge) as exc:
+                logger.info("run %s: attachment sent as a link: %s", delivery.run_id, exc)
+                links.append(url)
+                continue
+            except NotFound as exc:
+                return SendResult.failed(f"attachment {exc.name} is no longer stored")
+            room -= len(stored.data)
+            files.append(OutgoingFile(stored.filename, stored.content_type, stored.data))
         # Stored before sending: an answer to this mail may come back before we return.
         await self._threads.record(
             message_id=message_id,
@@ -175,7 +189,7 @@ class EmailSender:
         message = compose_mail(
             sender=self.sender_address(details.get("from")),
             target=delivery.target,
-            text=reply.text,
+            text=with_links(reply.text, links),
             message_id=message_id,
             now=self._clock.now(),
             default_subject=f"Result of {delivery.record.get('service_id') or 'your workflow'}",
@@ -183,27 +197,13 @@ class EmailSender:
         )
         return await self._transport.deliver(message)
 
-    async def _fetch(self, url: str) -> OutgoingFile | SendResult:
-        if not url.startswith(("http://", "https://")):
-            return SendResult.failed(f"attachment {url!r} is not an http(s) URL")
-        limit = self._settings.max_size
-        try:
-            async with self._http.stream("GET", url, timeout=SMTP_TIMEOUT) as response:
-                if response.status_code >= 400:
-                    error = f"attachment {url.split('?')[0]} answered {response.status_code}"
-                    retry = response.status_code == 429 or response.status_code >= 500
-                    return SendResult.retry(error) if retry else SendResult.failed(error)
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > limit:
-                        return SendResult.failed(f"attachment larger than {limit} bytes")
-                content_type = response.headers.get("content-type", "application/octet-stream")
-        except httpx.HTTPError as exc:
-            return SendResult.retry(f"attachment {url.split('?')[0]}: {type(exc).__name__}")
-        path = urlsplit(url).path.rstrip("/")
-        filename = unquote(path.rpartition("/")[2]) or "attachment"
-        return OutgoingFile(filename, content_type.split(";")[0].strip(), bytes(data))
+
+def with_links(text: str, links: list[str]) -> str:
+    """The reply text with the attachments we did not attach listed as links under it."""
+    if not links:
+        return text
+    listed = "\n".join(f"- <{url}>" for url in links)
+    return f"{text.rstrip()}\n\nAttachments (links):\n{listed}"
 
 
 def mail_domain(settings: EmailSettings) -> str:

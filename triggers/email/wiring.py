@@ -8,8 +8,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from core.clock import Clock
 from core.db import Database
 from core.email_settings import EmailSettings
@@ -42,11 +40,11 @@ class EmailOutbound:
         data_dir: Path,
         database: Database,
         clock: Clock,
-        http: httpx.AsyncClient,
+        files: FileStore,
     ) -> EmailOutbound:
         threads = ThreadStore(database, clock)
-        sender = EmailSender(settings, mail_transport(settings, data_dir), threads, http, clock)
-        return cls(sender, {"send_email": SendEmailService(database, clock, sender)})
+        sender = EmailSender(settings, mail_transport(settings, data_dir), threads, files, clock)
+        return cls(sender, {"send_email": SendEmailService(database, clock, sender, files)})
 
 
 @asynccontextmanager
