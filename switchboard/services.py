@@ -148,7 +148,12 @@ async def open_services(
             ),
         )
         email = EmailOutbound.build(
-            settings.email, data_dir=data_dir, database=database, clock=clock, files=files
+            settings.email,
+            data_dir=data_dir,
+            database=database,
+            clock=clock,
+            files=files,
+            max_attempts=settings.delivery.max_attempts,
         )
         builtins = {**builtin_services(), **email.builtins}
         queue = RunQueue(

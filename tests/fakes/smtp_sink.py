@@ -2,7 +2,9 @@
 
 It runs on the test's own event loop (like Switchboard's intake). ``stop()`` and ``start()``
 again on the same port simulate a relay that goes down and comes back; ``answer`` makes it refuse
-the next mails with a given SMTP reply (``"451 4.3.0 busy"``, ``"550 5.1.1 no such user"``).
+the next mails with a given SMTP reply (``"451 4.3.0 busy"``, ``"550 5.1.1 no such user"``), and
+``rcpt_answers`` refuses single recipients (``{"dave@x.test": "450 4.2.1 mailbox busy"}``) while
+taking the mail for the others.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class SmtpSink:
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     answer: str | None = None
     """When set, every DATA is answered with this instead of being kept."""
+    rcpt_answers: dict[str, str] = field(default_factory=dict)
+    """RCPT TO answers for single addresses, instead of accepting them."""
     attempts: int = 0
     _server: asyncio.Server | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -52,6 +56,20 @@ class SmtpSink:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        refusal = self.rcpt_answers.get(address)
+        if refusal is not None:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         async with self._changed:

@@ -25,6 +25,7 @@ from tests.integration.email_helpers import (
     smtp_send,
     start_email,
 )
+from triggers.email.sender import retry_delay
 
 
 async def test_send_email_from_a_workflow(live_factory: LiveFactory, sink: SmtpSink) -> None:
@@ -222,3 +223,41 @@ async def test_reply_attachment_removed_from_the_store_fails_the_delivery(
     failed = await wait_for_delivery(live, run_id, "failed")
     assert "no longer stored" in str(failed["last_error"])
     assert sink.messages == []
+
+
+async def test_recipients_the_relay_defers_are_retried_alone(
+    live_factory: LiveFactory, sink: SmtpSink
+) -> None:
+    live = await start_email(live_factory, sink)
+    sink.rcpt_answers["dave@sender.test"] = "450 4.2.1 mailbox busy, try later"
+    sink.rcpt_answers["zed@sender.test"] = "550 5.1.1 no such user"
+    inputs = {
+        "to": "carol@sender.test",
+        "cc": ["dave@sender.test", "zed@sender.test"],
+        "subject": "Partly deferred",
+        "body": "Hello",
+    }
+    async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": live.key}) as http:
+        response = await http.post("/run/send_email", json=inputs)
+    assert response.status_code == 200, response.text
+    (row,) = await wait_for_rows(live, lambda r: r["attempts"] >= 1 and r["status"] == "pending")
+    assert "dave@sender.test 450" in str(row["last_error"])
+    assert sink.envelopes == [("bot@example.test", ["carol@sender.test"])]
+
+    del sink.rcpt_answers["dave@sender.test"]
+    await wait_for_delivery(live, str(row["run_id"]), "sent")
+    first, second = sink.messages
+    assert first["Message-ID"] == second["Message-ID"]
+    # The retry went to the deferred recipient only; the 5xx one was not tried again.
+    assert sink.envelopes[1] == ("bot@example.test", ["dave@sender.test"])
+
+
+def test_email_retries_are_spread_over_the_retry_window() -> None:
+    window = 48 * 3600.0
+    delays = [retry_delay(attempt, 8, window) for attempt in range(1, 9)]
+    assert delays[:3] == [None, None, None]  # quick: the outbox's own backoff
+    assert delays[7] is None  # the outbox gives up after its last attempt
+    slow = [d for d in delays[3:7] if d is not None]
+    assert len(slow) == 4 and slow == sorted(slow)
+    assert sum(slow) == pytest.approx(window)
+    assert retry_delay(4, 3, window) is None  # too few attempts to pace

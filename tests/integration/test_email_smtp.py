@@ -8,10 +8,13 @@ import smtplib
 import subprocess
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import httpx
 import pytest
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
 from core.email_settings import EmailSettings
 from tests.conftest import LiveFactory, free_port
@@ -111,6 +114,34 @@ async def test_storage_failure_answers_451_and_the_retry_is_kept(
 
     break_file_store(live.settings.server.data_dir, undo=True)
     await smtp_send(live, question)  # the sending MTA retries the same mail later
+    (reply,) = await sink.wait_for(1)
+    assert reply["In-Reply-To"] == question["Message-ID"]
+    assert len(await email_runs(live)) == 1
+
+
+async def test_database_failure_answers_451_and_the_retry_is_kept(
+    live_factory: LiveFactory, sink: SmtpSink
+) -> None:
+    live = await start_email(live_factory, sink)
+    engine = live.services.database.engine.sync_engine
+
+    def fail_run_inserts(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO RUNS"):
+            raise OperationalError(statement, parameters, Exception("disk I/O error"))
+
+    question = mail("While the database is down")
+    event.listen(engine, "before_cursor_execute", fail_run_inserts)
+    try:
+        with pytest.raises(aiosmtplib.SMTPResponseException) as failed:
+            await smtp_send(live, question)
+    finally:
+        event.remove(engine, "before_cursor_execute", fail_run_inserts)
+    assert failed.value.code == 451
+    assert await email_runs(live) == []
+
+    await smtp_send(live, question)  # the sending MTA tries again
     (reply,) = await sink.wait_for(1)
     assert reply["In-Reply-To"] == question["Message-ID"]
     assert len(await email_runs(live)) == 1

@@ -4,6 +4,10 @@ Mail leaves through ``[email] relay_url`` with aiosmtplib, or, with no relay (th
 the Maildir ``<data_dir>/outbox``. The Message-ID is derived from the run (one delivery per run),
 so a retried attempt sends the same id and the recipient's client shows one mail even if a relay
 saw both attempts. 4xx answers and connection errors are retried by the outbox; 5xx are final.
+A relay that takes the mail but defers some recipients (a 4xx to their ``RCPT``) has those retried
+later, and only those: the recipients already handed over are remembered per Message-ID. Email
+retries are paced to last ``[email] retry_hours`` (MTAs keep trying for days): the first few come
+at the outbox's usual backoff, the rest are spread over the window (see :func:`retry_delay`).
 
 Attachments are read from our own file store (signed download URIs, checked by signature), never
 fetched over HTTP: a URL from a workflow must not make the server fetch from its own network
@@ -16,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import mailbox
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
+from aiosmtplib.email import extract_recipients
 
 from core.clock import Clock
 from core.email_settings import EmailSettings
@@ -37,10 +43,25 @@ logger = logging.getLogger(__name__)
 SMTP_TIMEOUT = 30.0
 
 
-class MailTransport(Protocol):
-    """Hands one composed mail to the next hop; one attempt per call."""
+QUICK_RETRIES = 3
+"""Email retries at the outbox's own backoff (seconds) before the pacing over the window."""
 
-    async def deliver(self, message: EmailMessage) -> SendResult: ...
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """How handing one mail to the next hop went."""
+
+    result: SendResult
+    deferred: dict[str, str] = field(default_factory=dict)
+    """In a mail the relay took: recipients it refused for now (4xx), address → its answer."""
+    rejected: dict[str, str] = field(default_factory=dict)
+    """In a mail the relay took: recipients it refused for good (5xx)."""
+
+
+class MailTransport(Protocol):
+    """Hands one composed mail to the next hop for ``recipients``; one attempt per call."""
+
+    async def deliver(self, message: EmailMessage, recipients: Sequence[str]) -> Handover: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +99,12 @@ class SmtpRelay:
     def __repr__(self) -> str:
         return f"SmtpRelay({self.hostname}:{self.port})"
 
-    async def deliver(self, message: EmailMessage) -> SendResult:
+    async def deliver(self, message: EmailMessage, recipients: Sequence[str]) -> Handover:
         where = f"relay {self.hostname}:{self.port}"
         try:
             refused, _answer = await aiosmtplib.send(
                 message,
+                recipients=list(recipients),
                 hostname=self.hostname,
                 port=self.port,
                 use_tls=self.use_tls,
@@ -97,16 +119,19 @@ class SmtpRelay:
                 f"{r.recipient} {r.code} {r.message}" for r in exc.recipients
             )
             if any(400 <= code < 500 for code in codes):
-                return SendResult.retry(error)
-            return SendResult.failed(error)
+                return Handover(SendResult.retry(error))
+            return Handover(SendResult.failed(error))
         except aiosmtplib.SMTPResponseException as exc:
             error = f"{where} answered {exc.code} {exc.message}"
-            return SendResult.retry(error) if exc.code < 500 else SendResult.failed(error)
+            return Handover(SendResult.retry(error) if exc.code < 500 else SendResult.failed(error))
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            return SendResult.retry(f"{where} unreachable: {type(exc).__name__}: {exc}")
-        if refused:
-            logger.warning("%s refused some recipients: %s", where, ", ".join(refused))
-        return SendResult.sent(str(message["Message-ID"]))
+            return Handover(SendResult.retry(f"{where} unreachable: {type(exc).__name__}: {exc}"))
+        answers = {address: f"{r.code} {r.message}" for address, r in refused.items()}
+        return Handover(
+            SendResult.sent(str(message["Message-ID"])),
+            deferred={a: text for a, text in answers.items() if refused[a].code < 500},
+            rejected={a: text for a, text in answers.items() if refused[a].code >= 500},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +140,12 @@ class MaildirOutbox:
 
     path: Path
 
-    async def deliver(self, message: EmailMessage) -> SendResult:
+    async def deliver(self, message: EmailMessage, recipients: Sequence[str]) -> Handover:
         def add() -> None:
             mailbox.Maildir(self.path, create=True).add(message)
 
         await asyncio.to_thread(add)
-        return SendResult.sent(str(message["Message-ID"]))
+        return Handover(SendResult.sent(str(message["Message-ID"])))
 
 
 class EmailSender:
@@ -133,12 +158,15 @@ class EmailSender:
         threads: ThreadStore,
         files: FileStore,
         clock: Clock,
+        *,
+        max_attempts: int,
     ) -> None:
         self._settings = settings
         self._transport = transport
         self._threads = threads
         self._files = files
         self._clock = clock
+        self._max_attempts = max_attempts
 
     def message_id_for(self, run_id: str) -> str:
         return f"<{run_id}@{self.domain}>"
@@ -195,7 +223,41 @@ class EmailSender:
             default_subject=f"Result of {delivery.record.get('service_id') or 'your workflow'}",
             files=files,
         )
-        return await self._transport.deliver(message)
+        result = await self._hand_over(message, message_id, delivery.run_id)
+        if result.outcome == "retry" and result.retry_after is None:
+            window = self._settings.retry_hours * 3600
+            delay = retry_delay(delivery.attempts, self._max_attempts, window)
+            if delay is not None:
+                result = SendResult.retry(result.error or "retry", after=delay)
+        return result
+
+    async def _hand_over(self, message: EmailMessage, message_id: str, run_id: str) -> SendResult:
+        """Send to the recipients not yet handed over; remember them when some were deferred."""
+        done = await self._threads.recipients_done(message_id)
+        pending = [r for r in extract_recipients(message) if r.lower() not in done]
+        if not pending:
+            return SendResult.sent(message_id)
+        handover = await self._transport.deliver(message, pending)
+        for address, answer in handover.rejected.items():
+            logger.warning("run %s: the relay refused %s for good: %s", run_id, address, answer)
+        if handover.result.outcome != "sent" or not handover.deferred:
+            return handover.result
+        # Deferred recipients are tried again later; the others must not get the mail twice.
+        finished = [r for r in pending if r not in handover.deferred]
+        await self._threads.record_recipients(message_id, finished, run_id=run_id)
+        deferred = "; ".join(f"{a} {text}" for a, text in handover.deferred.items())
+        return SendResult.retry(f"the relay deferred some recipients: {deferred}")
+
+
+def retry_delay(attempt: int, max_attempts: int, window: float) -> float | None:
+    """Seconds until the next try after failed attempt ``attempt`` (1-based), or ``None`` for
+    the outbox's own backoff. The outbox gives up after ``max_attempts``; the first
+    ``QUICK_RETRIES`` retries are quick (a relay restarting), the rest double and add up to
+    ``window``, so mail keeps being retried about as long as an MTA would."""
+    slow = max_attempts - 1 - QUICK_RETRIES
+    if attempt <= QUICK_RETRIES or slow <= 0 or attempt >= max_attempts:
+        return None
+    return window * 2.0 ** (attempt - QUICK_RETRIES - 1) / (2.0**slow - 1)
 
 
 def with_links(text: str, links: list[str]) -> str:

@@ -41,9 +41,12 @@ class EmailOutbound:
         database: Database,
         clock: Clock,
         files: FileStore,
+        max_attempts: int,
     ) -> EmailOutbound:
+        """``max_attempts``: the outbox's; email retries are paced to fit ``retry_hours``."""
         threads = ThreadStore(database, clock)
-        sender = EmailSender(settings, mail_transport(settings, data_dir), threads, files, clock)
+        transport = mail_transport(settings, data_dir)
+        sender = EmailSender(settings, transport, threads, files, clock, max_attempts=max_attempts)
         return cls(sender, {"send_email": SendEmailService(database, clock, sender, files)})
 
 
