@@ -81,6 +81,11 @@ class EmailSettings(_Section):
         "none: mail goes to the Maildir outbox <data_dir>/outbox",
     )
     relay_username: str | None = None
+    relay_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle the relay's certificate is checked against (a private CA); "
+        "default: the system's",
+    )
     relay_password: SecretStr | None = None
     max_size: int = Field(default=25 * 1024 * 1024, ge=1024, description="largest message, bytes")
     tls_cert: Path | None = Field(default=None, description="PEM certificate for STARTTLS")

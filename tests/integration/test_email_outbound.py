@@ -22,6 +22,7 @@ from tests.integration.email_helpers import (
     BOT,
     SENDER,
     mail,
+    self_signed_certificate,
     smtp_send,
     start_email,
 )
@@ -261,3 +262,50 @@ def test_email_retries_are_spread_over_the_retry_window() -> None:
     assert len(slow) == 4 and slow == sorted(slow)
     assert sum(slow) == pytest.approx(window)
     assert retry_delay(4, 3, window) is None  # too few attempts to pace
+
+
+@pytest.mark.parametrize(
+    ("implicit_tls", "query"),
+    [(False, "?starttls=required"), (False, ""), (True, "")],
+    ids=["starttls-required", "starttls-auto", "smtps"],
+)
+async def test_relay_over_tls_with_auth(
+    live_factory: LiveFactory, tmp_path: Path, implicit_tls: bool, query: str
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    relay = SmtpSink(tls=(cert, key), implicit_tls=implicit_tls, login=("relay-user", "p@ss:w"))
+    await relay.start()
+    try:
+        scheme = "smtps" if implicit_tls else "smtp"
+        live = await start_email(
+            live_factory,
+            relay,
+            relay_url=f"{scheme}://relay-user:p%40ss%3Aw@127.0.0.1:{relay.port}{query}",
+            relay_ca_file=str(cert),
+        )
+        question = mail("Over a TLS relay")
+        await smtp_send(live, question)
+        (reply,) = await relay.wait_for(1)
+        assert reply["In-Reply-To"] == question["Message-ID"]
+        assert relay.sessions == [(True, "relay-user")]
+    finally:
+        await relay.stop()
+
+
+async def test_relay_certificate_not_trusted_is_retried_not_sent(
+    live_factory: LiveFactory, tmp_path: Path
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    relay = SmtpSink(tls=(cert, key), implicit_tls=True)
+    await relay.start()
+    try:
+        # No relay_ca_file: the self-signed certificate must not be accepted.
+        live = await start_email(live_factory, relay, relay_url=f"smtps://127.0.0.1:{relay.port}")
+        await smtp_send(live, mail("Untrusted relay"))
+        (row,) = await wait_for_rows(
+            live, lambda r: r["attempts"] >= 1 and r["status"] == "pending"
+        )
+        assert "CERTIFICATE_VERIFY_FAILED" in str(row["last_error"])
+        assert relay.messages == []
+    finally:
+        await relay.stop()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import smtplib
-import subprocess
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from tests.integration.email_helpers import (
     inputs_of,
     mail,
     run_of,
+    self_signed_certificate,
     smtp_send,
     start_email,
 )
@@ -347,36 +346,6 @@ async def test_our_authserv_id_from_an_untrusted_smtp_client_is_a_forgery(
     assert refused.value.code == 550
     assert "DMARC" in refused.value.message
     assert await email_runs(live) == []
-
-
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 async def test_submission_port_beside_the_mx(

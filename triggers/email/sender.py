@@ -74,6 +74,7 @@ class SmtpRelay:
     start_tls: bool | None
     username: str | None
     password: str | None
+    cert_bundle: str | None = None
 
     @classmethod
     def from_settings(cls, settings: EmailSettings) -> SmtpRelay | None:
@@ -94,6 +95,7 @@ class SmtpRelay:
             else starttls in {"required", "yes", "true", "on"},
             username=unquote(url.username) if url.username else settings.relay_username,
             password=unquote(url.password) if url.password else password,
+            cert_bundle=str(settings.relay_ca_file) if settings.relay_ca_file else None,
         )
 
     def __repr__(self) -> str:
@@ -111,6 +113,7 @@ class SmtpRelay:
                 start_tls=False if self.use_tls else self.start_tls,
                 username=self.username,
                 password=self.password,
+                cert_bundle=self.cert_bundle,
                 timeout=SMTP_TIMEOUT,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
