@@ -232,3 +232,16 @@ async def test_mailgun_null_sender_is_a_bounce(
     assert response.status_code == 200, response.text
     assert response.json()["outcome"] == "dropped"
     assert await email_runs(live) == []
+
+
+async def test_mailgun_body_over_one_mebibyte(live_factory: LiveFactory, sink: SmtpSink) -> None:
+    live = await start_email(live_factory, sink)
+    big = bytes(range(256)) * 6 * 1024  # 1.5 MiB: over aiohttp's default client_max_size
+    files = {"attachment-1": ("big.bin", big, "application/octet-stream")}
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(
+            f"{live.url}/email/mailgun", data=mailgun_form("<mg-big@sender.test>"), files=files
+        )
+    assert response.status_code == 200, response.text
+    (run,) = await email_runs(live)
+    assert [a["size"] for a in inputs_of(run)["attachments"]] == [len(big)]
