@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,14 @@ class EmailSettings(_Section):
         default=None,
         ge=0,
         le=65535,
-        description="port of the SMTP intake server (25 for an MX); none: no SMTP server",
+        description="port of the SMTP intake server (25 for an MX: no AUTH); none: no MX",
+    )
+    submission_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="port of an SMTP submission server (587: STARTTLS and AUTH required, "
+        "needs tls_cert/tls_key and auth_username/auth_password); none: no submission port",
     )
     smtp_host: str = Field(default="127.0.0.1", description="interface the SMTP server binds")
     hostname: str | None = Field(
@@ -73,20 +81,31 @@ class EmailSettings(_Section):
         "none: mail goes to the Maildir outbox <data_dir>/outbox",
     )
     relay_username: str | None = None
+    relay_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle the relay's certificate is checked against (a private CA); "
+        "default: the system's",
+    )
     relay_password: SecretStr | None = None
     max_size: int = Field(default=25 * 1024 * 1024, ge=1024, description="largest message, bytes")
     tls_cert: Path | None = Field(default=None, description="PEM certificate for STARTTLS")
     tls_key: Path | None = None
     auth_username: str | None = Field(
         default=None,
-        description="with auth_password: SMTP AUTH (PLAIN/LOGIN, after STARTTLS) is required "
-        "(a submission port, not an MX)",
+        description="with auth_password: the one login of the submission port (AUTH "
+        "PLAIN/LOGIN, after STARTTLS); never asked on smtp_port",
     )
     auth_password: SecretStr | None = None
     trusted_authserv_id: str | None = Field(
         default=None,
         description="authserv-id of the Authentication-Results headers we trust (our border MTA "
         "or provider)",
+    )
+    trusted_relays: tuple[str, ...] = Field(
+        default=(),
+        description="IPs/CIDRs of the MTAs in front of our SMTP port whose "
+        "Authentication-Results we believe; empty: on the SMTP port no such header is trusted "
+        "(RFC 8601 §5: anyone can write one), so require_dmarc routes refuse SMTP mail",
     )
     mailgun_signing_key: SecretStr | None = None
     mailgun_max_age: int = Field(
@@ -99,6 +118,12 @@ class EmailSettings(_Section):
     auto_replies_per_hour: int = Field(
         default=10, ge=0, description="replies to one sender per hour; further mail runs silently"
     )
+    retry_hours: float = Field(
+        default=48.0,
+        gt=0,
+        description="how long a reply or send_email keeps being retried while the relay answers "
+        "4xx or is unreachable (MTAs retry for days)",
+    )
     routes: tuple[EmailRoute, ...] = ()
 
     @field_validator("domains", "addresses")
@@ -106,12 +131,42 @@ class EmailSettings(_Section):
     def _lower_all(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(value.strip().lower() for value in values)
 
+    @field_validator("trusted_relays")
+    @classmethod
+    def _networks(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            try:
+                ip_network(value.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted_relays: {value!r} is not an IP or CIDR") from exc
+        return tuple(value.strip() for value in values)
+
     @model_validator(mode="after")
     def _tls_pair(self) -> EmailSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither")
         if (self.auth_username is None) != (self.auth_password is None):
             raise ValueError("give both auth_username and auth_password, or neither")
-        if self.auth_username is not None and self.tls_cert is None:
-            raise ValueError("SMTP AUTH needs STARTTLS: give tls_cert and tls_key too")
+        if self.submission_port is not None:
+            if self.auth_username is None:
+                raise ValueError("submission_port needs auth_username and auth_password")
+            if self.tls_cert is None:
+                raise ValueError("submission_port needs STARTTLS: give tls_cert and tls_key")
+        elif self.auth_username is not None:
+            raise ValueError(
+                "auth_username is the login of the submission port: set submission_port "
+                "(smtp_port is an MX and never asks for AUTH)"
+            )
         return self
+
+    def is_trusted_relay(self, peer: str | None) -> bool:
+        """Whether an SMTP client at ``peer`` is one of ``trusted_relays``."""
+        if not peer or not self.trusted_relays:
+            return False
+        try:
+            address = ip_address(peer.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in ip_network(network, strict=False) for network in self.trusted_relays)

@@ -296,7 +296,9 @@ email_messages = Table(
     Column("message_id", String(300), nullable=False, unique=True),
     Column("conversation_id", String(300), nullable=False),
     Column("run_id", String(40)),
-    Column("direction", String(3), nullable=False),  # "in" | "out"
+    # "in" | "out" | "rcp" (a recipient our mail conversation_id was handed over for, kept
+    # while the relay defers others; message_id is then "rcpt:<address>:<Message-ID>")
+    Column("direction", String(3), nullable=False),
     # The other party: the sender of a mail we received, the recipient of one we sent.
     Column("peer", String(300), nullable=False),
     # Inbound only: whether this mail was answered (auto-replies per sender are rate-limited).

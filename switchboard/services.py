@@ -135,8 +135,25 @@ async def open_services(
         signer = Signer(signing_secret(settings))
         events = RunEvents()
         http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
+        files = FileStore(
+            database,
+            clock,
+            signer,
+            FileSettings(
+                directory=(data_dir / "files").resolve(),
+                base_url=settings.server.base_url(),
+                max_size=settings.files.max_size,
+                upload_ttl=settings.files.upload_ttl,
+                download_ttl=settings.files.download_ttl,
+            ),
+        )
         email = EmailOutbound.build(
-            settings.email, data_dir=data_dir, database=database, clock=clock, http=http
+            settings.email,
+            data_dir=data_dir,
+            database=database,
+            clock=clock,
+            files=files,
+            max_attempts=settings.delivery.max_attempts,
         )
         builtins = {**builtin_services(), **email.builtins}
         queue = RunQueue(
@@ -223,18 +240,7 @@ async def open_services(
             auth=Authenticator(
                 keys, signer, clock, cache_seconds=settings.server.auth_cache_seconds
             ),
-            files=FileStore(
-                database,
-                clock,
-                signer,
-                FileSettings(
-                    directory=(data_dir / "files").resolve(),
-                    base_url=settings.server.base_url(),
-                    max_size=settings.files.max_size,
-                    upload_ttl=settings.files.upload_ttl,
-                    download_ttl=settings.files.download_ttl,
-                ),
-            ),
+            files=files,
             gateway=gateway,
             metrics=metrics,
             outbox=outbox,

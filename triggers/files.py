@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from aiohttp import web
 from sqlalchemy import select, update
@@ -34,6 +34,15 @@ class ByteSource(Protocol):
     """What an upload is read from: an aiohttp request body, or a channel's media download."""
 
     async def read(self, n: int = -1) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A stored file's bytes, read from disk (see :meth:`FileStore.read_signed`)."""
+
+    filename: str
+    content_type: str
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +183,47 @@ class FileStore:
             )
         return file_id, str(created["download_uri"])
 
+    def file_id_of(self, uri: str, *, allow_expired: bool = False) -> str:
+        """The file a signed download URI of this store names (raises :class:`Forbidden`).
+
+        The host is not compared: nothing is fetched, and only our signing key makes a valid
+        signature, so the URI names one of our files whatever name the server had when it was
+        issued. ``allow_expired`` is for mail already queued: its URIs were checked when it
+        was handed over, and a retry two days later must not fail because they have expired.
+        """
+        url = urlsplit(uri)
+        parts = url.path.split("/")
+        if url.scheme not in {"http", "https"} or len(parts) < 4 or parts[-3] != "files":
+            raise Forbidden(f"{_shown(uri)} is not a download URI of this file store")
+        file_id = unquote(parts[-2])
+        query = parse_qs(url.query)
+        expires = next(iter(query.get("expires") or []), None)
+        signature = next(iter(query.get("sig") or []), None)
+        if signature is not None and not signature.isascii():  # compare_digest takes ASCII only
+            raise Forbidden(f"{_shown(uri)}: invalid signature for this file URI")
+        if allow_expired and expires and expires.isdigit() and signature:
+            if self._signer.verify(signature, "file", "GET", file_id, expires):
+                return file_id
+        try:
+            self.check_signature("GET", file_id, expires, signature)
+        except Forbidden as exc:
+            raise Forbidden(f"{_shown(uri)}: {exc.detail}") from exc
+        return file_id
+
+    async def read_signed(
+        self, uri: str, *, max_size: int, allow_expired: bool = False
+    ) -> StoredFile:
+        """The bytes behind one of our signed download URIs, read from disk, never over HTTP
+        (a URL a workflow hands us must not make the server fetch from its own network)."""
+        file_id = self.file_id_of(uri, allow_expired=allow_expired)
+        row = await self._row(file_id)
+        if row is None or row["uploaded_at"] is None:
+            raise NotFound("file", file_id)
+        if row["size"] is not None and row["size"] > max_size:
+            raise PayloadTooLarge(f"the file {row['filename']!r}", max_size)
+        data = await asyncio.to_thread((self._settings.directory / file_id).read_bytes)
+        return StoredFile(row["filename"], row["content_type"] or "application/octet-stream", data)
+
     async def open_for_download(self, file_id: str) -> tuple[Path, str, str]:
         row = await self._row(file_id)
         if row is None or row["uploaded_at"] is None:
@@ -185,6 +235,11 @@ class FileStore:
             return (
                 (await conn.execute(select(files).where(files.c.id == file_id))).mappings().first()
             )
+
+
+def _shown(uri: str) -> str:
+    """A URI for messages and logs, without its query (the signature is a capability)."""
+    return repr(uri.split("?")[0][:200])
 
 
 def _clean_filename(filename: str) -> str:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import smtplib
-import subprocess
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import httpx
 import pytest
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
-from tests.conftest import LiveFactory
+from core.email_settings import EmailSettings
+from tests.conftest import LiveFactory, free_port
 from tests.fakes.smtp_sink import SmtpSink
 from tests.integration.deliveries import delivery_rows
 from tests.integration.email_helpers import (
@@ -23,6 +25,7 @@ from tests.integration.email_helpers import (
     inputs_of,
     mail,
     run_of,
+    self_signed_certificate,
     smtp_send,
     start_email,
 )
@@ -115,6 +118,34 @@ async def test_storage_failure_answers_451_and_the_retry_is_kept(
     assert len(await email_runs(live)) == 1
 
 
+async def test_database_failure_answers_451_and_the_retry_is_kept(
+    live_factory: LiveFactory, sink: SmtpSink
+) -> None:
+    live = await start_email(live_factory, sink)
+    engine = live.services.database.engine.sync_engine
+
+    def fail_run_inserts(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO RUNS"):
+            raise OperationalError(statement, parameters, Exception("disk I/O error"))
+
+    question = mail("While the database is down")
+    event.listen(engine, "before_cursor_execute", fail_run_inserts)
+    try:
+        with pytest.raises(aiosmtplib.SMTPResponseException) as failed:
+            await smtp_send(live, question)
+    finally:
+        event.remove(engine, "before_cursor_execute", fail_run_inserts)
+    assert failed.value.code == 451
+    assert await email_runs(live) == []
+
+    await smtp_send(live, question)  # the sending MTA tries again
+    (reply,) = await sink.wait_for(1)
+    assert reply["In-Reply-To"] == question["Message-ID"]
+    assert len(await email_runs(live)) == 1
+
+
 def break_file_store(data_dir: Path, *, undo: bool = False) -> None:
     """Put a plain file where the file store's directory was: writing an attachment fails."""
     files = (data_dir / "files").resolve()
@@ -145,10 +176,10 @@ async def test_duplicate_message_id_makes_one_run(
         ({"Precedence": "bulk"}, None, SENDER, 1),
         ({"List-Id": "<news.sender.test>"}, None, SENDER, 1),
         ({}, "", SENDER, 0),
-        ({}, None, "other@example.test", 0),
         ({}, None, BOT, 0),
+        ({}, None, "bot+tag@example.test", 0),
     ],
-    ids=["auto-submitted", "precedence-bulk", "list-id", "null-sender", "own-domain", "own"],
+    ids=["auto-submitted", "precedence-bulk", "list-id", "null-sender", "own", "own-tagged"],
 )
 async def test_loop_rules_mean_no_reply(
     live_factory: LiveFactory,
@@ -173,6 +204,18 @@ async def test_loop_rules_mean_no_reply(
         assert finished is not None and finished.finished
     assert await delivery_rows(live) == []
     assert sink.attempts == 0
+
+
+async def test_a_colleague_at_our_domain_is_answered(
+    live_factory: LiveFactory, sink: SmtpSink
+) -> None:
+    # domains makes every address there ours to receive for, not ours to ignore as a loop.
+    live = await start_email(live_factory, sink, domains=["example.test"])
+    question = mail("From a colleague", sender="carol@example.test")
+    await smtp_send(live, question)
+    (reply,) = await sink.wait_for(1)
+    assert reply["To"] == "carol@example.test"
+    assert reply["In-Reply-To"] == question["Message-ID"]
 
 
 async def test_replies_to_one_sender_are_rate_limited(
@@ -235,6 +278,16 @@ async def test_html_only_mail_is_read_as_text(live_factory: LiveFactory, sink: S
     assert inputs["text"] == "Please review the doc (https://x.test/doc)."
 
 
+DMARC_ROUTE = {
+    "address": "ops@example.test",
+    "workflow": "echo",
+    "allow_senders": ["*@sender.test"],
+    "require_dmarc": True,
+    "inputs": {"team": "ops"},
+}
+OUR_PASS = "mx.example.test; dmarc=pass header.from=sender.test"
+
+
 async def test_route_sender_policy_allowlist_and_dmarc(
     live_factory: LiveFactory, sink: SmtpSink
 ) -> None:
@@ -242,34 +295,37 @@ async def test_route_sender_policy_allowlist_and_dmarc(
         live_factory,
         sink,
         trusted_authserv_id="mx.example.test",
-        routes=[
-            {
-                "address": "ops@example.test",
-                "workflow": "echo",
-                "allow_senders": ["*@sender.test"],
-                "require_dmarc": True,
-                "inputs": {"team": "ops"},
-            }
-        ],
+        trusted_relays=["127.0.0.0/8"],
+        routes=[DMARC_ROUTE],
     )
     outsider = mail(to="ops@example.test", sender="mallory@evil.test")
     with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
         await smtp_send(live, outsider)
     assert refused.value.code == 550
 
-    forged = mail(
+    foreign_verifier = mail(
         to="ops@example.test",
         headers={"Authentication-Results": "evil.test; dmarc=pass header.from=sender.test"},
     )
     with pytest.raises(aiosmtplib.SMTPResponseException) as unauthenticated:
-        await smtp_send(live, forged)
+        await smtp_send(live, foreign_verifier)
     assert unauthenticated.value.code == 550
 
-    signed = mail(
-        to="ops+urgent@example.test",
-        headers={"Authentication-Results": "mx.example.test; dmarc=pass header.from=sender.test"},
+    # The relay's own verdict (topmost) failed; a pass with our id further down is a forgery
+    # the sender wrote before the relay saw the mail.
+    below_the_relay = mail(to="ops@example.test")
+    del below_the_relay["Authentication-Results"]
+    below_the_relay["Authentication-Results"] = (
+        "mx.example.test; dmarc=fail header.from=sender.test"
     )
-    await smtp_send(live, signed)
+    below_the_relay["Received"] = "from evil.test by mx.example.test; Mon, 2 Nov 2026 10:00 +0000"
+    below_the_relay["Authentication-Results"] = OUR_PASS
+    with pytest.raises(aiosmtplib.SMTPResponseException) as forged_below:
+        await smtp_send(live, below_the_relay)
+    assert forged_below.value.code == 550
+
+    signed = mail(to="ops+urgent@example.test", headers={"Authentication-Results": OUR_PASS})
+    await smtp_send(live, signed)  # from 127.0.0.1: a trusted relay
     inputs = inputs_of(await run_of(live, signed))
     assert inputs["team"] == "ops"
     assert inputs["event"]["tag"] == "urgent"
@@ -277,56 +333,59 @@ async def test_route_sender_policy_allowlist_and_dmarc(
     assert reply["From"] == "ops+urgent@example.test"
 
 
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
+async def test_our_authserv_id_from_an_untrusted_smtp_client_is_a_forgery(
+    live_factory: LiveFactory, sink: SmtpSink
+) -> None:
+    # No trusted_relays: we are the MX, and anyone can write "mx.example.test; dmarc=pass".
+    live = await start_email(
+        live_factory, sink, trusted_authserv_id="mx.example.test", routes=[DMARC_ROUTE]
     )
-    return cert, key
+    forged = mail(to="ops@example.test", headers={"Authentication-Results": OUR_PASS})
+    with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+        await smtp_send(live, forged)
+    assert refused.value.code == 550
+    assert "DMARC" in refused.value.message
+    assert await email_runs(live) == []
 
 
-async def test_starttls_and_auth_for_a_submission_port(
+async def test_submission_port_beside_the_mx(
     live_factory: LiveFactory, sink: SmtpSink, tmp_path: Path
 ) -> None:
     cert, key = self_signed_certificate(tmp_path)
     live = await start_email(
         live_factory,
         sink,
+        submission_port=free_port(),
         tls_cert=str(cert),
         tls_key=str(key),
         auth_username="submit",
         auth_password="s3cret",
     )
-    port = live.settings.email.smtp_port
-    question = mail("Over TLS")
-    common = {"hostname": "127.0.0.1", "port": port, "start_tls": True, "cert_bundle": str(cert)}
+    port = live.settings.email.submission_port
+    common = {"hostname": "127.0.0.1", "port": port, "cert_bundle": str(cert), "timeout": 20}
+    with pytest.raises(aiosmtplib.SMTPResponseException) as plain:
+        await aiosmtplib.send(mail(), start_tls=False, **common)  # type: ignore[arg-type]
+    assert plain.value.code == 530  # nothing but STARTTLS before TLS
     with pytest.raises(aiosmtplib.SMTPAuthenticationError):
-        await aiosmtplib.send(mail(), username="submit", password="wrong", **common)  # type: ignore[arg-type]
+        await aiosmtplib.send(mail(), start_tls=True, username="submit", password="wrong", **common)  # type: ignore[arg-type]
     with pytest.raises(aiosmtplib.SMTPResponseException) as anonymous:
-        await aiosmtplib.send(mail(), **common)  # type: ignore[arg-type]
+        await aiosmtplib.send(mail(), start_tls=True, **common)  # type: ignore[arg-type]
     assert anonymous.value.code == 530
-    await aiosmtplib.send(question, username="submit", password="s3cret", **common)  # type: ignore[arg-type]
+    question = mail("Over TLS")
+    await aiosmtplib.send(question, start_tls=True, username="submit", password="s3cret", **common)  # type: ignore[arg-type]
     (reply,) = await sink.wait_for(1)
     assert reply["In-Reply-To"] == question["Message-ID"]
+
+    # The MX on smtp_port still takes other people's mail without AUTH (STARTTLS offered).
+    from_outside = mail("Via the MX")
+    mx = live.settings.email.smtp_port
+    await aiosmtplib.send(
+        from_outside, hostname="127.0.0.1", port=mx, start_tls=True, cert_bundle=str(cert)
+    )
+    _, second = await sink.wait_for(2)
+    assert second["In-Reply-To"] == from_outside["Message-ID"]
+
+
+def test_auth_without_a_submission_port_is_a_settings_error() -> None:
+    with pytest.raises(ValueError, match="submission_port"):
+        EmailSettings(auth_username="u", auth_password="p")  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
@@ -124,3 +125,123 @@ async def test_sendgrid_raw_mime(live_factory: LiveFactory, sink: SmtpSink) -> N
     assert inputs["event"]["via"] == "sendgrid"
     assert inputs["attachments"][0]["size"] == len(b"\x00\x01binary")
     await sink.wait_for(1)
+
+
+def latin1_mail(body: str, *, attachment: bytes = b"") -> bytes:
+    """A mail as SendGrid forwards it: 8-bit Latin-1 bytes, not UTF-8."""
+    head = (
+        f"From: =?iso-8859-1?q?J=F6rg?= <{SENDER}>\r\nTo: {BOT}\r\nSubject: Gruesse\r\n"
+        "Message-ID: <latin1@sender.test>\r\nMIME-Version: 1.0\r\n"
+    )
+    if not attachment:
+        text = "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n"
+        return (head + text + "\r\n" + body + "\r\n").encode("latin-1")
+    encoded = base64.encodebytes(attachment).replace(b"\n", b"\r\n")
+    return (
+        (
+            head + 'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
+            "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n"
+            "\r\n" + body + "\r\n--b1\r\nContent-Type: application/octet-stream\r\n"
+            'Content-Disposition: attachment; filename="big.bin"\r\n'
+            "Content-Transfer-Encoding: base64\r\n\r\n"
+        ).encode("latin-1")
+        + encoded
+        + b"--b1--\r\n"
+    )
+
+
+async def post_sendgrid_multipart(live: Live, raw: bytes) -> httpx.Response:
+    envelope = json.dumps({"to": [BOT], "from": SENDER})
+    files = {
+        "email": (None, raw),
+        "envelope": (None, envelope.encode()),
+        "charsets": (None, b'{"to":"UTF-8","subject":"UTF-8","from":"UTF-8"}'),
+    }
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.post(f"{live.url}/email/sendgrid/{SENDGRID_TOKEN}", files=files)
+
+
+async def test_sendgrid_latin1_8bit_mail_is_read_as_bytes(
+    live_factory: LiveFactory, sink: SmtpSink
+) -> None:
+    live = await start_email(live_factory, sink)
+    raw = latin1_mail("Grüße aus Köln, ça va?")
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")  # what aiohttp's post() did, answering 500
+    response = await post_sendgrid_multipart(live, raw)
+    assert response.status_code == 200, response.text
+    (run,) = await email_runs(live)
+    inputs = inputs_of(run)
+    assert inputs["text"] == "Grüße aus Köln, ça va?"
+    assert inputs["sender"] == {"id": SENDER, "name": "Jörg"}
+    assert run["idempotency_key"] == "email:<latin1@sender.test>"
+
+
+async def test_sendgrid_body_over_one_mebibyte_within_the_limit(
+    live_factory: LiveFactory, sink: SmtpSink
+) -> None:
+    live = await start_email(live_factory, sink)
+    attachment = bytes(range(256)) * 6 * 1024  # 1.5 MiB, 2 MiB once base64-encoded
+    response = await post_sendgrid_multipart(live, latin1_mail("Big one", attachment=attachment))
+    assert response.status_code == 200, response.text
+    (run,) = await email_runs(live)
+    assert [a["size"] for a in inputs_of(run)["attachments"]] == [len(attachment)]
+
+
+async def test_sendgrid_body_over_the_limit_is_413(
+    live_factory: LiveFactory, sink: SmtpSink
+) -> None:
+    live = await start_email(live_factory, sink, max_size=64 * 1024)
+    attachment = bytes(range(256)) * 6 * 1024
+    response = await post_sendgrid_multipart(live, latin1_mail("Too big", attachment=attachment))
+    assert response.status_code == 413
+    assert await email_runs(live) == []
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", b"email=hello"),
+        ("multipart/form-data; boundary=b1", b"--b1\r\nno headers end here"),
+        ("multipart/form-data", b"--b1\r\n\r\nx\r\n--b1--\r\n"),
+    ],
+    ids=["not-a-form", "truncated-multipart", "no-boundary"],
+)
+async def test_sendgrid_malformed_body_is_400(
+    live_factory: LiveFactory, sink: SmtpSink, content_type: str, body: bytes
+) -> None:
+    live = await start_email(live_factory, sink)
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{live.url}/email/sendgrid/{SENDGRID_TOKEN}",
+            content=body,
+            headers={"Content-Type": content_type},
+        )
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"]
+    assert await email_runs(live) == []
+
+
+@pytest.mark.parametrize("sender", ["", "<>"])
+async def test_mailgun_null_sender_is_a_bounce(
+    live_factory: LiveFactory, sink: SmtpSink, sender: str
+) -> None:
+    live = await start_email(live_factory, sink)
+    form = {**mailgun_form("<bounce@sender.test>"), "sender": sender}
+    response = await post_mailgun(live, form)
+    assert response.status_code == 200, response.text
+    assert response.json()["outcome"] == "dropped"
+    assert await email_runs(live) == []
+
+
+async def test_mailgun_body_over_one_mebibyte(live_factory: LiveFactory, sink: SmtpSink) -> None:
+    live = await start_email(live_factory, sink)
+    big = bytes(range(256)) * 6 * 1024  # 1.5 MiB: over aiohttp's default client_max_size
+    files = {"attachment-1": ("big.bin", big, "application/octet-stream")}
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(
+            f"{live.url}/email/mailgun", data=mailgun_form("<mg-big@sender.test>"), files=files
+        )
+    assert response.status_code == 200, response.text
+    (run,) = await email_runs(live)
+    assert [a["size"] for a in inputs_of(run)["attachments"]] == [len(big)]

@@ -12,7 +12,7 @@ from triggers.email.compose import compose_mail, reply_subject
 from triggers.email.loops import Disposition, loop_verdict
 from triggers.email.parse import parse_email
 from triggers.email.routing import RouteMatch, Router
-from triggers.email.senders import authenticated_from, sender_allowed
+from triggers.email.senders import authenticated_from, sender_allowed, topmost_results
 from triggers.email.text import html_to_text, strip_quoted
 
 
@@ -73,8 +73,27 @@ def test_loop_rules(
     headers: dict[str, str], envelope_from: str | None, expected: Disposition
 ) -> None:
     router = Router(EmailSettings(addresses=("bot@example.test",), workflow="echo"))
-    verdict = loop_verdict(parse_email(raw_mail(headers)), envelope_from, router.is_ours)
+    verdict = loop_verdict(parse_email(raw_mail(headers)), envelope_from, router.is_own_address)
     assert verdict.disposition is expected
+
+
+def test_own_addresses_are_ours_not_the_whole_domain() -> None:
+    router = Router(
+        EmailSettings(
+            domains=("example.test",),
+            addresses=("bot@example.test",),
+            from_address="Switchboard <noreply-bot@example.test>",
+            workflow="echo",
+            routes=(EmailRoute(address="ops+x@example.test", workflow="ops"),),
+        )
+    )
+    assert router.is_own_address("Bot+tag@example.test")
+    assert router.is_own_address("noreply-bot@example.test")
+    assert router.is_own_address("ops@example.test")
+    assert not router.is_own_address("carol@example.test")  # a colleague
+    assert router.is_ours("carol@example.test")  # still routed
+    colleague = parse_email(raw_mail({"From": "carol@example.test"}))
+    assert loop_verdict(colleague, None, router.is_own_address).disposition is Disposition.RUN
 
 
 @pytest.mark.parametrize(
@@ -90,6 +109,29 @@ def test_loop_rules(
 )
 def test_authenticated_from(results: list[str], ok: bool) -> None:
     assert authenticated_from(results, "alice@sender.test", "mx.example.test") is ok
+
+
+def test_only_the_topmost_results_of_our_verifier_count() -> None:
+    ours_fail = ("Authentication-Results", "mx.example.test; dmarc=fail")
+    ours_pass = ("Authentication-Results", "mx.example.test; dmarc=pass")
+    received = ("Received", "from x by mx.example.test")
+    other = ("Authentication-Results", "other.test; dmarc=pass")
+    fields = [received, ours_fail, ours_pass, received, other, ours_pass]
+    assert topmost_results(fields, "MX.example.test") == [ours_fail[1], ours_pass[1]]
+    assert topmost_results([other, received], "mx.example.test") == []
+    assert topmost_results([ours_pass], None) == []
+
+
+def test_trusted_relays_are_ips_and_networks() -> None:
+    settings = EmailSettings(trusted_relays=("192.0.2.0/24", "2001:db8::1"))
+    assert settings.is_trusted_relay("192.0.2.7")
+    assert settings.is_trusted_relay("::ffff:192.0.2.7")
+    assert settings.is_trusted_relay("2001:db8::1")
+    assert not settings.is_trusted_relay("198.51.100.1")
+    assert not settings.is_trusted_relay(None)
+    assert not EmailSettings().is_trusted_relay("127.0.0.1")
+    with pytest.raises(ValueError, match="not an IP"):
+        EmailSettings(trusted_relays=("mx.example.test",))
 
 
 def test_sender_allowlist() -> None:

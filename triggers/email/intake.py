@@ -23,7 +23,7 @@ from core.ports import RunGateway
 from triggers.email.loops import Disposition, loop_verdict
 from triggers.email.parse import ParsedEmail, parse_email
 from triggers.email.routing import RouteMatch, Router
-from triggers.email.senders import authenticated_from, sender_allowed
+from triggers.email.senders import authenticated_from, sender_allowed, topmost_results
 from triggers.email.threads import ThreadStore
 from triggers.files import FileStore
 
@@ -57,6 +57,8 @@ class Envelope:
     recipients: Sequence[str]
     via: str
     """``smtp`` | ``mailgun`` | ``sendgrid``."""
+    peer: str | None = None
+    """The SMTP client's IP (``smtp`` only): decides whose Authentication-Results count."""
 
 
 class EmailIntake:
@@ -84,11 +86,11 @@ class EmailIntake:
         route = self._route(parsed, envelope)
         if route is None:
             return IntakeResult(Outcome.REJECTED, "550 5.1.1 no such recipient here")
-        verdict = loop_verdict(parsed, envelope.mail_from, self.router.is_ours)
+        verdict = loop_verdict(parsed, envelope.mail_from, self.router.is_own_address)
         if verdict.disposition is Disposition.DROP:
             logger.info("email %s dropped: %s", parsed.message_id, verdict.reason)
             return IntakeResult(Outcome.DROPPED, verdict.reason)
-        refusal = self._refusal(parsed, route)
+        refusal = self._refusal(parsed, route, envelope)
         if refusal is not None:
             logger.info("email %s refused: %s", parsed.message_id, refusal)
             return IntakeResult(Outcome.REJECTED, refusal)
@@ -148,16 +150,25 @@ class EmailIntake:
                 return match
         return None
 
-    def _refusal(self, parsed: ParsedEmail, route: RouteMatch) -> str | None:
+    def _refusal(self, parsed: ParsedEmail, route: RouteMatch, envelope: Envelope) -> str | None:
         if not sender_allowed(parsed.from_address, route.allow_senders):
             return f"550 5.7.1 {parsed.from_address or 'this sender'} may not write to this address"
         if route.require_dmarc and not authenticated_from(
-            parsed.message.get_all("Authentication-Results") or [],
+            self._trusted_results(parsed, envelope),
             parsed.from_address,
             self._settings.trusted_authserv_id,
         ):
             return "550 5.7.1 this address takes only mail with a DMARC or aligned DKIM pass"
         return None
+
+    def _trusted_results(self, parsed: ParsedEmail, envelope: Envelope) -> list[str]:
+        """The Authentication-Results we believe (RFC 8601 §5; see ``senders``): on the SMTP
+        port only from a trusted relay, and only the block it prepended; through a webhook
+        (signed by the provider, which is the border MTA) the provider's block."""
+        if envelope.via == "smtp" and not self._settings.is_trusted_relay(envelope.peer):
+            return []
+        fields = [(name, str(value)) for name, value in parsed.message.raw_items()]
+        return topmost_results(fields, self._settings.trusted_authserv_id)
 
     async def _store_attachments(self, parsed: ParsedEmail) -> list[Attachment]:
         stored: list[Attachment] = []

@@ -6,7 +6,8 @@ Two outcomes besides "run and reply":
 * **drop** (accept with 250, start nothing): bounces and answers to our own mail — the null
   sender ``<>``, ``MAILER-DAEMON``/``postmaster``, delivery reports (``multipart/report``),
   ``Auto-Submitted: auto-replied`` and ``X-Autoreply``/``X-Autorespond``, and mail whose ``From``
-  is one of our own addresses (two bots answering each other).
+  is one of our own addresses (two bots answering each other): ``addresses``, route addresses
+  and ``from_address`` — not everyone at ``domains``, who are people we answer.
 * **silent** (run the workflow, send no reply): mail a workflow may still want to read but that
   must not be answered automatically — any other ``Auto-Submitted`` value than ``no``
   (``auto-generated`` alerts), ``List-*`` headers, ``Precedence: bulk|list|junk``, ``noreply``-style
@@ -41,7 +42,7 @@ _NO_REPLY = re.compile(r"^(no-?reply|do-?not-?reply|bounces?|.*-request|owner-.*
 
 
 def loop_verdict(
-    parsed: ParsedEmail, envelope_from: str | None, is_ours: Callable[[str], bool]
+    parsed: ParsedEmail, envelope_from: str | None, is_own: Callable[[str], bool]
 ) -> Verdict:
     """Whether this mail runs its workflow, runs it without a reply, or is dropped."""
     sender = (envelope_from or "").strip().strip("<>").lower()
@@ -52,7 +53,7 @@ def loop_verdict(
             return Verdict(Disposition.DROP, f"sent by {address} (a mail system)")
     if parsed.message.get_content_type() == "multipart/report":
         return Verdict(Disposition.DROP, "a delivery or read report")
-    if parsed.from_address and is_ours(parsed.from_address):
+    if parsed.from_address and is_own(parsed.from_address):
         return Verdict(Disposition.DROP, "sent from one of our own addresses")
     auto = (parsed.header("Auto-Submitted") or "no").split(";")[0].strip().lower()
     if auto == "auto-replied" or parsed.header("X-Autoreply") or parsed.header("X-Autorespond"):

@@ -4,6 +4,7 @@ address without its plus tag), then ``[email] workflow`` for any other address o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from typing import Any
 
 from core.email_settings import EmailRoute, EmailSettings
@@ -35,12 +36,20 @@ class Router:
         self._addresses = frozenset(split_tag(a)[0] for a in settings.addresses)
         self._routes: dict[str, EmailRoute] = {route.address: route for route in settings.routes}
         self._route_bases = frozenset(split_tag(route.address)[0] for route in settings.routes)
+        sender = parseaddr(settings.from_address or "")[1]
+        self._own = self._addresses | self._route_bases | {split_tag(sender)[0]} - {""}
 
     def is_ours(self, address: str) -> bool:
-        """Any address we receive for (also used to never answer ourselves)."""
+        """Any address we receive for (``domains``, ``addresses``, routes)."""
         base, _ = split_tag(address)
         domain = base.rpartition("@")[2]
         return domain in self._domains or base in self._addresses or base in self._route_bases
+
+    def is_own_address(self, address: str) -> bool:
+        """An address Switchboard itself writes from: ``addresses``, route addresses and
+        ``from_address`` (any plus tag). Not every address at ``domains``: those are colleagues,
+        whose mail must run (a loop needs one of *our* mailboxes on both ends)."""
+        return split_tag(address)[0] in self._own
 
     def route(self, address: str) -> RouteMatch | None:
         """The workflow mail to ``address`` runs, or ``None``: not ours (never relay)."""

@@ -1,11 +1,13 @@
 """The built-in service ``send_email`` (``POST /run/send_email``): a workflow sends a mail.
 
 Inputs: ``to`` (an address or a list), ``cc``, ``bcc``, ``subject``, ``body`` (Markdown),
-``reply_to``, ``attachments`` (file URIs). Invalid inputs end the run with HTTP 400 and a
-``detail``. A valid mail is queued in the delivery outbox under this run (its one delivery row),
-and the run answers ``{"message_id": …}`` at once; the outbox sends it with retries. The
-Message-ID is derived from the run id, so a run that is executed again (its worker died) finds its
-queued mail instead of queueing a second one.
+``reply_to``, ``attachments`` (signed download URIs of our file store, as ``POST /file`` or an
+upload with codewords-client gives them; read from disk when the mail is sent, never fetched over
+HTTP, so no URL can make the server reach into its own network). Invalid inputs end the run with
+HTTP 400 and a ``detail`` naming the field. A valid mail is queued in the delivery outbox under
+this run (its one delivery row), and the run answers ``{"message_id": …}`` at once; the outbox
+sends it with retries. The Message-ID is derived from the run id, so a run that is executed again
+(its worker died) finds its queued mail instead of queueing a second one.
 """
 
 from __future__ import annotations
@@ -14,16 +16,25 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from sqlalchemy import select
 
 from core.clock import Clock
 from core.db import Database
+from core.errors import Forbidden
 from core.models import Invocation, Outcome
 from core.ports import LogSink
 from core.tables import deliveries, runs
 from triggers.email.sender import EmailSender
 from triggers.email.threads import insert_unless_present
+from triggers.files import FileStore
 
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 NO_DELIVERY_CHANNELS = ("api", "none")
@@ -74,24 +85,38 @@ class SendEmailRequest(BaseModel):
 
     @field_validator("attachments")
     @classmethod
-    def _urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"attachment {url!r} is not a file URI (http or https)")
+    def _our_files(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        files = (info.context or {}).get("files")
+        if not isinstance(files, FileStore):
+            raise TypeError("send_email validation needs the file store as context")
+        for index, url in enumerate(value):
+            try:
+                files.file_id_of(url)
+            except Forbidden as exc:
+                raise ValueError(
+                    f"item {index}: {exc.detail}; give a signed file URI from this "
+                    "Switchboard's file store (POST /file, or upload_file_content with "
+                    "codewords-client)"
+                ) from exc
         return value
 
 
 class SendEmailService:
     """A ``core.ports.BuiltinService``: validates, queues the mail, returns its Message-ID."""
 
-    def __init__(self, database: Database, clock: Clock, sender: EmailSender) -> None:
+    def __init__(
+        self, database: Database, clock: Clock, sender: EmailSender, files: FileStore
+    ) -> None:
         self._db = database
         self._clock = clock
         self._sender = sender
+        self._files = files
 
     async def __call__(self, invocation: Invocation, on_log: LogSink) -> Outcome:
         try:
-            request = SendEmailRequest.model_validate(json.loads(invocation.body or b"null"))
+            request = SendEmailRequest.model_validate(
+                json.loads(invocation.body or b"null"), context={"files": self._files}
+            )
         except ValueError as exc:
             return _bad_request(_explain(exc))
         message_id = self._sender.message_id_for(invocation.run_id)

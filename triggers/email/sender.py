@@ -4,6 +4,15 @@ Mail leaves through ``[email] relay_url`` with aiosmtplib, or, with no relay (th
 the Maildir ``<data_dir>/outbox``. The Message-ID is derived from the run (one delivery per run),
 so a retried attempt sends the same id and the recipient's client shows one mail even if a relay
 saw both attempts. 4xx answers and connection errors are retried by the outbox; 5xx are final.
+A relay that takes the mail but defers some recipients (a 4xx to their ``RCPT``) has those retried
+later, and only those: the recipients already handed over are remembered per Message-ID. Email
+retries are paced to last ``[email] retry_hours`` (MTAs keep trying for days): the first few come
+at the outbox's usual backoff, the rest are spread over the window (see :func:`retry_delay`).
+
+Attachments are read from our own file store (signed download URIs, checked by signature), never
+fetched over HTTP: a URL from a workflow must not make the server fetch from its own network
+(SSRF). A reply attachment that is not one of our files, or too large to attach, is listed as a
+link under the text instead; ``send_email`` refuses such URLs up front.
 """
 
 from __future__ import annotations
@@ -11,30 +20,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import mailbox
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
-import httpx
+from aiosmtplib.email import extract_recipients
 
 from core.clock import Clock
 from core.email_settings import EmailSettings
+from core.errors import Forbidden, NotFound, PayloadTooLarge
 from core.replies import Delivery, SendResult
 from triggers.email.compose import OutgoingFile, compose_mail
 from triggers.email.threads import ThreadStore
+from triggers.files import FileStore
 
 logger = logging.getLogger(__name__)
 
 SMTP_TIMEOUT = 30.0
 
 
-class MailTransport(Protocol):
-    """Hands one composed mail to the next hop; one attempt per call."""
+QUICK_RETRIES = 3
+"""Email retries at the outbox's own backoff (seconds) before the pacing over the window."""
 
-    async def deliver(self, message: EmailMessage) -> SendResult: ...
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """How handing one mail to the next hop went."""
+
+    result: SendResult
+    deferred: dict[str, str] = field(default_factory=dict)
+    """In a mail the relay took: recipients it refused for now (4xx), address → its answer."""
+    rejected: dict[str, str] = field(default_factory=dict)
+    """In a mail the relay took: recipients it refused for good (5xx)."""
+
+
+class MailTransport(Protocol):
+    """Hands one composed mail to the next hop for ``recipients``; one attempt per call."""
+
+    async def deliver(self, message: EmailMessage, recipients: Sequence[str]) -> Handover: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +74,7 @@ class SmtpRelay:
     start_tls: bool | None
     username: str | None
     password: str | None
+    cert_bundle: str | None = None
 
     @classmethod
     def from_settings(cls, settings: EmailSettings) -> SmtpRelay | None:
@@ -67,22 +95,25 @@ class SmtpRelay:
             else starttls in {"required", "yes", "true", "on"},
             username=unquote(url.username) if url.username else settings.relay_username,
             password=unquote(url.password) if url.password else password,
+            cert_bundle=str(settings.relay_ca_file) if settings.relay_ca_file else None,
         )
 
     def __repr__(self) -> str:
         return f"SmtpRelay({self.hostname}:{self.port})"
 
-    async def deliver(self, message: EmailMessage) -> SendResult:
+    async def deliver(self, message: EmailMessage, recipients: Sequence[str]) -> Handover:
         where = f"relay {self.hostname}:{self.port}"
         try:
             refused, _answer = await aiosmtplib.send(
                 message,
+                recipients=list(recipients),
                 hostname=self.hostname,
                 port=self.port,
                 use_tls=self.use_tls,
                 start_tls=False if self.use_tls else self.start_tls,
                 username=self.username,
                 password=self.password,
+                cert_bundle=self.cert_bundle,
                 timeout=SMTP_TIMEOUT,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
@@ -91,16 +122,19 @@ class SmtpRelay:
                 f"{r.recipient} {r.code} {r.message}" for r in exc.recipients
             )
             if any(400 <= code < 500 for code in codes):
-                return SendResult.retry(error)
-            return SendResult.failed(error)
+                return Handover(SendResult.retry(error))
+            return Handover(SendResult.failed(error))
         except aiosmtplib.SMTPResponseException as exc:
             error = f"{where} answered {exc.code} {exc.message}"
-            return SendResult.retry(error) if exc.code < 500 else SendResult.failed(error)
+            return Handover(SendResult.retry(error) if exc.code < 500 else SendResult.failed(error))
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            return SendResult.retry(f"{where} unreachable: {type(exc).__name__}: {exc}")
-        if refused:
-            logger.warning("%s refused some recipients: %s", where, ", ".join(refused))
-        return SendResult.sent(str(message["Message-ID"]))
+            return Handover(SendResult.retry(f"{where} unreachable: {type(exc).__name__}: {exc}"))
+        answers = {address: f"{r.code} {r.message}" for address, r in refused.items()}
+        return Handover(
+            SendResult.sent(str(message["Message-ID"])),
+            deferred={a: text for a, text in answers.items() if refused[a].code < 500},
+            rejected={a: text for a, text in answers.items() if refused[a].code >= 500},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +143,12 @@ class MaildirOutbox:
 
     path: Path
 
-    async def deliver(self, message: EmailMessage) -> SendResult:
+    async def deliver(self, message: EmailMessage, recipients: Sequence[str]) -> Handover:
         def add() -> None:
             mailbox.Maildir(self.path, create=True).add(message)
 
         await asyncio.to_thread(add)
-        return SendResult.sent(str(message["Message-ID"]))
+        return Handover(SendResult.sent(str(message["Message-ID"])))
 
 
 class EmailSender:
@@ -125,14 +159,17 @@ class EmailSender:
         settings: EmailSettings,
         transport: MailTransport,
         threads: ThreadStore,
-        http: httpx.AsyncClient,
+        files: FileStore,
         clock: Clock,
+        *,
+        max_attempts: int,
     ) -> None:
         self._settings = settings
         self._transport = transport
         self._threads = threads
-        self._http = http
+        self._files = files
         self._clock = clock
+        self._max_attempts = max_attempts
 
     def message_id_for(self, run_id: str) -> str:
         return f"<{run_id}@{self.domain}>"
@@ -159,11 +196,19 @@ class EmailSender:
         if "@" not in recipient:
             return SendResult.failed(f"email target {recipient!r} is not an address")
         files: list[OutgoingFile] = []
+        links: list[str] = []
+        room = self._settings.max_size
         for url in reply.attachments:
-            fetched = await self._fetch(url)
-            if isinstance(fetched, SendResult):
-                return fetched
-            files.append(fetched)
+            try:
+                stored = await self._files.read_signed(url, max_size=room, allow_expired=True)
+            except (Forbidden, PayloadTooLarge) as exc:
+                logger.info("run %s: attachment sent as a link: %s", delivery.run_id, exc)
+                links.append(url)
+                continue
+            except NotFound as exc:
+                return SendResult.failed(f"attachment {exc.name} is no longer stored")
+            room -= len(stored.data)
+            files.append(OutgoingFile(stored.filename, stored.content_type, stored.data))
         # Stored before sending: an answer to this mail may come back before we return.
         await self._threads.record(
             message_id=message_id,
@@ -175,35 +220,55 @@ class EmailSender:
         message = compose_mail(
             sender=self.sender_address(details.get("from")),
             target=delivery.target,
-            text=reply.text,
+            text=with_links(reply.text, links),
             message_id=message_id,
             now=self._clock.now(),
             default_subject=f"Result of {delivery.record.get('service_id') or 'your workflow'}",
             files=files,
         )
-        return await self._transport.deliver(message)
+        result = await self._hand_over(message, message_id, delivery.run_id)
+        if result.outcome == "retry" and result.retry_after is None:
+            window = self._settings.retry_hours * 3600
+            delay = retry_delay(delivery.attempts, self._max_attempts, window)
+            if delay is not None:
+                result = SendResult.retry(result.error or "retry", after=delay)
+        return result
 
-    async def _fetch(self, url: str) -> OutgoingFile | SendResult:
-        if not url.startswith(("http://", "https://")):
-            return SendResult.failed(f"attachment {url!r} is not an http(s) URL")
-        limit = self._settings.max_size
-        try:
-            async with self._http.stream("GET", url, timeout=SMTP_TIMEOUT) as response:
-                if response.status_code >= 400:
-                    error = f"attachment {url.split('?')[0]} answered {response.status_code}"
-                    retry = response.status_code == 429 or response.status_code >= 500
-                    return SendResult.retry(error) if retry else SendResult.failed(error)
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > limit:
-                        return SendResult.failed(f"attachment larger than {limit} bytes")
-                content_type = response.headers.get("content-type", "application/octet-stream")
-        except httpx.HTTPError as exc:
-            return SendResult.retry(f"attachment {url.split('?')[0]}: {type(exc).__name__}")
-        path = urlsplit(url).path.rstrip("/")
-        filename = unquote(path.rpartition("/")[2]) or "attachment"
-        return OutgoingFile(filename, content_type.split(";")[0].strip(), bytes(data))
+    async def _hand_over(self, message: EmailMessage, message_id: str, run_id: str) -> SendResult:
+        """Send to the recipients not yet handed over; remember them when some were deferred."""
+        done = await self._threads.recipients_done(message_id)
+        pending = [r for r in extract_recipients(message) if r.lower() not in done]
+        if not pending:
+            return SendResult.sent(message_id)
+        handover = await self._transport.deliver(message, pending)
+        for address, answer in handover.rejected.items():
+            logger.warning("run %s: the relay refused %s for good: %s", run_id, address, answer)
+        if handover.result.outcome != "sent" or not handover.deferred:
+            return handover.result
+        # Deferred recipients are tried again later; the others must not get the mail twice.
+        finished = [r for r in pending if r not in handover.deferred]
+        await self._threads.record_recipients(message_id, finished, run_id=run_id)
+        deferred = "; ".join(f"{a} {text}" for a, text in handover.deferred.items())
+        return SendResult.retry(f"the relay deferred some recipients: {deferred}")
+
+
+def retry_delay(attempt: int, max_attempts: int, window: float) -> float | None:
+    """Seconds until the next try after failed attempt ``attempt`` (1-based), or ``None`` for
+    the outbox's own backoff. The outbox gives up after ``max_attempts``; the first
+    ``QUICK_RETRIES`` retries are quick (a relay restarting), the rest double and add up to
+    ``window``, so mail keeps being retried about as long as an MTA would."""
+    slow = max_attempts - 1 - QUICK_RETRIES
+    if attempt <= QUICK_RETRIES or slow <= 0 or attempt >= max_attempts:
+        return None
+    return window * 2.0 ** (attempt - QUICK_RETRIES - 1) / (2.0**slow - 1)
+
+
+def with_links(text: str, links: list[str]) -> str:
+    """The reply text with the attachments we did not attach listed as links under it."""
+    if not links:
+        return text
+    listed = "\n".join(f"- <{url}>" for url in links)
+    return f"{text.rstrip()}\n\nAttachments (links):\n{listed}"
 
 
 def mail_domain(settings: EmailSettings) -> str:

@@ -2,6 +2,10 @@
 event loop (``loop.create_server``, not the threaded ``Controller``), so the handler shares the
 database pool and the gateway with the rest of the process.
 
+Two ports: ``smtp_port`` is the MX (other people's mail, never AUTH, optional STARTTLS) and
+``submission_port`` (587) takes mail only after STARTTLS and AUTH with the configured login.
+Both run the same intake: a submission port is a way in, not a relay.
+
 Envelope rules: ``RCPT TO`` outside our domains/addresses/routes → ``550`` (never an open relay);
 over ``max_size`` → ``552`` (advertised as ``SIZE``); ``250`` only once the mail and its run
 request are committed; any internal failure → ``451 4.3.0`` so the sending MTA tries again (an
@@ -55,6 +59,7 @@ class SmtpIntakeHandler:
         if len(raw) > self._max_size:
             return "552 5.3.4 Message too big for this system"
         mail_from = envelope.mail_from or ""
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
         try:
             result = await self._intake.accept(
                 raw,
@@ -62,6 +67,7 @@ class SmtpIntakeHandler:
                     mail_from="" if mail_from == "<>" else mail_from,
                     recipients=list(envelope.rcpt_tos),
                     via="smtp",
+                    peer=str(peer) if peer is not None else None,
                 ),
             )
         except Exception:
@@ -105,16 +111,17 @@ def password_check(settings: EmailSettings) -> Any:
     return authenticate
 
 
-async def start_smtp_server(
+async def start_smtp_servers(
     intake: EmailIntake, settings: EmailSettings, *, hostname: str
-) -> asyncio.Server:
-    """Listen on ``[email] smtp_host:smtp_port``; close with ``close()`` + ``wait_closed()``."""
+) -> list[asyncio.Server]:
+    """Listen on ``smtp_port`` (MX) and ``submission_port`` where set, on ``smtp_host``; close
+    each with ``close()`` + ``wait_closed()``."""
     loop = asyncio.get_running_loop()
     handler = SmtpIntakeHandler(intake, settings.max_size)
     context = tls_context(settings)
     authenticator = password_check(settings)
 
-    def protocol() -> SMTP:
+    def protocol(*, submission: bool) -> SMTP:
         return SMTP(
             handler,
             hostname=hostname,
@@ -122,9 +129,35 @@ async def start_smtp_server(
             data_size_limit=settings.max_size,
             enable_SMTPUTF8=True,
             tls_context=context,
-            authenticator=authenticator,
-            auth_required=authenticator is not None,
+            require_starttls=submission,
+            authenticator=authenticator if submission else None,
+            auth_required=submission,
             loop=loop,
         )
 
-    return await loop.create_server(protocol, host=settings.smtp_host, port=settings.smtp_port)
+    servers: list[asyncio.Server] = []
+    try:
+        if settings.smtp_port is not None:
+            servers.append(
+                await loop.create_server(
+                    lambda: protocol(submission=False),
+                    host=settings.smtp_host,
+                    port=settings.smtp_port,
+                )
+            )
+        if settings.submission_port is not None:
+            if authenticator is None or context is None:  # the settings validator ensures both
+                raise ValueError("submission_port needs tls_cert/tls_key and auth credentials")
+            servers.append(
+                await loop.create_server(
+                    lambda: protocol(submission=True),
+                    host=settings.smtp_host,
+                    port=settings.submission_port,
+                )
+            )
+    except BaseException:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+        raise
+    return servers

@@ -75,6 +75,35 @@ class ThreadStore:
         async with self._db.write() as conn:
             await insert_unless_present(conn, email_messages, values, unique=["message_id"])
 
+    async def recipients_done(self, message_id: str) -> set[str]:
+        """Recipients of our mail ``message_id`` already handed to the relay (lower case)."""
+        query = select(email_messages.c.peer).where(
+            email_messages.c.direction == "rcp",
+            email_messages.c.conversation_id == message_id[:300],
+        )
+        async with self._db.read() as conn:
+            return {str(peer).lower() for peer in (await conn.execute(query)).scalars()}
+
+    async def record_recipients(
+        self, message_id: str, recipients: list[str], *, run_id: str | None
+    ) -> None:
+        """Remember that the relay took our mail ``message_id`` for ``recipients``: a retry for
+        the recipients it deferred does not send it to these again. Kept as ``rcp`` rows (the
+        row key is not a Message-ID, so threading never matches it)."""
+        now = self._clock.now()
+        async with self._db.write() as conn:
+            for recipient in recipients:
+                values = {
+                    "message_id": f"rcpt:{recipient.lower()}:{message_id}"[:300],
+                    "conversation_id": message_id[:300],
+                    "direction": "rcp",
+                    "peer": recipient.lower()[:300],
+                    "run_id": run_id,
+                    "replied": False,
+                    "created_at": now,
+                }
+                await insert_unless_present(conn, email_messages, values, unique=["message_id"])
+
     async def replies_since(self, peer: str, since: datetime) -> int:
         """How many of ``peer``'s mails since ``since`` were answered automatically."""
         query = select(func.count()).where(

@@ -12,6 +12,12 @@ from the parsed fields.
 ``POST /email/sendgrid/<token>`` (or ``/email/sendgrid`` with Basic auth, password = the token):
 SendGrid Inbound Parse in "POST the raw, full MIME message" mode (field ``email``). SendGrid has no
 "do not retry" status, so a mail our rules refuse is answered ``200`` with ``accepted: false``.
+SendGrid posts the message as it arrived: any charset, 8-bit bytes included (PROTOCOLS §3.3:
+"fields are not guaranteed UTF-8"). aiohttp's ``post()`` decodes text fields as strict UTF-8 and
+would fail such mail with a 500 that SendGrid retries for three days and then drops, so the body
+is read part by part as bytes (``multipart/form-data``, or ``x-www-form-urlencoded``) within the
+size limit. A body we cannot read or a message we cannot parse is a ``400``; a body over the
+limit a ``413``; a failure on our side (storage) a ``503``, which SendGrid retries.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import json
 import logging
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from multidict import MultiDictProxy
 from pydantic import SecretStr
 from sqlalchemy import select
@@ -35,6 +42,7 @@ from core.db import Database
 from core.email_settings import EmailSettings
 from core.tables import inbound_events
 from triggers.email.intake import EmailIntake, Envelope, IntakeResult
+from triggers.email.parse import ParsedEmail, parse_email
 from triggers.email.threads import insert_unless_present
 
 logger = logging.getLogger(__name__)
@@ -47,6 +55,15 @@ EMAIL_ROUTES: tuple[tuple[str, str, str], ...] = (
 """(method, path, handler method of :class:`EmailWebhooks`)."""
 
 FORM_OVERHEAD = 1024 * 1024  # form encoding and the parsed copies providers send alongside
+SENDGRID_FIELDS = frozenset({"email", "envelope"})
+"""The fields of a raw-MIME SendGrid post we read; the parsed copies beside them are skipped."""
+CHUNK = 64 * 1024
+
+
+class MalformedForm(ValueError):
+    """The request body is not a form we can read."""
+
+
 _REBUILT_SKIP = frozenset({"content-type", "content-transfer-encoding", "mime-version"})
 
 Form = MultiDictProxy[Any]
@@ -67,10 +84,22 @@ class EmailWebhooks:
         self._db = database
         self._clock = clock
 
-    async def _form(self, request: web.Request) -> Form:
+    @property
+    def _body_limit(self) -> int:
         # The app's client_max_size is for API calls; mail may be larger (SendGrid: up to 30 MB).
-        larger = request.clone(client_max_size=self._settings.max_size * 2 + FORM_OVERHEAD)
-        return await larger.post()
+        return self._settings.max_size * 2 + FORM_OVERHEAD
+
+    async def _form(self, request: web.Request) -> Form:
+        larger = request.clone(client_max_size=self._body_limit)
+        try:
+            return await larger.post()
+        except web.HTTPException:
+            raise
+        except (ValueError, UnicodeError) as exc:  # bad encoding, broken multipart
+            raise web.HTTPBadRequest(
+                text=json.dumps({"detail": f"unreadable form: {type(exc).__name__}"}),
+                content_type="application/json",
+            ) from exc
 
     async def mailgun(self, request: web.Request) -> web.Response:
         if self._settings.mailgun_signing_key is None:
@@ -92,11 +121,11 @@ class EmailWebhooks:
                 status=401,
                 headers={"WWW-Authenticate": 'Basic realm="switchboard"'},
             )
-        form = await self._form(request)
         try:
-            return await self._sendgrid(form)
-        finally:
-            _close_files(form)
+            fields = await read_raw_fields(request, SENDGRID_FIELDS, limit=self._body_limit)
+        except MalformedForm as exc:
+            return web.json_response({"detail": str(exc)}, status=400)
+        return await self._sendgrid(fields)
 
     async def _mailgun(self, form: Form, signing_key: SecretStr) -> web.Response:
         timestamp, token = _text(form, "timestamp"), _text(form, "token")
@@ -114,9 +143,7 @@ class EmailWebhooks:
         try:
             result = await self._intake.accept(
                 raw,
-                Envelope(
-                    mail_from=_text(form, "sender") or None, recipients=recipients, via="mailgun"
-                ),
+                Envelope(mail_from=_mailgun_sender(form), recipients=recipients, via="mailgun"),
             )
         except Exception:
             logger.exception("storing a Mailgun mail failed; Mailgun will retry")
@@ -126,26 +153,43 @@ class EmailWebhooks:
             return _mailgun_refusal(result.reason)
         return _accepted(result)
 
-    async def _sendgrid(self, form: Form) -> web.Response:
-        raw = _file_or_text(form, "email")
+    async def _sendgrid(self, fields: dict[str, bytes]) -> web.Response:
+        raw = fields.get("email")
         if raw is None:
             return web.json_response(
                 {"detail": "turn on 'POST the raw, full MIME message' in SendGrid Inbound Parse"},
                 status=400,
             )
+        if len(raw) > self._settings.max_size:
+            return web.json_response(
+                {"detail": f"the message is larger than {self._settings.max_size} bytes"},
+                status=413,
+            )
         try:
-            envelope = json.loads(_text(form, "envelope") or "{}")
+            envelope = json.loads(fields.get("envelope", b"{}").decode("utf-8", "replace"))
         except ValueError:
             envelope = {}
-        to = envelope.get("to") if isinstance(envelope, dict) else None
+        if not isinstance(envelope, dict):
+            envelope = {}
+        to = envelope.get("to")
+        sender = envelope.get("from")
         try:
-            result = await self._intake.accept(
-                raw,
+            parsed: ParsedEmail = parse_email(raw)
+        except Exception as exc:  # the stdlib parser is lenient: this is truly unparseable
+            logger.info("a SendGrid post carried an unparseable message: %s", type(exc).__name__)
+            return web.json_response(
+                {"detail": f"the email field is not a readable message: {type(exc).__name__}"},
+                status=400,
+            )
+        try:
+            result = await self._intake.accept_parsed(
+                parsed,
                 Envelope(
-                    mail_from=envelope.get("from") if isinstance(envelope, dict) else None,
+                    mail_from=sender if isinstance(sender, str) else None,
                     recipients=[str(r) for r in to] if isinstance(to, list) else [],
                     via="sendgrid",
                 ),
+                raw,
             )
         except Exception:
             logger.exception("storing a SendGrid mail failed; SendGrid will retry")
@@ -169,10 +213,71 @@ class EmailWebhooks:
             )
 
 
+async def read_raw_fields(
+    request: web.Request, wanted: frozenset[str], *, limit: int
+) -> dict[str, bytes]:
+    """The ``wanted`` fields of a form post as bytes, undecoded (the first of each name).
+
+    Reads ``multipart/form-data`` part by part and ``x-www-form-urlencoded`` as bytes, never
+    more than ``limit`` bytes in all (``413`` beyond); raises :class:`MalformedForm` for a body
+    that is no such form.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    fields: dict[str, bytes] = {}
+    if request.content_type == "application/x-www-form-urlencoded":
+        body = await _read_limited(request, limit)
+        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+        for name, value in pairs:
+            if name in wanted:
+                fields.setdefault(name, value.encode("latin-1"))
+        return fields
+    if request.content_type != "multipart/form-data":
+        raise MalformedForm(f"expected multipart/form-data, got {request.content_type}")
+    total = 0
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise MalformedForm("nested multipart parts are not a form")
+            data = bytearray()
+            while chunk := await part.read_chunk(CHUNK):
+                total += len(chunk)
+                if total > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=total)
+                if part.name in wanted:
+                    data += chunk
+            if part.name in wanted and part.name not in fields:
+                fields[part.name] = bytes(part.decode(bytes(data)))
+    except (web.HTTPException, MalformedForm):
+        raise
+    except Exception as exc:  # aiohttp's multipart errors are ValueError, AssertionError, …
+        raise MalformedForm(f"unreadable multipart body: {type(exc).__name__}") from exc
+    return fields
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    body = bytearray()
+    while chunk := await request.content.read(CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    return bytes(body)
+
+
 def _accepted(result: IntakeResult) -> web.Response:
     return web.json_response(
         {"accepted": True, "outcome": result.outcome.value, "request_id": result.run_id}
     )
+
+
+def _mailgun_sender(form: Form) -> str | None:
+    """The envelope sender: ``""`` for the null sender (a bounce: Mailgun sends an empty or
+    ``<>`` ``sender``), so the loop rules see it; ``None`` only when the field is missing."""
+    sender = form.get("sender")
+    if not isinstance(sender, str):
+        return None
+    return sender.strip().strip("<>").strip()
 
 
 def _mailgun_refusal(reason: str) -> web.Response:

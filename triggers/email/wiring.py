@@ -8,8 +8,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from core.clock import Clock
 from core.db import Database
 from core.email_settings import EmailSettings
@@ -17,7 +15,7 @@ from core.ports import BuiltinService, RunGateway
 from triggers.email.intake import EmailIntake
 from triggers.email.send_email import SendEmailService
 from triggers.email.sender import EmailSender, mail_domain, mail_transport
-from triggers.email.smtp import start_smtp_server
+from triggers.email.smtp import start_smtp_servers
 from triggers.email.threads import ThreadStore
 from triggers.email.webhooks import EMAIL_ROUTES, EmailWebhooks
 from triggers.files import FileStore
@@ -42,11 +40,14 @@ class EmailOutbound:
         data_dir: Path,
         database: Database,
         clock: Clock,
-        http: httpx.AsyncClient,
+        files: FileStore,
+        max_attempts: int,
     ) -> EmailOutbound:
+        """``max_attempts``: the outbox's; email retries are paced to fit ``retry_hours``."""
         threads = ThreadStore(database, clock)
-        sender = EmailSender(settings, mail_transport(settings, data_dir), threads, http, clock)
-        return cls(sender, {"send_email": SendEmailService(database, clock, sender)})
+        transport = mail_transport(settings, data_dir)
+        sender = EmailSender(settings, transport, threads, files, clock, max_attempts=max_attempts)
+        return cls(sender, {"send_email": SendEmailService(database, clock, sender, files)})
 
 
 @asynccontextmanager
@@ -58,16 +59,16 @@ async def email_intake(
     database: Database,
     clock: Clock,
 ) -> AsyncIterator[EmailWebhooks]:
-    """The webhook handlers, and the SMTP server while ``smtp_port`` is set (web role)."""
+    """The webhook handlers, and the SMTP servers (MX ``smtp_port``, ``submission_port``) that
+    are configured (web role)."""
     intake = EmailIntake(settings, gateway, files, ThreadStore(database, clock), clock)
-    server = None
-    if settings.smtp_port is not None:
-        server = await start_smtp_server(intake, settings, hostname=mail_domain(settings))
+    servers = await start_smtp_servers(intake, settings, hostname=mail_domain(settings))
+    for server in servers:
         bound = ", ".join(str(s.getsockname()) for s in server.sockets)
         logger.info("SMTP intake listening on %s", bound)
     try:
         yield EmailWebhooks(settings, intake, database, clock)
     finally:
-        if server is not None:
+        for server in servers:
             server.close()
             await server.wait_closed()
