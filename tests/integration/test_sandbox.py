@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -186,16 +188,28 @@ async def test_files_outside_the_sandbox_cannot_be_read_or_written(
     assert error in (outcome.error or "")
 
 
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A server data dir outside /tmp, readable by anyone: the run's own tmpfs on /tmp would hide
+    one under /tmp (pytest's ``tmp_path``) whatever the mount rules, and permissions would stop
+    the sandbox uid; here only the mount rule (nothing of the host but what a run owns) can."""
+    path = Path(tempfile.mkdtemp(prefix="sb-data-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
 async def test_the_data_dir_and_the_environment_are_out_of_reach(
-    sandbox: Sandbox, built_environment: BuiltEnvironment, tmp_path: Path
+    sandbox: Sandbox, built_environment: BuiltEnvironment, data_dir: Path
 ) -> None:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    (data_dir / "secret.key").write_text("server secret")
+    assert not data_dir.is_relative_to("/tmp")
+    secret = data_dir / "secret.key"
+    secret.write_text("server secret")
+    secret.chmod(0o644)
     site = next((built_environment.env / "lib").glob("python*/site-packages"))
 
     read, _ = await attack_beside_a_good_run(
-        sandbox, built_environment, {"attack": "read", "path": str(data_dir / "secret.key")}
+        sandbox, built_environment, {"attack": "read", "path": str(secret)}
     )
     write, _ = await attack_beside_a_good_run(
         sandbox, built_environment, {"attack": "write", "path": str(site / "fastapi/__init__.py")}
