@@ -90,3 +90,13 @@ class WorkflowError(SwitchboardError):
     """A workflow could not be registered or started."""
 
     status = 400
+
+
+class EnvironmentNotBuilt(WorkflowError):
+    """The workflow's environment is not built on this node; re-register the workflow."""
+
+    status = 503
+
+    def __init__(self, service_id: str) -> None:
+        self.service_id = service_id
+        super().__init__(f"environment for workflow {service_id!r} is not built; re-register it")

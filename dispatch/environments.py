@@ -1,9 +1,11 @@
 """Build one virtual environment per lock, so that running a workflow never calls ``uv``.
 
 Registration locks a workflow's dependencies (``uv pip compile``) and builds the environment for
-that lock (``uv venv`` + ``uv pip sync``) once; every later run only starts the environment's
-interpreter. Environments are keyed by a hash of the lock and the interpreter, so workflows with the
-same dependencies share one, and a build is complete only once its ``.complete`` marker exists: a
+that lock once (``uv venv`` + ``uv pip sync --offline``, after the locked wheels are fetched into
+uv's cache); every later run only starts the environment's interpreter, and a run whose
+environment is missing fails (:meth:`EnvironmentBuilder.built`) instead of building it.
+Environments are keyed by a hash of the lock and the interpreter, so workflows with the same
+dependencies share one, and a build is complete only once its ``.complete`` marker exists: a
 crash mid-build leaves a directory that the next build removes. Builders in several processes (or
 several nodes on a shared disk) serialise on an ``flock`` per environment.
 """
@@ -158,10 +160,12 @@ class EnvironmentBuilder:
         )
         lock_file = env / LOCK_FILE_NAME
         await asyncio.to_thread(lock_file.write_text, lock, encoding="utf-8")
+        await self._fetch(env, lock_file)
         await self._run(
             str(self._uv_bin),
             "pip",
             "sync",
+            "--offline",
             "--quiet",
             "--python",
             str(python_of(env)),
@@ -172,6 +176,39 @@ class EnvironmentBuilder:
         # Last: the marker is what makes the environment usable.
         await asyncio.to_thread((env / COMPLETE_MARKER).write_text, "", encoding="utf-8")
         logger.info("environment %s is ready", env)
+
+    async def _fetch(self, env: Path, lock_file: Path) -> None:
+        """Put every locked distribution in uv's cache, so that the sync that builds the
+        environment runs ``--offline``: from the lock and the cache alone, never resolving or
+        downloading anything itself. ``uv pip compile`` fetches metadata only, and uv has no
+        download command, so the lock is installed into a scratch target (hardlinks from the
+        cache) that is removed at once."""
+        scratch = env.with_name(f"{env.name}.fetch")
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+        try:
+            await self._run(
+                str(self._uv_bin),
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--python",
+                str(python_of(env)),
+                "--target",
+                str(scratch),
+                "-r",
+                str(lock_file),
+                action=f"downloading the locked dependencies of {env.name}",
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+    async def built(self, lock: str) -> Path | None:
+        """The complete environment of ``lock`` on this node, or None. Never builds and never
+        calls uv (the run path asks this; only registration builds, through :meth:`ensure`)."""
+        await self.interpreter()
+        env = self._env_dir / self.lock_hash(lock)[:20]
+        return env if await asyncio.to_thread(_is_complete, env) else None
 
     async def _run(self, *argv: str, action: str, stdin: str | None = None) -> str:
         """Run one command to completion; its stdout, or a WorkflowError with its stderr tail."""

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, Select, select, update
 
 from core.clock import Clock
 from core.db import Database
-from core.errors import NotFound, WorkflowError
+from core.errors import EnvironmentNotBuilt, NotFound, WorkflowError
 from core.models import WorkflowLimits
 from core.tables import workflow_versions, workflows
 from dispatch.environments import EnvironmentBuilder, python_of
@@ -187,7 +187,9 @@ class WorkflowRegistry:
         return True
 
     async def resolve(self, service_id: str) -> Workflow:
-        """The current version, with its environment (built here if this node has not yet)."""
+        """The current version, with its environment. The run path: it never builds (no ``uv``
+        call), so a version whose environment is missing here raises :class:`EnvironmentNotBuilt`
+        at once (re-registering, or :meth:`build`, makes it)."""
         query = _current(
             workflow_versions.c.version,
             workflow_versions.c.source,
@@ -198,7 +200,9 @@ class WorkflowRegistry:
             row = (await conn.execute(query)).first()
         if row is None:
             raise NotFound("workflow", service_id)
-        env = await self._builder.ensure(row.lock)
+        env = await self._builder.built(row.lock)
+        if env is None:
+            raise EnvironmentNotBuilt(service_id)
         return Workflow(
             service_id=service_id,
             version=row.version,
@@ -208,6 +212,16 @@ class WorkflowRegistry:
                 {**self._default_limits.model_dump(), **(row.settings or {}).get("limits", {})}
             ),
         )
+
+    async def build(self, service_id: str) -> None:
+        """Build the current version's environment on this node if it is missing (as
+        registering does), without making a new version: for the demo's examples on start."""
+        query = _current(workflow_versions.c.lock).where(workflows.c.id == service_id)
+        async with self._db.read() as conn:
+            lock = (await conn.execute(query)).scalar()
+        if lock is None:
+            raise NotFound("workflow", service_id)
+        await self._builder.ensure(lock)
 
     def _materialise(self, service_id: str, version: int, source: str) -> Path:
         path = self._dir / service_id / f"v{version}" / SOURCE_NAME

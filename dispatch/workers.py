@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from core.clock import Clock
-from core.errors import NotFound
+from core.errors import EnvironmentNotBuilt, NotFound
 from core.models import Invocation, Outcome, RunRecord
 from core.ports import BuiltinService, LogSink, Metrics, WorkflowRunner
 from core.security import Signer
@@ -211,6 +211,9 @@ class WorkerPool:
             return Outcome.failure(
                 f"workflow {run.service_id!r} is not registered (or was removed)"
             )
+        except EnvironmentNotBuilt as exc:
+            logger.warning("run %s: %s", run.id, exc)
+            return Outcome.failure(str(exc))
         except Exception as exc:
             logger.exception("run %s: internal error", run.id)
             return Outcome.failure(

@@ -42,6 +42,9 @@ async def register_examples(services: Services) -> list[str]:
     for path in sorted(directory.glob("*.py")):
         service_id = path.stem.replace("_", "-")
         if not await services.registry.needs_update(service_id, path.read_text(encoding="utf-8")):
+            # Runs never build environments: make sure this node has the example's (a fresh
+            # env dir or uv cache, a second node), or the demo's runs would fail.
+            await services.registry.build(service_id)
             continue
         logger.info("registering example workflow %s from %s", service_id, path)
         info = await services.registry.add(path, service_id)

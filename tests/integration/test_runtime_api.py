@@ -223,6 +223,30 @@ async def test_run_cut_at_run_timeout_is_timed_out(live_factory: LiveFactory) ->
     assert "timed out after 1 s" in record["error"]
 
 
+async def test_a_run_whose_environment_is_missing_fails_at_once_and_builds_nothing(
+    live_factory: LiveFactory, tmp_path: Path
+) -> None:
+    envs = tmp_path / "envs"
+    live = await live_factory.start(runtime={"env_dir": str(envs)})
+    await live.register("hello")
+    (env,) = [path for path in envs.iterdir() if path.is_dir()]
+    shutil.rmtree(env)  # a node whose environments were wiped after registration
+
+    async with client(live) as c:
+        handle = await c.run("hello", {"name": "Ada"}, in_background=True)
+        failed = (await handle.result(timeout_seconds=60)).json()
+    left_unbuilt = not env.exists()
+    await live.services.registry.build("hello")  # what the demo does on start
+    async with client(live) as c:
+        rebuilt = await c.run("hello", {"name": "Ada"})
+
+    assert failed["status"] == "failed"
+    assert failed["error"] == "environment for workflow 'hello' is not built; re-register it"
+    assert failed["workflowVersion"] is None
+    assert left_unbuilt
+    assert rebuilt.json() == {"message": "Hello Ada!"}
+
+
 async def test_workflow_error_is_passed_through_and_recorded(live: Live) -> None:
     await live.register("fail")
     async with client(live) as c:
