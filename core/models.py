@@ -225,6 +225,11 @@ class WorkflowLimits(_Frozen):
     )
     open_files: int = Field(default=1024, ge=64, description="RLIMIT_NOFILE")
     file_size: ByteSize = Field(default=ByteSize(GIB), ge=MIB, description="RLIMIT_FSIZE")
+    warm: bool = Field(
+        default=False,
+        description="keep the process, idle, for the next run of the same version by the same "
+        "owner with the same limits (opt-in; README 'Warm reuse')",
+    )
 
 
 def format_bytes(size: int) -> str:

@@ -105,6 +105,18 @@ class RuntimeSettings(_Section):
     zygote_cap: int = Field(
         default=8, ge=1, description="idle zygotes kept at most (least recently used stop first)"
     )
+    warm_idle_ttl: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds a warm process (a workflow with warm = true) waits, idle, for the "
+        "next run of its workflow version and owner before it is torn down",
+    )
+    warm_cap: int = Field(
+        default=8,
+        ge=0,
+        description="warm processes kept at most (least recently used idle ones go first); "
+        "0 turns warm reuse off",
+    )
     limits: WorkflowLimits = Field(
         default=WorkflowLimits(),
         description="per-run limits; a workflow overrides them in its [tool.switchboard] table",

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.models import WorkflowLimits, format_bytes
+
 logger = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -51,6 +53,15 @@ class LimitEvents:
 
     oom_kills: int = 0
     pids_max: int = 0
+
+
+def limit_error(events: LimitEvents, limits: WorkflowLimits) -> str | None:
+    """The error that names the limit a run broke, if it broke one."""
+    if events.oom_kills:
+        return f"memory limit of {format_bytes(limits.memory)} exceeded"
+    if events.pids_max:
+        return f"process limit of {limits.pids} reached"
+    return None
 
 
 class RunCgroup:

@@ -19,6 +19,11 @@ network policy. It runs in threads, so a workflow that blocks its event loop whi
 runtime API (a sync client in an ``async def``) still gets an answer. ``<netns_fd>:<go_fd>``: say
 on the first that bubblewrap is done with the network namespace, then wait on the second until
 the runner has connected it to the internet, before any workflow code runs.
+
+A warm process (``SWITCHBOARD_WARM=1`` in its environment, ``dispatch/warm.py``) serves one run
+after another: :class:`WarmRequests` takes the run's own environment (its run-scoped
+``CODEWORDS_API_KEY``) from a request header into ``os.environ`` and prints the request's fence
+line after the response, so the runner knows every line of that run has arrived.
 """
 
 from __future__ import annotations
@@ -34,16 +39,20 @@ if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpat
 
 import ctypes
 import importlib.util
+import json
 import select
 import signal
 import socket
 import threading
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import uvicorn
 
 _PR_SET_PDEATHSIG = 1
+WARM_ENV = "SWITCHBOARD_WARM"
+RUN_ENV_HEADER = b"x-switchboard-run-env"
+FENCE_HEADER = b"x-switchboard-fence"
 _UVICORN_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 EXIT_BAD_WORKFLOW = 2
 
@@ -118,6 +127,39 @@ def forward_runtime_api(port: int, unix_path: str) -> None:
     threading.Thread(target=accept, name="runtime-forwarder", daemon=True).start()
 
 
+class WarmRequests:
+    """ASGI middleware of a warm process: per request, the run's environment and a fence.
+
+    The runner sends one request at a time, so setting ``os.environ`` here races no other run.
+    Both headers are taken off before the workflow sees the request (the key never shows in
+    ``request.headers``). The fence goes to stdout and stderr after the response, whatever the
+    workflow did, so that the runner can tell this run's lines from any printed later.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        fence = None
+        headers = []
+        for name, value in scope["headers"]:
+            if name == RUN_ENV_HEADER:
+                os.environ.update(json.loads(value))
+            elif name == FENCE_HEADER:
+                fence = value.decode("ascii")
+            else:
+                headers.append((name, value))
+        try:
+            await self.app({**scope, "headers": headers}, receive, send)
+        finally:
+            if fence is not None:
+                for stream in (sys.stdout, sys.stderr):
+                    print(fence, file=stream, flush=True)
+
+
 class ReadyServer(uvicorn.Server):
     """A uvicorn server that writes ``ready`` to a pipe once it accepts connections."""
 
@@ -164,6 +206,9 @@ def main(argv: list[str]) -> None:
     app = getattr(module, "app", None)
     if app is None:
         fail(f"{workflow_file} defines no `app` (a FastAPI application) at module level")
+
+    if os.environ.pop(WARM_ENV, None) == "1":
+        app = WarmRequests(app)
 
     log_level = os.environ.get("LOGLEVEL", "info").lower()
     if log_level not in _UVICORN_LOG_LEVELS:

@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from core.models import Invocation, Outcome, WorkflowLimits, format_bytes
+from core.models import Invocation, Outcome, WorkflowLimits
 from core.ports import LogSink, ResolvedWorkflow
 from dispatch.bwrap import (
     LAUNCHER_PATH,
@@ -61,8 +61,9 @@ from dispatch.bwrap import (
     relay_port,
     sandbox_command,
 )
-from dispatch.cgroups import CgroupLimits, LimitEvents, RunCgroup
+from dispatch.cgroups import CgroupLimits, RunCgroup, limit_error
 from dispatch.runner import drain, forward_lines, send_request, wait_until_ready
+from dispatch.warm import WARM_ENV, Hold, WarmPool, warm_key
 from dispatch.zygotes import (
     Zygote,
     ZygoteChild,
@@ -80,17 +81,10 @@ SLIRP_READY_SECONDS = 10.0
 KILL_GRACE_SECONDS = 1.0
 
 
-def limit_error(events: LimitEvents, limits: WorkflowLimits) -> str | None:
-    """The error that names the limit a run broke, if it broke one."""
-    if events.oom_kills:
-        return f"memory limit of {format_bytes(limits.memory)} exceeded"
-    if events.pids_max:
-        return f"process limit of {limits.pids} reached"
-    return None
-
-
 class SandboxRunner:
-    """Runs each invocation in a fresh bubblewrap sandbox with its own cgroup."""
+    """Runs each invocation in a fresh bubblewrap sandbox with its own cgroup; a workflow that
+    opted into warm reuse may be served by the kept process of an earlier run of the same
+    version and owner instead (``dispatch/warm.py``)."""
 
     def __init__(
         self,
@@ -98,20 +92,43 @@ class SandboxRunner:
         *,
         base_env: Mapping[str, str],
         zygotes: ZygotePool | None = None,
+        warm: WarmPool | None = None,
     ) -> None:
         self._settings = settings
         self._base_env = dict(base_env)
         self._runtime_uri = f"http://127.0.0.1:{relay_port(settings)}"
         self.zygotes = zygotes
+        self.warm = warm
         self._reaping: set[asyncio.Task[int]] = set()
 
     async def close(self) -> None:
-        """Wait for the killed slirp4netns processes still exiting (see :meth:`Launch._end`)."""
+        """Tear down every warm process, then wait for the killed slirp4netns processes still
+        exiting (see :meth:`Launch._end`)."""
+        if self.warm is not None:
+            await self.warm.close()
         await asyncio.gather(*self._reaping, return_exceptions=True)
 
     async def run(
         self, invocation: Invocation, workflow: ResolvedWorkflow, on_log: LogSink
     ) -> Outcome:
+        if self.warm is None or not workflow.limits.warm:
+            return await self._start(invocation, on_log, None, workflow=workflow)
+        env = self._env(invocation, warm=True)
+
+        async def start(first: Invocation, route: LogSink, hold: Hold) -> Outcome:
+            return await self._start(first, route, hold, workflow=workflow)
+
+        return await self.warm.run(invocation, warm_key(invocation, workflow, env), on_log, start)
+
+    async def _start(
+        self,
+        invocation: Invocation,
+        on_log: LogSink,
+        hold: Hold | None,
+        *,
+        workflow: ResolvedWorkflow,
+    ) -> Outcome:
+        """One run in a new sandbox; with ``hold``, its end may keep the process warm first."""
         settings = self._settings
         limits = workflow.limits
         run_dir = RunDirectory(settings.runs_dir / invocation.run_id)
@@ -123,9 +140,13 @@ class SandboxRunner:
                 _prepare, run_dir, cgroup, settings, [s for s, _ in sources], limits
             )
             relay = await relay_runtime_api(run_dir.runtime_socket, settings.runtime_address)
-            launch = Launch(invocation, workflow, run_dir, cgroup, sources, self._env(invocation))
+            env = self._env(invocation, warm=hold is not None)
+            launch = Launch(invocation, workflow, run_dir, cgroup, sources, env)
             launch.reaping = self._reaping
+            launch.hold = hold
             if self.zygotes is not None:
+                # A kept process is the zygote's child: the zygote stays acquired (not evicted)
+                # until the process is torn down.
                 zygote = await self.zygotes.acquire(workflow.python)
                 if zygote is not None:
                     try:
@@ -138,7 +159,7 @@ class SandboxRunner:
                 relay.close()
             await asyncio.to_thread(_clean_up, run_dir, cgroup)
 
-    def _env(self, invocation: Invocation) -> dict[str, str]:
+    def _env(self, invocation: Invocation, *, warm: bool = False) -> dict[str, str]:
         return {
             **self._base_env,
             **invocation.env,
@@ -147,6 +168,7 @@ class SandboxRunner:
             "CODEWORDS_RUNTIME_URI": self._runtime_uri,
             "RUNTIME_URI": self._runtime_uri,
             "CODEWORDS_SERVICE_ROOT": WORKFLOW_DIR,
+            **({WARM_ENV: "1"} if warm else {}),
         }
 
 
@@ -183,6 +205,9 @@ class Launch:
         self.slirp: asyncio.subprocess.Process | None = None
         self.slirp_exit: int | None = None
         self.reaping: set[asyncio.Task[int]] | None = None
+        self.hold: Hold | None = None
+        """warm reuse: called at the end, before the teardown (``dispatch/warm.py``)"""
+        self.outcome: Outcome | None = None
 
     async def run(
         self, settings: SandboxSettings, on_log: LogSink, zygote: Zygote | None = None
@@ -240,6 +265,13 @@ class Launch:
             await self._end(process, readers, pipes)
 
     async def _supervise(
+        self, settings: SandboxSettings, process: RunProcess, pipes: _Pipes
+    ) -> Outcome:
+        """Serve the request while watching the limits; noted for :meth:`_end`'s hold."""
+        self.outcome = await self._decide(settings, process, pipes)
+        return self.outcome
+
+    async def _decide(
         self, settings: SandboxSettings, process: RunProcess, pipes: _Pipes
     ) -> Outcome:
         """Serve the request while watching the limits; the first to end decides."""
@@ -452,7 +484,20 @@ class Launch:
         readers: list[asyncio.Task[None]],
         pipes: _Pipes,
     ) -> None:
-        """Kill everything in the run's cgroup (and slirp4netns), collect the last output."""
+        """Kill everything in the run's cgroup (and slirp4netns), collect the last output. A
+        warm-capable run's process may first be kept, idle, until its pool retires it."""
+        try:
+            if self.hold is not None:
+                await self.hold(self.outcome, process, self.cgroup, self.run_dir.workflow_socket)
+        finally:
+            await self._tear_down(process, readers, pipes)
+
+    async def _tear_down(
+        self,
+        process: RunProcess,
+        readers: list[asyncio.Task[None]],
+        pipes: _Pipes,
+    ) -> None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         if self.slirp is not None:

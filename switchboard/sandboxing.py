@@ -16,6 +16,7 @@ from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.cgroups import detect_cgroups
 from dispatch.runner import ProcessRunner
 from dispatch.sandbox import SandboxRunner
+from dispatch.warm import WarmPool
 from dispatch.zygotes import ZygotePool
 from switchboard.services import Services
 
@@ -100,10 +101,13 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
     if settings.runtime.zygote:
         zygotes = ZygotePool(sandbox, services.runs_dir.with_name(services.runs_dir.name + "-z"))
         await asyncio.to_thread(zygotes.sweep)
-    runner = SandboxRunner(sandbox, base_env=services.workflow_env(), zygotes=zygotes)
+    warm = None
+    if settings.runtime.warm_cap > 0:
+        warm = WarmPool(idle_ttl=settings.runtime.warm_idle_ttl, cap=settings.runtime.warm_cap)
+    runner = SandboxRunner(sandbox, base_env=services.workflow_env(), zygotes=zygotes, warm=warm)
     try:
         yield ChosenRunner(runner, "bwrap", zygotes=zygotes)
-    finally:  # the workers have stopped: every run's cgroup and directory is gone already
+    finally:  # the workers have stopped: only warm processes are left, and close ends them
         await runner.close()
         if zygotes is not None:
             await zygotes.close()

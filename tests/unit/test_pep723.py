@@ -124,6 +124,16 @@ def test_tool_switchboard_names_a_bad_limit() -> None:
         parse_script_metadata(source)
 
 
+def test_tool_switchboard_opts_into_warm_reuse_and_nothing_else_does() -> None:
+    warm = parse_script_metadata(HEADER_WITH_LIMITS.format(table="warm = true"))
+    plain = parse_script_metadata(HEADER_WITH_LIMITS.format(table='network = "none"'))
+
+    assert warm.limits == {"warm": True}
+    assert "warm" not in plain.limits
+    with pytest.raises(WorkflowError, match=r"`\[tool.switchboard\]` warm: Input should be"):
+        parse_script_metadata(HEADER_WITH_LIMITS.format(table='warm = "sometimes"'))
+
+
 HEADER_WITH_LIMITS = """# /// script
 # dependencies = ["fastapi"]
 # [tool.switchboard]
