@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from codewords_client import AsyncCodewordsClient
 
-from core.models import Invocation, RunStatus
+from core.models import Invocation, RunStatus, WorkflowLimits
 from dispatch.bwrap import SandboxSettings
 from dispatch.cgroups import CgroupLayout
 from dispatch.registry import Workflow
@@ -106,7 +106,8 @@ def run_of(owner: str = "owner-1", body: dict[str, object] | None = None) -> Inv
 
 def warm_workflow(built: BuiltEnvironment, **limits: Any) -> Workflow:
     plain = workflow(built, WARM)
-    return replace(plain, limits=plain.limits.model_copy(update={"warm": True, **limits}))
+    checked = {**plain.limits.model_dump(), "warm": True, **limits}
+    return replace(plain, limits=WorkflowLimits.model_validate(checked))
 
 
 async def answer(warm: Warm, run: Invocation, flow: Workflow, logs: Logs | None = None) -> Any:
@@ -214,21 +215,29 @@ async def test_a_workflow_that_did_not_opt_in_never_reuses(
 
 
 @pytest.mark.parametrize(
-    ("body", "timeout", "status"),
+    ("body", "timeout", "status", "error"),
     [
-        pytest.param({"fail": True}, 60, RunStatus.FAILED, id="fails"),
-        pytest.param({"sleep": 30}, 2, RunStatus.TIMED_OUT, id="times-out"),
+        pytest.param({"fail": True}, 60, RunStatus.FAILED, "failed on purpose", id="fails"),
+        pytest.param({"sleep": 30}, 2, RunStatus.TIMED_OUT, "timed out after 2 s", id="times-out"),
+        pytest.param(
+            {"hoard_mib": 1024},
+            60,
+            RunStatus.FAILED,
+            "memory limit of 128 MiB exceeded",
+            id="breaks-its-memory-limit",
+        ),
     ],
 )
-async def test_a_run_that_fails_or_times_out_ends_its_warm_process(
+async def test_a_run_that_fails_times_out_or_breaks_a_limit_ends_its_warm_process(
     make_warm: WarmFactory,
     built_environment: BuiltEnvironment,
     body: dict[str, object],
     timeout: float,
     status: RunStatus,
+    error: str,
 ) -> None:
     warm = make_warm(600)
-    flow = warm_workflow(built_environment)
+    flow = warm_workflow(built_environment, memory="128MiB")
     first = await answer(warm, run_of(), flow)
 
     reused = run_of(body=body).model_copy(update={"timeout": timeout})
@@ -237,6 +246,7 @@ async def test_a_run_that_fails_or_times_out_ends_its_warm_process(
     after = await answer(warm, run_of(), flow)
 
     assert outcome.status is status
+    assert error in (outcome.error or "")
     assert left_after_failure == [] and len(warm.pool) == 1
     assert after["process"] != first["process"] and after["served"] == 1
 

@@ -19,7 +19,7 @@
 # warm = true
 # ///
 """Test workflow that opts into warm reuse: says which process served it and how often; fails
-or sleeps on request."""
+sleeps or hoards memory on request."""
 
 import asyncio
 import hashlib
@@ -43,6 +43,7 @@ async def visit(request: Request) -> dict[str, Any]:
     asked = await request.json()
     if asked.get("fail"):
         raise HTTPException(status_code=500, detail="failed on purpose")
+    hoard = [b"x" * 2**20 for _ in range(asked.get("hoard_mib", 0))]  # touched, so charged
     await asyncio.sleep(asked.get("sleep", 0))
     key = os.environ.get("CODEWORDS_API_KEY", "")
     return {
@@ -53,4 +54,5 @@ async def visit(request: Request) -> dict[str, Any]:
         "key_run": key.split(".")[1] if key.startswith("cwk-run.") else None,
         "switchboard_headers": [name for name in request.headers if "switchboard" in name],
         "warm_env": os.environ.get("SWITCHBOARD_WARM"),
+        "hoarded_mib": len(hoard),
     }
