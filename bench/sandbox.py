@@ -11,7 +11,9 @@ runs of ``examples/hello.py`` (fresh process, one request, teardown: the cold fi
 teardown, the "to response" ones stop when the workflow's answer arrives), then 10 concurrent cold
 starts, and samples the memory of an idle sandboxed run (``tests/workflows/slow.py`` sleeping)
 from its cgroup, with and without the zygote; and the warm request overhead: one request over the
-Unix socket to an already serving workflow. Prints a Markdown table for bench/RESULTS.md.
+Unix socket to an already serving workflow; and warm reuse: ``runner.run`` end to end for runs of
+a ``warm = true`` workflow served by the process an earlier run of the same owner left
+(``--warm-only`` measures just that). Prints Markdown tables for bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ import httpx
 
 import dispatch.runner
 import dispatch.sandbox
+import dispatch.warm
 from core.models import Invocation, Outcome, WorkflowLimits
 from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.cgroups import CgroupLayout, detect_cgroups
 from dispatch.registry import Workflow
 from dispatch.runner import LAUNCHER, ProcessRunner
 from dispatch.sandbox import SandboxRunner
+from dispatch.warm import WarmPool
 from dispatch.zygotes import ZygotePool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +90,7 @@ def _timed(send: Callable[..., Awaitable[Outcome]]) -> Callable[..., Awaitable[O
 
 dispatch.runner.send_request = _timed(dispatch.runner.send_request)  # type: ignore[assignment]
 dispatch.sandbox.send_request = _timed(dispatch.sandbox.send_request)  # type: ignore[assignment]
+dispatch.warm.send_request = _timed(dispatch.warm.send_request)  # type: ignore[assignment]
 
 
 async def cold(runner: ProcessRunner | SandboxRunner, workflow: Workflow) -> tuple[float, float]:
@@ -163,10 +168,26 @@ async def warm_overhead(python: Path, requests: int = 200) -> float:
     return statistics.median(timings)
 
 
+async def warm_reuse(
+    settings: SandboxSettings, zygotes: ZygotePool | None, python: Path, network: str, runs: int
+) -> str:
+    """p50 / p95 ms of whole runs (``runner.run``) served by a kept warm process."""
+    pool = WarmPool(idle_ttl=600, cap=1)
+    runner = SandboxRunner(settings, base_env=BASE_ENV, zygotes=zygotes, warm=pool)
+    workflow = Workflow("hello", 1, HELLO, python, WorkflowLimits(network=network, warm=True))
+    await cold(runner, workflow)  # the run whose process is kept
+    timings = [(await cold(runner, workflow))[0] for _ in range(runs)]
+    if len(pool) != 1:
+        raise RuntimeError("the warm process was not reused")
+    await runner.close()
+    return f"{statistics.median(timings):.1f} / {percentile(timings, 0.95):.1f}"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--env", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--warm-only", action="store_true", help="only the warm reuse rows")
     args = parser.parse_args()
     python = args.env / "bin" / "python"
     runs_dir = Path(tempfile.gettempdir()) / f"sb-bench-{uuid.uuid4().hex[:8]}"
@@ -174,10 +195,6 @@ async def main() -> None:
     cgroups = detect_cgroups(f"bench-{uuid.uuid4().hex[:8]}") if problem is None else problem
     if isinstance(cgroups, str):
         raise SystemExit(f"no sandbox here: {cgroups}")
-    rows = []
-    with tempfile.TemporaryDirectory() as sockets:
-        plain = ProcessRunner(socket_dir=Path(sockets), startup_timeout=30, base_env=BASE_ENV)
-        rows.append(await measure("process", plain, Workflow("hello", 1, HELLO, python), args.runs))
     settings = SandboxSettings(
         uid=65534,
         runs_dir=runs_dir,
@@ -186,6 +203,26 @@ async def main() -> None:
         cgroups=cgroups,
     )
     pool = ZygotePool(settings, runs_dir.with_name(runs_dir.name + "-z"))
+    warm_rows = [
+        f"| {label}, network {network} | {args.runs} | "
+        f"{await warm_reuse(settings, zygotes, python, network, args.runs)} |"
+        for zygotes, label in ((None, "bwrap"), (pool, "bwrap + zygote"))
+        for network in ("none", "internet")
+    ]
+    warm_table = (
+        "\nWarm reuse (hello.py with warm = true, the same owner; whole `runner.run`):\n\n"
+        "| runner | N | p50 / p95 ms |\n|---|--:|--:|\n" + "\n".join(warm_rows)
+    )
+    if args.warm_only:
+        await pool.close()
+        cgroups.release()
+        runs_dir.rmdir()
+        print(warm_table)
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as sockets:
+        plain = ProcessRunner(socket_dir=Path(sockets), startup_timeout=30, base_env=BASE_ENV)
+        rows.append(await measure("process", plain, Workflow("hello", 1, HELLO, python), args.runs))
     idle: dict[str, int] = {}
     for zygotes, label in ((None, "bwrap"), (pool, "bwrap + zygote")):
         for network in ("none", "internet"):
@@ -213,6 +250,7 @@ async def main() -> None:
             f"\nIdle run ({label}, slow.py sleeping), its cgroup's memory: {usage / 2**20:.1f} MiB"
         )
     print(f"\nWarm request over the Unix socket (hello.py serving), p50: {warm:.2f} ms")
+    print(warm_table)
 
 
 if __name__ == "__main__":
