@@ -267,6 +267,8 @@ async def healthz(request: web.Request) -> web.Response:
             body["sandbox_problem"] = chosen.problem
         if chosen.zygotes is not None:
             body["zygotes"] = len(chosen.zygotes)
+        if chosen.warm is not None:
+            body["warm"] = len(chosen.warm)
     if errors:
         body["errors"] = errors
     services = app.get(SERVICES)

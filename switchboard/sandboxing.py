@@ -34,6 +34,8 @@ class ChosenRunner:
     """Why ``bwrap`` was asked for but ``process`` is used."""
     zygotes: ZygotePool | None = None
     """Running zygotes (``runtime.zygote``), counted by /healthz."""
+    warm: WarmPool | None = None
+    """Kept warm processes (``warm = true`` workflows), counted by /healthz."""
 
 
 class SandboxUnavailable(SwitchboardError):
@@ -106,7 +108,7 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
         warm = WarmPool(idle_ttl=settings.runtime.warm_idle_ttl, cap=settings.runtime.warm_cap)
     runner = SandboxRunner(sandbox, base_env=services.workflow_env(), zygotes=zygotes, warm=warm)
     try:
-        yield ChosenRunner(runner, "bwrap", zygotes=zygotes)
+        yield ChosenRunner(runner, "bwrap", zygotes=zygotes, warm=warm)
     finally:  # the workers have stopped: only warm processes are left, and close ends them
         await runner.close()
         if zygotes is not None:

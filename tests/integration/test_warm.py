@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from codewords_client import AsyncCodewordsClient
 
@@ -273,9 +274,12 @@ async def test_a_registered_warm_workflow_is_reused_through_the_api_with_each_ru
     async with AsyncCodewordsClient(base_url=live.url, api_key=live.key) as client:
         first = await client.run("warm", {})
         second = await client.run("warm", {})
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        health = (await http.get("/healthz")).json()
 
     assert first.status_code == second.status_code == 200, (first.text, second.text)
     assert first.json()["process"] == second.json()["process"]
     assert second.json()["served"] == 2
     assert first.json()["key_run"] == first.headers["X-Request-Id"]
     assert second.json()["key_run"] == second.headers["X-Request-Id"]
+    assert health["warm"] == 1, health
