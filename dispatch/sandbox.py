@@ -32,7 +32,9 @@ Why each step:
   same user and root), never in argv.
 
 Cold starts from a fresh interpreter cost what importing FastAPI costs (≈ 400 ms); see
-``dispatch/zygote.py`` for the forking variant.
+``dispatch/zygote.py`` for the forking variant, and ``dispatch/warm.py`` for the opt-in reuse of a
+completed run's process by the next run of the same workflow version and owner (``Launch._end``
+holds such a process before its teardown).
 """
 
 from __future__ import annotations

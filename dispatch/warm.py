@@ -367,7 +367,19 @@ class WarmPool:
         task = asyncio.create_task(start(first, route, hold), name=f"warm:{invocation.run_id}")
         hold.task = task
         self._tasks.add(task)
-        task.add_done_callback(self._forget)
+
+        def forget(task: asyncio.Task[Outcome]) -> None:
+            self._tasks.discard(task)
+            # Once parked, nobody awaits the task: an error in the teardown is only logged.
+            parked = hold.parked.done() and not hold.parked.cancelled()
+            if parked and not task.cancelled() and task.exception() is not None:
+                logger.error(
+                    "the warm process of run %s ended with an error",
+                    invocation.run_id,
+                    exc_info=task.exception(),
+                )
+
+        task.add_done_callback(forget)
         try:
             done, _ = await asyncio.wait({task, hold.parked}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -379,11 +391,6 @@ class WarmPool:
             return hold.parked.result()
         hold.parked.cancel()
         return task.result()
-
-    def _forget(self, task: asyncio.Task[Outcome]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("a warm process ended with an error", exc_info=task.exception())
 
 
 class Hold:
