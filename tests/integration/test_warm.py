@@ -60,7 +60,7 @@ class Warm:
         return found
 
 
-WarmFactory = Callable[[float], Warm]
+WarmFactory = Callable[..., Warm]
 
 
 @pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
@@ -80,8 +80,8 @@ async def make_warm(
     zygotes = ZygotePool(settings, Path(f"{runs_dir}-z")) if request.param else None
     made: list[Warm] = []
 
-    def make(idle_ttl: float) -> Warm:
-        pool = WarmPool(idle_ttl=idle_ttl, cap=8)
+    def make(idle_ttl: float, cap: int = 8) -> Warm:
+        pool = WarmPool(idle_ttl=idle_ttl, cap=cap)
         runner = SandboxRunner(settings, base_env=base_env, zygotes=zygotes, warm=pool)
         made.append(Warm(runner, pool, Path(runs_dir), cgroups))
         return made[-1]
@@ -178,6 +178,24 @@ async def test_another_owner_version_or_limits_get_a_fresh_process(
     assert [theirs["served"], newer["served"], other_network["served"]] == [1, 1, 1]
     assert mine_again["process"] == mine["process"] and mine_again["served"] == 2
     assert len(warm.pool) == 4
+
+
+async def test_past_the_cap_the_least_recently_used_idle_process_goes(
+    make_warm: WarmFactory, built_environment: BuiltEnvironment
+) -> None:
+    warm = make_warm(600, cap=2)
+    flow = warm_workflow(built_environment)
+
+    first = await answer(warm, run_of("owner-1"), flow)
+    second = await answer(warm, run_of("owner-2"), flow)
+    first_again = await answer(warm, run_of("owner-1"), flow)  # owner-2's is now the LRU one
+    third = await answer(warm, run_of("owner-3"), flow)
+    second_again = await answer(warm, run_of("owner-2"), flow)
+
+    assert first_again["process"] == first["process"] and first_again["served"] == 2
+    assert third["served"] == 1
+    assert second_again["process"] != second["process"] and second_again["served"] == 1
+    assert len(warm.pool) == 2
 
 
 async def test_an_idle_process_is_torn_down_after_the_ttl(
