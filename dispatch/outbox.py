@@ -105,7 +105,11 @@ def delivery_row(
 
 
 def target_key(channel: str, target: Mapping[str, Any]) -> str:
-    """What orders deliveries: one chat, channel, mailbox or URL (threads share their channel)."""
+    """What orders deliveries: one chat, channel, mailbox or URL (Slack threads share their
+    channel). Email is ordered per thread only: separate mails to one mailbox have no order to
+    keep, and one that a relay defers for hours must not hold back the others."""
+    if channel == "email" and target.get("thread_id"):
+        return f"email:{target.get('address')}:{target['thread_id']}"[:300]
     return f"{channel}:{target.get('address')}"[:300]
 
 

@@ -158,8 +158,9 @@ class SendEmailService:
             "run_id": run_id,
             "channel": "email",
             "target": target,
-            # The outbox orders deliveries per target key; dispatch.outbox.target_key's format.
-            "target_key": f"email:{address}"[:300],
+            # The outbox orders deliveries per target key. Each send_email mail is on its own (a
+            # new thread, its own Message-ID): nothing to wait for (see dispatch.outbox.target_key).
+            "target_key": f"email:{address}:{message_id}"[:300],
             "payload": {
                 "reply": {
                     "text": request.body,
