@@ -57,6 +57,13 @@ class SchedulerSettings(BaseModel):
     on_time: float = Field(
         default=2.0,
         ge=0,
-        description="ticks this late when a leader takes over fire normally, whatever the "
-        "misfire policy",
+        description="ticks this late when a leader picks up a changed schedule fire normally, "
+        "whatever the misfire policy",
+    )
+    takeover_grace: float = Field(
+        default=10.0,
+        ge=0,
+        description="ticks this late (fire time + jitter) when a leader takes over fire once, "
+        "whatever the misfire policy: the previous leader may have died before submitting them; "
+        "keep it above the fail-over time",
     )

@@ -2,12 +2,14 @@
 
 Runs only while this node holds the scheduler lock (``scheduler.leadership``). Each due tick
 submits the run request of ``scheduler.ticks`` (exactly once per schedule and fire time, whoever
-submits it), applies the overlap policy, and records the schedule's fire state.
+submits it), applies the overlap policy, and records the schedule's fire state. A tick that
+cannot be submitted (five attempts) is logged and counted as missed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Coroutine
@@ -17,7 +19,8 @@ from typing import Any
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from core.clock import Clock
+from core.clock import Clock, isoformat
+from core.errors import NotFound
 from core.models import SubmittedRun
 from core.ports import RunGateway
 from scheduler.misfire import plan_catch_up
@@ -55,12 +58,17 @@ class ScheduleEngine:
         clock: Clock,
         *,
         on_time: float = 2.0,
+        takeover_grace: float = 10.0,
         flush_interval: float = 0.1,
+        submit_backoff: float = 0.2,
     ) -> None:
         self._store = store
         self._gateway = gateway
         self._clock = clock
         self._on_time = on_time
+        self._takeover_grace = max(on_time, takeover_grace)
+        self._taking_over = False
+        self._submit_backoff = submit_backoff
         self._log = TickLog(store, interval=flush_interval)
         self._schedules: dict[str, Schedule] = {}
         self._last_fire: dict[str, datetime] = {}
@@ -81,7 +89,13 @@ class ScheduleEngine:
         )
         self._scheduler.start()
         self._log.start()
-        await self.sync()
+        # The first look at the table is the take-over: ticks of the last ``takeover_grace`` s
+        # may have died with the previous leader (see ``scheduler.misfire``).
+        self._taking_over = True
+        try:
+            await self.sync()
+        finally:
+            self._taking_over = False
 
     async def aclose(self) -> None:
         if self._scheduler is not None:
@@ -125,28 +139,38 @@ class ScheduleEngine:
             )
         )
         plan = plan_catch_up(
-            cron, schedule.misfire_policy, schedule.misfire_grace, since, now, on_time=self._on_time
+            cron,
+            schedule.misfire_policy,
+            schedule.misfire_grace,
+            since,
+            now,
+            on_time=self._takeover_grace if self._taking_over else self._on_time,
+            delay=lambda tick: jitter_delay(schedule.id, tick, schedule.jitter),
+            # With jitter, a later tick can be recorded before an earlier one was submitted.
+            recheck=schedule.jitter + self._on_time if self._taking_over else 0.0,
         )
         self._schedules[schedule.id] = schedule
         self._last_run.setdefault(schedule.id, schedule.last_run_id)
         if plan.last_tick is not None:
             self._last_fire[schedule.id] = plan.last_tick
         next_fire = cron.next_after(max(now, plan.last_tick or now))
-        if plan.missed or (plan.last_tick and not plan.run):
+        if plan.missed:
             logger.info(
                 "schedule %s: %d tick(s) missed while no scheduler ran (policy %s)",
                 schedule.id,
                 plan.missed,
                 schedule.misfire_policy.value,
             )
-            self._log.add(
-                TickRecord(
-                    schedule.id,
-                    last_fire_at=plan.last_tick,
-                    next_fire_at=next_fire,
-                    missed=plan.missed,
-                )
+        # Also with nothing missed: the new leader's next fire time replaces the stored one.
+        self._log.add(
+            TickRecord(
+                schedule.id,
+                # A tick still to run is recorded when it is submitted, not before.
+                last_fire_at=None if plan.last_tick in plan.run else plan.last_tick,
+                next_fire_at=next_fire,
+                missed=plan.missed,
             )
+        )
         if plan.run:
             self._spawn(self._fire_in_order(schedule, plan.run), f"catch-up:{schedule.id}")
         if next_fire is None:
@@ -175,55 +199,76 @@ class ScheduleEngine:
             await self._fire(schedule, fire_time)
 
     async def _fire(self, schedule: Schedule, fire_time: datetime) -> None:
+        next_fire = schedule.parsed_cron().next_after(fire_time)
         try:
+            # The jitter itself (not a wait for a condition), up to the tick's delayed moment: a
+            # tick caught up after a hand-over does not wait its whole delay again.
             delay = jitter_delay(schedule.id, fire_time, schedule.jitter)
-            if delay:
-                await asyncio.sleep(delay)  # the jitter itself, not a wait for a condition
-            next_fire = schedule.parsed_cron().next_after(fire_time)
+            remaining = (fire_time - self._clock.now()).total_seconds() + delay
+            if remaining > 0:
+                await asyncio.sleep(remaining)
             if schedule.overlap_policy == OverlapPolicy.SKIP and await self._still_running(
-                schedule.id
+                schedule
             ):
-                self._record(schedule.id, fire_time, next_fire, skipped=1)
+                self._record(schedule, fire_time, next_fire, skipped=1)
                 return
             submitted = await self._submit(schedule, fire_time)
-            self._last_run[schedule.id] = submitted.id
-            self._record(
-                schedule.id, fire_time, next_fire, run_id=submitted.id, fired=int(submitted.created)
-            )
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("schedule %s: tick %s could not be submitted", schedule.id, fire_time)
+        except Exception as exc:
+            logger.error(
+                "schedule %s: tick %s missed: could not be submitted (%s)",
+                schedule.id,
+                isoformat(fire_time),
+                type(exc).__name__,
+            )
+            self._record(schedule, fire_time, next_fire, missed=1)
+            return
+        self._last_run[schedule.id] = submitted.id
+        self._record(
+            schedule, fire_time, next_fire, run_id=submitted.id, fired=int(submitted.created)
+        )
 
     def _record(
         self,
-        schedule_id: str,
+        schedule: Schedule,
         fire_time: datetime,
         next_fire: datetime | None,
         *,
         run_id: str | None = None,
         fired: int = 0,
         skipped: int = 0,
+        missed: int = 0,
     ) -> None:
-        if fire_time > self._last_fire.get(schedule_id, fire_time - timedelta(seconds=1)):
-            self._last_fire[schedule_id] = fire_time
+        if fire_time > self._last_fire.get(schedule.id, fire_time - timedelta(seconds=1)):
+            self._last_fire[schedule.id] = fire_time
+        if self._schedules.get(schedule.id) is not schedule:
+            # Paused, changed or deleted while this tick was in flight: the stored next fire
+            # time is the new definition's (written with it), not this one's.
+            next_fire = None
         self._log.add(
             TickRecord(
-                schedule_id,
+                schedule.id,
                 last_fire_at=fire_time,
                 next_fire_at=next_fire,
                 last_run_id=run_id,
                 fired=fired,
                 skipped=skipped,
+                missed=missed,
             )
         )
 
-    async def _still_running(self, schedule_id: str) -> bool:
-        last = self._last_run.get(schedule_id)
-        if last is None:
-            return False
-        record = await self._gateway.get(last)
-        return record is not None and not record.finished
+    async def _still_running(self, schedule: Schedule) -> bool:
+        """Whether the schedule's latest run is unfinished: the one this leader started, or the
+        one recorded in the table (a run-now on any node, or the previous leader's)."""
+        candidates = {self._last_run.get(schedule.id)}
+        with contextlib.suppress(NotFound):
+            candidates.add((await self._store.get(schedule.id, None)).last_run_id)
+        for run_id in sorted(filter(None, candidates)):
+            record = await self._gateway.get(run_id)
+            if record is not None and not record.finished:
+                return True
+        return False
 
     async def _submit(self, schedule: Schedule, fire_time: datetime) -> SubmittedRun:
         request = tick_request(schedule, fire_time)
@@ -236,5 +281,5 @@ class ScheduleEngine:
                 if attempt == SUBMIT_ATTEMPTS:
                     raise
                 logger.warning("schedule %s: submitting tick failed; retrying", schedule.id)
-                await asyncio.sleep(0.2 * attempt)  # backoff between attempts
+                await asyncio.sleep(self._submit_backoff * attempt)  # backoff between attempts
         raise AssertionError("unreachable")

@@ -27,8 +27,11 @@ class NodeSettings:
     poll_interval: float = 1.0
     """Seconds between the leader's checks of the change counter (and of its lock)."""
     on_time: float = 2.0
-    """Ticks at most this late when a leader (re)builds a job fire normally, whatever the
+    """Ticks at most this late when a leader rebuilds a changed job fire normally, whatever the
     misfire policy (see ``scheduler.misfire``)."""
+    takeover_grace: float = 10.0
+    """The same when a leader takes over: ticks this late fire once (at least the fail-over
+    time; see ``scheduler.misfire``)."""
 
 
 class SchedulerNode:
@@ -78,7 +81,11 @@ class SchedulerNode:
     async def _lead(self) -> None:
         logger.info("scheduler: this node is the leader")
         engine = ScheduleEngine(
-            self._store, self._gateway, self._clock, on_time=self._settings.on_time
+            self._store,
+            self._gateway,
+            self._clock,
+            on_time=self._settings.on_time,
+            takeover_grace=self._settings.takeover_grace,
         )
         try:
             seen = await self._leadership.revision()
@@ -123,6 +130,7 @@ def scheduler_node(
             standby_retry=settings.standby_retry,
             poll_interval=settings.poll_interval,
             on_time=settings.on_time,
+            takeover_grace=settings.takeover_grace,
         ),
     )
     schedules.on_change(node.wake)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.clock import isoformat
@@ -43,11 +44,17 @@ class TickRecord:
     missed: int = 0
 
     def merge(self, later: TickRecord) -> None:
-        if later.last_fire_at is not None and (
-            self.last_fire_at is None or later.last_fire_at > self.last_fire_at
-        ):
+        # Fire times only move forward: a catch-up tick that finishes after newer live ticks
+        # must not rewind them (the next fire time goes with the latest fire).
+        older = (
+            later.last_fire_at is not None
+            and self.last_fire_at is not None
+            and later.last_fire_at < self.last_fire_at
+        )
+        if later.last_fire_at is not None and not older:
             self.last_fire_at = later.last_fire_at
-        self.next_fire_at = later.next_fire_at or self.next_fire_at
+        if later.next_fire_at is not None and not older:
+            self.next_fire_at = later.next_fire_at
         self.last_run_id = later.last_run_id or self.last_run_id
         self.fired += later.fired
         self.skipped += later.skipped
@@ -83,6 +90,21 @@ class ScheduleStore:
         self,
         spec: ScheduleSpec,
         *,
+        schedule_id: str,
+        owner_id: str,
+        now: datetime,
+        next_fire_at: datetime | None,
+    ) -> Schedule:
+        try:
+            return await self._insert(spec, schedule_id, owner_id, now, next_fire_at)
+        except IntegrityError as exc:
+            # Two nodes creating the same schedule (the same ``[[schedules]]`` at a first start):
+            # the other one's insert committed between our check and ours.
+            raise Conflict(f"schedule {schedule_id!r} already exists") from exc
+
+    async def _insert(
+        self,
+        spec: ScheduleSpec,
         schedule_id: str,
         owner_id: str,
         now: datetime,
@@ -160,20 +182,38 @@ class ScheduleStore:
         return [Schedule.model_validate(dict(row)) for row in rows]
 
     async def record(self, ticks: list[TickRecord]) -> None:
-        """Write the fire state of many schedules in one transaction (counters add up)."""
+        """Write the fire state of many schedules in one transaction (counters add up).
+
+        ``last_fire_at`` only moves forward (the later of the stored and the recorded one), and
+        ``next_fire_at`` is taken only from a record that is not older than the stored last fire:
+        a catch-up flushed after newer live ticks rewinds neither. (CASE, not ``GREATEST`` or
+        SQLite's ``max``: one statement for both databases.)
+        """
         if not ticks:
             return
+        stored_last = schedules.c.last_fire_at
+        recorded_last = bindparam("b_last", type_=stored_last.type)
+        recorded_next = bindparam("b_next", type_=schedules.c.next_fire_at.type)
         statement = (
             update(schedules)
             .where(schedules.c.id == bindparam("b_id"))
             .values(
-                last_fire_at=func.coalesce(
-                    bindparam("b_last", type_=schedules.c.last_fire_at.type),
-                    schedules.c.last_fire_at,
+                last_fire_at=case(
+                    (recorded_last.is_(None), stored_last),
+                    (or_(stored_last.is_(None), recorded_last > stored_last), recorded_last),
+                    else_=stored_last,
                 ),
-                next_fire_at=func.coalesce(
-                    bindparam("b_next", type_=schedules.c.next_fire_at.type),
-                    schedules.c.next_fire_at,
+                next_fire_at=case(
+                    (recorded_next.is_(None), schedules.c.next_fire_at),
+                    (
+                        or_(
+                            recorded_last.is_(None),
+                            stored_last.is_(None),
+                            recorded_last >= stored_last,
+                        ),
+                        recorded_next,
+                    ),
+                    else_=schedules.c.next_fire_at,
                 ),
                 last_run_id=func.coalesce(
                     bindparam("b_run", type_=schedules.c.last_run_id.type), schedules.c.last_run_id
