@@ -5,19 +5,23 @@ Writes go to the ``schedules`` table only; the leader (on this node or another) 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 
 from core.clock import Clock
-from core.errors import BadRequest
+from core.errors import BadRequest, Conflict, NotFound
 from core.ports import RunGateway
 from scheduler.cron import Cron, parse_cron
 from scheduler.models import Schedule, ScheduleSpec, new_schedule_id, validate_spec
 from scheduler.store import ScheduleStore, TickRecord
 from scheduler.ticks import tick_request
+
+logger = logging.getLogger(__name__)
 
 PREVIEW_LIMIT = 100
 
@@ -122,13 +126,16 @@ class ScheduleService:
         return await self.store.history(schedule_id, limit)
 
     async def run_now(self, owner_id: str | None, schedule_id: str) -> str:
-        """Start one run of the schedule at once (also when paused); its run id."""
+        """Start one run of the schedule at once (also when paused, and whatever the overlap
+        policy); its run id.
+
+        Recorded as the schedule's latest run, which the leader's overlap ``skip`` looks at (no
+        tick starts alongside it), but not counted as a fired tick: ``fired_count`` counts ticks
+        of the cron expression only; manual runs are in the history (``:manual:`` ticks)."""
         schedule = await self.store.get(schedule_id, owner_id)
         now = self._clock.now()
         submitted = await self._gateway.submit(tick_request(schedule, now, manual=True))
-        await self.store.record(
-            [TickRecord(schedule.id, last_run_id=submitted.id, fired=int(submitted.created))]
-        )
+        await self.store.record([TickRecord(schedule.id, last_run_id=submitted.id)])
         return submitted.id
 
     def preview(
@@ -146,15 +153,32 @@ class ScheduleService:
         for spec in specs:
             if spec.id is None:
                 raise BadRequest("[[schedules]]: every entry needs an id")
-            existing = stored.get(spec.id)
+            existing = stored.get(spec.id) or await self._create_from_config(owner_id, spec)
             if existing is None:
-                # The config may name a workflow that is registered after start.
-                await self.create(owner_id, spec, require_service=False)
                 changed.append(spec.id)
             elif existing.spec() != spec:
                 await self._replace(existing, spec, require_service=False)
                 changed.append(spec.id)
         return changed
+
+    async def _create_from_config(self, owner_id: str, spec: ScheduleSpec) -> Schedule | None:
+        """Create ``spec``; ``None`` when created, the stored schedule when another node starting
+        with the same file created it (or its owner) first and won the race."""
+        schedule_id = spec.id or ""
+        for attempt in (1, 2):
+            try:
+                # The config may name a workflow that is registered after start.
+                await self.create(owner_id, spec, require_service=False)
+                return None
+            except (Conflict, IntegrityError):
+                if attempt == 2:
+                    raise
+                logger.info("schedule %s: created by another node meanwhile", schedule_id)
+            try:
+                return await self.store.get(schedule_id, None)
+            except NotFound:
+                pass  # the race was on the owner row: create again
+        raise AssertionError("unreachable")
 
     async def _require_service(self, service_id: str) -> None:
         if not await self._gateway.has_service(service_id):
