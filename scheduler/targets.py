@@ -1,7 +1,10 @@
 """``deliver_to``: where a schedule's output goes, as the reply target the outbox understands.
 
 The forms (agreed with the channel senders): none (the result is kept, nothing is sent),
-``slack:<channel id>``, ``whatsapp:<+number>``, ``email:<address>``, ``webhook:<url>``.
+``slack:<channel id>`` (the single-workspace bot token), ``slack:<team id>/<channel id>`` (the
+bot token of that workspace's OAuth installation: the Slack sender looks the token up by the
+target's ``details.team_id``, as for a reply to a message from that workspace),
+``whatsapp:<+number>``, ``email:<address>``, ``webhook:<url>``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from scheduler.cron import InvalidSchedule
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_SLACK_CHANNEL = re.compile(r"^[A-Z0-9]{2,40}$")
+_SLACK_CHANNEL = re.compile(r"^(?:(?P<team>T[A-Z0-9]{1,40})/)?(?P<channel>[A-Z0-9]{2,40})$")
 
 
 def parse_deliver_to(value: str | None) -> ReplyTarget:
@@ -25,8 +28,12 @@ def parse_deliver_to(value: str | None) -> ReplyTarget:
     address = address.strip()
     if not separator or not address:
         raise _invalid(value)
-    if kind == "slack" and _SLACK_CHANNEL.match(address):
-        return ReplyTarget(channel="slack", address=address)
+    slack = _SLACK_CHANNEL.match(address) if kind == "slack" else None
+    if slack is not None:
+        team = slack["team"]
+        return ReplyTarget(
+            channel="slack", address=slack["channel"], details={"team_id": team} if team else {}
+        )
     if kind == "whatsapp":
         number = address.removeprefix("whatsapp:")
         if _E164.match(number):
@@ -41,5 +48,6 @@ def parse_deliver_to(value: str | None) -> ReplyTarget:
 def _invalid(value: str | None) -> InvalidSchedule:
     return InvalidSchedule(
         f"deliver_to: {value!r} is not a target; use none, slack:<channel id>, "
-        "whatsapp:<+number>, email:<address> or webhook:<http(s) url>"
+        "slack:<team id>/<channel id>, whatsapp:<+number>, email:<address> or "
+        "webhook:<http(s) url>"
     )

@@ -181,6 +181,13 @@ def test_deliver_to_builds_the_agreed_reply_targets() -> None:
     assert (slack.channel, slack.address, slack.thread_id, slack.details) == (
         "slack", "C0123ABC", None, {},
     )  # fmt: skip
+    # OAuth installs only: the team names the workspace whose bot token the sender uses.
+    team = parse_deliver_to("slack:T0TEAM42/C0123ABC")
+    assert (team.channel, team.address, team.details) == (
+        "slack",
+        "C0123ABC",
+        {"team_id": "T0TEAM42"},
+    )
     whatsapp = parse_deliver_to("whatsapp:+15551234567")
     assert (whatsapp.channel, whatsapp.address, whatsapp.details) == (
         "whatsapp", "whatsapp:+15551234567", {},
@@ -189,6 +196,14 @@ def test_deliver_to_builds_the_agreed_reply_targets() -> None:
     assert (email.channel, email.address, email.details) == ("email", "alice@example.com", {})
     webhook = parse_deliver_to("webhook:https://example.com/hook?a=1")
     assert (webhook.channel, webhook.address) == ("webhook", "https://example.com/hook?a=1")
-    for bad in ("slack:", "whatsapp:5551234", "email:nobody", "webhook:ftp://x", "fax:123"):
+    for bad in (
+        "slack:",
+        "slack:T1/",
+        "slack:C1/C2",
+        "whatsapp:5551234",
+        "email:nobody",
+        "webhook:ftp://x",
+        "fax:123",
+    ):
         with pytest.raises(InvalidSchedule, match="deliver_to"):
             parse_deliver_to(bad)
