@@ -165,19 +165,20 @@ class ScheduleService:
         """Create ``spec``; ``None`` when created, the stored schedule when another node starting
         with the same file created it (or its owner) first and won the race."""
         schedule_id = spec.id or ""
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             try:
                 # The config may name a workflow that is registered after start.
                 await self.create(owner_id, spec, require_service=False)
                 return None
             except (Conflict, IntegrityError):
-                if attempt == 2:
-                    raise
                 logger.info("schedule %s: created by another node meanwhile", schedule_id)
             try:
                 return await self.store.get(schedule_id, None)
             except NotFound:
-                pass  # the race was on the owner row: create again
+                if attempt == 3:
+                    raise
+                # The race was on the owner row, and the other node's schedule is not committed
+                # yet: create again (its insert now conflicts, or ours wins).
         raise AssertionError("unreachable")
 
     async def _require_service(self, service_id: str) -> None:
