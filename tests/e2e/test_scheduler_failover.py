@@ -1,7 +1,8 @@
 """Two ``switchboard serve`` processes on one PostgreSQL: one leads the schedules, the other
 stands by. ``kill -9`` the leader: the standby takes over within 5 s, and every tick of a
-per-second schedule set makes exactly one run (none doubled, none lost: the ticks that fell into
-the hand-over are caught up under ``run_all``)."""
+per-second schedule set makes exactly one run (none doubled, none lost). The schedules keep the
+default misfire policy ``skip``: the ticks that fell into the hand-over are within the take-over
+grace and fire anyway; one schedule has jitter, so a tick may die in its jitter sleep."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tests.pgserver import ThrowawayPostgres
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow]
 
 SCHEDULES = [f"every-second-{n}" for n in range(3)]
+JITTER = {"every-second-2": 0.9}  # below the period: a schedule's ticks stay in order
 
 
 async def role(server: ServerProcess) -> str | None:
@@ -71,11 +73,11 @@ async def test_leader_killed_standby_takes_over_without_doubling_or_losing_ticks
                     "id": schedule_id,
                     "service_id": "echo",
                     "cron_expression": "* * * * * *",
-                    "misfire_policy": "run_all",
-                    "misfire_grace": 60,
+                    "jitter": JITTER.get(schedule_id, 0),
                 },
             )
             assert created.status_code == 201, created.text
+            assert created.json()["misfire_policy"] == "skip"
 
     engine = create_async_engine(url)
 
@@ -114,6 +116,10 @@ async def test_leader_killed_standby_takes_over_without_doubling_or_losing_ticks
 
         await wait_until(past_takeover, 30, "ticks well after the take-over")
         final = await fire_times()
+        async with httpx.AsyncClient(base_url=standby.url, headers=bearer(key)) as http:
+            for schedule_id in SCHEDULES:
+                state = (await http.get(f"/schedules/{schedule_id}")).json()
+                assert state["missed_count"] == 0, state
     finally:
         await engine.dispose()
     for schedule_id, times in final.items():
