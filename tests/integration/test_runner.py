@@ -160,6 +160,7 @@ async def test_env_and_headers_reach_the_workflow_but_no_secret_in_argv(
         "X-Request-Id": run.run_id,
         "X-Correlation-Id": "corr-1",
         "Codewords-Caller-Id": "caller-1",
+        "X-Scheduled-Request-Id": None,  # not a scheduled run
     }
     assert seen["argv"] == [str(WORKFLOWS / "env_dump.py")]
     assert SECRET not in " ".join(seen["argv"])

@@ -28,6 +28,7 @@ from tests.conftest import Live, LiveFactory
 from tests.integration.deliveries import wait_for_delivery
 from tests.integration.test_outbox import Receiver
 from tests.integration.test_outbox import receiver as receiver  # the fixture
+from triggers.webhook import webhook_signature
 
 T = TypeVar("T")
 EVERY_SECOND = "* * * * * *"
@@ -94,6 +95,10 @@ async def test_workflow_schedules_a_workflow_through_schedule_runs(live: Live) -
     assert json.loads(first.request_body or "null") == {"city": "Lisbon"}
     tick = (first.context or {})[SCHEDULED_REQUEST_HEADER]
     assert tick.startswith(f"{schedule_id}:")
+    # The workflow itself received the header (env-dump echoes the headers it got).
+    seen = json.loads(first.response_body or b"null")
+    assert seen["headers"][SCHEDULED_REQUEST_HEADER] == tick
+    assert seen["headers"]["X-Request-Id"] == first.id
 
     async with client(live) as codewords:
         listed = (await codewords.run("schedule_runs", {"action": "list"})).json()
@@ -290,6 +295,7 @@ async def test_misfire_policies_after_an_outage(live_factory: LiveFactory) -> No
 
 
 async def test_scheduled_output_is_delivered_to_a_webhook(live: Live, receiver: Receiver) -> None:
+    receiver.failures_left = 1  # the first attempt gets a 503: retried
     await live.services.schedules.create(
         "default",
         ScheduleSpec(
@@ -308,11 +314,22 @@ async def test_scheduled_output_is_delivered_to_a_webhook(live: Live, receiver: 
     await live.services.schedules.pause(None, "to-webhook")
     delivery = await wait_for_delivery(live, run.id, "sent")
     assert delivery["channel"] == "webhook"
-    posted = [json.loads(body) for _, body in receiver.received]
-    mine = [record for record in posted if record["request_id"] == run.id]
-    assert len(mine) == 1
-    assert mine[0]["source"] == "schedule"
-    assert mine[0]["responseJson"] == {"reply": "good morning"}
+    assert delivery["attempts"] == 2
+    mine = [
+        (headers, body)
+        for headers, body in receiver.received
+        if json.loads(body)["request_id"] == run.id
+    ]
+    assert len(mine) == 2  # the 503, then the accepted retry
+    headers, body = mine[-1]
+    record = json.loads(body)
+    assert record["source"] == "schedule"
+    assert record["responseJson"] == {"reply": "good morning"}
+    # The receiver can check the signature with the delivery secret.
+    secret = live.services.signer.sign("webhook-secret").encode()
+    expected = webhook_signature(secret, headers["X-Switchboard-Timestamp"], body)
+    assert headers["X-Switchboard-Signature"] == expected
+    assert mine[0][0]["Idempotency-Key"] == headers["Idempotency-Key"]  # one delivery, retried
 
 
 async def test_config_schedules_are_created_then_updated_by_id(live_factory: LiveFactory) -> None:

@@ -27,7 +27,12 @@ from fastapi import FastAPI, Request
 app = FastAPI(title="env-dump")
 
 ENV_NAMES = ["PORT", "LOGLEVEL", "CODEWORDS_RUNTIME_URI", "RUNTIME_URI", "CODEWORDS_SERVICE_ROOT"]
-HEADER_NAMES = ["X-Request-Id", "X-Correlation-Id", "Codewords-Caller-Id"]
+HEADER_NAMES = [
+    "X-Request-Id",
+    "X-Correlation-Id",
+    "Codewords-Caller-Id",
+    "X-Scheduled-Request-Id",
+]
 
 
 @app.post("/")
