@@ -24,6 +24,8 @@ from tests.fakes.twilio_api import (
 from tests.integration.deliveries import wait_for_delivery
 from tests.integration.email_helpers import start_email
 from tests.integration.test_schedules import EVERY_SECOND, eventually, schedule_runs
+from tests.integration.test_slack_oauth import install
+from tests.integration.test_slack_oauth import start as start_oauth
 
 TEMPLATE_SID = "HX" + "1" * 32
 
@@ -79,6 +81,24 @@ async def test_scheduled_output_is_posted_to_a_slack_channel(
     assert len(posts) == 1
     assert posts[0].args["text"] == "*Good* morning"  # Markdown rendered as mrkdwn
     assert not posts[0].args.get("thread_ts")  # a new message, not a thread reply
+
+
+async def test_scheduled_output_reaches_a_workspace_installed_with_oauth(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    """No single bot token: ``slack:<team id>/<channel id>`` picks the installation's token."""
+    live = await start_oauth(live_factory, slack)
+    assert (await install(live, "abc")).status_code == 200
+    slack.tokens["xoxb-abc"] = ("TABC", "UBABC")
+    run = await first_scheduled_run(live, "to-installed", "slack:TABC/C0DAILY")
+    delivery = await wait_for_delivery(live, run.id, "sent")
+    assert delivery["channel"] == "slack"
+    [post] = [call for call in slack.posts if call.args.get("channel") == "C0DAILY"]
+    assert post.token == "xoxb-abc" and post.args["text"] == "*Good* morning"
+    # A bare channel has no workspace to take a token from: the delivery fails visibly.
+    bare = await first_scheduled_run(live, "to-bare", "slack:C0DAILY")
+    failed = await wait_for_delivery(live, bare.id, "failed")
+    assert "no bot token" in str(failed["last_error"])
 
 
 async def test_scheduled_output_is_mailed_through_the_relay(
