@@ -30,10 +30,23 @@ async def test_schedules_commands(make_service: ServiceFactory, tmp_path: Path) 
         line.endswith(("08:00:00.000000Z", "09:00:00.000000Z")) for line in preview.stdout.split()
     )
     await service.cli("schedules", "pause", "standup")
-    shown = json.loads((await service.cli("schedules", "show", "standup")).stdout)
-    assert shown["paused"] is True and shown["inputs"] == {"team": "core"}
     started = await service.cli("schedules", "run-now", "standup")
     assert started.stdout.startswith("started run req_")
+    shown = json.loads((await service.cli("schedules", "show", "standup")).stdout)
+    assert shown["paused"] is True and shown["inputs"] == {"team": "core"}
+    assert shown["next_fire_at"] is None
+    # A run by hand is in the history, but not a fired tick.
+    [manual] = shown["recent_runs"]
+    assert started.stdout.split()[-1] == manual["request_id"] and manual["tick"].startswith(
+        "manual:"
+    )
+    assert shown["fired_count"] == 0 and shown["last_run_id"] == manual["request_id"]
+    resumed = await service.cli("schedules", "resume", "standup")
+    assert resumed.stdout.strip() == "resume: standup"
+    shown = json.loads((await service.cli("schedules", "show", "standup")).stdout)
+    assert shown["paused"] is False and shown["next_fire_at"].endswith(
+        ("08:00:00.000000Z", "09:00:00.000000Z")
+    )
     bad = await service.cli(
         "schedules", "add", "--workflow", "echo", "--cron", "0 9 * * 8", check=False
     )
