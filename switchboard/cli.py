@@ -145,7 +145,8 @@ def _schedule_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", default="{}", help="JSON object given to the workflow")
     p.add_argument(
         "--deliver-to",
-        help="slack:<channel>, whatsapp:<+number>, email:<address>, webhook:<url> (default: none)",
+        help="slack:<channel>, slack:<team>/<channel>, whatsapp:<+number>, email:<address>, "
+        "webhook:<url> (default: none)",
     )
     p.add_argument("--id", dest="schedule_id")
     p.add_argument("--owner", default=DEFAULT_OWNER)
