@@ -99,6 +99,7 @@ async def test_leader_killed_standby_takes_over_without_doubling_or_losing_ticks
 
     try:
         await wait_until(lambda: ticking(3), 30, "three ticks of every schedule")
+        missed_before = await missed_counts(standby.url, key)
         leader.signal(signal.SIGKILL)
         killed_at = time.monotonic()
         await leader.wait_exit(10)
@@ -116,10 +117,9 @@ async def test_leader_killed_standby_takes_over_without_doubling_or_losing_ticks
 
         await wait_until(past_takeover, 30, "ticks well after the take-over")
         final = await fire_times()
-        async with httpx.AsyncClient(base_url=standby.url, headers=bearer(key)) as http:
-            for schedule_id in SCHEDULES:
-                state = (await http.get(f"/schedules/{schedule_id}")).json()
-                assert state["missed_count"] == 0, state
+        # Nothing counted missed across the kill (the count may only grow before it, when a
+        # loaded machine picked the new schedules up late).
+        assert await missed_counts(standby.url, key) == missed_before
     finally:
         await engine.dispose()
     for schedule_id, times in final.items():
@@ -132,6 +132,14 @@ async def test_leader_killed_standby_takes_over_without_doubling_or_losing_ticks
         ]
         lost = sorted(set(expected) - set(ordered))
         assert not lost, f"{schedule_id}: ticks lost across the kill: {lost}"
+
+
+async def missed_counts(url: str, key: str) -> dict[str, int]:
+    async with httpx.AsyncClient(base_url=url, headers=bearer(key)) as http:
+        return {
+            schedule_id: (await http.get(f"/schedules/{schedule_id}")).json()["missed_count"]
+            for schedule_id in SCHEDULES
+        }
 
 
 async def _leads(server: ServerProcess) -> bool:
