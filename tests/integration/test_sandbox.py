@@ -66,19 +66,24 @@ def host_sandbox() -> Iterator[tuple[str, CgroupLayout]]:
     runs_dir.rmdir()
 
 
-@pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
-async def sandbox(
-    request: pytest.FixtureRequest, host_sandbox: tuple[str, CgroupLayout], base_env: dict[str, str]
-) -> AsyncIterator[Sandbox]:
-    """The sandbox runner, with each run a fresh sandbox or a zygote's child: same assertions."""
-    runs_dir, cgroups = host_sandbox
-    settings = SandboxSettings(
+def sandbox_settings_for(runs_dir: str, cgroups: CgroupLayout) -> SandboxSettings:
+    """The runner's settings for these tests (no live server: the runtime address is a dummy)."""
+    return SandboxSettings(
         uid=SANDBOX_UID,
         runs_dir=Path(runs_dir),
         runtime_address=("127.0.0.1", 9),
         startup_timeout=30,
         cgroups=cgroups,
     )
+
+
+@pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
+async def sandbox(
+    request: pytest.FixtureRequest, host_sandbox: tuple[str, CgroupLayout], base_env: dict[str, str]
+) -> AsyncIterator[Sandbox]:
+    """The sandbox runner, with each run a fresh sandbox or a zygote's child: same assertions."""
+    runs_dir, cgroups = host_sandbox
+    settings = sandbox_settings_for(runs_dir, cgroups)
     zygotes = ZygotePool(settings, Path(f"{runs_dir}-z")) if request.param else None
     runner = SandboxRunner(settings, base_env=base_env, zygotes=zygotes)
     yield Sandbox(runner, Path(runs_dir), cgroups)

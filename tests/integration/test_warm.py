@@ -22,14 +22,13 @@ import pytest
 from codewords_client import AsyncCodewordsClient
 
 from core.models import Invocation, RunStatus, WorkflowLimits
-from dispatch.bwrap import SandboxSettings
 from dispatch.cgroups import CgroupLayout
 from dispatch.registry import Workflow
 from dispatch.sandbox import SandboxRunner
 from dispatch.warm import WarmPool
 from dispatch.zygotes import ZygotePool
 from tests.conftest import LiveFactory
-from tests.integration.test_sandbox import SANDBOX_UID, host_sandbox
+from tests.integration.test_sandbox import host_sandbox, sandbox_settings_for
 from tests.runs import (
     WORKFLOWS,
     BuiltEnvironment,
@@ -70,13 +69,7 @@ async def make_warm(
     """Sandbox runners with a warm pool (idle TTL as asked), each run a fresh sandbox or a
     zygote's child; torn down, and checked to leave nothing, at the end."""
     runs_dir, cgroups = host_sandbox
-    settings = SandboxSettings(
-        uid=SANDBOX_UID,
-        runs_dir=Path(runs_dir),
-        runtime_address=("127.0.0.1", 9),
-        startup_timeout=30,
-        cgroups=cgroups,
-    )
+    settings = sandbox_settings_for(runs_dir, cgroups)
     zygotes = ZygotePool(settings, Path(f"{runs_dir}-z")) if request.param else None
     made: list[Warm] = []
 
