@@ -73,6 +73,10 @@ class ScheduleEngine:
         self._schedules: dict[str, Schedule] = {}
         self._last_fire: dict[str, datetime] = {}
         self._last_run: dict[str, str | None] = {}
+        # overlap "skip": a tick's check and its submit as one step per schedule. Ticks are
+        # separate tasks; without this, a tick whose predecessor is still being submitted (a
+        # slow commit) sees the run before it, finished, and starts a second run alongside.
+        self._skip_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._scheduler: AsyncIOScheduler | None = None
 
@@ -207,12 +211,16 @@ class ScheduleEngine:
             remaining = (fire_time - self._clock.now()).total_seconds() + delay
             if remaining > 0:
                 await asyncio.sleep(remaining)
-            if schedule.overlap_policy == OverlapPolicy.SKIP and await self._still_running(
-                schedule
-            ):
-                self._record(schedule, fire_time, next_fire, skipped=1)
-                return
-            submitted = await self._submit(schedule, fire_time)
+            if schedule.overlap_policy == OverlapPolicy.SKIP:
+                lock = self._skip_locks.setdefault(schedule.id, asyncio.Lock())
+                async with lock:
+                    if await self._still_running(schedule):
+                        self._record(schedule, fire_time, next_fire, skipped=1)
+                        return
+                    submitted = await self._submit(schedule, fire_time)
+                    self._last_run[schedule.id] = submitted.id
+            else:
+                submitted = await self._submit(schedule, fire_time)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
