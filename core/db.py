@@ -76,6 +76,17 @@ class Database:
             cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
 
+        @event.listens_for(engine.sync_engine, "close")
+        def _on_close(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+            # Python 3.11's sqlite3 closes with sqlite3_close_v2: while a statement is still
+            # unfinished (a task cancelled between an UPDATE … RETURNING and its fetch, which
+            # makes SQLAlchemy invalidate and close the connection) the connection lives on as
+            # a zombie holding its write lock, and every later writer waits out busy_timeout
+            # and fails ("database is locked"). A rollback first ends the transaction and
+            # releases the lock whatever is still pending.
+            with contextlib.suppress(Exception):
+                dbapi_connection.rollback()
+
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(connection: Any) -> None:
             # A task cancelled while its COMMIT or BEGIN was on the driver's thread (shutdown
@@ -127,10 +138,15 @@ class Database:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
             self._maintenance = None
+        if self._reader is not self._writer:
+            # Readers first: a TRUNCATE checkpoint waits (busy timeout, 30 s) for every open
+            # read snapshot to end, and the readers' pool holds connections open.
+            await self._reader.dispose()
         if self.is_sqlite:
             with contextlib.suppress(Exception):
                 async with self._writer.connect() as connection:
+                    # Tidy, not needed: the WAL is replayed on the next open anyway. So it may
+                    # not hold up a shutdown behind a reader still busy elsewhere.
+                    await connection.exec_driver_sql("PRAGMA busy_timeout=1000")
                     await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._writer.dispose()
-        if self._reader is not self._writer:
-            await self._reader.dispose()

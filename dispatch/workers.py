@@ -24,6 +24,9 @@ from dispatch.registry import WorkflowRegistry
 
 logger = logging.getLogger(__name__)
 
+CLAIM_STOP_SECONDS = 5.0
+"""At shutdown, how long the claim loop gets to finish a claim in flight before it is cancelled."""
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
@@ -88,6 +91,12 @@ class WorkerPool:
         """Stop claiming; let running runs finish for ``shutdown_grace`` s, hand back the rest."""
         self._stopping = True
         self._events.work_available.set()
+        # The claim loop ends by itself once it sees _stopping (the wake-up above): cancelled
+        # mid-claim, it would leave the runs it had just leased to wait out their lease.
+        claim_loop = self._loops[0]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLAIM_STOP_SECONDS):
+                await asyncio.wait({claim_loop})
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
