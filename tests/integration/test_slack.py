@@ -175,7 +175,8 @@ async def test_bad_or_stale_signature_is_refused_and_nothing_is_stored(
             response = await http.post(f"{live.url}/slack/events", json=body)
     assert response.status_code == 401
     assert await run_count(live) == 0
-    assert slack.calls == []
+    # Nothing on the request's behalf (the server's own auth.test at start is not one).
+    assert [call.method for call in slack.calls if call.method != "auth.test"] == []
 
 
 async def test_url_verification_is_answered(live_factory: LiveFactory, slack: SlackApi) -> None:
@@ -532,12 +533,14 @@ async def test_event_from_another_workspace_is_not_answered_with_the_single_toke
 async def test_a_slow_first_auth_test_does_not_hold_the_ack(
     live_factory: LiveFactory, slack: SlackApi
 ) -> None:
-    live = await start(live_factory, slack)
+    # Slack's API is slow from the start: the server's own auth.test (asked at start, in the
+    # background) has no answer yet when the first event arrives.
     slack.holds["auth.test"] = asyncio.Event()
+    live = await start(live_factory, slack)
     started = time.monotonic()
     response = await post_event(live, envelope(mention("patience")))
-    # Not stored, so not acknowledged: Slack delivers it again later.
-    assert response.status_code == 500 and time.monotonic() - started < 2.5
+    # Not stored, so not acknowledged: Slack delivers it again later. Within Slack's 3 s.
+    assert response.status_code == 500 and time.monotonic() - started < 3.0
     assert await run_count(live) == 0
     slack.holds.pop("auth.test").set()
     assert (await post_event(live, envelope(mention("patience")), retry=1)).status_code == 200

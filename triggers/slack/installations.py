@@ -33,8 +33,11 @@ from core.tables import slack_installations, slack_oauth_states
 logger = logging.getLogger(__name__)
 
 CACHE_SECONDS = 60.0
-AUTH_TEST_TIMEOUT = 1.0
-"""Seconds for the single-workspace token's first ``auth.test``: well inside Slack's 3 s ack."""
+AUTH_TEST_TIMEOUT = 2.0
+"""Seconds for the single-workspace token's ``auth.test`` when an event has to ask it on its ack
+path (start's question not answered yet): well inside Slack's 3 s for the whole answer."""
+WARM_UP_TIMEOUT = 30.0
+"""Seconds for that question asked at start, off any ack path."""
 _STORED_FIELDS = (
     "app_id",
     "enterprise_id",
@@ -220,6 +223,24 @@ class BotTokens:
         self._bot_token = bot_token
         self._single: AuthorizeResult | None = None
         self._asking = asyncio.Lock()
+        self._warming: asyncio.Task[None] | None = None
+
+    def warm_up(self) -> None:
+        """Ask ``auth.test`` now, in the background, so that the first event does not have to
+        on its ack path (where a slow answer would cost Slack's 3 s)."""
+        if self._bot_token is not None and self._warming is None:
+            self._warming = asyncio.create_task(self._warm_up(), name="slack:auth.test")
+
+    async def _warm_up(self) -> None:
+        try:
+            await self.single_workspace(timeout=WARM_UP_TIMEOUT)
+        except Exception as exc:  # the first event asks again
+            logger.warning("slack: auth.test at start failed (%s)", type(exc).__name__)
+
+    async def aclose(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
 
     async def for_workspace(
         self, enterprise_id: str | None, team_id: str | None, *, enterprise_install: bool = False
@@ -252,15 +273,19 @@ class BotTokens:
             return None
         return single
 
-    async def single_workspace(self) -> AuthorizeResult | None:
-        """The ``bot_token``'s identity. The first ``auth.test`` runs on an event's ack path,
-        so it has :data:`AUTH_TEST_TIMEOUT`; a failure is not cached (the next event asks)."""
+    async def single_workspace(
+        self, *, timeout: float = AUTH_TEST_TIMEOUT
+    ) -> AuthorizeResult | None:
+        """The ``bot_token``'s identity, asked once at start (:meth:`warm_up`). If that has
+        not answered yet, an event asks on its ack path, within :data:`AUTH_TEST_TIMEOUT`
+        (waiting for the start's question included); a failure is not cached."""
         if self._bot_token is None:
             return None
-        async with self._asking:
+        if self._single is not None:
+            return self._single
+        async with asyncio.timeout(timeout), self._asking:
             if self._single is None:
-                async with asyncio.timeout(AUTH_TEST_TIMEOUT):
-                    identity = await self._client.auth_test(token=self._bot_token)
+                identity = await self._client.auth_test(token=self._bot_token)
                 self._single = AuthorizeResult.from_auth_test_response(
                     auth_test_response=identity, bot_token=self._bot_token
                 )

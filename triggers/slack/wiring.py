@@ -61,6 +61,7 @@ class SlackChannel:
         return SlackRoutes(intake)
 
     async def aclose(self) -> None:
+        await self.tokens.aclose()
         await self.reactions.aclose()
         await self.session.close()
 
@@ -80,6 +81,7 @@ def open_slack(
     session = aiohttp.ClientSession()
     client = AsyncWebClient(base_url=settings.api_url, session=session)
     tokens = BotTokens(installations, client, bot_token)
+    tokens.warm_up()
     reactions = Reactions()
     sender = SlackSender(
         tokens,
