@@ -77,6 +77,14 @@ def mention(
     }
 
 
+async def post_command(live: Live, form: dict[str, str]) -> httpx.Response:
+    """A slash command, form-encoded and signed as Slack sends it."""
+    raw = urlencode(form)
+    headers = signed_headers(SECRET, raw, content_type="application/x-www-form-urlencoded")
+    async with httpx.AsyncClient() as http:
+        return await http.post(f"{live.url}/slack/commands", content=raw, headers=headers)
+
+
 async def post_event(
     live: Live,
     body: dict[str, Any],
@@ -236,11 +244,8 @@ async def test_slash_command_is_acked_at_once_and_answers_on_response_url(
         "response_url": slack.response_url("cmd1"),
         "trigger_id": "123.456",
     }
-    raw = urlencode(form)
-    headers = signed_headers(SECRET, raw, content_type="application/x-www-form-urlencoded")
     started = time.monotonic()
-    async with httpx.AsyncClient() as http:
-        response = await http.post(f"{live.url}/slack/commands", content=raw, headers=headers)
+    response = await post_command(live, form)
     assert time.monotonic() - started < 3
     assert response.status_code == 200 and response.text == "Working on it…"
     await slack.wait_for(lambda: slack.responses)
@@ -630,10 +635,7 @@ async def test_slash_command_result_is_ephemeral_by_default(
         "response_url": slack.response_url("cmd2"),
         "trigger_id": "123.789",
     }
-    raw = urlencode(form)
-    headers = signed_headers(SECRET, raw, content_type="application/x-www-form-urlencoded")
-    async with httpx.AsyncClient() as http:
-        response = await http.post(f"{live.url}/slack/commands", content=raw, headers=headers)
+    response = await post_command(live, form)
     assert response.status_code == 200
     await slack.wait_for(lambda: slack.responses)
     [answer] = slack.responses
