@@ -32,7 +32,10 @@ def row(result: CliResult, first_column: str) -> list[str]:
     raise AssertionError(f"no row {first_column!r} in\n{result.describe()}")
 
 
+# The commands are the same code on either database (the integration tests run both); one
+# store keeps this 40-second test from costing CI twice.
 @pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_keys_workflows_and_runs_commands_against_a_running_server(
     service: Service,
 ) -> None:

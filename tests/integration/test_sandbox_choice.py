@@ -20,6 +20,10 @@ from switchboard.sandboxing import SandboxUnavailable
 from tests.conftest import LiveFactory, free_port, make_settings
 
 
+# Which runner starts does not depend on the database: one store is enough.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
 def no_bubblewrap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     empty = tmp_path / "bin"
