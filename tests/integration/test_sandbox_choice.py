@@ -19,7 +19,6 @@ from switchboard.app import create_app
 from switchboard.sandboxing import SandboxUnavailable
 from tests.conftest import LiveFactory, free_port, make_settings
 
-
 # Which runner starts does not depend on the database: one store is enough.
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
