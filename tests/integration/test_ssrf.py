@@ -137,18 +137,23 @@ async def test_a_stored_webhook_target_on_loopback_fails_at_once_without_a_conne
     assert listener.requests == []
 
 
-def local_name() -> str:
+def local_name(*, loopback: bool = False) -> str:
     """A host name (not ``localhost``) this machine resolves, through /etc/hosts, only to
-    addresses that are not public: its own name, usually loopback."""
+    addresses that are not public (``loopback``: only to loopback): its own name, usually."""
     for name in (socket.gethostname(), "ip6-localhost", "ip6-loopback"):
         try:
             infos = socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)
         except OSError:
             continue
         addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
-        if name != "localhost" and not any(map(is_public_address, addresses)):
+        wanted = (
+            all(address.version == 4 and address.is_loopback for address in addresses)
+            if loopback
+            else not any(map(is_public_address, addresses))
+        )
+        if name != "localhost" and wanted:
             return name
-    pytest.skip("no host name but localhost resolves to a non-public address here")
+    pytest.skip("no host name but localhost resolves to a local address here")
 
 
 async def test_a_name_resolving_to_a_local_address_at_send_time_is_refused_on_connect(
@@ -190,6 +195,18 @@ async def test_an_allow_listed_range_is_delivered_to(
     await wait_for_delivery(live, run_id, "sent")
     [request] = listener.requests
     assert request.startswith(b"POST /hook HTTP/1.1")
+
+
+async def test_an_allow_listed_name_is_delivered_to_whatever_it_resolves_to(
+    live_factory: LiveFactory, listener: Listener
+) -> None:
+    name = local_name(loopback=True)  # the listener is on 127.0.0.1
+    live = await live_factory.start(delivery={"allow_hosts": [name]})
+    url = listener.url(host=name)
+    run_id = await submit(live, ReplyTarget(channel="webhook", address=url), {"a": 1})
+    row = await wait_for_delivery(live, run_id, "sent")
+    assert row["attempts"] == 1
+    assert len(listener.requests) == 1
 
 
 # --- Slack ---------------------------------------------------------------------------------------
@@ -251,11 +268,8 @@ async def test_a_response_url_that_is_not_slacks_gets_no_result(
     assert slack.responses == []
 
 
-async def test_a_file_url_that_is_not_slacks_never_gets_the_bot_token(
-    live_factory: LiveFactory, slack: SlackApi, listener: Listener
-) -> None:
-    live = await start_slack(live_factory, slack)
-    slack.private_files["ok.txt"] = b"from slack"
+def files_event(files: list[dict[str, str]]) -> str:
+    """The body of a Slack ``event_callback``: an ``app_mention`` sharing ``files``."""
     event = {
         "type": "app_mention",
         "user": "U42",
@@ -263,12 +277,9 @@ async def test_a_file_url_that_is_not_slacks_never_gets_the_bot_token(
         "ts": "1700000000.000100",
         "channel": "C1",
         "event_ts": "1700000000.000100",
-        "files": [
-            {"id": "F1", "name": "x.txt", "url_private_download": listener.url("/steal")},
-            {"id": "F2", "name": "ok.txt", "url_private_download": slack.private_url("ok.txt")},
-        ],
+        "files": files,
     }
-    body = json.dumps(
+    return json.dumps(
         {
             "token": "legacy",
             "team_id": "T111",
@@ -280,6 +291,10 @@ async def test_a_file_url_that_is_not_slacks_never_gets_the_bot_token(
             "authorizations": [{"team_id": "T111", "user_id": BOT_USER_ID, "is_bot": True}],
         }
     )
+
+
+async def copied_files(live: Live, body: str) -> list[str]:
+    """The names of the files the run of the Slack event ``body`` got."""
     async with httpx.AsyncClient() as http:
         answer = await http.post(
             f"{live.url}/slack/events", content=body, headers=signed_headers(SLACK_SECRET, body)
@@ -289,9 +304,36 @@ async def test_a_file_url_that_is_not_slacks_never_gets_the_bot_token(
         [run_id] = (await conn.execute(select(runs.c.id))).scalars()
     record = await live.services.gateway.wait_until_finished(run_id, 20)
     assert record is not None and record.request_body is not None
-    attachments = json.loads(record.request_body)["attachments"]
-    assert [item["filename"] for item in attachments] == ["ok.txt"]
+    return [item["filename"] for item in json.loads(record.request_body)["attachments"]]
+
+
+async def test_a_file_url_that_is_not_slacks_never_gets_the_bot_token(
+    live_factory: LiveFactory, slack: SlackApi, listener: Listener
+) -> None:
+    live = await start_slack(live_factory, slack)
+    slack.private_files["ok.txt"] = b"from slack"
+    body = files_event(
+        [
+            {"id": "F1", "name": "x.txt", "url_private_download": listener.url("/steal")},
+            {"id": "F2", "name": "ok.txt", "url_private_download": slack.private_url("ok.txt")},
+        ]
+    )
+    assert await copied_files(live, body) == ["ok.txt"]
     assert slack.downloads == ["ok.txt"]
+    assert listener.requests == []
+
+
+async def test_a_slack_file_download_is_not_redirected_elsewhere(
+    live_factory: LiveFactory, slack: SlackApi, listener: Listener
+) -> None:
+    live = await start_slack(live_factory, slack)
+    slack.private_files["moved.txt"] = b"unused"
+    slack.redirects["moved.txt"] = listener.url("/elsewhere")
+    body = files_event(
+        [{"id": "F1", "name": "moved.txt", "url_private_download": slack.private_url("moved.txt")}]
+    )
+    assert await copied_files(live, body) == []
+    assert slack.downloads == ["moved.txt"]
     assert listener.requests == []
 
 
