@@ -82,6 +82,8 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
 
     def __init__(self, policy: DestinationPolicy) -> None:
         super().__init__(trust_env=False)
+        # httpx takes no network backend; its transport's pool is rebuilt with one (the pool is
+        # what every request goes through, tests/integration/test_ssrf.py proves it still is).
         limits = httpx.Limits()
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
