@@ -19,9 +19,7 @@ _BOUNDARIES: tuple[re.Pattern[str], ...] = (
 )
 
 
-def split_text(
-    text: str, limit: int, *, keep_whole: re.Pattern[str] | None = None
-) -> list[str]:
+def split_text(text: str, limit: int, *, keep_whole: re.Pattern[str] | None = None) -> list[str]:
     """``text`` as parts of at most ``limit`` characters each (no empty parts).
 
     ``keep_whole`` matches spans no cut may fall inside (a channel's link syntax, e.g. Slack's

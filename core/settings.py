@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.addresses import DestinationPolicy
 from core.email_settings import EmailSettings
 from core.models import WorkflowLimits
 from core.replies import DEFAULT_FAILURE_LINE
@@ -152,6 +153,22 @@ class DeliverySettings(_Section):
     )
     max_attempts: int = Field(default=8, ge=1)
     lease_seconds: float = Field(default=60.0, gt=0)
+    allow_hosts: tuple[str, ...] = Field(
+        default=(),
+        description="webhook hosts or ranges allowed besides public addresses: names "
+        "('hooks.internal.example', '*.internal.example'), addresses or CIDR ranges "
+        "('10.0.5.0/24'); loopback, private and link-local targets are refused without",
+    )
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _valid_allow_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        DestinationPolicy.allowing(value)
+        return value
+
+    def destinations(self) -> DestinationPolicy:
+        """Where a webhook delivery may go."""
+        return DestinationPolicy.allowing(self.allow_hosts)
 
 
 class Settings(BaseSettings):

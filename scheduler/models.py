@@ -8,6 +8,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
+from core.addresses import DestinationPolicy
 from core.clock import isoformat
 from core.scheduler_settings import MisfirePolicy, OverlapPolicy, ScheduleSpec
 from scheduler.cron import Cron, InvalidSchedule, parse_cron
@@ -20,11 +21,12 @@ def new_schedule_id() -> str:
     return f"sch_{secrets.token_hex(8)}"
 
 
-def validate_spec(spec: ScheduleSpec) -> Cron:
-    """Check what pydantic cannot (cron, zone, target, id); the parsed cron."""
+def validate_spec(spec: ScheduleSpec, destinations: DestinationPolicy) -> Cron:
+    """Check what pydantic cannot (cron, zone, target, id); the parsed cron. ``destinations``:
+    where a webhook target may point."""
     if spec.id is not None and not SCHEDULE_ID.match(spec.id):
         raise InvalidSchedule(f"id: {spec.id!r} must be 1-100 letters, digits, '.', '_' or '-'")
-    parse_deliver_to(spec.deliver_to)
+    parse_deliver_to(spec.deliver_to, destinations)
     return parse_cron(spec.cron, spec.timezone)
 
 

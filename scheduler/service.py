@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
+from core.addresses import DestinationPolicy
 from core.clock import Clock
 from core.errors import BadRequest, Conflict, NotFound
 from core.ports import RunGateway
@@ -36,8 +37,12 @@ class ScheduleService:
         clock: Clock,
         *,
         ensure_owner: Callable[[str], Awaitable[object]],
+        destinations: DestinationPolicy | None = None,
     ) -> None:
+        """``destinations``: where a webhook ``deliver_to`` may point (default: public
+        addresses only)."""
         self.store = store
+        self._destinations = destinations or DestinationPolicy()
         self._gateway = gateway
         self._clock = clock
         self._ensure_owner = ensure_owner
@@ -59,7 +64,7 @@ class ScheduleService:
         self, owner_id: str, spec: ScheduleSpec, *, require_service: bool = True
     ) -> Schedule:
         """A new schedule. ``require_service``: refuse a ``service_id`` not registered (yet)."""
-        cron = validate_spec(spec)
+        cron = validate_spec(spec, self._destinations)
         if require_service:
             await self._require_service(spec.service_id)
         await self._ensure_owner(owner_id)
@@ -89,7 +94,7 @@ class ScheduleService:
     async def _replace(
         self, current: Schedule, spec: ScheduleSpec, *, require_service: bool = True
     ) -> Schedule:
-        cron = validate_spec(spec)
+        cron = validate_spec(spec, self._destinations)
         if require_service and spec.service_id != current.service_id:
             await self._require_service(spec.service_id)
         schedule = await self.store.replace(

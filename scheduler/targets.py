@@ -4,13 +4,15 @@ The forms (agreed with the channel senders): none (the result is kept, nothing i
 ``slack:<channel id>`` (the single-workspace bot token), ``slack:<team id>/<channel id>`` (the
 bot token of that workspace's OAuth installation: the Slack sender looks the token up by the
 target's ``details.team_id``, as for a reply to a message from that workspace),
-``whatsapp:<+number>``, ``email:<address>``, ``webhook:<url>``.
+``whatsapp:<+number>``, ``email:<address>``, ``webhook:<url>`` (a public http(s) URL, or one
+``[delivery] allow_hosts`` allows: ``core/addresses.py``).
 """
 
 from __future__ import annotations
 
 import re
 
+from core.addresses import DestinationPolicy, RefusedDestination
 from core.models import ReplyTarget
 from scheduler.cron import InvalidSchedule
 
@@ -19,8 +21,9 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _SLACK_CHANNEL = re.compile(r"^(?:(?P<team>T[A-Z0-9]{1,40})/)?(?P<channel>[A-Z0-9]{2,40})$")
 
 
-def parse_deliver_to(value: str | None) -> ReplyTarget:
-    """The reply target for ``value``; :class:`InvalidSchedule` says what form it should take."""
+def parse_deliver_to(value: str | None, policy: DestinationPolicy | None = None) -> ReplyTarget:
+    """The reply target for ``value``; :class:`InvalidSchedule` says what form it should take.
+    With ``policy`` (a target being stored), a webhook URL must be one it allows."""
     text = (value or "").strip()
     if text in ("", "none"):
         return ReplyTarget(channel="none")
@@ -41,6 +44,11 @@ def parse_deliver_to(value: str | None) -> ReplyTarget:
     if kind == "email" and _EMAIL.match(address):
         return ReplyTarget(channel="email", address=address)
     if kind == "webhook" and address.startswith(("http://", "https://")):
+        if policy is not None:
+            try:
+                policy.check_url(address)
+            except RefusedDestination as exc:
+                raise InvalidSchedule(f"deliver_to: {exc.detail}") from exc
         return ReplyTarget(channel="webhook", address=address)
     raise _invalid(value)
 

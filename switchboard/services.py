@@ -39,6 +39,7 @@ from scheduler.store import ScheduleStore
 from switchboard.config import signing_secret
 from switchboard.migrate import upgrade
 from triggers.auth import Authenticator, KeyStore
+from triggers.egress import guarded_client
 from triggers.email.wiring import EmailOutbound
 from triggers.files import FileSettings, FileStore
 from triggers.slack.wiring import SlackChannel, open_slack
@@ -135,6 +136,8 @@ async def open_services(
         signer = Signer(signing_secret(settings))
         events = RunEvents()
         http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
+        destinations = settings.delivery.destinations()
+        webhooks = await stack.enter_async_context(guarded_client(destinations))
         files = FileStore(
             database,
             clock,
@@ -180,7 +183,9 @@ async def open_services(
         keys = KeyStore(database, clock)
         metrics = metrics or NullMetrics()
         senders: dict[str, Sender] = {
-            "webhook": WebhookSender(http, webhook_secret(settings, signer), clock),
+            "webhook": WebhookSender(
+                webhooks, webhook_secret(settings, signer), clock, destinations
+            ),
             "email": email.sender,
         }
         slack = None
@@ -190,6 +195,7 @@ async def open_services(
                 database,
                 clock,
                 http,
+                files=files,
                 delivery_attempts=settings.delivery.max_attempts,
             )
             stack.push_async_callback(slack.aclose)
@@ -223,7 +229,11 @@ async def open_services(
             poll_interval=settings.runtime.poll_interval,
         )
         schedules = ScheduleService(
-            ScheduleStore(database), gateway, clock, ensure_owner=keys.ensure_owner
+            ScheduleStore(database),
+            gateway,
+            clock,
+            ensure_owner=keys.ensure_owner,
+            destinations=destinations,
         )
         builtins[SCHEDULE_RUNS] = schedule_runs_service(schedules)
         services = Services(

@@ -79,9 +79,12 @@ def make_settings(
         "poll_interval": 0.2,
         "workers": 4,
     }
+    # The tests' webhook receivers listen on loopback, which only an allow-list lets us reach.
+    delivery: dict[str, Any] = {"allow_hosts": ["127.0.0.1"]}
     server.update(sections.pop("server", {}))
     runtime.update(sections.pop("runtime", {}))
-    return load_settings(None, server=server, runtime=runtime, **sections)
+    delivery.update(sections.pop("delivery", {}))
+    return load_settings(None, server=server, runtime=runtime, delivery=delivery, **sections)
 
 
 @dataclass

@@ -3,6 +3,9 @@
 Receivers check ``X-Switchboard-Signature: v1=<hex>``, the HMAC-SHA256 (key: the delivery
 ``webhook_secret``) of ``<X-Switchboard-Timestamp>.<raw body>``, and may reject stale timestamps.
 ``Idempotency-Key`` is the same on every attempt of one delivery, so a receiver can drop repeats.
+Only public addresses, or what ``[delivery] allow_hosts`` allows, are sent to: the URL is checked
+here, each address it resolves to by the client's transport (``triggers/egress.py``); a refused
+target fails the delivery at once (no retry can change the answer).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from core.addresses import DestinationPolicy, RefusedDestination
 from core.clock import Clock
 from core.replies import Delivery, SendResult
 
@@ -27,17 +31,24 @@ def webhook_signature(secret: bytes, timestamp: str, body: bytes) -> str:
 
 
 class WebhookSender:
-    """Implements ``core.ports.Sender`` for ``webhook`` reply targets (address = the URL)."""
+    """Implements ``core.ports.Sender`` for ``webhook`` reply targets (address = the URL).
 
-    def __init__(self, client: httpx.AsyncClient, secret: bytes, clock: Clock) -> None:
+    ``client`` should be :func:`triggers.egress.guarded_client` with the same ``policy``."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, secret: bytes, clock: Clock, policy: DestinationPolicy
+    ) -> None:
         self._client = client
         self._secret = secret
         self._clock = clock
+        self._policy = policy
 
     async def send(self, delivery: Delivery) -> SendResult:
         url = str(delivery.target.get("address") or "")
-        if not url.startswith(("http://", "https://")):
-            return SendResult.failed(f"webhook target {url!r} is not an http(s) URL")
+        try:
+            self._policy.check_url(url)
+        except RefusedDestination as exc:
+            return SendResult.failed(f"webhook target refused: {exc.detail}")
         body = json.dumps(delivery.record, ensure_ascii=False).encode()
         timestamp = str(int(self._clock.now().timestamp()))
         headers = {
@@ -51,6 +62,8 @@ class WebhookSender:
             response = await self._client.post(
                 url, content=body, headers=headers, timeout=TIMEOUT_SECONDS
             )
+        except RefusedDestination as exc:  # at connect time: what the name resolves to now
+            return SendResult.failed(f"webhook target refused: {exc.detail}")
         except httpx.HTTPError as exc:
             return SendResult.retry(f"webhook {url} unreachable: {type(exc).__name__}")
         if response.is_success:

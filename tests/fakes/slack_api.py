@@ -65,6 +65,8 @@ class SlackApi:
     """Files served at ``{base_url}/files-pri/<name>`` (a bot token is required)."""
     downloads: list[str] = field(default_factory=list)
     """Names of the private files downloaded, in order."""
+    redirects: dict[str, str] = field(default_factory=dict)
+    """Private file name → a URL its download redirects to (a hostile or moved file)."""
     users: dict[str, str] = field(default_factory=dict)
     """User id → display name for ``users.info``."""
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -231,6 +233,8 @@ class SlackApi:
         if not request.headers.get("Authorization", "").startswith("Bearer xoxb-"):
             return web.Response(status=403)
         self.downloads.append(request.match_info["name"])
+        if request.match_info["name"] in self.redirects:
+            raise web.HTTPFound(self.redirects[request.match_info["name"]])
         data = self.private_files.get(request.match_info["name"])
         if data is None:
             return web.Response(status=404)

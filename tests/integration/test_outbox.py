@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import update
 
+from core.addresses import DestinationPolicy
 from core.models import Outcome, ReplyTarget, RunRequest, RunStatus
 from core.ports import NullMetrics
 from core.tables import deliveries
@@ -21,6 +22,8 @@ from dispatch.outbox import Outbox, OutboxSettings
 from tests.conftest import Live, LiveFactory, free_port
 from tests.integration.deliveries import delivery_rows, wait_for_delivery
 from triggers.webhook import WebhookSender, webhook_signature
+
+LOOPBACK = DestinationPolicy.allowing(["127.0.0.1"])
 
 
 @dataclass
@@ -156,7 +159,7 @@ async def test_reply_recorded_before_a_restart_is_sent_once_after_it(
             Outbox(
                 services.database,
                 services.clock,
-                {"webhook": WebhookSender(http, b"k" * 32, services.clock)},
+                {"webhook": WebhookSender(http, b"k" * 32, services.clock, LOOPBACK)},
                 NullMetrics(),
                 OutboxSettings(),
             )
@@ -200,7 +203,7 @@ async def test_replies_to_one_target_stay_in_order_while_the_first_is_retried(
         outbox = Outbox(
             services.database,
             services.clock,
-            {"webhook": WebhookSender(http, b"k" * 32, services.clock)},
+            {"webhook": WebhookSender(http, b"k" * 32, services.clock, LOOPBACK)},
             NullMetrics(),
             OutboxSettings(),
         )
@@ -236,7 +239,7 @@ def webhook_outbox(live: Live, http: httpx.AsyncClient, lease_seconds: float) ->
     return Outbox(
         services.database,
         services.clock,
-        {"webhook": WebhookSender(http, b"k" * 32, services.clock)},
+        {"webhook": WebhookSender(http, b"k" * 32, services.clock, LOOPBACK)},
         NullMetrics(),
         OutboxSettings(lease_seconds=lease_seconds),
     )

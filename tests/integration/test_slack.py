@@ -478,9 +478,7 @@ async def test_slack_environment_variables_are_never_used(
         # Slack's ssl_check probe carries the legacy token; bolt's own check (with the token
         # from SLACK_VERIFICATION_TOKEN) would refuse it.
         probe = urlencode({"ssl_check": "1", "token": "legacy"})
-        headers = signed_headers(
-            SECRET, probe, content_type="application/x-www-form-urlencoded"
-        )
+        headers = signed_headers(SECRET, probe, content_type="application/x-www-form-urlencoded")
         response = await http.post("/slack/commands", content=probe, headers=headers)
         assert response.status_code == 200
     assert [path.name for path in home.iterdir() if path.name.startswith(".bolt")] == []

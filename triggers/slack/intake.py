@@ -47,6 +47,7 @@ from core.ports import RunGateway
 from core.slack_settings import SlackSettings
 from core.tables import runs
 from triggers.files import FileStore
+from triggers.slack.hosts import slack_file_url
 from triggers.slack.installations import (
     BotTokens,
     SlackInstallations,
@@ -318,8 +319,13 @@ class SlackIntake:
         self, event: Mapping[str, Any], token: str | None
     ) -> Sequence[Attachment]:
         """The message's files, copied into our file store (signed download URIs). Slack's
-        ``url_private`` needs the bot token, which workflows must never see."""
-        shared = [item for item in event.get("files") or [] if item.get("url_private_download")]
+        ``url_private`` needs the bot token, which workflows must never see, nor any host but
+        Slack's: a file whose URL points elsewhere is skipped, and redirects are not followed."""
+        shared = [
+            item
+            for item in event.get("files") or []
+            if slack_file_url(item.get("url_private_download"), self._settings.api_url)
+        ]
         if not shared or token is None:
             return ()
         attachments: list[Attachment] = []
@@ -329,7 +335,7 @@ class SlackIntake:
                     response = await self._deps.http.get(
                         str(item["url_private_download"]),
                         headers={"Authorization": f"Bearer {token}"},
-                        follow_redirects=True,
+                        follow_redirects=False,
                     )
                     if not response.is_success:
                         logger.warning(

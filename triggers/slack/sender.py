@@ -2,11 +2,13 @@
 
 One delivery is several Slack calls, each a "part": the text (Markdown rendered as mrkdwn, split
 into messages of ``message_limit`` characters without breaking code blocks), then one file upload
-per attachment. ``progress`` counts the parts sent, so a retry resumes after them. At the end the
-``:eyes:`` reaction put on the user's message when a worker started the run
-(:meth:`SlackSender.working`) is swapped for the done/failed one, the failed one also when the
-reply itself cannot be delivered (best-effort: a reaction that cannot be changed never holds a
-reply back).
+per attachment. Attachments are read from our own file store (signed download URIs), never
+fetched: a URL from a workflow must not make the server fetch from its own network (SSRF); any
+other URL is listed as a link under the text. ``progress`` counts the parts sent, so a retry
+resumes after them. At the end the ``:eyes:`` reaction put on the user's message when a worker
+started the run (:meth:`SlackSender.working`) is swapped for the done/failed one, the failed one
+also when the reply itself cannot be delivered (best-effort: a reaction that cannot be changed
+never holds a reply back).
 
 Slack answers errors with HTTP 200 ``ok: false`` (PROTOCOLS §1.6): the ones no retry can fix fail
 the delivery; ``ratelimited``/HTTP 429 is retried after ``Retry-After`` (§1.7); the rest retry
@@ -21,14 +23,16 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import httpx
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from core.errors import Forbidden, NotFound, PayloadTooLarge
 from core.replies import Delivery, Reply, SendResult
+from triggers.files import FileStore
+from triggers.slack.hosts import is_slack_url
 from triggers.slack.installations import BotTokens
 from triggers.slack.mrkdwn import render_mrkdwn, split_mrkdwn
 from triggers.webhook import retry_after
@@ -36,9 +40,11 @@ from triggers.webhook import retry_after
 logger = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 30.0
+MAX_UPLOAD = 1 << 30
+"""Slack's file size limit (1 GB)."""
 UNREACHABLE = (aiohttp.ClientError, httpx.HTTPError, TimeoutError)
-"""Transport failures: the Web API client is aiohttp (slack_sdk), attachments and
-``response_url`` go through httpx; a retry may succeed."""
+"""Transport failures: the Web API client is aiohttp (slack_sdk), ``response_url`` goes through
+httpx; a retry may succeed."""
 # Errors that mean "this message can never be posted here" (a retry would fail the same way).
 PERMANENT_ERRORS = frozenset(
     {
@@ -122,8 +128,10 @@ class SlackSender:
         settings: SenderSettings,
         reactions: Reactions,
         session: aiohttp.ClientSession,
+        files: FileStore,
     ) -> None:
         self._session = session
+        self._files = files
         self._tokens = tokens
         self._http = http
         self._settings = settings
@@ -222,7 +230,10 @@ class SlackSender:
         if reply is None:
             return []
         parts: list[Callable[[AsyncWebClient, str, str | None], Awaitable[None]]] = []
-        text = render_mrkdwn(reply.text) if reply.text.strip() else ""
+        ours = [url for url in reply.attachments if self._is_ours(url)]
+        links = [url for url in reply.attachments if url not in ours]
+        text = with_links(reply.text, links)
+        text = render_mrkdwn(text) if text.strip() else ""
         for chunk in split_mrkdwn(text, self._settings.message_limit) if text else []:
 
             async def post(
@@ -231,12 +242,12 @@ class SlackSender:
                 await client.chat_postMessage(channel=channel, text=chunk, thread_ts=thread)
 
             parts.append(post)
-        for url in reply.attachments:
+        for url in ours:
 
             async def upload(
                 client: AsyncWebClient, channel: str, thread: str | None, url: str = url
             ) -> None:
-                content, filename = await self._fetch(url)
+                content, filename = await self._read(url)
                 await client.files_upload_v2(
                     channel=channel, thread_ts=thread, content=content, filename=filename
                 )
@@ -244,23 +255,33 @@ class SlackSender:
             parts.append(upload)
         return parts
 
-    async def _fetch(self, url: str) -> tuple[bytes, str]:
-        """An attachment's bytes (our file store's signed URI, or any http(s) URL)."""
-        if not url.startswith(("http://", "https://")):
-            raise _Attempt(SendResult.failed(f"attachment {url!r} is not an http(s) URL"))
-        response = await self._http.get(url, timeout=FETCH_TIMEOUT)
-        if response.status_code >= 500 or response.status_code == 429:
-            raise _Attempt(SendResult.retry(f"attachment {url} answered {response.status_code}"))
-        if not response.is_success:
-            raise _Attempt(SendResult.failed(f"attachment {url} answered {response.status_code}"))
-        name = unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or "attachment"
-        return response.content, name
+    def _is_ours(self, url: str) -> bool:
+        """Whether ``url`` is a signed download URI of our file store (expired ones too: a
+        retry must not turn a file into a link)."""
+        try:
+            self._files.file_id_of(url, allow_expired=True)
+        except Forbidden:
+            return False
+        return True
+
+    async def _read(self, url: str) -> tuple[bytes, str]:
+        """An attachment's bytes, from our file store (never over HTTP)."""
+        try:
+            stored = await self._files.read_signed(url, max_size=MAX_UPLOAD, allow_expired=True)
+        except NotFound as exc:
+            raise _Attempt(SendResult.failed(f"attachment {exc.name} is no longer stored")) from exc
+        except (Forbidden, PayloadTooLarge) as exc:
+            raise _Attempt(SendResult.failed(f"attachment not sent: {exc.detail}")) from exc
+        return stored.data, stored.filename
 
     async def _respond(self, delivery: Delivery, url: str, details: dict[str, Any]) -> SendResult:
-        """A slash command's result: POSTed to its ``response_url`` (no token needed)."""
+        """A slash command's result: POSTed to its ``response_url`` (no token needed), which
+        must be Slack's (https) or ``[slack] api_url``'s host: the payload names it."""
         reply = delivery.reply
         if reply is None:
             return SendResult.sent()
+        if not is_slack_url(url, self._settings.api_url):
+            return SendResult.failed("response_url is not a Slack URL; the result was not sent")
         lines = [reply.text, *reply.attachments]
         text = render_mrkdwn("\n\n".join(line for line in lines if line.strip()))
         parts = split_mrkdwn(text, self._settings.message_limit) if text else []
@@ -345,6 +366,14 @@ async def _post(
     except UNREACHABLE as exc:
         return _unreachable(exc, progress=index)
     return None
+
+
+def with_links(text: str, links: list[str]) -> str:
+    """The reply text with the attachments that are not our files listed as links under it."""
+    if not links:
+        return text
+    listed = "Attachments (links):\n" + "\n".join(f"- <{url}>" for url in links)
+    return f"{text.rstrip()}\n\n{listed}" if text.strip() else listed
 
 
 def _unreachable(exc: BaseException, *, progress: int) -> SendResult:

@@ -72,9 +72,11 @@ def open_slack(
     clock: Clock,
     http: httpx.AsyncClient,
     *,
+    files: FileStore,
     delivery_attempts: int,
 ) -> SlackChannel:
-    """The channel's parts; ``delivery_attempts`` is the outbox's ``[delivery] max_attempts``
+    """The channel's parts; ``files``: where reply attachments are read from;
+    ``delivery_attempts`` is the outbox's ``[delivery] max_attempts``
     (after the last one the sender shows the failure reaction)."""
     installations = SlackInstallations(database, clock)
     bot_token = settings.bot_token.get_secret_value() if settings.bot_token else None
@@ -97,6 +99,7 @@ def open_slack(
         ),
         reactions,
         session,
+        files,
     )
     return SlackChannel(
         settings=settings,

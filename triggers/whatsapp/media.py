@@ -5,7 +5,9 @@ URL (PROTOCOLS §2.1), so they are no use to a workflow as they are: each file i
 message's files at once, bounded by ``media_timeout``) and stored behind a signed download URI.
 This happens after the ack, while the message's run is held (held.py); text-only messages skip
 all of this. A file that cannot be fetched does not cost the message: the run still starts, and
-``event.media_errors`` says what was missing.
+``event.media_errors`` says what was missing. The credentials go only to Twilio: a media URL
+must be https on ``twilio.com`` (or ``[whatsapp] api_url``'s scheme, host and port, a fake in
+tests), and httpx drops the ``Authorization`` header on a redirect to another origin (the CDN).
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from dataclasses import dataclass
 
 import httpx
 
+from core.addresses import is_provider_url
 from core.errors import PayloadTooLarge
 from core.messages import Attachment
 from triggers.files import FileStore
 
 logger = logging.getLogger(__name__)
+
+TWILIO_DOMAINS = ("twilio.com",)
 
 
 class _Chunks:
@@ -53,7 +58,9 @@ class MediaFetcher:
         auth_token: str,
         owner_id: str,
         timeout: float,
+        api_url: str,
     ) -> None:
+        self._api_url = api_url
         self._http = http
         self._files = files
         self._auth = httpx.BasicAuth(account_sid, auth_token)
@@ -86,6 +93,8 @@ class MediaFetcher:
     async def _fetch(self, index: int, url: str, content_type: str) -> Attachment:
         extension = mimetypes.guess_extension(content_type.split(";")[0].strip()) or ""
         filename = f"media-{index}{extension}"
+        if not is_provider_url(url, domains=TWILIO_DOMAINS, api_url=self._api_url):
+            raise MediaError("not a Twilio media URL (https://…twilio.com); not downloaded")
         try:
             async with self._http.stream("GET", url, auth=self._auth) as response:
                 if response.status_code != 200:

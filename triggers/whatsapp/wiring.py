@@ -78,6 +78,7 @@ async def open_whatsapp_intake(
                 auth_token=auth_token,
                 owner_id=settings.owner,
                 timeout=settings.media_timeout,
+                api_url=settings.api_url,
             ),
             database,
             clock,
