@@ -88,6 +88,11 @@ class EmailSettings(_Section):
     )
     relay_password: SecretStr | None = None
     max_size: int = Field(default=25 * 1024 * 1024, ge=1024, description="largest message, bytes")
+    max_attachments: int = Field(
+        default=100,
+        ge=0,
+        description="attachments one mail may carry; more is refused (SMTP 552, never retried)",
+    )
     tls_cert: Path | None = Field(default=None, description="PEM certificate for STARTTLS")
     tls_key: Path | None = None
     auth_username: str | None = Field(
