@@ -5,6 +5,7 @@ from __future__ import annotations
 from ipaddress import IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -135,6 +136,23 @@ class EmailSettings(_Section):
     @classmethod
     def _lower_all(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(value.strip().lower() for value in values)
+
+    @field_validator("relay_url")
+    @classmethod
+    def _relay_url(cls, value: str | None) -> str | None:
+        # The messages never repeat the URL: it may carry the relay's password.
+        if not value:
+            return value
+        url = urlsplit(value)
+        if url.scheme not in {"smtp", "smtps"} or not url.hostname:
+            raise ValueError("relay_url must look like smtp://host:port or smtps://host")
+        try:
+            url.port  # noqa: B018 - urlsplit checks the port only when asked
+        except ValueError:
+            raise ValueError(
+                "relay_url: the port is not a number (percent-encode / ? # @ in a password)"
+            ) from None
+        return value
 
     @field_validator("trusted_relays")
     @classmethod
