@@ -16,6 +16,7 @@ from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
 from switchboard.demo import ensure_admin_key, register_examples
+from switchboard.headers import set_security_headers
 from switchboard.http import error_middleware
 from switchboard.metrics import PrometheusMetrics
 from switchboard.sandboxing import ChosenRunner, open_runner
@@ -62,6 +63,7 @@ def create_app(
     app = web.Application(
         client_max_size=settings.server.max_body_size, middlewares=[error_middleware(metrics)]
     )
+    app.on_response_prepare.append(set_security_headers)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[READY] = asyncio.Event()

@@ -334,10 +334,40 @@ class FileRoutes:
             "GET", file_id, request.query.get("expires"), request.query.get("sig")
         )
         path, content_type, filename = await self._store.open_for_download(file_id)
+        disposition = "inline" if shown_inline(content_type) else "attachment"
         return web.FileResponse(
             path,
             headers={
                 "Content-Type": content_type,
-                "Content-Disposition": f"inline; filename*=UTF-8''{quote(filename)}",
+                "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(filename)}",
             },
         )
+
+
+INLINE_TYPES = frozenset(
+    {
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/bmp",
+        "text/plain",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/wav",
+        "audio/webm",
+        "video/mp4",
+        "video/webm",
+    }
+)
+"""Types a browser only displays. Anything else (HTML, SVG, XML, PDF, JavaScript…) can carry
+script and, served from our origin, would run as our page: those are downloaded instead."""
+
+
+def shown_inline(content_type: str | None) -> bool:
+    """Whether a stored file's type (the uploader's word) may be displayed in the browser."""
+    if not content_type or "," in content_type:
+        return False
+    essence = content_type.split(";", 1)[0].strip().lower()
+    return essence in INLINE_TYPES
