@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection
@@ -11,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from core.errors import Unauthorized
 from core.settings import Settings
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
@@ -250,7 +252,14 @@ def _route_to(key: web.AppKey[Any], name: str) -> Handler:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """Prometheus text format: runs accepted, requests rejected, run durations, queue depth."""
+    """Prometheus text format: runs accepted, requests rejected, run durations, queue depth.
+    Behind ``Authorization: Bearer <server.metrics_key>`` when that is set."""
+    key = request.app[SETTINGS].server.metrics_key
+    if key is not None:
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        expected = f"Bearer {key.get_secret_value()}".encode()
+        if not hmac.compare_digest(given, expected):
+            raise Unauthorized("/metrics needs Authorization: Bearer <server.metrics_key>")
     return await request.app[METRICS].render(request.app[SERVICES].queue)
 
 

@@ -1,4 +1,4 @@
-"""What we serve cannot run as our page in a browser."""
+"""What we serve cannot run as our page in a browser, and /metrics can be closed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from codewords_client import AsyncCodewordsClient
 
 from switchboard.headers import CONTENT_SECURITY_POLICY
-from tests.conftest import Live
+from tests.conftest import Live, LiveFactory
 
 
 def assert_inert(response: httpx.Response) -> None:
@@ -62,3 +62,17 @@ async def test_a_workflow_html_answer_and_our_errors_are_inert(live: Live) -> No
     assert_inert(answer)  # the workflow's own "default-src *" does not survive
     assert refused.status_code == 401
     assert_inert(refused)
+
+
+async def test_metrics_need_the_metrics_key_when_one_is_set(live_factory: LiveFactory) -> None:
+    live = await live_factory.start(server={"metrics_key": "m3trics-key"})
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        anonymous = await http.get("/metrics")
+        wrong = await http.get("/metrics", headers={"Authorization": "Bearer nope"})
+        odd = await http.get("/metrics", headers={b"Authorization": "Bearer été".encode()})
+        right = await http.get("/metrics", headers={"Authorization": "Bearer m3trics-key"})
+    for refused in (anonymous, wrong, odd):
+        assert refused.status_code == 401
+        assert "metrics_key" in refused.json()["detail"]
+    assert right.status_code == 200
+    assert "switchboard_queue_depth" in right.text
