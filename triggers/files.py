@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from aiohttp import web
@@ -75,7 +75,7 @@ class FileStore:
         self._clock = clock
         self._signer = signer
         self._settings = settings
-        settings.directory.mkdir(parents=True, exist_ok=True)
+        settings.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def create(self, owner_id: str, filename: str) -> dict[str, Any]:
         filename = _clean_filename(filename)
@@ -145,7 +145,7 @@ class FileStore:
         digest = hashlib.sha256()
         size = 0
         try:
-            with partial.open("wb") as handle:
+            with _private(partial) as handle:
                 while chunk := await stream.read(CHUNK):
                     size += len(chunk)
                     if size > limit:
@@ -226,7 +226,8 @@ class FileStore:
             target = self._settings.directory / file_id
             partial = target.with_suffix(f".{secrets.token_hex(4)}.part")
             try:
-                partial.write_bytes(item.data)
+                with _private(partial) as handle:
+                    handle.write(item.data)
                 os.replace(partial, target)
             finally:
                 partial.unlink(missing_ok=True)
@@ -283,6 +284,11 @@ class FileStore:
             return (
                 (await conn.execute(select(files).where(files.c.id == file_id))).mappings().first()
             )
+
+
+def _private(path: Path) -> BinaryIO:
+    """A new file only this uid can read (uploads are other people's documents)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
 def _shown(uri: str) -> str:
