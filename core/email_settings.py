@@ -130,6 +130,12 @@ class EmailSettings(_Section):
         description="how long a reply or send_email keeps being retried while the relay answers "
         "4xx or is unreachable (MTAs retry for days)",
     )
+    send_email_per_hour: int = Field(
+        default=100,
+        ge=0,
+        description="mails one owner may queue with send_email per hour, counted across nodes "
+        "(more: HTTP 429 with retry_after); 0: no limit",
+    )
     routes: tuple[EmailRoute, ...] = ()
 
     @field_validator("domains", "addresses")
