@@ -174,7 +174,7 @@ class SendEmailService:
         sent, oldest = (await conn.execute(window)).one()
         if sent < self._per_hour or oldest is None:
             return None
-        # The oldest counted mail leaves the window at oldest + 1 h, which is now + (oldest - since).
+        # The oldest counted mail leaves the window at oldest + 1 h = now + (oldest - since).
         left: timedelta = oldest - since
         return max(1, math.ceil(left.total_seconds()))
 
