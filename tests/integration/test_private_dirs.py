@@ -4,6 +4,7 @@ first is refused rather than used."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,7 @@ from aiohttp import web
 
 from switchboard.app import create_app
 from switchboard.datadir import UnsafeDirectory
-from switchboard.services import Services
-from tests.conftest import LiveFactory, free_port, make_settings
+from tests.conftest import LiveFactory
 
 
 def mode(path: Path) -> int:
@@ -70,33 +70,17 @@ def symlink_elsewhere(path: Path) -> None:
 @pytest.mark.parametrize("plant", [foreign_owner, writable_by_others, symlink_elsewhere])
 @pytest.mark.parametrize("which", ["socket_dir", "runs_dir"])
 async def test_a_tmp_dir_someone_else_made_first_is_refused(
-    tmp_path: Path,
-    database_url: str,
-    workflow_cache: Path,
-    plant: Callable[[Path], None],
-    which: str,
+    live_factory: LiveFactory, plant: Callable[[Path], None], which: str
 ) -> None:
-    settings = make_settings(
-        tmp_path / "data", database_url, workflow_cache, free_port(), runtime={"sandbox": "auto"}
-    )
-    # The same names the server computes; tempfile.gettempdir() is the test's.
-    planted = getattr(Services, which).fget(_Probe(settings.server.data_dir))
+    first = await live_factory.start()  # the names this data dir's server uses
+    planted: Path = getattr(first.services, which)
+    await live_factory.stop(first)
+    shutil.rmtree(planted, ignore_errors=True)
     plant(planted)
-    runner = web.AppRunner(create_app(settings), handle_signals=False)
+    runner = web.AppRunner(create_app(first.settings), handle_signals=False)
     try:
         with pytest.raises(UnsafeDirectory) as refused:
             await runner.setup()
     finally:
         await runner.cleanup()
     assert str(planted) in refused.value.detail
-
-
-class _Probe:
-    """Just enough of :class:`Services` for its directory properties."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.settings = make_settings(data_dir, "sqlite://", Path("/nonexistent"), 1)
-
-    @property
-    def instance(self) -> str:
-        return Services.instance.fget(self)  # type: ignore[attr-defined,no-any-return]
