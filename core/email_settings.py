@@ -5,6 +5,7 @@ from __future__ import annotations
 from ipaddress import IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -88,6 +89,11 @@ class EmailSettings(_Section):
     )
     relay_password: SecretStr | None = None
     max_size: int = Field(default=25 * 1024 * 1024, ge=1024, description="largest message, bytes")
+    max_attachments: int = Field(
+        default=100,
+        ge=0,
+        description="attachments one mail may carry; more is refused (SMTP 552, never retried)",
+    )
     tls_cert: Path | None = Field(default=None, description="PEM certificate for STARTTLS")
     tls_key: Path | None = None
     auth_username: str | None = Field(
@@ -124,12 +130,35 @@ class EmailSettings(_Section):
         description="how long a reply or send_email keeps being retried while the relay answers "
         "4xx or is unreachable (MTAs retry for days)",
     )
+    send_email_per_hour: int = Field(
+        default=100,
+        ge=0,
+        description="mails one owner may queue with send_email per hour, counted across nodes "
+        "(more: HTTP 429 with retry_after); 0: no limit",
+    )
     routes: tuple[EmailRoute, ...] = ()
 
     @field_validator("domains", "addresses")
     @classmethod
     def _lower_all(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(value.strip().lower() for value in values)
+
+    @field_validator("relay_url")
+    @classmethod
+    def _relay_url(cls, value: str | None) -> str | None:
+        # The messages never repeat the URL: it may carry the relay's password.
+        if not value:
+            return value
+        url = urlsplit(value)
+        if url.scheme not in {"smtp", "smtps"} or not url.hostname:
+            raise ValueError("relay_url must look like smtp://host:port or smtps://host")
+        try:
+            url.port  # noqa: B018 - urlsplit checks the port only when asked
+        except ValueError:
+            raise ValueError(
+                "relay_url: the port is not a number (percent-encode / ? # @ in a password)"
+            ) from None
+        return value
 
     @field_validator("trusted_relays")
     @classmethod

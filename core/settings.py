@@ -46,6 +46,10 @@ class ServerSettings(_Section):
         description="Key for signed URIs and run-scoped API keys. Default: generated once and kept "
         "in <data_dir>/secret.key (mode 0600).",
     )
+    metrics_key: SecretStr | None = Field(
+        default=None,
+        description="when set, /metrics answers only requests with Authorization: Bearer <key>",
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     auth_cache_seconds: float = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection
@@ -11,11 +12,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from core.errors import Unauthorized
 from core.settings import Settings
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
 from switchboard.demo import ensure_admin_key, register_examples
+from switchboard.headers import set_security_headers
 from switchboard.http import error_middleware
 from switchboard.metrics import PrometheusMetrics
 from switchboard.sandboxing import ChosenRunner, open_runner
@@ -62,6 +65,7 @@ def create_app(
     app = web.Application(
         client_max_size=settings.server.max_body_size, middlewares=[error_middleware(metrics)]
     )
+    app.on_response_prepare.append(set_security_headers)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[READY] = asyncio.Event()
@@ -248,7 +252,14 @@ def _route_to(key: web.AppKey[Any], name: str) -> Handler:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """Prometheus text format: runs accepted, requests rejected, run durations, queue depth."""
+    """Prometheus text format: runs accepted, requests rejected, run durations, queue depth.
+    Behind ``Authorization: Bearer <server.metrics_key>`` when that is set."""
+    key = request.app[SETTINGS].server.metrics_key
+    if key is not None:
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        expected = f"Bearer {key.get_secret_value()}".encode()
+        if not hmac.compare_digest(given, expected):
+            raise Unauthorized("/metrics needs Authorization: Bearer <server.metrics_key>")
     return await request.app[METRICS].render(request.app[SERVICES].queue)
 
 

@@ -41,11 +41,22 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
     try:
         loaded = _FromFile(**overrides)
+        return Settings.model_validate(loaded.model_dump())
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+        # from None: the chained error's text holds the values, secrets among them.
+        raise ConfigError(f"invalid configuration: {explain(exc)}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{config_file} is not valid TOML: {exc}") from exc
-    return Settings.model_validate(loaded.model_dump())
+
+
+def explain(error: ValidationError) -> str:
+    """Each problem as ``where: what``, never the value given: pydantic's own text repeats the
+    input (``input_value=…``), and a misplaced secret must not reach a terminal or a log."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False, include_context=False):
+        where = ".".join(str(part) for part in item["loc"]) or "settings"
+        problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)
 
 
 def signing_secret(settings: Settings) -> bytes:

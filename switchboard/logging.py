@@ -33,3 +33,5 @@ def configure_logging(level: str, form: str) -> None:
     # aiosqlite and SQLAlchemy are chatty at DEBUG and may echo parameters (keys' hashes, bodies).
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+    # aiosmtpd logs every command at INFO and every line of every mail at DEBUG.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)

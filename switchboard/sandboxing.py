@@ -18,6 +18,7 @@ from dispatch.runner import ProcessRunner
 from dispatch.sandbox import SandboxRunner
 from dispatch.warm import WarmPool
 from dispatch.zygotes import ZygotePool
+from switchboard.datadir import claim_directory
 from switchboard.services import Services
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class SandboxUnavailable(SwitchboardError):
 async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
     """The runner ``runtime.sandbox`` asks for, if this host can give it."""
     settings = services.settings
+    await asyncio.to_thread(claim_directory, services.socket_dir, 0o700)
     await asyncio.to_thread(_sweep_sockets, services.socket_dir)
     plain = ProcessRunner(
         socket_dir=services.socket_dir,
@@ -66,6 +68,10 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
         )
         yield ChosenRunner(plain, "process")
         return
+    # Traversable by the sandbox uid (its run dirs inside are 0700, chowned to it).
+    await asyncio.to_thread(claim_directory, services.runs_dir, 0o711)
+    if settings.runtime.zygote:
+        await asyncio.to_thread(claim_directory, zygotes_dir(services), 0o711)
     problem = await asyncio.to_thread(
         probe_sandbox, settings.runtime.sandbox_uid, services.runs_dir
     )
@@ -77,6 +83,8 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
         else:
             cgroups = found
     if problem is not None or cgroups is None:
+        for unused in (services.runs_dir, zygotes_dir(services)):
+            await asyncio.to_thread(_remove_empty, unused)
         if settings.runtime.sandbox == "bwrap":
             # Asked for isolation explicitly: running other people's code without it would be
             # a silent downgrade. Only "auto" may fall back.
@@ -101,7 +109,7 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
     logger.info("sandbox = 'bwrap' as uid %s, %s", sandbox.uid, cgroups.describe())
     zygotes = None
     if settings.runtime.zygote:
-        zygotes = ZygotePool(sandbox, services.runs_dir.with_name(services.runs_dir.name + "-z"))
+        zygotes = ZygotePool(sandbox, zygotes_dir(services))
         await asyncio.to_thread(zygotes.sweep)
     warm = None
     if settings.runtime.warm_cap > 0:
@@ -115,6 +123,10 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
             await zygotes.close()
         await asyncio.to_thread(cgroups.release)
         await asyncio.to_thread(_remove_empty, services.runs_dir)
+
+
+def zygotes_dir(services: Services) -> Path:
+    return services.runs_dir.with_name(services.runs_dir.name + "-z")
 
 
 def _sweep_sockets(socket_dir: Path) -> None:

@@ -37,6 +37,7 @@ from scheduler.builtin import SCHEDULE_RUNS, schedule_runs_service
 from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
 from switchboard.config import signing_secret
+from switchboard.datadir import prepare_data_dir
 from switchboard.migrate import upgrade
 from triggers.auth import Authenticator, KeyStore
 from triggers.egress import guarded_client
@@ -122,8 +123,7 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Every component, started; stopped in reverse order on exit."""
     data_dir = settings.server.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "home").mkdir(exist_ok=True)
+    prepare_data_dir(data_dir, settings.server.resolved_database_url())
     database = Database(
         settings.server.resolved_database_url(),
         sqlite_synchronous=settings.server.sqlite_synchronous,

@@ -13,13 +13,15 @@ import hashlib
 import mimetypes
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from aiohttp import web
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from core.clock import Clock, isoformat
 from core.db import Database
@@ -46,6 +48,15 @@ class StoredFile:
 
 
 @dataclass(frozen=True, slots=True)
+class Incoming:
+    """Bytes a channel received, to keep (an email attachment)."""
+
+    filename: str
+    content_type: str | None
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class FileSettings:
     directory: Path
     base_url: str
@@ -64,7 +75,7 @@ class FileStore:
         self._clock = clock
         self._signer = signer
         self._settings = settings
-        settings.directory.mkdir(parents=True, exist_ok=True)
+        settings.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def create(self, owner_id: str, filename: str) -> dict[str, Any]:
         filename = _clean_filename(filename)
@@ -134,7 +145,7 @@ class FileStore:
         digest = hashlib.sha256()
         size = 0
         try:
-            with partial.open("wb") as handle:
+            with _private(partial) as handle:
                 while chunk := await stream.read(CHUNK):
                     size += len(chunk)
                     if size > limit:
@@ -164,24 +175,62 @@ class FileStore:
     ) -> tuple[str, str]:
         """Keep bytes a channel received (an attachment); returns the file id and a signed
         download URI. The file is written before its row says it was uploaded."""
-        if len(data) > self._settings.max_size:
-            raise PayloadTooLarge(f"the file {filename!r}", self._settings.max_size)
-        created = await self.create(owner_id, filename or "attachment")
-        file_id: str = created["file_id"]
-        target = self._settings.directory / file_id
-        await asyncio.to_thread(target.write_bytes, data)
+        file_id = "file_" + secrets.token_hex(12)
+        (url,) = await self._store_as(owner_id, [(file_id, Incoming(filename, content_type, data))])
+        return file_id, url
+
+    async def store_all(self, owner_id: str, items: Sequence[Incoming], *, key: str) -> list[str]:
+        """Keep all of one event's files in one transaction; their signed download URIs.
+
+        ``key`` names the event (an email's Message-ID): the same event stored again (the
+        sender retried a mail we never acknowledged) finds its files instead of adding copies.
+        The ids are derived with the server secret, so they are as unguessable as random ones.
+        """
+        named = []
+        for index, item in enumerate(items):
+            digest = hashlib.sha256(item.data).hexdigest()
+            proof = self._signer.sign("stored-file", owner_id, key, str(index), digest)
+            named.append(("file_" + hashlib.sha256(proof.encode()).hexdigest()[:24], item))
+        return await self._store_as(owner_id, named)
+
+    async def _store_as(self, owner_id: str, named: Sequence[tuple[str, Incoming]]) -> list[str]:
+        for _, item in named:
+            if len(item.data) > self._settings.max_size:
+                raise PayloadTooLarge(f"the file {item.filename!r}", self._settings.max_size)
+        if not named:
+            return []
+        await asyncio.to_thread(self._write_files, named)
+        now = self._clock.now()
+        rows = [
+            {
+                "id": file_id,
+                "owner_id": owner_id,
+                "filename": _stored_filename(item.filename),
+                "content_type": item.content_type or "application/octet-stream",
+                "size": len(item.data),
+                "sha256": hashlib.sha256(item.data).hexdigest(),
+                "created_at": now,
+                "uploaded_at": now,
+            }
+            for file_id, item in named
+        ]
         async with self._db.write() as conn:
+            dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
             await conn.execute(
-                update(files)
-                .where(files.c.id == file_id)
-                .values(
-                    content_type=content_type or "application/octet-stream",
-                    size=len(data),
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    uploaded_at=self._clock.now(),
-                )
+                dialect.insert(files).on_conflict_do_nothing(index_elements=["id"]), rows
             )
-        return file_id, str(created["download_uri"])
+        return [self.download_uri(str(row["id"]), str(row["filename"])) for row in rows]
+
+    def _write_files(self, named: Sequence[tuple[str, Incoming]]) -> None:
+        for file_id, item in named:
+            target = self._settings.directory / file_id
+            partial = target.with_suffix(f".{secrets.token_hex(4)}.part")
+            try:
+                with _private(partial) as handle:
+                    handle.write(item.data)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
 
     def file_id_of(self, uri: str, *, allow_expired: bool = False) -> str:
         """The file a signed download URI of this store names (raises :class:`Forbidden`).
@@ -237,9 +286,19 @@ class FileStore:
             )
 
 
+def _private(path: Path) -> BinaryIO:
+    """A new file only this uid can read (uploads are other people's documents)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
 def _shown(uri: str) -> str:
     """A URI for messages and logs, without its query (the signature is a capability)."""
     return repr(uri.split("?")[0][:200])
+
+
+def _stored_filename(filename: str) -> str:
+    name = os.path.basename(filename.replace("\\", "/")).strip()[:255]
+    return name if name and name not in {".", ".."} else "attachment"
 
 
 def _clean_filename(filename: str) -> str:
@@ -281,10 +340,40 @@ class FileRoutes:
             "GET", file_id, request.query.get("expires"), request.query.get("sig")
         )
         path, content_type, filename = await self._store.open_for_download(file_id)
+        disposition = "inline" if shown_inline(content_type) else "attachment"
         return web.FileResponse(
             path,
             headers={
                 "Content-Type": content_type,
-                "Content-Disposition": f"inline; filename*=UTF-8''{quote(filename)}",
+                "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(filename)}",
             },
         )
+
+
+INLINE_TYPES = frozenset(
+    {
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/bmp",
+        "text/plain",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/wav",
+        "audio/webm",
+        "video/mp4",
+        "video/webm",
+    }
+)
+"""Types a browser only displays. Anything else (HTML, SVG, XML, PDF, JavaScript…) can carry
+script and, served from our origin, would run as our page: those are downloaded instead."""
+
+
+def shown_inline(content_type: str | None) -> bool:
+    """Whether a stored file's type (the uploader's word) may be displayed in the browser."""
+    if not content_type or "," in content_type:
+        return False
+    essence = content_type.split(";", 1)[0].strip().lower()
+    return essence in INLINE_TYPES

@@ -21,11 +21,11 @@ from core.messages import Attachment, Conversation, InboundMessage, Person, run_
 from core.models import ReplyTarget
 from core.ports import RunGateway
 from triggers.email.loops import Disposition, loop_verdict
-from triggers.email.parse import ParsedEmail, parse_email
+from triggers.email.parse import ParsedEmail, UnreadableMail, parse_email
 from triggers.email.routing import RouteMatch, Router
 from triggers.email.senders import authenticated_from, sender_allowed, topmost_results
 from triggers.email.threads import ThreadStore
-from triggers.files import FileStore
+from triggers.files import FileStore, Incoming
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,13 @@ class EmailIntake:
         self.router = Router(settings)
 
     async def accept(self, raw: bytes, envelope: Envelope) -> IntakeResult:
-        return await self.accept_parsed(parse_email(raw), envelope, raw)
+        try:
+            parsed = parse_email(raw)
+        except UnreadableMail as exc:
+            # Permanent (5xx): a 451 would have the sending MTA retry this mail for days.
+            logger.info("email from %s refused: %s", envelope.mail_from, exc)
+            return IntakeResult(Outcome.REJECTED, f"554 5.6.0 {exc}")
+        return await self.accept_parsed(parsed, envelope, raw)
 
     async def accept_parsed(
         self, parsed: ParsedEmail, envelope: Envelope, raw: bytes
@@ -86,6 +92,12 @@ class EmailIntake:
         route = self._route(parsed, envelope)
         if route is None:
             return IntakeResult(Outcome.REJECTED, "550 5.1.1 no such recipient here")
+        limit = self._settings.max_attachments
+        if len(parsed.attachments) > limit:
+            logger.info(
+                "email %s refused: %d attachments", parsed.message_id, len(parsed.attachments)
+            )
+            return IntakeResult(Outcome.REJECTED, f"552 5.3.4 too many attachments (limit {limit})")
         verdict = loop_verdict(parsed, envelope.mail_from, self.router.is_own_address)
         if verdict.disposition is Disposition.DROP:
             logger.info("email %s dropped: %s", parsed.message_id, verdict.reason)
@@ -113,7 +125,7 @@ class EmailIntake:
             sender=Person(id=parsed.from_address, name=parsed.from_name),
             conversation=Conversation(id=conversation),
             subject=parsed.subject,
-            attachments=tuple(await self._store_attachments(parsed)),
+            attachments=tuple(await self._store_attachments(parsed, message_id)),
             received_at=self._clock.now(),
             event=_event(parsed, envelope, route, message_id),
         )
@@ -170,22 +182,24 @@ class EmailIntake:
         fields = [(name, str(value)) for name, value in parsed.message.raw_items()]
         return topmost_results(fields, self._settings.trusted_authserv_id)
 
-    async def _store_attachments(self, parsed: ParsedEmail) -> list[Attachment]:
-        stored: list[Attachment] = []
-        for attachment in parsed.attachments:
-            filename = _safe_filename(attachment.filename)
-            _, url = await self._files.store(
-                self._settings.owner, filename, attachment.content_type, attachment.data
+    async def _store_attachments(self, parsed: ParsedEmail, message_id: str) -> list[Attachment]:
+        """All of a mail's attachments in one transaction, keyed by its Message-ID: the sender's
+        retry of a mail we did not acknowledge stores nothing twice."""
+        incoming = [
+            Incoming(_safe_filename(a.filename), a.content_type, a.data) for a in parsed.attachments
+        ]
+        urls = await self._files.store_all(
+            self._settings.owner, incoming, key=f"email:{message_id}"
+        )
+        return [
+            Attachment(
+                filename=item.filename,
+                content_type=item.content_type or "application/octet-stream",
+                size=len(item.data),
+                url=url,
             )
-            stored.append(
-                Attachment(
-                    filename=filename,
-                    content_type=attachment.content_type,
-                    size=len(attachment.data),
-                    url=url,
-                )
-            )
-        return stored
+            for item, url in zip(incoming, urls, strict=True)
+        ]
 
 
 def _reply_target(

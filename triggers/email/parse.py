@@ -19,6 +19,14 @@ from triggers.email.text import html_to_text, strip_quoted
 
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 
+MAX_MIME_DEPTH = 50
+"""Deepest multipart nesting we read. Real mail nests a few levels (a forward of a forward);
+3,000 levels exhaust the stdlib parser's recursion, and such a mail can never be read."""
+
+
+class UnreadableMail(ValueError):
+    """A message no retry can make readable (the intake answers it with a 5xx)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ParsedAttachment:
@@ -67,10 +75,35 @@ class ParsedEmail:
 
 
 def parse_email(raw: bytes) -> ParsedEmail:
-    message = BytesParser(policy=policy.default).parsebytes(raw)
+    """Raises :class:`UnreadableMail` for MIME nested deeper than :data:`MAX_MIME_DEPTH`."""
+    try:
+        message = BytesParser(policy=policy.default).parsebytes(raw)
+    except RecursionError as exc:
+        raise _too_deep() from exc
     if not isinstance(message, EmailMessage):  # pragma: no cover - policy.default guarantees it
         raise TypeError("expected an EmailMessage")
+    if mime_depth(message) > MAX_MIME_DEPTH:
+        raise _too_deep()
     return parsed_from_message(message)
+
+
+def mime_depth(message: EmailMessage) -> int:
+    """How deep the parts nest (1: a single part), walked without recursion."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(message, 1)]
+    while pending:
+        part, depth = pending.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_MIME_DEPTH:
+            break
+        payload = part.get_payload() if part.is_multipart() else None
+        if isinstance(payload, list):
+            pending.extend((child, depth + 1) for child in payload)
+    return deepest
+
+
+def _too_deep() -> UnreadableMail:
+    return UnreadableMail(f"MIME parts nested deeper than {MAX_MIME_DEPTH} levels")
 
 
 def parsed_from_message(message: EmailMessage) -> ParsedEmail:

@@ -13,7 +13,9 @@ sends it with retries. The Message-ID is derived from the run id, so a run that 
 from __future__ import annotations
 
 import json
+import math
 import re
+from datetime import timedelta
 from typing import Any
 
 from pydantic import (
@@ -24,7 +26,8 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.clock import Clock
 from core.db import Database
@@ -105,12 +108,19 @@ class SendEmailService:
     """A ``core.ports.BuiltinService``: validates, queues the mail, returns its Message-ID."""
 
     def __init__(
-        self, database: Database, clock: Clock, sender: EmailSender, files: FileStore
+        self,
+        database: Database,
+        clock: Clock,
+        sender: EmailSender,
+        files: FileStore,
+        *,
+        per_hour: int = 0,
     ) -> None:
         self._db = database
         self._clock = clock
         self._sender = sender
         self._files = files
+        self._per_hour = per_hour
 
     async def __call__(self, invocation: Invocation, on_log: LogSink) -> Outcome:
         try:
@@ -128,6 +138,9 @@ class SendEmailService:
                 return _bad_request(
                     "send_email sends its own mail: start it without a reply target"
                 )
+            wait = await self._rate_limited(conn, invocation)
+            if wait is not None:
+                return _too_many(self._per_hour, wait)
             queued = await insert_unless_present(
                 conn,
                 deliveries,
@@ -137,6 +150,33 @@ class SendEmailService:
         on_log("stdout", f"send_email: {'queued' if queued else 'already queued'} {message_id}")
         body = json.dumps({"message_id": message_id, "to": request.to}).encode()
         return Outcome.from_response(200, body, "application/json")
+
+    async def _rate_limited(self, conn: AsyncConnection, invocation: Invocation) -> int | None:
+        """Seconds until the owner may queue another mail, or ``None`` if it may now.
+
+        Counted in the database, so the limit holds across nodes; on PostgreSQL two sends at
+        the same instant may both pass (read committed), SQLite's one writer counts exactly.
+        A run executed again (its worker died) is not refused its own queued mail.
+        """
+        if self._per_hour <= 0:
+            return None
+        since = self._clock.now() - timedelta(hours=1)
+        window = (
+            select(func.count(), func.min(deliveries.c.created_at))
+            .select_from(deliveries.join(runs, runs.c.id == deliveries.c.run_id))
+            .where(
+                runs.c.owner_id == invocation.owner_id,
+                runs.c.service_id == invocation.service_id,
+                deliveries.c.created_at >= since,
+                deliveries.c.run_id != invocation.run_id,
+            )
+        )
+        sent, oldest = (await conn.execute(window)).one()
+        if sent < self._per_hour or oldest is None:
+            return None
+        # The oldest counted mail leaves the window at oldest + 1 h = now + (oldest - since).
+        left: timedelta = oldest - since
+        return max(1, math.ceil(left.total_seconds()))
 
     def _row(self, run_id: str, request: SendEmailRequest, message_id: str) -> dict[str, Any]:
         now = self._clock.now()
@@ -187,6 +227,12 @@ def _explain(error: ValueError) -> str:
             problems.append(f"{where}: {item['msg']}")
         return "invalid send_email inputs: " + "; ".join(problems)
     return f"send_email takes a JSON object: {error}"
+
+
+def _too_many(per_hour: int, wait: int) -> Outcome:
+    detail = f"send_email: this owner queued {per_hour} mails in the last hour; try in {wait} s"
+    body = json.dumps({"detail": detail, "retry_after": wait}).encode()
+    return Outcome.from_response(429, body, "application/json")
 
 
 def _bad_request(detail: str) -> Outcome:

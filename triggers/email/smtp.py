@@ -7,9 +7,12 @@ Two ports: ``smtp_port`` is the MX (other people's mail, never AUTH, optional ST
 Both run the same intake: a submission port is a way in, not a relay.
 
 Envelope rules: ``RCPT TO`` outside our domains/addresses/routes → ``550`` (never an open relay);
-over ``max_size`` → ``552`` (advertised as ``SIZE``); ``250`` only once the mail and its run
-request are committed; any internal failure → ``451 4.3.0`` so the sending MTA tries again (an
-exception escaping a hook would otherwise become aiosmtpd's permanent ``500``).
+past :data:`MAX_RECIPIENTS` → ``452`` (RFC 5321 §4.5.3.1.10; the MTA sends the rest later); a
+``MAIL FROM`` that is not UTF-8 → ``553``; over ``max_size`` → ``552`` (advertised as ``SIZE``);
+more than ``max_attachments`` → ``552``, MIME nested too deep → ``554``; ``250`` only once the
+mail and its run request are committed; any internal failure → ``451 4.3.0`` so the sending MTA
+tries again (an exception escaping a hook would otherwise become aiosmtpd's permanent ``500``).
+Mail that can never be accepted gets a 5xx: a 4xx would have the sender retry it for days.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from triggers.email.intake import Envelope as MailEnvelope
 logger = logging.getLogger(__name__)
 
 TRY_AGAIN = "451 4.3.0 Temporary failure storing the message; please try again later"
+MAX_RECIPIENTS = 100
+"""RCPT TOs per mail: the least RFC 5321 §4.5.3.1.8 lets a server take. One mail makes one run
+(the first of our recipients decides), so more only costs us; the rest get ``452``."""
 
 
 class SmtpIntakeHandler:
@@ -38,6 +44,20 @@ class SmtpIntakeHandler:
         self._intake = intake
         self._max_size = max_size
 
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if not _is_utf8(address):
+            return "553 5.1.7 the sender address is not valid UTF-8"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
     async def handle_RCPT(
         self,
         server: SMTP,
@@ -46,6 +66,10 @@ class SmtpIntakeHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if not _is_utf8(address):
+            return "553 5.1.3 the recipient address is not valid UTF-8"
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return f"452 4.5.3 Too many recipients (limit {MAX_RECIPIENTS} per mail)"
         if self._intake.router.route(address) is None:
             return f"550 5.1.1 <{address}>: no such recipient here (we do not relay)"
         envelope.rcpt_tos.append(address)
@@ -80,6 +104,16 @@ class SmtpIntakeHandler:
     async def handle_exception(self, error: Exception) -> str:
         logger.error("SMTP session error: %s: %s", type(error).__name__, error)
         return TRY_AGAIN
+
+
+def _is_utf8(address: str) -> bool:
+    """aiosmtpd decodes arguments with ``surrogateescape``: bytes that are not UTF-8 remain as
+    lone surrogates, which nothing downstream (the database, our digests) can encode."""
+    try:
+        address.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def tls_context(settings: EmailSettings) -> ssl.SSLContext | None:

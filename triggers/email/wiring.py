@@ -47,7 +47,10 @@ class EmailOutbound:
         threads = ThreadStore(database, clock)
         transport = mail_transport(settings, data_dir)
         sender = EmailSender(settings, transport, threads, files, clock, max_attempts=max_attempts)
-        return cls(sender, {"send_email": SendEmailService(database, clock, sender, files)})
+        service = SendEmailService(
+            database, clock, sender, files, per_hour=settings.send_email_per_hour
+        )
+        return cls(sender, {"send_email": service})
 
 
 @asynccontextmanager
