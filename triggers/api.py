@@ -59,7 +59,11 @@ class RuntimeApi:
         principal = await self._principal(request)
         run_id = new_run_id()
         await self._auth.authorise_start(principal, run_id, provisioned=False)
-        await self._gateway.provision(principal.owner_id, principal.caller_id, run_id)
+        try:
+            await self._gateway.provision(principal.owner_id, principal.caller_id, run_id)
+        except Exception:
+            await self._auth.cancel_start(principal, run_id)
+            raise
         return web.json_response({"request_id": run_id})
 
     async def run_sync(self, request: web.Request) -> web.Response:
@@ -102,21 +106,25 @@ class RuntimeApi:
         run_id = provisioned or new_run_id()
         await self._auth.authorise_start(principal, run_id, provisioned=provisioned is not None)
         idempotency = request.headers.get("Idempotency-Key")
-        return await self._gateway.submit(
-            RunRequest(
-                owner_id=principal.owner_id,
-                service_id=service_id,
-                path=request.match_info.get("path", ""),
-                method="GET" if request.method == "GET" else "POST",
-                body=body,
-                source=Source.API,
-                idempotency_key=f"api:{principal.owner_id}:{idempotency}" if idempotency else None,
-                correlation_id=request.headers.get("X-Correlation-Id") or None,
-                caller_id=principal.caller_id,
-                provisioned_run_id=provisioned,
-                run_id=None if provisioned else run_id,
-            )
+        run_request = RunRequest(
+            owner_id=principal.owner_id,
+            service_id=service_id,
+            path=request.match_info.get("path", ""),
+            method="GET" if request.method == "GET" else "POST",
+            body=body,
+            source=Source.API,
+            idempotency_key=f"api:{principal.owner_id}:{idempotency}" if idempotency else None,
+            correlation_id=request.headers.get("X-Correlation-Id") or None,
+            caller_id=principal.caller_id,
+            provisioned_run_id=provisioned,
+            run_id=None if provisioned else run_id,
         )
+        try:
+            return await self._gateway.submit(run_request)
+        except Exception:
+            if provisioned is None:  # a one-time key is spent only on a run that was made
+                await self._auth.cancel_start(principal, run_id)
+            raise
 
     async def _readable(self, request: web.Request) -> RunRecord:
         principal = await self._principal(request)

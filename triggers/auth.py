@@ -21,7 +21,7 @@ from sqlalchemy import or_, select, update
 
 from core.clock import Clock
 from core.db import Database
-from core.errors import BadRequest, NotFound, Unauthorized
+from core.errors import BadRequest, Conflict, NotFound, Unauthorized
 from core.security import (
     ONE_TIME_PREFIX,
     REUSABLE_PREFIX,
@@ -133,19 +133,43 @@ class KeyStore:
             for row in rows
         ]
 
-    async def revoke(self, key_id_or_prefix: str) -> None:
-        """Revoke by key id (``key_…``) or by the displayed prefix."""
+    async def revoke(self, key_id_or_prefix: str) -> str:
+        """Revoke by key id (``key_…``) or by the displayed prefix; the id of the key revoked.
+
+        A displayed prefix is only 4 random characters, so two keys may share one: an ambiguous
+        prefix revokes nothing and names the ids to choose from.
+        """
         async with self._db.write() as conn:
-            result = await conn.execute(
-                update(api_keys)
-                .where(
-                    or_(api_keys.c.id == key_id_or_prefix, api_keys.c.prefix == key_id_or_prefix),
-                    api_keys.c.revoked_at.is_(None),
+            matches = (
+                await conn.execute(
+                    select(api_keys.c.id, api_keys.c.owner_id)
+                    .where(
+                        or_(
+                            api_keys.c.id == key_id_or_prefix,
+                            api_keys.c.prefix == key_id_or_prefix,
+                        ),
+                        api_keys.c.revoked_at.is_(None),
+                    )
+                    .order_by(api_keys.c.created_at)
                 )
+            ).all()
+            exact = [row for row in matches if row.id == key_id_or_prefix]
+            chosen = exact or matches
+            if len(chosen) > 1:
+                listed = ", ".join(f"{row.id} (owner {row.owner_id})" for row in chosen)
+                raise Conflict(
+                    f"{len(chosen)} active keys share the prefix {key_id_or_prefix!r}: {listed}; "
+                    "revoke one by its id"
+                )
+            if not chosen:
+                raise NotFound("active API key", key_id_or_prefix)
+            key_id = str(chosen[0].id)
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=self._clock.now())
             )
-        if result.rowcount == 0:
-            raise NotFound("active API key", key_id_or_prefix)
+        return key_id
 
     async def find(self, key: str) -> Principal | None:
         async with self._db.read() as conn:
@@ -183,6 +207,15 @@ class KeyStore:
                 .values(used_at=self._clock.now(), bound_run_id=run_id)
             )
         return result.rowcount == 1
+
+    async def release_one_time_key(self, key_id: str, run_id: str) -> None:
+        """Give back a key spent on ``run_id`` when that run could not be made after all."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.bound_run_id == run_id)
+                .values(used_at=None, bound_run_id=None)
+            )
 
 
 class Authenticator:
@@ -252,15 +285,24 @@ class Authenticator:
     async def authorise_start(
         self, principal: Principal, run_id: str, *, provisioned: bool
     ) -> None:
-        """May ``principal`` start run ``run_id``? A one-time key may, once."""
+        """May ``principal`` start run ``run_id``? A one-time key may, once: it is spent on a new
+        run (or a husk it provisions), and fills only the husk it provisioned itself. Naming any
+        other request never binds the key to it (else the key could read that request)."""
         if not principal.one_time:
             return
-        if provisioned and principal.bound_run_id == run_id:
-            return
+        if provisioned:
+            if principal.bound_run_id == run_id:
+                return
+            raise Unauthorized("a one-time key may only fill the request it provisioned itself")
         if principal.key_id is None or not await self._store.use_one_time_key(
             principal.key_id, run_id
         ):
             raise Unauthorized("this one-time key has already been used")
+
+    async def cancel_start(self, principal: Principal, run_id: str) -> None:
+        """The run ``authorise_start`` allowed was not made: a one-time key is not spent on it."""
+        if principal.one_time and principal.key_id is not None:
+            await self._store.release_one_time_key(principal.key_id, run_id)
 
     @staticmethod
     def authorise_read(principal: Principal, run_id: str) -> None:
