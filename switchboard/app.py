@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from core.models import CallerRights
 from core.settings import Settings
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
@@ -110,10 +111,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                 services.gateway, services.files, public_url=services.settings.server.base_url()
             )
 
-        async def schedule_owner(request: web.Request) -> str:
+        async def schedule_owner(request: web.Request) -> tuple[str, CallerRights]:
             principal = await services.auth.authenticate(request.headers.get("Authorization"))
             services.auth.refuse_one_time(principal, "schedules")
-            return principal.owner_id
+            return principal.owner_id, principal.rights
 
         app[SCHEDULE_HANDLERS] = ScheduleRoutes(services.schedules, schedule_owner)
         yield

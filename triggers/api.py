@@ -14,7 +14,15 @@ from aiohttp import web
 
 from core.clock import parse_iso
 from core.errors import BadRequest, NotFound, ResultNotReady, SyncTimeout
-from core.models import RunRecord, RunRequest, RunStatus, Source, SubmittedRun, new_run_id
+from core.models import (
+    Grant,
+    RunRecord,
+    RunRequest,
+    RunStatus,
+    Source,
+    SubmittedRun,
+    new_run_id,
+)
 from core.ports import RunGateway
 from triggers.auth import Authenticator, Principal
 from triggers.files import FileStore
@@ -116,6 +124,7 @@ class RuntimeApi:
             idempotency_key=f"api:{principal.owner_id}:{idempotency}" if idempotency else None,
             correlation_id=request.headers.get("X-Correlation-Id") or None,
             caller_id=principal.caller_id,
+            context=principal.rights.context(),  # a run key's grants bind the built-ins it starts
             provisioned_run_id=provisioned,
             run_id=None if provisioned else run_id,
         )
@@ -177,6 +186,7 @@ class RuntimeApi:
     async def describe_file(self, request: web.Request) -> web.Response:
         principal = await self._principal(request)
         self._auth.refuse_one_time(principal, "files")
+        principal.require(Grant.FILES, "look up its owner's files by id")
         return web.json_response(
             await self._files.describe(principal.owner_id, request.match_info["file_id"])
         )

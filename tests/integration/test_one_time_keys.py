@@ -31,4 +31,3 @@ async def test_a_one_time_key_naming_another_run_is_refused_and_cannot_read_it(
         mine = await client.run("echo", {"mine": True}, in_background=True)
         record = (await mine.result(timeout_seconds=30)).json()
     assert record["responseJson"] == {"mine": True}
-

@@ -29,7 +29,7 @@ from sqlalchemy import select
 from core.clock import Clock
 from core.db import Database
 from core.errors import Forbidden
-from core.models import Invocation, Outcome
+from core.models import CallerRights, Grant, Invocation, Outcome
 from core.ports import LogSink
 from core.tables import deliveries, runs
 from triggers.email.sender import EmailSender
@@ -113,6 +113,10 @@ class SendEmailService:
         self._files = files
 
     async def __call__(self, invocation: Invocation, on_log: LogSink) -> Outcome:
+        refusal = CallerRights.of_run(invocation.headers).refusal(Grant.OUTBOUND, "send email")
+        if refusal is not None:
+            on_log("stderr", f"send_email: {refusal}")
+            return _refused(refusal)
         try:
             request = SendEmailRequest.model_validate(
                 json.loads(invocation.body or b"null"), context={"files": self._files}
@@ -187,6 +191,11 @@ def _explain(error: ValueError) -> str:
             problems.append(f"{where}: {item['msg']}")
         return "invalid send_email inputs: " + "; ".join(problems)
     return f"send_email takes a JSON object: {error}"
+
+
+def _refused(detail: str) -> Outcome:
+    body = json.dumps({"detail": detail}).encode()
+    return Outcome.from_response(403, body, "application/json")
 
 
 def _bad_request(detail: str) -> Outcome:
