@@ -16,7 +16,7 @@ def header(table: str) -> str:
 def test_grants_are_checked_and_kept_once_each_in_order() -> None:
     metadata = parse_script_metadata(header('grants = ["outbound", "schedules", "outbound"]'))
     assert metadata.limits == {"grants": ["outbound", "schedules"]}
-    with pytest.raises(WorkflowError, match="grants.0"):
+    with pytest.raises(WorkflowError, match=r"grants\.0"):
         parse_script_metadata(header('grants = ["keys"]'))
 
 
