@@ -204,7 +204,7 @@ class LogEntry(_Frozen):
 
 class Grant(StrEnum):
     """What a workflow's run key may do beyond starting and reading its owner's runs (README
-    'Keys'): asked for in the workflow's header, ``[tool.switchboard] grants = [...]``."""
+    'Run keys'): asked for in the workflow's header, ``[tool.switchboard] grants = [...]``."""
 
     SCHEDULES = "schedules"
     """create, change, run and read its owner's schedules (``/schedules``, ``schedule_runs``)"""
@@ -288,7 +288,7 @@ class WorkflowLimits(_Frozen):
     grants: tuple[Grant, ...] = Field(
         default=(),
         description="what the run key may do beyond running and reading its owner's runs "
-        "(README 'Keys'): schedules, files, outbound",
+        "(README 'Run keys'): schedules, files, outbound",
     )
     warm: bool = Field(
         default=False,

@@ -3,10 +3,10 @@
 Key kinds (PROTOCOLS part A): ``cwk-…`` reusable; ``cwotk-…`` one-time: it starts exactly one run
 (a provision plus the run that fills it count as one) and may then read only that run; and
 ``cwk-run.…`` minted per run so a workflow can call other services as its owner while its run
-runs, with the grants its header asked for (README 'Keys'). Keys are stored as sha256 hashes.
+runs, with the grants its header asked for (README 'Run keys'). Keys are stored as sha256 hashes.
 Verified reusable keys, and runs found running, are cached for ``cache_seconds`` so the hot path
-does not ask the database on every request; a revocation made by another process, or the end of a
-run on another node, takes effect within that time (at once in this one).
+does not ask the database on every request: a revocation made by another process (at once in this
+one), or the end of a run, takes effect within that time.
 """
 
 from __future__ import annotations

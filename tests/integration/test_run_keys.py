@@ -1,5 +1,5 @@
 """Run keys for real: a workflow's ``CODEWORDS_API_KEY`` lives as long as its run and can do
-only what its header grants (README 'Keys'), through real sockets and the real sandbox."""
+only what its header grants (README 'Run keys'), through real sockets and the real sandbox."""
 
 from __future__ import annotations
 
