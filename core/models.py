@@ -241,7 +241,8 @@ class CallerRights:
         value = headers.get(CALLER_GRANTS_HEADER)
         if value is None:
             return cls()
-        return cls(frozenset(Grant(name) for name in value.split(",") if name))
+        known = {grant.value for grant in Grant}  # a name this version lacks grants nothing
+        return cls(frozenset(Grant(name) for name in value.split(",") if name in known))
 
     def refusal(self, grant: Grant, what: str) -> str | None:
         """``None`` when allowed, else the ``detail`` of the 403 that refuses ``what``."""

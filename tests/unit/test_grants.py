@@ -28,3 +28,5 @@ def test_rights_travel_through_a_run_s_context() -> None:
     assert CallerRights.of_run({}).allows(Grant.OUTBOUND)  # a full owner key started it
     assert CallerRights(frozenset()).context() == {CALLER_GRANTS_HEADER: ""}
     assert not CallerRights.of_run(CallerRights(frozenset()).context()).allows(Grant.FILES)
+    unknown = CallerRights.of_run({CALLER_GRANTS_HEADER: "files,teleport"})
+    assert unknown == CallerRights(frozenset({Grant.FILES}))
