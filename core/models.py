@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
 from core.clock import isoformat
 
@@ -202,6 +202,67 @@ class LogEntry(_Frozen):
         }
 
 
+class Grant(StrEnum):
+    """What a workflow's run key may do beyond starting and reading its owner's runs (README
+    'Run keys'): asked for in the workflow's header, ``[tool.switchboard] grants = [...]``."""
+
+    SCHEDULES = "schedules"
+    """create, change, run and read its owner's schedules (``/schedules``, ``schedule_runs``)"""
+    FILES = "files"
+    """look up any file of its owner by id (``GET /file/{id}``); uploading needs no grant"""
+    OUTBOUND = "outbound"
+    """have the server send out for it (``send_email``, schedule targets other than ``none``);
+    implied by ``network = "internet"``"""
+
+
+CALLER_GRANTS_HEADER = "X-Switchboard-Caller-Grants"
+"""Context of a run started with a run key: the grants of that key (comma-separated, maybe
+empty). Built-in services read it; a run without it was started with a full owner key."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallerRights:
+    """What the caller of a run or a request may do: ``grants`` ``None`` is a full owner key."""
+
+    grants: frozenset[Grant] | None = None
+
+    def allows(self, grant: Grant) -> bool:
+        return self.grants is None or grant in self.grants
+
+    def context(self) -> dict[str, str]:
+        """The run context that carries these rights to the run they start."""
+        if self.grants is None:
+            return {}
+        return {CALLER_GRANTS_HEADER: ",".join(sorted(self.grants))}
+
+    @classmethod
+    def of_run(cls, headers: dict[str, str]) -> CallerRights:
+        """The rights of whoever started the run with these headers (its context included)."""
+        value = headers.get(CALLER_GRANTS_HEADER)
+        if value is None:
+            return cls()
+        known = {grant.value for grant in Grant}  # a name this version lacks grants nothing
+        return cls(frozenset(Grant(name) for name in value.split(",") if name in known))
+
+    def refusal(self, grant: Grant, what: str) -> str | None:
+        """``None`` when allowed, else the ``detail`` of the 403 that refuses ``what``."""
+        if self.allows(grant):
+            return None
+        why = (
+            'its workflow has network = "none"'
+            if grant is Grant.OUTBOUND
+            else "its workflow did not ask for it"
+        )
+        return (
+            f"a run key cannot {what}: {why}; add {grant.value!r} to `grants` in the workflow's "
+            "[tool.switchboard] header to allow it"
+        )
+
+
+OWNER_RIGHTS = CallerRights()
+"""A full owner key's rights (every reusable ``cwk-`` key, the CLI, the config file)."""
+
+
 GIB = 1024**3
 MIB = 1024**2
 
@@ -225,11 +286,21 @@ class WorkflowLimits(_Frozen):
     )
     open_files: int = Field(default=1024, ge=64, description="RLIMIT_NOFILE")
     file_size: ByteSize = Field(default=ByteSize(GIB), ge=MIB, description="RLIMIT_FSIZE")
+    grants: tuple[Grant, ...] = Field(
+        default=(),
+        description="what the run key may do beyond running and reading its owner's runs "
+        "(README 'Run keys'): schedules, files, outbound",
+    )
     warm: bool = Field(
         default=False,
         description="keep the process, idle, for the next run of the same version by the same "
         "owner with the same limits (opt-in; README 'Warm reuse')",
     )
+
+    @field_validator("grants")
+    @classmethod
+    def _each_grant_once(cls, grants: tuple[Grant, ...]) -> tuple[Grant, ...]:
+        return tuple(sorted(set(grants)))
 
 
 def format_bytes(size: int) -> str:

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 REUSABLE_PREFIX = "cwk-"
 ONE_TIME_PREFIX = "cwotk-"
@@ -43,21 +45,38 @@ class Signer:
     def verify(self, signature: str, *fields: str) -> bool:
         return hmac.compare_digest(signature, self.sign(*fields))
 
-    def run_key(self, *, run_id: str, owner_id: str, expires: int) -> str:
-        """A key that acts for ``owner_id`` until ``expires`` (unix time), minted per run.
+    def run_key(
+        self, *, run_id: str, owner_id: str, expires: int, grants: Iterable[str] = ()
+    ) -> str:
+        """A key that acts for ``owner_id`` while run ``run_id`` lasts, minted per run.
 
-        It needs no database row: the signature is the proof. Its form is
-        ``cwk-run.<run_id>.<owner_id>.<expires>.<signature>``.
+        It needs no database row: the signature proves what it says (the authenticator also asks
+        whether the run still runs; ``expires``, unix time, is the backstop). Its form is
+        ``cwk-run.<run_id>.<owner_id>.<expires>.<grants>.<signature>``, grants joined by ``+``
+        (``-`` for none).
         """
-        signature = self.sign("run-key", run_id, owner_id, str(expires))
-        return f"{RUN_KEY_PREFIX}{run_id}.{owner_id}.{expires}.{signature}"
+        granted = "+".join(sorted(grants)) or "-"
+        signature = self.sign("run-key", run_id, owner_id, str(expires), granted)
+        return f"{RUN_KEY_PREFIX}{run_id}.{owner_id}.{expires}.{granted}.{signature}"
 
-    def read_run_key(self, key: str, *, now: int) -> tuple[str, str] | None:
-        """``(run_id, owner_id)`` of a valid, unexpired run key, else ``None``."""
+    def read_run_key(self, key: str, *, now: int) -> RunKey | None:
+        """What a valid, unexpired run key says, else ``None``."""
         parts = key[len(RUN_KEY_PREFIX) :].split(".")
-        if len(parts) != 4 or not parts[2].isdigit():
+        if len(parts) != 5 or not parts[2].isdigit():
             return None
-        run_id, owner_id, expires, signature = parts
-        if int(expires) < now or not self.verify(signature, "run-key", run_id, owner_id, expires):
+        run_id, owner_id, expires, granted, signature = parts
+        if int(expires) < now or not self.verify(
+            signature, "run-key", run_id, owner_id, expires, granted
+        ):
             return None
-        return run_id, owner_id
+        grants = frozenset() if granted == "-" else frozenset(granted.split("+"))
+        return RunKey(run_id=run_id, owner_id=owner_id, grants=grants)
+
+
+@dataclass(frozen=True, slots=True)
+class RunKey:
+    """What a run key proves: the run it was minted for, that run's owner, its grants."""
+
+    run_id: str
+    owner_id: str
+    grants: frozenset[str]

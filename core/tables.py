@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -251,7 +252,8 @@ whatsapp_messages = Table(
 schedules = Table(
     "schedules",
     metadata,
-    Column("id", String(100), primary_key=True),
+    # Ids are unique per owner (one owner's "daily" is not another's).
+    Column("id", String(100), nullable=False),
     Column("owner_id", String(64), ForeignKey("owners.id"), nullable=False, index=True),
     Column("service_id", String(100), nullable=False),
     Column("cron", String(200), nullable=False),
@@ -274,6 +276,9 @@ schedules = Table(
     Column("missed_count", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # Made from the config's [[schedules]] (True), through an API (False), before 0009 (NULL).
+    Column("from_config", Boolean),
+    PrimaryKeyConstraint("owner_id", "id"),
 )
 
 # One row: bumped in every transaction that changes a schedule's definition. Writers serialise on

@@ -30,7 +30,7 @@ the launcher (:class:`dispatch.launcher.WarmRequests`) takes the header off befo
 sees the request and puts the key into ``os.environ`` for that request. A client made per request
 (``AsyncCodewordsClient()`` in the handler) therefore acts for the right run. One made at import
 keeps the first run's key: the same owner, so no access beyond what that owner has, but its calls
-are attributed to the first run and fail once that key expires. That trade-off is the
+are attributed to the first run and fail (401) once that run has ended. That trade-off is the
 workflow author's, which is one reason warm reuse is opt-in.
 
 Logs: the process's stdout and stderr stay connected to a :class:`LogRoute`, which hands lines to

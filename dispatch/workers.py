@@ -13,7 +13,7 @@ from typing import Any
 
 from core.clock import Clock
 from core.errors import EnvironmentNotBuilt, NotFound
-from core.models import Invocation, Outcome, RunRecord
+from core.models import Grant, Invocation, Outcome, RunRecord, WorkflowLimits
 from core.ports import BuiltinService, LogSink, Metrics, WorkflowRunner
 from core.security import Signer
 from dispatch.events import RunEvents
@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 CLAIM_STOP_SECONDS = 5.0
 """At shutdown, how long the claim loop gets to finish a claim in flight before it is cancelled."""
+
+RUN_KEY_MARGIN = 60.0
+"""Seconds a run key's signed expiry lies past its run's deadline (clock skew between nodes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,15 +205,18 @@ class WorkerPool:
             workflow = await self._registry.resolve(run.service_id)
             await self._queue.set_version(self._settings.worker_id, run.id, workflow.version)
             root = str(workflow.source_path.parent)
+            # A workflow's own timeout may be shorter than runtime.run_timeout, never longer:
+            # that is the operator's ceiling.
+            timeout = min(workflow.limits.timeout or invocation.timeout, invocation.timeout)
             invocation = invocation.model_copy(
                 update={
                     "workflow_version": workflow.version,
-                    "env": {**invocation.env, "CODEWORDS_SERVICE_ROOT": root},
-                    # A workflow's own timeout may be shorter than runtime.run_timeout, never
-                    # longer: that is the operator's ceiling (and the run key's lifetime).
-                    "timeout": min(
-                        workflow.limits.timeout or invocation.timeout, invocation.timeout
-                    ),
+                    "env": {
+                        **invocation.env,
+                        "CODEWORDS_API_KEY": self._run_key(run, workflow.limits, timeout),
+                        "CODEWORDS_SERVICE_ROOT": root,
+                    },
+                    "timeout": timeout,
                 }
             )
             return await self._runner.run(invocation, workflow, sink)
@@ -229,10 +235,21 @@ class WorkerPool:
                 f"internal error while running the workflow: {type(exc).__name__}"
             )
 
+    def _run_key(self, run: RunRecord, limits: WorkflowLimits, timeout: float) -> str:
+        """The run's ``CODEWORDS_API_KEY``: its owner's, while the run runs (the authenticator
+        checks), with the grants of the workflow's header; ``network = "internet"`` implies
+        ``outbound`` (such a workflow reaches the outside itself anyway). ``expires`` is only a
+        backstop: the run's deadline plus a margin for clocks between nodes."""
+        grants = set(limits.grants)
+        if limits.network == "internet":
+            grants.add(Grant.OUTBOUND)
+        expires = int(self._clock.now().timestamp() + timeout + RUN_KEY_MARGIN)
+        return self._signer.run_key(
+            run_id=run.id, owner_id=run.owner_id, expires=expires, grants=grants
+        )
+
     def _invocation(self, run: RunRecord) -> Invocation:
         settings = self._settings
-        expires = int(self._clock.now().timestamp() + settings.run_timeout + 300)
-        run_key = self._signer.run_key(run_id=run.id, owner_id=run.owner_id, expires=expires)
         headers = {
             "X-Request-Id": run.id,
             "X-Correlation-Id": run.correlation_id or run.id,
@@ -251,7 +268,6 @@ class WorkerPool:
             env={
                 "PORT": "8000",
                 "LOGLEVEL": settings.workflow_log_level,
-                "CODEWORDS_API_KEY": run_key,
                 "CODEWORDS_RUNTIME_URI": settings.runtime_url,
                 "RUNTIME_URI": settings.runtime_url,
             },

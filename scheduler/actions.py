@@ -14,9 +14,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.clock import isoformat
-from core.errors import BadRequest
+from core.errors import BadRequest, Forbidden
+from core.models import OWNER_RIGHTS, CallerRights, Grant
 from scheduler.models import ScheduleSpec
 from scheduler.service import ScheduleService
+from scheduler.targets import parse_deliver_to
 
 ACTIONS = ("create", "list", "get", "update", "pause", "resume", "delete", "run_now", "preview")
 _SYNONYMS = {"cron_expression": "cron", "input_data": "inputs"}
@@ -43,18 +45,45 @@ def _spec(fields: dict[str, Any]) -> ScheduleSpec:
         ) from exc
 
 
+OUTBOUND_SERVICES = frozenset({"send_email", "schedule_runs"})
+"""Built-in services that make the server send out (a mail; a schedule with any target)."""
+
+_STARTS = frozenset({"update", "resume", "run_now"})
+"""Actions on an existing schedule that make it run (again, or with other inputs)."""
+
+
+def sends_out(spec: ScheduleSpec) -> bool:
+    """Whether runs of ``spec`` make the server talk to the outside (its target, its service)."""
+    channel = parse_deliver_to(spec.deliver_to).channel
+    return channel not in ("none", "api") or spec.service_id in OUTBOUND_SERVICES
+
+
 async def perform(
-    schedules: ScheduleService, owner_id: str | None, body: dict[str, Any]
+    schedules: ScheduleService,
+    owner_id: str | None,
+    body: dict[str, Any],
+    rights: CallerRights = OWNER_RIGHTS,
 ) -> dict[str, Any]:
-    """Run the action ``body`` names (default ``create``) as ``owner_id``; the JSON answer."""
+    """Run the action ``body`` names (default ``create``) as ``owner_id``; the JSON answer.
+
+    ``rights``: a run key's grants. Without ``schedules`` it may do nothing here; without
+    ``outbound`` it may not make or start a schedule whose runs send out (a ``network = "none"``
+    workflow cannot have the server deliver what it chose through a schedule).
+    """
     action = body.get("action", "create")
     if action not in ACTIONS:
         raise BadRequest(f"action: {action!r} is not one of {', '.join(ACTIONS)}")
+    _require(rights, Grant.SCHEDULES, "use schedules")
     fields = definition_fields(body)
     if action == "create":
         if owner_id is None:
             raise BadRequest("create needs an owner")
-        return (await schedules.create(owner_id, _spec(fields))).to_api()
+        spec = _spec(fields)
+        if sends_out(spec):
+            _require(rights, Grant.OUTBOUND, "create a schedule that sends out")
+        return (await schedules.create(owner_id, spec)).to_api()
+    if action in _STARTS and not rights.allows(Grant.OUTBOUND):
+        await _refuse_outbound(schedules, owner_id, action, fields, rights)
     if action == "list":
         return {"schedules": [s.to_api() for s in await schedules.list_schedules(owner_id)]}
     if action == "preview" and "id" not in fields:
@@ -83,6 +112,30 @@ async def perform(
     schedule = await schedules.get(owner_id, schedule_id)
     times = schedules.preview(schedule.cron, schedule.timezone, _count(fields))
     return {"fire_times": [isoformat(t) for t in times]}
+
+
+async def _refuse_outbound(
+    schedules: ScheduleService,
+    owner_id: str | None,
+    action: str,
+    fields: dict[str, Any],
+    rights: CallerRights,
+) -> None:
+    """Refuse ``action`` when the schedule sends out, before or after an update."""
+    schedule_id = fields.get("id")
+    if not isinstance(schedule_id, str) or not schedule_id:
+        return  # the action itself says what is missing
+    current = (await schedules.get(owner_id, schedule_id)).spec()
+    changes = {name: value for name, value in fields.items() if name != "id"}
+    later = _spec({**current.model_dump(), **changes}) if action == "update" else current
+    if sends_out(current) or sends_out(later):
+        _require(rights, Grant.OUTBOUND, f"{action.replace('_', '-')} a schedule that sends out")
+
+
+def _require(rights: CallerRights, grant: Grant, what: str) -> None:
+    refusal = rights.refusal(grant, what)
+    if refusal is not None:
+        raise Forbidden(refusal)
 
 
 def _count(fields: dict[str, Any]) -> int:

@@ -1,12 +1,13 @@
 """``schedule_runs``: the built-in service through which workflows schedule workflows
-(CodeWords form; see ``scheduler.actions``). Schedules belong to the calling run's owner."""
+(CodeWords form; see ``scheduler.actions``). Schedules belong to the calling run's owner; a run
+started with a run key has that key's grants (``core.models.CallerRights``)."""
 
 from __future__ import annotations
 
 import json
 
 from core.errors import SwitchboardError
-from core.models import Invocation, Outcome
+from core.models import CallerRights, Invocation, Outcome
 from core.ports import BuiltinService, LogSink
 from scheduler.actions import perform
 from scheduler.service import ScheduleService
@@ -20,7 +21,8 @@ def schedule_runs_service(schedules: ScheduleService) -> BuiltinService:
             body = json.loads(invocation.body or b"{}")
             if not isinstance(body, dict):
                 raise SwitchboardError("the inputs must be a JSON object")
-            answer = await perform(schedules, invocation.owner_id, body)
+            rights = CallerRights.of_run(invocation.headers)
+            answer = await perform(schedules, invocation.owner_id, body, rights)
         except (ValueError, SwitchboardError) as exc:
             detail = exc.detail if isinstance(exc, SwitchboardError) else f"invalid JSON: {exc}"
             status = exc.status if isinstance(exc, SwitchboardError) else 400

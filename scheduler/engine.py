@@ -117,18 +117,18 @@ class ScheduleEngine:
         scheduler = self._scheduler
         if scheduler is None:
             return
-        stored = {schedule.id: schedule for schedule in await self._store.list_schedules(None)}
-        for schedule_id in list(self._schedules):
-            current = stored.get(schedule_id)
+        stored = {schedule.key: schedule for schedule in await self._store.list_schedules(None)}
+        for key in list(self._schedules):
+            current = stored.get(key)
             if current is None or current.paused:
-                del self._schedules[schedule_id]
-                self._last_fire.pop(schedule_id, None)
+                del self._schedules[key]
+                self._last_fire.pop(key, None)
                 try:
-                    scheduler.remove_job(schedule_id)
+                    scheduler.remove_job(key)
                 except JobLookupError:
                     pass
         for schedule in stored.values():
-            known = self._schedules.get(schedule.id)
+            known = self._schedules.get(schedule.key)
             if schedule.paused or (known is not None and known.revision == schedule.revision):
                 continue
             self._adopt(scheduler, schedule)
@@ -139,7 +139,8 @@ class ScheduleEngine:
         now = self._clock.now()
         since = max(
             filter(
-                None, (schedule.last_fire_at, schedule.updated_at, self._last_fire.get(schedule.id))
+                None,
+                (schedule.last_fire_at, schedule.updated_at, self._last_fire.get(schedule.key)),
             )
         )
         plan = plan_catch_up(
@@ -153,10 +154,10 @@ class ScheduleEngine:
             # With jitter, a later tick can be recorded before an earlier one was submitted.
             recheck=schedule.jitter + self._on_time if self._taking_over else 0.0,
         )
-        self._schedules[schedule.id] = schedule
-        self._last_run.setdefault(schedule.id, schedule.last_run_id)
+        self._schedules[schedule.key] = schedule
+        self._last_run.setdefault(schedule.key, schedule.last_run_id)
         if plan.last_tick is not None:
-            self._last_fire[schedule.id] = plan.last_tick
+            self._last_fire[schedule.key] = plan.last_tick
         next_fire = cron.next_after(max(now, plan.last_tick or now))
         if plan.missed:
             logger.info(
@@ -169,6 +170,7 @@ class ScheduleEngine:
         self._log.add(
             TickRecord(
                 schedule.id,
+                schedule.owner_id,
                 # A tick still to run is recorded when it is submitted, not before.
                 last_fire_at=None if plan.last_tick in plan.run else plan.last_tick,
                 next_fire_at=next_fire,
@@ -182,16 +184,16 @@ class ScheduleEngine:
         scheduler.add_job(
             _never,
             trigger=CronTrigger(cron),
-            id=schedule.id,
-            name=schedule.id,
+            id=schedule.key,
+            name=schedule.key,
             next_run_time=next_fire,
             replace_existing=True,
         )
 
-    def _on_tick(self, schedule_id: str, fire_time: datetime) -> None:
-        schedule = self._schedules.get(schedule_id)
+    def _on_tick(self, key: str, fire_time: datetime) -> None:
+        schedule = self._schedules.get(key)
         if schedule is not None:
-            self._spawn(self._fire(schedule, fire_time.astimezone(UTC)), f"tick:{schedule_id}")
+            self._spawn(self._fire(schedule, fire_time.astimezone(UTC)), f"tick:{key}")
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
@@ -212,13 +214,13 @@ class ScheduleEngine:
             if remaining > 0:
                 await asyncio.sleep(remaining)
             if schedule.overlap_policy == OverlapPolicy.SKIP:
-                lock = self._skip_locks.setdefault(schedule.id, asyncio.Lock())
+                lock = self._skip_locks.setdefault(schedule.key, asyncio.Lock())
                 async with lock:
                     if await self._still_running(schedule):
                         self._record(schedule, fire_time, next_fire, skipped=1)
                         return
                     submitted = await self._submit(schedule, fire_time)
-                    self._last_run[schedule.id] = submitted.id
+                    self._last_run[schedule.key] = submitted.id
             else:
                 submitted = await self._submit(schedule, fire_time)
         except asyncio.CancelledError:
@@ -232,7 +234,7 @@ class ScheduleEngine:
             )
             self._record(schedule, fire_time, next_fire, missed=1)
             return
-        self._last_run[schedule.id] = submitted.id
+        self._last_run[schedule.key] = submitted.id
         self._record(
             schedule, fire_time, next_fire, run_id=submitted.id, fired=int(submitted.created)
         )
@@ -248,15 +250,16 @@ class ScheduleEngine:
         skipped: int = 0,
         missed: int = 0,
     ) -> None:
-        if fire_time > self._last_fire.get(schedule.id, fire_time - timedelta(seconds=1)):
-            self._last_fire[schedule.id] = fire_time
-        if self._schedules.get(schedule.id) is not schedule:
+        if fire_time > self._last_fire.get(schedule.key, fire_time - timedelta(seconds=1)):
+            self._last_fire[schedule.key] = fire_time
+        if self._schedules.get(schedule.key) is not schedule:
             # Paused, changed or deleted while this tick was in flight: the stored next fire
             # time is the new definition's (written with it), not this one's.
             next_fire = None
         self._log.add(
             TickRecord(
                 schedule.id,
+                schedule.owner_id,
                 last_fire_at=fire_time,
                 next_fire_at=next_fire,
                 last_run_id=run_id,
@@ -269,9 +272,9 @@ class ScheduleEngine:
     async def _still_running(self, schedule: Schedule) -> bool:
         """Whether the schedule's latest run is unfinished: the one this leader started, or the
         one recorded in the table (a run-now on any node, or the previous leader's)."""
-        candidates = {self._last_run.get(schedule.id)}
+        candidates = {self._last_run.get(schedule.key)}
         with contextlib.suppress(NotFound):
-            candidates.add((await self._store.get(schedule.id, None)).last_run_id)
+            candidates.add((await self._store.get(schedule.id, schedule.owner_id)).last_run_id)
         for run_id in sorted(filter(None, candidates)):
             record = await self._gateway.get(run_id)
             if record is not None and not record.finished:

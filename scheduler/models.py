@@ -44,6 +44,14 @@ class Schedule(ScheduleSpec):
     missed_count: int = 0
     created_at: datetime
     updated_at: datetime
+    from_config: bool | None = None
+    """made from the config's ``[[schedules]]``; ``None``: made before that was recorded"""
+
+    @property
+    def key(self) -> str:
+        """``<owner>/<id>``: names the schedule across owners (ids are unique per owner only;
+        neither an owner id nor a schedule id can hold a ``/``)."""
+        return f"{self.owner_id}/{self.id}"
 
     def parsed_cron(self) -> Cron:
         return parse_cron(self.cron, self.timezone)

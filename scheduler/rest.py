@@ -10,11 +10,12 @@ from typing import Any
 from aiohttp import web
 
 from core.errors import BadRequest
+from core.models import CallerRights
 from scheduler.actions import perform
 from scheduler.service import ScheduleService
 
-Authenticate = Callable[[web.Request], Awaitable[str]]
-"""The owner id of the request's API key (raises ``Unauthorized``)."""
+Authenticate = Callable[[web.Request], Awaitable[tuple[str, CallerRights]]]
+"""The owner id of the request's API key and its rights (raises ``Unauthorized``)."""
 
 
 class ScheduleRoutes:
@@ -25,8 +26,9 @@ class ScheduleRoutes:
     async def _answer(
         self, request: web.Request, body: dict[str, Any], status: int = 200
     ) -> web.Response:
-        owner_id = await self._authenticate(request)
-        return web.json_response(await perform(self._schedules, owner_id, body), status=status)
+        owner_id, rights = await self._authenticate(request)
+        answer = await perform(self._schedules, owner_id, body, rights)
+        return web.json_response(answer, status=status)
 
     async def list(self, request: web.Request) -> web.Response:
         return await self._answer(request, {"action": "list"})

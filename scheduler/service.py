@@ -61,7 +61,12 @@ class ScheduleService:
         return None if spec.paused else cron.next_after(self._clock.now())
 
     async def create(
-        self, owner_id: str, spec: ScheduleSpec, *, require_service: bool = True
+        self,
+        owner_id: str,
+        spec: ScheduleSpec,
+        *,
+        require_service: bool = True,
+        from_config: bool = False,
     ) -> Schedule:
         """A new schedule. ``require_service``: refuse a ``service_id`` not registered (yet)."""
         cron = validate_spec(spec, self._destinations)
@@ -74,6 +79,7 @@ class ScheduleService:
             owner_id=owner_id,
             now=self._clock.now(),
             next_fire_at=await self._next_fire(spec, cron),
+            from_config=from_config,
         )
         self._changed()
         return schedule
@@ -92,7 +98,12 @@ class ScheduleService:
         return await self._replace(current, spec)
 
     async def _replace(
-        self, current: Schedule, spec: ScheduleSpec, *, require_service: bool = True
+        self,
+        current: Schedule,
+        spec: ScheduleSpec,
+        *,
+        require_service: bool = True,
+        from_config: bool | None = None,
     ) -> Schedule:
         cron = validate_spec(spec, self._destinations)
         if require_service and spec.service_id != current.service_id:
@@ -103,6 +114,7 @@ class ScheduleService:
             spec,
             now=self._clock.now(),
             next_fire_at=await self._next_fire(spec, cron),
+            from_config=from_config,
         )
         self._changed()
         return schedule
@@ -127,8 +139,8 @@ class ScheduleService:
     async def history(
         self, owner_id: str | None, schedule_id: str, limit: int = 20
     ) -> list[dict[str, Any]]:
-        await self.store.get(schedule_id, owner_id)
-        return await self.store.history(schedule_id, limit)
+        schedule = await self.store.get(schedule_id, owner_id)
+        return await self.store.history(schedule.owner_id, schedule_id, limit)
 
     async def run_now(self, owner_id: str | None, schedule_id: str) -> str:
         """Start one run of the schedule at once (also when paused, and whatever the overlap
@@ -140,7 +152,9 @@ class ScheduleService:
         schedule = await self.store.get(schedule_id, owner_id)
         now = self._clock.now()
         submitted = await self._gateway.submit(tick_request(schedule, now, manual=True))
-        await self.store.record([TickRecord(schedule.id, last_run_id=submitted.id)])
+        await self.store.record(
+            [TickRecord(schedule.id, schedule.owner_id, last_run_id=submitted.id)]
+        )
         return submitted.id
 
     def preview(
@@ -152,18 +166,44 @@ class ScheduleService:
         return parse_cron(cron, timezone).preview(after or self._clock.now(), count)
 
     async def apply_config(self, owner_id: str, specs: Iterable[ScheduleSpec]) -> list[str]:
-        """Create or update the ``[[schedules]]`` of the config file, by id; the ids changed."""
-        changed: list[str] = []
-        stored = {schedule.id: schedule for schedule in await self.store.list_schedules(None)}
-        for spec in specs:
+        """Create or update the ``[[schedules]]`` of the config file, by id, as ``owner_id``
+        (``scheduler.owner``); the ids changed. Other owners' schedules are never looked at: ids
+        are unique per owner. An entry whose id ``owner_id`` already uses for a schedule made
+        through an API (not from the config) is a clash: :class:`ConfigClash`, nothing applied."""
+        entries = list(specs)
+        seen: set[str] = set()
+        for spec in entries:
             if spec.id is None:
-                raise BadRequest("[[schedules]]: every entry needs an id")
-            existing = stored.get(spec.id) or await self._create_from_config(owner_id, spec)
+                raise ConfigClash("[[schedules]]: every entry needs an id")
+            if spec.id in seen:
+                raise ConfigClash(f"[[schedules]]: the id {spec.id!r} is used by two entries")
+            seen.add(spec.id)
+        stored = {schedule.id: schedule for schedule in await self.store.list_schedules(owner_id)}
+        clashes = sorted(i for i in seen if i in stored and stored[i].from_config is False)
+        if clashes:
+            raise ConfigClash(
+                f"[[schedules]]: owner {owner_id!r} (scheduler.owner) already has schedules "
+                f"{clashes} made through the API or CLI, not from this file; rename the entries "
+                "or delete those schedules"
+            )
+        for other in await self.store.list_schedules(None):
+            if other.id in seen and other.owner_id != owner_id and other.from_config is None:
+                # Before ids were per owner, a tenant's schedule of this id took the entry over.
+                logger.warning(
+                    "schedule %s of owner %s has the id of a [[schedules]] entry and predates "
+                    "per-owner ids: check it is not a copy of the config's entry",
+                    other.id,
+                    other.owner_id,
+                )
+        changed: list[str] = []
+        for spec in entries:
+            schedule_id = spec.id or ""
+            existing = stored.get(schedule_id) or await self._create_from_config(owner_id, spec)
             if existing is None:
-                changed.append(spec.id)
-            elif existing.spec() != spec:
-                await self._replace(existing, spec, require_service=False)
-                changed.append(spec.id)
+                changed.append(schedule_id)
+            elif existing.spec() != spec or existing.from_config is None:
+                await self._replace(existing, spec, require_service=False, from_config=True)
+                changed.append(schedule_id)
         return changed
 
     async def _create_from_config(self, owner_id: str, spec: ScheduleSpec) -> Schedule | None:
@@ -173,12 +213,12 @@ class ScheduleService:
         for attempt in (1, 2, 3):
             try:
                 # The config may name a workflow that is registered after start.
-                await self.create(owner_id, spec, require_service=False)
+                await self.create(owner_id, spec, require_service=False, from_config=True)
                 return None
             except (Conflict, IntegrityError):
                 logger.info("schedule %s: created by another node meanwhile", schedule_id)
             try:
-                return await self.store.get(schedule_id, None)
+                return await self.store.get(schedule_id, owner_id)
             except NotFound:
                 if attempt == 3:
                     raise
@@ -189,6 +229,10 @@ class ScheduleService:
     async def _require_service(self, service_id: str) -> None:
         if not await self._gateway.has_service(service_id):
             raise BadRequest(f"service_id: no workflow or built-in service {service_id!r}")
+
+
+class ConfigClash(BadRequest):
+    """The config's ``[[schedules]]`` cannot be applied as they stand."""
 
 
 def _validation_detail(exc: ValidationError) -> str:

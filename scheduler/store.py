@@ -16,6 +16,7 @@ from core.db import Database
 from core.errors import Conflict, NotFound
 from core.tables import runs, schedule_changes, schedules
 from scheduler.models import Schedule, ScheduleSpec
+from scheduler.ticks import history_prefix
 
 _DEFINITION = {
     "service_id",
@@ -36,6 +37,7 @@ class TickRecord:
     """What happened to one schedule since the last flush (merged per schedule)."""
 
     schedule_id: str
+    owner_id: str
     last_fire_at: datetime | None = None
     next_fire_at: datetime | None = None
     last_run_id: str | None = None
@@ -62,7 +64,9 @@ class TickRecord:
 
 
 class ScheduleStore:
-    """SQL for schedules. ``owner_id=None`` means "any owner" (the administrator's CLI)."""
+    """SQL for schedules. Ids are unique per owner. ``owner_id=None`` means "any owner" (the
+    administrator's CLI): it names the one schedule of that id, and refuses an id that several
+    owners use."""
 
     def __init__(self, database: Database) -> None:
         self._db = database
@@ -94,9 +98,10 @@ class ScheduleStore:
         owner_id: str,
         now: datetime,
         next_fire_at: datetime | None,
+        from_config: bool = False,
     ) -> Schedule:
         try:
-            return await self._insert(spec, schedule_id, owner_id, now, next_fire_at)
+            return await self._insert(spec, schedule_id, owner_id, now, next_fire_at, from_config)
         except IntegrityError as exc:
             # Two nodes creating the same schedule (the same ``[[schedules]]`` at a first start):
             # the other one's insert committed between our check and ours.
@@ -109,9 +114,10 @@ class ScheduleStore:
         owner_id: str,
         now: datetime,
         next_fire_at: datetime | None,
+        from_config: bool,
     ) -> Schedule:
         async with self._db.write() as conn:
-            exists = await conn.scalar(select(schedules.c.id).where(schedules.c.id == schedule_id))
+            exists = await conn.scalar(select(schedules.c.id).where(*_owned(schedule_id, owner_id)))
             if exists is not None:
                 raise Conflict(f"schedule {schedule_id!r} already exists")
             row = {
@@ -125,6 +131,7 @@ class ScheduleStore:
                 "missed_count": 0,
                 "created_at": now,
                 "updated_at": now,
+                "from_config": from_config,
             }
             await conn.execute(insert(schedules).values(**row))
         return Schedule.model_validate(row)
@@ -137,10 +144,15 @@ class ScheduleStore:
         *,
         now: datetime,
         next_fire_at: datetime | None,
+        from_config: bool | None = None,
     ) -> Schedule:
-        """Store a new definition; the fire state (last fire, counters) is kept."""
+        """Store a new definition; the fire state (last fire, counters) is kept.
+        ``from_config``: mark it made from (or no longer from) the config; ``None``: unchanged."""
         async with self._db.write() as conn:
+            owner_id = await _owner_of(conn, schedule_id, owner_id)
             values = spec.model_dump(mode="json", include=_DEFINITION)
+            if from_config is not None:
+                values["from_config"] = from_config
             result = await conn.execute(
                 update(schedules)
                 .where(*_owned(schedule_id, owner_id))
@@ -153,10 +165,11 @@ class ScheduleStore:
             )
             if result.rowcount != 1:
                 raise NotFound("schedule", schedule_id)
-            return await _fetch(conn, schedule_id)
+            return await _fetch(conn, schedule_id, owner_id)
 
     async def delete(self, schedule_id: str, owner_id: str | None) -> None:
         async with self._db.write() as conn:
+            owner_id = await _owner_of(conn, schedule_id, owner_id)
             result = await conn.execute(delete(schedules).where(*_owned(schedule_id, owner_id)))
             if result.rowcount != 1:
                 raise NotFound("schedule", schedule_id)
@@ -164,6 +177,7 @@ class ScheduleStore:
 
     async def get(self, schedule_id: str, owner_id: str | None) -> Schedule:
         async with self._db.read() as conn:
+            owner_id = await _owner_of(conn, schedule_id, owner_id)
             row = (
                 (await conn.execute(select(schedules).where(*_owned(schedule_id, owner_id))))
                 .mappings()
@@ -196,7 +210,9 @@ class ScheduleStore:
         recorded_next = bindparam("b_next", type_=schedules.c.next_fire_at.type)
         statement = (
             update(schedules)
-            .where(schedules.c.id == bindparam("b_id"))
+            .where(
+                schedules.c.id == bindparam("b_id"), schedules.c.owner_id == bindparam("b_owner")
+            )
             .values(
                 last_fire_at=case(
                     (recorded_last.is_(None), stored_last),
@@ -226,6 +242,7 @@ class ScheduleStore:
         parameters: list[dict[str, Any]] = [
             {
                 "b_id": tick.schedule_id,
+                "b_owner": tick.owner_id,
                 "b_last": tick.last_fire_at,
                 "b_next": tick.next_fire_at,
                 "b_run": tick.last_run_id,
@@ -238,9 +255,9 @@ class ScheduleStore:
         async with self._db.write() as conn:
             await conn.execute(statement, parameters)
 
-    async def history(self, schedule_id: str, limit: int) -> list[dict[str, Any]]:
+    async def history(self, owner_id: str, schedule_id: str, limit: int) -> list[dict[str, Any]]:
         """The schedule's most recent runs, newest first (the runs' own record has the rest)."""
-        prefix = f"schedule:{schedule_id}:"
+        prefix = history_prefix(owner_id, schedule_id)
         query = (
             select(
                 runs.c.id,
@@ -249,7 +266,10 @@ class ScheduleStore:
                 runs.c.created_at,
                 runs.c.completed_at,
             )
-            .where(runs.c.idempotency_key.startswith(prefix, autoescape=True))
+            .where(
+                runs.c.owner_id == owner_id,
+                runs.c.idempotency_key.startswith(prefix, autoescape=True),
+            )
             .order_by(runs.c.created_at.desc(), runs.c.id.desc())
             .limit(limit)
         )
@@ -267,16 +287,34 @@ class ScheduleStore:
         ]
 
 
-def _owned(schedule_id: str, owner_id: str | None) -> list[Any]:
-    conditions: list[Any] = [schedules.c.id == schedule_id]
+def _owned(schedule_id: str, owner_id: str) -> list[Any]:
+    return [schedules.c.id == schedule_id, schedules.c.owner_id == owner_id]
+
+
+async def _owner_of(conn: AsyncConnection, schedule_id: str, owner_id: str | None) -> str:
+    """``owner_id``, or for "any owner" the one owner of a schedule with that id."""
     if owner_id is not None:
-        conditions.append(schedules.c.owner_id == owner_id)
-    return conditions
+        return owner_id
+    found = (
+        await conn.execute(
+            select(schedules.c.owner_id)
+            .where(schedules.c.id == schedule_id)
+            .order_by(schedules.c.owner_id)
+        )
+    ).all()
+    if not found:
+        raise NotFound("schedule", schedule_id)
+    if len(found) > 1:
+        owners = ", ".join(str(row.owner_id) for row in found)
+        raise Conflict(
+            f"schedule {schedule_id!r} exists for several owners ({owners}): name the owner"
+        )
+    return str(found[0].owner_id)
 
 
-async def _fetch(conn: AsyncConnection, schedule_id: str) -> Schedule:
+async def _fetch(conn: AsyncConnection, schedule_id: str, owner_id: str) -> Schedule:
     row = (
-        (await conn.execute(select(schedules).where(schedules.c.id == schedule_id)))
+        (await conn.execute(select(schedules).where(*_owned(schedule_id, owner_id))))
         .mappings()
         .one()
     )

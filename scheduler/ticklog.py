@@ -20,7 +20,7 @@ class TickLog:
     def __init__(self, store: ScheduleStore, *, interval: float = 0.1) -> None:
         self._store = store
         self._interval = interval
-        self._pending: dict[str, TickRecord] = {}
+        self._pending: dict[tuple[str, str], TickRecord] = {}
         self._task: asyncio.Task[None] | None = None
         self._due = asyncio.Event()
 
@@ -28,9 +28,10 @@ class TickLog:
         self._task = asyncio.create_task(self._flush_loop(), name="scheduler:tick-log")
 
     def add(self, record: TickRecord) -> None:
-        pending = self._pending.get(record.schedule_id)
+        key = (record.owner_id, record.schedule_id)
+        pending = self._pending.get(key)
         if pending is None:
-            self._pending[record.schedule_id] = record
+            self._pending[key] = record
         else:
             pending.merge(record)
         self._due.set()

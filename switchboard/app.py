@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from core.errors import Unauthorized
+from core.models import CallerRights
 from core.settings import Settings
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
@@ -114,10 +115,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                 services.gateway, services.files, public_url=services.settings.server.base_url()
             )
 
-        async def schedule_owner(request: web.Request) -> str:
+        async def schedule_owner(request: web.Request) -> tuple[str, CallerRights]:
             principal = await services.auth.authenticate(request.headers.get("Authorization"))
             services.auth.refuse_one_time(principal, "schedules")
-            return principal.owner_id
+            return principal.owner_id, principal.rights
 
         app[SCHEDULE_HANDLERS] = ScheduleRoutes(services.schedules, schedule_owner)
         yield

@@ -266,8 +266,8 @@ async def keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
 async def keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as services:
-        await services.keys.revoke(args.key)
-    print(f"revoked {args.key}")
+        key_id = await services.keys.revoke(args.key)
+    print(f"revoked {key_id}" if key_id == args.key else f"revoked {key_id} ({args.key})")
     return 0
 
 

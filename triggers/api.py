@@ -14,7 +14,15 @@ from aiohttp import web
 
 from core.clock import parse_iso
 from core.errors import BadRequest, NotFound, ResultNotReady, SyncTimeout
-from core.models import RunRecord, RunRequest, RunStatus, Source, SubmittedRun, new_run_id
+from core.models import (
+    Grant,
+    RunRecord,
+    RunRequest,
+    RunStatus,
+    Source,
+    SubmittedRun,
+    new_run_id,
+)
 from core.ports import RunGateway
 from triggers.auth import Authenticator, Principal
 from triggers.files import FileStore
@@ -59,7 +67,11 @@ class RuntimeApi:
         principal = await self._principal(request)
         run_id = new_run_id()
         await self._auth.authorise_start(principal, run_id, provisioned=False)
-        await self._gateway.provision(principal.owner_id, principal.caller_id, run_id)
+        try:
+            await self._gateway.provision(principal.owner_id, principal.caller_id, run_id)
+        except Exception:
+            await self._auth.cancel_start(principal, run_id)
+            raise
         return web.json_response({"request_id": run_id})
 
     async def run_sync(self, request: web.Request) -> web.Response:
@@ -102,21 +114,26 @@ class RuntimeApi:
         run_id = provisioned or new_run_id()
         await self._auth.authorise_start(principal, run_id, provisioned=provisioned is not None)
         idempotency = request.headers.get("Idempotency-Key")
-        return await self._gateway.submit(
-            RunRequest(
-                owner_id=principal.owner_id,
-                service_id=service_id,
-                path=request.match_info.get("path", ""),
-                method="GET" if request.method == "GET" else "POST",
-                body=body,
-                source=Source.API,
-                idempotency_key=f"api:{principal.owner_id}:{idempotency}" if idempotency else None,
-                correlation_id=request.headers.get("X-Correlation-Id") or None,
-                caller_id=principal.caller_id,
-                provisioned_run_id=provisioned,
-                run_id=None if provisioned else run_id,
-            )
+        run_request = RunRequest(
+            owner_id=principal.owner_id,
+            service_id=service_id,
+            path=request.match_info.get("path", ""),
+            method="GET" if request.method == "GET" else "POST",
+            body=body,
+            source=Source.API,
+            idempotency_key=f"api:{principal.owner_id}:{idempotency}" if idempotency else None,
+            correlation_id=request.headers.get("X-Correlation-Id") or None,
+            caller_id=principal.caller_id,
+            context=principal.rights.context(),  # a run key's grants bind the built-ins it starts
+            provisioned_run_id=provisioned,
+            run_id=None if provisioned else run_id,
         )
+        try:
+            return await self._gateway.submit(run_request)
+        except Exception:
+            if provisioned is None:  # a one-time key is spent only on a run that was made
+                await self._auth.cancel_start(principal, run_id)
+            raise
 
     async def _readable(self, request: web.Request) -> RunRecord:
         principal = await self._principal(request)
@@ -169,6 +186,7 @@ class RuntimeApi:
     async def describe_file(self, request: web.Request) -> web.Response:
         principal = await self._principal(request)
         self._auth.refuse_one_time(principal, "files")
+        principal.require(Grant.FILES, "look up its owner's files by id")
         return web.json_response(
             await self._files.describe(principal.owner_id, request.match_info["file_id"])
         )

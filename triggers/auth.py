@@ -2,10 +2,11 @@
 
 Key kinds (PROTOCOLS part A): ``cwk-…`` reusable; ``cwotk-…`` one-time: it starts exactly one run
 (a provision plus the run that fills it count as one) and may then read only that run; and
-``cwk-run.…`` minted per run so a workflow can call other services as its owner. Keys are stored
-as sha256 hashes. Verified reusable keys are cached for ``cache_seconds`` so the hot path does not
-ask the database on every request; a revocation made by another process takes effect within that
-time (at once in this one).
+``cwk-run.…`` minted per run so a workflow can call other services as its owner while its run
+runs, with the grants its header asked for (README 'Run keys'). Keys are stored as sha256 hashes.
+Verified reusable keys, and runs found running, are cached for ``cache_seconds`` so the hot path
+does not ask the database on every request: a revocation made by another process (at once in this
+one), or the end of a run, takes effect within that time.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from sqlalchemy import or_, select, update
 
 from core.clock import Clock
 from core.db import Database
-from core.errors import BadRequest, NotFound, Unauthorized
+from core.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from core.models import FINISHED_STATUSES, OWNER_RIGHTS, CallerRights, Grant, RunStatus
 from core.security import (
     ONE_TIME_PREFIX,
     REUSABLE_PREFIX,
@@ -31,7 +33,7 @@ from core.security import (
     generate_api_key,
     hash_api_key,
 )
-from core.tables import api_keys, owners
+from core.tables import api_keys, owners, runs
 
 OWNER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DEFAULT_OWNER = "default"
@@ -46,11 +48,19 @@ class Principal:
     one_time: bool = False
     bound_run_id: str | None = None
     acting_run_id: str | None = None
+    rights: CallerRights = OWNER_RIGHTS
+    """A full owner key's, or the grants of a run key (``acting_run_id``)."""
 
     @property
     def caller_id(self) -> str:
         """Who started a run: the key's id, or the run whose workflow made the call."""
         return self.key_id or self.acting_run_id or self.owner_id
+
+    def require(self, grant: Grant, what: str) -> None:
+        """Refuse (403) what this caller's rights do not cover."""
+        refusal = self.rights.refusal(grant, what)
+        if refusal is not None:
+            raise Forbidden(refusal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,19 +143,43 @@ class KeyStore:
             for row in rows
         ]
 
-    async def revoke(self, key_id_or_prefix: str) -> None:
-        """Revoke by key id (``key_…``) or by the displayed prefix."""
+    async def revoke(self, key_id_or_prefix: str) -> str:
+        """Revoke by key id (``key_…``) or by the displayed prefix; the id of the key revoked.
+
+        A displayed prefix is only 4 random characters, so two keys may share one: an ambiguous
+        prefix revokes nothing and names the ids to choose from.
+        """
         async with self._db.write() as conn:
-            result = await conn.execute(
-                update(api_keys)
-                .where(
-                    or_(api_keys.c.id == key_id_or_prefix, api_keys.c.prefix == key_id_or_prefix),
-                    api_keys.c.revoked_at.is_(None),
+            matches = (
+                await conn.execute(
+                    select(api_keys.c.id, api_keys.c.owner_id)
+                    .where(
+                        or_(
+                            api_keys.c.id == key_id_or_prefix,
+                            api_keys.c.prefix == key_id_or_prefix,
+                        ),
+                        api_keys.c.revoked_at.is_(None),
+                    )
+                    .order_by(api_keys.c.created_at)
                 )
+            ).all()
+            exact = [row for row in matches if row.id == key_id_or_prefix]
+            chosen = exact or matches
+            if len(chosen) > 1:
+                listed = ", ".join(f"{row.id} (owner {row.owner_id})" for row in chosen)
+                raise Conflict(
+                    f"{len(chosen)} active keys share the prefix {key_id_or_prefix!r}: {listed}; "
+                    "revoke one by its id"
+                )
+            if not chosen:
+                raise NotFound("active API key", key_id_or_prefix)
+            key_id = str(chosen[0].id)
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=self._clock.now())
             )
-        if result.rowcount == 0:
-            raise NotFound("active API key", key_id_or_prefix)
+        return key_id
 
     async def find(self, key: str) -> Principal | None:
         async with self._db.read() as conn:
@@ -170,6 +204,14 @@ class KeyStore:
             bound_run_id=row["bound_run_id"],
         )
 
+    async def run_is_running(self, run_id: str, owner_id: str) -> bool:
+        """Whether run ``run_id`` of ``owner_id`` exists and has not finished (its key lives)."""
+        async with self._db.read() as conn:
+            status = await conn.scalar(
+                select(runs.c.status).where(runs.c.id == run_id, runs.c.owner_id == owner_id)
+            )
+        return status is not None and RunStatus(status) not in FINISHED_STATUSES
+
     async def use_one_time_key(self, key_id: str, run_id: str) -> bool:
         """Spend a one-time key on ``run_id``; ``False`` if it was spent already."""
         async with self._db.write() as conn:
@@ -184,6 +226,15 @@ class KeyStore:
             )
         return result.rowcount == 1
 
+    async def release_one_time_key(self, key_id: str, run_id: str) -> None:
+        """Give back a key spent on ``run_id`` when that run could not be made after all."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.bound_run_id == run_id)
+                .values(used_at=None, bound_run_id=None)
+            )
+
 
 class Authenticator:
     """Turns an ``Authorization`` header into a :class:`Principal`, or raises ``Unauthorized``."""
@@ -197,14 +248,15 @@ class Authenticator:
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
+        self._running: dict[str, float] = {}
+        """run id -> until when (monotonic) it is known to be running"""
+        self._ended: set[str] = set()
+        """runs known to have ended: their keys are dead for good"""
 
     async def authenticate(self, header: str | None) -> Principal:
         key = _key_from_header(header)
         if key.startswith(RUN_KEY_PREFIX):
-            found = self._signer.read_run_key(key, now=int(self._clock.now().timestamp()))
-            if found is None:
-                raise Unauthorized("invalid or expired run key")
-            return Principal(owner_id=found[1], acting_run_id=found[0])
+            return await self._run_principal(key)
         if key.startswith(ONE_TIME_PREFIX):
             principal = await self._store.find(key)
         else:
@@ -220,6 +272,38 @@ class Authenticator:
             self._cache.pop(key, None)
             raise Unauthorized("invalid or revoked API key")
         return principal
+
+    async def _run_principal(self, key: str) -> Principal:
+        """A run key acts while its run runs: checked against the run's state, a running run
+        cached for ``cache_seconds`` (an ended one for good, it never runs again)."""
+        found = self._signer.read_run_key(key, now=int(self._clock.now().timestamp()))
+        if found is None:
+            raise Unauthorized("invalid or expired run key")
+        ended = found.run_id in self._ended
+        if ended or not await self._still_running(found.run_id, found.owner_id):
+            raise Unauthorized(f"this run key's run {found.run_id} has ended")
+        try:
+            grants = frozenset(Grant(name) for name in found.grants)
+        except ValueError as exc:  # signed by us, so only a downgrade could get here
+            raise Unauthorized("this run key names a grant this server does not know") from exc
+        return Principal(
+            owner_id=found.owner_id, acting_run_id=found.run_id, rights=CallerRights(grants)
+        )
+
+    async def _still_running(self, run_id: str, owner_id: str) -> bool:
+        if self._running.get(run_id, 0.0) > time.monotonic():
+            return True
+        running = await self._store.run_is_running(run_id, owner_id)
+        if len(self._running) > 10_000:
+            self._running.clear()
+        if len(self._ended) > 10_000:
+            self._ended.clear()
+        if running:
+            self._running[run_id] = time.monotonic() + self._cache_seconds
+        else:
+            self._running.pop(run_id, None)
+            self._ended.add(run_id)
+        return running
 
     async def _find_once(self, key: str) -> Principal | None:
         """One database lookup per key at a time: when a cached key expires under load, the
@@ -252,15 +336,24 @@ class Authenticator:
     async def authorise_start(
         self, principal: Principal, run_id: str, *, provisioned: bool
     ) -> None:
-        """May ``principal`` start run ``run_id``? A one-time key may, once."""
+        """May ``principal`` start run ``run_id``? A one-time key may, once: it is spent on a new
+        run (or a husk it provisions), and fills only the husk it provisioned itself. Naming any
+        other request never binds the key to it (else the key could read that request)."""
         if not principal.one_time:
             return
-        if provisioned and principal.bound_run_id == run_id:
-            return
+        if provisioned:
+            if principal.bound_run_id == run_id:
+                return
+            raise Unauthorized("a one-time key may only fill the request it provisioned itself")
         if principal.key_id is None or not await self._store.use_one_time_key(
             principal.key_id, run_id
         ):
             raise Unauthorized("this one-time key has already been used")
+
+    async def cancel_start(self, principal: Principal, run_id: str) -> None:
+        """The run ``authorise_start`` allowed was not made: a one-time key is not spent on it."""
+        if principal.one_time and principal.key_id is not None:
+            await self._store.release_one_time_key(principal.key_id, run_id)
 
     @staticmethod
     def authorise_read(principal: Principal, run_id: str) -> None:

@@ -93,7 +93,8 @@ async def test_leader_killed_standby_takes_over_without_doubling_or_losing_ticks
             ).scalars()
             found: dict[str, list[datetime]] = {schedule_id: [] for schedule_id in SCHEDULES}
             for key_text in keys:
-                _, schedule_id, tick = key_text.split(":", 2)
+                _, scheduled, tick = key_text.split(":", 2)  # schedule:<owner>/<id>:<time>
+                schedule_id = scheduled.partition("/")[2]
                 found[schedule_id].append(parse_iso(tick))
         return found
 

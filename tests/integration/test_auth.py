@@ -11,6 +11,7 @@ from core.clock import SystemClock
 from core.db import Database
 from core.errors import Unauthorized
 from core.security import Signer
+from core.tables import runs
 from switchboard.migrate import upgrade
 from triggers.auth import Authenticator, KeyStore, Principal
 
@@ -72,6 +73,7 @@ async def test_one_time_key_is_spent_once(store: CountingKeyStore) -> None:
 async def test_run_key_acts_for_its_owner_until_it_expires(store: CountingKeyStore) -> None:
     signer = Signer(b"y" * 32)
     auth = Authenticator(store, signer, SystemClock(), cache_seconds=0)
+    await running_run(store, "req_1", "alice")
     now = int(SystemClock().now().timestamp())
     valid = signer.run_key(run_id="req_1", owner_id="alice", expires=now + 60)
     principal = await auth.authenticate(valid)
@@ -81,3 +83,19 @@ async def test_run_key_acts_for_its_owner_until_it_expires(store: CountingKeySto
     for key in (expired, forged):
         with pytest.raises(Unauthorized):
             await auth.authenticate(key)
+
+
+async def running_run(store: KeyStore, run_id: str, owner_id: str) -> None:
+    """A run row in state ``running``: a run key acts only while its run runs."""
+    await store.ensure_owner(owner_id)
+    async with store._db.write() as conn:
+        await conn.execute(
+            runs.insert().values(
+                id=run_id,
+                owner_id=owner_id,
+                service_id="echo",
+                status="running",
+                source="api",
+                created_at=SystemClock().now(),
+            )
+        )

@@ -55,7 +55,7 @@ async def run_keys(live: Live, schedule_id: str) -> set[str]:
             (
                 await conn.execute(
                     select(runs.c.idempotency_key).where(
-                        runs.c.idempotency_key.startswith(f"schedule:{schedule_id}:")
+                        runs.c.idempotency_key.startswith(f"schedule:default/{schedule_id}:")
                     )
                 )
             ).scalars()
@@ -67,15 +67,19 @@ async def test_recorded_fire_state_never_moves_back(standalone: Live) -> None:
     await service_at(standalone, FixedClock(at(1, 0))).create(
         "default", ScheduleSpec(id="state", service_id="echo", cron=NOON)
     )
-    await store.record([TickRecord("state", last_fire_at=at(10), next_fire_at=at(11), fired=1)])
+    await store.record(
+        [TickRecord("state", "default", last_fire_at=at(10), next_fire_at=at(11), fired=1)]
+    )
     # A run_all catch-up of older ticks, flushed after the newer live tick.
-    await store.record([TickRecord("state", last_fire_at=at(3), next_fire_at=at(4), fired=1)])
+    await store.record(
+        [TickRecord("state", "default", last_fire_at=at(3), next_fire_at=at(4), fired=1)]
+    )
     state = await store.get("state", None)
     assert (state.last_fire_at, state.next_fire_at, state.fired_count) == (at(10), at(11), 2)
     # A record as new as the stored one moves it on; one without a fire time (a leader adopting
     # the schedule) refreshes the next fire time only.
-    await store.record([TickRecord("state", last_fire_at=at(11), next_fire_at=at(12))])
-    await store.record([TickRecord("state", next_fire_at=at(12, 13))])
+    await store.record([TickRecord("state", "default", last_fire_at=at(11), next_fire_at=at(12))])
+    await store.record([TickRecord("state", "default", next_fire_at=at(12, 13))])
     state = await store.get("state", None)
     assert (state.last_fire_at, state.next_fire_at) == (at(11), at(12, 13))
 
@@ -99,7 +103,7 @@ async def test_misfires_count_from_the_last_recorded_fire(standalone: Live) -> N
     store = standalone.services.schedules.store
     # A stale next fire time, as a dead leader could leave it: a new leader refreshes it even
     # when no tick is due.
-    await store.record([TickRecord("since-skip", next_fire_at=at(9))])
+    await store.record([TickRecord("since-skip", "default", next_fire_at=at(9))])
     clock.moment = datetime(2029, 12, 31, 14, tzinfo=UTC)
     idle = ScheduleEngine(store, standalone.services.gateway, clock)
     await idle.start()
@@ -139,7 +143,7 @@ async def test_misfires_count_from_the_last_recorded_fire(standalone: Live) -> N
         await eventually(caught_up, "the outage counted from the recorded fire")
     finally:
         await second.aclose()
-    tick = "schedule:since-{}:2030-01-0{}T12:00:00.000000Z"
+    tick = "schedule:default/since-{}:2030-01-0{}T12:00:00.000000Z"
     assert await run_keys(standalone, "since-skip") == {tick.format("skip", 1)}
     assert await run_keys(standalone, "since-run_all") == {
         tick.format("run_all", day) for day in (1, 3, 4, 5)

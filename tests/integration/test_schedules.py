@@ -51,7 +51,11 @@ async def schedule_runs(live: Live, service: str) -> list[RunRecord]:
         ids = (
             await conn.execute(
                 select(runs.c.id)
-                .where(runs.c.idempotency_key.startswith(f"schedule:{service}:", autoescape=True))
+                .where(
+                    runs.c.idempotency_key.startswith(
+                        f"schedule:default/{service}:", autoescape=True
+                    )
+                )
                 .order_by(runs.c.created_at)
             )
         ).all()
@@ -219,7 +223,7 @@ async def test_overlap_policies(live: Live) -> None:
         assert later.created_at >= finished.completed_at
     # queue: every tick makes a run, one at a time in order (serial key of the schedule).
     queued = await schedule_runs(live, "overlap-queue")
-    assert {r.serial_key for r in queued} == {"schedule:overlap-queue"}
+    assert {r.serial_key for r in queued} == {"schedule:default/overlap-queue"}
     # allow: runs overlap freely.
     allowed = await schedule_runs(live, "overlap-allow")
     assert {r.serial_key for r in allowed} == {None}
@@ -273,7 +277,7 @@ async def test_misfire_policies_after_an_outage(live_factory: LiveFactory) -> No
     try:
         for policy, (days, missed) in expected.items():
             schedule_id = f"misfire-{policy.value}"
-            keys = {f"schedule:{schedule_id}:2030-01-0{d}T12:00:00.000000Z" for d in days}
+            keys = {f"schedule:default/{schedule_id}:2030-01-0{d}T12:00:00.000000Z" for d in days}
 
             async def caught_up(
                 schedule_id: str = schedule_id, keys: set[str] = keys, missed: int = missed
@@ -292,7 +296,9 @@ async def test_misfire_policies_after_an_outage(live_factory: LiveFactory) -> No
                     (
                         await conn.execute(
                             select(runs.c.idempotency_key).where(
-                                runs.c.idempotency_key.startswith(f"schedule:{schedule_id}:")
+                                runs.c.idempotency_key.startswith(
+                                    f"schedule:default/{schedule_id}:"
+                                )
                             )
                         )
                     ).scalars()

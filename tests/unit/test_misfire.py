@@ -88,11 +88,11 @@ def test_jitter_delay_is_within_the_bound_and_the_same_on_every_node() -> None:
 
 
 def test_an_older_record_merged_later_does_not_rewind_the_fire_state() -> None:
-    live = TickRecord("s", last_fire_at=at(10), next_fire_at=at(11), fired=1)
-    catch_up = TickRecord("s", last_fire_at=at(3), next_fire_at=at(4), fired=1, missed=2)
+    live = TickRecord("s", "default", last_fire_at=at(10), next_fire_at=at(11), fired=1)
+    catch_up = TickRecord("s", "default", last_fire_at=at(3), next_fire_at=at(4), fired=1, missed=2)
     live.merge(catch_up)
     assert (live.last_fire_at, live.next_fire_at) == (at(10), at(11))
     assert (live.fired, live.missed) == (2, 2)
-    adoption = TickRecord("s", next_fire_at=at(12))
+    adoption = TickRecord("s", "default", next_fire_at=at(12))
     live.merge(adoption)
     assert live.next_fire_at == at(12)

@@ -15,6 +15,8 @@
 #   "CODEWORDS_API_KEY",
 #   "CODEWORDS_RUNTIME_URI",
 # ]
+# [tool.switchboard]
+# grants = ["schedules"]  # its run key may use schedule_runs (README 'Run keys')
 # ///
 """Test workflow: calls another service through the runtime API with the real codewords-client."""
 

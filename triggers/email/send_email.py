@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.clock import Clock
 from core.db import Database
 from core.errors import Forbidden
-from core.models import Invocation, Outcome
+from core.models import CallerRights, Grant, Invocation, Outcome
 from core.ports import LogSink
 from core.tables import deliveries, runs
 from triggers.email.sender import EmailSender
@@ -123,6 +123,10 @@ class SendEmailService:
         self._per_hour = per_hour
 
     async def __call__(self, invocation: Invocation, on_log: LogSink) -> Outcome:
+        refusal = CallerRights.of_run(invocation.headers).refusal(Grant.OUTBOUND, "send email")
+        if refusal is not None:
+            on_log("stderr", f"send_email: {refusal}")
+            return _refused(refusal)
         try:
             request = SendEmailRequest.model_validate(
                 json.loads(invocation.body or b"null"), context={"files": self._files}
@@ -231,8 +235,15 @@ def _explain(error: ValueError) -> str:
 
 def _too_many(per_hour: int, wait: int) -> Outcome:
     detail = f"send_email: this owner queued {per_hour} mails in the last hour; try in {wait} s"
-    body = json.dumps({"detail": detail, "retry_after": wait}).encode()
-    return Outcome.from_response(429, body, "application/json")
+    return _json_error(429, {"detail": detail, "retry_after": wait})
+
+
+def _refused(detail: str) -> Outcome:
+    return _json_error(403, {"detail": detail})
+
+
+def _json_error(status: int, payload: dict[str, object]) -> Outcome:
+    return Outcome.from_response(status, json.dumps(payload).encode(), "application/json")
 
 
 def _bad_request(detail: str) -> Outcome:
