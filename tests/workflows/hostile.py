@@ -34,6 +34,10 @@ from pydantic import BaseModel
 
 app = FastAPI(title="hostile")
 
+# Where a run might leave something for the next one: every directory of the sandbox's own view.
+TRACE_DIRS = ("/", "/etc", "/opt", "/opt/switchboard", "/run", "/dev", "/dev/shm", "/tmp", "/root")
+KEPT: list[int] = []  # a pseudo-terminal left open while the process lives (kept warm, say)
+
 
 class Attack(BaseModel):
     attack: str
@@ -98,4 +102,22 @@ def run_attack(request: Attack) -> dict[str, Any]:
             ),
             "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         }
+    if request.attack == "leave_traces":
+        return {"left": leave_traces(request.marker)}
     raise ValueError(f"unknown attack {request.attack!r}")
+
+
+def leave_traces(marker: str) -> list[str]:
+    """A file named ``marker`` in each directory it can write to (in /dev/shm: a POSIX shared
+    memory object), and an open pseudo-terminal; the paths it managed to write."""
+    KEPT.extend(os.openpty())
+    left = []
+    home = os.environ.get("HOME", "/run/work")
+    for directory in (*TRACE_DIRS, home):
+        path = Path(directory) / marker
+        try:
+            path.write_text(marker)
+        except OSError:
+            continue
+        left.append(str(path))
+    return left
