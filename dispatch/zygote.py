@@ -408,7 +408,21 @@ def load_launcher() -> Any:
     return _LAUNCHER
 
 
+def close_inherited_fds(keep: int) -> None:
+    """Close every descriptor but stdin, stdout, stderr and ``keep``: a subprocess that uvloop
+    starts inherits every inheritable descriptor of the server (it does not implement
+    ``close_fds``), and whatever this process holds, every child forked from it holds too."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep:
+            try:
+                os.close(fd)
+            except OSError:  # the directory listdir had open
+                pass
+
+
 def main(argv: list[str]) -> None:
+    close_inherited_fds(int(argv[1]))
     control = socket.socket(fileno=int(argv[1]))
     import_stack()
     warm_up()

@@ -8,16 +8,21 @@ zygotes, real warm processes (``tests/integration/test_sandbox.py`` has the host
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
-from core.models import Invocation, RunStatus, WorkflowLimits
+from core.models import Invocation, Outcome, RunStatus, WorkflowLimits
 from dispatch.cgroups import CgroupLayout
 from dispatch.registry import Workflow
 from dispatch.sandbox import SandboxRunner
@@ -44,7 +49,7 @@ OWN = ("/tmp", "/dev/shm", "/dev/pts", "/run/work", "/run/switchboard")
 SHARED = ("/", "/etc", "/opt", "/opt/switchboard", "/run", "/dev", "/root")
 
 
-def run_by(owner: str, body: dict[str, object]) -> Invocation:
+def run_by(owner: str, body: Mapping[str, object]) -> Invocation:
     plain = invocation(body, run_id=f"req_iso{uuid.uuid4().hex[:12]}")
     return plain.model_copy(update={"owner_id": owner})
 
@@ -117,3 +122,58 @@ async def test_what_one_owners_run_writes_no_later_run_of_another_owner_sees(
     assert {"/tmp", "/dev/shm", "/run/work"} <= {str(Path(p).parent) for p in left["left"]}
     assert [path for path in left["left"] if not own(str(Path(path).parent))] == []
     assert set(SHARED).isdisjoint(seen["writable"])
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("forked", [False, True], ids=["fresh", "zygote"])
+def test_a_run_holds_only_its_own_descriptors_and_none_of_the_servers(
+    host_sandbox: tuple[str, CgroupLayout],
+    base_env: dict[str, str],
+    built_environment: BuiltEnvironment,
+    caplog: pytest.LogCaptureFixture,
+    loop: str,
+    forked: bool,
+) -> None:
+    # Driven on uvloop too, as `switchboard serve` runs: uvloop's subprocesses inherit every
+    # inheritable descriptor of the server (it does not implement close_fds), such as one the
+    # server itself inherited from whatever started it. This pipe is one.
+    runs_dir, cgroups = host_sandbox
+    settings = sandbox_settings_for(runs_dir, cgroups)
+    server_read, server_write = os.pipe()
+    os.set_inheritable(server_write, True)
+    os.set_blocking(server_read, False)
+    marker = f"written-by-the-run-{uuid.uuid4().hex}"
+
+    async def scenario() -> Outcome:
+        zygotes = ZygotePool(settings, Path(f"{runs_dir}-z")) if forked else None
+        runner = SandboxRunner(settings, base_env=base_env, zygotes=zygotes)
+        try:
+            body = {"attack": "descriptors", "marker": marker}
+            return await runner.run(
+                run_by("owner-a", body), limited(built_environment, HOSTILE), Logs()
+            )
+        finally:
+            await runner.close()
+            if zygotes is not None:
+                assert len(zygotes) == 1, "the run fell back to a fresh sandbox"
+                await zygotes.close()  # after the zygote's last output line reached the log
+
+    try:
+        with caplog.at_level(logging.INFO):
+            outcome = uvloop.run(scenario()) if loop == "uvloop" else asyncio.run(scenario())
+        os.close(server_write)
+        try:
+            reached = os.read(server_read, 4096)
+        except BlockingIOError:  # nothing written, and someone else still holds the write end
+            reached = b""
+    finally:
+        os.close(server_read)
+        with contextlib.suppress(OSError):
+            os.close(server_write)
+
+    assert outcome.status is RunStatus.COMPLETED, outcome.error
+    held = json.loads(outcome.response_body or b"")["at_import"]
+    extra = sorted(target.partition(":")[0] for fd, target in held.items() if int(fd) > 2)
+    assert extra == ["pipe", "socket"], held  # its ready pipe, its runtime API forwarder
+    assert marker.encode() not in reached
+    assert marker not in caplog.text  # the server's log, where the zygote's output goes

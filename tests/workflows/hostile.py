@@ -39,6 +39,20 @@ TRACE_DIRS = ("/", "/etc", "/opt", "/opt/switchboard", "/run", "/dev", "/dev/shm
 KEPT: list[int] = []  # a pseudo-terminal left open while the process lives (kept warm, say)
 
 
+def descriptors() -> dict[str, str]:
+    """The descriptors this process holds, and what each leads to."""
+    held = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the directory listdir had open, closed by now
+            pass
+    return held
+
+
+AT_IMPORT = descriptors()  # what the workflow got, before it opened anything itself
+
+
 class Attack(BaseModel):
     attack: str
     path: str = ""
@@ -104,6 +118,18 @@ def run_attack(request: Attack) -> dict[str, Any]:
         }
     if request.attack == "leave_traces":
         return {"left": leave_traces(request.marker)}
+    if request.attack == "descriptors":
+        # Write a line into every descriptor held at load time (and still open) but stdin, stdout
+        # and stderr: one that leads out of the sandbox (the zygote's stderr, a pipe of the
+        # server's) carries it there.
+        now = descriptors()
+        for fd in {fd for fd, target in AT_IMPORT.items() if now.get(fd) == target}:
+            if int(fd) > 2:
+                try:
+                    os.write(int(fd), f"{request.marker}\n".encode())
+                except OSError:
+                    pass
+        return {"at_import": AT_IMPORT}
     raise ValueError(f"unknown attack {request.attack!r}")
 
 
