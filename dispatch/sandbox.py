@@ -65,6 +65,7 @@ from dispatch.bwrap import (
 )
 from dispatch.cgroups import CgroupLimits, RunCgroup, limit_error
 from dispatch.runner import drain, forward_lines, send_request, wait_until_ready
+from dispatch.spawn import start_sandbox_process
 from dispatch.warm import WARM_ENV, Hold, WarmPool, warm_key
 from dispatch.zygotes import (
     Zygote,
@@ -239,15 +240,7 @@ class Launch:
             info_fd=pipes.info_write,
         )
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=self.env,
-                start_new_session=True,
-                pass_fds=pipes.child_ends(),
-            )
+            process = await start_sandbox_process(argv, env=self.env, pass_fds=pipes.child_ends())
         except OSError as exc:
             pipes.close()
             return Outcome.failure(f"could not start the sandbox: {exc.strerror or exc}")
@@ -255,8 +248,6 @@ class Launch:
             pipes.close_child_ends()
         run_id = self.invocation.run_id
         logger.info("run %s: sandbox started as pid %s", run_id, process.pid)
-        if process.stdout is None or process.stderr is None:  # pragma: no cover - both are PIPEs
-            raise RuntimeError("the sandbox has no output pipes")
         readers = [
             asyncio.create_task(forward_lines(process.stdout, "stdout", on_log)),
             asyncio.create_task(forward_lines(process.stderr, "stderr", on_log)),

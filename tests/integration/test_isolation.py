@@ -177,3 +177,46 @@ def test_a_run_holds_only_its_own_descriptors_and_none_of_the_servers(
     assert extra == ["pipe", "socket"], held  # its ready pipe, its runtime API forwarder
     assert marker.encode() not in reached
     assert marker not in caplog.text  # the server's log, where the zygote's output goes
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_code_run_at_interpreter_start_holds_none_of_the_servers_descriptors_either(
+    host_sandbox: tuple[str, CgroupLayout],
+    base_env: dict[str, str],
+    built_environment: BuiltEnvironment,
+    loop: str,
+) -> None:
+    # A fresh sandbox's interpreter imports a sitecustomize found on PYTHONPATH (which a user
+    # secret can set) before the launcher runs: what it was started with must already be clean.
+    runs_dir, cgroups = host_sandbox
+    settings = sandbox_settings_for(runs_dir, cgroups)
+    server_read, server_write = os.pipe()
+    os.set_inheritable(server_write, True)
+    os.set_blocking(server_read, False)
+    marker = f"written-at-start-{uuid.uuid4().hex}"
+    run = run_by("owner-a", {"attack": "whoami"})
+    run = run.model_copy(
+        update={"env": {**run.env, "PYTHONPATH": "/workflow/startup", "STARTUP_MARKER": marker}}
+    )
+
+    async def scenario() -> Outcome:
+        runner = SandboxRunner(settings, base_env=base_env)
+        try:
+            return await runner.run(run, limited(built_environment, HOSTILE), Logs())
+        finally:
+            await runner.close()
+
+    try:
+        outcome = uvloop.run(scenario()) if loop == "uvloop" else asyncio.run(scenario())
+        os.close(server_write)
+        try:
+            reached = os.read(server_read, 4096)
+        except BlockingIOError:
+            reached = b""
+    finally:
+        os.close(server_read)
+        with contextlib.suppress(OSError):
+            os.close(server_write)
+
+    assert outcome.status is RunStatus.COMPLETED, outcome.error
+    assert marker.encode() not in reached
