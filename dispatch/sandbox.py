@@ -15,8 +15,9 @@ Why each step:
   private mount namespace made as root first bind-mounts the interpreter, the environment, the
   workflow's directory and the launcher onto mount points inside the run directory; bwrap then
   binds those read-only. Nothing else of the host is visible: ``/usr`` read-only, a few generated
-  files in ``/etc``, fresh ``/proc``, minimal ``/dev``, a size-limited tmpfs ``/tmp``, the run's
-  writable ``/run/work`` (``HOME``) and ``/run/switchboard`` (its sockets).
+  files in ``/etc``, fresh ``/proc``, minimal ``/dev``, size-limited tmpfs ``/tmp`` and
+  ``/dev/shm``, the run's writable ``/run/work`` (``HOME``) and ``/run/switchboard`` (its
+  sockets); ``/`` and ``/dev`` are read-only.
 - The cgroup is joined by the shell before anything forks, so every process of the run, including
   a ``setsid`` double-fork, is in it; limits are memory (swap 0), pids and CPU; the end of a run
   kills the cgroup and removes it (``dispatch/cgroups.py``). rlimits back it up: ``NOFILE``,

@@ -13,7 +13,8 @@ trees the server cloned with ``open_tree``: the run's work dir, its sockets dir 
 workflow's directory). Per run::
 
     zygote ─fork→ keeper: says "k" (the server puts it in the run's cgroup meanwhile);
-                  unshare mount/pid/net/ipc/uts; attach the trees; tmpfs /tmp; lo up
+                  unshare mount/pid/net/ipc/uts; attach the trees; tmpfs /tmp and
+                  /dev/shm, devpts /dev/pts (the zygote's / and /dev are read-only); lo up
                     └fork→ pid 1 of the run: fresh /proc; rlimits; handshake (the server puts it
                            in the run's cgroup, connects slirp4netns); new user namespace
                            (uid 1000), no further user namespaces, no capabilities; the workflow
