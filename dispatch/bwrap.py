@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 INNER_UID = 1000
 WORK = "/run/work"
 SOCKETS = "/run/switchboard"
+SHM = "/dev/shm"  # noqa: S108 - the run's own tmpfs
 WORKFLOW_DIR = "/workflow"
 LAUNCHER_PATH = "/opt/switchboard/launcher.py"
 FALLBACK_RELAY_PORT = 8900
@@ -176,9 +177,11 @@ def sandbox_command(
         bwrap += ["--ro-bind", str(run_dir.etc_file(name)), f"/etc/{name}"]
     bwrap += ["--proc", "/proc", "--dev", "/dev"]
     bwrap += ["--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108
+    bwrap += ["--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", SHM]
     for index, (_, destination) in enumerate(sources):
         bwrap += ["--ro-bind", str(run_dir.mount_point(index)), destination]
     bwrap += ["--bind", str(run_dir.work), WORK, "--bind", str(run_dir.sockets), SOCKETS]
+    bwrap += read_only_root()
     bwrap += ["--chdir", WORK]
     if info_fd is not None:
         bwrap += ["--info-fd", str(info_fd)]
@@ -196,7 +199,8 @@ def zygote_command(
     secrets, and root of its own user namespace (``uid`` outside), so that each child it forks can
     make the namespaces of one run (``dispatch/zygote.py``). ``/run/work``, ``/run/switchboard``
     and ``/workflow`` are empty mount points; ``/etc/resolv.conf`` is empty (``none``) until a
-    child of an ``internet`` run binds :data:`RESOLV_INTERNET` over it."""
+    child of an ``internet`` run binds :data:`RESOLV_INTERNET` over it. Its ``/`` and ``/dev``
+    are read-only: what every child shares must be what none of them can change."""
     bwrap = [
         "bwrap",
         "--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL",
@@ -214,9 +218,18 @@ def zygote_command(
     bwrap += ["--dir", "/tmp", "--dir", WORK, "--dir", SOCKETS, "--dir", WORKFLOW_DIR]  # noqa: S108
     for index, (_, destination) in enumerate(sources):
         bwrap += ["--ro-bind", str(zygote_dir.mount_point(index)), destination]
+    bwrap += read_only_root()
     bwrap += ["--chdir", "/"]
     limits = WorkflowLimits()
     return staged(zygote_dir, sources, (), limits, uid, [*bwrap, "--", *command])
+
+
+def read_only_root() -> list[str]:
+    """bwrap arguments, after every mount, that make ``/`` and ``/dev`` read-only (each only that
+    mount: the writable ones on top stay writable). A run writes only to what is its own:
+    ``/tmp``, ``/dev/shm``, ``/run/work``, ``/run/switchboard``; in a zygote, every child sees
+    the zygote's root, so a writable one would carry files from one run into the next."""
+    return ["--remount-ro", "/dev", "--remount-ro", "/"]
 
 
 def staged(

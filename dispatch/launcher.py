@@ -177,6 +177,23 @@ class ReadyServer(uvicorn.Server):
                 os.close(fd)
 
 
+def close_inherited_fds(keep: list[int]) -> None:
+    """Close every descriptor but stdin, stdout, stderr and ``keep``, before any workflow code:
+    a subprocess that uvloop starts inherits every inheritable descriptor of the server (uvloop
+    does not implement ``close_fds``), and a sandboxed run gets only its own pipes."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except FileNotFoundError:  # no /proc: a development host without the sandbox
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # the directory listdir had open
+                pass
+
+
 def main(argv: list[str]) -> None:
     if len(argv) not in (4, 5, 6, 7):
         fail(
@@ -184,6 +201,10 @@ def main(argv: list[str]) -> None:
             "[<port>:<runtime_socket>]"
         )
     workflow_file, socket_path, ready_fd = argv[1], argv[2], int(argv[3])
+    passed = [ready_fd]
+    if len(argv) == 7:
+        passed += [int(fd) for fd in argv[6].split(":")]
+    close_inherited_fds(passed)
     parent = argv[4] if len(argv) >= 5 else ""
     if parent != "-":
         die_with_parent(int(parent) if parent else None)

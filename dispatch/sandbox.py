@@ -15,8 +15,9 @@ Why each step:
   private mount namespace made as root first bind-mounts the interpreter, the environment, the
   workflow's directory and the launcher onto mount points inside the run directory; bwrap then
   binds those read-only. Nothing else of the host is visible: ``/usr`` read-only, a few generated
-  files in ``/etc``, fresh ``/proc``, minimal ``/dev``, a size-limited tmpfs ``/tmp``, the run's
-  writable ``/run/work`` (``HOME``) and ``/run/switchboard`` (its sockets).
+  files in ``/etc``, fresh ``/proc``, minimal ``/dev``, size-limited tmpfs ``/tmp`` and
+  ``/dev/shm``, the run's writable ``/run/work`` (``HOME``) and ``/run/switchboard`` (its
+  sockets); ``/`` and ``/dev`` are read-only.
 - The cgroup is joined by the shell before anything forks, so every process of the run, including
   a ``setsid`` double-fork, is in it; limits are memory (swap 0), pids and CPU; the end of a run
   kills the cgroup and removes it (``dispatch/cgroups.py``). rlimits back it up: ``NOFILE``,
@@ -65,6 +66,7 @@ from dispatch.bwrap import (
 )
 from dispatch.cgroups import CgroupLimits, RunCgroup, limit_error
 from dispatch.runner import drain, forward_lines, send_request, wait_until_ready
+from dispatch.spawn import start_sandbox_process
 from dispatch.warm import WARM_ENV, Hold, WarmPool, warm_key
 from dispatch.zygotes import (
     Zygote,
@@ -239,15 +241,7 @@ class Launch:
             info_fd=pipes.info_write,
         )
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=self.env,
-                start_new_session=True,
-                pass_fds=pipes.child_ends(),
-            )
+            process = await start_sandbox_process(argv, env=self.env, pass_fds=pipes.child_ends())
         except OSError as exc:
             pipes.close()
             return Outcome.failure(f"could not start the sandbox: {exc.strerror or exc}")
@@ -255,8 +249,6 @@ class Launch:
             pipes.close_child_ends()
         run_id = self.invocation.run_id
         logger.info("run %s: sandbox started as pid %s", run_id, process.pid)
-        if process.stdout is None or process.stderr is None:  # pragma: no cover - both are PIPEs
-            raise RuntimeError("the sandbox has no output pipes")
         readers = [
             asyncio.create_task(forward_lines(process.stdout, "stdout", on_log)),
             asyncio.create_task(forward_lines(process.stderr, "stderr", on_log)),

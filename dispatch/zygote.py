@@ -13,7 +13,8 @@ trees the server cloned with ``open_tree``: the run's work dir, its sockets dir 
 workflow's directory). Per run::
 
     zygote ─fork→ keeper: says "k" (the server puts it in the run's cgroup meanwhile);
-                  unshare mount/pid/net/ipc/uts; attach the trees; tmpfs /tmp; lo up
+                  unshare mount/pid/net/ipc/uts; attach the trees; tmpfs /tmp and
+                  /dev/shm, devpts /dev/pts (the zygote's / and /dev are read-only); lo up
                     └fork→ pid 1 of the run: fresh /proc; rlimits; handshake (the server puts it
                            in the run's cgroup, connects slirp4netns); new user namespace
                            (uid 1000), no further user namespaces, no capabilities; the workflow
@@ -52,6 +53,7 @@ CLONE_NEWNET = 0x40000000
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
@@ -121,8 +123,8 @@ def attach(tree: int, target: str, *, read_only: bool = False) -> None:
         f"move_mount {target}",
     )
     os.close(tree)
-    if read_only:
-        mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV  # as bwrap's binds in a fresh sandbox
+    mount("none", target, None, flags | (MS_RDONLY if read_only else 0), None)
 
 
 def environment_under_tmp() -> list[str]:
@@ -283,6 +285,12 @@ def keep(run: dict[str, Any], fds: list[int]) -> int:
     for path, tree in under_tmp:
         os.makedirs(path, exist_ok=True)
         attach(tree, path, read_only=True)
+    # The zygote's / and /dev are read-only (dispatch/bwrap.py); what a run may write is its
+    # own, as in a fresh sandbox: /dev/shm, and a devpts instance (another run's ptys unseen).
+    shm = f"size={run['tmp_size']},mode=1777"
+    mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, shm)  # noqa: S108
+    pts = "newinstance,ptmxmode=0666,mode=620"
+    mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, pts)
     loopback_up()
     pid = os.fork()
     if pid == 0:
@@ -307,7 +315,7 @@ def keep(run: dict[str, Any], fds: list[int]) -> int:
 def run_workflow(run: dict[str, Any], ready: int, handshake: int) -> int:
     """Pid 1 of the run: finish confinement, wait to be placed in the cgroup, serve."""
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV, None)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     resource.setrlimit(resource.RLIMIT_NOFILE, (run["open_files"], run["open_files"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (run["file_size"], run["file_size"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -401,7 +409,21 @@ def load_launcher() -> Any:
     return _LAUNCHER
 
 
+def close_inherited_fds(keep: int) -> None:
+    """Close every descriptor but stdin, stdout, stderr and ``keep``: a subprocess that uvloop
+    starts inherits every inheritable descriptor of the server (it does not implement
+    ``close_fds``), and whatever this process holds, every child forked from it holds too."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep:
+            try:
+                os.close(fd)
+            except OSError:  # the directory listdir had open
+                pass
+
+
 def main(argv: list[str]) -> None:
+    close_inherited_fds(int(argv[1]))
     control = socket.socket(fileno=int(argv[1]))
     import_stack()
     warm_up()

@@ -38,6 +38,7 @@ from dispatch.bwrap import (
     zygote_command,
 )
 from dispatch.runner import LAUNCHER, forward_lines
+from dispatch.spawn import SandboxProcess, start_sandbox_process
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Zygote:
     def __init__(
         self,
         key: ZygoteKey,
-        process: asyncio.subprocess.Process,
+        process: SandboxProcess,
         control: socket.socket,
         directory: RunDirectory,
     ) -> None:
@@ -105,7 +106,6 @@ class Zygote:
         self._readers = [
             asyncio.create_task(forward_lines(stream, name, self._log))  # type: ignore[arg-type]
             for name, stream in (("stdout", process.stdout), ("stderr", process.stderr))
-            if stream is not None
         ]
 
     def _log(self, stream: str, line: str) -> None:
@@ -223,13 +223,9 @@ class ZygotePool:
             command=[str(key.python), ZYGOTE_PATH, str(theirs.fileno())],
         )
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            process = await start_sandbox_process(
+                argv,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                start_new_session=True,
                 pass_fds=(theirs.fileno(),),
                 cwd="/",
             )

@@ -34,6 +34,24 @@ from pydantic import BaseModel
 
 app = FastAPI(title="hostile")
 
+# Where a run might leave something for the next one: every directory of the sandbox's own view.
+TRACE_DIRS = ("/", "/etc", "/opt", "/opt/switchboard", "/run", "/dev", "/dev/shm", "/tmp", "/root")
+KEPT: list[int] = []  # a pseudo-terminal left open while the process lives (kept warm, say)
+
+
+def descriptors() -> dict[str, str]:
+    """The descriptors this process holds, and what each leads to."""
+    held = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the directory listdir had open, closed by now
+            pass
+    return held
+
+
+AT_IMPORT = descriptors()  # what the workflow got, before it opened anything itself
+
 
 class Attack(BaseModel):
     attack: str
@@ -98,4 +116,34 @@ def run_attack(request: Attack) -> dict[str, Any]:
             ),
             "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         }
+    if request.attack == "leave_traces":
+        return {"left": leave_traces(request.marker)}
+    if request.attack == "descriptors":
+        # Write a line into every descriptor held at load time (and still open) but stdin, stdout
+        # and stderr: one that leads out of the sandbox (the zygote's stderr, a pipe of the
+        # server's) carries it there.
+        now = descriptors()
+        for fd in {fd for fd, target in AT_IMPORT.items() if now.get(fd) == target}:
+            if int(fd) > 2:
+                try:
+                    os.write(int(fd), f"{request.marker}\n".encode())
+                except OSError:
+                    pass
+        return {"at_import": AT_IMPORT}
     raise ValueError(f"unknown attack {request.attack!r}")
+
+
+def leave_traces(marker: str) -> list[str]:
+    """A file named ``marker`` in each directory it can write to (in /dev/shm: a POSIX shared
+    memory object), and an open pseudo-terminal; the paths it managed to write."""
+    KEPT.extend(os.openpty())
+    left = []
+    home = os.environ.get("HOME", "/run/work")
+    for directory in (*TRACE_DIRS, home):
+        path = Path(directory) / marker
+        try:
+            path.write_text(marker)
+        except OSError:
+            continue
+        left.append(str(path))
+    return left
