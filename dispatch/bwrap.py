@@ -159,6 +159,7 @@ def sandbox_command(
     uid: int,
     inner_command: Sequence[str],
     info_fd: int | None,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The argv of one sandboxed run (paths and numbers only: secrets go in the environment)."""
     bwrap = [
@@ -182,6 +183,8 @@ def sandbox_command(
     bwrap += ["--chdir", WORK]
     if info_fd is not None:
         bwrap += ["--info-fd", str(info_fd)]
+    if seccomp_fd is not None:  # dispatch/seccomp.py; installed right before the exec
+        bwrap += ["--seccomp", str(seccomp_fd)]
     return staged(run_dir, sources, cgroup_procs, limits, uid, [*bwrap, "--", *inner_command])
 
 

@@ -40,6 +40,7 @@ holds such a process before its teardown).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -65,6 +66,7 @@ from dispatch.bwrap import (
 )
 from dispatch.cgroups import CgroupLimits, RunCgroup, limit_error
 from dispatch.runner import drain, forward_lines, send_request, wait_until_ready
+from dispatch.seccomp import program_fd, run_filter
 from dispatch.warm import WARM_ENV, Hold, WarmPool, warm_key
 from dispatch.zygotes import (
     Zygote,
@@ -95,6 +97,7 @@ class SandboxRunner:
         base_env: Mapping[str, str],
         zygotes: ZygotePool | None = None,
         warm: WarmPool | None = None,
+        seccomp: bytes | None = None,
     ) -> None:
         self._settings = settings
         self._base_env = dict(base_env)
@@ -102,6 +105,7 @@ class SandboxRunner:
         self.zygotes = zygotes
         self.warm = warm
         self._reaping: set[asyncio.Task[int]] = set()
+        self._seccomp = run_filter() if seccomp is None else seccomp
 
     async def close(self) -> None:
         """Tear down every warm process, then wait for the killed slirp4netns processes still
@@ -146,6 +150,7 @@ class SandboxRunner:
             launch = Launch(invocation, workflow, run_dir, cgroup, sources, env)
             launch.reaping = self._reaping
             launch.hold = hold
+            launch.seccomp = self._seccomp
             if self.zygotes is not None:
                 # A kept process is the zygote's child: the zygote stays acquired (not evicted)
                 # until the process is torn down.
@@ -210,6 +215,8 @@ class Launch:
         self.hold: Hold | None = None
         """warm reuse: called at the end, before the teardown (``dispatch/warm.py``)"""
         self.outcome: Outcome | None = None
+        self.seccomp = b""
+        """the BPF program every process of the run is confined by (``dispatch/seccomp.py``)"""
 
     async def run(
         self, settings: SandboxSettings, on_log: LogSink, zygote: Zygote | None = None
@@ -229,6 +236,7 @@ class Launch:
         ]
         if pipes.netns_write is not None and pipes.go_read is not None:
             inner.append(f"{pipes.netns_write}:{pipes.go_read}")
+        seccomp = program_fd(self.seccomp)
         argv = sandbox_command(
             run_dir=self.run_dir,
             sources=self.sources,
@@ -237,6 +245,7 @@ class Launch:
             uid=settings.uid,
             inner_command=inner,
             info_fd=pipes.info_write,
+            seccomp_fd=seccomp,
         )
         try:
             process = await asyncio.create_subprocess_exec(
@@ -246,13 +255,14 @@ class Launch:
                 stderr=asyncio.subprocess.PIPE,
                 env=self.env,
                 start_new_session=True,
-                pass_fds=pipes.child_ends(),
+                pass_fds=(*pipes.child_ends(), seccomp),
             )
         except OSError as exc:
             pipes.close()
             return Outcome.failure(f"could not start the sandbox: {exc.strerror or exc}")
         finally:
             pipes.close_child_ends()
+            os.close(seccomp)
         run_id = self.invocation.run_id
         logger.info("run %s: sandbox started as pid %s", run_id, process.pid)
         if process.stdout is None or process.stderr is None:  # pragma: no cover - both are PIPEs
@@ -450,6 +460,7 @@ class Launch:
                 "file_size": limits.file_size,
                 "tmp_size": limits.tmp_size,
                 "relay_port": relay_port(settings),
+                "seccomp": base64.b64encode(self.seccomp).decode("ascii"),
             }
             fds = [out_write, err_write, pipes.ready_write, status_write, theirs.fileno(), *trees]
             await zygote.fork(header, fds)
