@@ -19,6 +19,7 @@ from pathlib import Path
 from core.models import WorkflowLimits
 from core.ports import ResolvedWorkflow
 from dispatch.cgroups import CgroupLayout
+from dispatch.netfilter import IPNetwork
 from dispatch.runner import LAUNCHER
 
 ZYGOTE = LAUNCHER.with_name("zygote.py")
@@ -59,6 +60,8 @@ class SandboxSettings:
     cgroups: CgroupLayout
     zygote_cap: int = 8
     """At most this many idle zygotes are kept (least recently used ones stop first)."""
+    network_allow: tuple[IPNetwork, ...] = ()
+    """Private networks ``internet`` runs may reach all the same (``dispatch/netfilter.py``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,7 @@ from dispatch.bwrap import (
     sandbox_command,
 )
 from dispatch.cgroups import CgroupLimits, RunCgroup, limit_error
+from dispatch.netfilter import filter_network
 from dispatch.runner import drain, forward_lines, send_request, wait_until_ready
 from dispatch.seccomp import program_fd, run_filter
 from dispatch.warm import WARM_ENV, Hold, WarmPool, warm_key
@@ -316,7 +317,7 @@ class Launch:
                     if problem is not None:
                         return Outcome.failure(problem)
                 elif pipes.info_read is not None:
-                    problem = await self._connect_internet(pipes)
+                    problem = await self._connect_internet(settings, pipes)
                     if problem is not None:
                         return Outcome.failure(problem)
                 problem = await wait_until_ready(process, pipes.ready, settings.startup_timeout)
@@ -329,7 +330,7 @@ class Launch:
             logger.info("run %s: timed out after %g s", invocation.run_id, invocation.timeout)
             return Outcome.failure(f"timed out after {invocation.timeout:g} s", timed_out=True)
 
-    async def _connect_internet(self, pipes: _Pipes) -> str | None:
+    async def _connect_internet(self, settings: SandboxSettings, pipes: _Pipes) -> str | None:
         """Attach slirp4netns to the sandbox's network namespace, then let the sandbox go on."""
         if pipes.info_read is None or pipes.netns_read is None or pipes.go_write is None:
             raise RuntimeError("the sandbox was started without its network pipes")
@@ -339,7 +340,7 @@ class Launch:
             return "the sandbox did not start (no child pid from bwrap)"
         if await asyncio.to_thread(os.read, pipes.netns_read, 1) != b"1":
             return "the sandbox ended before its network was connected; see the run's logs"
-        problem = await self._attach_slirp(child)
+        problem = await self._attach_slirp(settings, child)
         if problem is not None:
             return problem
         try:
@@ -375,7 +376,7 @@ class Launch:
         child.pid = pid
         await asyncio.to_thread(_join, procs, pid)
         if self.limits.network == "internet":
-            problem = await self._attach_slirp(pid)
+            problem = await self._attach_slirp(settings, pid)
             if problem is not None:
                 return problem
         try:
@@ -387,7 +388,12 @@ class Launch:
             return "the sandbox ended before it was placed in its cgroup; see the run's logs"
         return None
 
-    async def _attach_slirp(self, child: int) -> str | None:
+    async def _attach_slirp(self, settings: SandboxSettings, child: int) -> str | None:
+        # First the filter (private, link-local and reserved networks out of reach), so that
+        # not one packet leaves the namespace without it.
+        problem = await filter_network(child, settings.network_allow)
+        if problem is not None:
+            return problem
         ready_read, ready_write = os.pipe()
         # slirp4netns exits when the write end of this pipe closes: at the end of the run, and
         # also when the server dies without ending it (the kernel closes the server's fds), so a

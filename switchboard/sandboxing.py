@@ -104,6 +104,7 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
         startup_timeout=settings.runtime.startup_timeout,
         cgroups=cgroups,
         zygote_cap=settings.runtime.zygote_cap,
+        network_allow=tuple(settings.runtime.network_allow),
     )
     logger.info("sandbox = 'bwrap' as uid %s, %s", sandbox.uid, cgroups.describe())
     zygotes = None
