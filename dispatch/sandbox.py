@@ -289,8 +289,8 @@ class Launch:
     ) -> Outcome:
         """Serve the request while watching the limits; the first to end decides."""
         watcher = asyncio.create_task(self._watch_limits())
+        serve = asyncio.create_task(self._serve(settings, process, pipes))
         try:
-            serve = asyncio.create_task(self._serve(settings, process, pipes))
             done, _ = await asyncio.wait({serve, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if serve not in done:  # a limit was hit first: the watcher named it
                 serve.cancel()
@@ -302,8 +302,11 @@ class Launch:
                 return Outcome.failure(broken)
             return outcome
         finally:
+            # Cancelled from outside (the run's caller gave up), ``serve`` must end too: left
+            # running, it would wait on the process beside the teardown's own wait.
+            serve.cancel()
             watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            await asyncio.gather(serve, watcher, return_exceptions=True)
 
     async def _serve(
         self, settings: SandboxSettings, process: RunProcess, pipes: _Pipes
