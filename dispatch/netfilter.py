@@ -12,7 +12,9 @@ and cannot change the table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import os
 from collections.abc import Iterable, Sequence
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -65,7 +67,12 @@ def _element_list(networks: Iterable[IPNetwork]) -> str:
 
 async def filter_network(pid: int, allow: Sequence[IPNetwork]) -> str | None:
     """Load :func:`ruleset` into the network namespace of host process ``pid``; None when done,
-    else why not (the run must not start without it)."""
+    else why not (the run must not start without it). Never into the server's own namespace."""
+    try:
+        if await asyncio.to_thread(_shares_our_network, pid):
+            return "cannot filter the sandbox's network: it is the server's own network"
+    except OSError as exc:
+        return f"cannot filter the sandbox's network: {exc.strerror or exc}"
     try:
         nft = await asyncio.create_subprocess_exec(
             "nsenter", f"--net=/proc/{pid}/ns/net", "--", "nft", "-f", "-",
@@ -78,13 +85,22 @@ async def filter_network(pid: int, allow: Sequence[IPNetwork]) -> str | None:
     try:
         async with asyncio.timeout(NFT_SECONDS):
             _, stderr = await nft.communicate(ruleset(allow).encode())
-    except TimeoutError:
-        nft.kill()
+    except BaseException as exc:  # timed out, or the run was cancelled meanwhile
+        with contextlib.suppress(ProcessLookupError):
+            nft.kill()
         await nft.wait()
-        return "cannot filter the sandbox's network: nft did not finish"
+        if isinstance(exc, TimeoutError):
+            return "cannot filter the sandbox's network: nft did not finish"
+        raise
     if nft.returncode != 0:
         problem = stderr.decode(errors="replace").strip()
         if nft.returncode == 127 or "No such file" in problem:
             problem = "nft is not installed (Debian: apt-get install nftables)"
         return f"cannot filter the sandbox's network: {problem}"
     return None
+
+
+def _shares_our_network(pid: int) -> bool:
+    ours = os.stat("/proc/self/ns/net")
+    theirs = os.stat(f"/proc/{pid}/ns/net")
+    return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)

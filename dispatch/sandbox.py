@@ -392,11 +392,20 @@ class Launch:
         return None
 
     async def _attach_slirp(self, settings: SandboxSettings, child: int) -> str | None:
-        # First the filter (private, link-local and reserved networks out of reach), so that
-        # not one packet leaves the namespace without it.
-        problem = await filter_network(child, settings.network_allow)
-        if problem is not None:
-            return problem
+        """Filter the run's network (``dispatch/netfilter.py``) and connect slirp4netns to it,
+        side by side (nft takes ≈ 15 ms): both are done before the run is told to go, and
+        nothing of the workflow runs before that."""
+        filtering = asyncio.create_task(filter_network(child, settings.network_allow))
+        try:
+            connected = await self._start_slirp(child)
+        except BaseException:
+            filtering.cancel()
+            await asyncio.gather(filtering, return_exceptions=True)
+            raise
+        filtered = await filtering
+        return filtered or connected
+
+    async def _start_slirp(self, child: int) -> str | None:
         ready_read, ready_write = os.pipe()
         # slirp4netns exits when the write end of this pipe closes: at the end of the run, and
         # also when the server dies without ending it (the kernel closes the server's fds), so a

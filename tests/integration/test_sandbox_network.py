@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from dispatch.bwrap import probe_sandbox
+from dispatch.netfilter import filter_network
 from tests.runs import BuiltEnvironment, base_env, built_environment
 
 __all__ = ["base_env", "built_environment"]  # fixtures, used by name
@@ -79,6 +81,12 @@ async def test_private_and_link_local_hosts_are_refused(
         assert result["reached"] == 0, result
         assert result["status"] == "failed", result
         assert "Network is unreachable" in result["error"], result
+    nft = await asyncio.create_subprocess_exec(
+        "nft", "list", "tables", stdout=asyncio.subprocess.PIPE
+    )
+    tables, _ = await nft.communicate()
+    assert nft.returncode == 0
+    assert b"switchboard" not in tables  # the table went into the runs' namespaces only
 
 
 @pytest.mark.parametrize("zygote", [False, True], ids=["fresh", "zygote"])
@@ -98,3 +106,9 @@ async def test_the_operators_allow_list_opens_one_network(
     assert results[PRIVATE]["response"] == {"escaped": "reached"}, results[PRIVATE]
     assert results[LINK_LOCAL]["reached"] == 0, results[LINK_LOCAL]
     assert "Network is unreachable" in results[LINK_LOCAL]["error"], results[LINK_LOCAL]
+
+
+async def test_the_filter_is_never_loaded_into_the_servers_own_network() -> None:
+    problem = await filter_network(os.getpid(), ())
+
+    assert problem == "cannot filter the sandbox's network: it is the server's own network"
