@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.addresses import DestinationPolicy
@@ -109,6 +109,12 @@ class RuntimeSettings(_Section):
     )
     zygote_cap: int = Field(
         default=8, ge=1, description="idle zygotes kept at most (least recently used stop first)"
+    )
+    network_allow: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="private, link-local or reserved networks (CIDR) that workflows with network "
+        "= internet may reach all the same; everything else of that kind is refused (README "
+        "'Sandbox')",
     )
     warm_idle_ttl: float = Field(
         default=60.0,

@@ -19,6 +19,7 @@ from pathlib import Path
 from core.models import WorkflowLimits
 from core.ports import ResolvedWorkflow
 from dispatch.cgroups import CgroupLayout
+from dispatch.netfilter import IPNetwork
 from dispatch.runner import LAUNCHER
 
 ZYGOTE = LAUNCHER.with_name("zygote.py")
@@ -60,6 +61,8 @@ class SandboxSettings:
     cgroups: CgroupLayout
     zygote_cap: int = 8
     """At most this many idle zygotes are kept (least recently used ones stop first)."""
+    network_allow: tuple[IPNetwork, ...] = ()
+    """Private networks ``internet`` runs may reach all the same (``dispatch/netfilter.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,7 @@ def sandbox_command(
     uid: int,
     inner_command: Sequence[str],
     info_fd: int | None,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The argv of one sandboxed run (paths and numbers only: secrets go in the environment)."""
     bwrap = [
@@ -185,6 +189,8 @@ def sandbox_command(
     bwrap += ["--chdir", WORK]
     if info_fd is not None:
         bwrap += ["--info-fd", str(info_fd)]
+    if seccomp_fd is not None:  # dispatch/seccomp.py; installed right before the exec
+        bwrap += ["--seccomp", str(seccomp_fd)]
     return staged(run_dir, sources, cgroup_procs, limits, uid, [*bwrap, "--", *inner_command])
 
 

@@ -17,7 +17,8 @@ workflow's directory). Per run::
                   /dev/shm, devpts /dev/pts (the zygote's / and /dev are read-only); lo up
                     └fork→ pid 1 of the run: fresh /proc; rlimits; handshake (the server puts it
                            in the run's cgroup, connects slirp4netns); new user namespace
-                           (uid 1000), no further user namespaces, no capabilities; the workflow
+                           (uid 1000), no further user namespaces, no capabilities; the
+                           seccomp filter (``dispatch/seccomp.py``); the workflow
 
 The keeper reports the run's exit status on the status pipe. Children die with the zygote (the
 pid namespace of its sandbox ends with it, and bwrap's ``--die-with-parent`` ends it with the
@@ -33,6 +34,7 @@ if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpat
     del sys.path[0]  # this is Switchboard's ``dispatch`` package: see launcher.py
 
 import array
+import base64
 import ctypes
 import fcntl
 import importlib
@@ -67,6 +69,9 @@ AT_FDCWD = -100
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SOCK_FILTER_SIZE = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
@@ -341,6 +346,7 @@ def run_workflow(run: dict[str, Any], ready: int, handshake: int) -> int:
     os.chdir("/run/work")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    confine_syscalls(base64.b64decode(run["seccomp"]))
     launcher = load_launcher()
     launcher.main(
         [
@@ -392,6 +398,24 @@ def drop_capabilities() -> None:
     data = bytes(24)  # two empty __user_cap_data_struct: effective, permitted, inheritable
     check(libc.capset(header, data), "capset")
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl no_new_privs")
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def confine_syscalls(program: bytes) -> None:
+    """Install the runs' seccomp filter, as bwrap ``--seccomp`` does for a fresh sandbox: the
+    BPF program the server built with libseccomp (``dispatch/seccomp.py``). Last, once every
+    mount and unshare of this run is done; after ``drop_capabilities`` (no new privileges)."""
+    if not program or len(program) % SOCK_FILTER_SIZE:
+        raise ValueError("the run's seccomp program is missing or malformed")
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // SOCK_FILTER_SIZE, ctypes.addressof(code))
+    check(
+        libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0),
+        "prctl seccomp",
+    )
 
 
 _LAUNCHER: Any = None

@@ -16,6 +16,7 @@ from dispatch.bwrap import SandboxSettings, probe_sandbox
 from dispatch.cgroups import detect_cgroups
 from dispatch.runner import ProcessRunner
 from dispatch.sandbox import SandboxRunner
+from dispatch.seccomp import run_filter
 from dispatch.warm import WarmPool
 from dispatch.zygotes import ZygotePool
 from switchboard.datadir import claim_directory
@@ -75,6 +76,12 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
     problem = await asyncio.to_thread(
         probe_sandbox, settings.runtime.sandbox_uid, services.runs_dir
     )
+    seccomp = None
+    if problem is None:
+        try:
+            seccomp = await asyncio.to_thread(run_filter)
+        except OSError as exc:
+            problem = str(exc)
     cgroups = None
     if problem is None:
         found = await asyncio.to_thread(detect_cgroups, services.instance)
@@ -82,7 +89,7 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
             problem = found
         else:
             cgroups = found
-    if problem is not None or cgroups is None:
+    if problem is not None or cgroups is None or seccomp is None:
         for unused in (services.runs_dir, zygotes_dir(services)):
             await asyncio.to_thread(_remove_empty, unused)
         if settings.runtime.sandbox == "bwrap":
@@ -105,6 +112,7 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
         startup_timeout=settings.runtime.startup_timeout,
         cgroups=cgroups,
         zygote_cap=settings.runtime.zygote_cap,
+        network_allow=tuple(settings.runtime.network_allow),
     )
     logger.info("sandbox = 'bwrap' as uid %s, %s", sandbox.uid, cgroups.describe())
     zygotes = None
@@ -114,7 +122,9 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
     warm = None
     if settings.runtime.warm_cap > 0:
         warm = WarmPool(idle_ttl=settings.runtime.warm_idle_ttl, cap=settings.runtime.warm_cap)
-    runner = SandboxRunner(sandbox, base_env=services.workflow_env(), zygotes=zygotes, warm=warm)
+    runner = SandboxRunner(
+        sandbox, base_env=services.workflow_env(), zygotes=zygotes, warm=warm, seccomp=seccomp
+    )
     try:
         yield ChosenRunner(runner, "bwrap", zygotes=zygotes, warm=warm)
     finally:  # the workers have stopped: only warm processes are left, and close ends them
