@@ -55,12 +55,13 @@ class IntakeWriter:
         Returns per item: the submitted run (``RunRequest``), the new husk's id (``NewHusk``), or
         the error that item alone caused.
         """
-        now = self._clock.now()
         results: list[SubmittedRun | str | BaseException | None] = [None] * len(items)
         rows: list[dict[str, Any]] = []
         # Same idempotency key twice in one batch, or a key already stored: one run only.
         by_key: dict[str, list[int]] = {}
         async with self._db.write() as conn:
+            # Under the write lock: created_at orders a conversation's runs (dispatch/queue.py).
+            now = self._clock.now()
             for index, item in enumerate(items):
                 if isinstance(item, NewHusk):
                     run_id = item.run_id or new_run_id()

@@ -61,10 +61,12 @@ class RunQueue:
         """
         if limit <= 0:
             return []
-        now = self._clock.now()
         async with self._db.write() as conn:
             if not self._db.is_sqlite:
                 await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
+            # Time is read under the locks: read before them, a run's started_at could be
+            # earlier than the completed_at of the predecessor whose commit let it start.
+            now = self._clock.now()
             running = await conn.execute(
                 select(runs.c.service_id, runs.c.serial_key).where(
                     runs.c.status == RunStatus.RUNNING, runs.c.lease_expires_at >= now
@@ -130,15 +132,18 @@ class RunQueue:
                 picked.append(run_id)
             if not picked:
                 return []
+            # After the query that saw the predecessors finished (on PostgreSQL a completion
+            # takes no claim lock: it may commit between the reading of ``now`` and that query).
+            started = self._clock.now()
             result = await conn.execute(
                 update(runs)
                 .where(runs.c.id.in_(picked))
                 .values(
                     status=RunStatus.RUNNING,
                     lease_owner=worker_id,
-                    lease_expires_at=now + self._lease,
+                    lease_expires_at=started + self._lease,
                     attempts=runs.c.attempts + 1,
-                    started_at=now,
+                    started_at=started,
                 )
                 .returning(*runs.c)
             )
@@ -196,8 +201,8 @@ class RunQueue:
         ``reply`` builds the run's outbox row; it is inserted in the same transaction, so the
         reply exists if and only if the run is recorded as finished.
         """
-        now = self._clock.now()
         async with self._db.write() as conn:
+            now = self._clock.now()  # under the write lock, as in claim
             result = await conn.execute(
                 _held(worker_id, run_id).values(
                     status=outcome.status,
