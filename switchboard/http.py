@@ -31,6 +31,15 @@ async def _as_json_errors(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except SwitchboardError as exc:
         return web.json_response({"detail": exc.detail}, status=exc.status)
+    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not
+        # The rest of the body is unreadable too: end it here (else aiohttp, draining it after
+        # the answer, meets the error again and logs it as unhandled) and close the connection.
+        request.content.feed_eof()
+        response = web.json_response(
+            {"detail": f"the request body cannot be read: {exc}"}, status=400
+        )
+        response.force_close()
+        return response
     except web.HTTPRequestEntityTooLarge as exc:
         limit = request.app._client_max_size
         return web.json_response(

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from core.clock import parse_iso
 from core.errors import BadRequest, NotFound, ResultNotReady, SyncTimeout
+from core.json_input import parse_json
 from core.models import RunRecord, RunRequest, RunStatus, Source, SubmittedRun, new_run_id
 from core.ports import RunGateway
 from triggers.auth import Authenticator, Principal
@@ -180,12 +181,8 @@ async def _json_body(request: web.Request) -> str | None:
     raw = await request.read()
     if not raw.strip():
         return None
-    try:
-        text = raw.decode("utf-8")
-        json.loads(text)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
-    return text
+    parse_json(raw, what="the request body")  # refused here, before anything is stored
+    return raw.decode("utf-8")
 
 
 def _seconds(value: str | None, *, upper: float) -> float:
