@@ -118,7 +118,13 @@ class SlackRoutes:
         self._intake = intake
 
     async def events(self, request: web.Request) -> web.Response:
-        bolt_request = await to_bolt_request(request)
+        bolt_request = self._intake.checked_request(
+            await request.read(),
+            request.headers,
+            content_type=request.content_type,
+            charset=request.charset,
+            query=request.query_string,
+        )
         return await to_aiohttp_response(await self._intake.dispatch(bolt_request))
 
     async def install(self, request: web.Request) -> web.Response:
