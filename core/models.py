@@ -254,6 +254,9 @@ class Invocation(_Frozen):
     headers: dict[str, str]
     env: dict[str, str] = Field(description="secrets and keys: passed as environment, never argv")
     timeout: float
+    max_response_size: int = Field(
+        default=10 * 1024 * 1024, ge=1, description="bytes of the answer kept; more fails the run"
+    )
 
 
 class Outcome(_Frozen):

@@ -122,6 +122,12 @@ class RuntimeSettings(_Section):
         description="per-run limits; a workflow overrides them in its [tool.switchboard] table",
     )
     workflow_log_level: str = "INFO"
+    max_response_size: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="bytes a workflow's answer may have; a larger one fails the run (it is "
+        "never held whole in memory)",
+    )
     env_dir: Path | None = Field(default=None, description="default <data_dir>/envs")
     uv_cache_dir: Path | None = Field(default=None, description="default <data_dir>/uv-cache")
     startup_timeout: float = Field(default=60.0, gt=0)

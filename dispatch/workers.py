@@ -38,6 +38,7 @@ class WorkerSettings:
     runtime_url: str
     workflow_log_level: str
     shutdown_grace: float = 10.0
+    max_response_size: int = 10 * 1024 * 1024
 
 
 class WorkerPool:
@@ -256,4 +257,5 @@ class WorkerPool:
                 "RUNTIME_URI": settings.runtime_url,
             },
             timeout=settings.run_timeout,
+            max_response_size=settings.max_response_size,
         )

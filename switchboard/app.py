@@ -168,6 +168,7 @@ async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncItera
             runtime_url=settings.server.base_url(),
             workflow_log_level=settings.runtime.workflow_log_level,
             shutdown_grace=settings.runtime.shutdown_grace,
+            max_response_size=settings.runtime.max_response_size,
         ),
         queue=services.queue,
         registry=services.registry,
