@@ -122,6 +122,17 @@ class RuntimeSettings(_Section):
         description="per-run limits; a workflow overrides them in its [tool.switchboard] table",
     )
     workflow_log_level: str = "INFO"
+    provision_ttl: float = Field(
+        default=3600.0,
+        gt=0,
+        description="seconds a husk from /provision-request waits to be filled; then it fails "
+        "(and its /logs and /result waits end)",
+    )
+    logs_max_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="seconds one /logs stream stays open at most (read on with ?after=)",
+    )
     max_response_size: int = Field(
         default=10 * 1024 * 1024,
         ge=1024,

@@ -67,6 +67,7 @@ def create_app(
     app[READY] = asyncio.Event()
     app[STARTUP_ERROR] = []
     app.cleanup_ctx.append(_services)
+    app.on_shutdown.append(_stop_log_streams)
     if "worker" in roles:
         app.cleanup_ctx.append(_workers)
     if "scheduler" in roles:
@@ -102,7 +103,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             services.gateway,
             services.auth,
             services.files,
-            ApiSettings(sync_timeout=services.settings.runtime.sync_timeout),
+            ApiSettings(
+                sync_timeout=services.settings.runtime.sync_timeout,
+                logs_max_seconds=services.settings.runtime.logs_max_seconds,
+            ),
         )
         app[FILE_HANDLERS] = FileRoutes(services.files)
         if services.slack is not None:
@@ -117,6 +121,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         app[SCHEDULE_HANDLERS] = ScheduleRoutes(services.schedules, schedule_owner)
         yield
+
+
+async def _stop_log_streams(app: web.Application) -> None:
+    """Before the server waits for open requests: /logs streams end now, not after 60 s."""
+    api = app.get(API)
+    if api is not None:
+        api.stop_log_streams()
 
 
 async def _whatsapp(app: web.Application) -> AsyncIterator[None]:
@@ -169,6 +180,7 @@ async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncItera
             workflow_log_level=settings.runtime.workflow_log_level,
             shutdown_grace=settings.runtime.shutdown_grace,
             max_response_size=settings.runtime.max_response_size,
+            provision_ttl=settings.runtime.provision_ttl,
         ),
         queue=services.queue,
         registry=services.registry,

@@ -7,8 +7,10 @@ that close when the run ends.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 from aiohttp import web
 
@@ -37,9 +39,14 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
 """(method, path, handler method of :class:`RuntimeApi`)."""
 
 
+LOG_STREAM_CHECK_SECONDS = 1.0
+"""How often an open /logs stream checks its client is still there (aiohttp does not say)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     sync_timeout: float
+    logs_max_seconds: float = 3600.0
 
 
 class RuntimeApi:
@@ -52,6 +59,11 @@ class RuntimeApi:
         self._auth = auth
         self._files = files
         self._settings = settings
+        self._closing = asyncio.Event()
+
+    def stop_log_streams(self) -> None:
+        """End every open /logs stream (at shutdown, so it need not wait for them)."""
+        self._closing.set()
 
     async def _principal(self, request: web.Request) -> Principal:
         return await self._auth.authenticate(request.headers.get("Authorization"))
@@ -142,7 +154,8 @@ class RuntimeApi:
         return web.json_response(record.to_api())
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
-        """NDJSON lines until the run has finished and every line has been sent."""
+        """NDJSON lines until the run has finished and every line has been sent, the client
+        left, ``logs_max_seconds`` passed, or the server shuts down."""
         record = await self._readable(request)
         after = request.query.get("after")
         try:
@@ -153,12 +166,40 @@ class RuntimeApi:
             headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        async for entries in self._gateway.follow_logs(record.id, after_time=after_time):
-            await response.write(
-                b"".join(json.dumps(entry.to_api()).encode() + b"\n" for entry in entries)
-            )
+        sending = asyncio.create_task(_send_logs(self._gateway, response, record.id, after_time))
+        try:
+            await self._until_done_or_stopped(request, sending)
+        finally:
+            if not sending.done():
+                sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+        if _client_gone(request):
+            return response
         await response.write_eof()
         return response
+
+    async def _until_done_or_stopped(
+        self, request: web.Request, sending: asyncio.Task[None]
+    ) -> None:
+        """Return when ``sending`` ends, the client is gone, the stream's life is over, or the
+        server is closing: a husk never filled would otherwise be followed forever."""
+        closing = asyncio.create_task(self._closing.wait())
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self._settings.logs_max_seconds
+        try:
+            while not sending.done() and not closing.done() and not _client_gone(request):
+                left = end - loop.time()
+                if left <= 0:
+                    return
+                await asyncio.wait(
+                    {sending, closing},
+                    timeout=min(left, LOG_STREAM_CHECK_SECONDS),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            if sending.done():
+                sending.result()  # its error, if it failed
+        finally:
+            closing.cancel()
 
     async def create_file(self, request: web.Request) -> web.Response:
         principal = await self._principal(request)
@@ -173,6 +214,20 @@ class RuntimeApi:
         return web.json_response(
             await self._files.describe(principal.owner_id, request.match_info["file_id"])
         )
+
+
+async def _send_logs(
+    gateway: RunGateway, response: web.StreamResponse, run_id: str, after: datetime | None
+) -> None:
+    async for entries in gateway.follow_logs(run_id, after_time=after):
+        await response.write(
+            b"".join(json.dumps(entry.to_api()).encode() + b"\n" for entry in entries)
+        )
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def _json_body(request: web.Request) -> str | None:
