@@ -40,6 +40,18 @@ class ServerSettings(_Section):
         "PostgreSQL: postgresql+asyncpg://user:pass@host/db.",
     )
     max_body_size: int = Field(default=10 * 1024 * 1024, ge=1024)
+    header_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description="seconds a connection has, from opening or from its previous answer, to send "
+        "a complete request head; then it is closed (slow clients, idle keep-alive)",
+    )
+    body_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="seconds a request body has to arrive in full; then the request is answered "
+        "408 and the connection closed (raise it for large uploads on slow links)",
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="Key for signed URIs and run-scoped API keys. Default: generated once and kept "

@@ -16,7 +16,7 @@ from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
 from switchboard.demo import ensure_admin_key, register_examples
-from switchboard.http import error_middleware
+from switchboard.http import body_deadline_middleware, error_middleware
 from switchboard.metrics import PrometheusMetrics
 from switchboard.sandboxing import ChosenRunner, open_runner
 from switchboard.services import Services, open_services
@@ -60,7 +60,11 @@ def create_app(
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
     metrics = PrometheusMetrics()
     app = web.Application(
-        client_max_size=settings.server.max_body_size, middlewares=[error_middleware(metrics)]
+        client_max_size=settings.server.max_body_size,
+        middlewares=[
+            error_middleware(metrics),
+            body_deadline_middleware(settings.server.body_timeout),
+        ],
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics

@@ -36,8 +36,10 @@ async def open_raw_stream(live: Live, run_id: str) -> asyncio.StreamWriter:
 async def wait_until(condition: Callable[[], bool], *, seconds: float = 10) -> None:
     """Poll ``condition`` (state in this process) until it holds, or fail after ``seconds``."""
     async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.05)
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.05)  # polling the server's state: nothing to subscribe to
 
 
 async def test_a_stream_stops_following_when_its_client_leaves(live: Live) -> None:
