@@ -111,10 +111,10 @@ class RuntimeApi:
         if not await self._gateway.has_service(service_id):
             raise NotFound("service", service_id)
         body = await _json_body(request)
-        provisioned = request.headers.get("X-Provisioned-Request-Id") or None
+        provisioned = _stored_header(request, "X-Provisioned-Request-Id")
         run_id = provisioned or new_run_id()
         await self._auth.authorise_start(principal, run_id, provisioned=provisioned is not None)
-        idempotency = request.headers.get("Idempotency-Key")
+        idempotency = _stored_header(request, "Idempotency-Key")
         return await self._gateway.submit(
             RunRequest(
                 owner_id=principal.owner_id,
@@ -124,7 +124,7 @@ class RuntimeApi:
                 body=body,
                 source=Source.API,
                 idempotency_key=f"api:{principal.owner_id}:{idempotency}" if idempotency else None,
-                correlation_id=request.headers.get("X-Correlation-Id") or None,
+                correlation_id=_stored_header(request, "X-Correlation-Id"),
                 caller_id=principal.caller_id,
                 provisioned_run_id=provisioned,
                 run_id=None if provisioned else run_id,
@@ -223,6 +223,18 @@ async def _send_logs(
         await response.write(
             b"".join(json.dumps(entry.to_api()).encode() + b"\n" for entry in entries)
         )
+
+
+def _stored_header(request: web.Request, name: str) -> str | None:
+    """A header whose value is stored with the run: UTF-8 (aiohttp hands other bytes on as
+    surrogate escapes, which the database refuses, failing the whole intake batch)."""
+    value = request.headers.get(name)
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"{name} is not UTF-8") from exc
+    return value or None
 
 
 def _client_gone(request: web.Request) -> bool:

@@ -101,6 +101,27 @@ CASES: dict[str, Case] = {
     "schedules-json-nested-990-deep": Case(
         "POST", "/schedules", b'{"x": ' + DEEP + b"}", AUTHORIZED_JSON, detail="nested deeper"
     ),
+    "idempotency-key-not-utf8": Case(
+        "POST",
+        "/run_async/echo",
+        b"1",
+        (*AUTHORIZED_JSON, (b"Idempotency-Key", b"k\xff")),
+        detail="Idempotency-Key",
+    ),
+    "correlation-id-not-utf8": Case(
+        "POST",
+        "/run_async/echo",
+        b"1",
+        (*AUTHORIZED_JSON, (b"X-Correlation-Id", b"c\xff")),
+        detail="X-Correlation-Id",
+    ),
+    "provisioned-id-not-utf8": Case(
+        "POST",
+        "/run_async/echo",
+        b"1",
+        (*AUTHORIZED_JSON, (b"X-Provisioned-Request-Id", b"r\xff")),
+        detail="X-Provisioned-Request-Id",
+    ),
     "run-nan": Case("POST", "/run/echo", b'{"x": NaN}', AUTHORIZED_JSON, detail="NaN"),
     "run-infinity": Case("POST", "/run/echo", b"[-Infinity]", AUTHORIZED_JSON, detail="Infinity"),
     "schedules-nan": Case("POST", "/schedules", b'{"x": NaN}', AUTHORIZED_JSON, detail="NaN"),
