@@ -196,8 +196,8 @@ class RuntimeApi:
                     timeout=min(left, LOG_STREAM_CHECK_SECONDS),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-            if sending.done():
-                sending.result()  # its error, if it failed
+            if sending.done() and not _client_gone(request):
+                sending.result()  # its error, if it failed (not the client's hang-up)
         finally:
             closing.cancel()
 
