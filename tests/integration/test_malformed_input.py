@@ -285,6 +285,8 @@ async def everything(live_factory: LiveFactory, fakes: tuple[SlackApi, Any, Smtp
             "bot_token": "xoxb-test",
             "api_url": slack.api_url,
             "workflow": "echo",
+            "client_id": "111.222",
+            "client_secret": "shh",
         },
         whatsapp={
             "account_sid": ACCOUNT_SID,
@@ -384,3 +386,14 @@ async def test_a_gzip_body_that_is_gzip_is_still_read(live: Live) -> None:
     answer = await raw_http(live, http_request("POST", "/run/echo", headers, body))
 
     assert (answer.status, answer.json()) == (200, {"zipped": True})
+
+
+async def test_the_slack_install_page_ignores_a_body_in_an_unknown_charset(
+    everything: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    headers = _form(Content_Type=b"text/plain; charset=no-such-charset")
+
+    answer = await raw_http(everything, http_request("GET", "/slack/install", headers, b"x"))
+
+    assert answer.status == 200 and b"client_id=111.222" in answer.body
+    assert errors_logged(caplog) == []
