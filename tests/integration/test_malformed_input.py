@@ -219,6 +219,14 @@ CASES: dict[str, Case] = {
         406,
         "stale",
     ),
+    "sendgrid-basic-auth-not-ascii": Case(
+        "POST",
+        "/email/sendgrid",
+        b"email=x",
+        (*URLENCODED, (b"Authorization", "Basic é".encode())),
+        401,
+        "SendGrid token",
+    ),
     "mailgun-unknown-charset": Case(
         "POST",
         "/email/mailgun",
@@ -301,6 +309,7 @@ async def everything(live_factory: LiveFactory, fakes: tuple[SlackApi, Any, Smtp
             "workflow": "echo",
             "relay_url": sink.url,
             "mailgun_signing_key": MAILGUN_KEY,
+            "sendgrid_token": "sg-token",
         },
     )
 

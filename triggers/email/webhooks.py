@@ -319,7 +319,7 @@ def _basic_password(request: web.Request) -> str | None:
         return None
     try:
         decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # not base64, not ASCII (b64decode), not UTF-8
         return None
     return decoded.partition(":")[2]
 
