@@ -37,4 +37,7 @@ def parse_iso(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:59:59-23:59 is past the last UTC datetime
+        raise ValueError(f"{text!r} is outside the range of UTC timestamps") from exc

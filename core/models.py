@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
 from core.clock import isoformat
+from core.json_input import parse_json
 
 
 class RunStatus(StrEnum):
@@ -162,8 +163,8 @@ class RunRecord(_Frozen):
         }
         if self.response_body is not None:
             try:
-                record["responseJson"] = json.loads(self.response_body)
-            except ValueError:
+                record["responseJson"] = parse_json(self.response_body, what="the response")
+            except ValueError:  # not JSON, or JSON we refuse (too deep, NaN): shown as text
                 record["responseText"] = self.response_body.decode("utf-8", "replace")
         return record
 
@@ -178,7 +179,7 @@ def _json_or_none(text: str | None) -> Any:
     if text is None:
         return None
     try:
-        return json.loads(text)
+        return parse_json(text, what="the request")
     except ValueError:
         return text
 
@@ -324,6 +325,9 @@ class Invocation(_Frozen):
     headers: dict[str, str]
     env: dict[str, str] = Field(description="secrets and keys: passed as environment, never argv")
     timeout: float
+    max_response_size: int = Field(
+        default=10 * 1024 * 1024, ge=1, description="bytes of the answer kept; more fails the run"
+    )
 
 
 class Outcome(_Frozen):
@@ -360,7 +364,7 @@ class Outcome(_Frozen):
 
 def _detail_of(body: bytes) -> str:
     try:
-        parsed = json.loads(body)
+        parsed = parse_json(body, what="the response")
     except ValueError:
         return body[:300].decode("utf-8", "replace")
     if isinstance(parsed, dict) and "detail" in parsed:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.json_input import parse_json
 from core.models import RunRecord, RunStatus
 
 TEXT_KEYS = ("text", "message", "summary")
@@ -37,8 +38,8 @@ def reply_for(record: RunRecord, *, failure_line: str = DEFAULT_FAILURE_LINE) ->
     if record.response_body is None:
         return None
     try:
-        answer = json.loads(record.response_body)
-    except ValueError:
+        answer = parse_json(record.response_body, what="the response")
+    except ValueError:  # not JSON, or too deep to render: the text as it came
         text = record.response_body.decode("utf-8", "replace").strip()
         return Reply(text=text) if text else None
     return reply_from_json(answer)

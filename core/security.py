@@ -20,8 +20,14 @@ def generate_api_key(*, one_time: bool) -> str:
     return prefix + secrets.token_urlsafe(32)
 
 
+def _raw(text: str) -> bytes:
+    """``text`` as bytes, whatever it holds: aiohttp gives header bytes that are not UTF-8 as
+    surrogate escapes, which a plain ``encode()`` refuses (a 500 for any stranger's header)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def hash_api_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    return hashlib.sha256(_raw(key)).hexdigest()
 
 
 def display_prefix(key: str) -> str:
@@ -38,12 +44,13 @@ class Signer:
         self._secret = secret
 
     def sign(self, *fields: str) -> str:
-        message = "|".join(fields).encode()
+        message = _raw("|".join(fields))
         digest = hmac.new(self._secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def verify(self, signature: str, *fields: str) -> bool:
-        return hmac.compare_digest(signature, self.sign(*fields))
+        # As bytes: compare_digest refuses str with non-ASCII characters (TypeError).
+        return hmac.compare_digest(_raw(signature), self.sign(*fields).encode())
 
     def run_key(
         self, *, run_id: str, owner_id: str, expires: int, grants: Iterable[str] = ()
@@ -62,7 +69,7 @@ class Signer:
     def read_run_key(self, key: str, *, now: int) -> RunKey | None:
         """What a valid, unexpired run key says, else ``None``."""
         parts = key[len(RUN_KEY_PREFIX) :].split(".")
-        if len(parts) != 5 or not parts[2].isdigit():
+        if len(parts) != 5 or not (parts[2].isascii() and parts[2].isdigit()):
             return None
         run_id, owner_id, expires, granted, signature = parts
         if int(expires) < now or not self.verify(

@@ -41,6 +41,18 @@ class ServerSettings(_Section):
         "PostgreSQL: postgresql+asyncpg://user:pass@host/db.",
     )
     max_body_size: int = Field(default=10 * 1024 * 1024, ge=1024)
+    header_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description="seconds a connection has, from opening or from its previous answer, to send "
+        "a complete request head; then it is closed (slow clients, idle keep-alive)",
+    )
+    body_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="seconds a request body has to arrive in full; then the request is answered "
+        "408 and the connection closed (raise it for large uploads on slow links)",
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="Key for signed URIs and run-scoped API keys. Default: generated once and kept "
@@ -133,6 +145,23 @@ class RuntimeSettings(_Section):
         description="per-run limits; a workflow overrides them in its [tool.switchboard] table",
     )
     workflow_log_level: str = "INFO"
+    provision_ttl: float = Field(
+        default=3600.0,
+        gt=0,
+        description="seconds a husk from /provision-request waits to be filled; then it fails "
+        "(and its /logs and /result waits end)",
+    )
+    logs_max_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="seconds one /logs stream stays open at most (read on with ?after=)",
+    )
+    max_response_size: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="bytes a workflow's answer may have; a larger one fails the run (it is "
+        "never held whole in memory)",
+    )
     env_dir: Path | None = Field(default=None, description="default <data_dir>/envs")
     uv_cache_dir: Path | None = Field(default=None, description="default <data_dir>/uv-cache")
     startup_timeout: float = Field(default=60.0, gt=0)

@@ -23,6 +23,10 @@ class RunEvents:
             if not future.done():
                 future.set_result(None)
 
+    def watched(self, run_id: str) -> bool:
+        """Whether anything on this node waits for ``run_id`` to change."""
+        return bool(self._waiters.get(run_id))
+
     def subscribe(self, run_id: str) -> asyncio.Future[None]:
         """A future resolved by the next change of ``run_id``.
 

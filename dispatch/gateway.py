@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -88,23 +89,28 @@ class QueueGateway:
         self, run_id: str, *, after_time: datetime | None = None, follow: bool = True
     ) -> AsyncIterator[list[LogEntry]]:
         cursor = 0
-        while True:
-            change = self._events.subscribe(run_id)
-            entries = await read_logs(self._db, run_id, after_id=cursor, after_time=after_time)
-            if entries:
+        change: asyncio.Future[None] | None = None
+        try:
+            while True:
+                change = self._events.subscribe(run_id)
+                entries = await read_logs(self._db, run_id, after_id=cursor, after_time=after_time)
+                if entries:
+                    self._events.unsubscribe(run_id, change)
+                    cursor = entries[-1].id
+                    yield entries
+                    continue
+                record = await self._queue.get(run_id)
+                if not follow or record is None or record.finished:
+                    self._events.unsubscribe(run_id, change)
+                    # Lines are stored before a run is marked finished: one last read settles it.
+                    last = await read_logs(self._db, run_id, after_id=cursor, after_time=after_time)
+                    if last:
+                        yield last
+                    return
+                await self._events.wait(run_id, change, self._poll)
+        finally:  # a follower cancelled mid-read (its client left) leaves no waiter behind
+            if change is not None:
                 self._events.unsubscribe(run_id, change)
-                cursor = entries[-1].id
-                yield entries
-                continue
-            record = await self._queue.get(run_id)
-            if not follow or record is None or record.finished:
-                self._events.unsubscribe(run_id, change)
-                # Lines are stored before a run is marked finished: one last read settles it.
-                last = await read_logs(self._db, run_id, after_id=cursor, after_time=after_time)
-                if last:
-                    yield last
-                return
-            await self._events.wait(run_id, change, self._poll)
 
     async def has_service(self, service_id: str) -> bool:
         return service_id in self._builtins or await self._registry.exists(service_id)

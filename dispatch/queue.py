@@ -222,6 +222,33 @@ class RunQueue:
                 await conn.execute(deliveries.insert().values(**row))
             return True
 
+    async def expire_husks(self, ttl: float) -> list[str]:
+        """Fail the API husks provisioned more than ``ttl`` s ago and never filled; their ids.
+
+        Held runs of the channels (provisioned with a workflow) are their intakes' to fill.
+        """
+        now = self._clock.now()
+        stale = and_(
+            runs.c.status == RunStatus.PROVISIONED,
+            runs.c.service_id == "",
+            runs.c.created_at < now - timedelta(seconds=ttl),
+        )
+        async with self._db.write() as conn:
+            found = await conn.execute(select(runs.c.id).where(stale))
+            expired = [row.id for row in found]
+            if expired:
+                await conn.execute(
+                    update(runs)
+                    .where(runs.c.id.in_(expired), stale)
+                    .values(
+                        status=RunStatus.FAILED,
+                        error=f"never filled within {ttl:g} s of being provisioned "
+                        "(runtime.provision_ttl)",
+                        completed_at=now,
+                    )
+                )
+        return expired
+
     async def release(self, worker_id: str, run_id: str) -> None:
         """Hand a run back unfinished (graceful shutdown); the attempt does not count."""
         async with self._db.write() as conn:

@@ -178,12 +178,19 @@ async def send_request(invocation: Invocation, process: Exiting, socket_path: Pa
     transport = httpx.AsyncHTTPTransport(uds=str(socket_path), verify=_NO_TLS)
     async with httpx.AsyncClient(transport=transport, timeout=None) as client:  # noqa: S113
         try:
-            response = await client.request(
+            request = client.build_request(
                 invocation.method,
                 "http://workflow/" + invocation.path.lstrip("/"),
                 content=invocation.body or None,
                 headers=headers,
             )
+            response = await client.send(request, stream=True)
+            try:
+                body = await _read_capped(response, invocation.max_response_size)
+            finally:
+                await response.aclose()
+        except httpx.DecodingError as exc:
+            return Outcome.failure(f"the workflow's answer could not be decoded: {exc}")
         except httpx.TransportError as exc:
             logger.info("run %s: connection to the workflow failed: %r", invocation.run_id, exc)
             try:
@@ -194,9 +201,39 @@ async def send_request(invocation: Invocation, process: Exiting, socket_path: Pa
             return Outcome.failure(
                 f"workflow process crashed while handling the request (exit code {returncode})"
             )
-    return Outcome.from_response(
-        response.status_code, response.content, response.headers.get("content-type")
-    )
+    if body is None:
+        logger.info(
+            "run %s: answer larger than %s bytes: dropped",
+            invocation.run_id,
+            invocation.max_response_size,
+        )
+        return Outcome.failure(
+            f"response larger than {_size(invocation.max_response_size)} "
+            "(runtime.max_response_size)"
+        )
+    return Outcome.from_response(response.status_code, body, response.headers.get("content-type"))
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
+    """The decoded body, or ``None`` as soon as it passes ``limit`` bytes: the rest is never
+    read (closing the connection stops the workflow's writes), so memory stays bounded."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _size(limit: int) -> str:
+    """``10 MiB`` for 10485760; bytes when not a whole number of KiB or MiB."""
+    for unit, scale in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if limit % scale == 0:
+            return f"{limit // scale} {unit}"
+    return f"{limit} bytes"
 
 
 async def _end(

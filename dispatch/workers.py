@@ -41,6 +41,8 @@ class WorkerSettings:
     runtime_url: str
     workflow_log_level: str
     shutdown_grace: float = 10.0
+    provision_ttl: float = 3600.0
+    max_response_size: int = 10 * 1024 * 1024
 
 
 class WorkerPool:
@@ -88,6 +90,7 @@ class WorkerPool:
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="workers:claim"),
             asyncio.create_task(self._lease_loop(), name="workers:leases"),
+            asyncio.create_task(self._husk_loop(), name="workers:husks"),
         ]
 
     async def aclose(self) -> None:
@@ -140,6 +143,21 @@ class WorkerPool:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.poll_interval):
                     await work.wait()
+
+    async def _husk_loop(self) -> None:
+        """Fail husks never filled (their /logs and /result waits end); checked a few times per
+        ``provision_ttl``, at most every minute."""
+        ttl = self._settings.provision_ttl
+        while True:
+            await asyncio.sleep(min(60.0, ttl / 4))
+            try:
+                expired = await self._queue.expire_husks(ttl)
+            except Exception:
+                logger.exception("expiring unfilled husks failed; trying again")
+                continue
+            for run_id in expired:
+                logger.info("run %s: provisioned but never filled: failed", run_id)
+                self._events.notify(run_id)
 
     async def _lease_loop(self) -> None:
         interval = self._settings.lease_seconds / 3
@@ -272,4 +290,5 @@ class WorkerPool:
                 "RUNTIME_URI": settings.runtime_url,
             },
             timeout=settings.run_timeout,
+            max_response_size=settings.max_response_size,
         )

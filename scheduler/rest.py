@@ -3,13 +3,13 @@ own schedules). Thin: each handler turns the request into an action of ``schedul
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from core.errors import BadRequest
+from core.json_input import parse_json
 from core.models import CallerRights
 from scheduler.actions import perform
 from scheduler.service import ScheduleService
@@ -85,10 +85,7 @@ def _named(request: web.Request, action: str) -> dict[str, Any]:
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read() or b"{}")
-    except ValueError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    body = parse_json(await request.read() or b"{}")
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     body.pop("action", None)

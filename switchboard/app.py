@@ -20,7 +20,7 @@ from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.headers import set_security_headers
-from switchboard.http import error_middleware
+from switchboard.http import body_deadline_middleware, error_middleware
 from switchboard.metrics import PrometheusMetrics
 from switchboard.sandboxing import ChosenRunner, open_runner
 from switchboard.services import Services, open_services
@@ -64,7 +64,11 @@ def create_app(
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ROLES)}")
     metrics = PrometheusMetrics()
     app = web.Application(
-        client_max_size=settings.server.max_body_size, middlewares=[error_middleware(metrics)]
+        client_max_size=settings.server.max_body_size,
+        middlewares=[
+            error_middleware(metrics),
+            body_deadline_middleware(settings.server.body_timeout),
+        ],
     )
     app.on_response_prepare.append(set_security_headers)
     app[SETTINGS] = settings
@@ -72,6 +76,7 @@ def create_app(
     app[READY] = asyncio.Event()
     app[STARTUP_ERROR] = []
     app.cleanup_ctx.append(_services)
+    app.on_shutdown.append(_stop_log_streams)
     if "worker" in roles:
         app.cleanup_ctx.append(_workers)
     if "scheduler" in roles:
@@ -107,7 +112,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             services.gateway,
             services.auth,
             services.files,
-            ApiSettings(sync_timeout=services.settings.runtime.sync_timeout),
+            ApiSettings(
+                sync_timeout=services.settings.runtime.sync_timeout,
+                logs_max_seconds=services.settings.runtime.logs_max_seconds,
+            ),
         )
         app[FILE_HANDLERS] = FileRoutes(services.files)
         if services.slack is not None:
@@ -122,6 +130,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         app[SCHEDULE_HANDLERS] = ScheduleRoutes(services.schedules, schedule_owner)
         yield
+
+
+async def _stop_log_streams(app: web.Application) -> None:
+    """Before the server waits for open requests: /logs streams end now, not after 60 s."""
+    api = app.get(API)
+    if api is not None:
+        api.stop_log_streams()
 
 
 async def _whatsapp(app: web.Application) -> AsyncIterator[None]:
@@ -173,6 +188,8 @@ async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncItera
             runtime_url=settings.server.base_url(),
             workflow_log_level=settings.runtime.workflow_log_level,
             shutdown_grace=settings.runtime.shutdown_grace,
+            max_response_size=settings.runtime.max_response_size,
+            provision_ttl=settings.runtime.provision_ttl,
         ),
         queue=services.queue,
         registry=services.registry,

@@ -27,6 +27,7 @@ from switchboard.app import ROLES, create_app
 from switchboard.config import load_settings
 from switchboard.logging import configure_logging
 from switchboard.migrate import upgrade
+from switchboard.server import start_site
 from switchboard.services import Services, open_services
 from triggers.auth import DEFAULT_OWNER
 
@@ -199,8 +200,7 @@ async def serve(args: argparse.Namespace, settings: Settings) -> int:
         # close what had started, then let main() print the reason.
         await runner.cleanup()
         raise
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
-    await site.start()
+    await start_site(runner, settings.server, host=settings.server.host, port=settings.server.port)
     # Everything alive now (modules, SQLAlchemy's compiled caches, pydantic schemas) lives as long
     # as the process: move it out of the collector's sight. Without this, each full collection
     # walks ~100k long-lived objects and stalls the event loop for 60-80 ms (measured under load).

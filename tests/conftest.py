@@ -22,6 +22,7 @@ from aiohttp import web
 from core.settings import Settings
 from switchboard.app import READY, ROLES, SERVICES, create_app
 from switchboard.config import load_settings
+from switchboard.server import start_site
 from switchboard.services import Services
 from tests.pgserver import ThrowawayPostgres
 
@@ -124,7 +125,7 @@ class LiveFactory:
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await start_site(runner, settings.server, host="127.0.0.1", port=port)
         async with asyncio.timeout(30):
             await app[READY].wait()
         services = app[SERVICES]

@@ -7,13 +7,16 @@ that close when the run ends.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 from aiohttp import web
 
 from core.clock import parse_iso
 from core.errors import BadRequest, NotFound, ResultNotReady, SyncTimeout
+from core.json_input import parse_json
 from core.models import (
     Grant,
     RunRecord,
@@ -44,9 +47,14 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
 """(method, path, handler method of :class:`RuntimeApi`)."""
 
 
+LOG_STREAM_CHECK_SECONDS = 1.0
+"""How often an open /logs stream checks its client is still there (aiohttp does not say)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     sync_timeout: float
+    logs_max_seconds: float = 3600.0
 
 
 class RuntimeApi:
@@ -59,6 +67,11 @@ class RuntimeApi:
         self._auth = auth
         self._files = files
         self._settings = settings
+        self._closing = asyncio.Event()
+
+    def stop_log_streams(self) -> None:
+        """End every open /logs stream (at shutdown, so it need not wait for them)."""
+        self._closing.set()
 
     async def _principal(self, request: web.Request) -> Principal:
         return await self._auth.authenticate(request.headers.get("Authorization"))
@@ -110,10 +123,10 @@ class RuntimeApi:
         if not await self._gateway.has_service(service_id):
             raise NotFound("service", service_id)
         body = await _json_body(request)
-        provisioned = request.headers.get("X-Provisioned-Request-Id") or None
+        provisioned = _stored_header(request, "X-Provisioned-Request-Id")
         run_id = provisioned or new_run_id()
         await self._auth.authorise_start(principal, run_id, provisioned=provisioned is not None)
-        idempotency = request.headers.get("Idempotency-Key")
+        idempotency = _stored_header(request, "Idempotency-Key")
         run_request = RunRequest(
             owner_id=principal.owner_id,
             service_id=service_id,
@@ -122,7 +135,7 @@ class RuntimeApi:
             body=body,
             source=Source.API,
             idempotency_key=f"api:{principal.owner_id}:{idempotency}" if idempotency else None,
-            correlation_id=request.headers.get("X-Correlation-Id") or None,
+            correlation_id=_stored_header(request, "X-Correlation-Id"),
             caller_id=principal.caller_id,
             context=principal.rights.context(),  # a run key's grants bind the built-ins it starts
             provisioned_run_id=provisioned,
@@ -158,7 +171,8 @@ class RuntimeApi:
         return web.json_response(record.to_api())
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
-        """NDJSON lines until the run has finished and every line has been sent."""
+        """NDJSON lines until the run has finished and every line has been sent, the client
+        left, ``logs_max_seconds`` passed, or the server shuts down."""
         record = await self._readable(request)
         after = request.query.get("after")
         try:
@@ -169,12 +183,40 @@ class RuntimeApi:
             headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        async for entries in self._gateway.follow_logs(record.id, after_time=after_time):
-            await response.write(
-                b"".join(json.dumps(entry.to_api()).encode() + b"\n" for entry in entries)
-            )
+        sending = asyncio.create_task(_send_logs(self._gateway, response, record.id, after_time))
+        try:
+            await self._until_done_or_stopped(request, sending)
+        finally:
+            if not sending.done():
+                sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+        if _client_gone(request):
+            return response
         await response.write_eof()
         return response
+
+    async def _until_done_or_stopped(
+        self, request: web.Request, sending: asyncio.Task[None]
+    ) -> None:
+        """Return when ``sending`` ends, the client is gone, the stream's life is over, or the
+        server is closing: a husk never filled would otherwise be followed forever."""
+        closing = asyncio.create_task(self._closing.wait())
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self._settings.logs_max_seconds
+        try:
+            while not sending.done() and not closing.done() and not _client_gone(request):
+                left = end - loop.time()
+                if left <= 0:
+                    return
+                await asyncio.wait(
+                    {sending, closing},
+                    timeout=min(left, LOG_STREAM_CHECK_SECONDS),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            if sending.done() and not _client_gone(request):
+                sending.result()  # its error, if it failed (not the client's hang-up)
+        finally:
+            closing.cancel()
 
     async def create_file(self, request: web.Request) -> web.Response:
         principal = await self._principal(request)
@@ -192,18 +234,40 @@ class RuntimeApi:
         )
 
 
+async def _send_logs(
+    gateway: RunGateway, response: web.StreamResponse, run_id: str, after: datetime | None
+) -> None:
+    async for entries in gateway.follow_logs(run_id, after_time=after):
+        await response.write(
+            b"".join(json.dumps(entry.to_api()).encode() + b"\n" for entry in entries)
+        )
+
+
+def _stored_header(request: web.Request, name: str) -> str | None:
+    """A header whose value is stored with the run: UTF-8 (aiohttp hands other bytes on as
+    surrogate escapes, which the database refuses, failing the whole intake batch)."""
+    value = request.headers.get(name)
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"{name} is not UTF-8") from exc
+    return value or None
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _json_body(request: web.Request) -> str | None:
     if request.method == "GET":
         return None
     raw = await request.read()
     if not raw.strip():
         return None
-    try:
-        text = raw.decode("utf-8")
-        json.loads(text)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
-    return text
+    parse_json(raw, what="the request body")  # refused here, before anything is stored
+    return raw.decode("utf-8")
 
 
 def _seconds(value: str | None, *, upper: float) -> float:

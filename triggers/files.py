@@ -123,7 +123,7 @@ class FileStore:
     def check_signature(
         self, method: str, file_id: str, expires: str | None, signature: str | None
     ) -> None:
-        if not expires or not signature or not expires.isdigit():
+        if not expires or not signature or not (expires.isascii() and expires.isdigit()):
             raise Forbidden("this file URI is not signed: use the URI POST /file returned")
         if not self._signer.verify(signature, "file", method, file_id, expires):
             raise Forbidden("invalid signature for this file URI")

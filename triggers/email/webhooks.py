@@ -40,6 +40,7 @@ from sqlalchemy import select
 from core.clock import Clock
 from core.db import Database
 from core.email_settings import EmailSettings
+from core.errors import BadRequest
 from core.tables import inbound_events
 from triggers.email.intake import EmailIntake, Envelope, IntakeResult
 from triggers.email.parse import ParsedEmail, parse_email
@@ -70,7 +71,8 @@ Form = MultiDictProxy[Any]
 
 
 def mailgun_signature(key: bytes, timestamp: str, token: str) -> str:
-    return hmac.new(key, (timestamp + token).encode(), hashlib.sha256).hexdigest()
+    message = (timestamp + token).encode("utf-8", "surrogateescape")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 class EmailWebhooks:
@@ -95,11 +97,12 @@ class EmailWebhooks:
             return await larger.post()
         except web.HTTPException:
             raise
-        except (ValueError, UnicodeError) as exc:  # bad encoding, broken multipart
-            raise web.HTTPBadRequest(
-                text=json.dumps({"detail": f"unreadable form: {type(exc).__name__}"}),
-                content_type="application/json",
-            ) from exc
+        except (
+            ValueError,
+            UnicodeError,
+            LookupError,
+        ) as exc:  # bad bytes or charset, broken multipart
+            raise BadRequest(f"unreadable form: {type(exc).__name__}") from exc
 
     async def mailgun(self, request: web.Request) -> web.Response:
         if self._settings.mailgun_signing_key is None:
@@ -130,11 +133,16 @@ class EmailWebhooks:
     async def _mailgun(self, form: Form, signing_key: SecretStr) -> web.Response:
         timestamp, token = _text(form, "timestamp"), _text(form, "token")
         key = signing_key.get_secret_value().encode()
-        expected = mailgun_signature(key, timestamp, token)
-        if not token or not hmac.compare_digest(expected, _text(form, "signature")):
+        expected = mailgun_signature(key, timestamp, token).encode()
+        # As bytes: compare_digest refuses a str with non-ASCII characters (TypeError, a 500).
+        given = _text(form, "signature").encode("utf-8", "surrogateescape")
+        if not token or not hmac.compare_digest(expected, given):
             return _mailgun_refusal("invalid signature")
         now = self._clock.now().timestamp()
-        if not timestamp.isdigit() or abs(now - int(timestamp)) > self._settings.mailgun_max_age:
+        if (
+            not (timestamp.isascii() and timestamp.isdigit())
+            or abs(now - int(timestamp)) > self._settings.mailgun_max_age
+        ):
             return _mailgun_refusal("stale timestamp")
         if await self._seen_token(token):
             return _mailgun_refusal("token already used (replayed request)")
@@ -311,7 +319,7 @@ def _basic_password(request: web.Request) -> str | None:
         return None
     try:
         decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # not base64, not ASCII (b64decode), not UTF-8
         return None
     return decoded.partition(":")[2]
 

@@ -20,12 +20,15 @@ otherwise answer 404, which Slack counts as a failure and retries.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import aiohttp
 import httpx
@@ -42,6 +45,8 @@ from sqlalchemy import select
 
 from core.clock import Clock
 from core.db import Database
+from core.errors import BadRequest, Unauthorized
+from core.json_input import parse_json
 from core.messages import Attachment
 from core.ports import RunGateway
 from core.slack_settings import SlackSettings
@@ -70,6 +75,8 @@ from triggers.slack.recent import RecentMessages
 
 logger = logging.getLogger(__name__)
 
+SIGNATURE_MAX_AGE = 300
+"""Seconds a signed request stays valid (PROTOCOLS §1.1: the five-minute replay window)."""
 NAME_LOOKUP_TIMEOUT = 1.0
 NAME_CACHE_SECONDS = 3600.0
 FILES_DEADLINE = 1.5
@@ -102,6 +109,7 @@ class SlackIntake:
         if settings.signing_secret is None:
             raise ValueError("the Slack intake needs [slack] signing_secret")
         self._settings = settings
+        self._signing_secret = settings.signing_secret.get_secret_value()
         self._deps = deps
         self._names: dict[str, tuple[float, str | None]] = {}
         self._recent = RecentMessages()
@@ -131,6 +139,30 @@ class SlackIntake:
         self.app.enable_token_revocation_listeners()
         self.app.event(re.compile(".*"))(_not_answered)
         self.app.command(re.compile(".*"))(self.accept_command)
+
+    def checked_request(
+        self,
+        raw: bytes,
+        headers: Mapping[str, str],
+        *,
+        content_type: str,
+        charset: str | None,
+        query: str,
+    ) -> AsyncBoltRequest:
+        """Bolt's request for a post whose signature holds over the raw bytes (PROTOCOLS §1.1).
+
+        Checked here before anything is decoded: bolt would decode first and fail with a 500 on
+        bytes that are not UTF-8, a timestamp that is no number, or a body that is no object.
+        """
+        verify_slack_signature(self._signing_secret, raw, headers)
+        if (charset or "utf-8").lower() not in {"utf-8", "utf8"}:
+            raise BadRequest(f"Slack posts UTF-8, not charset {charset!r}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+        _check_body_shape(raw, text, content_type)
+        return AsyncBoltRequest(body=text, query=query, headers=dict(headers))
 
     async def dispatch(self, request: AsyncBoltRequest) -> BoltResponse:
         """One request from Slack, through bolt. Slack's ``ssl_check`` probe of a slash command
@@ -358,6 +390,35 @@ class SlackIntake:
         except (TimeoutError, httpx.HTTPError) as exc:
             logger.warning("slack: files not copied before the ack deadline: %r", exc)
         return attachments
+
+
+def verify_slack_signature(secret: str, raw: bytes, headers: Mapping[str, str]) -> None:
+    """Raise :class:`Unauthorized` unless ``X-Slack-Signature`` signs ``raw`` (PROTOCOLS §1.1)."""
+    timestamp = headers.get("X-Slack-Request-Timestamp") or ""
+    signature = headers.get("X-Slack-Signature") or ""
+    if not (timestamp.isascii() and timestamp.isdigit()) or not signature:
+        raise Unauthorized("missing or malformed X-Slack-Request-Timestamp or X-Slack-Signature")
+    if abs(time.time() - int(timestamp)) > SIGNATURE_MAX_AGE:
+        raise Unauthorized("stale X-Slack-Request-Timestamp: older than five minutes")
+    message = b"v0:" + timestamp.encode() + b":" + raw
+    expected = "v0=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
+        raise Unauthorized("invalid X-Slack-Signature: not signed with [slack] signing_secret")
+
+
+def _check_body_shape(raw: bytes, text: str, content_type: str) -> None:
+    """Refuse what bolt's ``parse_body`` cannot turn into an object (it would raise)."""
+    if content_type == "application/json" or text.startswith("{"):
+        if not isinstance(parse_json(raw), dict):
+            raise BadRequest("the body must be a JSON object")
+        return
+    try:
+        params = dict(parse_qsl(text, keep_blank_values=True, errors="strict"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the form is not URL-encoded UTF-8: {exc}") from exc
+    payload = params.get("payload") if "payload" in text else None
+    if payload is not None and not isinstance(parse_json(payload, what="'payload'"), dict):
+        raise BadRequest("'payload' must be a JSON object")
 
 
 def explicit_oauth_settings(

@@ -18,9 +18,10 @@ import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import MultiDict, MultiDictProxy
 from twilio.request_validator import RequestValidator
 
 from core.clock import Clock
@@ -53,10 +54,12 @@ class TwilioSignature:
         if not signature:
             raise Forbidden(f"missing {SIGNATURE_HEADER}: only Twilio may post here")
         url = self._base + request.raw_path
+        if not url.isascii():  # Twilio requests percent-encoded URLs; no signature covers this
+            raise Forbidden(f"invalid {SIGNATURE_HEADER}: the request URL is not ASCII")
         # The common case costs one HMAC; ``validate`` then also tries the URL with and without
         # its default port (Twilio is not consistent about it) before refusing.
         expected = self._validator.compute_signature(url, form)
-        if hmac.compare_digest(expected.encode(), signature.encode()):
+        if hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
             return
         if not self._validator.validate(url, form, signature):
             raise Forbidden(
@@ -77,7 +80,7 @@ class WhatsAppIntake:
     clock: Clock
 
     async def accept_message(self, request: web.Request) -> web.Response:
-        form = await request.post()
+        form = await twilio_form(request)
         self.signature.check(request, form)
         params = {name: value for name, value in form.items() if isinstance(value, str)}
         sid = params.get("MessageSid") or params.get("SmsMessageSid")
@@ -115,7 +118,7 @@ class WhatsAppIntake:
         return twiml()
 
     async def accept_status(self, request: web.Request) -> web.Response:
-        form = await request.post()
+        form = await twilio_form(request)
         self.signature.check(request, form)
         sid, status = form.get("MessageSid"), form.get("MessageStatus")
         if isinstance(sid, str) and isinstance(status, str):
@@ -126,6 +129,28 @@ class WhatsAppIntake:
             if error_code:
                 logger.warning("WhatsApp message %s: %s, error %s", sid, status, error_code)
         return web.Response(status=204)
+
+
+async def twilio_form(request: web.Request) -> Form:
+    """The parameters of a Twilio webhook post, read from the raw bytes.
+
+    Twilio posts ``application/x-www-form-urlencoded`` in UTF-8 (PROTOCOLS §2.2). aiohttp's
+    ``post()`` would also take multipart files and any charset, and fail with a 500 on bytes it
+    cannot decode; here anything else is a 400, before the signature is checked or anything stored.
+    """
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise BadRequest(
+            f"Twilio posts application/x-www-form-urlencoded, not {request.content_type}"
+        )
+    charset = (request.charset or "utf-8").lower()
+    if charset not in {"utf-8", "utf8"}:
+        raise BadRequest(f"Twilio posts UTF-8 forms, not charset {request.charset!r}")
+    raw = await request.read()
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the form is not URL-encoded UTF-8: {exc}") from exc
+    return MultiDictProxy(MultiDict(pairs))
 
 
 def twiml() -> web.Response:
