@@ -12,7 +12,7 @@ import httpx
 import pytest
 from codewords_client import AsyncCodewordsClient
 
-from tests.conftest import Live
+from tests.conftest import Live, LiveFactory
 from tests.integration.secret_helpers import database_bytes
 
 SECRETS_URL = "/api/v1/secrets"
@@ -138,9 +138,10 @@ async def test_manage_user_secrets_from_outside_is_answered_and_never_stored(liv
 
         async def manage(body: dict[str, str]) -> httpx.Response:
             try:
-                return await client.run("manage_user_secrets", body)
+                answer: httpx.Response = await client.run("manage_user_secrets", body)
             except httpx.HTTPStatusError as error:
                 return error.response
+            return answer
 
         added = await manage({"operation": "add", "name": "API_TOKEN", "value": first})
         assert (added.status_code, added.json()["status"]) == (200, "added"), added.text
@@ -250,3 +251,37 @@ async def test_a_run_gets_only_what_its_workflow_declares(live: Live) -> None:
     ]
     assert logs, "the run wrote no log line"
     assert all(value not in line for line in logs for value in (owner_wide, scoped, undeclared))
+
+
+async def test_a_lost_master_key_is_a_clear_error_not_garbage(
+    live_factory: LiveFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = await live_factory.start()
+    value = fresh("lost")
+    async with httpx.AsyncClient(base_url=live.url, timeout=60) as http:
+        put = await http.put(
+            f"{SECRETS_URL}/API_TOKEN", json={"value": value}, headers=bearer(live.key)
+        )
+        assert put.status_code == 200, put.text
+    await live_factory.stop(live)
+    (live.settings.server.data_dir / "secrets.key").unlink()
+
+    caplog.set_level(logging.WARNING)
+    live = await live_factory.start()  # makes a new key file: the old values cannot open
+    assert "stored secrets are encrypted under master key" in caplog.text
+    async with httpx.AsyncClient(base_url=live.url, timeout=60) as http:
+        got = await http.post(
+            "/run/manage_user_secrets",
+            json={"operation": "get", "name": "API_TOKEN"},
+            headers=bearer(live.key),
+        )
+        put = await http.put(
+            f"{SECRETS_URL}/OTHER_TOKEN", json={"value": "v"}, headers=bearer(live.key)
+        )
+        listed = await http.get(SECRETS_URL, headers=bearer(live.key))
+    for answer in (got, put):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["detail"].startswith("secrets cannot be decrypted: ")
+        assert "master key" in answer.json()["detail"]
+    assert [s["name"] for s in listed.json()["secrets"]] == ["API_TOKEN"], "names stay listed"
+    assert value not in caplog.text
