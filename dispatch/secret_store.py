@@ -319,26 +319,27 @@ class SecretStore:
 
     async def _data_key_for_writing(self, conn: AsyncConnection, owner_id: str) -> AESGCM:
         """The owner's data key, made (under the database's current master key) if missing."""
-        row = (
-            await conn.execute(
-                select(secret_keys.c.master_key_id, secret_keys.c.wrapped_key).where(
-                    secret_keys.c.owner_id == owner_id
-                )
-            )
-        ).first()
-        if row is not None:
-            return self._open_data_key(owner_id, row.master_key_id, row.wrapped_key)
-        master = await self._active_master(conn)
-        raw = new_data_key()
-        await conn.execute(
-            secret_keys.insert().values(
-                owner_id=owner_id,
-                master_key_id=master.key_id,
-                wrapped_key=seal(master.aead, raw, data_key_context(owner_id)),
-                created_at=self._clock.now(),
-            )
+        query = select(secret_keys.c.master_key_id, secret_keys.c.wrapped_key).where(
+            secret_keys.c.owner_id == owner_id
         )
-        return AESGCM(raw)
+        row = (await conn.execute(query)).first()
+        if row is None:
+            master = await self._active_master(conn)
+            dialect: Any = sqlite if conn.dialect.name == "sqlite" else postgresql
+            # Two first secrets of one owner at once (PostgreSQL): the second waits for the
+            # first's key, keeps it, and seals under it.
+            await conn.execute(
+                dialect.insert(secret_keys)
+                .values(
+                    owner_id=owner_id,
+                    master_key_id=master.key_id,
+                    wrapped_key=seal(master.aead, new_data_key(), data_key_context(owner_id)),
+                    created_at=self._clock.now(),
+                )
+                .on_conflict_do_nothing(index_elements=["owner_id"])
+            )
+            row = (await conn.execute(query)).one()
+        return self._open_data_key(owner_id, row.master_key_id, row.wrapped_key)
 
     async def _active_master(self, conn: AsyncConnection) -> MasterKey:
         """The master key new data keys are sealed under: the one the database names (so a node

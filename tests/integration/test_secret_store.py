@@ -201,3 +201,21 @@ async def test_rows_cannot_be_swapped(database: Database, tmp_path: Path) -> Non
         )
     with pytest.raises(SecretsUnreadable, match="data key of owner owner-a does not open"):
         await store.values_for_run("owner-a", "wf", ["OTHER"])
+
+
+async def test_first_secrets_of_an_owner_at_once_share_one_data_key(
+    database: Database, tmp_path: Path
+) -> None:
+    nodes = [node(database, tmp_path), node(database, tmp_path)]
+    await KeyStore(database, SystemClock()).ensure_owner("owner-a")
+    names = [f"TOKEN_{n}" for n in range(8)]
+    await asyncio.gather(
+        *(
+            nodes[n % 2].put("owner-a", name, f"value-{name}", workflow_id=None, actor="test")
+            for n, name in enumerate(names)
+        )
+    )
+    for store in nodes:
+        assert await store.values_for_run("owner-a", "wf", names) == {
+            name: f"value-{name}" for name in names
+        }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from pathlib import Path
 
 import httpx
 import pytest
@@ -285,3 +286,33 @@ async def test_a_lost_master_key_is_a_clear_error_not_garbage(
         assert "master key" in answer.json()["detail"]
     assert [s["name"] for s in listed.json()["secrets"]] == ["API_TOKEN"], "names stay listed"
     assert value not in caplog.text
+
+
+async def test_nodes_with_the_same_secrets_key_read_the_same_secrets(
+    live_factory: LiveFactory, tmp_path: Path
+) -> None:
+    shared = secrets.token_urlsafe(32)
+    first = await live_factory.start(
+        server={"data_dir": str(tmp_path / "node-a"), "secrets_key": shared}
+    )
+    second = await live_factory.start(
+        server={"data_dir": str(tmp_path / "node-b"), "secrets_key": shared}
+    )
+    alone = await live_factory.start(server={"data_dir": str(tmp_path / "node-c")})
+    value = fresh("shared")
+    async with httpx.AsyncClient(timeout=60) as http:
+        put = await http.put(
+            f"{first.url}{SECRETS_URL}/API_TOKEN", json={"value": value}, headers=bearer(first.key)
+        )
+        assert put.status_code == 200, put.text
+        answers = [
+            await http.post(
+                f"{node.url}/run/manage_user_secrets",
+                json={"operation": "get", "name": "API_TOKEN"},
+                headers=bearer(node.key),
+            )
+            for node in (second, alone)
+        ]
+    assert answers[0].json() == {"name": "API_TOKEN", "value": value}, answers[0].text
+    assert answers[1].status_code == 503, "a node with a key file of its own reads nothing"
+    assert "secrets cannot be decrypted" in answers[1].json()["detail"]
