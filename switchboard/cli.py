@@ -31,6 +31,7 @@ from switchboard.migrate import upgrade
 from switchboard.secret_keys import configured, finish_file_rotation, start_file_rotation
 from switchboard.services import Services, open_services
 from triggers.auth import DEFAULT_OWNER
+from triggers.secrets_api import MANAGE_USER_SECRETS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,7 +318,8 @@ async def workflows_add(args: argparse.Namespace, settings: Settings) -> int:
 async def workflows_list(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as services:
         workflows = await services.registry.list()
-        builtins = sorted(services.builtins)
+        # manage_user_secrets is answered by the web edge itself (never a stored run).
+        builtins = sorted([*services.builtins, MANAGE_USER_SECRETS])
     rows = [
         [w.service_id, f"v{w.version}", "workflow", w.lock_hash[:12], w.updated_at]
         for w in workflows

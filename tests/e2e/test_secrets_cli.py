@@ -70,9 +70,12 @@ async def test_secrets_commands_and_a_rotation_under_a_running_server(
         after = await get()  # the server started with the old key: it reads the new file
         assert after.json() == {"name": "API_TOKEN", "value": value}, after.text
 
-    listed, audit = await asyncio.gather(
-        service.cli("secrets", "list"), service.cli("secrets", "audit")
+    listed, audit, workflows = await asyncio.gather(
+        service.cli("secrets", "list"),
+        service.cli("secrets", "audit"),
+        service.cli("workflows", "list"),
     )
+    assert "manage_user_secrets  -        built-in" in workflows.stdout, workflows.describe()
     assert listed.stdout.splitlines()[1].split()[:3] == ["API_TOKEN", "default", "owner"]
     assert [line.split()[1:3] for line in audit.stdout.splitlines()[1:]] == [
         ["rotate-key", "cli"],
