@@ -183,7 +183,11 @@ async def test_manage_user_secrets_from_outside_is_answered_and_never_stored(liv
     assert first.encode() not in stored and second.encode() not in stored
 
 
-async def test_a_run_gets_only_what_its_workflow_declares(live: Live) -> None:
+@pytest.mark.parametrize("sandbox", ["bwrap", "process"])
+async def test_a_run_gets_only_what_its_workflow_declares(
+    live_factory: LiveFactory, sandbox: str
+) -> None:
+    live = await live_factory.start(runtime={"sandbox": sandbox})
     await live.register("secret_user")
     await live.register("secret_keeper")
     owner_wide, scoped, undeclared = fresh("owner"), fresh("scoped"), fresh("undeclared")
