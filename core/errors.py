@@ -100,3 +100,9 @@ class EnvironmentNotBuilt(WorkflowError):
     def __init__(self, service_id: str) -> None:
         self.service_id = service_id
         super().__init__(f"environment for workflow {service_id!r} is not built; re-register it")
+
+
+class SecretsUnreadable(SwitchboardError):
+    """secrets cannot be decrypted: the master key is missing or wrong"""
+
+    status = 503

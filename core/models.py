@@ -214,6 +214,9 @@ class Grant(StrEnum):
     OUTBOUND = "outbound"
     """have the server send out for it (``send_email``, schedule targets other than ``none``);
     implied by ``network = "internet"``"""
+    SECRETS = "secrets"
+    """add and delete its owner's secrets (``manage_user_secrets``, ``/api/v1/secrets``) and list
+    all their names; without it a run reads and lists only the names its workflow declares"""
 
 
 CALLER_GRANTS_HEADER = "X-Switchboard-Caller-Grants"
@@ -290,7 +293,7 @@ class WorkflowLimits(_Frozen):
     grants: tuple[Grant, ...] = Field(
         default=(),
         description="what the run key may do beyond running and reading its owner's runs "
-        "(README 'Run keys'): schedules, files, outbound",
+        "(README 'Run keys'): schedules, files, outbound, secrets",
     )
     warm: bool = Field(
         default=False,
@@ -310,6 +313,14 @@ def format_bytes(size: int) -> str:
         if size >= factor:
             return f"{size / factor:g} {unit}"
     return f"{size} bytes"
+
+
+class DeclaredVariable(_Frozen):
+    """One entry of a workflow's ``[tool.env-checker] env_vars`` (issue 14): ``"NAME"`` must be
+    provided (by a secret), ``"NAME=default"`` falls back to ``default``."""
+
+    name: str
+    default: str | None = None
 
 
 class Invocation(_Frozen):

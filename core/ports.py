@@ -7,7 +7,7 @@ The composition root wires the implementations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +22,7 @@ from core.models import (
     WorkflowLimits,
 )
 from core.replies import Delivery, SendResult
+from core.secret_records import SecretEvent, SecretInfo
 
 LogSink = Callable[[str, str], None]
 """Receives ``(stream, line)`` for every line a run writes; must not block."""
@@ -154,3 +155,55 @@ class NullMetrics:
 
     def delivery_finished(self, channel: str, outcome: str) -> None:
         pass
+
+
+class SecretValues(Protocol):
+    """Where a run's declared secrets come from (issue 14). Values are plain text in memory only;
+    an implementation never logs them."""
+
+    async def values_for_run(
+        self, owner_id: str, workflow_id: str, names: Collection[str]
+    ) -> Mapping[str, str]:
+        """The values of ``names`` for this owner: a value scoped to ``workflow_id`` wins over the
+        owner-wide one; a name without a value is absent from the result (never an empty string).
+        Raises ``SecretsUnreadable`` (core/errors.py) when stored values cannot be decrypted (e.g. a
+        lost or wrong master key), never returns garbage."""
+        ...
+
+
+class SecretsManager(SecretValues, Protocol):
+    """The secret store as the management surfaces see it (REST, ``manage_user_secrets``, CLI).
+
+    ``workflow_id`` ``None`` is the owner-wide value. ``actor`` (a key id, a run id, ``cli``) is
+    written to the audit trail with every change; values never are. Names and values are checked
+    here (``core.secret_records``): a bad one raises ``BadRequest`` naming the problem.
+    """
+
+    async def put(
+        self, owner_id: str, name: str, value: str, *, workflow_id: str | None, actor: str
+    ) -> SecretInfo:
+        """Store (or replace) a value; raises ``NotFound`` for a workflow that does not exist."""
+        ...
+
+    async def remove(
+        self, owner_id: str, name: str, *, workflow_id: str | None, actor: str
+    ) -> None:
+        """Delete a value; raises ``NotFound`` when there is none in that scope."""
+        ...
+
+    async def list_secrets(self, owner_id: str | None) -> list[SecretInfo]:
+        """Names, scopes and times (never values) of one owner, or of every owner (``None``)."""
+        ...
+
+    async def get(self, owner_id: str, name: str, *, workflow_id: str | None) -> str | None:
+        """The value a run of ``workflow_id`` would get (workflow-scoped first), else ``None``."""
+        ...
+
+    async def audit(self, owner_id: str | None, *, limit: int) -> list[SecretEvent]:
+        """The newest changes first: who set, deleted or re-keyed what, when."""
+        ...
+
+    async def declared_by_run(self, run_id: str, owner_id: str) -> tuple[str, frozenset[str]]:
+        """The service id of ``owner_id``'s running run ``run_id`` and the names its workflow
+        version declares (``[tool.env-checker] env_vars``); raises ``NotFound`` otherwise."""
+        ...

@@ -21,6 +21,8 @@ from core.scheduler_settings import SchedulerSettings, ScheduleSpec
 from core.slack_settings import SlackSettings
 from core.whatsapp_settings import WhatsAppSettings
 
+MIN_MASTER_KEY_LENGTH = 32
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -58,6 +60,17 @@ class ServerSettings(_Section):
         description="Key for signed URIs and run-scoped API keys. Default: generated once and kept "
         "in <data_dir>/secret.key (mode 0600).",
     )
+    secrets_key: SecretStr | None = Field(
+        default=None,
+        description="master key (at least 32 characters) that encrypts the data keys of stored "
+        "secrets; set the same on every node. Default: generated once and kept in "
+        "<data_dir>/secrets.key (mode 0600)",
+    )
+    secrets_key_previous: SecretStr | None = Field(
+        default=None,
+        description="the master key being replaced: still accepted for reading until "
+        "`switchboard secrets rotate-key` has re-encrypted every data key (README 'Secrets')",
+    )
     metrics_key: SecretStr | None = Field(
         default=None,
         description="when set, /metrics answers only requests with Authorization: Bearer <key>",
@@ -71,6 +84,16 @@ class ServerSettings(_Section):
         "revoked on another process stops working within this time.",
     )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    @field_validator("secrets_key", "secrets_key_previous")
+    @classmethod
+    def _long_master_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < MIN_MASTER_KEY_LENGTH:
+            raise ValueError(
+                f"a secrets master key needs at least {MIN_MASTER_KEY_LENGTH} characters "
+                "(openssl rand -base64 32)"
+            )
+        return value
 
     def base_url(self) -> str:
         if self.public_url:

@@ -311,3 +311,58 @@ email_messages = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Index("ix_email_messages_peer_created_at", "peer", "created_at"),
 )
+
+# ---- secrets (dispatch/secrets.py; issue 14) --------------------------------------------------
+
+# One data key per owner, encrypted (AES-GCM) under a master key that never reaches the database;
+# master_key_id names which one (a fingerprint), so a rotation can switch them one row at a time.
+secret_keys = Table(
+    "secret_keys",
+    metadata,
+    Column("owner_id", String(64), ForeignKey("owners.id"), primary_key=True),
+    Column("master_key_id", String(16), nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("rotated_at", UTCDateTime()),
+)
+
+# One row: the master key new data keys are wrapped under. A rotation moves it in the same
+# transaction that re-wraps every data key, so no node wraps under a key being retired.
+secret_master = Table(
+    "secret_master",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("master_key_id", String(16), nullable=False),
+    Column("changed_at", UTCDateTime(), nullable=False),
+)
+
+secrets = Table(
+    "secrets",
+    metadata,
+    Column("owner_id", String(64), ForeignKey("owners.id"), nullable=False),
+    # "" rather than NULL for owner-wide: NULLs never collide in a primary key.
+    Column("workflow_id", String(100), nullable=False),
+    Column("name", String(128), nullable=False),
+    # AES-GCM under the owner's data key, bound to (owner, workflow, name) as associated data.
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("updated_by", String(64), nullable=False),
+    PrimaryKeyConstraint("owner_id", "workflow_id", "name"),
+)
+
+# Who set, deleted or re-keyed what, when: never a value. Not tied to owners by a foreign key,
+# so the trail outlives what it describes.
+secret_events = Table(
+    "secret_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("owner_id", String(64)),
+    Column("name", String(128)),
+    Column("workflow_id", String(100)),
+    Column("detail", String(300), nullable=False, default=""),
+    Index("ix_secret_events_owner_id_id", "owner_id", "id"),
+)

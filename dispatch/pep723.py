@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.errors import WorkflowError
-from core.models import WorkflowLimits
+from core.models import DeclaredVariable, WorkflowLimits
 
 # The reference implementation's regular expression (PEP 723, "Reference Implementation").
 _BLOCK_RE = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
@@ -97,6 +97,31 @@ def parse_script_metadata(source: str, *, origin: str = "the workflow") -> Scrip
         requires_python=requires_python,
         limits=_limits(table, origin),
     )
+
+
+def declared_environment(source: str) -> tuple[DeclaredVariable, ...]:
+    """The variables the header of ``source`` declares (``[tool.env-checker] env_vars``)."""
+    blocks = [m for m in _BLOCK_RE.finditer(source) if m.group("type") == "script"]
+    if len(blocks) != 1:
+        return ()
+    content = "".join(
+        line[2:] if line.startswith("# ") else line[1:]
+        for line in blocks[0].group("content").splitlines(keepends=True)
+    )
+    try:
+        tool = tomllib.loads(content).get("tool", {})
+    except tomllib.TOMLDecodeError:
+        return ()
+    checker = tool.get("env-checker", {}) if isinstance(tool, dict) else {}
+    entries = checker.get("env_vars", []) if isinstance(checker, dict) else []
+    declared = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, str):
+            name, equals, default = entry.partition("=")
+            declared.append(
+                DeclaredVariable(name=name.strip(), default=default if equals else None)
+            )
+    return tuple(declared)
 
 
 def _limits(table: dict[str, Any], origin: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from switchboard.services import Services, open_services
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
 from triggers.email.wiring import EMAIL_ROUTES, EmailWebhooks, email_intake
 from triggers.files import FILE_ROUTES, FileRoutes
+from triggers.secrets_api import SECRET_ROUTES, SecretRoutes
 from triggers.slack.wiring import SLACK_ROUTES, SlackRoutes
 from triggers.whatsapp.intake import WhatsAppIntake
 from triggers.whatsapp.wiring import WHATSAPP_ROUTES, open_whatsapp_intake
@@ -46,6 +47,7 @@ READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 SCHEDULER = web.AppKey("scheduler", SchedulerNode)
 SCHEDULE_HANDLERS = web.AppKey("schedule_handlers", ScheduleRoutes)
+SECRET_HANDLERS = web.AppKey("secret_handlers", SecretRoutes)
 RUNNER = web.AppKey("runner", ChosenRunner)
 
 ROLES = frozenset({"web", "worker", "scheduler"})
@@ -102,6 +104,8 @@ def create_app(
             app.router.add_route(method, path, _route_to(EMAIL, name))
         for method, path, name in SCHEDULE_ROUTES:
             app.router.add_route(method, path, _route_to(SCHEDULE_HANDLERS, name))
+        for method, path, name in SECRET_ROUTES:
+            app.router.add_route(method, path, _route_to(SECRET_HANDLERS, name))
     return app
 
 
@@ -129,6 +133,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             return principal.owner_id, principal.rights
 
         app[SCHEDULE_HANDLERS] = ScheduleRoutes(services.schedules, schedule_owner)
+        app[SECRET_HANDLERS] = SecretRoutes(services.secrets, services.auth)
         yield
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import getpass
 import json
 import logging
 import signal
@@ -27,9 +28,11 @@ from switchboard.app import ROLES, create_app
 from switchboard.config import load_settings
 from switchboard.logging import configure_logging
 from switchboard.migrate import upgrade
+from switchboard.secret_keys import configured, finish_file_rotation, start_file_rotation
 from switchboard.server import start_site
 from switchboard.services import Services, open_services
 from triggers.auth import DEFAULT_OWNER
+from triggers.secrets_api import MANAGE_USER_SECRETS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.set_defaults(command=runs_logs)
     _schedule_commands(commands, common)
+    _secret_commands(commands, common)
     return parser
 
 
@@ -177,6 +181,37 @@ def _schedule_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--timezone", default="UTC")
     p.add_argument("--count", type=int, default=5)
     p.set_defaults(command=schedules_preview)
+
+
+def _secret_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    sec = commands.add_parser("secrets", help="secrets given to workflows").add_subparsers(
+        title="secrets commands"
+    )
+    p = sec.add_parser(
+        "set", parents=[common], help="store a value, read from stdin or a hidden prompt"
+    )
+    p.add_argument("name", help="an environment variable name, like SLACK_BOT_TOKEN")
+    p.add_argument("--workflow", help="only for this workflow's runs (wins over owner-wide)")
+    p.add_argument("--owner", default=DEFAULT_OWNER)
+    p.set_defaults(command=secrets_set)
+    p = sec.add_parser("list", parents=[common], help="names, scopes and times (never values)")
+    p.add_argument("--owner")
+    p.set_defaults(command=secrets_list)
+    p = sec.add_parser("unset", parents=[common], help="delete a value")
+    p.add_argument("name")
+    p.add_argument("--workflow")
+    p.add_argument("--owner", default=DEFAULT_OWNER)
+    p.set_defaults(command=secrets_unset)
+    p = sec.add_parser(
+        "rotate-key",
+        parents=[common],
+        help="re-encrypt every data key under a new master key (README 'Secrets')",
+    )
+    p.set_defaults(command=secrets_rotate_key)
+    p = sec.add_parser("audit", parents=[common], help="who set, deleted or re-keyed what, when")
+    p.add_argument("--owner")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(command=secrets_audit)
 
 
 # ---- serve ---------------------------------------------------------------------------------
@@ -283,7 +318,8 @@ async def workflows_add(args: argparse.Namespace, settings: Settings) -> int:
 async def workflows_list(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as services:
         workflows = await services.registry.list()
-        builtins = sorted(services.builtins)
+        # manage_user_secrets is answered by the web edge itself (never a stored run).
+        builtins = sorted([*services.builtins, MANAGE_USER_SECRETS])
     rows = [
         [w.service_id, f"v{w.version}", "workflow", w.lock_hash[:12], w.updated_at]
         for w in workflows
@@ -413,6 +449,94 @@ async def schedules_preview(args: argparse.Namespace, settings: Settings) -> int
         answer = await perform(services.schedules, None, body)
     for moment in answer["fire_times"]:
         print(moment)
+    return 0
+
+
+# ---- secrets --------------------------------------------------------------------------------
+
+CLI_ACTOR = "cli"
+
+
+def _read_value(name: str) -> str:
+    """The value from a hidden prompt on a terminal, else all of stdin (one final newline
+    dropped): never from argv, where every user of the host could read it."""
+    if sys.stdin.isatty():
+        return getpass.getpass(f"value of {name} (not shown): ")
+    value = sys.stdin.read()
+    return value[:-1] if value.endswith("\n") else value
+
+
+async def secrets_set(args: argparse.Namespace, settings: Settings) -> int:
+    value = _read_value(args.name)
+    async with open_services(settings) as services:
+        await services.keys.ensure_owner(args.owner)
+        info = await services.secrets.put(
+            args.owner, args.name, value, workflow_id=args.workflow, actor=CLI_ACTOR
+        )
+    print(f"set {info.name} for owner {info.owner_id} ({info.scope})")
+    return 0
+
+
+async def secrets_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        listed = await services.secrets.list_secrets(args.owner)
+    _table(
+        ["name", "owner", "scope", "updated", "by"],
+        [
+            [s.name, s.owner_id, s.scope, isoformat(s.updated_at) or "", s.updated_by]
+            for s in listed
+        ],
+    )
+    return 0
+
+
+async def secrets_unset(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        await services.secrets.remove(
+            args.owner, args.name, workflow_id=args.workflow, actor=CLI_ACTOR
+        )
+    scope = f"workflow {args.workflow}" if args.workflow else "owner"
+    print(f"unset {args.name} for owner {args.owner} ({scope})")
+    return 0
+
+
+async def secrets_rotate_key(args: argparse.Namespace, settings: Settings) -> int:
+    """Key file: a new ``secrets.key`` (the old kept as ``secrets.key.old`` until the re-encryption
+    has committed). ``server.secrets_key``: the operator has set the new key there and the old one
+    as ``server.secrets_key_previous``; this re-encrypts, then the previous one can go."""
+    from_file = not configured(settings)
+    data_dir = settings.server.data_dir
+    async with open_services(settings) as services:
+        resumed = from_file and not start_file_rotation(data_dir)
+        rotation = await services.secrets.rotate(actor=CLI_ACTOR)
+        if from_file:
+            finish_file_rotation(data_dir)
+    if resumed:
+        print(f"resumed the rotation to the key in {data_dir / 'secrets.key'}")
+    print(
+        f"{rotation.rewrapped} of {rotation.data_keys} data keys re-encrypted; every one is now "
+        f"under master key {rotation.master_key_id}"
+    )
+    if from_file:
+        print(f"the old key is retired; back up {data_dir / 'secrets.key'}")
+    else:
+        print("the old key is no longer needed: remove server.secrets_key_previous everywhere")
+    return 0
+
+
+async def secrets_audit(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        events = await services.secrets.audit(args.owner, limit=args.limit)
+    _table(
+        ["at", "action", "actor", "owner", "name", "workflow", "detail"],
+        [
+            [
+                isoformat(e.at) or "", e.action, e.actor, e.owner_id or "-", e.name or "-",
+                e.workflow_id or "-", e.detail,
+            ]
+            for e in events
+        ],
+    )  # fmt: skip
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import sys
 import tempfile
@@ -33,19 +34,24 @@ from dispatch.logs import LogWriter
 from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
 from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowRegistry
+from dispatch.secret_store import SecretStore
 from scheduler.builtin import SCHEDULE_RUNS, schedule_runs_service
 from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
 from switchboard.config import signing_secret
 from switchboard.datadir import prepare_data_dir
 from switchboard.migrate import upgrade
+from switchboard.secret_keys import load_key_ring
 from triggers.auth import Authenticator, KeyStore
 from triggers.egress import guarded_client
 from triggers.email.wiring import EmailOutbound
 from triggers.files import FileSettings, FileStore
+from triggers.secrets_api import MANAGE_USER_SECRETS
 from triggers.slack.wiring import SlackChannel, open_slack
 from triggers.webhook import WebhookSender
 from triggers.whatsapp.wiring import open_whatsapp_sender
+
+logger = logging.getLogger(__name__)
 
 # What a workflow process gets besides its own variables (DESIGN §5): nothing of the server's.
 WORKFLOW_BASE_ENV = {
@@ -74,6 +80,8 @@ class Services:
     outbox: Outbox
     replies: ReplyWriter
     schedules: ScheduleService
+    secrets: SecretStore
+    """the secret store: ``core.ports.SecretValues`` for runs, ``SecretsManager`` for the rest"""
     slack: SlackChannel | None = None
 
     def run_started(self, run: RunRecord) -> None:
@@ -177,7 +185,7 @@ async def open_services(
                 base_env=tool_env(),
             ),
             workflows_dir=(data_dir / "workflows").resolve(),
-            reserved=frozenset([*builtins, SCHEDULE_RUNS]),
+            reserved=frozenset([*builtins, SCHEDULE_RUNS, MANAGE_USER_SECRETS]),
             default_limits=settings.runtime.limits,
         )
         keys = KeyStore(database, clock)
@@ -236,6 +244,9 @@ async def open_services(
             destinations=destinations,
         )
         builtins[SCHEDULE_RUNS] = schedule_runs_service(schedules)
+        secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
+        if migrate and (problem := await secrets.check_keys()) is not None:
+            logger.warning("secrets: %s", problem)
         services = Services(
             settings=settings,
             database=database,
@@ -258,6 +269,7 @@ async def open_services(
                 channels=outbox.channels, failure_line=settings.delivery.failure_line
             ),
             schedules=schedules,
+            secrets=secrets,
             slack=slack,
         )
         database.start()
