@@ -7,7 +7,7 @@ The composition root wires the implementations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -154,3 +154,17 @@ class NullMetrics:
 
     def delivery_finished(self, channel: str, outcome: str) -> None:
         pass
+
+
+class SecretValues(Protocol):
+    """Where a run's declared secrets come from (issue 14). Values are plain text in memory only;
+    an implementation never logs them."""
+
+    async def values_for_run(
+        self, owner_id: str, workflow_id: str, names: Collection[str]
+    ) -> Mapping[str, str]:
+        """The values of ``names`` for this owner: a value scoped to ``workflow_id`` wins over the
+        owner-wide one; a name without a value is absent from the result (never an empty string).
+        Raises ``SecretsUnreadable`` (core/errors.py) when stored values cannot be decrypted (e.g. a
+        lost or wrong master key), never returns garbage."""
+        ...

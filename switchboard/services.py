@@ -20,8 +20,11 @@ import httpx
 
 from core.clock import Clock, SystemClock
 from core.db import Database
+from core.errors import SecretsUnreadable
 from core.models import RunRecord
-from core.ports import BuiltinService, Metrics, NullMetrics, Sender
+from core.ports import BuiltinService, Metrics, NullMetrics, SecretValues, Sender
+from core.redaction import InFlightSecrets
+from core.secret_values import InMemorySecretValues
 from core.security import Signer
 from core.settings import Settings
 from dispatch.builtins import builtin_services
@@ -32,12 +35,14 @@ from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
 from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
 from dispatch.queue import RunQueue
-from dispatch.registry import WorkflowRegistry
+from dispatch.registry import WorkflowInfo, WorkflowRegistry
+from dispatch.run_environment import unset_declarations
 from scheduler.builtin import SCHEDULE_RUNS, schedule_runs_service
 from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
 from switchboard.config import signing_secret
 from switchboard.datadir import prepare_data_dir
+from switchboard.logging import redact_server_logs
 from switchboard.migrate import upgrade
 from triggers.auth import Authenticator, KeyStore
 from triggers.egress import guarded_client
@@ -74,12 +79,34 @@ class Services:
     outbox: Outbox
     replies: ReplyWriter
     schedules: ScheduleService
+    secrets: SecretValues
+    """Where runs' declared secrets come from (issue 14)."""
+    in_flight_secrets: InFlightSecrets
+    """The secret values of this node's runs in flight: redacted from the server's logs."""
     slack: SlackChannel | None = None
 
     def run_started(self, run: RunRecord) -> None:
         """A worker of this node starts ``run``: its channel may show it (Slack's ``:eyes:``)."""
         if self.slack is not None:
             self.slack.sender.working(run.reply_target)
+
+    async def unset_secret_warnings(self, info: WorkflowInfo, owner_id: str) -> list[str]:
+        """One warning per name ``info`` declares that has no value (nor default) for
+        ``owner_id`` yet: registering still succeeds, but its runs fail until it is set."""
+        try:
+            missing = await unset_declarations(
+                self.secrets,
+                owner_id=owner_id,
+                service_id=info.service_id,
+                declared=info.declared_env,
+            )
+        except SecretsUnreadable as exc:
+            return [f"warning: cannot check the secrets workflow {info.service_id} declares: {exc}"]
+        return [
+            f"warning: workflow {info.service_id} declares {name}, which is not set for owner "
+            f"{owner_id}: its runs fail until it is (switchboard secrets set {name})"
+            for name in missing
+        ]
 
     @property
     def instance(self) -> str:
@@ -236,6 +263,8 @@ async def open_services(
             destinations=destinations,
         )
         builtins[SCHEDULE_RUNS] = schedule_runs_service(schedules)
+        in_flight_secrets = InFlightSecrets()
+        stack.callback(redact_server_logs(in_flight_secrets))
         services = Services(
             settings=settings,
             database=database,
@@ -258,6 +287,8 @@ async def open_services(
                 channels=outbox.channels, failure_line=settings.delivery.failure_line
             ),
             schedules=schedules,
+            secrets=InMemorySecretValues(),  # issue 14: the hand-over point of runs' secrets
+            in_flight_secrets=in_flight_secrets,
             slack=slack,
         )
         database.start()
