@@ -87,6 +87,10 @@ class InFlightSecrets:
                 self._held = +self._held  # drop the values no run holds any more
                 self._redactor = Redactor(self._held)
 
+    def __bool__(self) -> bool:
+        """Whether any run in flight holds a value (else the log filter has nothing to do)."""
+        return bool(self._held)
+
     def redact(self, text: str) -> str:
         return self._redactor.redact(text)
 

@@ -69,7 +69,7 @@ class WorkerPool:
     ) -> None:
         self._metrics = metrics
         self._secrets = secrets
-        self._in_flight = in_flight or InFlightSecrets()
+        self._in_flight = in_flight if in_flight is not None else InFlightSecrets()
         self._on_started = on_started
         self._replies = replies
         self._on_reply = on_reply

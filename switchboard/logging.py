@@ -51,6 +51,8 @@ class SecretRedaction(logging.Filter):
         self._secrets = secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
         message = record.getMessage()
         redacted = self._secrets.redact(message)
         if redacted != message:
