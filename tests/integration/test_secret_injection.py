@@ -9,6 +9,7 @@ every form the redaction covers and reports what it got.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import logging
@@ -232,6 +233,50 @@ async def test_a_changed_secret_gets_a_fresh_warm_process(
     )
     assert changed.json()["token"] == second_value
     assert changed.json()["process"] != first.json()["process"]
+
+
+class ServerLines(logging.Handler):
+    """Every record the server logs, formatted as its handlers would; ``seen`` set on ``wanted``."""
+
+    def __init__(self, wanted: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.wanted = wanted
+        self.lines: list[str] = []
+        self.seen = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+        if self.wanted in record.getMessage():
+            self._loop.call_soon_threadsafe(self.seen.set)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_warm_process_printing_its_secret_between_runs_leaves_no_trace(
+    live_factory: LiveFactory,
+) -> None:
+    watch = ServerLines("between runs")
+    root = logging.getLogger()
+    root.addHandler(watch)
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        live = await live_factory.start(runtime={"sandbox": "bwrap", "warm_idle_ttl": 600})
+        await live.register("secret_warm")
+        value = tricky_value("between")
+        secret_store(live.services).set("default", "PROBE_TOKEN", value)
+        async with httpx.AsyncClient(
+            base_url=live.url, headers={"Authorization": live.key}, timeout=90
+        ) as client:
+            answer = await client.post("/run/secret-warm/", json={"later": True})
+        async with asyncio.timeout(30):
+            await watch.seen.wait()
+    finally:
+        root.removeHandler(watch)
+        root.setLevel(level)
+
+    assert answer.status_code == 200, answer.text
+    assert [line for line in watch.lines if value in line] == []
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

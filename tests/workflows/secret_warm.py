@@ -15,11 +15,12 @@
 # ///
 """Test workflow that opts into warm reuse: says which process served it and with which secret."""
 
+import asyncio
 import os
 import secrets
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 app = FastAPI(title="secret-warm")
 
@@ -27,5 +28,9 @@ PROCESS = secrets.token_hex(8)  # made once per process: two runs that see the s
 
 
 @app.post("/")
-async def visit() -> dict[str, Any]:
-    return {"process": PROCESS, "token": os.environ.get("PROBE_TOKEN")}
+async def visit(request: Request) -> dict[str, Any]:
+    token = os.environ.get("PROBE_TOKEN")
+    if (await request.json()).get("later"):
+        # Printed once the run is over: while the process waits, idle, for the next run.
+        asyncio.get_running_loop().call_later(0.5, print, f"later={token}")
+    return {"process": PROCESS, "token": token}
