@@ -106,3 +106,17 @@ class SecretsUnreadable(SwitchboardError):
     """secrets cannot be decrypted: the master key is missing or wrong"""
 
     status = 503
+
+
+class SecretNotSet(WorkflowError):
+    """A run's workflow declares a variable that has neither a secret nor a default."""
+
+    status = 400
+
+    def __init__(self, name: str, owner_id: str, service_id: str) -> None:
+        self.name = name
+        self.owner_id = owner_id
+        self.service_id = service_id
+        super().__init__(
+            f"secret {name} is not set for owner {owner_id} (declared by workflow {service_id})"
+        )

@@ -315,12 +315,36 @@ def format_bytes(size: int) -> str:
     return f"{size} bytes"
 
 
+RUNTIME_VARIABLES = frozenset(
+    {
+        "PORT",
+        "LOGLEVEL",
+        "CODEWORDS_API_KEY",
+        "CODEWORDS_RUNTIME_URI",
+        "RUNTIME_URI",
+        "CODEWORDS_SERVICE_ROOT",
+        "HOME",
+        "TMPDIR",
+        "PATH",
+        "LANG",
+        "PYTHONUNBUFFERED",
+    }
+)
+"""Variables the runtime sets for every run: a workflow may declare them (the seeds declare
+``PORT=8000`` and ``CODEWORDS_API_KEY``), but their value is the runtime's, never a secret's."""
+
+
 class DeclaredVariable(_Frozen):
     """One entry of a workflow's ``[tool.env-checker] env_vars`` (issue 14): ``"NAME"`` must be
     provided (by a secret), ``"NAME=default"`` falls back to ``default``."""
 
     name: str
     default: str | None = None
+
+    @property
+    def from_runtime(self) -> bool:
+        """Whether the runtime sets this variable itself (no secret, no default is used)."""
+        return self.name in RUNTIME_VARIABLES
 
 
 class Invocation(_Frozen):

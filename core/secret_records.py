@@ -10,21 +10,12 @@ from typing import Any, Literal
 
 from core.clock import isoformat
 from core.errors import BadRequest
+from core.models import RUNTIME_VARIABLES
 
 MAX_VALUE_BYTES = 64 * 1024
 MAX_NAME_LENGTH = 128
-_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-RESERVED_NAMES = frozenset(
-    {
-        "PORT",
-        "LOGLEVEL",
-        "CODEWORDS_API_KEY",
-        "CODEWORDS_RUNTIME_URI",
-        "RUNTIME_URI",
-        "CODEWORDS_SERVICE_ROOT",
-    }
-)
-"""Set by the runtime for every run: a secret of one of these names would never be used."""
+VARIABLE_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+"""A secret's name, and a name a workflow header may declare: an upper-case environment name."""
 RESERVED_PREFIX = "SWITCHBOARD_"
 
 
@@ -34,12 +25,12 @@ def check_name(name: Any) -> str:
         raise BadRequest("a secret needs a name (an environment variable name, like API_TOKEN)")
     if len(name) > MAX_NAME_LENGTH:
         raise BadRequest(f"secret name is longer than {MAX_NAME_LENGTH} characters")
-    if not _NAME.match(name):
+    if not VARIABLE_NAME.match(name):
         raise BadRequest(
             f"invalid secret name {name!r}: use upper-case letters A-Z, digits and '_', "
             "not starting with a digit (an environment variable name, like API_TOKEN)"
         )
-    if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIX):
+    if name in RUNTIME_VARIABLES or name.startswith(RESERVED_PREFIX):
         raise BadRequest(
             f"{name} is set by the runtime itself for every run (or is Switchboard's own); "
             "a secret of that name would never reach a workflow"

@@ -4,7 +4,8 @@ A workflow file is a single script; the ``# /// script`` block is the only place
 is described, so registration fails loudly when the block is missing, repeated or not valid TOML
 rather than guessing an environment. ``requires-python`` is checked here too (a small PEP 440
 subset, release versions only) because the runtime has one interpreter and a workflow that cannot
-run on it must be refused at registration, not at its first run.
+run on it must be refused at registration, not at its first run. ``[tool.env-checker] env_vars``
+(the seeds' format) declares the variables a run gets: ``"NAME"`` or ``"NAME=default"``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 
 from core.errors import WorkflowError
 from core.models import DeclaredVariable, WorkflowLimits
+from core.secret_records import MAX_NAME_LENGTH, RESERVED_PREFIX, VARIABLE_NAME
 
 # The reference implementation's regular expression (PEP 723, "Reference Implementation").
 _BLOCK_RE = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
@@ -28,6 +30,7 @@ _BLOCK_RE = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| 
 _REQUIREMENT_RE = re.compile(r"^[A-Za-z0-9][^\r\n]*$")
 _CLAUSE_RE = re.compile(r"^\s*(?P<op>~=|===|==|!=|<=|>=|<|>)\s*(?P<version>[^\s,]+)\s*$")
 _RELEASE_RE = re.compile(r"^v?(?P<release>\d+(?:\.\d+)*)(?P<wildcard>\.\*)?$")
+# An environment variable name as POSIX shells accept it; Switchboard's own prefix is reserved.
 
 PythonVersion = tuple[int, int, int]
 
@@ -40,6 +43,8 @@ class ScriptMetadata:
     requires_python: str | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     """The ``[tool.switchboard]`` table, validated: limits this workflow sets for itself."""
+    declared_env: tuple[DeclaredVariable, ...] = ()
+    """``[tool.env-checker] env_vars``: the variables a run of this workflow gets."""
 
     def allows_python(self, version: PythonVersion) -> bool:
         """Whether an interpreter of ``version`` satisfies ``requires-python`` (None: any)."""
@@ -96,32 +101,50 @@ def parse_script_metadata(source: str, *, origin: str = "the workflow") -> Scrip
         dependencies=tuple(d.strip() for d in dependencies),
         requires_python=requires_python,
         limits=_limits(table, origin),
+        declared_env=_declared_env(table, origin),
     )
 
 
 def declared_environment(source: str) -> tuple[DeclaredVariable, ...]:
     """The variables the header of ``source`` declares (``[tool.env-checker] env_vars``)."""
-    blocks = [m for m in _BLOCK_RE.finditer(source) if m.group("type") == "script"]
-    if len(blocks) != 1:
-        return ()
-    content = "".join(
-        line[2:] if line.startswith("# ") else line[1:]
-        for line in blocks[0].group("content").splitlines(keepends=True)
-    )
-    try:
-        tool = tomllib.loads(content).get("tool", {})
-    except tomllib.TOMLDecodeError:
-        return ()
+    return parse_script_metadata(source).declared_env
+
+
+def _declared_env(table: dict[str, Any], origin: str) -> tuple[DeclaredVariable, ...]:
+    """``env_vars`` entries as ``NAME`` (must be provided) or ``NAME=default``, each name once."""
+    tool = table.get("tool", {})
     checker = tool.get("env-checker", {}) if isinstance(tool, dict) else {}
-    entries = checker.get("env_vars", []) if isinstance(checker, dict) else []
-    declared = []
-    for entry in entries if isinstance(entries, list) else []:
-        if isinstance(entry, str):
-            name, equals, default = entry.partition("=")
-            declared.append(
-                DeclaredVariable(name=name.strip(), default=default if equals else None)
+    if not isinstance(checker, dict):
+        raise WorkflowError(f"{origin}: `[tool.env-checker]` must be a table")
+    entries = checker.get("env_vars", [])
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise WorkflowError(f"{origin}: `[tool.env-checker] env_vars` must be a list of strings")
+    declared: dict[str, DeclaredVariable] = {}
+    for entry in entries:
+        name, equals, default = entry.partition("=")
+        name = name.strip()
+        if len(name) > MAX_NAME_LENGTH or not VARIABLE_NAME.match(name):
+            raise WorkflowError(
+                f"{origin}: `[tool.env-checker] env_vars` entry {entry!r} is not NAME or "
+                "NAME=default (a name is upper-case letters, digits and '_', not starting with a "
+                "digit, at most 128 characters)"
             )
-    return tuple(declared)
+        if name.startswith(RESERVED_PREFIX):
+            raise WorkflowError(
+                f"{origin}: `[tool.env-checker] env_vars` entry {entry!r}: names starting with "
+                f"{RESERVED_PREFIX} are Switchboard's own"
+            )
+        if "\0" in default:
+            raise WorkflowError(
+                f"{origin}: `[tool.env-checker] env_vars` entry {name!r}: a default cannot "
+                "hold a NUL character"
+            )
+        if name in declared:
+            raise WorkflowError(
+                f"{origin}: `[tool.env-checker] env_vars` declares {name} twice; keep one"
+            )
+        declared[name] = DeclaredVariable(name=name, default=default if equals else None)
+    return tuple(declared.values())
 
 
 def _limits(table: dict[str, Any], origin: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Select, select, update
 from core.clock import Clock
 from core.db import Database
 from core.errors import EnvironmentNotBuilt, NotFound, WorkflowError
-from core.models import WorkflowLimits
+from core.models import DeclaredVariable, WorkflowLimits
 from core.tables import workflow_versions, workflows
 from dispatch.environments import EnvironmentBuilder, python_of
 from dispatch.pep723 import parse_script_metadata
@@ -40,6 +40,8 @@ class Workflow:
     source_path: Path
     python: Path
     limits: WorkflowLimits = DEFAULT_LIMITS
+    declared_env: tuple[DeclaredVariable, ...] = ()
+    """``[tool.env-checker] env_vars``: what a run of this version gets besides the runtime's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class WorkflowInfo:
     version: int
     lock_hash: str
     updated_at: str
+    declared_env: tuple[DeclaredVariable, ...] = ()
 
 
 class WorkflowRegistry:
@@ -118,7 +121,10 @@ class WorkflowRegistry:
                     source_hash=hashlib.sha256(source.encode()).hexdigest(),
                     lock=lock,
                     lock_hash=self._builder.lock_hash(lock),
-                    settings={"limits": metadata.limits},
+                    settings={
+                        "limits": metadata.limits,
+                        "declared_env": [v.model_dump() for v in metadata.declared_env],
+                    },
                     created_at=now,
                 )
             )
@@ -129,6 +135,7 @@ class WorkflowRegistry:
             version=version,
             lock_hash=self._builder.lock_hash(lock),
             updated_at=now.isoformat(),
+            declared_env=metadata.declared_env,
         )
 
     async def needs_update(self, service_id: str, source: str) -> bool:
@@ -203,13 +210,18 @@ class WorkflowRegistry:
         env = await self._builder.built(row.lock)
         if env is None:
             raise EnvironmentNotBuilt(service_id)
+        settings = row.settings or {}
         return Workflow(
             service_id=service_id,
             version=row.version,
             source_path=self._materialise(service_id, row.version, row.source),
             python=python_of(env),
             limits=WorkflowLimits.model_validate(
-                {**self._default_limits.model_dump(), **(row.settings or {}).get("limits", {})}
+                {**self._default_limits.model_dump(), **settings.get("limits", {})}
+            ),
+            # Versions registered before issue 14 have no key: they declare nothing.
+            declared_env=tuple(
+                DeclaredVariable.model_validate(entry) for entry in settings.get("declared_env", [])
             ),
         )
 

@@ -145,8 +145,13 @@ class LogRoute:
         if sink is not None:
             sink(stream, line)
         else:
+            # Not the line itself: it is no run's (so no run's redaction applies) and the
+            # process's environment holds its owner's secrets.
             logger.debug(
-                "warm process of %s, between runs (%s): %s", self._service_id, stream, line
+                "warm process of %s, between runs, wrote a %s line of %d characters (not kept)",
+                self._service_id,
+                stream,
+                len(line),
             )
 
 

@@ -12,15 +12,17 @@ from datetime import datetime
 from typing import Any
 
 from core.clock import Clock
-from core.errors import EnvironmentNotBuilt, NotFound
+from core.errors import EnvironmentNotBuilt, NotFound, SecretNotSet, SecretsUnreadable
 from core.models import Grant, Invocation, Outcome, RunRecord, WorkflowLimits
-from core.ports import BuiltinService, LogSink, Metrics, WorkflowRunner
+from core.ports import BuiltinService, LogSink, Metrics, SecretValues, WorkflowRunner
+from core.redaction import InFlightSecrets, Redactor
 from core.security import Signer
 from dispatch.events import RunEvents
 from dispatch.logs import LogWriter
 from dispatch.outbox import ReplyWriter
 from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowRegistry
+from dispatch.run_environment import resolve_declared_env
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +64,14 @@ class WorkerPool:
         clock: Clock,
         metrics: Metrics,
         replies: ReplyWriter,
+        secrets: SecretValues,
+        in_flight: InFlightSecrets | None = None,
         on_reply: Callable[[], None] = lambda: None,
         on_started: Callable[[RunRecord], None] = lambda _run: None,
     ) -> None:
         self._metrics = metrics
+        self._secrets = secrets
+        self._in_flight = in_flight if in_flight is not None else InFlightSecrets()
         self._on_started = on_started
         self._replies = replies
         self._on_reply = on_reply
@@ -177,14 +183,19 @@ class WorkerPool:
 
     async def _execute(self, run: RunRecord) -> None:
         started = time.monotonic()
+        # Filled with the run's secret values once they are resolved: every line the run writes
+        # is stored redacted, so /logs and the CLI never show a value.
+        redactor = Redactor()
 
         def sink(stream: str, line: str) -> None:
-            self._logs.append(run.id, stream, line)
+            self._logs.append(run.id, stream, redactor.redact(line))
 
         try:
             sink("system", f"run started: {run.service_id} (attempt {run.attempts})")
             self._on_started(run)
-            outcome = await self._invoke(run, sink)
+            outcome = await self._invoke(run, sink, redactor)
+            if outcome.error:
+                outcome = outcome.model_copy(update={"error": redactor.redact(outcome.error)})
             elapsed = (time.monotonic() - started) * 1000
             self._metrics.run_finished(outcome.status.value, elapsed / 1000)
             sink(
@@ -213,7 +224,7 @@ class WorkerPool:
             self._events.notify(run.id)
             self._events.work_available.set()
 
-    async def _invoke(self, run: RunRecord, sink: LogSink) -> Outcome:
+    async def _invoke(self, run: RunRecord, sink: LogSink, redactor: Redactor) -> Outcome:
         invocation = self._invocation(run)
         builtin = self._builtins.get(run.service_id)
         try:
@@ -226,10 +237,19 @@ class WorkerPool:
             # A workflow's own timeout may be shorter than runtime.run_timeout, never longer:
             # that is the operator's ceiling.
             timeout = min(workflow.limits.timeout or invocation.timeout, invocation.timeout)
+            declared = await resolve_declared_env(
+                self._secrets,
+                owner_id=run.owner_id,
+                service_id=workflow.service_id,
+                declared=workflow.declared_env,
+            )
+            redactor.add(declared.secrets)
             invocation = invocation.model_copy(
                 update={
                     "workflow_version": workflow.version,
                     "env": {
+                        # Under the runtime's own variables: a secret never overrides them.
+                        **declared.env,
                         **invocation.env,
                         "CODEWORDS_API_KEY": self._run_key(run, workflow.limits, timeout),
                         "CODEWORDS_SERVICE_ROOT": root,
@@ -237,14 +257,16 @@ class WorkerPool:
                     "timeout": timeout,
                 }
             )
-            return await self._runner.run(invocation, workflow, sink)
+            with self._in_flight.holding(declared.secrets):
+                return await self._runner.run(invocation, workflow, sink)
         except TimeoutError:
             return Outcome.failure(f"timed out after {invocation.timeout:g} s", timed_out=True)
         except NotFound:
             return Outcome.failure(
                 f"workflow {run.service_id!r} is not registered (or was removed)"
             )
-        except EnvironmentNotBuilt as exc:
+        except (EnvironmentNotBuilt, SecretNotSet, SecretsUnreadable) as exc:
+            # Before any process of the run started: nothing to clean up.
             logger.warning("run %s: %s", run.id, exc)
             return Outcome.failure(str(exc))
         except Exception as exc:

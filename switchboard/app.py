@@ -206,6 +206,8 @@ async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncItera
         clock=services.clock,
         metrics=services.metrics,
         replies=services.replies,
+        secrets=services.secrets,
+        in_flight=services.in_flight_secrets,
         on_reply=services.outbox.wake,
         on_started=services.run_started,
     )

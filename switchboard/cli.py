@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", type=Path)
     p.add_argument("--id", dest="service_id")
+    p.add_argument(
+        "--owner", default=DEFAULT_OWNER, help="warn about declared secrets this owner lacks"
+    )
     p.set_defaults(command=workflows_add)
     p = wf.add_parser("list", parents=[common], help="list workflows and built-in services")
     p.set_defaults(command=workflows_list)
@@ -309,9 +312,12 @@ async def keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 async def workflows_add(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as services:
         info = await services.registry.add(args.file, args.service_id)
+        warnings = await services.unset_secret_warnings(info, args.owner)
     print(
         f"registered {info.service_id} version {info.version} (environment {info.lock_hash[:12]})"
     )
+    for warning in warnings:
+        print(warning)
     return 0
 
 

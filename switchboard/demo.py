@@ -48,5 +48,7 @@ async def register_examples(services: Services) -> list[str]:
             continue
         logger.info("registering example workflow %s from %s", service_id, path)
         info = await services.registry.add(path, service_id)
+        for warning in await services.unset_secret_warnings(info, DEFAULT_OWNER):
+            logger.warning("%s", warning)
         registered.append(f"{info.service_id} v{info.version}")
     return registered

@@ -21,8 +21,10 @@ import httpx
 
 from core.clock import Clock, SystemClock
 from core.db import Database
+from core.errors import SecretsUnreadable
 from core.models import RunRecord
 from core.ports import BuiltinService, Metrics, NullMetrics, Sender
+from core.redaction import InFlightSecrets
 from core.security import Signer
 from core.settings import Settings
 from dispatch.builtins import builtin_services
@@ -33,13 +35,15 @@ from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
 from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
 from dispatch.queue import RunQueue
-from dispatch.registry import WorkflowRegistry
+from dispatch.registry import WorkflowInfo, WorkflowRegistry
+from dispatch.run_environment import unset_declarations
 from dispatch.secret_store import SecretStore
 from scheduler.builtin import SCHEDULE_RUNS, schedule_runs_service
 from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
 from switchboard.config import signing_secret
 from switchboard.datadir import prepare_data_dir
+from switchboard.logging import redact_server_logs
 from switchboard.migrate import upgrade
 from switchboard.secret_keys import load_key_ring
 from triggers.auth import Authenticator, KeyStore
@@ -82,12 +86,32 @@ class Services:
     schedules: ScheduleService
     secrets: SecretStore
     """the secret store: ``core.ports.SecretValues`` for runs, ``SecretsManager`` for the rest"""
+    in_flight_secrets: InFlightSecrets
+    """The secret values of this node's runs in flight: redacted from the server's logs."""
     slack: SlackChannel | None = None
 
     def run_started(self, run: RunRecord) -> None:
         """A worker of this node starts ``run``: its channel may show it (Slack's ``:eyes:``)."""
         if self.slack is not None:
             self.slack.sender.working(run.reply_target)
+
+    async def unset_secret_warnings(self, info: WorkflowInfo, owner_id: str) -> list[str]:
+        """One warning per name ``info`` declares that has no value (nor default) for
+        ``owner_id`` yet: registering still succeeds, but its runs fail until it is set."""
+        try:
+            missing = await unset_declarations(
+                self.secrets,
+                owner_id=owner_id,
+                service_id=info.service_id,
+                declared=info.declared_env,
+            )
+        except SecretsUnreadable as exc:
+            return [f"warning: cannot check the secrets workflow {info.service_id} declares: {exc}"]
+        return [
+            f"warning: workflow {info.service_id} declares {name}, which is not set for owner "
+            f"{owner_id}: its runs fail until it is (switchboard secrets set {name})"
+            for name in missing
+        ]
 
     @property
     def instance(self) -> str:
@@ -247,6 +271,8 @@ async def open_services(
         secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
         if migrate and (problem := await secrets.check_keys()) is not None:
             logger.warning("secrets: %s", problem)
+        in_flight_secrets = InFlightSecrets()
+        stack.callback(redact_server_logs(in_flight_secrets))
         services = Services(
             settings=settings,
             database=database,
@@ -270,6 +296,7 @@ async def open_services(
             ),
             schedules=schedules,
             secrets=secrets,
+            in_flight_secrets=in_flight_secrets,
             slack=slack,
         )
         database.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import WorkflowError
+from core.models import DeclaredVariable
 from dispatch.pep723 import ScriptMetadata, parse_script_metadata
 
 GOOD = """\
@@ -28,7 +29,9 @@ def test_reads_dependencies_and_requires_python() -> None:
     metadata = parse_script_metadata(GOOD, origin="good.py")
 
     assert metadata == ScriptMetadata(
-        dependencies=("fastapi>=0.115", "uvicorn[standard]>=0.30"), requires_python=">=3.11"
+        dependencies=("fastapi>=0.115", "uvicorn[standard]>=0.30"),
+        requires_python=">=3.11",
+        declared_env=(DeclaredVariable(name="PORT", default="8000"),),
     )
 
 
