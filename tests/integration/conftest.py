@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from dispatch.bwrap import probe_sandbox
+from dispatch.cgroups import CgroupLayout, detect_cgroups
+from dispatch.environments import EnvironmentBuilder
+from dispatch.pep723 import read_script_metadata
+from dispatch.sandbox import SandboxRunner
+from dispatch.zygotes import ZygotePool
 from tests.fakes.smtp_sink import SmtpSink
+from tests.integration.sandbox_helpers import SANDBOX_UID, sandbox_settings_for
+from tests.runs import HELLO, PASSED_ENV, BuiltEnvironment
 
 
 @pytest.fixture
@@ -16,3 +29,59 @@ async def sink() -> AsyncIterator[SmtpSink]:
     await relay.start()
     yield relay
     await relay.stop()
+
+
+@pytest.fixture(scope="session")
+def base_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
+
+
+@pytest.fixture(scope="session")
+def built_environment(workflow_cache: Path, base_env: dict[str, str]) -> BuiltEnvironment:
+    """The environment of the shared test-workflow header, built once per session (or cache)."""
+    builder = EnvironmentBuilder(
+        env_dir=workflow_cache / "envs",
+        uv_cache_dir=workflow_cache / "uv",
+        python=Path(sys.executable),
+        base_env=base_env,
+    )
+
+    async def build() -> tuple[str, Path]:
+        lock = await builder.lock(read_script_metadata(HELLO))
+        return lock, await builder.ensure(lock)
+
+    lock, env = asyncio.run(build())
+    return BuiltEnvironment(builder, lock, env)
+
+
+@pytest.fixture(scope="module")
+def host_sandbox() -> Iterator[tuple[Path, CgroupLayout]]:
+    """A runs directory and cgroups for sandboxes; skips the module where the host has none."""
+    instance = f"test-{uuid.uuid4().hex[:8]}"
+    runs_dir = Path("/tmp") / f"sb-{instance}-runs"
+    problem = probe_sandbox(SANDBOX_UID, runs_dir)
+    found = detect_cgroups(instance) if problem is None else problem
+    if isinstance(found, str):
+        pytest.skip(f"no sandbox on this host: {found}")
+    yield runs_dir, found
+    found.release()
+    runs_dir.rmdir()
+
+
+@pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
+async def sandbox_runner(
+    request: pytest.FixtureRequest,
+    host_sandbox: tuple[Path, CgroupLayout],
+    base_env: dict[str, str],
+) -> AsyncIterator[SandboxRunner]:
+    """A sandbox runner whose runs are each a fresh sandbox or a zygote's child (same assertions);
+    a test that wants one mode parametrises this fixture indirectly."""
+    runs_dir, cgroups = host_sandbox
+    settings = sandbox_settings_for(runs_dir, cgroups)
+    zygotes = ZygotePool(settings, Path(f"{runs_dir}-z")) if request.param else None
+    runner = SandboxRunner(settings, base_env=base_env, zygotes=zygotes)
+    yield runner
+    await runner.close()
+    if zygotes is not None:
+        assert len(zygotes) == 1, "the runs fell back to fresh sandboxes"
+        await zygotes.close()

@@ -28,18 +28,14 @@ from dispatch.registry import Workflow
 from dispatch.sandbox import SandboxRunner
 from dispatch.warm import WarmPool
 from dispatch.zygotes import ZygotePool
-from tests.integration.test_sandbox import host_sandbox, sandbox_settings_for
+from tests.integration.sandbox_helpers import sandbox_settings_for
 from tests.runs import (
     WORKFLOWS,
     BuiltEnvironment,
     Logs,
-    base_env,
-    built_environment,
     invocation,
     workflow,
 )
-
-__all__ = ["base_env", "built_environment", "host_sandbox"]  # fixtures, used by name
 
 HOSTILE = WORKFLOWS / "hostile.py"
 BYSTANDER = WORKFLOWS / "bystander.py"
@@ -71,7 +67,7 @@ def own(path: str) -> bool:
 
 @pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
 async def zygotes(
-    request: pytest.FixtureRequest, host_sandbox: tuple[str, CgroupLayout]
+    request: pytest.FixtureRequest, host_sandbox: tuple[Path, CgroupLayout]
 ) -> AsyncIterator[ZygotePool | None]:
     runs_dir, cgroups = host_sandbox
     if not request.param:
@@ -87,7 +83,7 @@ async def zygotes(
 @pytest.mark.parametrize("network", ["none", "internet"])
 async def test_what_one_owners_run_writes_no_later_run_of_another_owner_sees(
     zygotes: ZygotePool | None,
-    host_sandbox: tuple[str, CgroupLayout],
+    host_sandbox: tuple[Path, CgroupLayout],
     base_env: dict[str, str],
     built_environment: BuiltEnvironment,
     network: str,
@@ -127,7 +123,7 @@ async def test_what_one_owners_run_writes_no_later_run_of_another_owner_sees(
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("forked", [False, True], ids=["fresh", "zygote"])
 def test_a_run_holds_only_its_own_descriptors_and_none_of_the_servers(
-    host_sandbox: tuple[str, CgroupLayout],
+    host_sandbox: tuple[Path, CgroupLayout],
     base_env: dict[str, str],
     built_environment: BuiltEnvironment,
     caplog: pytest.LogCaptureFixture,
@@ -181,7 +177,7 @@ def test_a_run_holds_only_its_own_descriptors_and_none_of_the_servers(
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_code_run_at_interpreter_start_holds_none_of_the_servers_descriptors_either(
-    host_sandbox: tuple[str, CgroupLayout],
+    host_sandbox: tuple[Path, CgroupLayout],
     base_env: dict[str, str],
     built_environment: BuiltEnvironment,
     loop: str,
