@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,28 @@ async def answer(runner: SandboxRunner, run: Invocation, flow: Workflow) -> Any:
 
 def own(path: str) -> bool:
     return any(path == mine or path.startswith(f"{mine}/") for mine in OWN)
+
+
+def run_holding_an_inheritable_pipe(
+    scenario: Callable[[], Coroutine[Any, Any, Outcome]], loop: str
+) -> tuple[Outcome, bytes]:
+    """``scenario`` driven on ``loop`` while this process holds an inheritable pipe, as a server
+    may hold one it inherited; and what reached the pipe's read end meanwhile."""
+    server_read, server_write = os.pipe()
+    os.set_inheritable(server_write, True)
+    os.set_blocking(server_read, False)
+    try:
+        outcome = uvloop.run(scenario()) if loop == "uvloop" else asyncio.run(scenario())
+        os.close(server_write)
+        try:
+            reached = os.read(server_read, 4096)
+        except BlockingIOError:  # nothing written, and someone else still holds the write end
+            reached = b""
+    finally:
+        os.close(server_read)
+        with contextlib.suppress(OSError):
+            os.close(server_write)
+    return outcome, reached
 
 
 @pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
@@ -132,12 +154,9 @@ def test_a_run_holds_only_its_own_descriptors_and_none_of_the_servers(
 ) -> None:
     # Driven on uvloop too, as `switchboard serve` runs: uvloop's subprocesses inherit every
     # inheritable descriptor of the server (it does not implement close_fds), such as one the
-    # server itself inherited from whatever started it. This pipe is one.
+    # server itself inherited from whatever started it, like the pipe held here.
     runs_dir, cgroups = host_sandbox
     settings = sandbox_settings_for(runs_dir, cgroups)
-    server_read, server_write = os.pipe()
-    os.set_inheritable(server_write, True)
-    os.set_blocking(server_read, False)
     marker = f"written-by-the-run-{uuid.uuid4().hex}"
 
     async def scenario() -> Outcome:
@@ -154,18 +173,8 @@ def test_a_run_holds_only_its_own_descriptors_and_none_of_the_servers(
                 assert len(zygotes) == 1, "the run fell back to a fresh sandbox"
                 await zygotes.close()  # after the zygote's last output line reached the log
 
-    try:
-        with caplog.at_level(logging.INFO):
-            outcome = uvloop.run(scenario()) if loop == "uvloop" else asyncio.run(scenario())
-        os.close(server_write)
-        try:
-            reached = os.read(server_read, 4096)
-        except BlockingIOError:  # nothing written, and someone else still holds the write end
-            reached = b""
-    finally:
-        os.close(server_read)
-        with contextlib.suppress(OSError):
-            os.close(server_write)
+    with caplog.at_level(logging.INFO):
+        outcome, reached = run_holding_an_inheritable_pipe(scenario, loop)
 
     assert outcome.status is RunStatus.COMPLETED, outcome.error
     held = json.loads(outcome.response_body or b"")["at_import"]
@@ -186,9 +195,6 @@ def test_code_run_at_interpreter_start_holds_none_of_the_servers_descriptors_eit
     # secret can set) before the launcher runs: what it was started with must already be clean.
     runs_dir, cgroups = host_sandbox
     settings = sandbox_settings_for(runs_dir, cgroups)
-    server_read, server_write = os.pipe()
-    os.set_inheritable(server_write, True)
-    os.set_blocking(server_read, False)
     marker = f"written-at-start-{uuid.uuid4().hex}"
     run = run_by("owner-a", {"attack": "whoami"})
     run = run.model_copy(
@@ -202,17 +208,7 @@ def test_code_run_at_interpreter_start_holds_none_of_the_servers_descriptors_eit
         finally:
             await runner.close()
 
-    try:
-        outcome = uvloop.run(scenario()) if loop == "uvloop" else asyncio.run(scenario())
-        os.close(server_write)
-        try:
-            reached = os.read(server_read, 4096)
-        except BlockingIOError:
-            reached = b""
-    finally:
-        os.close(server_read)
-        with contextlib.suppress(OSError):
-            os.close(server_write)
+    outcome, reached = run_holding_an_inheritable_pipe(scenario, loop)
 
     assert outcome.status is RunStatus.COMPLETED, outcome.error
     assert marker.encode() not in reached
