@@ -17,7 +17,9 @@ from dispatch.environments import EnvironmentBuilder
 from dispatch.pep723 import read_script_metadata
 from dispatch.sandbox import SandboxRunner
 from dispatch.zygotes import ZygotePool
+from tests.conftest import free_port
 from tests.fakes.smtp_sink import SmtpSink
+from tests.fakes.twilio_api import FakeTwilioApi, running_twilio_api
 from tests.integration.sandbox_helpers import SANDBOX_UID, sandbox_settings_for
 from tests.runs import HELLO, PASSED_ENV, BuiltEnvironment
 
@@ -29,6 +31,13 @@ async def sink() -> AsyncIterator[SmtpSink]:
     await relay.start()
     yield relay
     await relay.stop()
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[FakeTwilioApi]:
+    """A fake Twilio REST API on a free loopback port."""
+    async with running_twilio_api(free_port()) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,12 @@ import pytest
 
 from core.models import RunRecord
 from scheduler.models import ScheduleSpec
-from tests.conftest import Live, LiveFactory, free_port
+from tests.conftest import Live, LiveFactory
 from tests.fakes.slack_api import SlackApi
 from tests.fakes.smtp_sink import SmtpSink
 from tests.fakes.twilio_api import (
-    ACCOUNT_SID,
-    AUTH_TOKEN,
     SANDBOX_NUMBER,
     FakeTwilioApi,
-    running_twilio_api,
 )
 from tests.integration.deliveries import wait_for_delivery
 from tests.integration.email_helpers import start_email
@@ -33,12 +30,6 @@ TEMPLATE_SID = "HX" + "1" * 32
 @pytest.fixture
 async def slack() -> AsyncIterator[SlackApi]:
     async with SlackApi.running() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilioApi]:
-    async with running_twilio_api(free_port()) as fake:
         yield fake
 
 
@@ -117,15 +108,7 @@ async def test_scheduled_output_is_mailed_through_the_relay(
 async def test_scheduled_output_to_whatsapp_uses_the_template_outside_the_window(
     live_factory: LiveFactory, twilio: FakeTwilioApi
 ) -> None:
-    live = await live_factory.start(
-        whatsapp={
-            "account_sid": ACCOUNT_SID,
-            "auth_token": AUTH_TOKEN,
-            "api_url": twilio.url,
-            "from_number": SANDBOX_NUMBER,
-            "template_sid": TEMPLATE_SID,
-        }
-    )
+    live = await live_factory.start(whatsapp=twilio.whatsapp_section(template_sid=TEMPLATE_SID))
     run = await first_scheduled_run(live, "to-whatsapp", "whatsapp:+15557654321")
     delivery = await wait_for_delivery(live, run.id, "sent")
     assert delivery["channel"] == "whatsapp"
