@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from dispatch.bwrap import probe_sandbox
-from dispatch.cgroups import CgroupLayout, detect_cgroups
+from dispatch.cgroups import CgroupLayout
 from dispatch.environments import EnvironmentBuilder
 from dispatch.pep723 import read_script_metadata
 from dispatch.sandbox import SandboxRunner
@@ -20,7 +18,7 @@ from dispatch.zygotes import ZygotePool
 from tests.conftest import free_port
 from tests.fakes.smtp_sink import SmtpSink
 from tests.fakes.twilio_api import FakeTwilioApi, running_twilio_api
-from tests.integration.sandbox_helpers import SANDBOX_UID, sandbox_settings_for
+from tests.integration.sandbox_helpers import host_sandbox_or_problem, sandbox_settings_for
 from tests.runs import HELLO, PASSED_ENV, BuiltEnvironment
 
 
@@ -66,14 +64,12 @@ def built_environment(workflow_cache: Path, base_env: dict[str, str]) -> BuiltEn
 @pytest.fixture(scope="module")
 def host_sandbox() -> Iterator[tuple[Path, CgroupLayout]]:
     """A runs directory and cgroups for sandboxes; skips the module where the host has none."""
-    instance = f"test-{uuid.uuid4().hex[:8]}"
-    runs_dir = Path("/tmp") / f"sb-{instance}-runs"
-    problem = probe_sandbox(SANDBOX_UID, runs_dir)
-    found = detect_cgroups(instance) if problem is None else problem
+    found = host_sandbox_or_problem()
     if isinstance(found, str):
         pytest.skip(f"no sandbox on this host: {found}")
-    yield runs_dir, found
-    found.release()
+    yield found
+    runs_dir, cgroups = found
+    cgroups.release()
     runs_dir.rmdir()
 
 

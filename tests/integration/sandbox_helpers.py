@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
-from dispatch.bwrap import SandboxSettings
-from dispatch.cgroups import CgroupLayout
+from dispatch.bwrap import SandboxSettings, probe_sandbox
+from dispatch.cgroups import CgroupLayout, detect_cgroups
 
 SANDBOX_UID = 65534
+
+
+def host_sandbox_or_problem() -> tuple[Path, CgroupLayout] | str:
+    """A runs directory and cgroups of their own for sandboxes, or why this host cannot make any."""
+    instance = f"test-{uuid.uuid4().hex[:8]}"
+    runs_dir = Path("/tmp") / f"sb-{instance}-runs"
+    problem = probe_sandbox(SANDBOX_UID, runs_dir)
+    found = detect_cgroups(instance) if problem is None else problem
+    return found if isinstance(found, str) else (runs_dir, found)
 
 
 def sandbox_settings_for(runs_dir: Path, cgroups: CgroupLayout) -> SandboxSettings:
