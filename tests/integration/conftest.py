@@ -16,6 +16,7 @@ from dispatch.pep723 import read_script_metadata
 from dispatch.sandbox import SandboxRunner
 from dispatch.zygotes import ZygotePool
 from tests.conftest import free_port
+from tests.fakes.slack_api import SlackApi
 from tests.fakes.smtp_sink import SmtpSink
 from tests.fakes.twilio_api import FakeTwilioApi, running_twilio_api
 from tests.integration.sandbox_helpers import host_sandbox_or_problem, sandbox_settings_for
@@ -29,6 +30,14 @@ async def sink() -> AsyncIterator[SmtpSink]:
     await relay.start()
     yield relay
     await relay.stop()
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[SlackApi]:
+    """A fake Slack Web API on loopback that knows one user, U42 (Alice)."""
+    async with SlackApi.running() as fake:
+        fake.users["U42"] = "Alice"
+        yield fake
 
 
 @pytest.fixture

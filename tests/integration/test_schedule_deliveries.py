@@ -5,9 +5,6 @@ goes"). The webhook target is tested with the other schedule tests."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-
-import pytest
 
 from core.models import RunRecord
 from scheduler.models import ScheduleSpec
@@ -25,12 +22,6 @@ from tests.integration.test_slack_oauth import install
 from tests.integration.test_slack_oauth import start as start_oauth
 
 TEMPLATE_SID = "HX" + "1" * 32
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackApi]:
-    async with SlackApi.running() as fake:
-        yield fake
 
 
 async def first_scheduled_run(live: Live, schedule_id: str, deliver_to: str) -> RunRecord:
@@ -57,14 +48,7 @@ async def first_scheduled_run(live: Live, schedule_id: str, deliver_to: str) -> 
 async def test_scheduled_output_is_posted_to_a_slack_channel(
     live_factory: LiveFactory, slack: SlackApi
 ) -> None:
-    live = await live_factory.start(
-        slack={
-            "signing_secret": "s" * 32,
-            "bot_token": "xoxb-test",
-            "api_url": slack.api_url,
-            "channel_interval": 0,
-        }
-    )
+    live = await live_factory.start(slack=slack.slack_section("s" * 32))
     run = await first_scheduled_run(live, "to-slack", "slack:C0DAILY")
     delivery = await wait_for_delivery(live, run.id, "sent")
     assert delivery["channel"] == "slack"

@@ -209,23 +209,11 @@ async def test_an_allow_listed_name_is_delivered_to_whatever_it_resolves_to(
 # --- Slack ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackApi]:
-    async with SlackApi.running() as fake:
-        fake.users["U42"] = "Alice"
-        yield fake
-
-
 async def start_slack(live_factory: LiveFactory, fake: SlackApi, **roles: Any) -> Live:
-    section = {
-        "signing_secret": SLACK_SECRET,
-        "bot_token": "xoxb-test",
-        "api_url": fake.api_url,
-        "workflow": "echo",
-        "channel_interval": 0,
-    }
     return await live_factory.start(
-        roles=roles.get("roles", {"web", "worker"}), slack=section, delivery=PUBLIC_ONLY
+        roles=roles.get("roles", {"web", "worker"}),
+        slack=fake.slack_section(SLACK_SECRET, workflow="echo"),
+        delivery=PUBLIC_ONLY,
     )
 
 
