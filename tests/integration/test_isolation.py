@@ -3,7 +3,7 @@
 Owner A runs ``hostile.py``, which writes a marker file into every directory of its view it can;
 then owner B runs ``bystander.py`` (another workflow with the same dependencies: the same
 environment, the same zygote), which looks for the marker everywhere. Real sandboxes, real
-zygotes, real warm processes (``tests/integration/test_sandbox.py`` has the host checks).
+zygotes, real warm processes (``host_sandbox`` in ``conftest.py`` checks the host).
 """
 
 from __future__ import annotations
