@@ -1,4 +1,5 @@
-"""What the runner tests share: the built test environment, a log sink to wait on, invocations.
+"""What the runner tests share: a log sink to wait on, invocations, workflows of the built
+environment (the fixtures that build it are in ``tests/integration/conftest.py``).
 
 One environment serves every test workflow (they share one PEP 723 header). Set
 ``SWITCHBOARD_TEST_CACHE`` to a directory to keep it (and uv's cache) between sessions.
@@ -8,17 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from core.models import Invocation
 from dispatch.environments import EnvironmentBuilder, python_of
-from dispatch.pep723 import read_script_metadata
 from dispatch.registry import Workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,29 +57,6 @@ class BuiltEnvironment:
     builder: EnvironmentBuilder
     lock: str
     env: Path
-
-
-@pytest.fixture(scope="session")
-def base_env() -> dict[str, str]:
-    return {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
-
-
-@pytest.fixture(scope="session")
-def built_environment(workflow_cache: Path, base_env: dict[str, str]) -> BuiltEnvironment:
-    """The environment of the shared test-workflow header, built once per session (or cache)."""
-    builder = EnvironmentBuilder(
-        env_dir=workflow_cache / "envs",
-        uv_cache_dir=workflow_cache / "uv",
-        python=Path(sys.executable),
-        base_env=base_env,
-    )
-
-    async def build() -> tuple[str, Path]:
-        lock = await builder.lock(read_script_metadata(HELLO))
-        return lock, await builder.ensure(lock)
-
-    lock, env = asyncio.run(build())
-    return BuiltEnvironment(builder, lock, env)
 
 
 def workflow(built: BuiltEnvironment, source: Path) -> Workflow:

@@ -211,20 +211,27 @@ class Service:
         await process.wait_ready()
         return process
 
-    async def cli(self, *args: str, check: bool = True, timeout: float = CLI_SECONDS) -> CliResult:
-        """Run ``switchboard <args>`` with this service's settings; ``check`` wants exit code 0."""
+    async def cli(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = CLI_SECONDS,
+        stdin: str | None = None,
+    ) -> CliResult:
+        """Run ``switchboard <args>`` with this service's settings and ``stdin`` (default: none);
+        ``check`` wants exit code 0."""
         process = await asyncio.create_subprocess_exec(
             *switchboard_command(),
             *args,
             env=self.env,
             cwd=ROOT,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         try:
             async with asyncio.timeout(timeout):
-                out, err = await process.communicate()
+                out, err = await process.communicate(None if stdin is None else stdin.encode())
         except TimeoutError:
             process.kill()
             await process.wait()

@@ -10,27 +10,10 @@ import stat
 import httpx
 import pytest
 
-from tests.conftest import ROOT
-from tests.e2e.harness import CliResult, Service, bearer, switchboard_command
+from tests.e2e.harness import Service, bearer
 from tests.integration.secret_helpers import database_bytes
 
 pytestmark = pytest.mark.e2e
-
-
-async def cli_with_input(service: Service, stdin: str, *args: str) -> CliResult:
-    process = await asyncio.create_subprocess_exec(
-        *switchboard_command(),
-        *args,
-        env=service.env,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(90):
-        out, err = await process.communicate(stdin.encode())
-    assert process.returncode is not None
-    return CliResult(args, process.returncode, out.decode(), err.decode())
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -42,11 +25,13 @@ async def test_secrets_commands_and_a_rotation_under_a_running_server(
     made = await service.cli("keys", "create", "--name", "secrets")
     key = made.last_line
 
-    added = await cli_with_input(service, value + "\n", "secrets", "set", "API_TOKEN")
+    added = await service.cli("secrets", "set", "API_TOKEN", stdin=value + "\n", check=False)
     assert (added.returncode, added.stdout) == (0, "set API_TOKEN for owner default (owner)\n")
-    bad = await cli_with_input(service, "v", "secrets", "set", "api-token")
+    bad = await service.cli("secrets", "set", "api-token", stdin="v", check=False)
     assert bad.returncode == 1 and "invalid secret name 'api-token'" in bad.stderr
-    unknown = await cli_with_input(service, "v", "secrets", "set", "X_TOKEN", "--workflow", "nope")
+    unknown = await service.cli(
+        "secrets", "set", "X_TOKEN", "--workflow", "nope", stdin="v", check=False
+    )
     assert unknown.returncode == 1 and "workflow 'nope' not found" in unknown.stderr
 
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:

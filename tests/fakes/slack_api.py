@@ -81,6 +81,16 @@ class SlackApi:
     def api_url(self) -> str:
         return f"{self.base_url}/api/"
 
+    def slack_section(self, signing_secret: str, **overrides: Any) -> dict[str, Any]:
+        """The server's ``slack`` settings aimed at this fake: a bot token, no channel pacing."""
+        return {
+            "signing_secret": signing_secret,
+            "bot_token": "xoxb-test",
+            "api_url": self.api_url,
+            "channel_interval": 0,
+            **overrides,
+        }
+
     def response_url(self, name: str = "cmd") -> str:
         return f"{self.base_url}/response/{name}"
 

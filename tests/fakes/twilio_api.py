@@ -18,6 +18,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -107,6 +108,16 @@ class FakeTwilioApi:
     """Statuses called back (signed, to ``StatusCallback``) before the create call is answered."""
     callback_answers: list[int] = field(default_factory=list)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def whatsapp_section(self, **overrides: Any) -> dict[str, Any]:
+        """The server's ``whatsapp`` settings aimed at this fake: its account, URL and number."""
+        return {
+            "account_sid": self.account_sid,
+            "auth_token": self.auth_token,
+            "api_url": self.url,
+            "from_number": SANDBOX_NUMBER,
+            **overrides,
+        }
 
     def hold_media(self) -> asyncio.Event:
         """Media URLs answer only once the returned event is set (a slow media server)."""

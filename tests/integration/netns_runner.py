@@ -26,15 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from core.models import WorkflowLimits  # noqa: E402 - after the path fix
-from dispatch.bwrap import SandboxSettings, probe_sandbox  # noqa: E402
-from dispatch.cgroups import detect_cgroups  # noqa: E402
 from dispatch.environments import python_of  # noqa: E402
 from dispatch.registry import Workflow  # noqa: E402
 from dispatch.sandbox import SandboxRunner  # noqa: E402
 from dispatch.zygotes import ZygotePool  # noqa: E402
+from tests.integration.sandbox_helpers import (  # noqa: E402
+    host_sandbox_or_problem,
+    sandbox_settings_for,
+)
 from tests.runs import WORKFLOWS, Logs, invocation  # noqa: E402
-
-SANDBOX_UID = 65534
 
 
 def isolate(addresses: list[str]) -> None:
@@ -70,20 +70,12 @@ async def reach(spec: dict[str, Any]) -> dict[str, dict[str, object]]:
             writer.close()
 
         servers.append(await asyncio.start_server(answer, address, 0))
-    instance = f"test-{uuid.uuid4().hex[:8]}"
-    runs_dir = Path("/tmp") / f"sb-{instance}-runs"
-    problem = probe_sandbox(SANDBOX_UID, runs_dir)
-    cgroups = detect_cgroups(instance) if problem is None else problem
-    if isinstance(cgroups, str):
-        raise SystemExit(f"no sandbox: {cgroups}")
-    settings = SandboxSettings(
-        uid=SANDBOX_UID,
-        runs_dir=runs_dir,
-        runtime_address=("127.0.0.1", 9),
-        startup_timeout=30,
-        cgroups=cgroups,
-        network_allow=tuple(ipaddress.ip_network(a) for a in spec["allow"]),
-    )
+    found = host_sandbox_or_problem()
+    if isinstance(found, str):
+        raise SystemExit(f"no sandbox: {found}")
+    runs_dir, cgroups = found
+    allow = tuple(ipaddress.ip_network(a) for a in spec["allow"])
+    settings = replace(sandbox_settings_for(runs_dir, cgroups), network_allow=allow)
     zygotes = ZygotePool(settings, Path(f"{runs_dir}-z")) if spec["zygote"] else None
     runner = SandboxRunner(settings, base_env=spec["base_env"], zygotes=zygotes)
     hostile = WORKFLOWS / "hostile.py"

@@ -3,7 +3,7 @@
 Owner A runs ``hostile.py``, which writes a marker file into every directory of its view it can;
 then owner B runs ``bystander.py`` (another workflow with the same dependencies: the same
 environment, the same zygote), which looks for the marker everywhere. Real sandboxes, real
-zygotes, real warm processes (``tests/integration/test_sandbox.py`` has the host checks).
+zygotes, real warm processes (``host_sandbox`` in ``conftest.py`` checks the host).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,18 +28,14 @@ from dispatch.registry import Workflow
 from dispatch.sandbox import SandboxRunner
 from dispatch.warm import WarmPool
 from dispatch.zygotes import ZygotePool
-from tests.integration.test_sandbox import host_sandbox, sandbox_settings_for
+from tests.integration.sandbox_helpers import sandbox_settings_for
 from tests.runs import (
     WORKFLOWS,
     BuiltEnvironment,
     Logs,
-    base_env,
-    built_environment,
     invocation,
     workflow,
 )
-
-__all__ = ["base_env", "built_environment", "host_sandbox"]  # fixtures, used by name
 
 HOSTILE = WORKFLOWS / "hostile.py"
 BYSTANDER = WORKFLOWS / "bystander.py"
@@ -69,9 +65,31 @@ def own(path: str) -> bool:
     return any(path == mine or path.startswith(f"{mine}/") for mine in OWN)
 
 
+def run_holding_an_inheritable_pipe(
+    scenario: Callable[[], Coroutine[Any, Any, Outcome]], loop: str
+) -> tuple[Outcome, bytes]:
+    """``scenario`` driven on ``loop`` while this process holds an inheritable pipe, as a server
+    may hold one it inherited; and what reached the pipe's read end meanwhile."""
+    server_read, server_write = os.pipe()
+    os.set_inheritable(server_write, True)
+    os.set_blocking(server_read, False)
+    try:
+        outcome = uvloop.run(scenario()) if loop == "uvloop" else asyncio.run(scenario())
+        os.close(server_write)
+        try:
+            reached = os.read(server_read, 4096)
+        except BlockingIOError:  # nothing written, and someone else still holds the write end
+            reached = b""
+    finally:
+        os.close(server_read)
+        with contextlib.suppress(OSError):
+            os.close(server_write)
+    return outcome, reached
+
+
 @pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
 async def zygotes(
-    request: pytest.FixtureRequest, host_sandbox: tuple[str, CgroupLayout]
+    request: pytest.FixtureRequest, host_sandbox: tuple[Path, CgroupLayout]
 ) -> AsyncIterator[ZygotePool | None]:
     runs_dir, cgroups = host_sandbox
     if not request.param:
@@ -87,7 +105,7 @@ async def zygotes(
 @pytest.mark.parametrize("network", ["none", "internet"])
 async def test_what_one_owners_run_writes_no_later_run_of_another_owner_sees(
     zygotes: ZygotePool | None,
-    host_sandbox: tuple[str, CgroupLayout],
+    host_sandbox: tuple[Path, CgroupLayout],
     base_env: dict[str, str],
     built_environment: BuiltEnvironment,
     network: str,
@@ -127,7 +145,7 @@ async def test_what_one_owners_run_writes_no_later_run_of_another_owner_sees(
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("forked", [False, True], ids=["fresh", "zygote"])
 def test_a_run_holds_only_its_own_descriptors_and_none_of_the_servers(
-    host_sandbox: tuple[str, CgroupLayout],
+    host_sandbox: tuple[Path, CgroupLayout],
     base_env: dict[str, str],
     built_environment: BuiltEnvironment,
     caplog: pytest.LogCaptureFixture,
@@ -136,12 +154,9 @@ def test_a_run_holds_only_its_own_descriptors_and_none_of_the_servers(
 ) -> None:
     # Driven on uvloop too, as `switchboard serve` runs: uvloop's subprocesses inherit every
     # inheritable descriptor of the server (it does not implement close_fds), such as one the
-    # server itself inherited from whatever started it. This pipe is one.
+    # server itself inherited from whatever started it, like the pipe held here.
     runs_dir, cgroups = host_sandbox
     settings = sandbox_settings_for(runs_dir, cgroups)
-    server_read, server_write = os.pipe()
-    os.set_inheritable(server_write, True)
-    os.set_blocking(server_read, False)
     marker = f"written-by-the-run-{uuid.uuid4().hex}"
 
     async def scenario() -> Outcome:
@@ -158,18 +173,8 @@ def test_a_run_holds_only_its_own_descriptors_and_none_of_the_servers(
                 assert len(zygotes) == 1, "the run fell back to a fresh sandbox"
                 await zygotes.close()  # after the zygote's last output line reached the log
 
-    try:
-        with caplog.at_level(logging.INFO):
-            outcome = uvloop.run(scenario()) if loop == "uvloop" else asyncio.run(scenario())
-        os.close(server_write)
-        try:
-            reached = os.read(server_read, 4096)
-        except BlockingIOError:  # nothing written, and someone else still holds the write end
-            reached = b""
-    finally:
-        os.close(server_read)
-        with contextlib.suppress(OSError):
-            os.close(server_write)
+    with caplog.at_level(logging.INFO):
+        outcome, reached = run_holding_an_inheritable_pipe(scenario, loop)
 
     assert outcome.status is RunStatus.COMPLETED, outcome.error
     held = json.loads(outcome.response_body or b"")["at_import"]
@@ -181,7 +186,7 @@ def test_a_run_holds_only_its_own_descriptors_and_none_of_the_servers(
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_code_run_at_interpreter_start_holds_none_of_the_servers_descriptors_either(
-    host_sandbox: tuple[str, CgroupLayout],
+    host_sandbox: tuple[Path, CgroupLayout],
     base_env: dict[str, str],
     built_environment: BuiltEnvironment,
     loop: str,
@@ -190,9 +195,6 @@ def test_code_run_at_interpreter_start_holds_none_of_the_servers_descriptors_eit
     # secret can set) before the launcher runs: what it was started with must already be clean.
     runs_dir, cgroups = host_sandbox
     settings = sandbox_settings_for(runs_dir, cgroups)
-    server_read, server_write = os.pipe()
-    os.set_inheritable(server_write, True)
-    os.set_blocking(server_read, False)
     marker = f"written-at-start-{uuid.uuid4().hex}"
     run = run_by("owner-a", {"attack": "whoami"})
     run = run.model_copy(
@@ -206,17 +208,7 @@ def test_code_run_at_interpreter_start_holds_none_of_the_servers_descriptors_eit
         finally:
             await runner.close()
 
-    try:
-        outcome = uvloop.run(scenario()) if loop == "uvloop" else asyncio.run(scenario())
-        os.close(server_write)
-        try:
-            reached = os.read(server_read, 4096)
-        except BlockingIOError:
-            reached = b""
-    finally:
-        os.close(server_read)
-        with contextlib.suppress(OSError):
-            os.close(server_write)
+    outcome, reached = run_holding_an_inheritable_pipe(scenario, loop)
 
     assert outcome.status is RunStatus.COMPLETED, outcome.error
     assert marker.encode() not in reached

@@ -26,7 +26,7 @@ from core.tables import inbound_events, runs, schedules
 from tests.conftest import Live, LiveFactory, free_port
 from tests.fakes.slack_api import SlackApi
 from tests.fakes.smtp_sink import SmtpSink
-from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, SANDBOX_NUMBER, running_twilio_api
+from tests.fakes.twilio_api import running_twilio_api
 
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 MAILGUN_KEY = "mg-signing-key"
@@ -296,13 +296,7 @@ async def everything(live_factory: LiveFactory, fakes: tuple[SlackApi, Any, Smtp
             "client_id": "111.222",
             "client_secret": "shh",
         },
-        whatsapp={
-            "account_sid": ACCOUNT_SID,
-            "auth_token": AUTH_TOKEN,
-            "api_url": twilio.url,
-            "from_number": SANDBOX_NUMBER,
-            "workflow": "echo",
-        },
+        whatsapp=twilio.whatsapp_section(workflow="echo"),
         email={
             "smtp_port": free_port(),
             "addresses": ["bot@example.test"],

@@ -29,13 +29,9 @@ from tests.runs import (
     WORKFLOWS,
     BuiltEnvironment,
     Logs,
-    base_env,
-    built_environment,
     invocation,
     workflow,
 )
-
-__all__ = ["base_env", "built_environment"]  # fixtures, used by name
 
 
 @pytest.fixture

@@ -21,28 +21,22 @@ import pytest
 from codewords_client import AsyncCodewordsClient
 
 from core.models import Outcome, RunStatus, WorkflowLimits
-from dispatch.bwrap import SandboxSettings, probe_sandbox
-from dispatch.cgroups import CgroupLayout, detect_cgroups
+from dispatch.cgroups import CgroupLayout
 from dispatch.registry import Workflow
 from dispatch.sandbox import SandboxRunner
-from dispatch.zygotes import ZygotePool
 from tests.conftest import LiveFactory
+from tests.integration.sandbox_helpers import memory_contains, processes_with
 from tests.runs import (
     HELLO,
     SECRET,
     WORKFLOWS,
     BuiltEnvironment,
     Logs,
-    base_env,
-    built_environment,
     invocation,
     workflow,
 )
 
-__all__ = ["base_env", "built_environment"]  # fixtures, used by name
-
 HOSTILE = WORKFLOWS / "hostile.py"
-SANDBOX_UID = 65534
 LIMITS = WorkflowLimits.model_validate({"memory": "256MiB", "pids": 64, "network": "none"})
 
 
@@ -53,62 +47,15 @@ class Sandbox:
     cgroups: CgroupLayout
 
 
-@pytest.fixture(scope="module")
-def host_sandbox() -> Iterator[tuple[str, CgroupLayout]]:
-    instance = f"test-{uuid.uuid4().hex[:8]}"
-    runs_dir = Path("/tmp") / f"sb-{instance}-runs"
-    problem = probe_sandbox(SANDBOX_UID, runs_dir)
-    found = detect_cgroups(instance) if problem is None else problem
-    if isinstance(found, str):
-        pytest.skip(f"no sandbox on this host: {found}")
-    yield str(runs_dir), found
-    found.release()
-    runs_dir.rmdir()
-
-
-def sandbox_settings_for(runs_dir: str, cgroups: CgroupLayout) -> SandboxSettings:
-    """The runner's settings for these tests (no live server: the runtime address is a dummy)."""
-    return SandboxSettings(
-        uid=SANDBOX_UID,
-        runs_dir=Path(runs_dir),
-        runtime_address=("127.0.0.1", 9),
-        startup_timeout=30,
-        cgroups=cgroups,
-    )
-
-
-@pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
-async def sandbox(
-    request: pytest.FixtureRequest, host_sandbox: tuple[str, CgroupLayout], base_env: dict[str, str]
-) -> AsyncIterator[Sandbox]:
+@pytest.fixture
+def sandbox(sandbox_runner: SandboxRunner, host_sandbox: tuple[Path, CgroupLayout]) -> Sandbox:
     """The sandbox runner, with each run a fresh sandbox or a zygote's child: same assertions."""
     runs_dir, cgroups = host_sandbox
-    settings = sandbox_settings_for(runs_dir, cgroups)
-    zygotes = ZygotePool(settings, Path(f"{runs_dir}-z")) if request.param else None
-    runner = SandboxRunner(settings, base_env=base_env, zygotes=zygotes)
-    yield Sandbox(runner, Path(runs_dir), cgroups)
-    await runner.close()
-    if zygotes is not None:
-        assert len(zygotes) == 1, "the runs fell back to fresh sandboxes"
-        await zygotes.close()
+    return Sandbox(sandbox_runner, runs_dir, cgroups)
 
 
 def limited(built: BuiltEnvironment, source: Path, **limits: object) -> Workflow:
     return replace(workflow(built, source), limits=LIMITS.model_copy(update=limits))
-
-
-def processes_with(marker: str) -> list[int]:
-    """Host pids whose command line contains ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmdline:
-                found.append(int(entry.name))
-    return found
 
 
 def assert_nothing_left(sandbox: Sandbox) -> None:
@@ -328,24 +275,7 @@ async def test_secrets_are_not_in_any_command_line(
     assert_nothing_left(sandbox)
 
 
-def memory_contains(pid: int, needle: bytes) -> bool:
-    """Whether any readable mapping of process ``pid`` holds ``needle`` (read as root)."""
-    with open(f"/proc/{pid}/maps", encoding="ascii") as maps, open(f"/proc/{pid}/mem", "rb") as mem:
-        for line in maps:
-            fields = line.split()
-            if "r" not in fields[1] or (len(fields) > 5 and fields[5] == "[vsyscall]"):
-                continue
-            start, end = (int(part, 16) for part in fields[0].split("-"))
-            try:
-                mem.seek(start)
-                if needle in mem.read(end - start):
-                    return True
-            except OSError:  # [vvar] and other unreadable mappings
-                continue
-    return False
-
-
-@pytest.mark.parametrize("sandbox", [True], ids=["zygote"], indirect=True)
+@pytest.mark.parametrize("sandbox_runner", [True], ids=["zygote"], indirect=True)
 async def test_the_zygote_never_holds_a_runs_secrets(
     sandbox: Sandbox, built_environment: BuiltEnvironment
 ) -> None:

@@ -24,9 +24,7 @@ import pytest
 
 from dispatch.bwrap import probe_sandbox
 from dispatch.netfilter import filter_network
-from tests.runs import BuiltEnvironment, base_env, built_environment
-
-__all__ = ["base_env", "built_environment"]  # fixtures, used by name
+from tests.runs import BuiltEnvironment
 
 RUNNER = Path(__file__).with_name("netns_runner.py")
 PRIVATE = "10.99.0.1"

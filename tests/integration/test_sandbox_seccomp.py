@@ -8,70 +8,24 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pyseccomp
 import pytest
 
 from core.models import RunStatus, WorkflowLimits
-from dispatch.bwrap import SandboxSettings, probe_sandbox
-from dispatch.cgroups import CgroupLayout, detect_cgroups
 from dispatch.sandbox import SandboxRunner
 from dispatch.seccomp import DENIED, NAMESPACE_FLAGS
-from dispatch.zygotes import ZygotePool
 from tests.runs import (
     HELLO,
     WORKFLOWS,
     BuiltEnvironment,
     Logs,
-    base_env,
-    built_environment,
     invocation,
     workflow,
 )
 
-__all__ = ["base_env", "built_environment"]  # fixtures, used by name
-
-SANDBOX_UID = 65534
 SIGCHLD = 17
-
-
-@pytest.fixture(scope="module")
-def host_sandbox() -> Iterator[tuple[Path, CgroupLayout]]:
-    instance = f"test-{uuid.uuid4().hex[:8]}"
-    runs_dir = Path("/tmp") / f"sb-{instance}-runs"
-    problem = probe_sandbox(SANDBOX_UID, runs_dir)
-    found = detect_cgroups(instance) if problem is None else problem
-    if isinstance(found, str):
-        pytest.skip(f"no sandbox on this host: {found}")
-    yield runs_dir, found
-    found.release()
-    runs_dir.rmdir()
-
-
-@pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
-async def runner(
-    request: pytest.FixtureRequest,
-    host_sandbox: tuple[Path, CgroupLayout],
-    base_env: dict[str, str],
-) -> AsyncIterator[SandboxRunner]:
-    runs_dir, cgroups = host_sandbox
-    settings = SandboxSettings(
-        uid=SANDBOX_UID,
-        runs_dir=runs_dir,
-        runtime_address=("127.0.0.1", 9),
-        startup_timeout=30,
-        cgroups=cgroups,
-    )
-    zygotes = ZygotePool(settings, Path(f"{runs_dir}-z")) if request.param else None
-    runner = SandboxRunner(settings, base_env=base_env, zygotes=zygotes)
-    yield runner
-    await runner.close()
-    if zygotes is not None:
-        assert len(zygotes) == 1, "the runs fell back to fresh sandboxes"
-        await zygotes.close()
 
 
 def number(name: str) -> int:
@@ -96,13 +50,13 @@ async def make_calls(
 
 @pytest.mark.parametrize("network", ["none", "internet"])
 async def test_the_dangerous_system_calls_fail_with_eperm(
-    runner: SandboxRunner, built_environment: BuiltEnvironment, network: str
+    sandbox_runner: SandboxRunner, built_environment: BuiltEnvironment, network: str
 ) -> None:
     # All arguments 0: harmless where a call is allowed (most then fail with EFAULT or EINVAL,
     # unshare(0) succeeds), so only the filter makes every one of them EPERM.
     calls: list[list[int | str]] = [[name, number(name), 0, 0, 0, 0, 0] for name in DENIED]
 
-    answer = await make_calls(runner, built_environment, calls, network)
+    answer = await make_calls(sandbox_runner, built_environment, calls, network)
 
     assert answer["seccomp"] == "2"  # filtered (0 before: no filter at all)
     assert answer["results"] == dict.fromkeys(DENIED, "EPERM")
@@ -110,7 +64,7 @@ async def test_the_dangerous_system_calls_fail_with_eperm(
 
 
 async def test_clone_makes_no_namespace_and_clone3_is_not_offered(
-    runner: SandboxRunner, built_environment: BuiltEnvironment
+    sandbox_runner: SandboxRunner, built_environment: BuiltEnvironment
 ) -> None:
     calls: list[list[int | str]] = [
         [f"clone {flag}", number("clone"), value | SIGCHLD, 0, 0, 0, 0]
@@ -118,7 +72,7 @@ async def test_clone_makes_no_namespace_and_clone3_is_not_offered(
     ]
     calls.append(["clone3", number("clone3"), 0, 0])
 
-    answer = await make_calls(runner, built_environment, calls, "none")
+    answer = await make_calls(sandbox_runner, built_environment, calls, "none")
 
     assert answer["results"] == {
         **{f"clone {flag}": "EPERM" for flag in NAMESPACE_FLAGS},
@@ -128,9 +82,9 @@ async def test_clone_makes_no_namespace_and_clone3_is_not_offered(
 
 
 async def test_a_well_behaved_workflow_still_answers(
-    runner: SandboxRunner, built_environment: BuiltEnvironment
+    sandbox_runner: SandboxRunner, built_environment: BuiltEnvironment
 ) -> None:
-    outcome = await runner.run(
+    outcome = await sandbox_runner.run(
         invocation({"name": "Ada"}, run_id=f"req_hello{uuid.uuid4().hex[:12]}"),
         workflow(built_environment, HELLO),
         Logs(),

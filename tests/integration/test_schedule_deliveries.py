@@ -5,21 +5,15 @@ goes"). The webhook target is tested with the other schedule tests."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-
-import pytest
 
 from core.models import RunRecord
 from scheduler.models import ScheduleSpec
-from tests.conftest import Live, LiveFactory, free_port
+from tests.conftest import Live, LiveFactory
 from tests.fakes.slack_api import SlackApi
 from tests.fakes.smtp_sink import SmtpSink
 from tests.fakes.twilio_api import (
-    ACCOUNT_SID,
-    AUTH_TOKEN,
     SANDBOX_NUMBER,
     FakeTwilioApi,
-    running_twilio_api,
 )
 from tests.integration.deliveries import wait_for_delivery
 from tests.integration.email_helpers import start_email
@@ -28,18 +22,6 @@ from tests.integration.test_slack_oauth import install
 from tests.integration.test_slack_oauth import start as start_oauth
 
 TEMPLATE_SID = "HX" + "1" * 32
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackApi]:
-    async with SlackApi.running() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilioApi]:
-    async with running_twilio_api(free_port()) as fake:
-        yield fake
 
 
 async def first_scheduled_run(live: Live, schedule_id: str, deliver_to: str) -> RunRecord:
@@ -66,14 +48,7 @@ async def first_scheduled_run(live: Live, schedule_id: str, deliver_to: str) -> 
 async def test_scheduled_output_is_posted_to_a_slack_channel(
     live_factory: LiveFactory, slack: SlackApi
 ) -> None:
-    live = await live_factory.start(
-        slack={
-            "signing_secret": "s" * 32,
-            "bot_token": "xoxb-test",
-            "api_url": slack.api_url,
-            "channel_interval": 0,
-        }
-    )
+    live = await live_factory.start(slack=slack.slack_section("s" * 32))
     run = await first_scheduled_run(live, "to-slack", "slack:C0DAILY")
     delivery = await wait_for_delivery(live, run.id, "sent")
     assert delivery["channel"] == "slack"
@@ -117,15 +92,7 @@ async def test_scheduled_output_is_mailed_through_the_relay(
 async def test_scheduled_output_to_whatsapp_uses_the_template_outside_the_window(
     live_factory: LiveFactory, twilio: FakeTwilioApi
 ) -> None:
-    live = await live_factory.start(
-        whatsapp={
-            "account_sid": ACCOUNT_SID,
-            "auth_token": AUTH_TOKEN,
-            "api_url": twilio.url,
-            "from_number": SANDBOX_NUMBER,
-            "template_sid": TEMPLATE_SID,
-        }
-    )
+    live = await live_factory.start(whatsapp=twilio.whatsapp_section(template_sid=TEMPLATE_SID))
     run = await first_scheduled_run(live, "to-whatsapp", "whatsapp:+15557654321")
     delivery = await wait_for_delivery(live, run.id, "sent")
     assert delivery["channel"] == "whatsapp"

@@ -25,7 +25,7 @@ import pytest
 from switchboard.cli import workflows_add
 from switchboard.services import Services
 from tests.conftest import Live, LiveFactory, make_settings
-from tests.integration.test_sandbox import memory_contains, processes_with
+from tests.integration.sandbox_helpers import memory_contains, processes_with
 from tests.runs import WORKFLOWS
 
 PROBE = "secret-probe"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Column, ColumnElement, Table, select, update
 
 from core.clock import SystemClock
 from core.db import Database
@@ -170,35 +170,40 @@ async def test_a_lost_master_key_makes_values_unreadable_and_says_so(
         await wrong.values_for_run("owner-a", "wf", [NAME])
 
 
+async def copy_blob(
+    database: Database,
+    column: Column[bytes],
+    *,
+    source: ColumnElement[bool],
+    target: ColumnElement[bool],
+) -> None:
+    """Overwrite ``column`` of the ``target`` row with the ``source`` row's: a swapped blob."""
+    table = column.table
+    assert isinstance(table, Table)
+    async with database.write() as conn:
+        blob = (await conn.execute(select(column).where(source))).scalar_one()
+        await conn.execute(update(table).where(target).values({column.name: blob}))
+
+
 async def test_rows_cannot_be_swapped(database: Database, tmp_path: Path) -> None:
     store = node(database, tmp_path)
     await fill(database, store, ["owner-a", "owner-b"])
     await store.put("owner-a", "OTHER", "other-value", workflow_id=None, actor="test")
-    async with database.write() as conn:
-        other = (
-            await conn.execute(
-                select(secrets_table.c.ciphertext).where(secrets_table.c.name == "OTHER")
-            )
-        ).scalar_one()
-        await conn.execute(
-            update(secrets_table)
-            .where(secrets_table.c.owner_id == "owner-a", secrets_table.c.name == NAME)
-            .values(ciphertext=other)
-        )
+    await copy_blob(
+        database,
+        secrets_table.c.ciphertext,
+        source=secrets_table.c.name == "OTHER",
+        target=(secrets_table.c.owner_id == "owner-a") & (secrets_table.c.name == NAME),
+    )
     with pytest.raises(SecretsUnreadable, match=f"stored value of {NAME} of owner owner-a"):
         await store.values_for_run("owner-a", "wf", [NAME])
 
-    async with database.write() as conn:
-        theirs = (
-            await conn.execute(
-                select(secret_keys.c.wrapped_key).where(secret_keys.c.owner_id == "owner-b")
-            )
-        ).scalar_one()
-        await conn.execute(
-            update(secret_keys)
-            .where(secret_keys.c.owner_id == "owner-a")
-            .values(wrapped_key=theirs)
-        )
+    await copy_blob(
+        database,
+        secret_keys.c.wrapped_key,
+        source=secret_keys.c.owner_id == "owner-b",
+        target=secret_keys.c.owner_id == "owner-a",
+    )
     with pytest.raises(SecretsUnreadable, match="data key of owner owner-a does not open"):
         await store.values_for_run("owner-a", "wf", ["OTHER"])
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from codewords_client import AsyncCodewordsClient
 
-from tests.conftest import Live, LiveFactory
+from tests.conftest import WORKFLOWS, Live, LiveFactory
 from tests.integration.secret_helpers import database_bytes
 
 SECRETS_URL = "/api/v1/secrets"
@@ -29,6 +29,21 @@ def fresh(label: str) -> str:
 
 def sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def secret_keeper(directory: Path) -> Path:
+    """``secret_user.py`` with the ``secrets`` grant and no declared secret: one body, two heads.
+
+    A workflow runs from its registered source alone, so the two cannot share a module.
+    """
+    source = (WORKFLOWS / "secret_user.py").read_text(encoding="utf-8")
+    declared, end = '#   "API_TOKEN",\n', "# ///\n"
+    assert source.count(declared) == 1 and source.count(end) == 1, "secret_user.py's header moved"
+    head, _, body = source.partition(end)
+    head = head.replace(declared, "") + '# [tool.switchboard]\n# grants = ["secrets"]\n'
+    path = directory / "secret_keeper.py"
+    path.write_text(head + end + body, encoding="utf-8")
+    return path
 
 
 async def test_rest_routes_set_list_unset_by_scope_and_owner(
@@ -185,11 +200,11 @@ async def test_manage_user_secrets_from_outside_is_answered_and_never_stored(liv
 
 @pytest.mark.parametrize("sandbox", ["bwrap", "process"])
 async def test_a_run_gets_only_what_its_workflow_declares(
-    live_factory: LiveFactory, sandbox: str
+    live_factory: LiveFactory, sandbox: str, tmp_path: Path
 ) -> None:
     live = await live_factory.start(runtime={"sandbox": sandbox})
     await live.register("secret_user")
-    await live.register("secret_keeper")
+    await live.services.registry.add(secret_keeper(tmp_path), "secret-keeper")
     owner_wide, scoped, undeclared = fresh("owner"), fresh("scoped"), fresh("undeclared")
     store = live.services.secrets
     await store.put("default", "API_TOKEN", owner_wide, workflow_id=None, actor="test")

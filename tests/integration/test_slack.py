@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -26,28 +25,11 @@ from tests.integration.deliveries import wait_for_delivery
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 
 
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackApi]:
-    async with SlackApi.running() as fake:
-        fake.users["U42"] = "Alice"
-        yield fake
-
-
-def slack_section(fake: SlackApi, **overrides: Any) -> dict[str, Any]:
-    section: dict[str, Any] = {
-        "signing_secret": SECRET,
-        "bot_token": "xoxb-test",
-        "api_url": fake.api_url,
-        "workflow": "echo",
-        "channel_interval": 0,
-    }
-    section.update(overrides)
-    return section
-
-
 async def start(factory: LiveFactory, fake: SlackApi, **overrides: Any) -> Live:
     roles = overrides.pop("roles", {"web", "worker"})
-    return await factory.start(roles=roles, slack=slack_section(fake, **overrides))
+    return await factory.start(
+        roles=roles, slack=fake.slack_section(SECRET, **{"workflow": "echo", **overrides})
+    )
 
 
 def envelope(event: dict[str, Any], *, event_id: str = "Ev1", team: str = "T111") -> dict[str, Any]:
@@ -698,7 +680,9 @@ async def test_undeliverable_reply_swaps_eyes_for_the_failure_reaction(
         slack.fail_next("chat.postMessage", error="not_in_channel")
     else:  # a transient error on the outbox's last attempt
         live = await live_factory.start(
-            roles={"web", "worker"}, slack=slack_section(slack), delivery={"max_attempts": 2}
+            roles={"web", "worker"},
+            slack=slack.slack_section(SECRET, workflow="echo"),
+            delivery={"max_attempts": 2},
         )
         for _ in range(2):
             slack.fail_next("chat.postMessage", status=500, error="internal_error")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -18,12 +17,6 @@ from tests.fakes.slack_api import SlackApi
 from tests.integration.test_slack import SECRET, envelope, mention, post_event
 
 STATE_COOKIE = "slack-app-oauth-state"
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackApi]:
-    async with SlackApi.running() as fake:
-        yield fake
 
 
 async def start(factory: LiveFactory, fake: SlackApi) -> Live:

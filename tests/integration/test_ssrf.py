@@ -22,14 +22,11 @@ from twilio.request_validator import RequestValidator
 from core.addresses import is_public_address
 from core.models import ReplyTarget, RunRequest, Source
 from core.tables import runs
-from tests.conftest import Live, LiveFactory, free_port
+from tests.conftest import Live, LiveFactory
 from tests.fakes.slack_api import BOT_USER_ID, SlackApi, signed_headers
 from tests.fakes.twilio_api import (
-    ACCOUNT_SID,
     AUTH_TOKEN,
-    SANDBOX_NUMBER,
     FakeTwilioApi,
-    running_twilio_api,
     whatsapp_message_form,
 )
 from tests.integration.deliveries import wait_for_delivery
@@ -212,23 +209,11 @@ async def test_an_allow_listed_name_is_delivered_to_whatever_it_resolves_to(
 # --- Slack ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackApi]:
-    async with SlackApi.running() as fake:
-        fake.users["U42"] = "Alice"
-        yield fake
-
-
 async def start_slack(live_factory: LiveFactory, fake: SlackApi, **roles: Any) -> Live:
-    section = {
-        "signing_secret": SLACK_SECRET,
-        "bot_token": "xoxb-test",
-        "api_url": fake.api_url,
-        "workflow": "echo",
-        "channel_interval": 0,
-    }
     return await live_factory.start(
-        roles=roles.get("roles", {"web", "worker"}), slack=section, delivery=PUBLIC_ONLY
+        roles=roles.get("roles", {"web", "worker"}),
+        slack=fake.slack_section(SLACK_SECRET, workflow="echo"),
+        delivery=PUBLIC_ONLY,
     )
 
 
@@ -340,23 +325,11 @@ async def test_a_slack_file_download_is_not_redirected_elsewhere(
 # --- WhatsApp (Twilio) ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilioApi]:
-    async with running_twilio_api(free_port()) as fake:
-        yield fake
-
-
 async def test_a_media_url_that_is_not_twilios_never_gets_the_account_credentials(
     live_factory: LiveFactory, twilio: FakeTwilioApi, listener: Listener
 ) -> None:
     live = await live_factory.start(
-        whatsapp={
-            "account_sid": ACCOUNT_SID,
-            "auth_token": AUTH_TOKEN,
-            "api_url": twilio.url,
-            "from_number": SANDBOX_NUMBER,
-            "workflow": "echo",
-        },
+        whatsapp=twilio.whatsapp_section(workflow="echo"),
         delivery=PUBLIC_ONLY,
     )
     params = whatsapp_message_form(

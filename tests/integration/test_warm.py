@@ -28,18 +28,14 @@ from dispatch.sandbox import SandboxRunner
 from dispatch.warm import WarmPool
 from dispatch.zygotes import ZygotePool
 from tests.conftest import LiveFactory
-from tests.integration.test_sandbox import host_sandbox, sandbox_settings_for
+from tests.integration.sandbox_helpers import sandbox_settings_for
 from tests.runs import (
     WORKFLOWS,
     BuiltEnvironment,
     Logs,
-    base_env,
-    built_environment,
     invocation,
     workflow,
 )
-
-__all__ = ["base_env", "built_environment", "host_sandbox"]  # fixtures, used by name
 
 WARM = WORKFLOWS / "warm.py"
 
@@ -64,7 +60,9 @@ WarmFactory = Callable[..., Warm]
 
 @pytest.fixture(params=[False, True], ids=["fresh", "zygote"])
 async def make_warm(
-    request: pytest.FixtureRequest, host_sandbox: tuple[str, CgroupLayout], base_env: dict[str, str]
+    request: pytest.FixtureRequest,
+    host_sandbox: tuple[Path, CgroupLayout],
+    base_env: dict[str, str],
 ) -> AsyncIterator[WarmFactory]:
     """Sandbox runners with a warm pool (idle TTL as asked), each run a fresh sandbox or a
     zygote's child; torn down, and checked to leave nothing, at the end."""

@@ -23,13 +23,12 @@ from twilio.request_validator import RequestValidator
 from core.models import Outcome, ReplyTarget, RunRequest, Source
 from core.tables import deliveries, inbound_events, runs
 from switchboard.app import ROLES
-from tests.conftest import Live, LiveFactory, free_port
+from tests.conftest import Live, LiveFactory
 from tests.fakes.twilio_api import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     SANDBOX_NUMBER,
     FakeTwilioApi,
-    running_twilio_api,
     whatsapp_message_form,
 )
 from tests.integration.deliveries import wait_for_delivery, wait_for_rows
@@ -39,12 +38,6 @@ from triggers.whatsapp.status import MessageLog
 USER = "whatsapp:+15005550006"
 OTHER_NUMBER = "whatsapp:+14155550100"
 _sids = iter(range(1, 10**6))
-
-
-@pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilioApi]:
-    async with running_twilio_api(free_port()) as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -61,14 +54,7 @@ async def start(
     server: dict[str, Any] | None = None,
     **whatsapp: Any,
 ) -> Live:
-    settings = {
-        "account_sid": ACCOUNT_SID,
-        "auth_token": AUTH_TOKEN,
-        "api_url": twilio.url,
-        "from_number": SANDBOX_NUMBER,
-        "workflow": "echo",
-        **whatsapp,
-    }
+    settings = twilio.whatsapp_section(**{"workflow": "echo", **whatsapp})
     return await live_factory.start(roles=roles, whatsapp=settings, server=server or {})
 
 

@@ -20,7 +20,8 @@
 
 It declares API_TOKEN and asks for nothing more (no grants). It answers each operation's status,
 detail, the names listed and the sha256 of a value it got: never a value, so that its own stored
-response and log reveal none.
+response and log reveal none. ``test_secrets_api.secret_keeper`` registers this same body with
+the ``secrets`` grant and no declared secret.
 """
 
 import hashlib
