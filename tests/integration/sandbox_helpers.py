@@ -45,6 +45,32 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
+def zygotes_only(pids: list[int]) -> list[int]:
+    """The zygote interpreters among ``pids`` of processes naming ``zygote.py``: not the bwrap
+    chain that started them, nor the keepers and pids 1 forked from them (those keep the
+    zygote's command line, and a live run's pid 1 holds its secrets)."""
+    interpreters = {pid for pid in pids if "python" in _program(pid)}
+    return [pid for pid in interpreters if _parent(pid) not in interpreters]
+
+
+def _program(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return None
+
+
 def memory_contains(pid: int, needle: bytes) -> bool:
     """Whether any readable mapping of process ``pid`` holds ``needle`` (read as root)."""
     with open(f"/proc/{pid}/maps", encoding="ascii") as maps, open(f"/proc/{pid}/mem", "rb") as mem:

@@ -25,7 +25,7 @@ from dispatch.cgroups import CgroupLayout
 from dispatch.registry import Workflow
 from dispatch.sandbox import SandboxRunner
 from tests.conftest import LiveFactory
-from tests.integration.sandbox_helpers import memory_contains, processes_with
+from tests.integration.sandbox_helpers import memory_contains, processes_with, zygotes_only
 from tests.runs import (
     HELLO,
     SECRET,
@@ -288,7 +288,7 @@ async def test_the_zygote_never_holds_a_runs_secrets(
             Logs(),
         )
         assert outcome.status is RunStatus.COMPLETED, outcome.error
-    zygotes = processes_with("zygote.py")
+    zygotes = zygotes_only(processes_with("zygote.py"))
 
     assert zygotes, "no zygote process found"
     assert [pid for pid in zygotes if memory_contains(pid, SECRET.encode())] == []

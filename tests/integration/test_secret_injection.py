@@ -25,7 +25,7 @@ import pytest
 from switchboard.cli import workflows_add
 from switchboard.services import Services
 from tests.conftest import Live, LiveFactory, make_settings
-from tests.integration.sandbox_helpers import memory_contains, processes_with
+from tests.integration.sandbox_helpers import memory_contains, processes_with, zygotes_only
 from tests.runs import WORKFLOWS
 
 PROBE = "secret-probe"
@@ -177,7 +177,7 @@ async def test_a_run_gets_its_declared_secrets_redacted_and_nothing_else(
 
     runtime = probe_server.settings.runtime
     if runtime.sandbox == "bwrap" and runtime.zygote:
-        zygotes = processes_with("zygote.py")
+        zygotes = zygotes_only(processes_with("zygote.py"))
         assert zygotes, "no zygote process found"
         assert [pid for pid in zygotes if memory_contains(pid, scoped.encode())] == []
 
