@@ -109,7 +109,7 @@ class SlackIntake:
         if settings.signing_secret is None:
             raise ValueError("the Slack intake needs [slack] signing_secret")
         self._settings = settings
-        self._signing_secret = settings.signing_secret.get_secret_value()
+        self._signing_secret = settings.signing_secret.get_secret_value().encode()
         self._deps = deps
         self._names: dict[str, tuple[float, str | None]] = {}
         self._recent = RecentMessages()
@@ -131,6 +131,8 @@ class SlackIntake:
             oauth_flow=self.oauth_flow,
             oauth_settings=oauth,
             ssl_check_enabled=False,
+            # checked_request verified the signature on the raw bytes already, before bolt.
+            request_verification_enabled=False,
             process_before_response=True,
             raise_error_for_unhandled_request=False,
         )
@@ -392,8 +394,11 @@ class SlackIntake:
         return attachments
 
 
-def verify_slack_signature(secret: str, raw: bytes, headers: Mapping[str, str]) -> None:
-    """Raise :class:`Unauthorized` unless ``X-Slack-Signature`` signs ``raw`` (PROTOCOLS §1.1)."""
+def verify_slack_signature(secret: bytes, raw: bytes, headers: Mapping[str, str]) -> None:
+    """Raise :class:`Unauthorized` unless ``X-Slack-Signature`` signs ``raw`` (PROTOCOLS §1.1).
+
+    Over the bytes as they came: slack-sdk's ``SignatureVerifier`` decodes the body as UTF-8
+    first and raises on one that is not, before it could tell signed from unsigned."""
     timestamp = headers.get("X-Slack-Request-Timestamp") or ""
     signature = headers.get("X-Slack-Signature") or ""
     if not (timestamp.isascii() and timestamp.isdigit()) or not signature:
@@ -401,7 +406,7 @@ def verify_slack_signature(secret: str, raw: bytes, headers: Mapping[str, str]) 
     if abs(time.time() - int(timestamp)) > SIGNATURE_MAX_AGE:
         raise Unauthorized("stale X-Slack-Request-Timestamp: older than five minutes")
     message = b"v0:" + timestamp.encode() + b":" + raw
-    expected = "v0=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    expected = "v0=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
         raise Unauthorized("invalid X-Slack-Signature: not signed with [slack] signing_secret")
 
