@@ -35,6 +35,13 @@ LAUNCHER_PATH = "/opt/switchboard/launcher.py"
 FALLBACK_RELAY_PORT = 8900
 ZYGOTE_PATH = "/opt/switchboard/zygote.py"
 RESOLV_INTERNET = "/opt/switchboard/resolv.internet"
+CHAIN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+"""The whole environment of the processes that build a sandbox (root's ``unshare``, ``sh``,
+``mount``, then bwrap): fixed, since a variable a workflow declares (``LD_PRELOAD``) would run
+its code there. The run's own environment follows on a descriptor (:data:`RUN_ENV_FD`)."""
+RUN_ENV_FD = "SWITCHBOARD_RUN_ENV_FD"
+"""Names the descriptor the launcher reads the run's environment from (JSON), before any
+workflow code runs."""
 
 # Joins the cgroups, sets the rlimits, binds the sources; then execs the rest of argv. Its argv:
 #   <procs files…> -- <nofile> <fsize in 512-byte blocks> -- <source> <mount point>… -- <command…>

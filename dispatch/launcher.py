@@ -177,6 +177,22 @@ class ReadyServer(uvicorn.Server):
                 os.close(fd)
 
 
+def receive_environment() -> None:
+    """Take the run's environment (its key, the user's secrets, the declared variables) from the
+    descriptor ``SWITCHBOARD_RUN_ENV_FD`` names (``dispatch/bwrap.py`` :data:`RUN_ENV_FD`): the
+    processes that built the sandbox never had it in theirs. A zygote's child has it already."""
+    named = os.environ.pop("SWITCHBOARD_RUN_ENV_FD", None)
+    if named is None:
+        return
+    fd = int(named)
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    os.environ.clear()
+    os.environ.update(json.loads(b"".join(chunks)))
+
+
 def close_inherited_fds(keep: list[int]) -> None:
     """Close every descriptor but stdin, stdout, stderr and ``keep``, before any workflow code:
     a subprocess that uvloop starts inherits every inheritable descriptor of the server (uvloop
@@ -201,6 +217,7 @@ def main(argv: list[str]) -> None:
             "[<port>:<runtime_socket>]"
         )
     workflow_file, socket_path, ready_fd = argv[1], argv[2], int(argv[3])
+    receive_environment()
     passed = [ready_fd]
     if len(argv) == 7:
         passed += [int(fd) for fd in argv[6].split(":")]

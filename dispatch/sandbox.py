@@ -55,7 +55,9 @@ from typing import Protocol
 from core.models import Invocation, Outcome, WorkflowLimits
 from core.ports import LogSink, ResolvedWorkflow
 from dispatch.bwrap import (
+    CHAIN_ENV,
     LAUNCHER_PATH,
+    RUN_ENV_FD,
     SOCKETS,
     WORK,
     WORKFLOW_DIR,
@@ -68,8 +70,8 @@ from dispatch.bwrap import (
 from dispatch.cgroups import CgroupLimits, RunCgroup, limit_error
 from dispatch.netfilter import filter_network
 from dispatch.runner import drain, forward_lines, send_request, wait_until_ready
-from dispatch.seccomp import program_fd, run_filter
-from dispatch.spawn import start_sandbox_process
+from dispatch.seccomp import run_filter
+from dispatch.spawn import memory_file, start_sandbox_process
 from dispatch.warm import WARM_ENV, Hold, WarmPool, warm_key
 from dispatch.zygotes import (
     Zygote,
@@ -239,7 +241,8 @@ class Launch:
         ]
         if pipes.netns_write is not None and pipes.go_read is not None:
             inner.append(f"{pipes.netns_write}:{pipes.go_read}")
-        seccomp = program_fd(self.seccomp)
+        seccomp = memory_file(self.seccomp, "switchboard-seccomp")
+        environment = memory_file(json.dumps(self.env).encode(), "switchboard-run-env")
         argv = sandbox_command(
             run_dir=self.run_dir,
             sources=self.sources,
@@ -252,7 +255,9 @@ class Launch:
         )
         try:
             process = await start_sandbox_process(
-                argv, env=self.env, pass_fds=(*pipes.child_ends(), seccomp)
+                argv,
+                env={**CHAIN_ENV, RUN_ENV_FD: str(environment)},
+                pass_fds=(*pipes.child_ends(), seccomp, environment),
             )
         except OSError as exc:
             pipes.close()
@@ -260,6 +265,7 @@ class Launch:
         finally:
             pipes.close_child_ends()
             os.close(seccomp)
+            os.close(environment)
         run_id = self.invocation.run_id
         logger.info("run %s: sandbox started as pid %s", run_id, process.pid)
         readers = [

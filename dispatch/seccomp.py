@@ -69,16 +69,3 @@ def run_filter() -> bytes:
         flt.export_bpf(program)
         program.seek(0)
         return program.read()
-
-
-def program_fd(program: bytes) -> int:
-    """A file holding ``program`` at offset 0, for bwrap's ``--seccomp`` (pass it with
-    ``pass_fds``); the caller closes it once the sandbox has started (bwrap reads it to the end)."""
-    fd = os.memfd_create("switchboard-seccomp", os.MFD_CLOEXEC)
-    try:
-        os.write(fd, program)
-        os.lseek(fd, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd

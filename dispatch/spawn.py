@@ -110,3 +110,16 @@ async def _reader(fd: int) -> asyncio.StreamReader:
         lambda: _PipeProtocol(reader), os.fdopen(fd, "rb", buffering=0)
     )
     return reader
+
+
+def memory_file(data: bytes, name: str) -> int:
+    """A descriptor of an anonymous file holding ``data`` at offset 0, to hand a sandbox with
+    ``pass_fds`` (its seccomp program, its environment); the caller closes it once started."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

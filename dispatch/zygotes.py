@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispatch.bwrap import (
+    CHAIN_ENV,
     LAUNCHER_PATH,
     ZYGOTE,
     ZYGOTE_PATH,
@@ -225,7 +226,7 @@ class ZygotePool:
         try:
             process = await start_sandbox_process(
                 argv,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                env=CHAIN_ENV,
                 pass_fds=(theirs.fileno(),),
                 cwd="/",
             )

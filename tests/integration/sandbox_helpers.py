@@ -45,6 +45,20 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
+def processes_with_in_environ(needle: str) -> list[int]:
+    """Host pids whose environment, as they were started, contains ``needle`` (read as root)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if needle.encode() in environ:
+                found.append(int(entry.name))
+    return found
+
+
 def zygotes_only(pids: list[int]) -> list[int]:
     """The zygote interpreters among ``pids`` of processes naming ``zygote.py``: not the bwrap
     chain that started them, nor the keepers and pids 1 forked from them (those keep the

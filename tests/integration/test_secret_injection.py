@@ -25,7 +25,12 @@ import pytest
 from switchboard.cli import workflows_add
 from switchboard.services import Services
 from tests.conftest import Live, LiveFactory, make_settings
-from tests.integration.sandbox_helpers import memory_contains, processes_with, zygotes_only
+from tests.integration.sandbox_helpers import (
+    memory_contains,
+    processes_with,
+    processes_with_in_environ,
+    zygotes_only,
+)
 from tests.runs import WORKFLOWS
 
 PROBE = "secret-probe"
@@ -137,6 +142,11 @@ async def test_a_run_gets_its_declared_secrets_redacted_and_nothing_else(
     await wait_for_line(http, request_id, "holding")
     # From the host: no process of the run (nor any other) shows the value in its command line.
     in_argv = [pid for value in forms_of(scoped) for pid in processes_with(value)]
+    # Nor in the environment any process was started with: a sandbox's chain (root's unshare,
+    # sh, mount, then bwrap) has a fixed one, and its launcher reads the run's from a descriptor
+    # (a declared LD_PRELOAD would otherwise run in root's processes). Without a sandbox the
+    # workflow's process is started with it.
+    in_environ = processes_with_in_environ(scoped)
     # The server's own log handlers mask the values of the runs in flight.
     logging.getLogger("dispatch.workers").warning("a server line with %s", scoped)
     version_dir = probe_server.settings.server.data_dir / "workflows" / PROBE / "v1"
@@ -154,6 +164,8 @@ async def test_a_run_gets_its_declared_secrets_redacted_and_nothing_else(
     assert "overridden" not in json.dumps(got["env"]["CODEWORDS_RUNTIME_URI"])
     assert "overridden" not in json.dumps(got["env"]["HOME"])
     assert in_argv == []
+    if probe_server.settings.runtime.sandbox == "bwrap":
+        assert in_environ == []
     assert got["cmdlines_seen"] > 0 and got["cmdlines_with_token"] == []
     # Stored redacted: the value whole, split across two writes, base64, URL-encoded, each line
     # of a multi-line value; the stored response is left as the workflow returned it.
