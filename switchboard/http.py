@@ -61,6 +61,10 @@ def error_middleware(metrics: Metrics) -> Middleware:
 
 
 async def _as_json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if "\x00" in request.path:
+        # Path parts are ids and paths the database stores or looks up; PostgreSQL refuses a NUL
+        # in text, and a refused row fails the whole intake batch it was committed with.
+        return web.json_response({"detail": "the request path holds a NUL (%00)"}, status=400)
     try:
         return await handler(request)
     except BodyTimeout as exc:

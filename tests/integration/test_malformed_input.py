@@ -122,6 +122,10 @@ CASES: dict[str, Case] = {
         (*AUTHORIZED_JSON, (b"X-Provisioned-Request-Id", b"r\xff")),
         detail="X-Provisioned-Request-Id",
     ),
+    "run-path-with-nul": Case("POST", "/run/echo/a%00b", b"1", AUTHORIZED_JSON, detail="NUL"),
+    "result-id-with-nul": Case(
+        "GET", "/result/req%00x", headers=((b"Authorization", b"Bearer " + KEY),), detail="NUL"
+    ),
     "run-nan": Case("POST", "/run/echo", b'{"x": NaN}', AUTHORIZED_JSON, detail="NaN"),
     "run-infinity": Case("POST", "/run/echo", b"[-Infinity]", AUTHORIZED_JSON, detail="Infinity"),
     "schedules-nan": Case("POST", "/schedules", b'{"x": NaN}', AUTHORIZED_JSON, detail="NaN"),
