@@ -125,8 +125,8 @@ class RuntimeApi:
         body = await _json_body(request)
         provisioned = _stored_header(request, "X-Provisioned-Request-Id")
         run_id = provisioned or new_run_id()
-        await self._auth.authorise_start(principal, run_id, provisioned=provisioned is not None)
         idempotency = _stored_header(request, "Idempotency-Key")
+        # Everything that can refuse the request comes before a one-time key is spent on it.
         run_request = RunRequest(
             owner_id=principal.owner_id,
             service_id=service_id,
@@ -141,6 +141,7 @@ class RuntimeApi:
             provisioned_run_id=provisioned,
             run_id=None if provisioned else run_id,
         )
+        await self._auth.authorise_start(principal, run_id, provisioned=provisioned is not None)
         try:
             return await self._gateway.submit(run_request)
         except Exception:

@@ -31,3 +31,21 @@ async def test_a_one_time_key_naming_another_run_is_refused_and_cannot_read_it(
         mine = await client.run("echo", {"mine": True}, in_background=True)
         record = (await mine.result(timeout_seconds=30)).json()
     assert record["responseJson"] == {"mine": True}
+
+
+async def test_a_request_refused_for_its_headers_does_not_spend_a_one_time_key(
+    live: Live,
+) -> None:
+    once = await live.key_for(one_time=True)
+    headers = [("Authorization", once), ("Content-Type", "application/json")]
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        for bad in ("Idempotency-Key", "X-Correlation-Id"):
+            refused = await http.post(
+                "/run_async/echo",
+                content=b"{}",
+                headers=httpx.Headers([*headers, (bad.encode(), b"not \xff utf-8")]),
+            )
+            assert refused.status_code == 400, refused.text
+            assert bad in refused.json()["detail"]
+        made = await http.post("/run_async/echo", content=b'{"after": 1}', headers=headers)
+    assert made.status_code == 200, made.text
