@@ -37,7 +37,7 @@ async def test_a_request_refused_for_its_headers_does_not_spend_a_one_time_key(
     live: Live,
 ) -> None:
     once = await live.key_for(one_time=True)
-    headers = [("Authorization", once), ("Content-Type", "application/json")]
+    headers = [(b"Authorization", once.encode()), (b"Content-Type", b"application/json")]
     async with httpx.AsyncClient(base_url=live.url) as http:
         for bad in ("Idempotency-Key", "X-Correlation-Id"):
             refused = await http.post(
