@@ -13,12 +13,12 @@ values. Who may do what:
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from core.errors import BadRequest, Forbidden, NotFound
+from core.json_input import parse_json
 from core.models import Grant
 from core.ports import SecretsManager
 from core.secret_records import SecretInfo, check_name
@@ -183,10 +183,7 @@ def _limit(request: web.Request) -> int:
 
 
 async def _object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read() or b"{}")
-    except ValueError:
-        raise BadRequest("the body is not valid JSON") from None  # never echo a secret back
+    body = parse_json(await request.read() or b"{}")  # its errors never quote the input
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body

@@ -122,6 +122,9 @@ CASES: dict[str, Case] = {
         (*AUTHORIZED_JSON, (b"X-Provisioned-Request-Id", b"r\xff")),
         detail="X-Provisioned-Request-Id",
     ),
+    "secret-json-nested-990-deep": Case(
+        "PUT", "/api/v1/secrets/TOKEN", DEEP, AUTHORIZED_JSON, detail="nested deeper than"
+    ),
     "run-path-with-nul": Case("POST", "/run/echo/a%00b", b"1", AUTHORIZED_JSON, detail="NUL"),
     "result-id-with-nul": Case(
         "GET", "/result/req%00x", headers=((b"Authorization", b"Bearer " + KEY),), detail="NUL"

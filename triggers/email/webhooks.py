@@ -26,7 +26,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 from email.message import EmailMessage
 from typing import Any
@@ -41,6 +40,7 @@ from core.clock import Clock
 from core.db import Database
 from core.email_settings import EmailSettings
 from core.errors import BadRequest
+from core.json_input import parse_json
 from core.tables import inbound_events
 from triggers.email.intake import EmailIntake, Envelope, IntakeResult
 from triggers.email.parse import ParsedEmail, parse_email
@@ -174,7 +174,7 @@ class EmailWebhooks:
                 status=413,
             )
         try:
-            envelope = json.loads(fields.get("envelope", b"{}").decode("utf-8", "replace"))
+            envelope = parse_json(fields.get("envelope", b"{}"), what="'envelope'")
         except ValueError:
             envelope = {}
         if not isinstance(envelope, dict):
@@ -328,7 +328,7 @@ def _rebuild_mailgun(form: Form) -> bytes:
     """A MIME message from Mailgun's parsed fields (headers, text, HTML, attachments)."""
     message = EmailMessage()
     try:
-        headers = json.loads(_text(form, "message-headers") or "[]")
+        headers = parse_json(_text(form, "message-headers") or "[]", what="'message-headers'")
     except ValueError:
         headers = []
     for pair in headers if isinstance(headers, list) else []:
