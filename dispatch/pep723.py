@@ -105,11 +105,6 @@ def parse_script_metadata(source: str, *, origin: str = "the workflow") -> Scrip
     )
 
 
-def declared_environment(source: str) -> tuple[DeclaredVariable, ...]:
-    """The variables the header of ``source`` declares (``[tool.env-checker] env_vars``)."""
-    return parse_script_metadata(source).declared_env
-
-
 def _declared_env(table: dict[str, Any], origin: str) -> tuple[DeclaredVariable, ...]:
     """``env_vars`` entries as ``NAME`` (must be provided) or ``NAME=default``, each name once."""
     tool = table.get("tool", {})

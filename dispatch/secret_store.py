@@ -42,7 +42,6 @@ from dispatch.envelope import (
     unseal,
     value_context,
 )
-from dispatch.pep723 import declared_environment
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +161,7 @@ class SecretStore:
 
     async def declared_by_run(self, run_id: str, owner_id: str) -> tuple[str, frozenset[str]]:
         query = (
-            select(runs.c.service_id, workflow_versions.c.source, workflow_versions.c.settings)
+            select(runs.c.service_id, workflow_versions.c.settings)
             .join(
                 workflow_versions,
                 (workflow_versions.c.workflow_id == runs.c.service_id)
@@ -174,12 +173,10 @@ class SecretStore:
             row = (await conn.execute(query)).first()
         if row is None:
             raise NotFound("run", run_id)
-        stored = (row.settings or {}).get("declared_env")
-        if isinstance(stored, list):
-            names = frozenset(str(entry["name"]) for entry in stored)
-        else:
-            names = frozenset(variable.name for variable in declared_environment(row.source))
-        return row.service_id, names
+        # What the registry hands the run (WorkflowRegistry.resolve): a version registered
+        # before declarations were stored declares nothing, so its runs may read nothing.
+        stored = (row.settings or {}).get("declared_env", [])
+        return row.service_id, frozenset(str(entry["name"]) for entry in stored)
 
     # ---- writing --------------------------------------------------------------------------
 

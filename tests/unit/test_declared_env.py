@@ -7,7 +7,7 @@ import pytest
 from core.errors import SecretNotSet, SecretsUnreadable, WorkflowError
 from core.models import DeclaredVariable
 from core.secret_values import InMemorySecretValues
-from dispatch.pep723 import declared_environment, parse_script_metadata
+from dispatch.pep723 import parse_script_metadata
 from dispatch.run_environment import resolve_declared_env, unset_declarations
 
 
@@ -25,7 +25,7 @@ def header(*entries: str) -> str:
 def test_a_seed_header_declares_defaults_runtime_variables_and_secrets() -> None:
     source = header('"PORT=8000"', '"LOGLEVEL=INFO"', '"CODEWORDS_API_KEY"', '"SLACK_BOT_TOKEN"')
 
-    declared = declared_environment(source)
+    declared = parse_script_metadata(source).declared_env
 
     assert declared == (
         DeclaredVariable(name="PORT", default="8000"),
@@ -37,7 +37,7 @@ def test_a_seed_header_declares_defaults_runtime_variables_and_secrets() -> None
 
 
 def test_a_default_keeps_everything_after_the_first_equals_sign() -> None:
-    declared = declared_environment(header('"QUERY=a=b"', '"EMPTY="'))
+    declared = parse_script_metadata(header('"QUERY=a=b"', '"EMPTY="')).declared_env
 
     assert declared == (
         DeclaredVariable(name="QUERY", default="a=b"),
@@ -46,7 +46,8 @@ def test_a_default_keeps_everything_after_the_first_equals_sign() -> None:
 
 
 def test_no_env_checker_table_declares_nothing() -> None:
-    assert declared_environment('# /// script\n# dependencies = ["fastapi"]\n# ///\n') == ()
+    source = '# /// script\n# dependencies = ["fastapi"]\n# ///\n'
+    assert parse_script_metadata(source).declared_env == ()
 
 
 @pytest.mark.parametrize(
@@ -94,7 +95,7 @@ import asyncio
 
 
 def test_the_seed_monitor_must_be_given_its_two_tokens() -> None:
-    declared = declared_environment(MONITOR_SEED)
+    declared = parse_script_metadata(MONITOR_SEED).declared_env
 
     assert [v.name for v in declared if not v.from_runtime and v.default is None] == [
         "SLACK_BOT_TOKEN",
