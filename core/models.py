@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 
 from core.clock import isoformat
+from core.errors import Forbidden
 from core.json_input import parse_json
 
 
@@ -261,6 +262,12 @@ class CallerRights:
             f"a run key cannot {what}: {why}; add {grant.value!r} to `grants` in the workflow's "
             "[tool.switchboard] header to allow it"
         )
+
+    def require(self, grant: Grant, what: str) -> None:
+        """Raise :class:`~core.errors.Forbidden` (403) with :meth:`refusal` unless allowed."""
+        refusal = self.refusal(grant, what)
+        if refusal is not None:
+            raise Forbidden(refusal)
 
 
 OWNER_RIGHTS = CallerRights()

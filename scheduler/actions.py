@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.clock import isoformat
-from core.errors import BadRequest, Forbidden
+from core.errors import BadRequest
 from core.models import OWNER_RIGHTS, CallerRights, Grant
 from scheduler.models import ScheduleSpec
 from scheduler.service import ScheduleService
@@ -73,14 +73,14 @@ async def perform(
     action = body.get("action", "create")
     if action not in ACTIONS:
         raise BadRequest(f"action: {action!r} is not one of {', '.join(ACTIONS)}")
-    _require(rights, Grant.SCHEDULES, "use schedules")
+    rights.require(Grant.SCHEDULES, "use schedules")
     fields = definition_fields(body)
     if action == "create":
         if owner_id is None:
             raise BadRequest("create needs an owner")
         spec = _spec(fields)
         if sends_out(spec):
-            _require(rights, Grant.OUTBOUND, "create a schedule that sends out")
+            rights.require(Grant.OUTBOUND, "create a schedule that sends out")
         return (await schedules.create(owner_id, spec)).to_api()
     if action in _STARTS and not rights.allows(Grant.OUTBOUND):
         await _refuse_outbound(schedules, owner_id, action, fields, rights)
@@ -129,13 +129,7 @@ async def _refuse_outbound(
     changes = {name: value for name, value in fields.items() if name != "id"}
     later = _spec({**current.model_dump(), **changes}) if action == "update" else current
     if sends_out(current) or sends_out(later):
-        _require(rights, Grant.OUTBOUND, f"{action.replace('_', '-')} a schedule that sends out")
-
-
-def _require(rights: CallerRights, grant: Grant, what: str) -> None:
-    refusal = rights.refusal(grant, what)
-    if refusal is not None:
-        raise Forbidden(refusal)
+        rights.require(Grant.OUTBOUND, f"{action.replace('_', '-')} a schedule that sends out")
 
 
 def _count(fields: dict[str, Any]) -> int:

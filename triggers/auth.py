@@ -22,7 +22,7 @@ from sqlalchemy import or_, select, update
 
 from core.clock import Clock
 from core.db import Database
-from core.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from core.errors import BadRequest, Conflict, NotFound, Unauthorized
 from core.models import FINISHED_STATUSES, OWNER_RIGHTS, CallerRights, Grant, RunStatus
 from core.security import (
     ONE_TIME_PREFIX,
@@ -58,9 +58,7 @@ class Principal:
 
     def require(self, grant: Grant, what: str) -> None:
         """Refuse (403) what this caller's rights do not cover."""
-        refusal = self.rights.refusal(grant, what)
-        if refusal is not None:
-            raise Forbidden(refusal)
+        self.rights.require(grant, what)
 
 
 @dataclass(frozen=True, slots=True)
