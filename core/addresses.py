@@ -21,6 +21,20 @@ from core.errors import BadRequest
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+NON_PUBLIC_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
+        "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+        "::/127", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001::/32",
+        "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+    )
+)  # fmt: skip
+"""The same rule as a table, for a packet filter (``dispatch/netfilter.py``, what an
+``internet`` run may not reach): IANA's special-purpose registries minus what is global, plus
+multicast and the reserved rest. :func:`is_public_address` refuses every address in them."""
+
 # Beyond what ``ipaddress`` calls non-global on every supported Python version.
 _NOT_PUBLIC = tuple(
     ipaddress.ip_network(network)
@@ -28,6 +42,7 @@ _NOT_PUBLIC = tuple(
         "0.0.0.0/8",
         "100.64.0.0/10",  # CGNAT (RFC 6598)
         "192.0.0.0/24",
+        "192.88.99.0/24",  # the retired 6to4 relay anycast (RFC 7526)
         "198.18.0.0/15",
         "240.0.0.0/4",
         "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.addresses import IPNetwork
 from core.models import WorkflowLimits
 from core.ports import ResolvedWorkflow
 from dispatch.cgroups import CgroupLayout
-from dispatch.netfilter import IPNetwork
 from dispatch.runner import LAUNCHER
 
 ZYGOTE = LAUNCHER.with_name("zygote.py")

@@ -17,19 +17,8 @@ import ipaddress
 import os
 from collections.abc import Iterable, Sequence
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from core.addresses import NON_PUBLIC_NETWORKS, IPNetwork
 
-# IANA's special-purpose registries, minus what is global; plus multicast and the reserved rest.
-DENIED = tuple(
-    ipaddress.ip_network(network)
-    for network in (
-        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-        "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
-        "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-        "::/127", "::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001::/32",
-        "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
-    )
-)  # fmt: skip
 SLIRP_DNS = "10.0.2.3"
 """slirp4netns' resolver (it forwards to the host's): the one private address a run needs."""
 NFT_SECONDS = 10.0
@@ -47,8 +36,8 @@ def ruleset(allow: Sequence[IPNetwork] = ()) -> str:
         if allowed:
             rules.append(f"{family} daddr {{ {allowed} }} accept")
     # Rejected, not dropped: a refused connect fails at once ("Network is unreachable").
-    denied4 = _element_list(n for n in DENIED if n.version == 4)
-    denied6 = _element_list(n for n in DENIED if n.version == 6)
+    denied4 = _element_list(n for n in NON_PUBLIC_NETWORKS if n.version == 4)
+    denied6 = _element_list(n for n in NON_PUBLIC_NETWORKS if n.version == 6)
     rules.append(f"ip daddr {{ {denied4} }} reject with icmp type net-unreachable")
     rules.append(f"ip6 daddr {{ {denied6} }} reject with icmpv6 type no-route")
     body = "\n".join(f"    {rule}" for rule in rules)

@@ -6,7 +6,14 @@ import ipaddress
 
 import pytest
 
-from core.addresses import DestinationPolicy, RefusedDestination, is_provider_url
+from core.addresses import (
+    NON_PUBLIC_NETWORKS,
+    DestinationPolicy,
+    IPNetwork,
+    RefusedDestination,
+    is_provider_url,
+    is_public_address,
+)
 from core.settings import DeliverySettings
 from scheduler.cron import InvalidSchedule
 from scheduler.targets import parse_deliver_to
@@ -148,3 +155,15 @@ def test_a_provider_url_must_be_the_providers_https_or_the_configured_api(
     assert is_provider_url(url, domains=["slack.com"], api_url="http://127.0.0.1:5000/api/") is (
         allowed
     )
+
+
+# IPv6 forms that carry an IPv4 address: the webhook rule judges them by that address, the
+# packet filter refuses them whole (a run reaches IPv4 hosts as themselves).
+EMBEDDING = {ipaddress.ip_network(n) for n in ("::ffff:0:0/96", "64:ff9b::/96", "2002::/16")}
+
+
+@pytest.mark.parametrize("network", [n for n in NON_PUBLIC_NETWORKS if n not in EMBEDDING], ids=str)
+def test_the_packet_filters_table_and_the_address_rule_agree(network: IPNetwork) -> None:
+    # One rule in two forms: what an internet run may not reach (nft) is what a webhook may not.
+    for address in (network.network_address, network[network.num_addresses // 2], network[-1]):
+        assert not is_public_address(address), address

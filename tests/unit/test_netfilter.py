@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 
-from dispatch.netfilter import DENIED, ruleset
+from core.addresses import NON_PUBLIC_NETWORKS
+from dispatch.netfilter import ruleset
 
 
 def test_every_private_link_local_and_shared_network_is_refused() -> None:
-    refused = {str(network) for network in DENIED}
+    refused = {str(network) for network in NON_PUBLIC_NETWORKS}
 
     for network in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
                     "100.64.0.0/10", "fc00::/7", "fe80::/10"):  # fmt: skip
