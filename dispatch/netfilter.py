@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from core.addresses import NON_PUBLIC_NETWORKS, IPNetwork
 
@@ -24,8 +25,10 @@ SLIRP_DNS = "10.0.2.3"
 NFT_SECONDS = 10.0
 
 
-def ruleset(allow: Sequence[IPNetwork] = ()) -> str:
-    """The nftables table of an ``internet`` run's network namespace (``nft -f`` syntax)."""
+@functools.cache
+def ruleset(allow: tuple[IPNetwork, ...] = ()) -> str:
+    """The nftables table of an ``internet`` run's network namespace (``nft -f`` syntax); the
+    same for every run of a server (its allow-list), so made once."""
     rules = [
         'oifname "lo" accept',  # the run's own loopback: the runtime API relay, its own address
         f"ip daddr {SLIRP_DNS} udp dport 53 accept",
@@ -54,7 +57,7 @@ def _element_list(networks: Iterable[IPNetwork]) -> str:
     return ", ".join(str(network) for network in collapsed)
 
 
-async def filter_network(pid: int, allow: Sequence[IPNetwork]) -> str | None:
+async def filter_network(pid: int, allow: tuple[IPNetwork, ...]) -> str | None:
     """Load :func:`ruleset` into the network namespace of host process ``pid``; None when done,
     else why not (the run must not start without it). Never into the server's own namespace."""
     try:

@@ -17,7 +17,7 @@ def test_every_private_link_local_and_shared_network_is_refused() -> None:
 
 
 def test_the_allow_list_is_merged_and_comes_before_the_refusals() -> None:
-    allow = [ipaddress.ip_network(n) for n in ("10.1.2.0/25", "10.1.2.128/25", "fd00::/8")]
+    allow = tuple(ipaddress.ip_network(n) for n in ("10.1.2.0/25", "10.1.2.128/25", "fd00::/8"))
 
     lines = [line.strip() for line in ruleset(allow).splitlines()]
 
