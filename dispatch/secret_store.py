@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -46,6 +47,8 @@ from dispatch.envelope import (
 logger = logging.getLogger(__name__)
 
 OWNER_WIDE = ""
+MISSING_KEY_RECHECK_SECONDS = 5.0
+"""How often a lookup may look again for a master key this node does not have."""
 STATE_ROW = 1
 UNREADABLE_HINT = (
     "server.secrets_key (or <data_dir>/secrets.key) is missing or wrong; every node needs the "
@@ -71,6 +74,8 @@ class SecretStore:
         self._clock = clock
         self._load_keys = load_keys
         self._keys = load_keys()
+        self._missing: dict[str, datetime] = {}
+        """master key ids found missing, and when to look for each again"""
 
     @property
     def master_key_id(self) -> str:
@@ -359,11 +364,15 @@ class SecretStore:
 
     def _find_master(self, key_id: str) -> MasterKey | None:
         key = self._keys.get(key_id)
-        if key is None:
+        now = self._clock.now()
+        if key is None and now >= self._missing.get(key_id, now):
             # Another process may have rotated: its new key file is in place before any row
-            # names the new key. Ask again (cheap: a file read, or the same settings).
+            # names the new key. Ask again, but for a key that is really gone (lost, or never
+            # given to this node) not on every lookup: a file read each time, on the loop.
             self._keys = self._load_keys()
             key = self._keys.get(key_id)
+            if key is None:
+                self._missing[key_id] = now + timedelta(seconds=MISSING_KEY_RECHECK_SECONDS)
         return key
 
     def _master(self, key_id: str) -> MasterKey:
