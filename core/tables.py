@@ -312,7 +312,7 @@ email_messages = Table(
     Index("ix_email_messages_peer_created_at", "peer", "created_at"),
 )
 
-# ---- secrets (dispatch/secrets.py; issue 14) --------------------------------------------------
+# ---- secrets (dispatch/secret_store.py; issue 14) -----------------------------------------------
 
 # One data key per owner, encrypted (AES-GCM) under a master key that never reaches the database;
 # master_key_id names which one (a fingerprint), so a rotation can switch them one row at a time.

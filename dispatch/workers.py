@@ -65,13 +65,13 @@ class WorkerPool:
         metrics: Metrics,
         replies: ReplyWriter,
         secrets: SecretValues,
-        in_flight: InFlightSecrets | None = None,
+        in_flight: InFlightSecrets,
         on_reply: Callable[[], None] = lambda: None,
         on_started: Callable[[RunRecord], None] = lambda _run: None,
     ) -> None:
         self._metrics = metrics
         self._secrets = secrets
-        self._in_flight = in_flight if in_flight is not None else InFlightSecrets()
+        self._in_flight = in_flight
         self._on_started = on_started
         self._replies = replies
         self._on_reply = on_reply

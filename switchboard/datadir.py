@@ -10,6 +10,8 @@ import os
 import stat
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from core.errors import SwitchboardError
 
 PRIVATE = 0o700
@@ -65,7 +67,7 @@ def _tighten(path: Path, mode: int) -> None:
 
 
 def _sqlite_path(database_url: str) -> Path | None:
-    prefix = "sqlite+aiosqlite:///"
-    if not database_url.startswith(prefix) or ":memory:" in database_url:
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
-    return Path(database_url[len(prefix) :].split("?", 1)[0])
+    return Path(url.database)

@@ -156,7 +156,9 @@ class SlackIntake:
         Checked here before anything is decoded: bolt would decode first and fail with a 500 on
         bytes that are not UTF-8, a timestamp that is no number, or a body that is no object.
         """
-        verify_slack_signature(self._signing_secret, raw, headers)
+        verify_slack_signature(
+            self._signing_secret, raw, headers, now=self._deps.clock.now().timestamp()
+        )
         if (charset or "utf-8").lower() not in {"utf-8", "utf8"}:
             raise BadRequest(f"Slack posts UTF-8, not charset {charset!r}")
         try:
@@ -394,7 +396,9 @@ class SlackIntake:
         return attachments
 
 
-def verify_slack_signature(secret: bytes, raw: bytes, headers: Mapping[str, str]) -> None:
+def verify_slack_signature(
+    secret: bytes, raw: bytes, headers: Mapping[str, str], *, now: float
+) -> None:
     """Raise :class:`Unauthorized` unless ``X-Slack-Signature`` signs ``raw`` (PROTOCOLS §1.1).
 
     Over the bytes as they came: slack-sdk's ``SignatureVerifier`` decodes the body as UTF-8
@@ -403,7 +407,7 @@ def verify_slack_signature(secret: bytes, raw: bytes, headers: Mapping[str, str]
     signature = headers.get("X-Slack-Signature") or ""
     if not (timestamp.isascii() and timestamp.isdigit()) or not signature:
         raise Unauthorized("missing or malformed X-Slack-Request-Timestamp or X-Slack-Signature")
-    if abs(time.time() - int(timestamp)) > SIGNATURE_MAX_AGE:
+    if abs(now - int(timestamp)) > SIGNATURE_MAX_AGE:
         raise Unauthorized("stale X-Slack-Request-Timestamp: older than five minutes")
     message = b"v0:" + timestamp.encode() + b":" + raw
     expected = "v0=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
