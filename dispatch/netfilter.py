@@ -71,6 +71,7 @@ async def filter_network(pid: int, allow: tuple[IPNetwork, ...]) -> str | None:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},  # not the server's
         )  # fmt: skip
     except OSError as exc:
         return f"cannot filter the sandbox's network (nsenter): {exc.strerror or exc}"

@@ -425,6 +425,7 @@ class Launch:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(ready_write, exit_read),
+                env=CHAIN_ENV,  # not the server's: its settings may carry secrets
                 start_new_session=True,
             )  # fmt: skip
         finally:
