@@ -1,4 +1,4 @@
-"""What a schedule is: the definition a user gives (``core.scheduler_settings.ScheduleSpec``),
+"""What a schedule is: the definition a user gives (``scheduler.settings.ScheduleSpec``),
 its checks, and the stored schedule with its state."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 from core.addresses import DestinationPolicy
 from core.clock import isoformat
-from core.scheduler_settings import MisfirePolicy, OverlapPolicy, ScheduleSpec
 from scheduler.cron import Cron, InvalidSchedule, parse_cron
+from scheduler.settings import MisfirePolicy, OverlapPolicy, ScheduleSpec
 from scheduler.targets import parse_deliver_to
 
 SCHEDULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from core.clock import Clock
 from core.db import Database
 from core.ports import RunGateway
-from core.scheduler_settings import SchedulerSettings
 from scheduler.engine import ScheduleEngine
 from scheduler.leadership import Leadership, LeadershipLost, leadership_for
 from scheduler.service import ScheduleService
+from scheduler.settings import SchedulerSettings
 from scheduler.store import ScheduleStore
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ from aiohttp.typedefs import Handler
 
 from core.errors import Unauthorized
 from core.models import CallerRights
-from core.settings import Settings
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
@@ -24,6 +23,7 @@ from switchboard.http import body_deadline_middleware, error_middleware
 from switchboard.metrics import PrometheusMetrics
 from switchboard.sandboxing import ChosenRunner, open_runner
 from switchboard.services import Services, open_services
+from switchboard.settings import Settings
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
 from triggers.email.wiring import EMAIL_ROUTES, EmailWebhooks, email_intake
 from triggers.files import FILE_ROUTES, FileRoutes

@@ -22,7 +22,6 @@ from aiohttp import web
 
 from core.clock import isoformat
 from core.errors import SwitchboardError
-from core.settings import Settings
 from scheduler.actions import perform
 from switchboard.app import ROLES, create_app
 from switchboard.config import load_settings
@@ -31,6 +30,7 @@ from switchboard.migrate import upgrade
 from switchboard.secret_keys import configured, finish_file_rotation, start_file_rotation
 from switchboard.server import start_site
 from switchboard.services import Services, open_services
+from switchboard.settings import Settings
 from triggers.auth import DEFAULT_OWNER
 from triggers.secrets_api import MANAGE_USER_SECRETS
 

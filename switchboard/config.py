@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConfigSettingsSource
 
 from core.errors import SwitchboardError
-from core.settings import Settings
+from switchboard.settings import Settings
 
 
 class ConfigError(SwitchboardError):

@@ -14,8 +14,8 @@ import secrets
 from pathlib import Path
 
 from core.errors import SwitchboardError
-from core.settings import Settings
 from dispatch.envelope import KeyRing, MasterKey
+from switchboard.settings import Settings
 
 KEY_FILE = "secrets.key"
 OLD_KEY_FILE = "secrets.key.old"

@@ -17,7 +17,7 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from core.settings import ServerSettings
+from switchboard.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 

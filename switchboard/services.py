@@ -26,7 +26,6 @@ from core.models import RunRecord
 from core.ports import BuiltinService, Metrics, NullMetrics, Sender
 from core.redaction import InFlightSecrets
 from core.security import Signer
-from core.settings import Settings
 from dispatch.builtins import builtin_services
 from dispatch.environments import EnvironmentBuilder
 from dispatch.events import RunEvents
@@ -46,6 +45,7 @@ from switchboard.datadir import prepare_data_dir
 from switchboard.logging import redact_server_logs
 from switchboard.migrate import upgrade
 from switchboard.secret_keys import load_key_ring
+from switchboard.settings import Settings
 from triggers.auth import Authenticator, KeyStore
 from triggers.egress import guarded_client
 from triggers.email.wiring import EmailOutbound

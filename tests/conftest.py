@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from core.settings import Settings
 from switchboard.app import READY, ROLES, SERVICES, create_app
 from switchboard.config import load_settings
 from switchboard.server import start_site
 from switchboard.services import Services
+from switchboard.settings import Settings
 from tests.pgserver import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parent.parent

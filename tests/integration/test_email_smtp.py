@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
-from core.email_settings import EmailSettings
 from tests.conftest import LiveFactory, free_port
 from tests.fakes.smtp_sink import SmtpSink
 from tests.integration.deliveries import delivery_rows
@@ -29,6 +28,7 @@ from tests.integration.email_helpers import (
     smtp_send,
     start_email,
 )
+from triggers.email.settings import EmailSettings
 
 
 async def test_mail_gets_one_threaded_reply(live_factory: LiveFactory, sink: SmtpSink) -> None:

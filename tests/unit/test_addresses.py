@@ -14,7 +14,7 @@ from core.addresses import (
     is_provider_url,
     is_public_address,
 )
-from core.settings import DeliverySettings
+from dispatch.settings import DeliverySettings
 from scheduler.cron import InvalidSchedule
 from scheduler.targets import parse_deliver_to
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from core.slack_settings import SlackRoute, SlackSettings
 from triggers.slack.messages import (
     Chosen,
     choose_workflow,
@@ -19,6 +18,7 @@ from triggers.slack.messages import (
     thread_of,
 )
 from triggers.slack.mrkdwn import render_mrkdwn, split_mrkdwn
+from triggers.slack.settings import SlackRoute, SlackSettings
 
 USER_MESSAGE: dict[str, Any] = {"user": "U1", "channel": "C1", "ts": "1.1", "text": "hi"}
 

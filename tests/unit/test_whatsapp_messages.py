@@ -9,7 +9,6 @@ import pytest
 from pydantic import ValidationError
 
 from core.replies import Reply
-from core.whatsapp_settings import WhatsAppRoute, WhatsAppSettings
 from triggers.whatsapp.messages import (
     BODY_LIMIT,
     OutboundMessage,
@@ -25,6 +24,7 @@ from triggers.whatsapp.parse import (
     route_message,
 )
 from triggers.whatsapp.render import render_for_whatsapp
+from triggers.whatsapp.settings import WhatsAppRoute, WhatsAppSettings
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ from enum import StrEnum
 from typing import Any
 
 from core.clock import Clock
-from core.email_settings import EmailSettings
 from core.messages import Attachment, Conversation, InboundMessage, Person, run_request_for
 from core.models import ReplyTarget
 from core.ports import RunGateway
@@ -24,6 +23,7 @@ from triggers.email.loops import Disposition, loop_verdict
 from triggers.email.parse import ParsedEmail, UnreadableMail, parse_email
 from triggers.email.routing import RouteMatch, Router
 from triggers.email.senders import authenticated_from, sender_allowed, topmost_results
+from triggers.email.settings import EmailSettings
 from triggers.email.threads import ThreadStore
 from triggers.files import FileStore, Incoming
 

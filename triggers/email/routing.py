@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from email.utils import parseaddr
 from typing import Any
 
-from core.email_settings import EmailRoute, EmailSettings
+from triggers.email.settings import EmailRoute, EmailSettings
 
 
 @dataclass(frozen=True, slots=True)

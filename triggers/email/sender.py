@@ -31,10 +31,10 @@ import aiosmtplib
 from aiosmtplib.email import extract_recipients
 
 from core.clock import Clock
-from core.email_settings import EmailSettings
 from core.errors import Forbidden, NotFound, PayloadTooLarge
 from core.replies import Delivery, SendResult
 from triggers.email.compose import OutgoingFile, compose_mail
+from triggers.email.settings import EmailSettings
 from triggers.email.threads import ThreadStore
 from triggers.files import FileStore
 

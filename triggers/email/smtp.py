@@ -25,9 +25,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from core.email_settings import EmailSettings
 from triggers.email.intake import EmailIntake
 from triggers.email.intake import Envelope as MailEnvelope
+from triggers.email.settings import EmailSettings
 
 logger = logging.getLogger(__name__)
 

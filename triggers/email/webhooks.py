@@ -38,12 +38,12 @@ from sqlalchemy import select
 
 from core.clock import Clock
 from core.db import Database
-from core.email_settings import EmailSettings
 from core.errors import BadRequest
 from core.json_input import parse_json
 from core.tables import inbound_events
 from triggers.email.intake import EmailIntake, Envelope, IntakeResult
 from triggers.email.parse import ParsedEmail, parse_email
+from triggers.email.settings import EmailSettings
 from triggers.email.threads import insert_unless_present
 
 logger = logging.getLogger(__name__)

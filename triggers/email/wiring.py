@@ -10,11 +10,11 @@ from pathlib import Path
 
 from core.clock import Clock
 from core.db import Database
-from core.email_settings import EmailSettings
 from core.ports import BuiltinService, RunGateway
 from triggers.email.intake import EmailIntake
 from triggers.email.send_email import SendEmailService
 from triggers.email.sender import EmailSender, mail_domain, mail_transport
+from triggers.email.settings import EmailSettings
 from triggers.email.smtp import start_smtp_servers
 from triggers.email.threads import ThreadStore
 from triggers.email.webhooks import EMAIL_ROUTES, EmailWebhooks

@@ -49,7 +49,6 @@ from core.errors import BadRequest, Unauthorized
 from core.json_input import parse_json
 from core.messages import Attachment
 from core.ports import RunGateway
-from core.slack_settings import SlackSettings
 from core.tables import runs
 from triggers.files import FileStore
 from triggers.slack.hosts import slack_file_url
@@ -72,6 +71,7 @@ from triggers.slack.messages import (
     team_of,
 )
 from triggers.slack.recent import RecentMessages
+from triggers.slack.settings import SlackSettings
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from core.messages import Attachment, Conversation, InboundMessage, Person, run_request_for
 from core.models import ReplyTarget, RunRequest
-from core.slack_settings import SlackRoute, SlackSettings
+from triggers.slack.settings import SlackRoute, SlackSettings
 
 # Subtypes that are still a person talking to us; everything else (edits, deletions, joins,
 # bot_message…) is ignored. Bots are recognised by ``bot_id``, not by subtype (PROTOCOLS §1.2).

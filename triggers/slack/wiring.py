@@ -15,11 +15,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 from core.clock import Clock
 from core.db import Database
 from core.ports import RunGateway
-from core.slack_settings import SlackSettings
 from triggers.files import FileStore
 from triggers.slack.installations import BotTokens, SlackInstallations, SlackOAuthStates
 from triggers.slack.intake import IntakeDeps, SlackIntake
 from triggers.slack.sender import Reactions, SenderSettings, SlackSender
+from triggers.slack.settings import SlackSettings
 
 SLACK_ROUTES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/slack/events", "events"),

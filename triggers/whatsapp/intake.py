@@ -29,9 +29,9 @@ from core.errors import BadRequest, Forbidden
 from core.messages import run_request_for
 from core.models import ReplyTarget
 from core.ports import RunGateway
-from core.whatsapp_settings import WhatsAppSettings
 from triggers.whatsapp.held import HeldMessages
 from triggers.whatsapp.parse import chat_key, inbound_message, media_items, route_message
+from triggers.whatsapp.settings import WhatsAppSettings
 from triggers.whatsapp.status import MessageLog
 
 logger = logging.getLogger(__name__)

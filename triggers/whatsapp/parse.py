@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from core.messages import Attachment, Conversation, InboundMessage, Person
-from core.whatsapp_settings import WhatsAppSettings, whatsapp_address
+from triggers.whatsapp.settings import WhatsAppSettings, whatsapp_address
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from twilio.rest import Client
 from core.clock import Clock
 from core.db import Database
 from core.replies import Delivery, Reply, SendResult
-from core.whatsapp_settings import WhatsAppSettings, whatsapp_address
 from triggers.whatsapp.messages import OutboundMessage, session_messages, template_message
+from triggers.whatsapp.settings import WhatsAppSettings, whatsapp_address
 from triggers.whatsapp.status import MessageLog
 from triggers.whatsapp.twilio_http import TwilioUnavailable
 from triggers.whatsapp.window import last_inbound_at

@@ -11,12 +11,12 @@ from twilio.rest import Client
 from core.clock import Clock
 from core.db import Database
 from core.ports import RunGateway
-from core.whatsapp_settings import WhatsAppSettings
 from triggers.files import FileStore
 from triggers.whatsapp.held import HeldMessages
 from triggers.whatsapp.intake import TwilioSignature, WhatsAppIntake
 from triggers.whatsapp.media import MediaFetcher
 from triggers.whatsapp.sender import WhatsAppSender
+from triggers.whatsapp.settings import WhatsAppSettings
 from triggers.whatsapp.status import MessageLog
 from triggers.whatsapp.twilio_http import TwilioHttpClient
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from core.sections import Section
 
 
 def whatsapp_address(number: str) -> str:
@@ -17,7 +15,7 @@ def whatsapp_address(number: str) -> str:
     return number if number.startswith("whatsapp:") else f"whatsapp:{number}"
 
 
-class WhatsAppRoute(_Section):
+class WhatsAppRoute(Section):
     """Messages to ``to`` and/or starting with ``keyword`` go to ``workflow``; first match wins."""
 
     workflow: str
@@ -39,7 +37,7 @@ class WhatsAppRoute(_Section):
         return self
 
 
-class WhatsAppSettings(_Section):
+class WhatsAppSettings(Section):
     account_sid: str | None = Field(default=None, description="AC…; the channel is on when set")
     auth_token: SecretStr | None = Field(
         default=None, description="signs Twilio's webhooks and authenticates our API calls"

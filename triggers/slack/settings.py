@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
+
+from core.sections import Section
 
 DEFAULT_BOT_SCOPES = (
     "app_mentions:read",
@@ -20,11 +22,7 @@ DEFAULT_BOT_SCOPES = (
 )
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SlackRoute(_Section):
+class SlackRoute(Section):
     """Which workflow answers which messages. Every criterion a route sets must hold; the first
     route that matches wins, else ``[slack] workflow``."""
 
@@ -49,7 +47,7 @@ class SlackRoute(_Section):
     )
 
 
-class SlackSettings(_Section):
+class SlackSettings(Section):
     signing_secret: SecretStr | None = Field(
         default=None, description="the app's signing secret; the Slack routes exist only with it"
     )

@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from core.sections import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EmailRoute(_Section):
+class EmailRoute(Section):
     """``[[email.routes]]``: mail to ``address`` runs ``workflow``.
 
     ``address`` may carry a plus tag (``bot+sales@example.com``): that exact tagged address
@@ -43,7 +41,7 @@ class EmailRoute(_Section):
         return value.strip().lower()
 
 
-class EmailSettings(_Section):
+class EmailSettings(Section):
     smtp_port: int | None = Field(
         default=None,
         ge=0,

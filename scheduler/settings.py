@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.sections import Section
+
 
 class MisfirePolicy(StrEnum):
     """What happens to ticks that passed while no scheduler ran."""
@@ -44,9 +46,7 @@ class ScheduleSpec(BaseModel):
     paused: bool = False
 
 
-class SchedulerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class SchedulerSettings(Section):
     owner: str = Field(default="default", description="owner of the [[schedules]] of this file")
     standby_retry: float = Field(
         default=0.5, gt=0, description="seconds between a standby's attempts to take the lock"
