@@ -132,19 +132,21 @@ class InboxProcessor:
                 await self._wake.wait()
 
     async def _process(self, event: StoredEvent) -> None:
+        processor = self._processors[event.trigger]
+        result: ProcessingResult | BaseException
         try:
-            processor = self._processors[event.trigger]
-            result: ProcessingResult | BaseException
-            try:
-                result = await processor.process(event)
-            except Exception as exc:  # an attempt that failed: counted, retried later
-                result = exc
+            result = await processor.process(event)
+        except Exception as exc:  # an attempt that failed: counted, retried later
+            result = exc
+        finished: Finished | None = None
+        try:
             finished = await self._finisher.submit((event, result))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+        except Exception as exc:  # its run requests could not be written (nor the mark)
             logger.exception("inbox event %s: recording its outcome failed", event.id)
-            finished = None
+            try:
+                finished = await self._finisher.submit((event, exc))
+            except Exception:
+                logger.exception("inbox event %s: recording the failure failed too", event.id)
         self._in_flight.pop(event.id, None)
         self._wake.set()  # a slot is free, and the conversation's next event may go
         if finished is None:
@@ -170,11 +172,12 @@ class InboxProcessor:
             await asyncio.sleep(self._settings.lease_seconds / 3)
             if not self._in_flight:
                 continue
+            asked = list(self._in_flight)
             try:
-                kept = await self._queue.renew(self._settings.owner, list(self._in_flight))
+                kept = await self._queue.renew(self._settings.owner, asked)
             except Exception:
                 logger.exception("inbox: renewing leases failed; trying again")
                 continue
-            lost = set(self._in_flight) - kept
+            lost = [i for i in asked if i not in kept and i in self._in_flight]
             if lost:  # another node has them now (this one stalled): its result counts
                 logger.warning("inbox: lost the leases of %s", ", ".join(sorted(lost)))
