@@ -31,6 +31,7 @@ from dispatch.builtins import builtin_services
 from dispatch.environments import EnvironmentBuilder
 from dispatch.events import RunEvents
 from dispatch.gateway import QueueGateway
+from dispatch.history import RunHistoryReader
 from dispatch.inbox_queue import InboxQueue
 from dispatch.inbox_store import InboxStore
 from dispatch.inbox_writer import InboxWriter
@@ -276,7 +277,7 @@ async def open_services(
             poll_interval=settings.runtime.poll_interval,
         )
         schedules = ScheduleService(
-            ScheduleStore(database),
+            ScheduleStore(database, RunHistoryReader(database)),
             gateway,
             clock,
             ensure_owner=keys.ensure_owner,

@@ -9,10 +9,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-import dispatch.inbox_tables  # noqa: F401  (its tables are on the shared metadata)
 from core.db import Database
-from core.tables import metadata
 from switchboard.migrate import alembic_config, upgrade
+from switchboard.schema import metadata
 
 
 def test_single_head() -> None:
