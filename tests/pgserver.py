@@ -136,7 +136,11 @@ class ThrowawayPostgres:
 
     def create_database(self, name: str, template: str | None = None) -> None:
         """Create database ``name``, copied from ``template`` if given (it must be idle)."""
-        args = [str(self.bindir / "createdb"), *self._client_args()]
+        # Over the Unix socket: a TCP client would take an ephemeral port on 127.0.0.1, which
+        # a test's free_port() may have just probed (tests/conftest.py clones in a thread).
+        assert self._root is not None
+        args = [str(self.bindir / "createdb"), f"--host={self._root}", f"--port={self.port}"]
+        args.append(f"--username={SUPERUSER}")
         if template is not None:
             args += ["--template", template]
         self._run([*args, "--", name])
