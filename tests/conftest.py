@@ -115,8 +115,23 @@ class PostgresClones:
         self._next = self._thread.submit(self._clone)
 
     def _clone(self) -> str:
+        # Over the Unix socket and without a subprocess: a fork here, while the test's thread
+        # probes a free port, would hold the probe socket until exec and fail the test's bind.
         name = "t_" + uuid.uuid4().hex[:12]
-        self._server.create_database(name, template=self._template)
+
+        async def create() -> None:
+            connection = await asyncpg.connect(
+                host=str(self._server.socket_dir),
+                port=self._server.port,
+                user="postgres",
+                database="postgres",
+            )
+            try:
+                await connection.execute(f"CREATE DATABASE {name} TEMPLATE {self._template}")
+            finally:
+                await connection.close()
+
+        asyncio.run(create())
         return name
 
     def take(self) -> str:

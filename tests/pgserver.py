@@ -128,6 +128,12 @@ class ThrowawayPostgres:
         """SQLAlchemy URL for ``dbname`` through asyncpg."""
         return f"postgresql+asyncpg://{SUPERUSER}@{self.host}:{self.port}/{dbname}"
 
+    @property
+    def socket_dir(self) -> Path:
+        """The directory of the server's Unix socket (a client there takes no TCP port)."""
+        assert self._root is not None
+        return self._root
+
     def dsn(self, dbname: str) -> str:
         """libpq-style URL for ``dbname``, as ``asyncpg.connect`` and ``psql`` take it."""
         return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{dbname}"
@@ -136,11 +142,7 @@ class ThrowawayPostgres:
 
     def create_database(self, name: str, template: str | None = None) -> None:
         """Create database ``name``, copied from ``template`` if given (it must be idle)."""
-        # Over the Unix socket: a TCP client would take an ephemeral port on 127.0.0.1, which
-        # a test's free_port() may have just probed (tests/conftest.py clones in a thread).
-        assert self._root is not None
-        args = [str(self.bindir / "createdb"), f"--host={self._root}", f"--port={self.port}"]
-        args.append(f"--username={SUPERUSER}")
+        args = [str(self.bindir / "createdb"), *self._client_args()]
         if template is not None:
             args += ["--template", template]
         self._run([*args, "--", name])
