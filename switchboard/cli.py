@@ -31,7 +31,7 @@ from switchboard.secret_keys import configured, finish_file_rotation, start_file
 from switchboard.server import start_site
 from switchboard.services import Services, open_services
 from switchboard.settings import Settings
-from triggers.auth import DEFAULT_OWNER
+from triggers.auth import DEFAULT_OWNER, KeyRole
 from triggers.secrets_api import MANAGE_USER_SECRETS
 
 
@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", default="")
     p.add_argument("--owner", default=DEFAULT_OWNER)
+    p.add_argument(
+        "--role",
+        choices=[role.value for role in KeyRole],
+        default=KeyRole.MEMBER.value,
+        help="admin: also triggers and the inbox, every owner; member (default): its owner's own",
+    )
     p.set_defaults(command=keys_create)
     p = keys.add_parser("list", parents=[common], help="list keys (never their secrets)")
     p.add_argument("--owner")
@@ -271,11 +277,12 @@ async def keys_create(args: argparse.Namespace, settings: Settings) -> int:
     services: Services
     async with open_services(settings) as services:
         key, info = await services.keys.create(
-            owner_id=args.owner, name=args.name, one_time=args.one_time
+            owner_id=args.owner, name=args.name, one_time=args.one_time, role=KeyRole(args.role)
         )
     kind = "one-time key" if info.one_time else "key"
     print(
-        f"created {kind} {info.id} for owner {info.owner_id} ({info.name}); it is shown only once:"
+        f"created {kind} {info.id} for owner {info.owner_id} ({info.name}) with role {info.role}; "
+        "it is shown only once:"
     )
     print(key)
     return 0
@@ -285,7 +292,7 @@ async def keys_list(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as services:
         keys = await services.keys.list(args.owner)
     _table(
-        ["id", "owner", "name", "prefix", "kind", "created", "state"],
+        ["id", "owner", "name", "prefix", "kind", "role", "created", "state"],
         [
             [
                 k.id,
@@ -293,6 +300,7 @@ async def keys_list(args: argparse.Namespace, settings: Settings) -> int:
                 k.name,
                 k.prefix + "…",
                 "one-time" if k.one_time else "reusable",
+                k.role.value,
                 isoformat(k.created_at) or "",
                 "revoked" if k.revoked_at else ("used" if k.used_at else "active"),
             ]
