@@ -12,7 +12,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from core.errors import Unauthorized
+from core.errors import SwitchboardError, Unauthorized
+from core.inbox import InboxAdmin
 from core.models import CallerRights
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
@@ -27,6 +28,7 @@ from switchboard.settings import Settings
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
 from triggers.email.wiring import EMAIL_ROUTES, EmailWebhooks, email_intake
 from triggers.files import FILE_ROUTES, FileRoutes
+from triggers.inbox_api import InboxRoutes
 from triggers.secrets_api import SECRET_ROUTES, SecretRoutes
 from triggers.slack.wiring import SLACK_ROUTES, SlackRoutes
 from triggers.whatsapp.intake import WhatsAppIntake
@@ -106,7 +108,35 @@ def create_app(
             app.router.add_route(method, path, _route_to(SCHEDULE_HANDLERS, name))
         for method, path, name in SECRET_ROUTES:
             app.router.add_route(method, path, _route_to(SECRET_HANDLERS, name))
+        app.cleanup_ctx.append(_inbox_routes)
     return app
+
+
+def find_inbox_admin(services: Services) -> InboxAdmin | None:
+    """The durable inbox as operators drive it, once this build has one (``services.inbox``,
+    the inbox branch of issue 12); ``None`` before."""
+    inbox: InboxAdmin | None = getattr(services, "inbox", None)
+    return inbox
+
+
+def inbox_admin(services: Services) -> InboxAdmin:
+    """:func:`find_inbox_admin`, or an error saying why the triggers and inbox commands wait."""
+    inbox = find_inbox_admin(services)
+    if inbox is None:
+        raise SwitchboardError("this build has no durable inbox yet: nothing to list or change")
+    return inbox
+
+
+async def _inbox_routes(app: web.Application) -> AsyncIterator[None]:
+    """``/api/v1/triggers`` and ``/api/v1/inbox``, registered as bound methods of the handler
+    object made here from the services. aiohttp freezes the router only after startup
+    (``AppRunner``: ``startup()``, then ``freeze()``) and serves nothing before it finishes, so
+    routes added now are served like those added in :func:`create_app`."""
+    services = app[SERVICES]
+    inbox = find_inbox_admin(services)
+    if inbox is not None:
+        app.router.add_routes(InboxRoutes(inbox, services.auth).route_table())
+    yield
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
