@@ -25,12 +25,14 @@ from core.errors import SwitchboardError
 from scheduler.actions import perform
 from switchboard.app import ROLES, create_app
 from switchboard.config import load_settings
+from switchboard.inbox_commands import add_inbox_commands
 from switchboard.logging import configure_logging
 from switchboard.migrate import upgrade
 from switchboard.secret_keys import configured, finish_file_rotation, start_file_rotation
 from switchboard.server import start_site
 from switchboard.services import Services, open_services
 from switchboard.settings import Settings
+from switchboard.terminal import print_table as _table
 from triggers.auth import DEFAULT_OWNER, KeyRole
 from triggers.secrets_api import MANAGE_USER_SECRETS
 
@@ -145,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(command=runs_logs)
     _schedule_commands(commands, common)
     _secret_commands(commands, common)
+    add_inbox_commands(commands, common)
     return parser
 
 
@@ -552,21 +555,6 @@ async def secrets_audit(args: argparse.Namespace, settings: Settings) -> int:
         ],
     )  # fmt: skip
     return 0
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    widths = [
-        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
-    ]
-    for row in [headers, *rows]:
-        print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip()
-        )
 
 
 if __name__ == "__main__":
