@@ -8,7 +8,7 @@ pydantic models (the OpenAPI spec of issue 13 is generated from them); the CLI p
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -25,6 +25,10 @@ MAX_LIMIT = 500
 
 ApiTime = Annotated[datetime, PlainSerializer(isoformat, return_type=str)]
 """A UTC time as every API field writes it (``2026-12-03T12:00:00.000000Z``)."""
+
+
+def _query_parameter(name: str) -> str:
+    return f"query parameter {name!r}"
 
 
 class _Answer(BaseModel):
@@ -136,12 +140,15 @@ class InboxQuery(BaseModel):
     include: Literal["body"] | None = None
 
     @classmethod
-    def parse(cls, query: Mapping[str, str]) -> InboxQuery:
-        """The validated query; a bad parameter raises ``BadRequest`` naming it."""
+    def parse(
+        cls, query: Mapping[str, object], naming: Callable[[str], str] = _query_parameter
+    ) -> InboxQuery:
+        """The validated query; a bad parameter raises ``BadRequest`` naming it (``naming``
+        says how: a query parameter here, an option in the CLI)."""
         try:
             return cls.model_validate(dict(query))
         except ValidationError as exc:
-            raise BadRequest(_first_problem(exc)) from None
+            raise BadRequest(_first_problem(exc, naming)) from None
 
 
 class EventQuery(BaseModel):
@@ -203,7 +210,7 @@ class InboxRoutes:
         try:
             query = EventQuery.model_validate(_single_values(request))
         except ValidationError as exc:
-            raise BadRequest(_first_problem(exc)) from None
+            raise BadRequest(_first_problem(exc, _query_parameter)) from None
         info = await self._inbox.event(
             request.match_info["event_id"], include_body=query.include == "body"
         )
@@ -241,13 +248,13 @@ def _single_values(request: web.Request) -> dict[str, str]:
     return values
 
 
-def _first_problem(exc: ValidationError) -> str:
+def _first_problem(exc: ValidationError, naming: Callable[[str], str]) -> str:
     # pydantic's ``msg`` never repeats the input; ``loc`` names the parameter.
     error = exc.errors()[0]
-    name = ".".join(str(part) for part in error["loc"]) or "query"
+    name = naming(".".join(str(part) for part in error["loc"]))
     if error["type"] == "extra_forbidden":
-        return f"unknown query parameter {name!r}"
-    return f"query parameter {name!r}: {error['msg']}"
+        return f"unknown {name}"
+    return f"{name}: {error['msg']}"
 
 
 def _body_text(body: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"] | None]:
