@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -13,6 +14,7 @@ from core.db import Database
 from core.errors import BadRequest, Forbidden
 from core.security import Signer
 from core.tables import api_keys, owners
+from switchboard.cli import main
 from switchboard.migrate import downgrade, upgrade
 from tests.conftest import Live
 from triggers.auth import Authenticator, KeyRole, KeyStore
@@ -109,3 +111,19 @@ async def test_the_demos_first_key_is_admin(live: Live) -> None:
     assert principal.is_admin
     test_key = await live.services.auth.authenticate(f"Bearer {live.key}")
     assert not test_key.is_admin, "keys.create makes members by default"
+
+
+def test_keys_create_takes_a_role_and_keys_list_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SWITCHBOARD_SERVER__DATA_DIR", str(tmp_path / "data"))
+    assert main(["keys", "create", "--role", "admin", "--name", "ops"]) == 0
+    made = capsys.readouterr().out
+    assert " with role admin;" in made and made.splitlines()[-1].startswith("cwk-")
+    assert main(["keys", "create", "--name", "ci"]) == 0
+    assert " with role member;" in capsys.readouterr().out
+    assert main(["keys", "create", "--one-time", "--role", "admin"]) == 1
+    assert "one-time key cannot be an admin key" in capsys.readouterr().err
+    assert main(["keys", "list"]) == 0
+    rows = {line.split()[2]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert (rows["ops"][5], rows["ci"][5]) == ("admin", "member")
