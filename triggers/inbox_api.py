@@ -39,7 +39,7 @@ class TriggerView(_Answer):
     """One trigger: its state and health (``GET /api/v1/triggers``, suspend, resume)."""
 
     name: str
-    state: Literal["active", "suspended"]
+    state: str = Field(description="active or suspended")
     last_received_at: ApiTime | None
     last_processed_at: ApiTime | None
     last_error: str | None
@@ -52,7 +52,7 @@ class TriggerView(_Answer):
     def of(cls, health: TriggerHealth) -> TriggerView:
         return cls(
             name=health.name,
-            state="suspended" if health.state == "suspended" else "active",
+            state=health.state,
             last_received_at=health.last_received_at,
             last_processed_at=health.last_processed_at,
             last_error=health.last_error,
