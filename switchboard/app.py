@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from core.errors import SwitchboardError, Unauthorized
+from core.errors import Unauthorized
 from core.inbox import InboxAdmin
 from core.models import CallerRights
 from dispatch.inbox_processor import InboxProcessor, ProcessorSettings
@@ -115,19 +115,9 @@ def create_app(
     return app
 
 
-def find_inbox_admin(services: Services) -> InboxAdmin | None:
-    """The durable inbox as operators drive it, once this build has one (``services.inbox``,
-    the inbox branch of issue 12); ``None`` before."""
-    inbox: InboxAdmin | None = getattr(services, "inbox", None)
-    return inbox
-
-
 def inbox_admin(services: Services) -> InboxAdmin:
-    """:func:`find_inbox_admin`, or an error saying why the triggers and inbox commands wait."""
-    inbox = find_inbox_admin(services)
-    if inbox is None:
-        raise SwitchboardError("this build has no durable inbox yet: nothing to list or change")
-    return inbox
+    """The durable inbox as operators drive it (the CLI's triggers and inbox commands)."""
+    return services.inbox
 
 
 async def _inbox_routes(app: web.Application) -> AsyncIterator[None]:
@@ -136,9 +126,7 @@ async def _inbox_routes(app: web.Application) -> AsyncIterator[None]:
     (``AppRunner``: ``startup()``, then ``freeze()``) and serves nothing before it finishes, so
     routes added now are served like those added in :func:`create_app`."""
     services = app[SERVICES]
-    inbox = find_inbox_admin(services)
-    if inbox is not None:
-        app.router.add_routes(InboxRoutes(inbox, services.auth).route_table())
+    app.router.add_routes(InboxRoutes(services.inbox, services.auth).route_table())
     yield
 
 
