@@ -15,8 +15,8 @@ from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection
 
 from core.db import Database
-from core.tables import metadata
 from switchboard.migrate import alembic_config, downgrade, upgrade
+from switchboard.schema import metadata
 
 
 def test_single_head() -> None:
