@@ -12,17 +12,17 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from core.channels import Channel
 from core.clock import Clock, SystemClock
 from core.db import Database
 from core.errors import SecretsUnreadable
-from core.models import RunRecord
 from core.ports import BuiltinService, Metrics, NullMetrics, Sender
 from core.redaction import InFlightSecrets
 from core.security import Signer
@@ -40,6 +40,7 @@ from dispatch.secret_store import SecretStore
 from scheduler.builtin import SCHEDULE_RUNS, schedule_runs_service
 from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
+from switchboard.channels import DirectInbox, SharedServices
 from switchboard.config import signing_secret
 from switchboard.datadir import prepare_data_dir
 from switchboard.logging import redact_server_logs
@@ -51,7 +52,6 @@ from triggers.egress import guarded_client
 from triggers.email.wiring import EmailOutbound
 from triggers.files import FileSettings, FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
-from triggers.slack.wiring import SlackChannel, open_slack
 from triggers.webhook import WebhookSender
 from triggers.whatsapp.wiring import open_whatsapp_sender
 
@@ -88,12 +88,8 @@ class Services:
     """the secret store: ``core.ports.SecretValues`` for runs, ``SecretsManager`` for the rest"""
     in_flight_secrets: InFlightSecrets
     """The secret values of this node's runs in flight: redacted from the server's logs."""
-    slack: SlackChannel | None = None
-
-    def run_started(self, run: RunRecord) -> None:
-        """A worker of this node starts ``run``: its channel may show it (Slack's ``:eyes:``)."""
-        if self.slack is not None:
-            self.slack.sender.working(run.reply_target)
+    channels: Mapping[str, Channel]
+    """The configured channels by name, started (their senders are the outbox's)."""
 
     async def unset_secret_warnings(self, info: WorkflowInfo, owner_id: str) -> list[str]:
         """One warning per name ``info`` declares that has no value (nor default) for
@@ -151,9 +147,15 @@ def tool_env() -> dict[str, str]:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, migrate: bool = True, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    metrics: Metrics | None = None,
+    channels: Sequence[Channel] = (),
+    shared: SharedServices | None = None,
 ) -> AsyncIterator[Services]:
-    """Every component, started; stopped in reverse order on exit."""
+    """Every component, started; stopped in reverse order on exit. ``channels`` start once
+    the parts they take from ``shared`` are there, before the outbox that uses their senders."""
     data_dir = settings.server.data_dir
     prepare_data_dir(data_dir, settings.server.resolved_database_url())
     database = Database(
@@ -220,18 +222,15 @@ async def open_services(
             ),
             "email": email.sender,
         }
-        slack = None
-        if settings.slack.enabled:
-            slack = open_slack(
-                settings.slack,
-                database,
-                clock,
-                http,
-                files=files,
-                delivery_attempts=settings.delivery.max_attempts,
-            )
-            stack.push_async_callback(slack.aclose)
-            senders["slack"] = slack.sender
+        inbox = DirectInbox(clock=clock)
+        shared = shared if shared is not None else SharedServices()
+        shared.database, shared.clock, shared.http, shared.files = database, clock, http, files
+        shared.inbox = inbox
+        for channel in channels:
+            await channel.start(stack)
+            inbox.processors = {**inbox.processors, **channel.processors}
+            if channel.sender is not None:
+                senders[channel.name] = channel.sender
         if settings.whatsapp.enabled:
             senders["whatsapp"] = await stack.enter_async_context(
                 open_whatsapp_sender(
@@ -260,6 +259,7 @@ async def open_services(
             metrics,
             poll_interval=settings.runtime.poll_interval,
         )
+        inbox.gateway = gateway
         schedules = ScheduleService(
             ScheduleStore(database),
             gateway,
@@ -297,7 +297,7 @@ async def open_services(
             schedules=schedules,
             secrets=secrets,
             in_flight_secrets=in_flight_secrets,
-            slack=slack,
+            channels={channel.name: channel for channel in channels},
         )
         database.start()
         logs.start()

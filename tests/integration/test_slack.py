@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from core.models import Outcome, RunStatus
-from core.ports import NullMetrics
+from core.ports import NullMetrics, Sender
 from core.replies import Delivery, Reply
 from core.tables import runs
 from dispatch.outbox import Outbox, OutboxSettings
@@ -82,6 +82,13 @@ async def post_event(
         headers["X-Slack-Retry-Reason"] = "http_timeout"
     async with httpx.AsyncClient() as http:
         return await http.post(f"{live.url}/slack/events", content=raw, headers=headers)
+
+
+def slack_sender(live: Live) -> Sender:
+    """The ``slack`` channel's sender, for deliveries sent directly (as the outbox would)."""
+    sender = live.services.channels["slack"].sender
+    assert sender is not None
+    return sender
 
 
 async def run_count(live: Live) -> int:
@@ -296,8 +303,7 @@ async def test_restart_between_run_and_delivery_replies_exactly_once(
         "worker-a", run.id, done, lambda now: services.replies.row(run, done, now)
     )
     assert slack.posts == []
-    assert services.slack is not None
-    sender = services.slack.sender
+    sender = slack_sender(live)
     outboxes = [
         Outbox(
             services.database, services.clock, {"slack": sender}, NullMetrics(), OutboxSettings()
@@ -375,7 +381,6 @@ async def test_reply_attachments_are_uploaded_as_files_in_the_thread(
 ) -> None:
     live = await start(live_factory, slack, roles={"web"})
     _, url = await live.services.files.store("default", "chart.png", "image/png", b"\x89PNG data")
-    assert live.services.slack is not None
     delivery = Delivery(
         id=1,
         run_id="req_x",
@@ -386,14 +391,14 @@ async def test_reply_attachments_are_uploaded_as_files_in_the_thread(
         attempts=1,
         progress=0,
     )
-    result = await live.services.slack.sender.send(delivery)
+    result = await slack_sender(live).send(delivery)
     assert result.outcome == "sent" and result.progress == 2
     assert [post.args["text"] for post in slack.posts] == ["see the chart"]
     [complete] = slack.called("files.completeUploadExternal")
     assert complete.args["channel_id"] == "C1" and complete.args["thread_ts"] == "1.5"
     assert list(slack.uploads.values()) == [b"\x89PNG data"]
     # A retry after the text went out resumes with the file only.
-    again = await live.services.slack.sender.send(delivery.model_copy(update={"progress": 1}))
+    again = await slack_sender(live).send(delivery.model_copy(update={"progress": 1}))
     assert again.outcome == "sent" and len(slack.posts) == 1 and len(slack.uploads) == 2
 
 
@@ -495,7 +500,6 @@ async def test_event_from_another_workspace_is_not_answered_with_the_single_toke
     response = await post_event(live, envelope(mention(), team="TOTHER"))
     assert response.status_code == 200
     assert await run_count(live) == 0
-    assert live.services.slack is not None
     delivery = Delivery(
         id=1,
         run_id="req_x",
@@ -506,7 +510,7 @@ async def test_event_from_another_workspace_is_not_answered_with_the_single_toke
         attempts=1,
         progress=0,
     )
-    result = await live.services.slack.sender.send(delivery)
+    result = await slack_sender(live).send(delivery)
     assert result.outcome == "failed" and "TOTHER" in str(result.error)
     assert slack.posts == [] and slack.called("chat.postMessage") == []
     # The token's own workspace (auth.test says T111) is still answered.
