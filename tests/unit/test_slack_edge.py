@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from core.db import Database
 from core.ports import NullMetrics
 from dispatch.inbox_memory import MemoryInbox
 from switchboard.http import error_middleware
+from tests.conftest import free_port
 from tests.fakes.slack_api import signed_headers
 from triggers.slack.edge import EdgeDeps, SlackEdge
 from triggers.slack.installations import SlackInstallations, SlackOAuthStates
@@ -57,9 +57,7 @@ async def edge(tmp_path: Path) -> AsyncIterator[tuple[str, MemoryInbox, Clock]]:
     root.add_subapp("/slack", slack.app())
     runner = web.AppRunner(root)
     await runner.setup()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield f"http://127.0.0.1:{port}", inbox, clock
