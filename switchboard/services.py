@@ -30,6 +30,7 @@ from dispatch.builtins import builtin_services
 from dispatch.environments import EnvironmentBuilder
 from dispatch.events import RunEvents
 from dispatch.gateway import QueueGateway
+from dispatch.history import RunHistoryReader
 from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
 from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
@@ -261,7 +262,7 @@ async def open_services(
         )
         inbox.gateway = gateway
         schedules = ScheduleService(
-            ScheduleStore(database),
+            ScheduleStore(database, RunHistoryReader(database)),
             gateway,
             clock,
             ensure_owner=keys.ensure_owner,
