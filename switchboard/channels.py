@@ -21,7 +21,7 @@ from core.clock import Clock
 from core.db import Database
 from core.inbox import AcceptedEvent, ArrivingEvent, EventProcessor, Ignored, Inbox, StoredEvent
 from core.models import RunRecord
-from core.ports import RunGateway
+from core.ports import RunGateway, RunHistory
 from switchboard.settings import Settings
 from triggers.files import FileStore
 from triggers.slack.channel import SlackChannel, SlackDeps
@@ -40,6 +40,7 @@ class SharedServices:
     """What the running services lend the channels; set by ``open_services`` before they start."""
 
     database: Database | None = None
+    history: RunHistory | None = None
     clock: Clock | None = None
     http: httpx.AsyncClient | None = None
     files: FileStore | None = None
@@ -54,6 +55,7 @@ def configured_channels(settings: Settings, shared: SharedServices) -> list[Chan
         def slack_deps() -> SlackDeps:
             return SlackDeps(
                 database=_need(shared.database),
+                history=_need(shared.history),
                 clock=_need(shared.clock),
                 http=_need(shared.http),
                 files=_need(shared.files),

@@ -226,7 +226,7 @@ async def open_services(
         inbox = DirectInbox(clock=clock)
         shared = shared if shared is not None else SharedServices()
         shared.database, shared.clock, shared.http, shared.files = database, clock, http, files
-        shared.inbox = inbox
+        shared.inbox, shared.history = inbox, RunHistoryReader(database)
         for channel in channels:
             await channel.start(stack)
             inbox.processors = {**inbox.processors, **channel.processors}

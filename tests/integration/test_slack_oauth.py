@@ -11,10 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from core.tables import slack_installations
 from tests.conftest import Live, LiveFactory
 from tests.fakes.slack_api import SlackApi
 from tests.integration.test_slack import SECRET, envelope, mention, post_event
+from triggers.slack.tables import slack_installations
 
 STATE_COOKIE = "slack-app-oauth-state"
 

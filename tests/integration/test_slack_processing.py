@@ -15,6 +15,7 @@ from core.clock import SystemClock
 from core.db import Database
 from core.inbox import ArrivingEvent, EventStatus, Ignored
 from core.security import Signer
+from dispatch.history import RunHistoryReader
 from dispatch.inbox_memory import MemoryInbox
 from switchboard.migrate import upgrade
 from tests.fakes.slack_api import BOT_USER_ID, SlackApi
@@ -43,7 +44,9 @@ async def channel(
             FileSettings(tmp_path / "files", "http://127.0.0.1:1", 1 << 20, 60, 60),
         )
         settings = SlackSettings.model_validate(fake.slack_section(SECRET, workflow="echo"))
-        deps = SlackDeps(database, clock, http, files, inbox, "http://127.0.0.1:1", 3)
+        deps = SlackDeps(
+            database, RunHistoryReader(database), clock, http, files, inbox, "http://127.0.0.1:1", 3
+        )
         slack = SlackChannel(settings, lambda: deps)
         await slack.start(stack)
         yield slack, inbox, fake

@@ -21,7 +21,7 @@ from core.clock import Clock
 from core.db import Database
 from core.inbox import EventProcessor, Inbox, TriggerHealth
 from core.models import RunRecord
-from core.ports import Sender
+from core.ports import RunHistory, Sender
 from triggers.files import FileStore
 from triggers.slack.edge import TRIGGER, EdgeDeps, SlackEdge
 from triggers.slack.installations import BotTokens, SlackInstallations, SlackOAuthStates
@@ -35,6 +35,7 @@ class SlackDeps:
     """What the channel takes from the running services."""
 
     database: Database
+    history: RunHistory
     clock: Clock
     http: httpx.AsyncClient
     files: FileStore
@@ -117,6 +118,7 @@ class SlackChannel:
             settings,
             ProcessDeps(
                 database=deps.database,
+                history=deps.history,
                 files=deps.files,
                 clock=deps.clock,
                 http=deps.http,

@@ -29,8 +29,8 @@ from sqlalchemy import delete, select
 
 from core.clock import Clock
 from core.db import Database
-from core.tables import slack_installations, slack_oauth_states
 from triggers.slack.settings import SlackSettings
+from triggers.slack.tables import slack_installations, slack_oauth_states
 
 logger = logging.getLogger(__name__)
 

@@ -31,13 +31,12 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import select
 
 from core.clock import Clock
 from core.db import Database
 from core.inbox import Ignored, ProcessingResult, StoredEvent
 from core.messages import Attachment
-from core.tables import runs
+from core.ports import RunHistory
 from triggers.files import FileStore
 from triggers.slack.hosts import slack_file_url
 from triggers.slack.installations import (
@@ -75,6 +74,8 @@ _REVOCATIONS = frozenset({"tokens_revoked", "app_uninstalled"})
 @dataclass(frozen=True, slots=True)
 class ProcessDeps:
     database: Database
+    history: RunHistory
+    """whether a message's run is stored (its twin's, or a thread's first message's)"""
     files: FileStore
     clock: Clock
     http: httpx.AsyncClient
@@ -238,9 +239,8 @@ class SlackProcessor:
         _give(context, [request])
 
     async def _stored(self, key: str) -> bool:
-        async with self._deps.database.read() as conn:
-            found = await conn.execute(select(runs.c.id).where(runs.c.idempotency_key == key))
-            return found.first() is not None
+        found = await self._deps.history.runs_by_key_prefix(self._settings.owner, key, 20)
+        return any(run.idempotency_key == key for run in found)
 
     async def _in_thread(
         self, event: Mapping[str, Any], team: str, bot_user_id: str | None
