@@ -89,8 +89,8 @@ class Services:
     """the secret store: ``core.ports.SecretValues`` for runs, ``SecretsManager`` for the rest"""
     in_flight_secrets: InFlightSecrets
     """The secret values of this node's runs in flight: redacted from the server's logs."""
-    channels: Mapping[str, Channel]
-    """The configured channels by name, started (their senders are the outbox's)."""
+    channels: list[Channel]
+    """The configured channels, started (their senders are the outbox's)."""
 
     async def unset_secret_warnings(self, info: WorkflowInfo, owner_id: str) -> list[str]:
         """One warning per name ``info`` declares that has no value (nor default) for
@@ -298,7 +298,7 @@ async def open_services(
             schedules=schedules,
             secrets=secrets,
             in_flight_secrets=in_flight_secrets,
-            channels={channel.name: channel for channel in channels},
+            channels=list(channels),
         )
         database.start()
         logs.start()

@@ -86,7 +86,7 @@ async def post_event(
 
 def slack_sender(live: Live) -> Sender:
     """The ``slack`` channel's sender, for deliveries sent directly (as the outbox would)."""
-    sender = live.services.channels["slack"].sender
+    [sender] = [each.sender for each in live.services.channels if each.name == "slack"]
     assert sender is not None
     return sender
 

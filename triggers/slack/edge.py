@@ -27,6 +27,7 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.signature import Clock as SdkClock
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -49,7 +50,7 @@ STORED_HEADERS = ("content-type",)
 """What processing needs of the request's headers: bolt parses the body by its content type."""
 
 
-class _Seconds:
+class _Seconds(SdkClock):
     """slack_sdk's clock (``now()`` in epoch seconds) over ours, so tests control the window."""
 
     def __init__(self, clock: Clock) -> None:
@@ -96,7 +97,7 @@ class SlackEdge:
 
     def attach(self, deps: EdgeDeps) -> None:
         self._deps = deps
-        self._verifier = _RawBytesVerifier(self._secret, clock=_Seconds(deps.clock))  # type: ignore[arg-type]
+        self._verifier = _RawBytesVerifier(self._secret, clock=_Seconds(deps.clock))
 
     def app(self) -> web.Application:
         app = web.Application()
