@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import uuid
@@ -15,10 +16,12 @@ from aiohttp.typedefs import Handler
 from core.channels import Channel
 from core.errors import Unauthorized
 from core.models import CallerRights
+from dispatch.inbox_processor import InboxProcessor, ProcessorSettings
+from dispatch.retention import Retention, RetentionSettings
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
-from switchboard.channels import SharedServices, configured_channels, run_started_to
+from switchboard.channels import LateParts, configured_channels, run_started_to
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.headers import set_security_headers
 from switchboard.http import body_deadline_middleware, error_middleware
@@ -42,7 +45,7 @@ WORKERS = web.AppKey("workers", WorkerPool)
 API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
 CHANNELS: web.AppKey[Sequence[Channel]] = web.AppKey("channels")
-SHARED = web.AppKey("shared", SharedServices)
+PARTS = web.AppKey("channel_parts", LateParts)
 WHATSAPP = web.AppKey("whatsapp", WhatsAppIntake)
 EMAIL = web.AppKey("email", EmailWebhooks)
 READY = web.AppKey("ready", asyncio.Event)
@@ -79,8 +82,8 @@ def create_app(
     app[METRICS] = metrics
     app[READY] = asyncio.Event()
     app[STARTUP_ERROR] = []
-    app[SHARED] = SharedServices()
-    app[CHANNELS] = configured_channels(settings, app[SHARED])
+    app[PARTS] = LateParts()
+    app[CHANNELS] = configured_channels(settings, app[PARTS])
     app.cleanup_ctx.append(_services)
     app.on_shutdown.append(_stop_log_streams)
     if "worker" in roles:
@@ -116,7 +119,7 @@ def create_app(
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     async with open_services(
-        app[SETTINGS], metrics=app[METRICS], channels=app[CHANNELS], shared=app[SHARED]
+        app[SETTINGS], metrics=app[METRICS], channels=app[CHANNELS], parts=app[PARTS]
     ) as services:
         app[SERVICES] = services
         app[API] = RuntimeApi(
@@ -186,9 +189,10 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
 async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncIterator[None]:
     services = app[SERVICES]
     settings = services.settings
+    pool_owner = f"node-{uuid.uuid4().hex[:12]}"
     pool = WorkerPool(
         WorkerSettings(
-            worker_id=f"node-{uuid.uuid4().hex[:12]}",
+            worker_id=pool_owner,
             concurrency=settings.runtime.workers,
             run_timeout=settings.runtime.run_timeout,
             lease_seconds=settings.runtime.lease_seconds,
@@ -217,9 +221,53 @@ async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncItera
     pool.start()
     services.outbox.start()
     app[WORKERS] = pool
-    yield
+    async with contextlib.AsyncExitStack() as stack:
+        await inbox_processor(services, owner=pool_owner).start(stack)
+        await retention(services).start(stack)
+        yield
     await pool.aclose()
     await services.outbox.aclose()
+
+
+def inbox_processor(services: Services, *, owner: str) -> InboxProcessor:
+    """The inbox processor of a worker node, fed the configured channels' processors."""
+    settings = services.settings.inbox
+    return InboxProcessor(
+        ProcessorSettings(
+            owner=owner,
+            concurrency=settings.concurrency,
+            lease_seconds=settings.lease_seconds,
+            poll_interval=settings.poll_interval,
+        ),
+        services.inbox_queue,
+        {
+            trigger: processor
+            for channel in services.channels
+            for trigger, processor in channel.processors.items()
+        },
+        wake=services.inbox_writer.work_available,
+        clock=services.clock,
+        run_events=services.events,
+        metrics=services.metrics,
+        on_finished=services.inbox.finished.notify,
+    )
+
+
+def retention(services: Services) -> Retention:
+    runtime, inbox = services.settings.runtime, services.settings.inbox
+    return Retention(
+        services.database,
+        services.clock,
+        RetentionSettings(
+            interval=runtime.retention_interval,
+            min_age=runtime.retention_min_age,
+            runs_max_age_days=runtime.runs_max_age_days,
+            runs_max_count=runtime.runs_max_count,
+            events_max_age_days=inbox.max_age_days,
+            events_max_count=inbox.max_count,
+            body_max_age_days=inbox.body_max_age_days,
+        ),
+    )
 
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:

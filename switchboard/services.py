@@ -31,6 +31,9 @@ from dispatch.environments import EnvironmentBuilder
 from dispatch.events import RunEvents
 from dispatch.gateway import QueueGateway
 from dispatch.history import RunHistoryReader
+from dispatch.inbox_queue import InboxQueue
+from dispatch.inbox_store import InboxStore
+from dispatch.inbox_writer import InboxWriter
 from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
 from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
@@ -41,7 +44,7 @@ from dispatch.secret_store import SecretStore
 from scheduler.builtin import SCHEDULE_RUNS, schedule_runs_service
 from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
-from switchboard.channels import DirectInbox, SharedServices
+from switchboard.channels import ChannelParts, LateParts
 from switchboard.config import signing_secret
 from switchboard.datadir import prepare_data_dir
 from switchboard.logging import redact_server_logs
@@ -89,6 +92,10 @@ class Services:
     """the secret store: ``core.ports.SecretValues`` for runs, ``SecretsManager`` for the rest"""
     in_flight_secrets: InFlightSecrets
     """The secret values of this node's runs in flight: redacted from the server's logs."""
+    inbox: InboxStore
+    """``core.inbox.Inbox`` for the edges, ``InboxAdmin`` for the operators."""
+    inbox_queue: InboxQueue
+    inbox_writer: InboxWriter
     channels: list[Channel]
     """The configured channels, started (their senders are the outbox's)."""
 
@@ -153,10 +160,10 @@ async def open_services(
     migrate: bool = True,
     metrics: Metrics | None = None,
     channels: Sequence[Channel] = (),
-    shared: SharedServices | None = None,
+    parts: LateParts | None = None,
 ) -> AsyncIterator[Services]:
     """Every component, started; stopped in reverse order on exit. ``channels`` start once
-    the parts they take from ``shared`` are there, before the outbox that uses their senders."""
+    ``parts`` has what they are built from; their senders join the outbox's."""
     data_dir = settings.server.data_dir
     prepare_data_dir(data_dir, settings.server.resolved_database_url())
     database = Database(
@@ -223,15 +230,6 @@ async def open_services(
             ),
             "email": email.sender,
         }
-        inbox = DirectInbox(clock=clock)
-        shared = shared if shared is not None else SharedServices()
-        shared.database, shared.clock, shared.http, shared.files = database, clock, http, files
-        shared.inbox, shared.history = inbox, RunHistoryReader(database)
-        for channel in channels:
-            await channel.start(stack)
-            inbox.processors = {**inbox.processors, **channel.processors}
-            if channel.sender is not None:
-                senders[channel.name] = channel.sender
         if settings.whatsapp.enabled:
             senders["whatsapp"] = await stack.enter_async_context(
                 open_whatsapp_sender(
@@ -250,9 +248,11 @@ async def open_services(
                 failure_line=settings.delivery.failure_line,
             ),
         )
+        inbox_writer = InboxWriter(database)
+        intake = IntakeWriter(database, clock, inbox_writer)
         gateway = QueueGateway(
             database,
-            IntakeWriter(database, clock),
+            intake,
             queue,
             registry,
             builtins,
@@ -260,7 +260,6 @@ async def open_services(
             metrics,
             poll_interval=settings.runtime.poll_interval,
         )
-        inbox.gateway = gateway
         schedules = ScheduleService(
             ScheduleStore(database, RunHistoryReader(database)),
             gateway,
@@ -269,6 +268,32 @@ async def open_services(
             destinations=destinations,
         )
         builtins[SCHEDULE_RUNS] = schedule_runs_service(schedules)
+        inbox = InboxStore(
+            database,
+            clock,
+            inbox_writer,
+            gateway.accept,
+            replay_timeout=settings.inbox.replay_timeout,
+            poll_interval=settings.inbox.poll_interval,
+        )
+        parts = parts if parts is not None else LateParts()
+        parts.parts = ChannelParts(
+            settings=settings,
+            database=database,
+            clock=clock,
+            signer=signer,
+            http=http,
+            files=files,
+            inbox=inbox,
+            gateway=gateway,
+            history=RunHistoryReader(database),
+        )
+        for channel in channels:
+            await channel.start(stack)
+            for trigger in channel.processors:
+                inbox.register(trigger, channel.health)
+            if channel.sender is not None:  # the outbox reads its registry when it sends
+                senders[channel.name] = channel.sender
         secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
         if migrate and (problem := await secrets.check_keys()) is not None:
             logger.warning("secrets: %s", problem)
@@ -298,6 +323,17 @@ async def open_services(
             schedules=schedules,
             secrets=secrets,
             in_flight_secrets=in_flight_secrets,
+            inbox=inbox,
+            inbox_queue=InboxQueue(
+                database,
+                clock,
+                intake,
+                lease_seconds=settings.inbox.lease_seconds,
+                max_attempts=settings.inbox.max_attempts,
+                retry_delay=settings.inbox.retry_delay,
+                retry_delay_max=settings.inbox.retry_delay_max,
+            ),
+            inbox_writer=inbox_writer,
             channels=list(channels),
         )
         database.start()
