@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from core.errors import Unauthorized
+from core.inbox import AcceptedEvent, ArrivingEvent
 from core.models import CallerRights
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
@@ -29,8 +30,8 @@ from triggers.email.wiring import EMAIL_ROUTES, EmailWebhooks, email_intake
 from triggers.files import FILE_ROUTES, FileRoutes
 from triggers.secrets_api import SECRET_ROUTES, SecretRoutes
 from triggers.slack.wiring import SLACK_ROUTES, SlackRoutes
-from triggers.whatsapp.intake import WhatsAppIntake
-from triggers.whatsapp.wiring import WHATSAPP_ROUTES, open_whatsapp_intake
+from triggers.whatsapp.edge import PREFIX as WHATSAPP_PREFIX
+from triggers.whatsapp.edge import TwilioSignature, WhatsAppEdge
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ WORKERS = web.AppKey("workers", WorkerPool)
 API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
 SLACK = web.AppKey("slack", SlackRoutes)
-WHATSAPP = web.AppKey("whatsapp", WhatsAppIntake)
 EMAIL = web.AppKey("email", EmailWebhooks)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
@@ -94,10 +94,11 @@ def create_app(
         if settings.slack.enabled:
             for method, path, name in SLACK_ROUTES:
                 app.router.add_route(method, path, _route_to(SLACK, name))
-        if settings.whatsapp.enabled:
-            app.cleanup_ctx.append(_whatsapp)
-            for method, path, name in WHATSAPP_ROUTES:
-                app.router.add_route(method, path, _route_to(WHATSAPP, name))
+        if settings.whatsapp.enabled and settings.whatsapp.auth_token is not None:
+            signature = TwilioSignature(
+                settings.whatsapp.auth_token.get_secret_value(), settings.server.base_url()
+            )
+            app.add_subapp(WHATSAPP_PREFIX, WhatsAppEdge(_ServicesInbox(app), signature).app())
         # The web role also runs the SMTP intake server (another intake, like the HTTP API).
         app.cleanup_ctx.append(_email)
         for method, path, name in EMAIL_ROUTES:
@@ -144,20 +145,14 @@ async def _stop_log_streams(app: web.Application) -> None:
         api.stop_log_streams()
 
 
-async def _whatsapp(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    settings = services.settings
-    await services.keys.ensure_owner(settings.whatsapp.owner)
-    async with open_whatsapp_intake(
-        settings.whatsapp,
-        services.gateway,
-        services.files,
-        services.database,
-        services.clock,
-        public_url=settings.server.base_url(),
-    ) as intake:
-        app[WHATSAPP] = intake
-        yield
+class _ServicesInbox:
+    """The inbox of the services this app starts: edges are mounted before those exist."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    async def accept(self, event: ArrivingEvent) -> AcceptedEvent:
+        return await self._app[SERVICES].inbox.accept(event)
 
 
 async def _email(app: web.Application) -> AsyncIterator[None]:

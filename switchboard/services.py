@@ -42,6 +42,7 @@ from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
 from switchboard.config import signing_secret
 from switchboard.datadir import prepare_data_dir
+from switchboard.inline_inbox import InlineInbox
 from switchboard.logging import redact_server_logs
 from switchboard.migrate import upgrade
 from switchboard.secret_keys import load_key_ring
@@ -53,7 +54,7 @@ from triggers.files import FileSettings, FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
 from triggers.slack.wiring import SlackChannel, open_slack
 from triggers.webhook import WebhookSender
-from triggers.whatsapp.wiring import open_whatsapp_sender
+from triggers.whatsapp.channel import WhatsAppChannel
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class Services:
     """the secret store: ``core.ports.SecretValues`` for runs, ``SecretsManager`` for the rest"""
     in_flight_secrets: InFlightSecrets
     """The secret values of this node's runs in flight: redacted from the server's logs."""
+    inbox: InlineInbox
+    """Where the channels' edges write (dispatch's durable inbox once it lands)."""
     slack: SlackChannel | None = None
 
     def run_started(self, run: RunRecord) -> None:
@@ -232,12 +235,24 @@ async def open_services(
             )
             stack.push_async_callback(slack.aclose)
             senders["slack"] = slack.sender
+        inbox = InlineInbox(clock)
+        channels: list[WhatsAppChannel] = []
         if settings.whatsapp.enabled:
-            senders["whatsapp"] = await stack.enter_async_context(
-                open_whatsapp_sender(
-                    settings.whatsapp, database, clock, public_url=settings.server.base_url()
+            channels.append(
+                WhatsAppChannel(
+                    settings.whatsapp,
+                    inbox=inbox,
+                    files=files,
+                    database=database,
+                    clock=clock,
+                    public_url=settings.server.base_url(),
+                    ensure_owner=keys.ensure_owner,
                 )
             )
+        for channel in channels:
+            await channel.start(stack)
+            if channel.sender is not None:
+                senders[channel.name] = channel.sender
         outbox = Outbox(
             database,
             clock,
@@ -268,6 +283,9 @@ async def open_services(
             destinations=destinations,
         )
         builtins[SCHEDULE_RUNS] = schedule_runs_service(schedules)
+        inbox.serve(
+            {name: p for channel in channels for name, p in channel.processors.items()}, gateway
+        )
         secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
         if migrate and (problem := await secrets.check_keys()) is not None:
             logger.warning("secrets: %s", problem)
@@ -297,6 +315,7 @@ async def open_services(
             schedules=schedules,
             secrets=secrets,
             in_flight_secrets=in_flight_secrets,
+            inbox=inbox,
             slack=slack,
         )
         database.start()

@@ -32,8 +32,8 @@ from tests.fakes.twilio_api import (
     whatsapp_message_form,
 )
 from tests.integration.deliveries import wait_for_delivery, wait_for_rows
+from triggers.whatsapp.message_log import MessageLog
 from triggers.whatsapp.sender import OUTSIDE_WINDOW
-from triggers.whatsapp.status import MessageLog
 
 USER = "whatsapp:+15005550006"
 OTHER_NUMBER = "whatsapp:+14155550100"
