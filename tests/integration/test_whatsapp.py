@@ -238,31 +238,36 @@ def api_fetches(twilio: FakeTwilioApi) -> int:
     return sum(path.startswith("/2010-04-01/") for path in twilio.media_fetches)
 
 
+NEEDS_INBOX = pytest.mark.xfail(
+    reason="needs dispatch's durable inbox (branch inbox): switchboard/inline_inbox.py, its "
+    "stand-in, processes (downloads) before the ack",
+    strict=True,
+)
+
+
+@NEEDS_INBOX
 async def test_media_does_not_hold_up_the_ack_nor_jump_the_chat_queue(
     live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
 ) -> None:
-    # A node that accepts messages but runs nothing: the queue can be probed while media hangs.
+    # A node that accepts messages but processes nothing: the ack path alone.
     web_node = await start(live_factory, twilio, roles={"web"}, media_timeout=30)
     gate = twilio.hold_media()
     picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
     photo = image(twilio, picture, Body="look at this")
-    async with asyncio.timeout(5):  # Twilio's media server has not answered yet
-        assert (await post_signed(http, web_node, photo)).status_code == 200
-    await twilio.wait_for_media_fetches(1)
-    async with asyncio.timeout(5):  # Twilio's retry while the media is still on its way
-        assert (await post_signed(http, web_node, photo)).status_code == 200
-    assert (await post_signed(http, web_node, message("and this text"))).status_code == 200
-    held, text = await whatsapp_runs(web_node)
-    assert held["status"] == "provisioned" and held["idempotency_key"].endswith(photo["MessageSid"])
-    assert text["status"] == "queued"
-    # The text arrived second: it waits for the picture's run even though that is not queued.
-    assert await web_node.services.queue.claim("probe", 10) == []
-    assert not gate.is_set()
+    async with asyncio.timeout(5):  # the picture, Twilio's retry of it, then a text
+        for params in (photo, photo, message("and this text")):
+            assert (await post_signed(http, web_node, params)).status_code == 200
+    assert twilio.media_fetches == []  # the ack path downloads nothing
+    assert await whatsapp_runs(web_node) == []
     worker_node = await start(live_factory, twilio, roles={"worker"})
+    await twilio.wait_for_media_fetches(1)
+    # The text arrived second: it waits for the picture's download, in the chat's order.
+    assert await whatsapp_runs(worker_node) == []
     gate.set()
     replies = await twilio.wait_for(2, timeout=60)
     assert [sent.body for sent in replies] == ["look at this", "and this text"]
     picture_run, text_run = await whatsapp_runs(worker_node)
+    assert picture_run["idempotency_key"] == f"whatsapp:{photo['MessageSid']}"
     assert text_run["started_at"] >= picture_run["completed_at"]
     [attachment] = json.loads(picture_run["request_body"])["attachments"]
     assert attachment["size"] == len(picture)
@@ -270,24 +275,25 @@ async def test_media_does_not_hold_up_the_ack_nor_jump_the_chat_queue(
     assert len(twilio.messages) == 2
 
 
+@NEEDS_INBOX
 async def test_a_restart_while_media_downloads_loses_no_message(
     live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
 ) -> None:
-    first = await start(live_factory, twilio, roles={"web"}, workflow="whatsapp-bot")
+    first = await start(live_factory, twilio, workflow="whatsapp-bot")
     await first.register("whatsapp_bot")
     gate = twilio.hold_media()
     picture = b"GIF89a" + bytes(range(200))
-    assert (await post_signed(http, first, image(twilio, picture))).status_code == 200
+    async with asyncio.timeout(5):
+        assert (await post_signed(http, first, image(twilio, picture))).status_code == 200
     await twilio.wait_for_media_fetches(1)
-    await live_factory.stop(first)  # the download is interrupted; the run stays held
-    [held] = await whatsapp_runs(first)
-    assert held["status"] == "provisioned"
+    await live_factory.stop(first)  # the download is interrupted; the event stays in the inbox
+    assert await whatsapp_runs(first) == []
     gate.set()
     second = await start(live_factory, twilio, workflow="whatsapp-bot")
     [sent] = await twilio.wait_for(1, timeout=60)
     assert sent.body == f"media-0.png {len(picture)} {hashlib.sha256(picture).hexdigest()}"
     [run] = await whatsapp_runs(second)
-    assert run["id"] == held["id"] and run["status"] == "completed"
+    assert run["status"] == "completed"
     assert api_fetches(twilio) == 2
 
 
