@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.tables import UTCDateTime, metadata
+from triggers.whatsapp import tables as whatsapp_tables  # noqa: F401  (its table, on metadata)
 
 config = context.config
 
