@@ -10,8 +10,8 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from core.tables import UTCDateTime, metadata
-from triggers.whatsapp import tables as whatsapp_tables  # noqa: F401  (its table, on metadata)
+from core.tables import UTCDateTime
+from switchboard.schema import metadata
 
 config = context.config
 

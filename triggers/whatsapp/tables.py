@@ -1,6 +1,6 @@
 """The WhatsApp channel's table, on the shared metadata (migration 0005 made it; unchanged).
 
-Whatever needs the whole schema (migrations/env.py, the migration test) imports this module.
+switchboard/schema.py registers it with every other package's tables.
 """
 
 from __future__ import annotations
