@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from core.channels import Channel
 from core.clock import Clock, SystemClock
 from core.db import Database
 from core.errors import SecretsUnreadable
@@ -31,6 +32,9 @@ from dispatch.environments import EnvironmentBuilder
 from dispatch.events import RunEvents
 from dispatch.gateway import QueueGateway
 from dispatch.history import RunHistoryReader
+from dispatch.inbox_queue import InboxQueue
+from dispatch.inbox_store import InboxStore
+from dispatch.inbox_writer import InboxWriter
 from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
 from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
@@ -41,9 +45,9 @@ from dispatch.secret_store import SecretStore
 from scheduler.builtin import SCHEDULE_RUNS, schedule_runs_service
 from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
+from switchboard.channels import ChannelParts, configured_channels
 from switchboard.config import signing_secret
 from switchboard.datadir import prepare_data_dir
-from switchboard.inline_inbox import InlineInbox
 from switchboard.logging import redact_server_logs
 from switchboard.migrate import upgrade
 from switchboard.secret_keys import load_key_ring
@@ -55,7 +59,6 @@ from triggers.files import FileSettings, FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
 from triggers.slack.wiring import SlackChannel, open_slack
 from triggers.webhook import WebhookSender
-from triggers.whatsapp.channel import WhatsAppChannel
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +93,20 @@ class Services:
     """the secret store: ``core.ports.SecretValues`` for runs, ``SecretsManager`` for the rest"""
     in_flight_secrets: InFlightSecrets
     """The secret values of this node's runs in flight: redacted from the server's logs."""
-    inbox: InlineInbox
-    """Where the channels' edges write (dispatch's durable inbox once it lands)."""
+    inbox: InboxStore
+    """``core.inbox.Inbox`` for the edges, ``InboxAdmin`` for the operators."""
+    inbox_queue: InboxQueue
+    inbox_writer: InboxWriter
+    channels: list[Channel]
     slack: SlackChannel | None = None
 
     def run_started(self, run: RunRecord) -> None:
         """A worker of this node starts ``run``: its channel may show it (Slack's ``:eyes:``)."""
         if self.slack is not None:
             self.slack.sender.working(run.reply_target)
+        for channel in self.channels:
+            if run.reply_target is not None and run.reply_target.get("channel") == channel.name:
+                channel.run_started(run)
 
     async def unset_secret_warnings(self, info: WorkflowInfo, owner_id: str) -> list[str]:
         """One warning per name ``info`` declares that has no value (nor default) for
@@ -236,24 +245,6 @@ async def open_services(
             )
             stack.push_async_callback(slack.aclose)
             senders["slack"] = slack.sender
-        inbox = InlineInbox(clock)
-        channels: list[WhatsAppChannel] = []
-        if settings.whatsapp.enabled:
-            channels.append(
-                WhatsAppChannel(
-                    settings.whatsapp,
-                    inbox=inbox,
-                    files=files,
-                    database=database,
-                    clock=clock,
-                    public_url=settings.server.base_url(),
-                    ensure_owner=keys.ensure_owner,
-                )
-            )
-        for channel in channels:
-            await channel.start(stack)
-            if channel.sender is not None:
-                senders[channel.name] = channel.sender
         outbox = Outbox(
             database,
             clock,
@@ -266,9 +257,11 @@ async def open_services(
                 failure_line=settings.delivery.failure_line,
             ),
         )
+        inbox_writer = InboxWriter(database)
+        intake = IntakeWriter(database, clock, inbox_writer)
         gateway = QueueGateway(
             database,
-            IntakeWriter(database, clock),
+            intake,
             queue,
             registry,
             builtins,
@@ -284,9 +277,32 @@ async def open_services(
             destinations=destinations,
         )
         builtins[SCHEDULE_RUNS] = schedule_runs_service(schedules)
-        inbox.serve(
-            {name: p for channel in channels for name, p in channel.processors.items()}, gateway
+        inbox = InboxStore(
+            database,
+            clock,
+            inbox_writer,
+            gateway.accept,
+            replay_timeout=settings.inbox.replay_timeout,
+            poll_interval=settings.inbox.poll_interval,
         )
+        channels = configured_channels(
+            ChannelParts(
+                settings=settings,
+                database=database,
+                clock=clock,
+                signer=signer,
+                http=http,
+                files=files,
+                inbox=inbox,
+                gateway=gateway,
+            )
+        )
+        for channel in channels:
+            await channel.start(stack)
+            for trigger in channel.processors:
+                inbox.register(trigger, channel.health)
+            if channel.sender is not None:  # the outbox reads its registry when it sends
+                senders[channel.name] = channel.sender
         secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
         if migrate and (problem := await secrets.check_keys()) is not None:
             logger.warning("secrets: %s", problem)
@@ -317,6 +333,17 @@ async def open_services(
             secrets=secrets,
             in_flight_secrets=in_flight_secrets,
             inbox=inbox,
+            inbox_queue=InboxQueue(
+                database,
+                clock,
+                intake,
+                lease_seconds=settings.inbox.lease_seconds,
+                max_attempts=settings.inbox.max_attempts,
+                retry_delay=settings.inbox.retry_delay,
+                retry_delay_max=settings.inbox.retry_delay_max,
+            ),
+            inbox_writer=inbox_writer,
+            channels=channels,
             slack=slack,
         )
         database.start()
