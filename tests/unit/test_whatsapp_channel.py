@@ -82,7 +82,7 @@ async def test_a_signed_message_is_stored_raw_with_its_keys_and_answered_with_em
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/xml")
     assert response.text == EMPTY_TWIML
-    [stored] = [entry.event for entry in edge.inbox.events]
+    [stored] = [entry.event for entry in edge.inbox.entries]
     assert stored.trigger == "whatsapp"
     assert stored.dedupe_key == "whatsapp:SM" + "1" * 32
     assert stored.ordering_key == "whatsapp:+14155238886:+15005550006"
@@ -93,14 +93,14 @@ async def test_a_retry_is_answered_like_the_first_and_stored_once(edge: Edge) ->
     params = message("once", "SM" + "2" * 32)
     answers = [await edge.post("/twilio/whatsapp", params) for _ in range(3)]
     assert [(a.status_code, a.text) for a in answers] == [(200, EMPTY_TWIML)] * 3
-    assert len(edge.inbox.events) == 1
+    assert len(edge.inbox.entries) == 1
 
 
 async def test_chats_get_their_own_ordering_keys(edge: Edge) -> None:
     await edge.post("/twilio/whatsapp", message("a", "SM" + "3" * 32))
     await edge.post("/twilio/whatsapp", message("b", "SM" + "4" * 32, user=OTHER_USER))
     await edge.post("/twilio/whatsapp", message("c", "SM" + "5" * 32))
-    keys = [entry.event.ordering_key for entry in edge.inbox.events]
+    keys = [entry.event.ordering_key for entry in edge.inbox.entries]
     assert keys[0] == keys[2] != keys[1]
 
 
@@ -109,7 +109,7 @@ async def test_each_status_transition_is_stored_once_keyed_by_the_message(edge: 
     for value in ("sent", "delivered", "sent", "read"):
         response = await edge.post("/twilio/status", status(sid, value))
         assert response.status_code == 204
-    stored = [entry.event for entry in edge.inbox.events]
+    stored = [entry.event for entry in edge.inbox.entries]
     assert [event.dedupe_key for event in stored] == [
         f"whatsapp:{sid}:sent",
         f"whatsapp:{sid}:delivered",
@@ -128,7 +128,7 @@ async def test_unsigned_and_tampered_posts_are_refused_and_not_stored(
     for response in (unsigned, tampered):
         assert response.status_code == 403, response.text
         assert "X-Twilio-Signature" in response.json()["detail"]
-    assert edge.inbox.events == []
+    assert edge.inbox.entries == []
 
 
 async def test_a_signed_post_that_is_not_a_message_is_a_400_naming_the_fields(
@@ -137,7 +137,7 @@ async def test_a_signed_post_that_is_not_a_message_is_a_400_naming_the_fields(
     response = await edge.post("/twilio/whatsapp", {"Body": "hi", "From": USER})
     assert response.status_code == 400
     assert "MessageSid, From and To" in response.json()["detail"]
-    assert edge.inbox.events == []
+    assert edge.inbox.entries == []
 
 
 def settings(**overrides: Any) -> WhatsAppSettings:
@@ -183,13 +183,13 @@ async def test_processing_makes_one_run_per_message_in_chat_order_with_its_keys(
     assert target.details == {"from": SANDBOX_NUMBER, "message_sid": sids[0]}
     assert not any(r.held for r in requests)  # media no longer holds a run (issue 12)
     inputs = json.loads(requests[0].body or "")
-    assert inputs["received_at"] == isoformat(edge.inbox.events[0].event.received_at)
+    assert inputs["received_at"] == isoformat(edge.inbox.entries[0].event.received_at)
 
 
 async def test_a_message_no_route_takes_is_ignored_with_the_reason(edge: Edge) -> None:
     await edge.post("/twilio/whatsapp", message("hi", "SM" + "8" * 32))
     await edge.inbox.process_pending({"whatsapp": processor(settings(workflow=None))})
-    [entry] = edge.inbox.events
+    [entry] = edge.inbox.entries
     assert isinstance(entry.result, Ignored)
     assert "[whatsapp] workflow is not set" in entry.result.reason
     assert edge.inbox.run_requests() == []
