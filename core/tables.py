@@ -209,20 +209,7 @@ deliveries = Table(
 # ``whatsapp:<our number>:<user>``): a message and its run are one row, committed together.
 Index("ix_runs_serial_key_created_at", runs.c.serial_key, runs.c.created_at)
 
-whatsapp_messages = Table(
-    "whatsapp_messages",
-    metadata,
-    # One row per message sent to Twilio (a reply may take several); status callbacks update it.
-    Column("sid", String(64), primary_key=True),
-    Column("delivery_id", BigId, ForeignKey("deliveries.id"), nullable=False, index=True),
-    Column("part", Integer, nullable=False),
-    Column("status", String(16), nullable=False),
-    # queued < sending < sent < delivered < read < failed/undelivered: a status only moves up.
-    Column("status_rank", Integer, nullable=False),
-    Column("error_code", String(16)),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("updated_at", UTCDateTime(), nullable=False),
-)
+# ``whatsapp_messages``: triggers/whatsapp/tables.py (on this metadata).
 
 # ---- email channel (triggers/email) --------------------------------------------------------
 

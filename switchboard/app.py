@@ -35,8 +35,6 @@ from triggers.email.wiring import EMAIL_ROUTES, EmailWebhooks, email_intake
 from triggers.files import FILE_ROUTES, FileRoutes
 from triggers.inbox_api import InboxRoutes
 from triggers.secrets_api import SECRET_ROUTES, SecretRoutes
-from triggers.whatsapp.intake import WhatsAppIntake
-from triggers.whatsapp.wiring import WHATSAPP_ROUTES, open_whatsapp_intake
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +46,6 @@ API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
 CHANNELS: web.AppKey[Sequence[Channel]] = web.AppKey("channels")
 PARTS = web.AppKey("channel_parts", LateParts)
-WHATSAPP = web.AppKey("whatsapp", WhatsAppIntake)
 EMAIL = web.AppKey("email", EmailWebhooks)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
@@ -104,10 +101,6 @@ def create_app(
             edge = channel.edge()
             if isinstance(edge, web.Application):
                 app.add_subapp(channel.prefix, edge)
-        if settings.whatsapp.enabled:
-            app.cleanup_ctx.append(_whatsapp)
-            for method, path, name in WHATSAPP_ROUTES:
-                app.router.add_route(method, path, _route_to(WHATSAPP, name))
         # The web role also runs the SMTP intake server (another intake, like the HTTP API).
         app.cleanup_ctx.append(_email)
         for method, path, name in EMAIL_ROUTES:
@@ -166,22 +159,6 @@ async def _stop_log_streams(app: web.Application) -> None:
     api = app.get(API)
     if api is not None:
         api.stop_log_streams()
-
-
-async def _whatsapp(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    settings = services.settings
-    await services.keys.ensure_owner(settings.whatsapp.owner)
-    async with open_whatsapp_intake(
-        settings.whatsapp,
-        services.gateway,
-        services.files,
-        services.database,
-        services.clock,
-        public_url=settings.server.base_url(),
-    ) as intake:
-        app[WHATSAPP] = intake
-        yield
 
 
 async def _email(app: web.Application) -> AsyncIterator[None]:

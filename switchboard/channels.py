@@ -24,8 +24,10 @@ from core.models import RunRecord
 from core.ports import RunGateway, RunHistory
 from core.security import Signer
 from switchboard.settings import Settings
+from triggers.auth import KeyStore
 from triggers.files import FileStore
 from triggers.slack.channel import SlackChannel, SlackDeps
+from triggers.whatsapp.channel import WhatsAppChannel, WhatsAppDeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,12 @@ def configured_channels(settings: Settings, parts: Callable[[], ChannelParts]) -
     channels: list[Channel] = []
     if settings.slack.enabled:
         channels.append(SlackChannel(settings.slack, lambda: _slack(parts())))
+    if settings.whatsapp.enabled:
+        channels.append(
+            WhatsAppChannel(
+                settings.whatsapp, settings.server.base_url(), lambda: _whatsapp(parts())
+            )
+        )
     return channels
 
 
@@ -73,6 +81,16 @@ def _slack(parts: ChannelParts) -> SlackDeps:
         inbox=parts.inbox,
         public_url=parts.settings.server.base_url(),
         delivery_attempts=parts.settings.delivery.max_attempts,
+    )
+
+
+def _whatsapp(parts: ChannelParts) -> WhatsAppDeps:
+    return WhatsAppDeps(
+        inbox=parts.inbox,
+        files=parts.files,
+        database=parts.database,
+        clock=parts.clock,
+        ensure_owner=KeyStore(parts.database, parts.clock).ensure_owner,
     )
 
 

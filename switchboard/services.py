@@ -57,7 +57,6 @@ from triggers.email.wiring import EmailOutbound
 from triggers.files import FileSettings, FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
 from triggers.webhook import WebhookSender
-from triggers.whatsapp.wiring import open_whatsapp_sender
 
 logger = logging.getLogger(__name__)
 
@@ -230,12 +229,6 @@ async def open_services(
             ),
             "email": email.sender,
         }
-        if settings.whatsapp.enabled:
-            senders["whatsapp"] = await stack.enter_async_context(
-                open_whatsapp_sender(
-                    settings.whatsapp, database, clock, public_url=settings.server.base_url()
-                )
-            )
         outbox = Outbox(
             database,
             clock,
