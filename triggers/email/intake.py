@@ -22,7 +22,7 @@ from core.ports import RunGateway
 from triggers.email.loops import Disposition, loop_verdict
 from triggers.email.parse import ParsedEmail, UnreadableMail, parse_email
 from triggers.email.routing import RouteMatch, Router
-from triggers.email.senders import authenticated_from, sender_allowed, topmost_results
+from triggers.email.authentication import authenticated_from, sender_allowed, topmost_results
 from triggers.email.settings import EmailSettings
 from triggers.email.threads import ThreadStore
 from triggers.files import FileStore, Incoming
@@ -174,7 +174,7 @@ class EmailIntake:
         return None
 
     def _trusted_results(self, parsed: ParsedEmail, envelope: Envelope) -> list[str]:
-        """The Authentication-Results we believe (RFC 8601 §5; see ``senders``): on the SMTP
+        """The Authentication-Results we believe (RFC 8601 §5; see ``authentication``): on the SMTP
         port only from a trusted relay, and only the block it prepended; through a webhook
         (signed by the provider, which is the border MTA) the provider's block."""
         if envelope.via == "smtp" and not self._settings.is_trusted_relay(envelope.peer):

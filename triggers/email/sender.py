@@ -33,7 +33,7 @@ from aiosmtplib.email import extract_recipients
 from core.clock import Clock
 from core.errors import Forbidden, NotFound, PayloadTooLarge
 from core.replies import Delivery, SendResult
-from triggers.email.compose import OutgoingFile, compose_mail
+from triggers.email.render import OutgoingFile, compose_mail
 from triggers.email.settings import EmailSettings
 from triggers.email.threads import ThreadStore
 from triggers.files import FileStore
