@@ -32,7 +32,7 @@ from dispatch.events import RunEvents
 from dispatch.gateway import QueueGateway
 from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
-from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
+from dispatch.outbox import Outbox, OutboxSettings, OwnMessages, ReplyWriter
 from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowInfo, WorkflowRegistry
 from dispatch.run_environment import unset_declarations
@@ -48,7 +48,7 @@ from switchboard.secret_keys import load_key_ring
 from switchboard.settings import Settings
 from triggers.auth import Authenticator, KeyStore
 from triggers.egress import guarded_client
-from triggers.email.wiring import EmailOutbound
+from triggers.email.channel import EmailChannel
 from triggers.files import FileSettings, FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
 from triggers.slack.wiring import SlackChannel, open_slack
@@ -182,13 +182,14 @@ async def open_services(
                 download_ttl=settings.files.download_ttl,
             ),
         )
-        email = EmailOutbound.build(
+        email = EmailChannel(
             settings.email,
-            data_dir=data_dir,
             database=database,
             clock=clock,
             files=files,
-            max_attempts=settings.delivery.max_attempts,
+            data_dir=data_dir,
+            messages=OwnMessages(database, clock),
+            delivery_attempts=settings.delivery.max_attempts,
         )
         builtins = {**builtin_services(), **email.builtins}
         queue = RunQueue(

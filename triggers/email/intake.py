@@ -10,55 +10,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from core.clock import Clock
 from core.messages import Attachment, Conversation, InboundMessage, Person, run_request_for
 from core.models import ReplyTarget
 from core.ports import RunGateway
+from triggers.email.authentication import authenticated_from, sender_allowed, topmost_results
+from triggers.email.edge import Admission, Envelope, Outcome
 from triggers.email.loops import Disposition, loop_verdict
 from triggers.email.parse import ParsedEmail, UnreadableMail, parse_email
 from triggers.email.routing import RouteMatch, Router
-from triggers.email.authentication import authenticated_from, sender_allowed, topmost_results
 from triggers.email.settings import EmailSettings
 from triggers.email.threads import ThreadStore
 from triggers.files import FileStore, Incoming
 
 logger = logging.getLogger(__name__)
-
-
-class Outcome(StrEnum):
-    ACCEPTED = "accepted"
-    DUPLICATE = "duplicate"
-    DROPPED = "dropped"
-    REJECTED = "rejected"
-
-
-@dataclass(frozen=True, slots=True)
-class IntakeResult:
-    outcome: Outcome
-    reason: str = ""
-    run_id: str | None = None
-
-    @property
-    def rejected(self) -> bool:
-        return self.outcome is Outcome.REJECTED
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """The SMTP envelope (or what a provider's webhook says it was)."""
-
-    mail_from: str | None
-    """``""`` for the null sender ``<>``; ``None`` when the source did not say."""
-    recipients: Sequence[str]
-    via: str
-    """``smtp`` | ``mailgun`` | ``sendgrid``."""
-    peer: str | None = None
-    """The SMTP client's IP (``smtp`` only): decides whose Authentication-Results count."""
 
 
 class EmailIntake:
@@ -77,38 +44,36 @@ class EmailIntake:
         self._clock = clock
         self.router = Router(settings)
 
-    async def accept(self, raw: bytes, envelope: Envelope) -> IntakeResult:
+    async def accept(self, raw: bytes, envelope: Envelope) -> Admission:
         try:
             parsed = parse_email(raw)
         except UnreadableMail as exc:
             # Permanent (5xx): a 451 would have the sending MTA retry this mail for days.
             logger.info("email from %s refused: %s", envelope.mail_from, exc)
-            return IntakeResult(Outcome.REJECTED, f"554 5.6.0 {exc}")
+            return Admission(Outcome.REJECTED, f"554 5.6.0 {exc}")
         return await self.accept_parsed(parsed, envelope, raw)
 
-    async def accept_parsed(
-        self, parsed: ParsedEmail, envelope: Envelope, raw: bytes
-    ) -> IntakeResult:
+    async def accept_parsed(self, parsed: ParsedEmail, envelope: Envelope, raw: bytes) -> Admission:
         route = self._route(parsed, envelope)
         if route is None:
-            return IntakeResult(Outcome.REJECTED, "550 5.1.1 no such recipient here")
+            return Admission(Outcome.REJECTED, "550 5.1.1 no such recipient here")
         limit = self._settings.max_attachments
         if len(parsed.attachments) > limit:
             logger.info(
                 "email %s refused: %d attachments", parsed.message_id, len(parsed.attachments)
             )
-            return IntakeResult(Outcome.REJECTED, f"552 5.3.4 too many attachments (limit {limit})")
+            return Admission(Outcome.REJECTED, f"552 5.3.4 too many attachments (limit {limit})")
         verdict = loop_verdict(parsed, envelope.mail_from, self.router.is_own_address)
         if verdict.disposition is Disposition.DROP:
             logger.info("email %s dropped: %s", parsed.message_id, verdict.reason)
-            return IntakeResult(Outcome.DROPPED, verdict.reason)
+            return Admission(Outcome.DROPPED, verdict.reason)
         refusal = self._refusal(parsed, route, envelope)
         if refusal is not None:
             logger.info("email %s refused: %s", parsed.message_id, refusal)
-            return IntakeResult(Outcome.REJECTED, refusal)
+            return Admission(Outcome.REJECTED, refusal)
         message_id = parsed.message_id or _content_id(envelope, raw)
         if await self._threads.received(message_id):
-            return IntakeResult(Outcome.DUPLICATE, "already received")
+            return Admission(Outcome.DUPLICATE, "already received")
         conversation = await self._threads.conversation_of(parsed.thread_ids()) or (
             parsed.references[0] if parsed.references else message_id
         )
@@ -151,8 +116,8 @@ class EmailIntake:
             replied=reply,
         )
         if not submitted.created:
-            return IntakeResult(Outcome.DUPLICATE, "already received", submitted.id)
-        return IntakeResult(Outcome.ACCEPTED, verdict.reason, submitted.id)
+            return Admission(Outcome.DUPLICATE, "already received", id=submitted.id)
+        return Admission(Outcome.ACCEPTED, verdict.reason, id=submitted.id)
 
     def _route(self, parsed: ParsedEmail, envelope: Envelope) -> RouteMatch | None:
         # One run per mail: the first of our recipients decides (envelope first, then headers).
