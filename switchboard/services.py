@@ -30,6 +30,7 @@ from dispatch.builtins import builtin_services
 from dispatch.environments import EnvironmentBuilder
 from dispatch.events import RunEvents
 from dispatch.gateway import QueueGateway
+from dispatch.history import RunHistoryReader
 from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
 from dispatch.outbox import Outbox, OutboxSettings, OwnMessages, ReplyWriter
@@ -262,7 +263,7 @@ async def open_services(
             poll_interval=settings.runtime.poll_interval,
         )
         schedules = ScheduleService(
-            ScheduleStore(database),
+            ScheduleStore(database, RunHistoryReader(database)),
             gateway,
             clock,
             ensure_owner=keys.ensure_owner,
