@@ -7,6 +7,7 @@ registers them all. Add a package's table module here when it gets one.
 from __future__ import annotations
 
 import scheduler.tables  # noqa: F401  (registers its tables)
+import triggers.email.tables  # noqa: F401
 from core.tables import metadata
 
 __all__ = ["metadata"]

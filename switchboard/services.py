@@ -50,6 +50,7 @@ from switchboard.settings import Settings
 from triggers.auth import Authenticator, KeyStore
 from triggers.egress import guarded_client
 from triggers.email.channel import EmailChannel
+from triggers.email.send_email import SendEmailService
 from triggers.files import FileSettings, FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
 from triggers.slack.wiring import SlackChannel, open_slack
@@ -189,10 +190,12 @@ async def open_services(
             clock=clock,
             files=files,
             data_dir=data_dir,
-            messages=OwnMessages(database, clock),
             delivery_attempts=settings.delivery.max_attempts,
         )
-        builtins = {**builtin_services(), **email.builtins}
+        builtins: dict[str, BuiltinService] = {
+            **builtin_services(),
+            "send_email": SendEmailService(settings.email, OwnMessages(database, clock), files),
+        }
         queue = RunQueue(
             database,
             clock,

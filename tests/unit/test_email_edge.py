@@ -135,13 +135,14 @@ async def test_smtp_refusals_store_nothing(
     with pytest.raises((smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)) as refused:
         await asyncio.to_thread(smtp.send, raw, rcpt=rcpt)
     error = refused.value
+    answer: tuple[int, bytes | str]
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         answer = error.recipients[rcpt[0]]
     else:
         assert isinstance(error, smtplib.SMTPDataError)
         answer = (error.smtp_code, error.smtp_error)
     assert answer[0] == code
-    assert words in answer[1]
+    assert isinstance(answer[1], bytes) and words in answer[1]
     assert smtp.inbox.events == []
 
 

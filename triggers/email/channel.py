@@ -4,8 +4,8 @@ Edges: the SMTP listener (``smtp.py``: the MX ``smtp_port`` and ``submission_por
 :meth:`EmailChannel.start` where the node listens) and the webhooks sub-application mounted at
 ``/email`` (``webhooks.py``); both write to the inbox through ``edge.MailEdge``.
 Processors: ``email:smtp``, ``email:mailgun``, ``email:sendgrid`` (``process.py``). Sender: the
-threaded reply (``sender.py``, ``render.py``); built-in: ``send_email``, queued through the
-outbox's port.
+threaded reply (``sender.py``, ``render.py``). The ``send_email`` built-in
+(``send_email.py``) is built by the composition root, which hands it the outbox's port.
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ from core.clock import Clock
 from core.db import Database
 from core.inbox import EventProcessor, Inbox, TriggerHealth
 from core.models import RunRecord
-from core.ports import BuiltinService, MessageQueue
 from triggers.email.edge import MailEdge
 from triggers.email.process import VIAS, EmailProcessor
-from triggers.email.send_email import SendEmailService
 from triggers.email.sender import EmailSender, mail_domain, mail_transport
 from triggers.email.settings import EmailSettings
 from triggers.email.smtp import start_smtp_servers
@@ -51,7 +49,6 @@ class EmailChannel:
         clock: Clock,
         files: FileStore,
         data_dir: Path,
-        messages: MessageQueue,
         delivery_attempts: int,
         inbox: Inbox | None = None,
         listen: bool = False,
@@ -71,11 +68,6 @@ class EmailChannel:
             clock,
             max_attempts=delivery_attempts,
         )
-        self.builtins: Mapping[str, BuiltinService] = {
-            "send_email": SendEmailService(
-                messages, self.sender, files, per_hour=settings.send_email_per_hour
-            )
-        }
         self.processors: Mapping[str, EventProcessor] = {
             f"email:{via}": EmailProcessor(
                 settings, via=via, files=files, threads=self._threads, clock=clock

@@ -28,7 +28,8 @@ from pydantic import (
 from core.errors import Forbidden
 from core.models import CallerRights, Grant, Invocation, Outcome
 from core.ports import LogSink, MessageQueue, OwnMessage, Queueing
-from triggers.email.sender import EmailSender
+from triggers.email.sender import mail_domain, message_id_for
+from triggers.email.settings import EmailSettings
 from triggers.files import FileStore
 
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
@@ -101,18 +102,11 @@ class SendEmailService:
     The mail is queued through the outbox's port (``core.ports.MessageQueue``): ``dispatch``
     owns the deliveries and the runs they belong to."""
 
-    def __init__(
-        self,
-        messages: MessageQueue,
-        sender: EmailSender,
-        files: FileStore,
-        *,
-        per_hour: int = 0,
-    ) -> None:
+    def __init__(self, settings: EmailSettings, messages: MessageQueue, files: FileStore) -> None:
         self._messages = messages
-        self._sender = sender
+        self._domain = mail_domain(settings)
         self._files = files
-        self._per_hour = per_hour
+        self._per_hour = settings.send_email_per_hour
 
     async def __call__(self, invocation: Invocation, on_log: LogSink) -> Outcome:
         refusal = CallerRights.of_run(invocation.headers).refusal(Grant.OUTBOUND, "send email")
@@ -125,7 +119,7 @@ class SendEmailService:
             )
         except ValueError as exc:
             return _bad_request(_explain(exc))
-        message_id = self._sender.message_id_for(invocation.run_id)
+        message_id = message_id_for(invocation.run_id, self._domain)
         queued = await self._messages.queue(
             OwnMessage(
                 run_id=invocation.run_id,

@@ -172,7 +172,7 @@ class EmailSender:
         self._max_attempts = max_attempts
 
     def message_id_for(self, run_id: str) -> str:
-        return f"<{run_id}@{self.domain}>"
+        return message_id_for(run_id, self.domain)
 
     @property
     def domain(self) -> str:
@@ -269,6 +269,11 @@ def with_links(text: str, links: list[str]) -> str:
         return text
     listed = "\n".join(f"- <{url}>" for url in links)
     return f"{text.rstrip()}\n\nAttachments (links):\n{listed}"
+
+
+def message_id_for(run_id: str, domain: str) -> str:
+    """A run's mail has one Message-ID: a retried attempt (or a run executed again) reuses it."""
+    return f"<{run_id}@{domain}>"
 
 
 def mail_domain(settings: EmailSettings) -> str:

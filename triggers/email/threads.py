@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.clock import Clock
 from core.db import Database
-from core.tables import email_messages
+from triggers.email.tables import email_messages
 
 
 async def insert_unless_present(
