@@ -86,9 +86,6 @@ class EmailProcessor:
             received_at=event.received_at,
             event=_event(parsed, envelope, route, message_id),
         )
-        key = f"email:{message_id}"
-        if event.replay_of is not None:  # a replay is a new run of the same mail
-            key = f"email:replay:{event.id}:{message_id}"
         return [
             run_request_for(
                 message,
@@ -98,7 +95,7 @@ class EmailProcessor:
                 reply_target=_reply_target(parsed, route, message_id, conversation, reply_to)
                 if reply
                 else ReplyTarget(channel="none"),
-                idempotency_key=key[:KEY_LIMIT],
+                idempotency_key=f"email:{message_id}"[:KEY_LIMIT],  # a replay's: the inbox's
                 serial_key=f"email:{conversation}"[:KEY_LIMIT],
             )
         ]
