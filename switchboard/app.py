@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import uuid
@@ -14,6 +15,8 @@ from aiohttp.typedefs import Handler
 
 from core.errors import Unauthorized
 from core.models import CallerRights
+from dispatch.inbox_processor import InboxProcessor, ProcessorSettings
+from dispatch.retention import Retention, RetentionSettings
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
@@ -189,9 +192,10 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
 async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncIterator[None]:
     services = app[SERVICES]
     settings = services.settings
+    pool_owner = f"node-{uuid.uuid4().hex[:12]}"
     pool = WorkerPool(
         WorkerSettings(
-            worker_id=f"node-{uuid.uuid4().hex[:12]}",
+            worker_id=pool_owner,
             concurrency=settings.runtime.workers,
             run_timeout=settings.runtime.run_timeout,
             lease_seconds=settings.runtime.lease_seconds,
@@ -220,9 +224,53 @@ async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncItera
     pool.start()
     services.outbox.start()
     app[WORKERS] = pool
-    yield
+    async with contextlib.AsyncExitStack() as stack:
+        await inbox_processor(services, owner=pool_owner).start(stack)
+        await retention(services).start(stack)
+        yield
     await pool.aclose()
     await services.outbox.aclose()
+
+
+def inbox_processor(services: Services, *, owner: str) -> InboxProcessor:
+    """The inbox processor of a worker node, fed the configured channels' processors."""
+    settings = services.settings.inbox
+    return InboxProcessor(
+        ProcessorSettings(
+            owner=owner,
+            concurrency=settings.concurrency,
+            lease_seconds=settings.lease_seconds,
+            poll_interval=settings.poll_interval,
+        ),
+        services.inbox_queue,
+        {
+            trigger: processor
+            for channel in services.channels
+            for trigger, processor in channel.processors.items()
+        },
+        wake=services.inbox_writer.work_available,
+        clock=services.clock,
+        run_events=services.events,
+        metrics=services.metrics,
+        on_finished=services.inbox.finished.notify,
+    )
+
+
+def retention(services: Services) -> Retention:
+    runtime, inbox = services.settings.runtime, services.settings.inbox
+    return Retention(
+        services.database,
+        services.clock,
+        RetentionSettings(
+            interval=runtime.retention_interval,
+            min_age=runtime.retention_min_age,
+            runs_max_age_days=runtime.runs_max_age_days,
+            runs_max_count=runtime.runs_max_count,
+            events_max_age_days=inbox.max_age_days,
+            events_max_count=inbox.max_count,
+            body_max_age_days=inbox.body_max_age_days,
+        ),
+    )
 
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:
