@@ -8,7 +8,8 @@ reply (``sender.py``, ``render.py``). The ``send_email`` built-in (``send_email.
 by the composition root, which hands it the outbox's port.
 
 Built with the server, before the services run (the sub-application must be mounted before the
-server starts): ``deps`` gives the running services' parts when :meth:`start` is called.
+server starts): ``deps`` gives the running services' parts, asked for when the processors, the
+sender or :meth:`EmailChannel.start` are first used.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class EmailDeps:
 class _Started:
     sender: EmailSender
     processors: Mapping[str, EventProcessor]
+    edge: MailEdge
 
 
 class EmailChannel:
@@ -96,11 +98,12 @@ class EmailChannel:
 
     @property
     def _running(self) -> _Started:
+        """Built on first use, from ``deps`` (which must answer by then)."""
         if self._started is None:
-            raise RuntimeError("the email channel is used before it started")
+            self._started = self._build()
         return self._started
 
-    async def start(self, stack: AsyncExitStack) -> None:
+    def _build(self) -> _Started:
         deps = self._deps()
         settings = self._settings
         threads = ThreadStore(deps.database, deps.clock)
@@ -118,14 +121,21 @@ class EmailChannel:
             )
             for via in VIAS
         }
-        self._started = _Started(sender, processors)
         edge = MailEdge(settings, deps.inbox)
         self._webhooks.bind(WebhookParts(edge, threads, deps.clock))
-        if self._listen:
-            self._servers = await start_smtp_servers(edge, settings, hostname=mail_domain(settings))
-            stack.push_async_callback(self._close)
-            for address in self.listening():
-                logger.info("SMTP intake listening on %s", address)
+        return _Started(sender, processors, edge)
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Opens the SMTP ports where the node listens (their teardown on ``stack``)."""
+        edge = self._running.edge
+        if not self._listen:
+            return
+        self._servers = await start_smtp_servers(
+            edge, self._settings, hostname=mail_domain(self._settings)
+        )
+        stack.push_async_callback(self._close)
+        for address in self.listening():
+            logger.info("SMTP intake listening on %s", address)
 
     async def _close(self) -> None:
         for server in self._servers:
