@@ -54,8 +54,9 @@ from switchboard.secret_keys import load_key_ring
 from switchboard.settings import Settings
 from triggers.auth import Authenticator, KeyStore
 from triggers.egress import guarded_client
-from triggers.email.channel import EmailChannel
 from triggers.email.send_email import SendEmailService
+from triggers.email.sender import EmailSender, mail_transport
+from triggers.email.threads import ThreadStore
 from triggers.files import FileSettings, FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
 from triggers.slack.wiring import SlackChannel, open_slack
@@ -197,13 +198,13 @@ async def open_services(
                 download_ttl=settings.files.download_ttl,
             ),
         )
-        email = EmailChannel(
+        email_sender = EmailSender(  # until the email channel is wired with the inbox
             settings.email,
-            database=database,
-            clock=clock,
-            files=files,
-            data_dir=data_dir,
-            delivery_attempts=settings.delivery.max_attempts,
+            mail_transport(settings.email, data_dir),
+            ThreadStore(database, clock),
+            files,
+            clock,
+            max_attempts=settings.delivery.max_attempts,
         )
         builtins: dict[str, BuiltinService] = {
             **builtin_services(),
@@ -236,7 +237,7 @@ async def open_services(
             "webhook": WebhookSender(
                 webhooks, webhook_secret(settings, signer), clock, destinations
             ),
-            "email": email.sender,
+            "email": email_sender,
         }
         slack = None
         if settings.slack.enabled:

@@ -26,7 +26,7 @@ from triggers.email.headers import mime_shape
 from triggers.email.settings import EmailSettings
 from triggers.email.smtp import start_smtp_servers
 from triggers.email.threads import ThreadStore
-from triggers.email.webhooks import EmailWebhooks, mailgun_signature
+from triggers.email.webhooks import EmailWebhooks, WebhookParts, mailgun_signature
 
 BOT = "bot@example.test"
 SENDER = "alice@sender.test"
@@ -169,7 +169,8 @@ async def webhooks(tmp_path: Path) -> AsyncIterator[tuple[str, MemoryInbox]]:
     threads = ThreadStore(Database(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}"), SystemClock())
     parent = web.Application()
     parent.add_subapp(
-        "/email", EmailWebhooks(config, MailEdge(config, inbox), threads, SystemClock()).app()
+        "/email",
+        EmailWebhooks(config, WebhookParts(MailEdge(config, inbox), threads, SystemClock())).app(),
     )
     runner = web.AppRunner(parent)
     await runner.setup()

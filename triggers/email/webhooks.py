@@ -28,6 +28,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import parse_qsl
@@ -65,16 +66,35 @@ def mailgun_signature(key: bytes, timestamp: str, token: str) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-class EmailWebhooks:
-    """aiohttp handlers for the inbound-parse webhooks."""
+@dataclass(frozen=True, slots=True)
+class WebhookParts:
+    """What the handlers use, known once the services run (:meth:`EmailWebhooks.bind`)."""
 
-    def __init__(
-        self, settings: EmailSettings, intake: MailIntake, threads: ThreadStore, clock: Clock
-    ) -> None:
+    intake: MailIntake
+    threads: ThreadStore
+    """Remembers Mailgun tokens (replay protection across nodes)."""
+    clock: Clock
+
+
+class EmailWebhooks:
+    """aiohttp handlers for the inbound-parse webhooks.
+
+    The sub-application is built with the server (before it starts), its parts are bound when
+    the channel starts: the server takes no request before that.
+    """
+
+    def __init__(self, settings: EmailSettings, parts: WebhookParts | None = None) -> None:
         self._settings = settings
-        self._intake = intake
-        self._threads = threads
-        self._clock = clock
+        self._parts = parts
+
+    def bind(self, parts: WebhookParts) -> None:
+        self._parts = parts
+
+    @property
+    def _bound(self) -> WebhookParts:
+        if self._parts is None:
+            raise RuntimeError("the email webhooks took a request before the channel started")
+        return self._parts
 
     def app(self) -> web.Application:
         """The sub-application mounted at ``/email`` (URLs as before: ``/email/mailgun``…)."""
@@ -136,25 +156,25 @@ class EmailWebhooks:
         given = _text(form, "signature").encode("utf-8", "surrogateescape")
         if not token or not hmac.compare_digest(expected, given):
             return _mailgun_refusal("invalid signature")
-        now = self._clock.now().timestamp()
+        now = self._bound.clock.now().timestamp()
         if (
             not (timestamp.isascii() and timestamp.isdigit())
             or abs(now - int(timestamp)) > self._settings.mailgun_max_age
         ):
             return _mailgun_refusal("stale timestamp")
-        if await self._threads.seen_token(token):
+        if await self._bound.threads.seen_token(token):
             return _mailgun_refusal("token already used (replayed request)")
         raw = _file_or_text(form, "body-mime") or _rebuild_mailgun(form)
         recipients = [r.strip() for r in _text(form, "recipient").split(",") if r.strip()]
         try:
-            result = await self._intake.accept(
+            result = await self._bound.intake.accept(
                 raw,
                 Envelope(mail_from=_mailgun_sender(form), recipients=recipients, via="mailgun"),
             )
         except Exception:
             logger.exception("storing a Mailgun mail failed; Mailgun will retry")
             return web.json_response({"detail": "temporary failure, retry"}, status=503)
-        await self._threads.remember_token(token)
+        await self._bound.threads.remember_token(token)
         if result.rejected:
             return _mailgun_refusal(result.reason)
         return _accepted(result)
@@ -180,7 +200,7 @@ class EmailWebhooks:
         to = envelope.get("to")
         sender = envelope.get("from")
         try:
-            result = await self._intake.accept(
+            result = await self._bound.intake.accept(
                 raw,
                 Envelope(
                     mail_from=sender if isinstance(sender, str) else None,

@@ -14,7 +14,7 @@ from triggers.email.sender import mail_domain
 from triggers.email.settings import EmailSettings
 from triggers.email.smtp import start_smtp_servers
 from triggers.email.threads import ThreadStore
-from triggers.email.webhooks import EmailWebhooks
+from triggers.email.webhooks import EmailWebhooks, WebhookParts
 from triggers.files import FileStore
 
 __all__ = ["EmailWebhooks", "email_intake"]
@@ -40,7 +40,7 @@ async def email_intake(
         bound = ", ".join(str(s.getsockname()) for s in server.sockets)
         logger.info("SMTP intake listening on %s", bound)
     try:
-        yield EmailWebhooks(settings, intake, threads, clock)
+        yield EmailWebhooks(settings, WebhookParts(intake, threads, clock))
     finally:
         for server in servers:
             server.close()
