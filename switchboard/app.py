@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from core.channels import Channel
 from core.errors import Unauthorized
 from core.models import CallerRights
 from dispatch.inbox_processor import InboxProcessor, ProcessorSettings
@@ -20,6 +21,7 @@ from dispatch.retention import Retention, RetentionSettings
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
+from switchboard.channels import LateParts, edge_channels
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.headers import set_security_headers
 from switchboard.http import body_deadline_middleware, error_middleware
@@ -28,7 +30,6 @@ from switchboard.sandboxing import ChosenRunner, open_runner
 from switchboard.services import Services, open_services
 from switchboard.settings import Settings
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
-from triggers.email.wiring import EmailWebhooks, email_intake
 from triggers.files import FILE_ROUTES, FileRoutes
 from triggers.secrets_api import SECRET_ROUTES, SecretRoutes
 from triggers.slack.wiring import SLACK_ROUTES, SlackRoutes
@@ -45,7 +46,8 @@ API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
 SLACK = web.AppKey("slack", SlackRoutes)
 WHATSAPP = web.AppKey("whatsapp", WhatsAppIntake)
-EMAIL = web.AppKey("email", EmailWebhooks)
+CHANNELS = web.AppKey("channels", list[Channel])
+LATE_PARTS = web.AppKey("late_parts", LateParts)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 SCHEDULER = web.AppKey("scheduler", SchedulerNode)
@@ -54,12 +56,6 @@ SECRET_HANDLERS = web.AppKey("secret_handlers", SecretRoutes)
 RUNNER = web.AppKey("runner", ChosenRunner)
 
 ROLES = frozenset({"web", "worker", "scheduler"})
-EMAIL_PATHS = (
-    ("/email/mailgun", "mailgun"),
-    ("/email/sendgrid", "sendgrid"),
-    ("/email/sendgrid/{token}", "sendgrid"),
-)
-"""Until the email channel is mounted as its sub-application (with the inbox, issue 12)."""
 
 
 def create_app(
@@ -86,6 +82,8 @@ def create_app(
     app[METRICS] = metrics
     app[READY] = asyncio.Event()
     app[STARTUP_ERROR] = []
+    app[LATE_PARTS] = LateParts()
+    app[CHANNELS] = edge_channels(settings, app[LATE_PARTS], roles=list(roles))
     app.cleanup_ctx.append(_services)
     app.on_shutdown.append(_stop_log_streams)
     if "worker" in roles:
@@ -107,10 +105,10 @@ def create_app(
             app.cleanup_ctx.append(_whatsapp)
             for method, path, name in WHATSAPP_ROUTES:
                 app.router.add_route(method, path, _route_to(WHATSAPP, name))
-        # The web role also runs the SMTP intake server (another intake, like the HTTP API).
-        app.cleanup_ctx.append(_email)
-        for path, name in EMAIL_PATHS:
-            app.router.add_route("POST", path, _route_to(EMAIL, name))
+        for channel in app[CHANNELS]:
+            edge = channel.edge()
+            if isinstance(edge, web.Application):
+                app.add_subapp(channel.prefix, edge)
         for method, path, name in SCHEDULE_ROUTES:
             app.router.add_route(method, path, _route_to(SCHEDULE_HANDLERS, name))
         for method, path, name in SECRET_ROUTES:
@@ -119,7 +117,10 @@ def create_app(
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
-    async with open_services(app[SETTINGS], metrics=app[METRICS]) as services:
+    channels: list[Channel] = app[CHANNELS]
+    async with open_services(
+        app[SETTINGS], metrics=app[METRICS], channels=channels, late=app[LATE_PARTS]
+    ) as services:
         app[SERVICES] = services
         app[API] = RuntimeApi(
             services.gateway,
@@ -166,19 +167,6 @@ async def _whatsapp(app: web.Application) -> AsyncIterator[None]:
         public_url=settings.server.base_url(),
     ) as intake:
         app[WHATSAPP] = intake
-        yield
-
-
-async def _email(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    async with email_intake(
-        services.settings.email,
-        gateway=services.gateway,
-        files=services.files,
-        database=services.database,
-        clock=services.clock,
-    ) as webhooks:
-        app[EMAIL] = webhooks
         yield
 
 

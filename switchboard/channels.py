@@ -7,6 +7,7 @@ processors to the inbox processor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -18,6 +19,7 @@ from core.inbox import Inbox
 from core.ports import RunGateway
 from core.security import Signer
 from switchboard.settings import Settings
+from triggers.email.channel import EmailChannel, EmailDeps
 from triggers.files import FileStore
 
 
@@ -33,6 +35,37 @@ class ChannelParts:
     files: FileStore
     inbox: Inbox
     gateway: RunGateway
+
+
+@dataclass(slots=True)
+class LateParts:
+    """The parts of channels built with the server (their edges are mounted before it
+    starts), filled by ``open_services`` before any channel uses them."""
+
+    parts: ChannelParts | None = None
+
+    def get(self) -> ChannelParts:
+        if self.parts is None:
+            raise RuntimeError("a channel asked for the services before they were opened")
+        return self.parts
+
+
+def edge_channels(settings: Settings, late: LateParts, *, roles: Sequence[str]) -> list[Channel]:
+    """The channels with an HTTP edge or a listener, built with the application."""
+    listen = "web" in roles
+
+    def email_deps() -> EmailDeps:
+        parts = late.get()
+        return EmailDeps(
+            database=parts.database,
+            clock=parts.clock,
+            files=parts.files,
+            inbox=parts.inbox,
+            data_dir=settings.server.data_dir,
+            delivery_attempts=settings.delivery.max_attempts,
+        )
+
+    return [EmailChannel(settings.email, email_deps, listen=listen)]
 
 
 def configured_channels(parts: ChannelParts) -> list[Channel]:

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,7 @@ from dispatch.secret_store import SecretStore
 from scheduler.builtin import SCHEDULE_RUNS, schedule_runs_service
 from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
-from switchboard.channels import ChannelParts, configured_channels
+from switchboard.channels import ChannelParts, LateParts, configured_channels
 from switchboard.config import signing_secret
 from switchboard.datadir import prepare_data_dir
 from switchboard.logging import redact_server_logs
@@ -55,8 +55,6 @@ from switchboard.settings import Settings
 from triggers.auth import Authenticator, KeyStore
 from triggers.egress import guarded_client
 from triggers.email.send_email import SendEmailService
-from triggers.email.sender import EmailSender, mail_transport
-from triggers.email.threads import ThreadStore
 from triggers.files import FileSettings, FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
 from triggers.slack.wiring import SlackChannel, open_slack
@@ -167,9 +165,15 @@ def tool_env() -> dict[str, str]:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, migrate: bool = True, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    metrics: Metrics | None = None,
+    channels: Sequence[Channel] = (),
+    late: LateParts | None = None,
 ) -> AsyncIterator[Services]:
-    """Every component, started; stopped in reverse order on exit."""
+    """Every component, started; stopped in reverse order on exit. ``channels`` were built
+    with the application (their edges mounted) and take their parts from ``late``."""
     data_dir = settings.server.data_dir
     prepare_data_dir(data_dir, settings.server.resolved_database_url())
     database = Database(
@@ -197,14 +201,6 @@ async def open_services(
                 upload_ttl=settings.files.upload_ttl,
                 download_ttl=settings.files.download_ttl,
             ),
-        )
-        email_sender = EmailSender(  # until the email channel is wired with the inbox
-            settings.email,
-            mail_transport(settings.email, data_dir),
-            ThreadStore(database, clock),
-            files,
-            clock,
-            max_attempts=settings.delivery.max_attempts,
         )
         builtins: dict[str, BuiltinService] = {
             **builtin_services(),
@@ -237,7 +233,6 @@ async def open_services(
             "webhook": WebhookSender(
                 webhooks, webhook_secret(settings, signer), clock, destinations
             ),
-            "email": email_sender,
         }
         slack = None
         if settings.slack.enabled:
@@ -297,18 +292,19 @@ async def open_services(
             replay_timeout=settings.inbox.replay_timeout,
             poll_interval=settings.inbox.poll_interval,
         )
-        channels = configured_channels(
-            ChannelParts(
-                settings=settings,
-                database=database,
-                clock=clock,
-                signer=signer,
-                http=http,
-                files=files,
-                inbox=inbox,
-                gateway=gateway,
-            )
+        parts = ChannelParts(
+            settings=settings,
+            database=database,
+            clock=clock,
+            signer=signer,
+            http=http,
+            files=files,
+            inbox=inbox,
+            gateway=gateway,
         )
+        if late is not None:
+            late.parts = parts
+        channels = [*channels, *configured_channels(parts)]
         for channel in channels:
             for trigger in channel.processors:
                 inbox.register(trigger, channel.health)
@@ -361,6 +357,8 @@ async def open_services(
         logs.start()
         services.gateway.start()
         try:
+            for channel in channels:
+                await channel.start(stack)
             yield services
         finally:
             await services.gateway.aclose()
