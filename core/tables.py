@@ -78,6 +78,8 @@ api_keys = Table(
     # sha256 of the whole key: keys are 32 random bytes, so a fast hash is enough.
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("one_time", Boolean, nullable=False, default=False),
+    # "admin" | "member" (triggers.auth.KeyRole); one-time keys are always "member".
+    Column("role", String(16), nullable=False, server_default="member"),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime()),
     Column("used_at", UTCDateTime()),

@@ -10,7 +10,6 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import dispatch.inbox_tables  # noqa: F401  (dispatch's inbox tables, on the shared metadata)
 from core.tables import UTCDateTime
 from switchboard.schema import metadata
 

@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 
 from core.channels import Channel
 from core.errors import Unauthorized
+from core.inbox import InboxAdmin
 from core.models import CallerRights
 from dispatch.inbox_processor import InboxProcessor, ProcessorSettings
 from dispatch.retention import Retention, RetentionSettings
@@ -31,6 +32,7 @@ from switchboard.services import Services, open_services
 from switchboard.settings import Settings
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
 from triggers.files import FILE_ROUTES, FileRoutes
+from triggers.inbox_api import InboxRoutes
 from triggers.secrets_api import SECRET_ROUTES, SecretRoutes
 from triggers.slack.wiring import SLACK_ROUTES, SlackRoutes
 from triggers.whatsapp.intake import WhatsAppIntake
@@ -113,7 +115,23 @@ def create_app(
             app.router.add_route(method, path, _route_to(SCHEDULE_HANDLERS, name))
         for method, path, name in SECRET_ROUTES:
             app.router.add_route(method, path, _route_to(SECRET_HANDLERS, name))
+        app.cleanup_ctx.append(_inbox_routes)
     return app
+
+
+def inbox_admin(services: Services) -> InboxAdmin:
+    """The durable inbox as operators drive it (the CLI's triggers and inbox commands)."""
+    return services.inbox
+
+
+async def _inbox_routes(app: web.Application) -> AsyncIterator[None]:
+    """``/api/v1/triggers`` and ``/api/v1/inbox``, registered as bound methods of the handler
+    object made here from the services. aiohttp freezes the router only after startup
+    (``AppRunner``: ``startup()``, then ``freeze()``) and serves nothing before it finishes, so
+    routes added now are served like those added in :func:`create_app`."""
+    services = app[SERVICES]
+    app.router.add_routes(InboxRoutes(services.inbox, services.auth).route_table())
+    yield
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:

@@ -9,7 +9,6 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-import dispatch.inbox_tables  # noqa: F401  (its tables are on the shared metadata)
 from core.db import Database
 from switchboard.migrate import alembic_config, upgrade
 from switchboard.schema import metadata
