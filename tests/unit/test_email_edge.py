@@ -102,7 +102,7 @@ async def test_smtp_mail_is_stored_raw_with_its_keys(smtp: Listener) -> None:
     raw = mail(References="<root@sender.test> <mid@sender.test>", In_Reply_To="<mid@sender.test>")
     await asyncio.to_thread(smtp.send, raw)
     await asyncio.to_thread(smtp.send, raw)  # the sending MTA's retry: acknowledged again
-    (entry,) = smtp.inbox.events
+    (entry,) = smtp.inbox.entries
     event = entry.event
     assert event.trigger == "email:smtp"
     assert event.dedupe_key == "email:<q1@sender.test>"
@@ -114,7 +114,7 @@ async def test_smtp_mail_is_stored_raw_with_its_keys(smtp: Listener) -> None:
 async def test_smtp_keys_without_references_or_message_id(smtp: Listener) -> None:
     await asyncio.to_thread(smtp.send, mail(message_id="<solo@sender.test>"))
     await asyncio.to_thread(smtp.send, mail(message_id=None))
-    first, second = (entry.event for entry in smtp.inbox.events)
+    first, second = (entry.event for entry in smtp.inbox.entries)
     assert first.ordering_key == "email:<solo@sender.test>"
     assert second.dedupe_key is None
     assert second.ordering_key.startswith("email:<sha256.")
@@ -143,7 +143,7 @@ async def test_smtp_refusals_store_nothing(
         answer = (error.smtp_code, error.smtp_error)
     assert answer[0] == code
     assert isinstance(answer[1], bytes) and words in answer[1]
-    assert smtp.inbox.events == []
+    assert smtp.inbox.entries == []
 
 
 async def test_a_bounce_to_an_allowlisted_route_is_taken_not_refused(smtp: Listener) -> None:
@@ -151,7 +151,7 @@ async def test_a_bounce_to_an_allowlisted_route_is_taken_not_refused(smtp: Liste
     await asyncio.to_thread(
         smtp.send, mail(to="ops@example.test"), rcpt=["ops@example.test"], mail_from=""
     )
-    (entry,) = smtp.inbox.events
+    (entry,) = smtp.inbox.entries
     assert entry.event.headers["mail-from"] == ""
 
 
@@ -193,7 +193,7 @@ async def test_sendgrid_post_is_stored_and_a_retry_is_one_event(
     assert first.json() == {"accepted": True, "outcome": "accepted", "id": "evt_000001"}
     assert again.json()["outcome"] == "duplicate"
     assert wrong.status_code == 401
-    (entry,) = inbox.events
+    (entry,) = inbox.entries
     assert entry.event.trigger == "email:sendgrid"
     assert entry.event.headers == {"rcpt-to": BOT, "mail-from": SENDER}
 
@@ -213,4 +213,4 @@ async def test_mailgun_bad_signature_is_refused_before_anything(
         refused = await client.post(f"{url}/email/mailgun", data=form)
     assert refused.status_code == 406
     assert refused.json() == {"detail": "invalid signature"}
-    assert inbox.events == []
+    assert inbox.entries == []
