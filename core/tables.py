@@ -211,28 +211,6 @@ Index("ix_runs_serial_key_created_at", runs.c.serial_key, runs.c.created_at)
 
 # ``whatsapp_messages``: triggers/whatsapp/tables.py (on this metadata).
 
-# ---- email channel (triggers/email) --------------------------------------------------------
-
-email_messages = Table(
-    "email_messages",
-    metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    # The Message-ID (with its angle brackets) of a mail we received or sent: a reply whose
-    # In-Reply-To/References names one of these continues that conversation.
-    Column("message_id", String(300), nullable=False, unique=True),
-    Column("conversation_id", String(300), nullable=False),
-    Column("run_id", String(40)),
-    # "in" | "out" | "rcp" (a recipient our mail conversation_id was handed over for, kept
-    # while the relay defers others; message_id is then "rcpt:<address>:<Message-ID>")
-    Column("direction", String(3), nullable=False),
-    # The other party: the sender of a mail we received, the recipient of one we sent.
-    Column("peer", String(300), nullable=False),
-    # Inbound only: whether this mail was answered (auto-replies per sender are rate-limited).
-    Column("replied", Boolean, nullable=False, default=False),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Index("ix_email_messages_peer_created_at", "peer", "created_at"),
-)
-
 # ---- secrets (dispatch/secret_store.py; issue 14) -----------------------------------------------
 
 # One data key per owner, encrypted (AES-GCM) under a master key that never reaches the database;

@@ -31,7 +31,6 @@ from switchboard.sandboxing import ChosenRunner, open_runner
 from switchboard.services import Services, open_services
 from switchboard.settings import Settings
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
-from triggers.email.wiring import EMAIL_ROUTES, EmailWebhooks, email_intake
 from triggers.files import FILE_ROUTES, FileRoutes
 from triggers.inbox_api import InboxRoutes
 from triggers.secrets_api import SECRET_ROUTES, SecretRoutes
@@ -46,7 +45,6 @@ API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
 CHANNELS: web.AppKey[Sequence[Channel]] = web.AppKey("channels")
 PARTS = web.AppKey("channel_parts", LateParts)
-EMAIL = web.AppKey("email", EmailWebhooks)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 SCHEDULER = web.AppKey("scheduler", SchedulerNode)
@@ -82,7 +80,7 @@ def create_app(
     app[READY] = asyncio.Event()
     app[STARTUP_ERROR] = []
     app[PARTS] = LateParts()
-    app[CHANNELS] = configured_channels(settings, app[PARTS])
+    app[CHANNELS] = configured_channels(settings, app[PARTS], roles=roles)
     app.cleanup_ctx.append(_services)
     app.on_shutdown.append(_stop_log_streams)
     if "worker" in roles:
@@ -101,10 +99,6 @@ def create_app(
             edge = channel.edge()
             if isinstance(edge, web.Application):
                 app.add_subapp(channel.prefix, edge)
-        # The web role also runs the SMTP intake server (another intake, like the HTTP API).
-        app.cleanup_ctx.append(_email)
-        for method, path, name in EMAIL_ROUTES:
-            app.router.add_route(method, path, _route_to(EMAIL, name))
         for method, path, name in SCHEDULE_ROUTES:
             app.router.add_route(method, path, _route_to(SCHEDULE_HANDLERS, name))
         for method, path, name in SECRET_ROUTES:
@@ -159,19 +153,6 @@ async def _stop_log_streams(app: web.Application) -> None:
     api = app.get(API)
     if api is not None:
         api.stop_log_streams()
-
-
-async def _email(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    async with email_intake(
-        services.settings.email,
-        gateway=services.gateway,
-        files=services.files,
-        database=services.database,
-        clock=services.clock,
-    ) as webhooks:
-        app[EMAIL] = webhooks
-        yield
 
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:

@@ -36,7 +36,7 @@ from dispatch.inbox_store import InboxStore
 from dispatch.inbox_writer import InboxWriter
 from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
-from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
+from dispatch.outbox import Outbox, OutboxSettings, OwnMessages, ReplyWriter
 from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowInfo, WorkflowRegistry
 from dispatch.run_environment import unset_declarations
@@ -53,7 +53,7 @@ from switchboard.secret_keys import load_key_ring
 from switchboard.settings import Settings
 from triggers.auth import Authenticator, KeyStore
 from triggers.egress import guarded_client
-from triggers.email.wiring import EmailOutbound
+from triggers.email.send_email import SendEmailService
 from triggers.files import FileSettings, FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
 from triggers.webhook import WebhookSender
@@ -191,15 +191,10 @@ async def open_services(
                 download_ttl=settings.files.download_ttl,
             ),
         )
-        email = EmailOutbound.build(
-            settings.email,
-            data_dir=data_dir,
-            database=database,
-            clock=clock,
-            files=files,
-            max_attempts=settings.delivery.max_attempts,
-        )
-        builtins = {**builtin_services(), **email.builtins}
+        builtins: dict[str, BuiltinService] = {
+            **builtin_services(),
+            "send_email": SendEmailService(settings.email, OwnMessages(database, clock), files),
+        }
         queue = RunQueue(
             database,
             clock,
@@ -227,7 +222,6 @@ async def open_services(
             "webhook": WebhookSender(
                 webhooks, webhook_secret(settings, signer), clock, destinations
             ),
-            "email": email.sender,
         }
         outbox = Outbox(
             database,
@@ -281,12 +275,6 @@ async def open_services(
             gateway=gateway,
             history=RunHistoryReader(database),
         )
-        for channel in channels:
-            await channel.start(stack)
-            for trigger in channel.processors:
-                inbox.register(trigger, channel.health)
-            if channel.sender is not None:  # the outbox reads its registry when it sends
-                senders[channel.name] = channel.sender
         secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
         if migrate and (problem := await secrets.check_keys()) is not None:
             logger.warning("secrets: %s", problem)
@@ -311,7 +299,7 @@ async def open_services(
             metrics=metrics,
             outbox=outbox,
             replies=ReplyWriter(
-                channels=outbox.channels, failure_line=settings.delivery.failure_line
+                channels=lambda: outbox.channels, failure_line=settings.delivery.failure_line
             ),
             schedules=schedules,
             secrets=secrets,
@@ -333,6 +321,13 @@ async def open_services(
         logs.start()
         services.gateway.start()
         try:
+            # Channels start once the intake's group commit runs: an SMTP listener accepts at once.
+            for channel in channels:
+                await channel.start(stack)
+                for trigger in channel.processors:
+                    inbox.register(trigger, channel.health)
+                if channel.sender is not None:  # the outbox reads its registry when it sends
+                    senders[channel.name] = channel.sender
             yield services
         finally:
             await services.gateway.aclose()
