@@ -10,6 +10,7 @@ from datetime import datetime
 from core.db import Database
 from core.models import LogEntry, RunRecord, RunRequest, SubmittedRun
 from core.ports import BuiltinService, Metrics
+from core.tracing import TRACE
 from dispatch.batching import GroupCommit
 from dispatch.events import RunEvents
 from dispatch.intake import IntakeItem, IntakeWriter, NewHusk
@@ -52,7 +53,10 @@ class QueueGateway:
         await self._intake.aclose()
 
     async def submit(self, request: RunRequest) -> SubmittedRun:
+        if request.run_id is not None:
+            TRACE.mark(request.run_id, "intake.queued")
         submitted = await self._intake.submit(request)
+        TRACE.mark(submitted.id, "intake.committed")
         if not isinstance(submitted, SubmittedRun):
             raise TypeError("intake returned a husk id for a run request")
         if submitted.created and not request.held:  # a held run counts once, when filled in
@@ -80,6 +84,8 @@ class QueueGateway:
             change = self._events.subscribe(run_id)
             record = await self._queue.get(run_id)
             remaining = deadline - time.monotonic()
+            if record is not None and record.finished:
+                TRACE.mark(run_id, "waiter.woken")
             if record is None or record.finished or remaining <= 0:
                 self._events.unsubscribe(run_id, change)
                 return record

@@ -22,6 +22,7 @@ from core.clock import Clock
 from core.db import Database
 from core.models import Outcome, RunRecord, RunStatus
 from core.tables import deliveries, runs
+from core.tracing import TRACE
 from dispatch.rows import run_from_row
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ class RunQueue:
                 .returning(*runs.c)
             )
             claimed = [run_from_row(row) for row in result.mappings()]
+        for record in claimed:
+            TRACE.mark(record.id, "claimed")
         claimed.sort(key=lambda record: record.queued_at or record.created_at)
         return claimed
 

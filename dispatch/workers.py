@@ -17,6 +17,7 @@ from core.models import Grant, Invocation, Outcome, RunRecord, WorkflowLimits
 from core.ports import BuiltinService, LogSink, Metrics, SecretValues, WorkflowRunner
 from core.redaction import InFlightSecrets, Redactor
 from core.security import Signer
+from core.tracing import TRACE
 from dispatch.events import RunEvents
 from dispatch.logs import LogWriter
 from dispatch.outbox import ReplyWriter
@@ -194,6 +195,7 @@ class WorkerPool:
             sink("system", f"run started: {run.service_id} (attempt {run.attempts})")
             self._on_started(run)
             outcome = await self._invoke(run, sink, redactor)
+            TRACE.mark(run.id, "executed")
             if outcome.error:
                 outcome = outcome.model_copy(update={"error": redactor.redact(outcome.error)})
             elapsed = (time.monotonic() - started) * 1000
@@ -204,11 +206,13 @@ class WorkerPool:
                 + (f": {outcome.error}" if outcome.error else ""),
             )
             await self._logs.settle(run.id)
+            TRACE.mark(run.id, "logs.settled")
 
             def reply(now: datetime) -> dict[str, Any] | None:
                 return self._replies.row(run, outcome, now)
 
             if await self._queue.complete(self._settings.worker_id, run.id, outcome, reply):
+                TRACE.mark(run.id, "completed")
                 self._on_reply()
             else:
                 logger.warning(

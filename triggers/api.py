@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,6 +28,7 @@ from core.models import (
     new_run_id,
 )
 from core.ports import RunGateway
+from core.tracing import TRACE
 from triggers.auth import Authenticator, Principal
 from triggers.files import FileStore
 
@@ -88,7 +90,9 @@ class RuntimeApi:
         return web.json_response({"request_id": run_id})
 
     async def run_sync(self, request: web.Request) -> web.Response:
+        received = time.perf_counter_ns()
         record = await self._start(request)
+        TRACE.mark(record.id, "api.received", received)
         finished = await self._gateway.wait_until_finished(record.id, self._settings.sync_timeout)
         if finished is None or not finished.finished:
             raise SyncTimeout(record.id, self._settings.sync_timeout)
@@ -99,6 +103,7 @@ class RuntimeApi:
             return web.json_response(
                 {"detail": detail, "request_id": finished.id}, status=status, headers=headers
             )
+        TRACE.mark(finished.id, "answered")
         return web.Response(
             status=finished.response_status,
             body=finished.response_body,
