@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
+from typing import Protocol
 
 from core.db import Database
 from core.models import LogEntry, RunRecord, RunRequest, SubmittedRun
@@ -13,10 +14,31 @@ from core.ports import BuiltinService, Metrics
 from core.tracing import TRACE
 from dispatch.batching import GroupCommit
 from dispatch.events import RunEvents
-from dispatch.intake import IntakeItem, IntakeWriter, NewHusk
+from dispatch.intake import ClaimedHere, IntakeItem, IntakeWriter, LocalRun, NewHusk
 from dispatch.logs import read_logs
 from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowRegistry
+
+
+class LocalWorkers(Protocol):
+    """This node's worker pool, as the gateway hands it synchronous runs (``WorkerPool``)."""
+
+    @property
+    def worker_id(self) -> str: ...
+
+    def reserve(self) -> bool: ...
+
+    def unreserve(self) -> None: ...
+
+    def adopt(self, run: RunRecord) -> None: ...
+
+
+def _adopt(workers: LocalWorkers, done: asyncio.Future[SubmittedRun | str | ClaimedHere]) -> None:
+    result = None if done.cancelled() or done.exception() is not None else done.result()
+    if isinstance(result, ClaimedHere):
+        workers.adopt(result.run)
+    else:  # queued as usual (a limit, a duplicate) or failed: the worker is free again
+        workers.unreserve()
 
 
 class QueueGateway:
@@ -42,9 +64,10 @@ class QueueGateway:
         self._builtins = builtins
         self._events = events
         self._poll = poll_interval
-        self._intake: GroupCommit[IntakeItem, SubmittedRun | str] = GroupCommit(
+        self._intake: GroupCommit[IntakeItem, SubmittedRun | str | ClaimedHere] = GroupCommit(
             intake.write, name="run-intake"
         )
+        self._local: LocalWorkers | None = None
 
     def start(self) -> None:
         self._intake.start()
@@ -52,17 +75,31 @@ class QueueGateway:
     async def aclose(self) -> None:
         await self._intake.aclose()
 
-    async def submit(self, request: RunRequest) -> SubmittedRun:
+    def serve_locally(self, workers: LocalWorkers | None) -> None:
+        """Hand synchronous runs straight to ``workers`` (this node's pool; ``None``: stop)."""
+        self._local = workers
+
+    async def submit(self, request: RunRequest, *, waited: bool = False) -> SubmittedRun:
         if request.run_id is not None:
             TRACE.mark(request.run_id, "intake.queued")
-        submitted = await self._intake.submit(request)
-        TRACE.mark(submitted.id, "intake.committed")
+        workers = self._local if waited and not request.held else None
+        if workers is not None and workers.reserve():
+            committed = self._intake.submit_nowait(LocalRun(request, workers.worker_id))
+            # Adopted when committed, even if this caller has gone: a run leased to this node
+            # and left unexecuted would wait out its lease.
+            committed.add_done_callback(lambda done: _adopt(workers, done))
+            result = await asyncio.shield(committed)
+        else:
+            result = await self._intake.submit(request)
+        submitted = result.submitted if isinstance(result, ClaimedHere) else result
         if not isinstance(submitted, SubmittedRun):
             raise TypeError("intake returned a husk id for a run request")
+        TRACE.mark(submitted.id, "intake.committed")
         if submitted.created and not request.held:  # a held run counts once, when filled in
             self._metrics.run_accepted(request.source.value)
         self._events.notify(submitted.id)
-        self._events.work_available.set()
+        if not isinstance(result, ClaimedHere):  # else its worker has it already
+            self._events.work_available.set()
         return submitted
 
     async def provision(

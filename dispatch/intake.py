@@ -26,8 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.clock import Clock
 from core.db import Database
 from core.errors import Conflict, NotFound
-from core.models import RunRequest, RunStatus, SubmittedRun, new_run_id
+from core.models import RunRecord, RunRequest, RunStatus, SubmittedRun, new_run_id
 from core.tables import runs
+from dispatch.queue import RunQueue
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,23 +40,48 @@ class NewHusk:
     run_id: str | None = None
 
 
-IntakeItem = RunRequest | NewHusk
+@dataclass(frozen=True, slots=True)
+class LocalRun:
+    """Intake item: a run request whose caller waits on this node, where ``worker_id`` has a
+    worker free for it: the run is leased to that worker in the intake's own transaction when
+    it may start now (``RunQueue.claim_submitted``), else it is queued as usual."""
+
+    request: RunRequest
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedHere:
+    """A ``LocalRun``'s result when it was leased in the intake transaction."""
+
+    submitted: SubmittedRun
+    run: RunRecord
+
+
+IntakeItem = RunRequest | NewHusk | LocalRun
 
 
 class IntakeWriter:
     """SQL for the intake batch (see ``GroupCommit``)."""
 
-    def __init__(self, database: Database, clock: Clock) -> None:
+    def __init__(self, database: Database, clock: Clock, *, claims: RunQueue | None = None) -> None:
         self._db = database
         self._clock = clock
+        self._claims = claims
 
-    async def write(self, items: list[IntakeItem]) -> list[SubmittedRun | str | BaseException]:
+    async def write(
+        self, batch: list[IntakeItem]
+    ) -> list[SubmittedRun | str | ClaimedHere | BaseException]:
         """Persist a batch of intake items in one transaction (see ``GroupCommit``).
 
-        Returns per item: the submitted run (``RunRequest``), the new husk's id (``NewHusk``), or
-        the error that item alone caused.
+        Returns per item: the submitted run (``RunRequest``; a ``LocalRun`` leased here: its
+        ``ClaimedHere``), the new husk's id (``NewHusk``), or the error that item alone caused.
         """
-        results: list[SubmittedRun | str | BaseException | None] = [None] * len(items)
+        local = {i: item.worker_id for i, item in enumerate(batch) if isinstance(item, LocalRun)}
+        items: list[RunRequest | NewHusk] = [
+            item.request if isinstance(item, LocalRun) else item for item in batch
+        ]
+        results: list[SubmittedRun | str | ClaimedHere | BaseException | None] = [None] * len(items)
         rows: list[dict[str, Any]] = []
         # Same idempotency key twice in one batch, or a key already stored: one run only.
         by_key: dict[str, list[int]] = {}
@@ -98,14 +124,36 @@ class IntakeWriter:
                 skipped = await self._insert(conn, rows)
                 if skipped:
                     await self._answer_skipped(conn, skipped, items, results)
+            if local and self._claims is not None:
+                await self._claim_local(conn, self._claims, local, results)
         return [r if r is not None else RuntimeError("intake item not handled") for r in results]
+
+    async def _claim_local(
+        self,
+        conn: AsyncConnection,
+        claims: RunQueue,
+        local: dict[int, str],
+        results: list[SubmittedRun | str | ClaimedHere | BaseException | None],
+    ) -> None:
+        """Lease the new runs of ``LocalRun`` items to their workers (before the commit)."""
+        by_worker: dict[str, dict[str, int]] = {}
+        for index, worker_id in local.items():
+            result = results[index]
+            if isinstance(result, SubmittedRun) and result.created:
+                by_worker.setdefault(worker_id, {})[result.id] = index
+        for worker_id, indexes in by_worker.items():
+            for run in await claims.claim_submitted(conn, worker_id, list(indexes)):
+                index = indexes[run.id]
+                submitted = results[index]
+                if isinstance(submitted, SubmittedRun):
+                    results[index] = ClaimedHere(submitted, run)
 
     async def _answer_skipped(
         self,
         conn: AsyncConnection,
         keys: set[str],
-        items: list[IntakeItem],
-        results: list[SubmittedRun | str | BaseException | None],
+        items: list[RunRequest | NewHusk],
+        results: list[SubmittedRun | str | ClaimedHere | BaseException | None],
     ) -> None:
         """Items whose key another node stored meanwhile get that node's run (a duplicate)."""
         stored = await conn.execute(

@@ -18,10 +18,11 @@ from core.ports import BuiltinService, LogSink, Metrics, SecretValues, WorkflowR
 from core.redaction import InFlightSecrets, Redactor
 from core.security import Signer
 from core.tracing import TRACE
+from dispatch.batching import GroupCommit
 from dispatch.events import RunEvents
 from dispatch.logs import LogWriter
 from dispatch.outbox import ReplyWriter
-from dispatch.queue import RunQueue
+from dispatch.queue import Completion, RunQueue
 from dispatch.registry import WorkflowRegistry
 from dispatch.run_environment import resolve_declared_env
 
@@ -86,6 +87,10 @@ class WorkerPool:
         self._signer = signer
         self._clock = clock
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._reserved = 0
+        self._completions: GroupCommit[Completion, bool] = GroupCommit(
+            lambda ends: self._complete(ends), name="run-completions"
+        )
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
 
@@ -93,7 +98,32 @@ class WorkerPool:
     def active_count(self) -> int:
         return len(self._active)
 
+    @property
+    def worker_id(self) -> str:
+        return self._settings.worker_id
+
+    def reserve(self) -> bool:
+        """Hold a worker for a run about to be claimed in its intake's transaction (``adopt``
+        runs it, ``unreserve`` gives the worker back); ``False`` when every worker is busy."""
+        if self._stopping or len(self._active) + self._reserved >= self._settings.concurrency:
+            return False
+        self._reserved += 1
+        return True
+
+    def unreserve(self) -> None:
+        self._reserved -= 1
+        self._events.work_available.set()
+
+    def adopt(self, run: RunRecord) -> None:
+        """Execute ``run``, leased to this worker already (by ``RunQueue.claim_submitted``)."""
+        self._reserved -= 1
+        self._active[run.id] = asyncio.create_task(self._execute(run), name=f"run:{run.id}")
+
+    async def _complete(self, ends: list[Completion]) -> list[bool | BaseException]:
+        return list(await self._queue.complete_many(self._settings.worker_id, ends))
+
     def start(self) -> None:
+        self._completions.start()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="workers:claim"),
             asyncio.create_task(self._lease_loop(), name="workers:leases"),
@@ -113,6 +143,7 @@ class WorkerPool:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        unfinished: list[str] = []
         if self._active:
             _, pending = await asyncio.wait(
                 self._active.values(), timeout=self._settings.shutdown_grace
@@ -121,14 +152,17 @@ class WorkerPool:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            for run_id in unfinished:
-                logger.info("run %s: handed back to the queue at shutdown", run_id)
-                await self._queue.release(self._settings.worker_id, run_id)
+        # An end already queued is written even if its run was cancelled waiting for it, and
+        # before any release: a run recorded as finished is never handed back to run again.
+        await self._completions.aclose()
+        for run_id in unfinished:
+            logger.info("run %s: handed back to the queue at shutdown", run_id)
+            await self._queue.release(self._settings.worker_id, run_id)
 
     async def _claim_loop(self) -> None:
         work = self._events.work_available
         while not self._stopping:
-            free = self._settings.concurrency - len(self._active)
+            free = self._settings.concurrency - len(self._active) - self._reserved
             claimed: list[RunRecord] = []
             # Cleared also when every worker is busy: a set event makes ``work.wait()`` below
             # return without yielding, and this loop would spin and starve the event loop until
@@ -191,6 +225,7 @@ class WorkerPool:
         def sink(stream: str, line: str) -> None:
             self._logs.append(run.id, stream, redactor.redact(line))
 
+        lines: list[dict[str, Any]] = []
         try:
             sink("system", f"run started: {run.service_id} (attempt {run.attempts})")
             self._on_started(run)
@@ -205,14 +240,15 @@ class WorkerPool:
                 f"run {outcome.status.value} in {elapsed:.0f} ms"
                 + (f": {outcome.error}" if outcome.error else ""),
             )
-            await self._logs.settle(run.id)
+            lines = await self._logs.take(run.id)
             TRACE.mark(run.id, "logs.settled")
 
             def reply(now: datetime) -> dict[str, Any] | None:
                 return self._replies.row(run, outcome, now)
 
-            if await self._queue.complete(self._settings.worker_id, run.id, outcome, reply):
-                TRACE.mark(run.id, "completed")
+            # Batched with the other runs ending meanwhile: one commit for all of them.
+            ended = Completion(run.id, outcome, reply, lines)
+            if await self._completions.submit(ended):
                 self._on_reply()
             else:
                 logger.warning(
@@ -223,6 +259,7 @@ class WorkerPool:
             raise
         except Exception:
             logger.exception("run %s: could not record its outcome", run.id)
+            self._logs.put_back(lines)  # its completion was rolled back, they were not stored
         finally:
             self._active.pop(run.id, None)
             self._events.notify(run.id)

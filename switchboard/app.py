@@ -213,8 +213,10 @@ async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncItera
     )
     pool.start()
     services.outbox.start()
+    services.gateway.serve_locally(pool)
     app[WORKERS] = pool
     yield
+    services.gateway.serve_locally(None)
     await pool.aclose()
     await services.outbox.aclose()
 

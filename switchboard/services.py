@@ -197,6 +197,7 @@ async def open_services(
             lease_seconds=settings.runtime.lease_seconds,
             max_attempts=settings.runtime.max_attempts,
             per_workflow_limit=settings.runtime.per_workflow_limit,
+            per_owner_limit=settings.runtime.per_owner_limit,
         )
         logs = LogWriter(database, clock, events)
         registry = WorkflowRegistry(
@@ -252,7 +253,7 @@ async def open_services(
         )
         gateway = QueueGateway(
             database,
-            IntakeWriter(database, clock),
+            IntakeWriter(database, clock, claims=queue),
             queue,
             registry,
             builtins,

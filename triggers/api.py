@@ -91,7 +91,7 @@ class RuntimeApi:
 
     async def run_sync(self, request: web.Request) -> web.Response:
         received = time.perf_counter_ns()
-        record = await self._start(request)
+        record = await self._start(request, waited=True)
         TRACE.mark(record.id, "api.received", received)
         finished = await self._gateway.wait_until_finished(record.id, self._settings.sync_timeout)
         if finished is None or not finished.finished:
@@ -122,7 +122,7 @@ class RuntimeApi:
             content_type="application/json",
         )
 
-    async def _start(self, request: web.Request) -> SubmittedRun:
+    async def _start(self, request: web.Request, *, waited: bool = False) -> SubmittedRun:
         principal = await self._principal(request)
         service_id = request.match_info["service_id"]
         if not await self._gateway.has_service(service_id):
@@ -148,7 +148,7 @@ class RuntimeApi:
         )
         await self._auth.authorise_start(principal, run_id, provisioned=provisioned is not None)
         try:
-            return await self._gateway.submit(run_request)
+            return await self._gateway.submit(run_request, waited=waited)
         except Exception:
             if provisioned is None:  # a one-time key is spent only on a run that was made
                 await self._auth.cancel_start(principal, run_id)
