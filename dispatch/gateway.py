@@ -33,14 +33,6 @@ class LocalWorkers(Protocol):
     def adopt(self, run: RunRecord) -> None: ...
 
 
-def _adopt(workers: LocalWorkers, done: asyncio.Future[SubmittedRun | str | ClaimedHere]) -> None:
-    result = None if done.cancelled() or done.exception() is not None else done.result()
-    if isinstance(result, ClaimedHere):
-        workers.adopt(result.run)
-    else:  # queued as usual (a limit, a duplicate) or failed: the worker is free again
-        workers.unreserve()
-
-
 class QueueGateway:
     """Group-committed intake, reads, and waits that wake at once on this node and re-check the
     database every ``poll_interval`` for changes made by other nodes."""
@@ -68,6 +60,7 @@ class QueueGateway:
             intake.write, name="run-intake"
         )
         self._local: LocalWorkers | None = None
+        self._adopted: dict[str, asyncio.Future[RunRecord | None]] = {}
 
     def start(self) -> None:
         self._intake.start()
@@ -87,7 +80,7 @@ class QueueGateway:
             committed = self._intake.submit_nowait(LocalRun(request, workers.worker_id))
             # Adopted when committed, even if this caller has gone: a run leased to this node
             # and left unexecuted would wait out its lease.
-            committed.add_done_callback(lambda done: _adopt(workers, done))
+            committed.add_done_callback(lambda done: self._adopt(workers, done))
             result = await asyncio.shield(committed)
         else:
             result = await self._intake.submit(request)
@@ -101,6 +94,24 @@ class QueueGateway:
         if not isinstance(result, ClaimedHere):  # else its worker has it already
             self._events.work_available.set()
         return submitted
+
+    def _adopt(
+        self, workers: LocalWorkers, done: asyncio.Future[SubmittedRun | str | ClaimedHere]
+    ) -> None:
+        result = None if done.cancelled() or done.exception() is not None else done.result()
+        if not isinstance(result, ClaimedHere):  # queued as usual (a limit, a duplicate), failed
+            workers.unreserve()
+            return
+        run_id = result.run.id
+        change = self._events.subscribe(run_id)  # before the run can end: its end is not missed
+        self._adopted[run_id] = change
+
+        def forget(_: object) -> None:  # its caller left before waiting: nobody will pop it
+            if self._adopted.get(run_id) is change:
+                del self._adopted[run_id]
+
+        change.add_done_callback(forget)
+        workers.adopt(result.run)
 
     async def provision(
         self, owner_id: str, caller_id: str | None, run_id: str | None = None
@@ -117,22 +128,28 @@ class QueueGateway:
 
     async def wait_until_finished(self, run_id: str, timeout: float) -> RunRecord | None:
         deadline = time.monotonic() + timeout
+        # A run this node took at its intake: subscribed then, its worker hands over its end.
+        change = self._adopted.pop(run_id, None)
         while True:
-            change = self._events.subscribe(run_id)
-            record = await self._queue.get(run_id)
-            remaining = deadline - time.monotonic()
-            if record is not None and record.finished:
+            if change is None:
+                change = self._events.subscribe(run_id)
+                record = await self._queue.get(run_id)
+                remaining = deadline - time.monotonic()
+                if record is None or record.finished or remaining <= 0:
+                    self._events.unsubscribe(run_id, change)
+                    return record
+            remaining = max(0.0, deadline - time.monotonic())
+            ended = await self._events.wait(run_id, change, min(remaining, self._poll))
+            change = None
+            if ended is not None and ended.id == run_id and ended.finished:
                 TRACE.mark(run_id, "waiter.woken")
-            if record is None or record.finished or remaining <= 0:
-                self._events.unsubscribe(run_id, change)
-                return record
-            await self._events.wait(run_id, change, min(remaining, self._poll))
+                return ended
 
     async def follow_logs(
         self, run_id: str, *, after_time: datetime | None = None, follow: bool = True
     ) -> AsyncIterator[list[LogEntry]]:
         cursor = 0
-        change: asyncio.Future[None] | None = None
+        change: asyncio.Future[RunRecord | None] | None = None
         try:
             while True:
                 change = self._events.subscribe(run_id)

@@ -125,7 +125,7 @@ class IntakeWriter:
                 if skipped:
                     await self._answer_skipped(conn, skipped, items, results)
             if local and self._claims is not None:
-                await self._claim_local(conn, self._claims, local, results)
+                await self._claim_local(conn, self._claims, local, items, results)
         return [r if r is not None else RuntimeError("intake item not handled") for r in results]
 
     async def _claim_local(
@@ -133,17 +133,29 @@ class IntakeWriter:
         conn: AsyncConnection,
         claims: RunQueue,
         local: dict[int, str],
+        items: list[RunRequest | NewHusk],
         results: list[SubmittedRun | str | ClaimedHere | BaseException | None],
     ) -> None:
         """Lease the new runs of ``LocalRun`` items to their workers (before the commit)."""
-        by_worker: dict[str, dict[str, int]] = {}
+        by_worker: dict[str, dict[str, tuple[int, str, str]]] = {}
         for index, worker_id in local.items():
-            result = results[index]
-            if isinstance(result, SubmittedRun) and result.created:
-                by_worker.setdefault(worker_id, {})[result.id] = index
-        for worker_id, indexes in by_worker.items():
-            for run in await claims.claim_submitted(conn, worker_id, list(indexes)):
-                index = indexes[run.id]
+            result, item = results[index], items[index]
+            if (
+                isinstance(result, SubmittedRun)
+                and result.created
+                and isinstance(item, RunRequest)
+                and item.serial_key is None
+            ):
+                new = by_worker.setdefault(worker_id, {})
+                new[result.id] = (index, item.service_id, item.owner_id)
+        for worker_id, new in by_worker.items():
+            started = await claims.claim_submitted(
+                conn,
+                worker_id,
+                [(run_id, service, owner) for run_id, (_, service, owner) in new.items()],
+            )
+            for run in started:
+                index = new[run.id][0]
                 submitted = results[index]
                 if isinstance(submitted, SubmittedRun):
                     results[index] = ClaimedHere(submitted, run)

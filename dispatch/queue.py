@@ -112,65 +112,59 @@ class RunQueue:
         if limit <= 0:
             return []
         async with self._db.write() as conn:
-            if not self._db.is_sqlite:
-                await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
-            # Time is read under the locks: read before them, a run's started_at could be
-            # earlier than the completed_at of the predecessor whose commit let it start.
-            now = self._clock.now()
-            load = await self._load(conn, now)
-            picked: list[str] = []
-            passes = (PRIORITY_SOURCES, (Source.API.value,))
-            candidates: list[Any] = list(load.expired)
-            for sources in (None, *passes):
-                if sources is not None:
-                    if len(picked) >= limit:
-                        break
-                    candidates = list(await conn.execute(self._candidates(now, load, sources)))
-                for run_id, service_id, owner_id, status, attempts, serial_key in candidates:
-                    if len(picked) >= limit:
-                        break
-                    if status == RunStatus.RUNNING and attempts >= self._max_attempts:
-                        await self._give_up(conn, run_id, attempts, now)
-                        continue
-                    if serial_key is not None:
-                        if serial_key in load.keys:
-                            continue
-                        # Later runs of this key wait for this one, picked or not (arrival order).
-                        load.keys.add(serial_key)
-                    if not load.admits(service_id, owner_id):
-                        continue
-                    load.take(service_id, owner_id)
-                    picked.append(run_id)
-            if not picked:
-                return []
-            claimed = await self._take_leases(conn, worker_id, picked)
+            claimed = await self._claim_in(conn, worker_id, limit)
         claimed.sort(key=lambda record: record.queued_at or record.created_at)
         return claimed
 
+    async def _claim_in(self, conn: AsyncConnection, worker_id: str, limit: int) -> list[RunRecord]:
+        if not self._db.is_sqlite:
+            await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
+        # Time is read under the locks: read before them, a run's started_at could be
+        # earlier than the completed_at of the predecessor whose commit let it start.
+        now = self._clock.now()
+        load = await self._load(conn, now)
+        picked: list[str] = []
+        passes = (PRIORITY_SOURCES, (Source.API.value,))
+        candidates: list[Any] = list(load.expired)
+        for sources in (None, *passes):
+            if sources is not None:
+                if len(picked) >= limit:
+                    break
+                candidates = list(await conn.execute(self._candidates(now, load, sources)))
+            for run_id, service_id, owner_id, status, attempts, serial_key in candidates:
+                if len(picked) >= limit:
+                    break
+                if status == RunStatus.RUNNING and attempts >= self._max_attempts:
+                    await self._give_up(conn, run_id, attempts, now)
+                    continue
+                if serial_key is not None:
+                    if serial_key in load.keys:
+                        continue
+                    # Later runs of this key wait for this one, picked or not (arrival order).
+                    load.keys.add(serial_key)
+                if not load.admits(service_id, owner_id):
+                    continue
+                load.take(service_id, owner_id)
+                picked.append(run_id)
+        return await self._take_leases(conn, worker_id, picked) if picked else []
+
     async def claim_submitted(
-        self, conn: AsyncConnection, worker_id: str, run_ids: list[str]
+        self, conn: AsyncConnection, worker_id: str, new: list[tuple[str, str, str]]
     ) -> list[RunRecord]:
         """In an intake's own transaction: lease the runs it just queued that may start now.
 
-        For a caller waiting on this node (a synchronous ``/run``): the run needs no separate
-        claim transaction nor a worker's wake-up. Only a run without a serial key, within the
-        workflow and owner limits, is taken; the others stay queued for the claim loop.
+        ``new``: (run id, workflow, owner) of runs without a serial key, queued by this
+        transaction. For a caller waiting on this node (a synchronous ``/run``): the run needs
+        no claim transaction of its own nor a worker's wake-up. Only runs within the workflow
+        and owner limits are taken; the others stay queued for the claim loop.
         """
-        if not run_ids:
+        if not new:
             return []
         if not self._db.is_sqlite:
             await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
-        now = self._clock.now()  # under the locks, as in claim
-        load = await self._load(conn, now)
-        found = await conn.execute(
-            select(runs.c.id, runs.c.service_id, runs.c.owner_id).where(
-                runs.c.id.in_(run_ids),
-                runs.c.status == RunStatus.QUEUED,
-                runs.c.serial_key.is_(None),
-            )
-        )
+        load = await self._load(conn, self._clock.now())  # under the locks, as in claim
         picked: list[str] = []
-        for run_id, service_id, owner_id in found:
+        for run_id, service_id, owner_id in new:
             if load.admits(service_id, owner_id):
                 load.take(service_id, owner_id)
                 picked.append(run_id)
@@ -316,18 +310,26 @@ class RunQueue:
         ``reply`` builds the run's outbox row; it is inserted in the same transaction, so the
         reply exists if and only if the run is recorded as finished.
         """
-        [done] = await self.complete_many(worker_id, [Completion(run_id, outcome, reply)])
-        return done
+        [record], _ = await self.complete_many(worker_id, [Completion(run_id, outcome, reply)])
+        return record is not None
 
-    async def complete_many(self, worker_id: str, ends: list[Completion]) -> list[bool]:
-        """Record several runs' ends in one transaction (one fsync for all; see ``complete``).
+    async def complete_many(
+        self, worker_id: str, ends: list[Completion], *, claim: int = 0
+    ) -> tuple[list[RunRecord | None], list[RunRecord]]:
+        """Record several runs' ends in one transaction (one commit for all; see ``complete``),
+        then claim up to ``claim`` runs in it too: the workers freed take their next runs
+        without a commit of their own.
 
-        Each run's last log lines (``Completion.logs``) are inserted first, in the same
-        transaction: a run is never seen finished before its lines are stored.
+        Returns each run as finished (``None``: the lease had passed to another worker) and the
+        runs claimed. Each run's last log lines (``Completion.logs``) are inserted first: a run
+        is never seen finished before its lines are stored.
         """
-        results: list[bool] = []
+        records: list[RunRecord | None] = []
+        claimed: list[RunRecord] = []
         async with self._db.write() as conn:
-            now = self._clock.now()  # under the write lock, as in claim
+            if claim > 0 and not self._db.is_sqlite:
+                await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
+            now = self._clock.now()  # under the write lock (and the claim lock), as in claim
             lines = [row for end in ends for row in end.logs]
             if lines:
                 await conn.execute(run_logs.insert(), lines)
@@ -335,7 +337,8 @@ class RunQueue:
             for end in ends:
                 outcome = end.outcome
                 result = await conn.execute(
-                    _held(worker_id, end.run_id).values(
+                    _held(worker_id, end.run_id)
+                    .values(
                         status=outcome.status,
                         response_status=outcome.response_status,
                         response_body=outcome.response_body,
@@ -345,18 +348,22 @@ class RunQueue:
                         lease_owner=None,
                         lease_expires_at=None,
                     )
+                    .returning(*runs.c)
                 )
-                done = result.rowcount == 1
-                results.append(done)
-                row = end.reply(now) if done and end.reply is not None else None
-                if row is not None:
-                    replies.append(row)
+                row = result.mappings().first()
+                records.append(None if row is None else run_from_row(row))
+                reply = end.reply(now) if row is not None and end.reply is not None else None
+                if reply is not None:
+                    replies.append(reply)
             if replies:
                 await conn.execute(deliveries.insert(), replies)
-        for end, done in zip(ends, results, strict=True):
-            if done:
-                TRACE.mark(end.run_id, "completed")
-        return results
+            if claim > 0:
+                claimed = await self._claim_in(conn, worker_id, claim)
+        for record in records:
+            if record is not None:
+                TRACE.mark(record.id, "completed")
+        claimed.sort(key=lambda record: record.queued_at or record.created_at)
+        return records, claimed
 
     async def expire_husks(self, ttl: float) -> list[str]:
         """Fail the API husks provisioned more than ``ttl`` s ago and never filled; their ids.

@@ -88,7 +88,7 @@ class WorkerPool:
         self._clock = clock
         self._active: dict[str, asyncio.Task[None]] = {}
         self._reserved = 0
-        self._completions: GroupCommit[Completion, bool] = GroupCommit(
+        self._completions: GroupCommit[Completion, RunRecord | None] = GroupCommit(
             lambda ends: self._complete(ends), name="run-completions"
         )
         self._stopping = False
@@ -117,10 +117,23 @@ class WorkerPool:
     def adopt(self, run: RunRecord) -> None:
         """Execute ``run``, leased to this worker already (by ``RunQueue.claim_submitted``)."""
         self._reserved -= 1
-        self._active[run.id] = asyncio.create_task(self._execute(run), name=f"run:{run.id}")
+        self._start_runs([run])
 
-    async def _complete(self, ends: list[Completion]) -> list[bool | BaseException]:
-        return list(await self._queue.complete_many(self._settings.worker_id, ends))
+    async def _complete(self, ends: list[Completion]) -> list[RunRecord | BaseException | None]:
+        """Record ``ends`` and, in the same transaction, claim the next runs for the workers
+        they free (DESIGN §4: one commit where a batch can share it)."""
+        free = 0
+        if not self._stopping:
+            free = self._settings.concurrency - len(self._active) - self._reserved + len(ends)
+        finished, claimed = await self._queue.complete_many(
+            self._settings.worker_id, ends, claim=free
+        )
+        self._start_runs(claimed)
+        return list(finished)
+
+    def _start_runs(self, claimed: list[RunRecord]) -> None:
+        for run in claimed:
+            self._active[run.id] = asyncio.create_task(self._execute(run), name=f"run:{run.id}")
 
     def start(self) -> None:
         self._completions.start()
@@ -173,10 +186,7 @@ class WorkerPool:
                     claimed = await self._queue.claim(self._settings.worker_id, free)
                 except Exception:
                     logger.exception("claiming runs failed; trying again")
-                for run in claimed:
-                    self._active[run.id] = asyncio.create_task(
-                        self._execute(run), name=f"run:{run.id}"
-                    )
+                self._start_runs(claimed)
             if claimed:
                 # Claim again at once: runs held back by a limit reached in this claim (a
                 # workflow at its limit, a chat's next message) no longer hide the ones behind.
@@ -226,6 +236,7 @@ class WorkerPool:
             self._logs.append(run.id, stream, redactor.redact(line))
 
         lines: list[dict[str, Any]] = []
+        finished: RunRecord | None = None
         try:
             sink("system", f"run started: {run.service_id} (attempt {run.attempts})")
             self._on_started(run)
@@ -247,8 +258,8 @@ class WorkerPool:
                 return self._replies.row(run, outcome, now)
 
             # Batched with the other runs ending meanwhile: one commit for all of them.
-            ended = Completion(run.id, outcome, reply, lines)
-            if await self._completions.submit(ended):
+            finished = await self._completions.submit(Completion(run.id, outcome, reply, lines))
+            if finished is not None:
                 self._on_reply()
             else:
                 logger.warning(
@@ -262,8 +273,9 @@ class WorkerPool:
             self._logs.put_back(lines)  # its completion was rolled back, they were not stored
         finally:
             self._active.pop(run.id, None)
-            self._events.notify(run.id)
-            self._events.work_available.set()
+            self._events.notify(run.id, finished)
+            if finished is None:  # else its completion claimed for the worker it freed
+                self._events.work_available.set()
 
     async def _invoke(self, run: RunRecord, sink: LogSink, redactor: Redactor) -> Outcome:
         invocation = self._invocation(run)
