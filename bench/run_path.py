@@ -45,16 +45,6 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 SECTION = "## Run path"
-STAGES = (
-    ("api.received", "intake.queued", "request parsed, authenticated"),
-    ("intake.queued", "intake.committed", "intake commit (group commit)"),
-    ("intake.committed", "claimed", "wake-up + claim"),
-    ("claimed", "executed", "execute (built-in)"),
-    ("executed", "logs.settled", "log lines' commit"),
-    ("logs.settled", "completed", "complete commit"),
-    ("completed", "waiter.woken", "waiter's wake-up"),
-    ("waiter.woken", "answered", "read + answer"),
-)
 
 
 def percentile(samples: list[float], pct: float) -> float:
@@ -269,15 +259,19 @@ class Node:
 
 
 def stage_breakdown(marks: dict[str, dict[str, int]], run_ids: list[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for start, end, label in STAGES:
-        samples = [
-            (marks[r][end] - marks[r][start]) / 1e6
-            for r in run_ids
-            if r in marks and start in marks[r] and end in marks[r]
-        ]
-        out[label] = percentile(samples, 50)
-    return out
+    """p50 of each step between consecutive stages, in the order the stages happened (a run
+    claimed in its intake transaction is claimed before that transaction commits)."""
+    steps: dict[str, list[float]] = {}
+    for run_id in run_ids:
+        stages = sorted(marks.get(run_id, {}).items(), key=lambda item: item[1])
+        for (first, at), (then, later) in zip(stages, stages[1:], strict=False):
+            steps.setdefault(f"{first} → {then}", []).append((later - at) / 1e6)
+    common = max((len(samples) for samples in steps.values()), default=0)
+    return {
+        step: percentile(samples, 50)
+        for step, samples in steps.items()
+        if len(samples) >= common / 2
+    }
 
 
 async def echo_sequential(node: Node, count: int, result: Result) -> list[str]:

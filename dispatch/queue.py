@@ -109,14 +109,21 @@ class RunQueue:
         On PostgreSQL, claims are serialised cluster-wide by a transaction-level advisory lock,
         so two nodes cannot both pass a limit check on runs the other one is claiming.
         """
-        if limit <= 0:
-            return []
-        async with self._db.write() as conn:
-            claimed = await self._claim_in(conn, worker_id, limit)
-        claimed.sort(key=lambda record: record.queued_at or record.created_at)
+        claimed, _ = await self.claim_more(worker_id, limit)
         return claimed
 
-    async def _claim_in(self, conn: AsyncConnection, worker_id: str, limit: int) -> list[RunRecord]:
+    async def claim_more(self, worker_id: str, limit: int) -> tuple[list[RunRecord], bool]:
+        """``claim``, and whether runnable-looking runs were left (a limit, the window)."""
+        if limit <= 0:
+            return [], True
+        async with self._db.write() as conn:
+            claimed, more = await self._claim_in(conn, worker_id, limit)
+        claimed.sort(key=lambda record: record.queued_at or record.created_at)
+        return claimed, more
+
+    async def _claim_in(
+        self, conn: AsyncConnection, worker_id: str, limit: int
+    ) -> tuple[list[RunRecord], bool]:
         if not self._db.is_sqlite:
             await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
         # Time is read under the locks: read before them, a run's started_at could be
@@ -126,13 +133,17 @@ class RunQueue:
         picked: list[str] = []
         passes = (PRIORITY_SOURCES, (Source.API.value,))
         candidates: list[Any] = list(load.expired)
+        more = False
         for sources in (None, *passes):
             if sources is not None:
                 if len(picked) >= limit:
+                    more = True
                     break
                 candidates = list(await conn.execute(self._candidates(now, load, sources)))
+                more = more or len(candidates) >= self._window
             for run_id, service_id, owner_id, status, attempts, serial_key in candidates:
                 if len(picked) >= limit:
+                    more = True
                     break
                 if status == RunStatus.RUNNING and attempts >= self._max_attempts:
                     await self._give_up(conn, run_id, attempts, now)
@@ -143,10 +154,12 @@ class RunQueue:
                     # Later runs of this key wait for this one, picked or not (arrival order).
                     load.keys.add(serial_key)
                 if not load.admits(service_id, owner_id):
+                    more = True  # held back by a limit: the next run's end may let it start
                     continue
                 load.take(service_id, owner_id)
                 picked.append(run_id)
-        return await self._take_leases(conn, worker_id, picked) if picked else []
+        claimed = await self._take_leases(conn, worker_id, picked) if picked else []
+        return claimed, more
 
     async def claim_submitted(
         self, conn: AsyncConnection, worker_id: str, new: list[tuple[str, str, str]]
@@ -310,22 +323,24 @@ class RunQueue:
         ``reply`` builds the run's outbox row; it is inserted in the same transaction, so the
         reply exists if and only if the run is recorded as finished.
         """
-        [record], _ = await self.complete_many(worker_id, [Completion(run_id, outcome, reply)])
+        [record], _, _ = await self.complete_many(worker_id, [Completion(run_id, outcome, reply)])
         return record is not None
 
     async def complete_many(
         self, worker_id: str, ends: list[Completion], *, claim: int = 0
-    ) -> tuple[list[RunRecord | None], list[RunRecord]]:
+    ) -> tuple[list[RunRecord | None], list[RunRecord], bool]:
         """Record several runs' ends in one transaction (one commit for all; see ``complete``),
         then claim up to ``claim`` runs in it too: the workers freed take their next runs
         without a commit of their own.
 
-        Returns each run as finished (``None``: the lease had passed to another worker) and the
-        runs claimed. Each run's last log lines (``Completion.logs``) are inserted first: a run
-        is never seen finished before its lines are stored.
+        Returns each run as finished (``None``: the lease had passed to another worker), the
+        runs claimed, and whether runs were left that a later claim may take. Each run's last
+        log lines (``Completion.logs``) are inserted first: a run is never seen finished before
+        its lines are stored.
         """
         records: list[RunRecord | None] = []
         claimed: list[RunRecord] = []
+        more = False
         async with self._db.write() as conn:
             if claim > 0 and not self._db.is_sqlite:
                 await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
@@ -358,12 +373,12 @@ class RunQueue:
             if replies:
                 await conn.execute(deliveries.insert(), replies)
             if claim > 0:
-                claimed = await self._claim_in(conn, worker_id, claim)
+                claimed, more = await self._claim_in(conn, worker_id, claim)
         for record in records:
             if record is not None:
                 TRACE.mark(record.id, "completed")
         claimed.sort(key=lambda record: record.queued_at or record.created_at)
-        return records, claimed
+        return records, claimed, more
 
     async def expire_husks(self, ttl: float) -> list[str]:
         """Fail the API husks provisioned more than ``ttl`` s ago and never filled; their ids.

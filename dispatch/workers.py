@@ -88,6 +88,9 @@ class WorkerPool:
         self._clock = clock
         self._active: dict[str, asyncio.Task[None]] = {}
         self._reserved = 0
+        self._more = True
+        """Whether the last claim left runs behind (limits, its window): a batch of ends claims
+        in its transaction only then; new work wakes the claim loop instead."""
         self._completions: GroupCommit[Completion, RunRecord | None] = GroupCommit(
             lambda ends: self._complete(ends), name="run-completions"
         )
@@ -123,11 +126,13 @@ class WorkerPool:
         """Record ``ends`` and, in the same transaction, claim the next runs for the workers
         they free (DESIGN §4: one commit where a batch can share it)."""
         free = 0
-        if not self._stopping:
+        if self._more and not self._stopping:  # nothing was left to claim: no claim needed
             free = self._settings.concurrency - len(self._active) - self._reserved + len(ends)
-        finished, claimed = await self._queue.complete_many(
+        finished, claimed, more = await self._queue.complete_many(
             self._settings.worker_id, ends, claim=free
         )
+        if free > 0:
+            self._more = more
         self._start_runs(claimed)
         return list(finished)
 
@@ -183,7 +188,9 @@ class WorkerPool:
             work.clear()
             if free > 0:
                 try:
-                    claimed = await self._queue.claim(self._settings.worker_id, free)
+                    claimed, self._more = await self._queue.claim_more(
+                        self._settings.worker_id, free
+                    )
                 except Exception:
                     logger.exception("claiming runs failed; trying again")
                 self._start_runs(claimed)
@@ -274,7 +281,9 @@ class WorkerPool:
         finally:
             self._active.pop(run.id, None)
             self._events.notify(run.id, finished)
-            if finished is None:  # else its completion claimed for the worker it freed
+            # Else its end claimed for the worker it freed, if anything was left to claim (new
+            # work wakes the claim loop itself).
+            if finished is None:
                 self._events.work_available.set()
 
     async def _invoke(self, run: RunRecord, sink: LogSink, redactor: Redactor) -> Outcome:
