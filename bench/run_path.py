@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -264,7 +265,7 @@ def stage_breakdown(marks: dict[str, dict[str, int]], run_ids: list[str]) -> dic
     steps: dict[str, list[float]] = {}
     for run_id in run_ids:
         stages = sorted(marks.get(run_id, {}).items(), key=lambda item: item[1])
-        for (first, at), (then, later) in zip(stages, stages[1:], strict=False):
+        for (first, at), (then, later) in itertools.pairwise(stages):
             steps.setdefault(f"{first} → {then}", []).append((later - at) / 1e6)
     common = max((len(samples) for samples in steps.values()), default=0)
     return {

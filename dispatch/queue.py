@@ -29,6 +29,8 @@ from dispatch.rows import run_from_row
 logger = logging.getLogger(__name__)
 
 CLAIM_LOCK_ID = 0x5357_4331  # "SWC1": the advisory lock that serialises claims on PostgreSQL
+REFILLS = 4
+"""Candidate windows one claim pass reads at most (see ``RunQueue._claim_in``)."""
 PRIORITY_SOURCES = tuple(source.value for source in Source if source is not Source.API)
 """Claimed before API runs: schedules and conversations, someone or something waits on them."""
 
@@ -131,35 +133,54 @@ class RunQueue:
         now = self._clock.now()
         load = await self._load(conn, now)
         picked: list[str] = []
-        passes = (PRIORITY_SOURCES, (Source.API.value,))
-        candidates: list[Any] = list(load.expired)
-        more = False
-        for sources in (None, *passes):
-            if sources is not None:
+        more = await self._pick(conn, load.expired, load, picked, limit, now)
+        for sources in (PRIORITY_SOURCES, (Source.API.value,)):
+            # Asked again (a few times at most) when a limit this claim reached hid the rest of
+            # a full window: one owner's burst must not hide the next owner's run.
+            for _ in range(REFILLS):
                 if len(picked) >= limit:
-                    more = True
                     break
-                candidates = list(await conn.execute(self._candidates(now, load, sources)))
-                more = more or len(candidates) >= self._window
-            for run_id, service_id, owner_id, status, attempts, serial_key in candidates:
-                if len(picked) >= limit:
-                    more = True
+                query = self._candidates(now, load, sources, picked)
+                candidates = list(await conn.execute(query))
+                limited = await self._pick(conn, candidates, load, picked, limit, now)
+                full = len(candidates) >= self._window
+                more = more or limited or full
+                if not (limited and full):
                     break
-                if status == RunStatus.RUNNING and attempts >= self._max_attempts:
-                    await self._give_up(conn, run_id, attempts, now)
-                    continue
-                if serial_key is not None:
-                    if serial_key in load.keys:
-                        continue
-                    # Later runs of this key wait for this one, picked or not (arrival order).
-                    load.keys.add(serial_key)
-                if not load.admits(service_id, owner_id):
-                    more = True  # held back by a limit: the next run's end may let it start
-                    continue
-                load.take(service_id, owner_id)
-                picked.append(run_id)
+            if len(picked) >= limit:
+                more = True
+                break
         claimed = await self._take_leases(conn, worker_id, picked) if picked else []
         return claimed, more
+
+    async def _pick(
+        self,
+        conn: AsyncConnection,
+        candidates: list[Any],
+        load: _Load,
+        picked: list[str],
+        limit: int,
+        now: datetime,
+    ) -> bool:
+        """Add to ``picked`` the ``candidates`` that may start; whether a limit held one back."""
+        limited = False
+        for run_id, service_id, owner_id, status, attempts, serial_key in candidates:
+            if len(picked) >= limit:
+                return True
+            if status == RunStatus.RUNNING and attempts >= self._max_attempts:
+                await self._give_up(conn, run_id, attempts, now)
+                continue
+            if serial_key is not None:
+                if serial_key in load.keys:
+                    continue
+                # Later runs of this key wait for this one, picked or not (arrival order).
+                load.keys.add(serial_key)
+            if not load.admits(service_id, owner_id):
+                limited = True  # the next run's end may let it start
+                continue
+            load.take(service_id, owner_id)
+            picked.append(run_id)
+        return limited
 
     async def claim_submitted(
         self, conn: AsyncConnection, worker_id: str, new: list[tuple[str, str, str]]
@@ -209,7 +230,9 @@ class RunQueue:
                 load.expired.append((run_id, service_id, owner_id, status, attempts, serial_key))
         return load
 
-    def _candidates(self, now: datetime, load: _Load, sources: tuple[str, ...]) -> Select[Any]:
+    def _candidates(
+        self, now: datetime, load: _Load, sources: tuple[str, ...], picked: list[str]
+    ) -> Select[Any]:
         """Queued runs from ``sources``, oldest first, leaving out the ones that must wait."""
         # Runs that must wait anyway are left out in SQL, so that a long backlog of one chat,
         # one saturated workflow or one owner cannot fill the window and hold back the rest.
@@ -242,6 +265,7 @@ class RunQueue:
                 first_of_its_key,
                 runs.c.service_id.not_in(load.full_workflows()),
                 runs.c.owner_id.not_in(load.full_owners()),
+                runs.c.id.not_in(picked),
             )
             .order_by(runs.c.queued_at, runs.c.id)
             .limit(self._window)
