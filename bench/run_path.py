@@ -162,13 +162,22 @@ class Result:
     drain_seconds: float = 0.0
     ticks: list[float] = field(default_factory=list)
     burst_window: tuple[float, float] = (0.0, 0.0)
+    backlog: int = 0
+    backlog_seconds: float = math.nan
     errors: int = 0
+
+    @property
+    def drain_rate(self) -> float:
+        left = self.accepted - self.completed_in_burst
+        return left / max(self.drain_seconds - self.burst_seconds, 1e-9)
 
 
 class Node:
     """A traced single node on a fresh data dir; a webhook receiver for the schedule's ticks."""
 
-    def __init__(self, work: Path, database_url: str | None, tick_url: str) -> None:
+    def __init__(
+        self, work: Path, database_url: str | None, tick_url: str, runtime: list[str]
+    ) -> None:
         self.work = work
         self.data_dir = work / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -181,13 +190,17 @@ class Node:
         config = work / "switchboard.toml"
         config.write_text(
             "[runtime]\nregister_examples = false\n"
-            '[delivery]\nallow_hosts = ["127.0.0.1"]\n'
+            + "".join(f"{setting}\n" for setting in runtime)
+            + '[delivery]\nallow_hosts = ["127.0.0.1"]\n'
             '[scheduler]\nowner = "ticks"\n'
             "[[schedules]]\n"
             'id = "every-second"\nservice_id = "echo"\ncron = "* * * * * *"\n'
             f'deliver_to = "webhook:{tick_url}"\n'
         )
         self.config = config
+        self.runtime = runtime
+        self.tick_url = tick_url
+        self.workers = True
         self.process: subprocess.Popen[bytes] | None = None
         self.key = ""
 
@@ -210,6 +223,12 @@ class Node:
         return result.stdout
 
     def start(self) -> None:
+        text = self.config.read_text()
+        if not self.workers:
+            text = text.replace("[runtime]\n", "[runtime]\nworkers = 0\n", 1)
+        else:
+            text = text.replace("[runtime]\nworkers = 0\n", "[runtime]\n")
+        self.config.write_text(text)
         self.cli("db", "upgrade")
         self.key = self.cli("keys", "create", "--name", "bench").strip().splitlines()[-1].strip()
         with open(self.work / "server.log", "ab") as output:
@@ -345,6 +364,41 @@ async def burst(
         result.burst_window = (burst_end_wall - result.burst_seconds, burst_end_wall)
 
 
+async def backlog(node: Node, count: int, connections: int, result: Result) -> None:
+    """Queue ``count`` runs on a node without workers, restart it with its workers, and time
+    the drain from the server's own stamps: first started_at to last completed_at."""
+    headers = {"Authorization": f"Bearer {node.key}"}
+    ids: list[str] = []
+    async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=30) as client:
+
+        async def caller(share: int) -> None:
+            for _ in range(share):
+                response = await client.post("/run_async/echo/", json={"n": 1})
+                if response.status_code == 200:
+                    ids.append(response.json()["request_id"])
+                else:
+                    result.errors += 1
+
+        await asyncio.gather(*(caller(count // connections) for _ in range(connections)))
+    node.stop()
+    node.workers = True
+    node.start()
+    headers = {"Authorization": f"Bearer {node.key}"}
+    async with httpx.AsyncClient(base_url=node.url, headers=headers, timeout=30) as client:
+        ids.sort()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            details = [(await client.get(f"/request/{run_id}")).json() for run_id in ids[-20:]]
+            if all(d.get("completedAt") for d in details):
+                break
+            await asyncio.sleep(0.5)
+        first = (await client.get(f"/request/{ids[0]}")).json()
+        starts = [_wall(first["startedAt"])]
+        ends = [_wall(d["completedAt"]) for d in details if d.get("completedAt")]
+        result.backlog = len(ids)
+        result.backlog_seconds = max(ends) - min(starts) if ends else math.nan
+
+
 def _wall(iso: str) -> float:
     from datetime import datetime
 
@@ -378,6 +432,7 @@ async def measure(backend: str, args: argparse.Namespace, work: Path) -> Result:
     hook_port = free_port()
     await web.TCPSite(runner, HOST, hook_port).start()
     database_url = None
+    marks: dict[str, dict[str, int]] = {}
     stack = contextlib.ExitStack()
     if backend == "postgres":
         sys.path.insert(0, str(REPO))
@@ -386,7 +441,7 @@ async def measure(backend: str, args: argparse.Namespace, work: Path) -> Result:
         pg = stack.enter_context(ThrowawayPostgres())
         pg.create_database("runpath")
         database_url = pg.url("runpath")
-    node = Node(work / backend, database_url, f"http://{HOST}:{hook_port}/hook")
+    node = Node(work / backend, database_url, f"http://{HOST}:{hook_port}/hook", args.runtime)
     try:
         node.start()
         log(f"{backend}: {args.echo} sequential POST /run/echo/")
@@ -399,8 +454,15 @@ async def measure(backend: str, args: argparse.Namespace, work: Path) -> Result:
         await burst(node, args.burst, args.connections, arrivals, result)
         low, high = result.burst_window
         result.ticks = [done - made for made, done in arrivals.values() if low <= made <= high]
-    finally:
         marks = node.stop()
+        if args.backlog:
+            log(f"{backend}: a backlog of {args.backlog} runs, then the node's workers drain it")
+            node.workers = False
+            node.start()
+            await backlog(node, args.backlog, args.connections, result)
+    finally:
+        final = node.stop()
+        marks = marks or final
         stack.close()
         await runner.cleanup()
     result.stages = stage_breakdown(marks, run_ids)
@@ -426,6 +488,11 @@ def render(results: list[Result], command: str) -> str:
             (
                 f"burst: completed/s overall (accept + drain, {r.drain_seconds:.1f} s)",
                 f"{r.accepted / max(r.drain_seconds, 1e-9):.0f}",
+            ),
+            ("drain: completed/s after the burst (no intake competing)", f"{r.drain_rate:.0f}"),
+            (
+                f"backlog of {r.backlog} queued, node restarted with workers: completed/s",
+                f"{r.backlog / r.backlog_seconds:.0f}",
             ),
             ("ticks created during the burst and delivered", f"{len(r.ticks)}"),
             (
@@ -459,6 +526,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--echo", type=int, default=300)
     parser.add_argument("--burst", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--backlog", type=int, default=3000, help="0: skip the drain phase")
+    parser.add_argument(
+        "--runtime",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [runtime] setting for the node (TOML), e.g. per_workflow_limit=16",
+    )
     parser.add_argument("--write", action="store_true", help="replace the section in RESULTS.md")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="run-path-") as tmp:

@@ -137,15 +137,19 @@ class RunQueue:
         for sources in (PRIORITY_SOURCES, (Source.API.value,)):
             # Asked again (a few times at most) when a limit this claim reached hid the rest of
             # a full window: one owner's burst must not hide the next owner's run.
+            window = min(self._window, limit * 4 + 16)
             for _ in range(REFILLS):
                 if len(picked) >= limit:
                     break
-                query = self._candidates(now, load, sources, picked)
+                owners_full = len(load.full_owners())
+                query = self._candidates(now, load, sources, picked, window)
                 candidates = list(await conn.execute(query))
                 limited = await self._pick(conn, candidates, load, picked, limit, now)
-                full = len(candidates) >= self._window
+                full = len(candidates) >= window
                 more = more or limited or full
-                if not (limited and full):
+                # Only an owner newly at its limit is worth a second look: the runs it hid
+                # belong to others (a workflow's limit is left to the next claim, as before).
+                if not (full and len(load.full_owners()) > owners_full):
                     break
             if len(picked) >= limit:
                 more = True
@@ -231,7 +235,12 @@ class RunQueue:
         return load
 
     def _candidates(
-        self, now: datetime, load: _Load, sources: tuple[str, ...], picked: list[str]
+        self,
+        now: datetime,
+        load: _Load,
+        sources: tuple[str, ...],
+        picked: list[str],
+        window: int,
     ) -> Select[Any]:
         """Queued runs from ``sources``, oldest first, leaving out the ones that must wait."""
         # Runs that must wait anyway are left out in SQL, so that a long backlog of one chat,
@@ -268,7 +277,7 @@ class RunQueue:
                 runs.c.id.not_in(picked),
             )
             .order_by(runs.c.queued_at, runs.c.id)
-            .limit(self._window)
+            .limit(window)
         )
         if not self._db.is_sqlite:
             query = query.with_for_update(skip_locked=True, of=runs)
