@@ -36,8 +36,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from core.clock import parse_iso  # noqa: E402
-from core.tables import owners, runs, schedules  # noqa: E402
+from core.tables import owners, runs  # noqa: E402
 from scheduler.cron import parse_cron  # noqa: E402
+from scheduler.tables import schedules  # noqa: E402
 from tests.pgserver import ThrowawayPostgres  # noqa: E402
 
 SECTION = "## Scheduler"

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Protocol
 
 from core.db import Database
+from core.inbox import AcceptedEvent, ArrivingEvent
 from core.models import LogEntry, RunRecord, RunRequest, SubmittedRun
 from core.ports import BuiltinService, Metrics
 from core.tracing import TRACE
@@ -56,9 +57,11 @@ class QueueGateway:
         self._builtins = builtins
         self._events = events
         self._poll = poll_interval
-        self._intake: GroupCommit[IntakeItem, SubmittedRun | str | ClaimedHere] = GroupCommit(
-            intake.write, name="run-intake"
-        )
+        # Runs and inbox events that arrive together share one transaction (one fsync).
+        self._intake: GroupCommit[
+            IntakeItem | ArrivingEvent | LocalRun, SubmittedRun | str | AcceptedEvent | ClaimedHere
+        ]
+        self._intake = GroupCommit(intake.write_batch, name="run-intake")
         self._local: LocalWorkers | None = None
         self._adopted: dict[str, asyncio.Future[RunRecord | None]] = {}
 
@@ -96,7 +99,9 @@ class QueueGateway:
         return submitted
 
     def _adopt(
-        self, workers: LocalWorkers, done: asyncio.Future[SubmittedRun | str | ClaimedHere]
+        self,
+        workers: LocalWorkers,
+        done: asyncio.Future[SubmittedRun | str | AcceptedEvent | ClaimedHere],
     ) -> None:
         result = None if done.cancelled() or done.exception() is not None else done.result()
         if not isinstance(result, ClaimedHere):  # queued as usual (a limit, a duplicate), failed
@@ -112,6 +117,13 @@ class QueueGateway:
 
         change.add_done_callback(forget)
         workers.adopt(result.run)
+
+    async def accept(self, event: ArrivingEvent) -> AcceptedEvent:
+        """``core.inbox.Inbox.accept``: the event stored in the intake group commit."""
+        accepted = await self._intake.submit(event)
+        if not isinstance(accepted, AcceptedEvent):
+            raise TypeError("intake returned a run for an inbox event")
+        return accepted
 
     async def provision(
         self, owner_id: str, caller_id: str | None, run_id: str | None = None

@@ -85,7 +85,7 @@ async def test_a_waited_run_is_leased_in_its_intake_within_the_limits(
     clock = ManualClock()
     queue = queue_of(database, clock, workflows=1)
     writer = IntakeWriter(database, clock, claims=queue)
-    first, second = await writer.write(
+    first, second = await writer.write_batch(
         [LocalRun(run("alice"), "worker"), LocalRun(run("bob"), "worker")]
     )
     assert isinstance(first, ClaimedHere)

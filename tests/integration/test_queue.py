@@ -11,7 +11,7 @@ import pytest
 from core.db import Database
 from core.models import Outcome, ReplyTarget, RunRequest, RunStatus, Source, SubmittedRun
 from dispatch.batching import GroupCommit
-from dispatch.intake import ClaimedHere, IntakeItem, IntakeWriter, NewHusk
+from dispatch.intake import IntakeItem, IntakeWriter, NewHusk
 from dispatch.queue import RunQueue
 from switchboard.migrate import downgrade, upgrade
 from triggers.auth import KeyStore
@@ -209,15 +209,11 @@ async def test_group_commit_batches_concurrent_submits(database: Database) -> No
     writer = IntakeWriter(database, clock)
     batches: list[int] = []
 
-    async def counting(
-        items: list[IntakeItem],
-    ) -> list[SubmittedRun | str | ClaimedHere | BaseException]:
+    async def counting(items: list[IntakeItem]) -> list[SubmittedRun | str | BaseException]:
         batches.append(len(items))
         return await writer.write(items)
 
-    commit: GroupCommit[IntakeItem, SubmittedRun | str | ClaimedHere] = GroupCommit(
-        counting, name="test"
-    )
+    commit: GroupCommit[IntakeItem, SubmittedRun | str] = GroupCommit(counting, name="test")
     commit.start()
     results = await asyncio.gather(*(commit.submit(request()) for _ in range(200)))
     await commit.aclose()
