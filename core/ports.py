@@ -39,7 +39,10 @@ class RunGateway(Protocol):
     seen before returns the run that key already made (``created`` false).
     """
 
-    async def submit(self, request: RunRequest) -> SubmittedRun: ...
+    async def submit(self, request: RunRequest, *, waited: bool = False) -> SubmittedRun:
+        """``waited``: the caller waits for the run's end on this node (a synchronous
+        ``/run``); the queue may then start it at once, without a claim of its own."""
+        ...
 
     async def provision(
         self, owner_id: str, caller_id: str | None, run_id: str | None = None

@@ -139,6 +139,8 @@ runs = Table(
     Column("started_at", UTCDateTime()),
     Column("completed_at", UTCDateTime()),
     Index("ix_runs_status_queued_at", "status", "queued_at"),
+    # The claim's two passes (schedules and conversations, then API runs) in arrival order.
+    Index("ix_runs_status_source_queued_at", "status", "source", "queued_at"),
     Index("ix_runs_owner_created_at", "owner_id", "created_at"),
 )
 

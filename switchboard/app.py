@@ -196,11 +196,13 @@ async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncItera
     )
     pool.start()
     services.outbox.start()
+    services.gateway.serve_locally(pool)
     app[WORKERS] = pool
     async with contextlib.AsyncExitStack() as stack:
         await inbox_processor(services, owner=pool_owner).start(stack)
         await retention(services).start(stack)
         yield
+    services.gateway.serve_locally(None)
     await pool.aclose()
     await services.outbox.aclose()
 

@@ -201,6 +201,7 @@ async def open_services(
             lease_seconds=settings.runtime.lease_seconds,
             max_attempts=settings.runtime.max_attempts,
             per_workflow_limit=settings.runtime.per_workflow_limit,
+            per_owner_limit=settings.runtime.per_owner_limit,
         )
         logs = LogWriter(database, clock, events)
         registry = WorkflowRegistry(
@@ -236,7 +237,7 @@ async def open_services(
             ),
         )
         inbox_writer = InboxWriter(database)
-        intake = IntakeWriter(database, clock, inbox_writer)
+        intake = IntakeWriter(database, clock, inbox_writer, claims=queue)
         gateway = QueueGateway(
             database,
             intake,
