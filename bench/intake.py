@@ -45,6 +45,7 @@ from bench.harness import (
 )
 from bench.inbox_latency import LatencyResult, measure_inbox_latency
 from bench.loads import PATHS, load
+from bench.profile import recording
 from bench.wrk import WrkResult
 from tests.fakes.slack_api import SlackApi
 from tests.pgserver import ThrowawayPostgres
@@ -97,11 +98,13 @@ async def measure(
     pids: tuple[int, Callable[[], list[int]]],
     work: Path,
     seconds: float,
+    profile: Path | None = None,
 ) -> Row:
+    """One row: warm-up, the measured load (under py-spy with ``profile``), the stored check."""
     await load(target, base_url, key, work, 2, 10, pool_size=20_000)  # warm-up, its own events
     before = await store.settled(counter.sql)
     cpu_before = process_seconds(pids[0])
-    with CpuMeter(*pids) as meter:
+    with CpuMeter(*pids) as meter, recording(pids[0], profile):
         result, pool = await load(target, base_url, key, work, seconds)
     result.cpu = meter.use
     result.server_cpu_seconds = process_seconds(pids[0]) - cpu_before
@@ -115,8 +118,9 @@ async def measure(
 
 
 async def side_by_side(
-    backend: Backend, pg: ThrowawayPostgres | None, targets: list[str], work: Path, seconds: float
+    backend: Backend, pg: ThrowawayPostgres | None, args: argparse.Namespace, work: Path
 ) -> list[Row]:
+    seconds: float = args.duration
     store = postgres_store(pg, work, f"sb_{backend}") if pg else sqlite_store(work, "sb-sqlite")
     reference_key = secrets.token_urlsafe(24)
     reference = ReferenceProcess(
@@ -136,12 +140,13 @@ async def side_by_side(
         try:
             await reference.wait_ready()
             db_pids = (lambda: postgres_pids(pg.port)) if pg else list
-            for target in targets:
+            for target in args.targets:
+                profile = args.profile / f"{target}-{backend}.txt" if args.profile else None
                 counter = await stored.switchboard_counter(store, target)
                 rows.append(
                     await measure(
                         target, f"switchboard ({backend})", server.url, key, store, counter,
-                        (server.pid, db_pids), work, seconds,
+                        (server.pid, db_pids), work, seconds, profile,
                     )
                 )  # fmt: skip
                 ref = await measure(
@@ -162,7 +167,7 @@ async def run(args: argparse.Namespace, work: Path) -> Outcome:
         with contextlib.ExitStack() as stack:
             try:
                 pg = stack.enter_context(ThrowawayPostgres()) if backend == "postgres" else None
-                outcome.rows += await side_by_side(backend, pg, args.targets, work, args.duration)
+                outcome.rows += await side_by_side(backend, pg, args, work)
                 if args.latency:
                     outcome.latency.append(
                         await measure_inbox_latency(
@@ -243,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-latency", dest="latency", action="store_false")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--output", type=Path, default=report.RESULTS)
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="py-spy Switchboard in each row (slows it)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server logs)")
     args = parser.parse_args(argv)
     args.backends = [b for b in args.backends.split(",") if b]
