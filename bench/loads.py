@@ -38,7 +38,7 @@ async def load(
     if target == "run_async":
         return await run_wrk(url, connections, THREADS, seconds, script=POST_SCRIPT, env=env), 0
     pool = work / f"{target}-{secrets.token_hex(4)}.pool"
-    size = pool_size or int(seconds * 10_000)
+    size = pool_size or int(seconds * 8_000)
     count = await asyncio.to_thread(write_pool, pool, POOLS[target](url, size))
     try:
         env["BENCH_POOL"] = str(pool)
