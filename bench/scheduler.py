@@ -34,8 +34,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.report import replace_section
 from core.clock import parse_iso
-from core.tables import owners, runs, schedules
+from core.tables import owners, runs
 from scheduler.cron import parse_cron
+from scheduler.tables import schedules
 from tests.pgserver import ThrowawayPostgres
 
 SECTION = "## Scheduler"

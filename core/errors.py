@@ -120,3 +120,14 @@ class SecretNotSet(WorkflowError):
         super().__init__(
             f"secret {name} is not set for owner {owner_id} (declared by workflow {service_id})"
         )
+
+
+class ReplayNotProcessed(SwitchboardError):
+    """A replayed inbox event made no run: its processing failed or has not finished."""
+
+    status = 502
+
+    def __init__(self, event_id: str, original_id: str, why: str) -> None:
+        self.event_id = event_id
+        self.original_id = original_id
+        super().__init__(f"replay {event_id} of inbox event {original_id} made no run: {why}")

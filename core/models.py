@@ -108,6 +108,17 @@ class SubmittedRun:
     """``False`` when an earlier submission (same idempotency key) already made this run."""
 
 
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """A run in a list (a schedule's history): who it is and how it stands, no bodies."""
+
+    id: str
+    status: RunStatus
+    idempotency_key: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
 class RunRecord(_Frozen):
     """One run as stored."""
 

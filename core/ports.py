@@ -18,6 +18,7 @@ from core.models import (
     Outcome,
     RunRecord,
     RunRequest,
+    RunSummary,
     SubmittedRun,
     WorkflowLimits,
 )
@@ -62,6 +63,14 @@ class RunGateway(Protocol):
 
     async def has_service(self, service_id: str) -> bool:
         """Whether ``service_id`` names a registered workflow or a built-in service."""
+        ...
+
+
+class RunHistory(Protocol):
+    """Runs looked up by what made them, for packages that do not own the runs (the scheduler)."""
+
+    async def runs_by_key_prefix(self, owner_id: str, prefix: str, limit: int) -> list[RunSummary]:
+        """``owner_id``'s runs whose idempotency key starts with ``prefix``, newest first."""
         ...
 
 

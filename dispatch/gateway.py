@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 
 from core.db import Database
+from core.inbox import AcceptedEvent, ArrivingEvent
 from core.models import LogEntry, RunRecord, RunRequest, SubmittedRun
 from core.ports import BuiltinService, Metrics
 from dispatch.batching import GroupCommit
@@ -41,9 +42,9 @@ class QueueGateway:
         self._builtins = builtins
         self._events = events
         self._poll = poll_interval
-        self._intake: GroupCommit[IntakeItem, SubmittedRun | str] = GroupCommit(
-            intake.write, name="run-intake"
-        )
+        # Runs and inbox events that arrive together share one transaction (one fsync).
+        self._intake: GroupCommit[IntakeItem | ArrivingEvent, SubmittedRun | str | AcceptedEvent]
+        self._intake = GroupCommit(intake.write_with_events, name="run-intake")
 
     def start(self) -> None:
         self._intake.start()
@@ -60,6 +61,13 @@ class QueueGateway:
         self._events.notify(submitted.id)
         self._events.work_available.set()
         return submitted
+
+    async def accept(self, event: ArrivingEvent) -> AcceptedEvent:
+        """``core.inbox.Inbox.accept``: the event stored in the intake group commit."""
+        accepted = await self._intake.submit(event)
+        if not isinstance(accepted, AcceptedEvent):
+            raise TypeError("intake returned a run for an inbox event")
+        return accepted
 
     async def provision(
         self, owner_id: str, caller_id: str | None, run_id: str | None = None

@@ -26,8 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.clock import Clock
 from core.db import Database
 from core.errors import Conflict, NotFound
+from core.inbox import AcceptedEvent, ArrivingEvent
 from core.models import RunRequest, RunStatus, SubmittedRun, new_run_id
 from core.tables import runs
+from dispatch.inbox_writer import InboxWriter
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +47,10 @@ IntakeItem = RunRequest | NewHusk
 class IntakeWriter:
     """SQL for the intake batch (see ``GroupCommit``)."""
 
-    def __init__(self, database: Database, clock: Clock) -> None:
+    def __init__(self, database: Database, clock: Clock, inbox: InboxWriter | None = None) -> None:
         self._db = database
         self._clock = clock
+        self._inbox = inbox
 
     async def write(self, items: list[IntakeItem]) -> list[SubmittedRun | str | BaseException]:
         """Persist a batch of intake items in one transaction (see ``GroupCommit``).
@@ -55,49 +58,96 @@ class IntakeWriter:
         Returns per item: the submitted run (``RunRequest``), the new husk's id (``NewHusk``), or
         the error that item alone caused.
         """
+        async with self._db.write() as conn:
+            # Under the write lock: created_at orders a conversation's runs (dispatch/queue.py).
+            return await self.write_in(conn, items, self._clock.now())
+
+    async def write_with_events(
+        self, items: list[IntakeItem | ArrivingEvent]
+    ) -> list[SubmittedRun | str | AcceptedEvent | BaseException]:
+        """:meth:`write`, with the inbox events that arrived in the same batch (one commit).
+
+        An ``ArrivingEvent``'s answer is its ``AcceptedEvent``; this node's inbox processor is
+        woken once the batch is committed.
+        """
+        runs_at: list[int] = []
+        requests: list[IntakeItem] = []
+        events_at: list[int] = []
+        events: list[ArrivingEvent] = []
+        for index, item in enumerate(items):
+            if isinstance(item, ArrivingEvent):
+                events_at.append(index)
+                events.append(item)
+            else:
+                runs_at.append(index)
+                requests.append(item)
+        if events and self._inbox is None:
+            raise RuntimeError("this intake has no inbox to accept events into")
+        results: list[SubmittedRun | str | AcceptedEvent | BaseException | None] = [None] * len(
+            items
+        )
+        woken = False
+        async with self._db.write() as conn:
+            # Under the write lock: created_at orders a conversation's runs (dispatch/queue.py).
+            now = self._clock.now()
+            if requests:
+                written = await self.write_in(conn, requests, now)
+                for index, result in zip(runs_at, written, strict=True):
+                    results[index] = result
+            if events and self._inbox is not None:
+                accepted = await self._inbox.write_in(conn, events, now)
+                for index, answer in zip(events_at, accepted, strict=True):
+                    results[index] = answer
+                    if isinstance(answer, AcceptedEvent) and not (answer.duplicate or answer.held):
+                        woken = True
+        if woken and self._inbox is not None:  # committed: this node's processor may take them
+            self._inbox.work_available.set()
+        return [r if r is not None else RuntimeError("intake item not handled") for r in results]
+
+    async def write_in(
+        self, conn: AsyncConnection, items: list[IntakeItem], now: datetime
+    ) -> list[SubmittedRun | str | BaseException]:
+        """Write ``items`` in ``conn``'s transaction (``now`` read inside it, after its locks):
+        the intake batch, or the run requests an inbox event made (dispatch/inbox_processor.py).
+        """
         results: list[SubmittedRun | str | BaseException | None] = [None] * len(items)
         rows: list[dict[str, Any]] = []
         # Same idempotency key twice in one batch, or a key already stored: one run only.
         by_key: dict[str, list[int]] = {}
-        async with self._db.write() as conn:
-            # Under the write lock: created_at orders a conversation's runs (dispatch/queue.py).
-            now = self._clock.now()
-            for index, item in enumerate(items):
-                if isinstance(item, NewHusk):
-                    run_id = item.run_id or new_run_id()
-                    rows.append(_husk_row(run_id, item, now))
-                    results[index] = run_id
-                elif item.provisioned_run_id is not None:
-                    results[index] = await self._fill_husk(conn, item, now)
-                elif item.idempotency_key is not None and item.idempotency_key in by_key:
-                    by_key[item.idempotency_key].append(index)
-                else:
-                    row = _run_row(item, now)
-                    rows.append(row)
-                    results[index] = SubmittedRun(row["id"], row["status"], created=True)
-                    if item.idempotency_key is not None:
-                        by_key[item.idempotency_key] = [index]
-            if by_key:
-                stored = await conn.execute(
-                    select(runs).where(runs.c.idempotency_key.in_(list(by_key)))
-                )
-                for existing in stored.mappings():
-                    key = existing["idempotency_key"]
-                    rows = [r for r in rows if r["idempotency_key"] != key]
-                    earlier = SubmittedRun(
-                        existing["id"], RunStatus(existing["status"]), created=False
-                    )
-                    for index in by_key.pop(key):
-                        results[index] = earlier
-                for indexes in by_key.values():
-                    first = results[indexes[0]]
-                    for duplicate in indexes[1:]:
-                        if isinstance(first, SubmittedRun):
-                            results[duplicate] = SubmittedRun(first.id, first.status, created=False)
-            if rows:
-                skipped = await self._insert(conn, rows)
-                if skipped:
-                    await self._answer_skipped(conn, skipped, items, results)
+        for index, item in enumerate(items):
+            if isinstance(item, NewHusk):
+                run_id = item.run_id or new_run_id()
+                rows.append(_husk_row(run_id, item, now))
+                results[index] = run_id
+            elif item.provisioned_run_id is not None:
+                results[index] = await self._fill_husk(conn, item, now)
+            elif item.idempotency_key is not None and item.idempotency_key in by_key:
+                by_key[item.idempotency_key].append(index)
+            else:
+                row = _run_row(item, now)
+                rows.append(row)
+                results[index] = SubmittedRun(row["id"], row["status"], created=True)
+                if item.idempotency_key is not None:
+                    by_key[item.idempotency_key] = [index]
+        if by_key:
+            stored = await conn.execute(
+                select(runs).where(runs.c.idempotency_key.in_(list(by_key)))
+            )
+            for existing in stored.mappings():
+                key = existing["idempotency_key"]
+                rows = [r for r in rows if r["idempotency_key"] != key]
+                earlier = SubmittedRun(existing["id"], RunStatus(existing["status"]), created=False)
+                for index in by_key.pop(key):
+                    results[index] = earlier
+            for indexes in by_key.values():
+                first = results[indexes[0]]
+                for duplicate in indexes[1:]:
+                    if isinstance(first, SubmittedRun):
+                        results[duplicate] = SubmittedRun(first.id, first.status, created=False)
+        if rows:
+            skipped = await self._insert(conn, rows)
+            if skipped:
+                await self._answer_skipped(conn, skipped, items, results)
         return [r if r is not None else RuntimeError("intake item not handled") for r in results]
 
     async def _answer_skipped(

@@ -1,4 +1,5 @@
-"""The engine's sections: ``[runtime]`` (queue, workers, sandbox) and ``[delivery]`` (outbox)."""
+"""The engine's sections: ``[runtime]`` (queue, workers, sandbox), ``[delivery]`` (outbox) and
+``[inbox]`` (the inbox processor and its retention)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,29 @@ class RuntimeSettings(Section):
         description="workflows registered on start (the demo); default: the repository's examples/",
     )
     register_examples: bool = True
+    runs_max_age_days: float = Field(
+        default=14.0,
+        gt=0,
+        description="finished runs (and their logs and sent replies) older than this are deleted; "
+        "never an unfinished run nor one whose reply is still waiting in the outbox",
+    )
+    runs_max_count: int = Field(
+        default=10_000,
+        ge=1,
+        description="finished runs kept at most (the newest); older ones are deleted, except "
+        "those younger than retention_min_age",
+    )
+    retention_interval: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds between two retention passes (runs and inbox events) on a worker node",
+    )
+    retention_min_age: float = Field(
+        default=3600.0,
+        ge=0,
+        description="seconds a finished run or inbox event is kept whatever runs_max_count or "
+        "inbox.max_count say (a provider's retry is still recognised, /result still answers)",
+    )
 
 
 class DeliverySettings(Section):
@@ -130,3 +154,56 @@ class DeliverySettings(Section):
     def destinations(self) -> DestinationPolicy:
         """Where a webhook delivery may go."""
         return DestinationPolicy.allowing(self.allow_hosts)
+
+
+class InboxSettings(Section):
+    max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="processing attempts of one inbox event (raises, or its processor stopping); "
+        "then it is marked failed and the next event of its conversation goes on",
+    )
+    retry_delay: float = Field(
+        default=1.0, gt=0, description="seconds before the first retry; doubled each time"
+    )
+    retry_delay_max: float = Field(default=300.0, gt=0, description="longest wait between retries")
+    lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="an event whose processor stopped renewing its lease for this long is "
+        "processed again (by any worker node)",
+    )
+    poll_interval: float = Field(
+        default=0.5,
+        gt=0,
+        description="seconds between looks for events other nodes accepted (this node's own are "
+        "taken at once)",
+    )
+    concurrency: int = Field(
+        default=32,
+        ge=1,
+        description="events processed at once by this node (one per conversation at a time)",
+    )
+    replay_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a replay waits for its event to be processed before it answers",
+    )
+    max_age_days: float = Field(
+        default=14.0,
+        gt=0,
+        description="finished inbox events (processed, ignored, failed, discarded) older than this "
+        "are deleted; pending and held events never are",
+    )
+    max_count: int = Field(
+        default=10_000,
+        ge=1,
+        description="finished inbox events kept at most (the newest), except those younger than "
+        "runtime.retention_min_age",
+    )
+    body_max_age_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="the stored payload of a finished event is dropped after this long (the row "
+        "stays until max_age_days; such an event can no longer be replayed)",
+    )

@@ -10,7 +10,8 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from core.tables import UTCDateTime, metadata
+from core.tables import UTCDateTime
+from switchboard.schema import metadata
 
 config = context.config
 

@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db import Database
-from core.tables import schedule_changes
+from scheduler.tables import schedule_changes
 
 ADVISORY_LOCK_KEY = 0x5357_4348_4544  # "SWCHED": one key per database
 """The key of the session advisory lock the leader holds."""

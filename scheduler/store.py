@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.clock import isoformat
 from core.db import Database
 from core.errors import Conflict, NotFound
-from core.tables import runs, schedule_changes, schedules
+from core.ports import RunHistory
 from scheduler.models import Schedule, ScheduleSpec
+from scheduler.tables import schedule_changes, schedules
 from scheduler.ticks import history_prefix
 
 _DEFINITION = {
@@ -68,8 +69,9 @@ class ScheduleStore:
     administrator's CLI): it names the one schedule of that id, and refuses an id that several
     owners use."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, runs: RunHistory) -> None:
         self._db = database
+        self._runs = runs
 
     async def revision(self) -> int:
         async with self._db.read() as conn:
@@ -258,32 +260,16 @@ class ScheduleStore:
     async def history(self, owner_id: str, schedule_id: str, limit: int) -> list[dict[str, Any]]:
         """The schedule's most recent runs, newest first (the runs' own record has the rest)."""
         prefix = history_prefix(owner_id, schedule_id)
-        query = (
-            select(
-                runs.c.id,
-                runs.c.status,
-                runs.c.idempotency_key,
-                runs.c.created_at,
-                runs.c.completed_at,
-            )
-            .where(
-                runs.c.owner_id == owner_id,
-                runs.c.idempotency_key.startswith(prefix, autoescape=True),
-            )
-            .order_by(runs.c.created_at.desc(), runs.c.id.desc())
-            .limit(limit)
-        )
-        async with self._db.read() as conn:
-            rows = (await conn.execute(query)).all()
+        found = await self._runs.runs_by_key_prefix(owner_id, prefix, limit)
         return [
             {
-                "request_id": row.id,
-                "status": row.status,
-                "tick": row.idempotency_key.removeprefix(prefix),
-                "createdAt": isoformat(row.created_at),
-                "completedAt": isoformat(row.completed_at),
+                "request_id": run.id,
+                "status": run.status.value,
+                "tick": (run.idempotency_key or "").removeprefix(prefix),
+                "createdAt": isoformat(run.created_at),
+                "completedAt": isoformat(run.completed_at),
             }
-            for row in rows
+            for run in found
         ]
 
 

@@ -25,13 +25,15 @@ from core.errors import SwitchboardError
 from scheduler.actions import perform
 from switchboard.app import ROLES, create_app
 from switchboard.config import load_settings
+from switchboard.inbox_commands import add_inbox_commands
 from switchboard.logging import configure_logging
 from switchboard.migrate import upgrade
 from switchboard.secret_keys import configured, finish_file_rotation, start_file_rotation
 from switchboard.server import start_site
 from switchboard.services import Services, open_services
 from switchboard.settings import Settings
-from triggers.auth import DEFAULT_OWNER
+from switchboard.terminal import print_table as _table
+from triggers.auth import DEFAULT_OWNER, KeyRole
 from triggers.secrets_api import MANAGE_USER_SECRETS
 
 
@@ -98,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", default="")
     p.add_argument("--owner", default=DEFAULT_OWNER)
+    p.add_argument(
+        "--role",
+        choices=[role.value for role in KeyRole],
+        default=KeyRole.MEMBER.value,
+        help="admin: also triggers and the inbox, every owner; member (default): its owner's own",
+    )
     p.set_defaults(command=keys_create)
     p = keys.add_parser("list", parents=[common], help="list keys (never their secrets)")
     p.add_argument("--owner")
@@ -139,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(command=runs_logs)
     _schedule_commands(commands, common)
     _secret_commands(commands, common)
+    add_inbox_commands(commands, common)
     return parser
 
 
@@ -271,11 +280,12 @@ async def keys_create(args: argparse.Namespace, settings: Settings) -> int:
     services: Services
     async with open_services(settings) as services:
         key, info = await services.keys.create(
-            owner_id=args.owner, name=args.name, one_time=args.one_time
+            owner_id=args.owner, name=args.name, one_time=args.one_time, role=KeyRole(args.role)
         )
     kind = "one-time key" if info.one_time else "key"
     print(
-        f"created {kind} {info.id} for owner {info.owner_id} ({info.name}); it is shown only once:"
+        f"created {kind} {info.id} for owner {info.owner_id} ({info.name}) with role {info.role}; "
+        "it is shown only once:"
     )
     print(key)
     return 0
@@ -285,7 +295,7 @@ async def keys_list(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as services:
         keys = await services.keys.list(args.owner)
     _table(
-        ["id", "owner", "name", "prefix", "kind", "created", "state"],
+        ["id", "owner", "name", "prefix", "kind", "role", "created", "state"],
         [
             [
                 k.id,
@@ -293,6 +303,7 @@ async def keys_list(args: argparse.Namespace, settings: Settings) -> int:
                 k.name,
                 k.prefix + "…",
                 "one-time" if k.one_time else "reusable",
+                k.role.value,
                 isoformat(k.created_at) or "",
                 "revoked" if k.revoked_at else ("used" if k.used_at else "active"),
             ]
@@ -544,21 +555,6 @@ async def secrets_audit(args: argparse.Namespace, settings: Settings) -> int:
         ],
     )  # fmt: skip
     return 0
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    widths = [
-        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
-    ]
-    for row in [headers, *rows]:
-        print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip()
-        )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import switchboard
 from switchboard.services import Services
-from triggers.auth import DEFAULT_OWNER
+from triggers.auth import DEFAULT_OWNER, KeyRole
 
 logger = logging.getLogger(__name__)
 ADMIN_KEY_FILE = "admin.key"
@@ -22,11 +22,13 @@ def examples_dir(configured: Path | None) -> Path | None:
 
 
 async def ensure_admin_key(services: Services) -> str | None:
-    """Create the admin key once (saved with mode 0600); returns it only when just created."""
+    """Create the admin key once (saved with mode 0600): role ``admin``, the operator's key (the
+    migration to roles recognises it by owner ``default`` and name ``admin``); returns it only
+    when just created."""
     path = services.settings.server.data_dir / ADMIN_KEY_FILE
     if path.exists() or await services.keys.list():
         return None
-    key, _ = await services.keys.create(owner_id=DEFAULT_OWNER, name="admin")
+    key, _ = await services.keys.create(owner_id=DEFAULT_OWNER, name="admin", role=KeyRole.ADMIN)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(key + "\n")

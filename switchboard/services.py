@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from core.channels import Channel
 from core.clock import Clock, SystemClock
 from core.db import Database
 from core.errors import SecretsUnreadable
@@ -30,6 +31,10 @@ from dispatch.builtins import builtin_services
 from dispatch.environments import EnvironmentBuilder
 from dispatch.events import RunEvents
 from dispatch.gateway import QueueGateway
+from dispatch.history import RunHistoryReader
+from dispatch.inbox_queue import InboxQueue
+from dispatch.inbox_store import InboxStore
+from dispatch.inbox_writer import InboxWriter
 from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
 from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
@@ -40,6 +45,7 @@ from dispatch.secret_store import SecretStore
 from scheduler.builtin import SCHEDULE_RUNS, schedule_runs_service
 from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
+from switchboard.channels import ChannelParts, configured_channels
 from switchboard.config import signing_secret
 from switchboard.datadir import prepare_data_dir
 from switchboard.logging import redact_server_logs
@@ -88,12 +94,20 @@ class Services:
     """the secret store: ``core.ports.SecretValues`` for runs, ``SecretsManager`` for the rest"""
     in_flight_secrets: InFlightSecrets
     """The secret values of this node's runs in flight: redacted from the server's logs."""
+    inbox: InboxStore
+    """``core.inbox.Inbox`` for the edges, ``InboxAdmin`` for the operators."""
+    inbox_queue: InboxQueue
+    inbox_writer: InboxWriter
+    channels: list[Channel]
     slack: SlackChannel | None = None
 
     def run_started(self, run: RunRecord) -> None:
         """A worker of this node starts ``run``: its channel may show it (Slack's ``:eyes:``)."""
         if self.slack is not None:
             self.slack.sender.working(run.reply_target)
+        for channel in self.channels:
+            if run.reply_target is not None and run.reply_target.get("channel") == channel.name:
+                channel.run_started(run)
 
     async def unset_secret_warnings(self, info: WorkflowInfo, owner_id: str) -> list[str]:
         """One warning per name ``info`` declares that has no value (nor default) for
@@ -250,9 +264,11 @@ async def open_services(
                 failure_line=settings.delivery.failure_line,
             ),
         )
+        inbox_writer = InboxWriter(database)
+        intake = IntakeWriter(database, clock, inbox_writer)
         gateway = QueueGateway(
             database,
-            IntakeWriter(database, clock),
+            intake,
             queue,
             registry,
             builtins,
@@ -261,13 +277,38 @@ async def open_services(
             poll_interval=settings.runtime.poll_interval,
         )
         schedules = ScheduleService(
-            ScheduleStore(database),
+            ScheduleStore(database, RunHistoryReader(database)),
             gateway,
             clock,
             ensure_owner=keys.ensure_owner,
             destinations=destinations,
         )
         builtins[SCHEDULE_RUNS] = schedule_runs_service(schedules)
+        inbox = InboxStore(
+            database,
+            clock,
+            inbox_writer,
+            gateway.accept,
+            replay_timeout=settings.inbox.replay_timeout,
+            poll_interval=settings.inbox.poll_interval,
+        )
+        channels = configured_channels(
+            ChannelParts(
+                settings=settings,
+                database=database,
+                clock=clock,
+                signer=signer,
+                http=http,
+                files=files,
+                inbox=inbox,
+                gateway=gateway,
+            )
+        )
+        for channel in channels:
+            for trigger in channel.processors:
+                inbox.register(trigger, channel.health)
+            if channel.sender is not None:  # the outbox reads its registry when it sends
+                senders[channel.name] = channel.sender
         secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
         if migrate and (problem := await secrets.check_keys()) is not None:
             logger.warning("secrets: %s", problem)
@@ -297,6 +338,18 @@ async def open_services(
             schedules=schedules,
             secrets=secrets,
             in_flight_secrets=in_flight_secrets,
+            inbox=inbox,
+            inbox_queue=InboxQueue(
+                database,
+                clock,
+                intake,
+                lease_seconds=settings.inbox.lease_seconds,
+                max_attempts=settings.inbox.max_attempts,
+                retry_delay=settings.inbox.retry_delay,
+                retry_delay_max=settings.inbox.retry_delay_max,
+            ),
+            inbox_writer=inbox_writer,
+            channels=channels,
             slack=slack,
         )
         database.start()

@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.sections import Section
-from dispatch.settings import DeliverySettings, RuntimeSettings
+from dispatch.settings import DeliverySettings, InboxSettings, RuntimeSettings
 from scheduler.settings import SchedulerSettings, ScheduleSpec
 from triggers.email.settings import EmailSettings
 from triggers.file_settings import FilesSettings
@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     files: FilesSettings = FilesSettings()
     delivery: DeliverySettings = DeliverySettings()
+    inbox: InboxSettings = InboxSettings()
     slack: SlackSettings = SlackSettings()
     whatsapp: WhatsAppSettings = WhatsAppSettings()
     email: EmailSettings = EmailSettings()

@@ -4,6 +4,8 @@ Key kinds (PROTOCOLS part A): ``cwk-…`` reusable; ``cwotk-…`` one-time: it s
 (a provision plus the run that fills it count as one) and may then read only that run; and
 ``cwk-run.…`` minted per run so a workflow can call other services as its owner while its run
 runs, with the grants its header asked for (README 'Run keys'). Keys are stored as sha256 hashes.
+A reusable key has a role: ``member`` acts for its owner; ``admin`` may also drive what spans every
+owner (the inbox and triggers, README 'Key roles'). One-time and run keys are never admin.
 Verified reusable keys, and runs found running, are cached for ``cache_seconds`` so the hot path
 does not ask the database on every request: a revocation made by another process (at once in this
 one), or the end of a run, takes effect within that time.
@@ -17,12 +19,13 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import or_, select, update
 
 from core.clock import Clock
 from core.db import Database
-from core.errors import BadRequest, Conflict, NotFound, Unauthorized
+from core.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from core.models import FINISHED_STATUSES, OWNER_RIGHTS, CallerRights, Grant, RunStatus
 from core.security import (
     ONE_TIME_PREFIX,
@@ -39,6 +42,15 @@ OWNER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DEFAULT_OWNER = "default"
 
 
+class KeyRole(StrEnum):
+    """What a reusable key may do beyond acting for its owner."""
+
+    ADMIN = "admin"
+    """Also the operator's surfaces that span every owner (triggers, the inbox)."""
+    MEMBER = "member"
+    """Only its owner's own runs, workflows, schedules and secrets (the default)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """The caller of one request."""
@@ -50,6 +62,12 @@ class Principal:
     acting_run_id: str | None = None
     rights: CallerRights = OWNER_RIGHTS
     """A full owner key's, or the grants of a run key (``acting_run_id``)."""
+    role: KeyRole = KeyRole.MEMBER
+    """The key's role; always ``member`` for one-time and run keys."""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is KeyRole.ADMIN and not self.one_time and self.acting_run_id is None
 
     @property
     def caller_id(self) -> str:
@@ -60,6 +78,17 @@ class Principal:
         """Refuse (403) what this caller's rights do not cover."""
         self.rights.require(grant, what)
 
+    def require_admin(self, what: str) -> None:
+        """Refuse (403) ``what`` to anything but an admin key; ``what`` names the action."""
+        if self.is_admin:
+            return
+        kind = (
+            "a run key"
+            if self.acting_run_id is not None
+            else ("a one-time key" if self.one_time else f"this key's role is {self.role}")
+        )
+        raise Forbidden(f"{what} needs an admin key ({kind})")
+
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
@@ -68,6 +97,7 @@ class KeyInfo:
     name: str
     prefix: str
     one_time: bool
+    role: KeyRole
     created_at: datetime
     revoked_at: datetime | None
     used_at: datetime | None
@@ -92,9 +122,16 @@ class KeyStore:
         return owner_id
 
     async def create(
-        self, *, owner_id: str = DEFAULT_OWNER, name: str = "", one_time: bool = False
+        self,
+        *,
+        owner_id: str = DEFAULT_OWNER,
+        name: str = "",
+        one_time: bool = False,
+        role: KeyRole = KeyRole.MEMBER,
     ) -> tuple[str, KeyInfo]:
         """A new key for ``owner_id`` (created if needed); the key text is only in the result."""
+        if one_time and role is KeyRole.ADMIN:
+            raise BadRequest("a one-time key cannot be an admin key: it only starts one run")
         await self.ensure_owner(owner_id)
         key = generate_api_key(one_time=one_time)
         info = KeyInfo(
@@ -103,6 +140,7 @@ class KeyStore:
             name=name or ("one-time key" if one_time else "key"),
             prefix=display_prefix(key),
             one_time=one_time,
+            role=role,
             created_at=self._clock.now(),
             revoked_at=None,
             used_at=None,
@@ -116,6 +154,7 @@ class KeyStore:
                     prefix=info.prefix,
                     key_hash=hash_api_key(key),
                     one_time=one_time,
+                    role=role.value,
                     created_at=info.created_at,
                 )
             )
@@ -134,6 +173,7 @@ class KeyStore:
                 name=row["name"],
                 prefix=row["prefix"],
                 one_time=row["one_time"],
+                role=KeyRole(row["role"]),
                 created_at=row["created_at"],
                 revoked_at=row["revoked_at"],
                 used_at=row["used_at"],
@@ -200,6 +240,7 @@ class KeyStore:
             key_id=row["id"],
             one_time=row["one_time"],
             bound_run_id=row["bound_run_id"],
+            role=KeyRole(row["role"]),
         )
 
     async def run_is_running(self, run_id: str, owner_id: str) -> bool:

@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import func, select
 
 from core.models import RunRequest, Source
-from core.tables import inbound_events, runs, schedules
+from core.tables import inbound_events, runs
+from scheduler.tables import schedules
 from tests.conftest import Live, LiveFactory, free_port
 from tests.fakes.slack_api import SlackApi
 from tests.fakes.smtp_sink import SmtpSink

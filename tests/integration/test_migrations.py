@@ -10,8 +10,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from core.db import Database
-from core.tables import metadata
 from switchboard.migrate import alembic_config, upgrade
+from switchboard.schema import metadata
 
 
 def test_single_head() -> None:

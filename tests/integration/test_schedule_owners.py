@@ -13,8 +13,9 @@ from sqlalchemy import select
 
 from core.db import Database
 from core.errors import Conflict
-from core.tables import runs, schedules
+from core.tables import runs
 from scheduler.service import ConfigClash
+from scheduler.tables import schedules
 from switchboard.app import create_app
 from switchboard.migrate import downgrade, upgrade
 from tests.conftest import Live, LiveFactory, free_port, make_settings
