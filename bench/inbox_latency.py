@@ -147,10 +147,10 @@ async def measure_inbox_latency(
                 result.events, samples = await latencies(store, started)
                 result.samples_ms = tuple(samples)
                 result.paired = len(samples)
-            else:
+            if not result.events:
                 result.note = (
-                    f"no inbox_events table in this code (inbox not merged): {stored:,} runs "
-                    "committed on the ack path itself"
+                    f"no whatsapp rows in inbox_events (the channel does not write the inbox "
+                    f"yet): {stored:,} runs committed on the ack path itself"
                 )
         finally:
             server.stop()

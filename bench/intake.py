@@ -102,13 +102,16 @@ async def measure(
 ) -> Row:
     """One row: warm-up, the measured load (under py-spy with ``profile``), the stored check."""
     await load(target, base_url, key, work, 2, 10, pool_size=20_000)  # warm-up, its own events
-    before = await store.settled(counter.sql)
+    counters = [c for c in (counter, counter.fallback) if c is not None]
+    before = [await store.settled(c.sql) for c in counters]
     cpu_before = process_seconds(pids[0])
     with CpuMeter(*pids) as meter, recording(pids[0], profile):
         result, pool = await load(target, base_url, key, work, seconds)
     result.cpu = meter.use
     result.server_cpu_seconds = process_seconds(pids[0]) - cpu_before
-    result.stored = await store.settled(counter.sql) - before
+    gained = [await store.settled(c.sql) - was for c, was in zip(counters, before, strict=True)]
+    used = next((i for i, n in enumerate(gained) if n > 0), 0)
+    counter, result.stored = counters[used], gained[used]
     verdict = result.check()[1]
     log(
         f"{target} {server}: {result.accepted_per_s:,.0f}/s p50 {report.fmt_ms(result.p50_ms)} "
