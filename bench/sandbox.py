@@ -3,7 +3,7 @@ the zygote.
 
 Usage (from the repository root, as root, with bubblewrap and slirp4netns installed)::
 
-    .venv/bin/python bench/sandbox.py --env <built environment dir> [--runs 30]
+    .venv/bin/python -m bench.sandbox --env <built environment dir> [--runs 30]
 
 ``--env`` is an environment built for the test workflows (``tests/runs.py`` builds one under
 ``$SWITCHBOARD_TEST_CACHE/envs/<hash>``). For each runner it times ``--runs`` sequential cold
@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -49,6 +49,7 @@ from dispatch.zygotes import ZygotePool
 REPO = Path(__file__).resolve().parents[1]
 HELLO = REPO / "examples" / "hello.py"
 SLOW = REPO / "tests" / "workflows" / "slow.py"
+Network = Literal["none", "internet"]
 BASE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -89,8 +90,8 @@ def _timed(send: Callable[..., Awaitable[Outcome]]) -> Callable[..., Awaitable[O
 
 
 dispatch.runner.send_request = _timed(dispatch.runner.send_request)  # type: ignore[assignment]
-dispatch.sandbox.send_request = _timed(dispatch.sandbox.send_request)  # type: ignore[assignment]
-dispatch.warm.send_request = _timed(dispatch.warm.send_request)  # type: ignore[assignment]
+dispatch.sandbox.send_request = _timed(dispatch.sandbox.send_request)  # type: ignore[assignment,attr-defined]
+dispatch.warm.send_request = _timed(dispatch.warm.send_request)  # type: ignore[assignment,attr-defined]
 
 
 async def cold(runner: ProcessRunner | SandboxRunner, workflow: Workflow) -> tuple[float, float]:
@@ -169,7 +170,7 @@ async def warm_overhead(python: Path, requests: int = 200) -> float:
 
 
 async def warm_reuse(
-    settings: SandboxSettings, zygotes: ZygotePool | None, python: Path, network: str, runs: int
+    settings: SandboxSettings, zygotes: ZygotePool | None, python: Path, network: Network, runs: int
 ) -> str:
     """p50 / p95 ms of whole runs (``runner.run``) served by a kept warm process."""
     pool = WarmPool(idle_ttl=600, cap=1)
