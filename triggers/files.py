@@ -27,7 +27,7 @@ from core.clock import Clock, isoformat
 from core.db import Database
 from core.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from core.security import Signer
-from core.tables import files
+from triggers.file_tables import files
 
 CHUNK = 256 * 1024
 
