@@ -20,7 +20,8 @@ from core.db import Database
 from core.inbox import ArrivingEvent, EventStatus
 from core.ports import NullMetrics
 from core.security import Signer
-from core.tables import runs
+from dispatch.history import RunHistoryReader
+from dispatch.tables import runs
 from switchboard.cli import _parser
 from switchboard.http import error_middleware
 from switchboard.inbox_commands import InboxCommand
@@ -52,7 +53,9 @@ async def served(database: Database) -> AsyncIterator[Served]:
     clock = SystemClock()
     keys = KeyStore(database, clock)
     await keys.ensure_owner("default")
-    auth = Authenticator(keys, Signer(b"k" * 32), clock, cache_seconds=0)
+    auth = Authenticator(
+        keys, Signer(b"k" * 32), clock, runs=RunHistoryReader(database), cache_seconds=0
+    )
     node = InboxNode(database, clock, triggers=("test", "other"))
     node.commit.start()
     app = web.Application(middlewares=[error_middleware(NullMetrics())])
