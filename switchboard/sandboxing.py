@@ -12,13 +12,13 @@ from pathlib import Path
 
 from core.errors import SwitchboardError
 from core.ports import WorkflowRunner
-from dispatch.bwrap import SandboxSettings, probe_sandbox
-from dispatch.cgroups import detect_cgroups
-from dispatch.runner import ProcessRunner
-from dispatch.sandbox import SandboxRunner
-from dispatch.seccomp import run_filter
-from dispatch.warm import WarmPool
-from dispatch.zygotes import ZygotePool
+from dispatch.sandbox.bwrap import SandboxSettings, probe_sandbox
+from dispatch.sandbox.cgroups import detect_cgroups
+from dispatch.sandbox.process_runner import ProcessRunner
+from dispatch.sandbox.sandbox_runner import SandboxRunner
+from dispatch.sandbox.seccomp import run_filter
+from dispatch.sandbox.warm_pool import WarmPool
+from dispatch.sandbox.zygote_pool import ZygotePool
 from switchboard.datadir import claim_directory
 from switchboard.services import Services
 

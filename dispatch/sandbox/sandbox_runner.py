@@ -20,7 +20,7 @@ Why each step:
   sockets); ``/`` and ``/dev`` are read-only.
 - The cgroup is joined by the shell before anything forks, so every process of the run, including
   a ``setsid`` double-fork, is in it; limits are memory (swap 0), pids and CPU; the end of a run
-  kills the cgroup and removes it (``dispatch/cgroups.py``). rlimits back it up: ``NOFILE``,
+  kills the cgroup and removes it (``cgroups.py``). rlimits back it up: ``NOFILE``,
   ``FSIZE``, ``CORE=0`` (not ``RLIMIT_AS``: it breaks runtimes that reserve address space).
 - Network: always a private network namespace. ``none`` has only loopback; ``internet`` adds
   slirp4netns with ``--disable-host-loopback`` (the host's 127.0.0.1 stays out of reach), attached
@@ -33,7 +33,7 @@ Why each step:
   same user and root), never in argv.
 
 Cold starts from a fresh interpreter cost what importing FastAPI costs (≈ 400 ms); see
-``dispatch/zygote.py`` for the forking variant, and ``dispatch/warm.py`` for the opt-in reuse of a
+``inside/zygote_server.py`` for the forking variant, and ``warm_pool.py`` for the opt-in reuse of a
 completed run's process by the next run of the same workflow version and owner (``Launch._end``
 holds such a process before its teardown).
 """
@@ -54,7 +54,7 @@ from typing import Protocol
 
 from core.models import Invocation, Outcome, WorkflowLimits
 from core.ports import LogSink, ResolvedWorkflow
-from dispatch.bwrap import (
+from dispatch.sandbox.bwrap import (
     CHAIN_ENV,
     LAUNCHER_PATH,
     RUN_ENV_FD,
@@ -67,13 +67,13 @@ from dispatch.bwrap import (
     relay_port,
     sandbox_command,
 )
-from dispatch.cgroups import CgroupLimits, RunCgroup, limit_error
-from dispatch.netfilter import filter_network
-from dispatch.runner import drain, forward_lines, send_request, wait_until_ready
-from dispatch.seccomp import run_filter
-from dispatch.spawn import memory_file, start_sandbox_process
-from dispatch.warm import WARM_ENV, Hold, WarmPool, warm_key
-from dispatch.zygotes import (
+from dispatch.sandbox.cgroups import CgroupLimits, RunCgroup, limit_error
+from dispatch.sandbox.netfilter import filter_network
+from dispatch.sandbox.process_runner import drain, forward_lines, send_request, wait_until_ready
+from dispatch.sandbox.seccomp import run_filter
+from dispatch.sandbox.spawn import memory_file, start_sandbox_process
+from dispatch.sandbox.warm_pool import WARM_ENV, Hold, WarmPool, warm_key
+from dispatch.sandbox.zygote_pool import (
     Zygote,
     ZygoteChild,
     ZygotePool,
@@ -93,7 +93,7 @@ KILL_GRACE_SECONDS = 1.0
 class SandboxRunner:
     """Runs each invocation in a fresh bubblewrap sandbox with its own cgroup; a workflow that
     opted into warm reuse may be served by the kept process of an earlier run of the same
-    version and owner instead (``dispatch/warm.py``)."""
+    version and owner instead (``warm_pool.py``)."""
 
     def __init__(
         self,
@@ -218,10 +218,10 @@ class Launch:
         self.slirp_exit: int | None = None
         self.reaping: set[asyncio.Task[int]] | None = None
         self.hold: Hold | None = None
-        """warm reuse: called at the end, before the teardown (``dispatch/warm.py``)"""
+        """warm reuse: called at the end, before the teardown (``warm_pool.py``)"""
         self.outcome: Outcome | None = None
         self.seccomp = b""
-        """the BPF program every process of the run is confined by (``dispatch/seccomp.py``)"""
+        """the BPF program every process of the run is confined by (``seccomp.py``)"""
 
     async def run(
         self, settings: SandboxSettings, on_log: LogSink, zygote: Zygote | None = None
@@ -360,7 +360,7 @@ class Launch:
             async with asyncio.timeout(settings.startup_timeout):
                 keeper = await sender_pid(child.handshake, b"k")
                 if keeper is not None:
-                    # The keeper (see dispatch/zygote.py) joins while it makes the namespaces:
+                    # The keeper (see inside/zygote_server.py) joins while it makes the namespaces:
                     # a v1 cgroup move costs an RCU grace period; the move of pid 1 right after
                     # is then quick. Pid 1 forked after the keeper joined is in by inheritance.
                     joining = asyncio.create_task(asyncio.to_thread(_join, procs, keeper))
@@ -392,7 +392,7 @@ class Launch:
         return None
 
     async def _attach_slirp(self, settings: SandboxSettings, child: int) -> str | None:
-        """Filter the run's network (``dispatch/netfilter.py``) and connect slirp4netns to it,
+        """Filter the run's network (``netfilter.py``) and connect slirp4netns to it,
         side by side (nft takes ≈ 15 ms): both are done before the run is told to go, and
         nothing of the workflow runs before that."""
         filtering = asyncio.create_task(filter_network(child, settings.network_allow))
@@ -457,7 +457,7 @@ class Launch:
     async def _run_forked(
         self, settings: SandboxSettings, on_log: LogSink, zygote: Zygote
     ) -> Outcome:
-        """The run as a child of its environment's zygote (``dispatch/zygote.py``)."""
+        """The run as a child of its environment's zygote (``inside/zygote_server.py``)."""
         pipes = _Pipes(internet=False)
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()

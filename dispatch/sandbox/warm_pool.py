@@ -55,8 +55,8 @@ from typing import Any, Protocol
 
 from core.models import Invocation, Outcome, RunStatus, WorkflowLimits
 from core.ports import LogSink, ResolvedWorkflow
-from dispatch.cgroups import RunCgroup, limit_error
-from dispatch.runner import DRAIN_SECONDS, send_request
+from dispatch.sandbox.cgroups import RunCgroup, limit_error
+from dispatch.sandbox.process_runner import DRAIN_SECONDS, send_request
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class WarmPool:
     """Warm processes by key: at most ``cap`` kept, each torn down after ``idle_ttl`` s idle.
 
     Every kept process lives inside a task this pool owns (the run that started it, held at its
-    end: ``dispatch/sandbox.py`` ``Launch._end``); retiring the process lets that task go on to
+    end: ``sandbox_runner.py`` ``Launch._end``); retiring the process lets that task go on to
     the usual teardown. :meth:`close` retires all and waits for those tasks.
     """
 

@@ -1,6 +1,6 @@
 """Run a workflow as a plain child process: the unisolated :class:`~core.ports.WorkflowRunner`.
 
-Each run gets its own process (started by ``dispatch/launcher.py`` with the environment's
+Each run gets its own process (started by ``inside/launcher.py`` with the environment's
 interpreter) serving the workflow on a private Unix socket, one HTTP request over that socket, and
 a SIGKILL to the process group at the end whatever happened. It gives no isolation beyond the
 process group (DESIGN §5 ``sandbox = "process"``, for development); a sandboxed runner replaces it
@@ -28,7 +28,7 @@ from core.ports import LogSink, ResolvedWorkflow
 
 logger = logging.getLogger(__name__)
 
-LAUNCHER = Path(__file__).with_name("launcher.py")
+LAUNCHER = Path(__file__).parent / "inside" / "launcher.py"
 MAX_LINE_BYTES = 16 * 1024
 MAX_SOCKET_PATH_BYTES = 107
 DRAIN_SECONDS = 2.0
