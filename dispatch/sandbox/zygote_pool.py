@@ -38,7 +38,8 @@ from dispatch.sandbox.bwrap import (
     base_interpreter_prefix,
     zygote_command,
 )
-from dispatch.sandbox.process_runner import LAUNCHER, forward_lines
+from dispatch.sandbox.process_runner import LAUNCHER
+from dispatch.sandbox.serving import forward_lines
 from dispatch.sandbox.spawn import SandboxProcess, start_sandbox_process
 
 logger = logging.getLogger(__name__)

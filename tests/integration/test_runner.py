@@ -21,7 +21,8 @@ from core.models import RunStatus
 from dispatch.environments import COMPLETE_MARKER, EnvironmentBuilder, python_of
 from dispatch.pep723 import ScriptMetadata
 from dispatch.registry import Workflow
-from dispatch.sandbox.process_runner import MAX_LINE_BYTES, ProcessRunner
+from dispatch.sandbox.process_runner import ProcessRunner
+from dispatch.sandbox.serving import MAX_LINE_BYTES
 from tests.runs import (
     HELLO,
     REPO,
