@@ -203,30 +203,6 @@ deliveries = Table(
     Index("ix_deliveries_target_key_status", "target_key", "status"),
 )
 
-# --- Slack (triggers/slack): workspaces installed through OAuth v2, and the OAuth state nonces.
-slack_installations = Table(
-    "slack_installations",
-    metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    # "" rather than NULL for a missing enterprise/team: NULLs never collide in a unique key.
-    Column("enterprise_id", String(32), nullable=False, default=""),
-    Column("team_id", String(32), nullable=False, default=""),
-    Column("app_id", String(32)),
-    Column("bot_user_id", String(32)),
-    Column("bot_id", String(32)),
-    Column("bot_token", Text),
-    Column("installation", JSON, nullable=False),
-    Column("installed_at", UTCDateTime(), nullable=False),
-    UniqueConstraint("enterprise_id", "team_id", name="uq_slack_installations_workspace"),
-)
-
-slack_oauth_states = Table(
-    "slack_oauth_states",
-    metadata,
-    Column("state", String(64), primary_key=True),
-    Column("expires_at", UTCDateTime(), nullable=False),
-)
-
 # --- WhatsApp (triggers/whatsapp) ---------------------------------------------------------------
 
 # The 24-hour window is read from the runs a chat's messages made (serial key

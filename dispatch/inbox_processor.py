@@ -66,6 +66,7 @@ class InboxProcessor:
             tuple[StoredEvent, ProcessingResult | BaseException], Finished
         ] = GroupCommit(self._finish, name="inbox-finish")
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     async def start(self, stack: AsyncExitStack) -> None:
         if not self._processors:
@@ -79,6 +80,7 @@ class InboxProcessor:
 
     async def aclose(self) -> None:
         """Stop taking events; hand back the ones still being processed (not an attempt)."""
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -110,10 +112,7 @@ class InboxProcessor:
                     claimed = await self._queue.claim(self._settings.owner, triggers, free)
                 except Exception:
                     logger.exception("inbox: claiming events failed; trying again")
-            for event in claimed:
-                self._in_flight[event.id] = asyncio.create_task(
-                    self._process(event), name=f"inbox:{event.id}"
-                )
+            self._begin(claimed)
             if claimed and len(claimed) == free:
                 await asyncio.sleep(0)  # maybe more: claim again once a slot is free
                 if len(self._in_flight) < self._settings.concurrency:
@@ -130,6 +129,12 @@ class InboxProcessor:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
+
+    def _begin(self, claimed: list[StoredEvent]) -> None:
+        for event in claimed:
+            self._in_flight[event.id] = asyncio.create_task(
+                self._process(event), name=f"inbox:{event.id}"
+            )
 
     async def _process(self, event: StoredEvent) -> None:
         processor = self._processors[event.trigger]
@@ -148,8 +153,8 @@ class InboxProcessor:
             except Exception:
                 logger.exception("inbox event %s: recording the failure failed too", event.id)
         self._in_flight.pop(event.id, None)
-        self._wake.set()  # a slot is free, and the conversation's next event may go
         if finished is None:
+            self._wake.set()  # a slot is free, and the conversation's next event may go
             return
         if finished.retry_at is not None:
             due = time.monotonic() + (finished.retry_at - self._clock.now()).total_seconds()
@@ -165,7 +170,16 @@ class InboxProcessor:
     async def _finish(
         self, outcomes: list[tuple[StoredEvent, ProcessingResult | BaseException]]
     ) -> list[Finished | BaseException]:
-        return await self._queue.finish(self._settings.owner, outcomes)
+        """Record ``outcomes`` and, in the same commit, take what their slots and their
+        conversations' order now allow (the claim loop need not run for it)."""
+        free = self._settings.concurrency - len(self._in_flight) + len(outcomes)
+        if self._closing:
+            free = 0
+        answers, claimed = await self._queue.finish_and_claim(
+            self._settings.owner, outcomes, self._processors, free
+        )
+        self._begin(claimed)
+        return answers
 
     async def _renew_loop(self) -> None:
         while True:

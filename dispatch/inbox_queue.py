@@ -72,66 +72,75 @@ class InboxQueue:
         """Lease up to ``limit`` events of ``triggers`` that may be processed now, oldest first."""
         if limit <= 0 or not triggers:
             return []
-        earlier = inbox_events.alias("earlier")
         async with self._db.write() as conn:
-            now = self._clock.now()
-            query = (
-                select(inbox_events)
-                .where(
-                    inbox_events.c.status == EventStatus.PENDING,
-                    inbox_events.c.trigger.in_(sorted(triggers)),
-                    or_(
-                        inbox_events.c.next_attempt_at.is_(None),
-                        inbox_events.c.next_attempt_at <= now,
-                    ),
-                    or_(
-                        inbox_events.c.lease_expires_at.is_(None),
-                        inbox_events.c.lease_expires_at < now,
-                    ),
-                    ~exists().where(
-                        earlier.c.ordering_key == inbox_events.c.ordering_key,
-                        earlier.c.status == EventStatus.PENDING,
-                        earlier.c.id < inbox_events.c.id,
-                    ),
-                )
-                .order_by(inbox_events.c.id)
-                .limit(limit)
+            return await self._claim_in(conn, owner, triggers, limit, self._clock.now())
+
+    async def _claim_in(
+        self,
+        conn: AsyncConnection,
+        owner: str,
+        triggers: Collection[str],
+        limit: int,
+        now: datetime,
+    ) -> list[StoredEvent]:
+        earlier = inbox_events.alias("earlier")
+        query = (
+            select(inbox_events)
+            .where(
+                inbox_events.c.status == EventStatus.PENDING,
+                inbox_events.c.trigger.in_(sorted(triggers)),
+                or_(
+                    inbox_events.c.next_attempt_at.is_(None),
+                    inbox_events.c.next_attempt_at <= now,
+                ),
+                or_(
+                    inbox_events.c.lease_expires_at.is_(None),
+                    inbox_events.c.lease_expires_at < now,
+                ),
+                ~exists().where(
+                    earlier.c.ordering_key == inbox_events.c.ordering_key,
+                    earlier.c.status == EventStatus.PENDING,
+                    earlier.c.id < inbox_events.c.id,
+                ),
             )
-            if not self._db.is_sqlite:
-                # Two nodes see the same first events of their keys; each takes the unlocked ones.
-                query = query.with_for_update(skip_locked=True, of=inbox_events)
-            rows = list((await conn.execute(query)).mappings())
-            if not rows:
-                return []
-            taken: list[RowMapping] = []
-            for row in rows:
-                if row["lease_owner"] is None:
-                    taken.append(row)
-                    continue
-                # Its processor stopped (lease expired): that was an attempt.
-                attempts = row["attempts"] + 1
-                error = f"its processor stopped (node {row['lease_owner']}) before it finished"
-                logger.warning("inbox event %s: %s (attempt %d)", row["id"], error, attempts)
-                if attempts >= self._max_attempts:
-                    await conn.execute(
-                        update(inbox_events)
-                        .where(inbox_events.c.id == row["id"])
-                        .values(_failed(attempts, error, now))
-                    )
-                    continue
+            .order_by(inbox_events.c.id)
+            .limit(limit)
+        )
+        if not self._db.is_sqlite:
+            # Two nodes see the same first events of their keys; each takes the unlocked ones.
+            query = query.with_for_update(skip_locked=True, of=inbox_events)
+        rows = list((await conn.execute(query)).mappings())
+        if not rows:
+            return []
+        taken: list[RowMapping] = []
+        for row in rows:
+            if row["lease_owner"] is None:
+                taken.append(row)
+                continue
+            # Its processor stopped (lease expired): that was an attempt.
+            attempts = row["attempts"] + 1
+            error = f"its processor stopped (node {row['lease_owner']}) before it finished"
+            logger.warning("inbox event %s: %s (attempt %d)", row["id"], error, attempts)
+            if attempts >= self._max_attempts:
                 await conn.execute(
                     update(inbox_events)
                     .where(inbox_events.c.id == row["id"])
-                    .values(attempts=attempts, error=error, error_at=now)
+                    .values(_failed(attempts, error, now))
                 )
-                taken.append({**row, "attempts": attempts})  # type: ignore[arg-type]
-            if not taken:
-                return []
+                continue
             await conn.execute(
                 update(inbox_events)
-                .where(inbox_events.c.id.in_([row["id"] for row in taken]))
-                .values(lease_owner=owner, lease_expires_at=now + self._lease)
+                .where(inbox_events.c.id == row["id"])
+                .values(attempts=attempts, error=error, error_at=now)
             )
+            taken.append({**row, "attempts": attempts})  # type: ignore[arg-type]
+        if not taken:
+            return []
+        await conn.execute(
+            update(inbox_events)
+            .where(inbox_events.c.id.in_([row["id"] for row in taken]))
+            .values(lease_owner=owner, lease_expires_at=now + self._lease)
+        )
         return [_stored(row) for row in taken]
 
     async def renew(self, owner: str, event_ids: Collection[str]) -> set[str]:
@@ -159,47 +168,72 @@ class InboxQueue:
     async def finish(
         self, owner: str, outcomes: list[tuple[StoredEvent, ProcessingResult | BaseException]]
     ) -> list[Finished | BaseException]:
-        """Record a batch of outcomes in one transaction (``GroupCommit`` calls this).
+        """Record a batch of outcomes in one transaction.
 
         A processed event's run requests are committed with its mark, or neither is.
         """
+        answers, _ = await self.finish_and_claim(owner, outcomes, (), 0)
+        return answers
+
+    async def finish_and_claim(
+        self,
+        owner: str,
+        outcomes: list[tuple[StoredEvent, ProcessingResult | BaseException]],
+        triggers: Collection[str],
+        limit: int,
+    ) -> tuple[list[Finished | BaseException], list[StoredEvent]]:
+        """:meth:`finish`, then :meth:`claim` in the same transaction: the events these outcomes
+        held back (the next of each conversation) are taken without another commit."""
         async with self._db.write() as conn:
             now = self._clock.now()
-            query = select(inbox_events.c.id).where(
-                inbox_events.c.id.in_([event.id for event, _ in outcomes]),
-                inbox_events.c.lease_owner == owner,
-                inbox_events.c.status == EventStatus.PENDING,
-            )
-            if not self._db.is_sqlite:
-                query = query.with_for_update()
-            held = set((await conn.execute(query)).scalars())
-            requests: list[IntakeItem] = []
-            spans: dict[str, slice] = {}
-            for event, result in outcomes:
-                if event.id in held and not isinstance(result, Ignored | BaseException):
-                    start = len(requests)
-                    requests.extend(for_event(event, request) for request in result)
-                    spans[event.id] = slice(start, len(requests))
-            written = await self._intake.write_in(conn, requests, now) if requests else []
-            answers: list[Finished | BaseException] = []
-            changes: dict[EventStatus, list[dict[str, Any]]] = defaultdict(list)
-            for event, result in outcomes:
-                if event.id not in held:
-                    logger.warning("inbox event %s: its lease was lost; not recorded", event.id)
-                    answers.append(Finished(event.id, None))
-                elif isinstance(result, Ignored):
-                    changes[EventStatus.IGNORED].append({"b_id": event.id, "b_why": result.reason})
-                    answers.append(Finished(event.id, EventStatus.IGNORED))
+            answers = await self._finish_in(conn, owner, outcomes, now)
+            claimed: list[StoredEvent] = []
+            if limit > 0 and triggers:
+                claimed = await self._claim_in(conn, owner, triggers, limit, now)
+        return answers, claimed
+
+    async def _finish_in(
+        self,
+        conn: AsyncConnection,
+        owner: str,
+        outcomes: list[tuple[StoredEvent, ProcessingResult | BaseException]],
+        now: datetime,
+    ) -> list[Finished | BaseException]:
+        query = select(inbox_events.c.id).where(
+            inbox_events.c.id.in_([event.id for event, _ in outcomes]),
+            inbox_events.c.lease_owner == owner,
+            inbox_events.c.status == EventStatus.PENDING,
+        )
+        if not self._db.is_sqlite:
+            query = query.with_for_update()
+        held = set((await conn.execute(query)).scalars())
+        requests: list[IntakeItem] = []
+        spans: dict[str, slice] = {}
+        for event, result in outcomes:
+            if event.id in held and not isinstance(result, Ignored | BaseException):
+                start = len(requests)
+                requests.extend(for_event(event, request) for request in result)
+                spans[event.id] = slice(start, len(requests))
+        written = await self._intake.write_in(conn, requests, now) if requests else []
+        answers: list[Finished | BaseException] = []
+        changes: dict[EventStatus, list[dict[str, Any]]] = defaultdict(list)
+        for event, result in outcomes:
+            if event.id not in held:
+                logger.warning("inbox event %s: its lease was lost; not recorded", event.id)
+                answers.append(Finished(event.id, None))
+            elif isinstance(result, Ignored):
+                changes[EventStatus.IGNORED].append({"b_id": event.id, "b_why": result.reason})
+                answers.append(Finished(event.id, EventStatus.IGNORED))
+            else:
+                span = spans.get(event.id, slice(0, 0))
+                made, error = _made(requests[span], written[span], result)
+                if error is None:
+                    run_ids = [submitted.id for _, submitted in made]
+                    changes[EventStatus.PROCESSED].append({"b_id": event.id, "b_runs": run_ids})
+                    answers.append(Finished(event.id, EventStatus.PROCESSED, made))
                 else:
-                    span = spans.get(event.id, slice(0, 0))
-                    made, error = _made(requests[span], written[span], result)
-                    if error is None:
-                        run_ids = [submitted.id for _, submitted in made]
-                        changes[EventStatus.PROCESSED].append({"b_id": event.id, "b_runs": run_ids})
-                        answers.append(Finished(event.id, EventStatus.PROCESSED, made))
-                    else:
-                        answers.append(self._failure(event, error, now, changes))
-            await _apply(conn, changes, now)
+                    answers.append(self._failure(event, error, now, changes))
+        await _apply(conn, changes, now)
         return answers
 
     def _failure(

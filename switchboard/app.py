@@ -7,12 +7,13 @@ import contextlib
 import hmac
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from core.channels import Channel
 from core.errors import Unauthorized
 from core.inbox import InboxAdmin
 from core.models import CallerRights
@@ -21,6 +22,7 @@ from dispatch.retention import Retention, RetentionSettings
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
+from switchboard.channels import LateParts, configured_channels, run_started_to
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.headers import set_security_headers
 from switchboard.http import body_deadline_middleware, error_middleware
@@ -33,7 +35,6 @@ from triggers.email.wiring import EMAIL_ROUTES, EmailWebhooks, email_intake
 from triggers.files import FILE_ROUTES, FileRoutes
 from triggers.inbox_api import InboxRoutes
 from triggers.secrets_api import SECRET_ROUTES, SecretRoutes
-from triggers.slack.wiring import SLACK_ROUTES, SlackRoutes
 from triggers.whatsapp.intake import WhatsAppIntake
 from triggers.whatsapp.wiring import WHATSAPP_ROUTES, open_whatsapp_intake
 
@@ -45,7 +46,8 @@ SERVICES = web.AppKey("services", Services)
 WORKERS = web.AppKey("workers", WorkerPool)
 API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
-SLACK = web.AppKey("slack", SlackRoutes)
+CHANNELS: web.AppKey[Sequence[Channel]] = web.AppKey("channels")
+PARTS = web.AppKey("channel_parts", LateParts)
 WHATSAPP = web.AppKey("whatsapp", WhatsAppIntake)
 EMAIL = web.AppKey("email", EmailWebhooks)
 READY = web.AppKey("ready", asyncio.Event)
@@ -82,6 +84,8 @@ def create_app(
     app[METRICS] = metrics
     app[READY] = asyncio.Event()
     app[STARTUP_ERROR] = []
+    app[PARTS] = LateParts()
+    app[CHANNELS] = configured_channels(settings, app[PARTS])
     app.cleanup_ctx.append(_services)
     app.on_shutdown.append(_stop_log_streams)
     if "worker" in roles:
@@ -96,9 +100,10 @@ def create_app(
             app.router.add_route(method, path, _route_to(API, name))
         for method, path, name in FILE_ROUTES:
             app.router.add_route(method, path, _route_to(FILE_HANDLERS, name))
-        if settings.slack.enabled:
-            for method, path, name in SLACK_ROUTES:
-                app.router.add_route(method, path, _route_to(SLACK, name))
+        for channel in app[CHANNELS]:
+            edge = channel.edge()
+            if isinstance(edge, web.Application):
+                app.add_subapp(channel.prefix, edge)
         if settings.whatsapp.enabled:
             app.cleanup_ctx.append(_whatsapp)
             for method, path, name in WHATSAPP_ROUTES:
@@ -131,7 +136,9 @@ async def _inbox_routes(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
-    async with open_services(app[SETTINGS], metrics=app[METRICS]) as services:
+    async with open_services(
+        app[SETTINGS], metrics=app[METRICS], channels=app[CHANNELS], parts=app[PARTS]
+    ) as services:
         app[SERVICES] = services
         app[API] = RuntimeApi(
             services.gateway,
@@ -143,10 +150,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             ),
         )
         app[FILE_HANDLERS] = FileRoutes(services.files)
-        if services.slack is not None:
-            app[SLACK] = services.slack.routes(
-                services.gateway, services.files, public_url=services.settings.server.base_url()
-            )
 
         async def schedule_owner(request: web.Request) -> tuple[str, CallerRights]:
             principal = await services.auth.authenticate(request.headers.get("Authorization"))
@@ -231,7 +234,7 @@ async def _worker_pool(app: web.Application, chosen: ConfiguredRunner) -> AsyncI
         secrets=services.secrets,
         in_flight=services.in_flight_secrets,
         on_reply=services.outbox.wake,
-        on_started=services.run_started,
+        on_started=run_started_to(app[CHANNELS]),
     )
     pool.start()
     services.outbox.start()

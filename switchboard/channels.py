@@ -1,12 +1,17 @@
-"""The configured channels (``core.channels.Channel``), built once by the composition root.
+"""The configured channels (``core.channels.Channel``), built with the application.
 
-Each channel package adds one line to :func:`configured_channels`; the rest of the wiring
-iterates the list: the inbox learns each channel's trigger names, worker nodes hand its
-processors to the inbox processor.
+A channel's edge is mounted when the application is built, before any service runs (aiohttp
+freezes a sub-application's routes when it is mounted); what the channel is built from
+(:class:`ChannelParts`: the database, the inbox, the file store) it takes when it starts, from
+:class:`LateParts`, which :func:`switchboard.services.open_services` fills first. Each channel
+package adds one line to :func:`configured_channels`; the rest of the wiring iterates the list:
+the inbox learns each channel's trigger names, worker nodes hand its processors to the inbox
+processor, run-started events go to the channel the run's reply is for (Slack's ``:eyes:``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -15,10 +20,12 @@ from core.channels import Channel
 from core.clock import Clock
 from core.db import Database
 from core.inbox import Inbox
-from core.ports import RunGateway
+from core.models import RunRecord
+from core.ports import RunGateway, RunHistory
 from core.security import Signer
 from switchboard.settings import Settings
 from triggers.files import FileStore
+from triggers.slack.channel import SlackChannel, SlackDeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +40,50 @@ class ChannelParts:
     files: FileStore
     inbox: Inbox
     gateway: RunGateway
+    history: RunHistory
 
 
-def configured_channels(parts: ChannelParts) -> list[Channel]:
+@dataclass(slots=True)
+class LateParts:
+    """The parts, once ``open_services`` has them (channels are built before, started after)."""
+
+    parts: ChannelParts | None = None
+
+    def __call__(self) -> ChannelParts:
+        if self.parts is None:
+            raise RuntimeError("a channel started before the services it is built from")
+        return self.parts
+
+
+def configured_channels(settings: Settings, parts: Callable[[], ChannelParts]) -> list[Channel]:
     """The channels the settings enable, one line each."""
     channels: list[Channel] = []
+    if settings.slack.enabled:
+        channels.append(SlackChannel(settings.slack, lambda: _slack(parts())))
     return channels
+
+
+def _slack(parts: ChannelParts) -> SlackDeps:
+    return SlackDeps(
+        database=parts.database,
+        history=parts.history,
+        clock=parts.clock,
+        http=parts.http,
+        files=parts.files,
+        inbox=parts.inbox,
+        public_url=parts.settings.server.base_url(),
+        delivery_attempts=parts.settings.delivery.max_attempts,
+    )
+
+
+def run_started_to(channels: Sequence[Channel]) -> Callable[[RunRecord], None]:
+    """The workers' run-started hook: to the channel named by the run's reply target."""
+    by_name = {channel.name: channel for channel in channels}
+
+    def run_started(run: RunRecord) -> None:
+        target = run.reply_target or {}
+        channel = by_name.get(str(target.get("channel") or ""))
+        if channel is not None:
+            channel.run_started(run)
+
+    return run_started

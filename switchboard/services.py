@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,6 @@ from core.channels import Channel
 from core.clock import Clock, SystemClock
 from core.db import Database
 from core.errors import SecretsUnreadable
-from core.models import RunRecord
 from core.ports import BuiltinService, Metrics, NullMetrics, Sender
 from core.redaction import InFlightSecrets
 from core.security import Signer
@@ -45,7 +44,7 @@ from dispatch.secret_store import SecretStore
 from scheduler.builtin import SCHEDULE_RUNS, schedule_runs_service
 from scheduler.service import ScheduleService
 from scheduler.store import ScheduleStore
-from switchboard.channels import ChannelParts, configured_channels
+from switchboard.channels import ChannelParts, LateParts
 from switchboard.config import signing_secret
 from switchboard.datadir import prepare_data_dir
 from switchboard.logging import redact_server_logs
@@ -57,7 +56,6 @@ from triggers.egress import guarded_client
 from triggers.email.wiring import EmailOutbound
 from triggers.files import FileSettings, FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
-from triggers.slack.wiring import SlackChannel, open_slack
 from triggers.webhook import WebhookSender
 from triggers.whatsapp.wiring import open_whatsapp_sender
 
@@ -99,15 +97,7 @@ class Services:
     inbox_queue: InboxQueue
     inbox_writer: InboxWriter
     channels: list[Channel]
-    slack: SlackChannel | None = None
-
-    def run_started(self, run: RunRecord) -> None:
-        """A worker of this node starts ``run``: its channel may show it (Slack's ``:eyes:``)."""
-        if self.slack is not None:
-            self.slack.sender.working(run.reply_target)
-        for channel in self.channels:
-            if run.reply_target is not None and run.reply_target.get("channel") == channel.name:
-                channel.run_started(run)
+    """The configured channels, started (their senders are the outbox's)."""
 
     async def unset_secret_warnings(self, info: WorkflowInfo, owner_id: str) -> list[str]:
         """One warning per name ``info`` declares that has no value (nor default) for
@@ -165,9 +155,15 @@ def tool_env() -> dict[str, str]:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, migrate: bool = True, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    metrics: Metrics | None = None,
+    channels: Sequence[Channel] = (),
+    parts: LateParts | None = None,
 ) -> AsyncIterator[Services]:
-    """Every component, started; stopped in reverse order on exit."""
+    """Every component, started; stopped in reverse order on exit. ``channels`` start once
+    ``parts`` has what they are built from; their senders join the outbox's."""
     data_dir = settings.server.data_dir
     prepare_data_dir(data_dir, settings.server.resolved_database_url())
     database = Database(
@@ -234,18 +230,6 @@ async def open_services(
             ),
             "email": email.sender,
         }
-        slack = None
-        if settings.slack.enabled:
-            slack = open_slack(
-                settings.slack,
-                database,
-                clock,
-                http,
-                files=files,
-                delivery_attempts=settings.delivery.max_attempts,
-            )
-            stack.push_async_callback(slack.aclose)
-            senders["slack"] = slack.sender
         if settings.whatsapp.enabled:
             senders["whatsapp"] = await stack.enter_async_context(
                 open_whatsapp_sender(
@@ -292,19 +276,20 @@ async def open_services(
             replay_timeout=settings.inbox.replay_timeout,
             poll_interval=settings.inbox.poll_interval,
         )
-        channels = configured_channels(
-            ChannelParts(
-                settings=settings,
-                database=database,
-                clock=clock,
-                signer=signer,
-                http=http,
-                files=files,
-                inbox=inbox,
-                gateway=gateway,
-            )
+        parts = parts if parts is not None else LateParts()
+        parts.parts = ChannelParts(
+            settings=settings,
+            database=database,
+            clock=clock,
+            signer=signer,
+            http=http,
+            files=files,
+            inbox=inbox,
+            gateway=gateway,
+            history=RunHistoryReader(database),
         )
         for channel in channels:
+            await channel.start(stack)
             for trigger in channel.processors:
                 inbox.register(trigger, channel.health)
             if channel.sender is not None:  # the outbox reads its registry when it sends
@@ -349,8 +334,7 @@ async def open_services(
                 retry_delay_max=settings.inbox.retry_delay_max,
             ),
             inbox_writer=inbox_writer,
-            channels=channels,
-            slack=slack,
+            channels=list(channels),
         )
         database.start()
         logs.start()

@@ -1,26 +1,35 @@
 """Shared fixtures: both databases, a live server on a loopback port, registered workflows.
 
 Every test that takes ``live`` runs twice: on SQLite and on a throwaway PostgreSQL 15 server
-(tests/pgserver.py). Workflow environments are built once per session (or once per machine when
-``SWITCHBOARD_TEST_CACHE`` names a directory) and shared by every test's data dir.
+(tests/pgserver.py). The schema is migrated once per session into a template that each test's
+database is cloned from, so the server's start-up migration finds it at head; only the tests of
+the migrations themselves start from ``empty_database_url``. Workflow environments are built once
+per session (or once per machine when ``SWITCHBOARD_TEST_CACHE`` names a directory).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
 
+from core.db import Database
 from switchboard.app import READY, ROLES, SERVICES, create_app
 from switchboard.config import load_settings
+from switchboard.migrate import upgrade
 from switchboard.server import start_site
 from switchboard.services import Services
 from switchboard.settings import Settings
@@ -54,14 +63,123 @@ def workflow_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("workflow-cache")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+async def migrate_to_head(url: str) -> None:
+    database = Database(url)
+    try:
+        await upgrade(database)
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file migrated to whatever head the code has; tests get copies of it."""
+    path = tmp_path_factory.mktemp("template") / "switchboard.db"
+    asyncio.run(migrate_to_head(f"sqlite+aiosqlite:///{path}"))
+    with closing(sqlite3.connect(path)) as connection:
+        # Out of WAL mode, the whole database is the one file (the server turns WAL back on).
+        connection.execute("PRAGMA journal_mode=DELETE")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres: ThrowawayPostgres) -> str:
+    """A PostgreSQL database migrated to head, the template of every test's database."""
+    name = "switchboard_head"
+    postgres.create_database(name)
+
+    async def build() -> None:
+        await migrate_to_head(postgres.url(name))
+        # CREATE DATABASE … TEMPLATE needs the template idle: refuse connections to it.
+        connection = await asyncpg.connect(postgres.dsn("postgres"))
+        try:
+            await connection.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
+        finally:
+            await connection.close()
+
+    asyncio.run(build())
+    return name
+
+
+class PostgresClones:
+    """Clones of the template, made one test ahead: CREATE DATABASE copies ~8 MB of catalogs
+    (0.1-0.5 s), which a thread waits for while the test before runs."""
+
+    def __init__(self, server: ThrowawayPostgres, template: str) -> None:
+        self._server = server
+        self._template = template
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-clones")
+        self._next = self._thread.submit(self._clone)
+
+    def _clone(self) -> str:
+        # Over the Unix socket and without a subprocess: a fork here, while the test's thread
+        # probes a free port, would hold the probe socket until exec and fail the test's bind.
+        name = "t_" + uuid.uuid4().hex[:12]
+
+        async def create() -> None:
+            connection = await asyncpg.connect(
+                host=str(self._server.socket_dir),
+                port=self._server.port,
+                user="postgres",
+                database="postgres",
+            )
+            try:
+                await connection.execute(f"CREATE DATABASE {name} TEMPLATE {self._template}")
+            finally:
+                await connection.close()
+
+        asyncio.run(create())
+        return name
+
+    def take(self) -> str:
+        """A database no other test has had; the next one is started at once."""
+        name = self._next.result()
+        self._next = self._thread.submit(self._clone)
+        return name
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_clones(
+    postgres: ThrowawayPostgres, postgres_template: str
+) -> Iterator[PostgresClones]:
+    clones = PostgresClones(postgres, postgres_template)
+    yield clones
+    clones.close()
+
+
+def new_database(request: pytest.FixtureRequest, tmp_path: Path, *, at_head: bool) -> str:
+    """A database of its own for one test: a clone of the template, or empty."""
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'switchboard.db'}"
+        path = tmp_path / "switchboard.db"
+        if at_head:
+            shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+            path.chmod(0o600)  # as the server creates it
+        return f"sqlite+aiosqlite:///{path}"
     server: ThrowawayPostgres = request.getfixturevalue("postgres")
+    if at_head:
+        clones: PostgresClones = request.getfixturevalue("postgres_clones")
+        return server.url(clones.take())
     name = "t_" + uuid.uuid4().hex[:12]
     server.create_database(name)
     return server.url(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database whose schema is at head already (the server's migration on start is a no-op)."""
+    return new_database(request, tmp_path, at_head=True)
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with no schema at all, for tests of the migrations themselves."""
+    return new_database(request, tmp_path, at_head=False)
 
 
 def make_settings(

@@ -128,6 +128,12 @@ class ThrowawayPostgres:
         """SQLAlchemy URL for ``dbname`` through asyncpg."""
         return f"postgresql+asyncpg://{SUPERUSER}@{self.host}:{self.port}/{dbname}"
 
+    @property
+    def socket_dir(self) -> Path:
+        """The directory of the server's Unix socket (a client there takes no TCP port)."""
+        assert self._root is not None
+        return self._root
+
     def dsn(self, dbname: str) -> str:
         """libpq-style URL for ``dbname``, as ``asyncpg.connect`` and ``psql`` take it."""
         return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{dbname}"

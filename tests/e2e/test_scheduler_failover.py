@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import signal
 import time
-import uuid
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,7 +22,6 @@ from core.clock import parse_iso
 from core.tables import runs
 from tests.e2e.conftest import ServiceFactory
 from tests.e2e.harness import ServerProcess, bearer, wait_until
-from tests.pgserver import ThrowawayPostgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow]
 
@@ -41,12 +39,11 @@ async def role(server: ServerProcess) -> str | None:
     return value
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_leader_killed_standby_takes_over_without_doubling_or_losing_ticks(
-    make_service: ServiceFactory, postgres: ThrowawayPostgres, workflow_cache: Path
+    make_service: ServiceFactory, database_url: str, workflow_cache: Path
 ) -> None:
-    name = "t_" + uuid.uuid4().hex[:12]
-    postgres.create_database(name)
-    url = postgres.url(name)
+    url = database_url
     service = make_service(
         {
             "SWITCHBOARD_SERVER__DATABASE_URL": url,

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from dispatch.environments import EnvironmentBuilder
 from dispatch.pep723 import read_script_metadata
@@ -19,6 +20,7 @@ from tests.conftest import free_port
 from tests.fakes.slack_api import SlackApi
 from tests.fakes.smtp_sink import SmtpSink
 from tests.fakes.twilio_api import FakeTwilioApi, running_twilio_api
+from tests.integration.deliveries import Receiver
 from tests.integration.sandbox_helpers import host_sandbox_or_problem, sandbox_settings_for
 from tests.runs import HELLO, PASSED_ENV, BuiltEnvironment
 
@@ -45,6 +47,21 @@ async def twilio() -> AsyncIterator[FakeTwilioApi]:
     """A fake Twilio REST API on a free loopback port."""
     async with running_twilio_api(free_port()) as fake:
         yield fake
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook endpoint on loopback (``receiver.url``) recording every delivery."""
+    target = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", target.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    target.url = f"http://127.0.0.1:{port}/hook"
+    yield target
+    await runner.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,15 @@
-"""Waiting on the outbox from a test: a run's delivery row once it reaches a status."""
+"""Watching the outbox from a test: a run's delivery row once it reaches a status, and a webhook
+endpoint that records what the outbox sent it."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
 from sqlalchemy import select
 
 from core.tables import deliveries
@@ -51,3 +54,33 @@ async def wait_for_rows(
             if any(condition(row) for row in rows):
                 return rows
             await asyncio.sleep(0.05)  # polling the database: nothing to subscribe to here
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint on loopback that records what it got and fails on request."""
+
+    url: str = ""
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    failures_left: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    gates: list[asyncio.Event] = field(default_factory=list)
+    """Each request takes the next gate (if any) and answers only once it is set."""
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def wait_for(self, count: int) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: len(self.received) >= count)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        async with self.changed:
+            self.received.append((dict(request.headers), body))
+            self.changed.notify_all()
+        self.arrived.set()
+        if self.gates:
+            await self.gates.pop(0).wait()
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            return web.Response(status=503, headers={"Retry-After": "0"})
+        return web.Response(status=204)

@@ -65,9 +65,9 @@ async def test_a_one_time_key_cannot_be_admin(database: Database) -> None:
 
 
 async def test_the_upgrade_keeps_the_bootstrap_key_admin_and_makes_the_rest_members(
-    database_url: str,
+    empty_database_url: str,
 ) -> None:
-    database = Database(database_url)
+    database = Database(empty_database_url)
     await upgrade(database, "0010")
     now = datetime.now(UTC)
     async with database.write() as conn:

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 
 import httpx
-import pytest
-from aiohttp import web
 from sqlalchemy import update
 
 from core.addresses import DestinationPolicy
@@ -19,55 +15,11 @@ from core.models import Outcome, ReplyTarget, RunRequest, RunStatus
 from core.ports import NullMetrics
 from core.tables import deliveries
 from dispatch.outbox import Outbox, OutboxSettings
-from tests.conftest import Live, LiveFactory, free_port
-from tests.integration.deliveries import delivery_rows, wait_for_delivery
+from tests.conftest import Live, LiveFactory
+from tests.integration.deliveries import Receiver, delivery_rows, wait_for_delivery
 from triggers.webhook import WebhookSender, webhook_signature
 
 LOOPBACK = DestinationPolicy.allowing(["127.0.0.1"])
-
-
-@dataclass
-class Receiver:
-    """A webhook endpoint on loopback that records what it got and fails on request."""
-
-    url: str = ""
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    failures_left: int = 0
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    gates: list[asyncio.Event] = field(default_factory=list)
-    """Each request takes the next gate (if any) and answers only once it is set."""
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-
-    async def wait_for(self, count: int) -> None:
-        async with self.changed:
-            await self.changed.wait_for(lambda: len(self.received) >= count)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        async with self.changed:
-            self.received.append((dict(request.headers), body))
-            self.changed.notify_all()
-        self.arrived.set()
-        if self.gates:
-            await self.gates.pop(0).wait()
-        if self.failures_left > 0:
-            self.failures_left -= 1
-            return web.Response(status=503, headers={"Retry-After": "0"})
-        return web.Response(status=204)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    target = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", target.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    target.url = f"http://127.0.0.1:{port}/hook"
-    yield target
-    await runner.cleanup()
 
 
 async def submit_to_webhook(live: Live, url: str, service: str, body: object) -> str:

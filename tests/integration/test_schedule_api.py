@@ -13,7 +13,7 @@ from codewords_client import AsyncCodewordsClient
 from core.clock import parse_iso
 from core.models import RunRecord
 from tests.conftest import Live
-from tests.integration.test_schedules import EVERY_SECOND, eventually, schedule_runs
+from tests.integration.schedule_helpers import EVERY_SECOND, eventually, schedule_runs
 
 YEARLY = "0 0 1 1 *"
 

@@ -17,7 +17,7 @@ from tests.fakes.twilio_api import (
 )
 from tests.integration.deliveries import wait_for_delivery
 from tests.integration.email_helpers import start_email
-from tests.integration.test_schedules import EVERY_SECOND, eventually, schedule_runs
+from tests.integration.schedule_helpers import EVERY_SECOND, eventually, schedule_runs
 from tests.integration.test_slack_oauth import install
 from tests.integration.test_slack_oauth import start as start_oauth
 

@@ -107,9 +107,9 @@ async def start_as_serve_does(tmp_path: Path, database_url: str, cache: Path, en
 
 
 async def test_migration_0009_names_the_owner_in_scheduled_runs_keys_and_back(
-    database_url: str,
+    empty_database_url: str,
 ) -> None:
-    database = Database(database_url)
+    database = Database(empty_database_url)
     await upgrade(database, "0008")
     async with database.write() as conn:
         await conn.exec_driver_sql(

@@ -19,7 +19,7 @@ from scheduler.models import MisfirePolicy, OverlapPolicy, ScheduleSpec
 from scheduler.service import ScheduleService
 from scheduler.store import TickRecord
 from tests.conftest import Live, LiveFactory
-from tests.integration.test_schedules import (
+from tests.integration.schedule_helpers import (
     EVERY_SECOND,
     FixedClock,
     eventually,

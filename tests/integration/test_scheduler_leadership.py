@@ -12,7 +12,7 @@ from scheduler.leadership import FileLock, leadership_for
 from scheduler.models import ScheduleSpec
 from scheduler.node import NodeSettings, SchedulerNode
 from tests.conftest import Live, LiveFactory
-from tests.integration.test_schedules import EVERY_SECOND, eventually, schedule_runs
+from tests.integration.schedule_helpers import EVERY_SECOND, eventually, schedule_runs
 
 FAST = NodeSettings(standby_retry=0.05, poll_interval=0.1)
 

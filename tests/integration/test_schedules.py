@@ -3,13 +3,11 @@ overlap policies, misfire policies after an outage, delivery to a webhook receiv
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -20,48 +18,18 @@ from core.models import RunRecord, RunStatus
 from core.tables import runs
 from scheduler.engine import ScheduleEngine
 from scheduler.models import MisfirePolicy, ScheduleSpec
-from scheduler.node import SchedulerNode
 from scheduler.service import ScheduleService
 from scheduler.ticks import SCHEDULED_REQUEST_HEADER
-from switchboard.app import SCHEDULER
 from tests.conftest import Live, LiveFactory
-from tests.integration.deliveries import wait_for_delivery
-from tests.integration.test_outbox import Receiver
-from tests.integration.test_outbox import receiver as receiver  # the fixture
+from tests.integration.deliveries import Receiver, wait_for_delivery
+from tests.integration.schedule_helpers import (
+    EVERY_SECOND,
+    FixedClock,
+    eventually,
+    live_node,
+    schedule_runs,
+)
 from triggers.webhook import webhook_signature
-
-T = TypeVar("T")
-EVERY_SECOND = "* * * * * *"
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20) -> T:
-    """Poll ``check`` until it returns something truthy (condition wait with a deadline)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def schedule_runs(live: Live, service: str) -> list[RunRecord]:
-    async with live.services.database.read() as conn:
-        ids = (
-            await conn.execute(
-                select(runs.c.id)
-                .where(
-                    runs.c.idempotency_key.startswith(
-                        f"schedule:default/{service}:", autoescape=True
-                    )
-                )
-                .order_by(runs.c.created_at)
-            )
-        ).all()
-    # Outside the read above: each get takes a reader of its own (the pool is small).
-    found = [await live.services.gateway.get(run_id) for (run_id,) in ids]
-    return [record for record in found if record is not None]
 
 
 def client(live: Live) -> AsyncCodewordsClient:
@@ -187,11 +155,6 @@ async def _more_than(count: Callable[[], Awaitable[int]], floor: int) -> bool:
     return await count() > floor
 
 
-def live_node(live: Live) -> SchedulerNode:
-    assert live.app is not None
-    return live.app[SCHEDULER]
-
-
 async def test_overlap_policies(live: Live) -> None:
     await live.register("slow")
     service = live.services.schedules
@@ -233,14 +196,6 @@ async def test_overlap_policies(live: Live) -> None:
     ]
     assert len(queued_running) <= 1
     assert running or len(allowed) >= 3
-
-
-class FixedClock:
-    def __init__(self, now: datetime) -> None:
-        self.moment = now
-
-    def now(self) -> datetime:
-        return self.moment
 
 
 async def test_misfire_policies_after_an_outage(live_factory: LiveFactory) -> None:

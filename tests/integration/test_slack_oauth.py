@@ -11,10 +11,17 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from core.tables import slack_installations
 from tests.conftest import Live, LiveFactory
 from tests.fakes.slack_api import SlackApi
-from tests.integration.test_slack import SECRET, envelope, mention, post_event
+from tests.integration.test_slack import (
+    SECRET,
+    envelope,
+    mention,
+    post_event,
+    run_count,
+    settled,
+)
+from triggers.slack.tables import slack_installations
 
 STATE_COOKIE = "slack-app-oauth-state"
 
@@ -48,6 +55,8 @@ async def install(live: Live, code: str) -> httpx.Response:
 
 
 async def stored_workspaces(live: Live) -> list[str]:
+    """The installations once the inbox processed every event (revocations are events)."""
+    await settled(live)
     async with live.services.database.read() as conn:
         rows = await conn.execute(select(slack_installations.c.team_id))
         return list(rows.scalars())
@@ -96,6 +105,7 @@ async def test_event_from_a_workspace_without_installation_is_not_run(
     live = await start(live_factory, slack)
     response = await post_event(live, envelope(mention(), team="TNOPE"))
     assert response.status_code == 200
+    assert await run_count(live) == 0
     assert slack.posts == []
 
 

@@ -30,6 +30,7 @@ from tests.fakes.twilio_api import (
     whatsapp_message_form,
 )
 from tests.integration.deliveries import wait_for_delivery
+from tests.integration.test_slack import settled
 
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 PUBLIC_ONLY: dict[str, Any] = {"allow_hosts": []}
@@ -285,6 +286,7 @@ async def copied_files(live: Live, body: str) -> list[str]:
             f"{live.url}/slack/events", content=body, headers=signed_headers(SLACK_SECRET, body)
         )
     assert answer.status_code == 200
+    await settled(live)  # the inbox processor made the run (and copied the files)
     async with live.services.database.read() as conn:
         [run_id] = (await conn.execute(select(runs.c.id))).scalars()
     record = await live.services.gateway.wait_until_finished(run_id, 20)

@@ -19,6 +19,7 @@ from typing import Any
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.authorization.async_authorize import AsyncAuthorize
 from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
 from slack_sdk.errors import SlackApiError
 from slack_sdk.oauth.installation_store import Bot, Installation
 from slack_sdk.oauth.installation_store.async_installation_store import AsyncInstallationStore
@@ -28,10 +29,12 @@ from sqlalchemy import delete, select
 
 from core.clock import Clock
 from core.db import Database
-from core.tables import slack_installations, slack_oauth_states
+from triggers.slack.settings import SlackSettings
+from triggers.slack.tables import slack_installations, slack_oauth_states
 
 logger = logging.getLogger(__name__)
 
+_NOT_CONFIGURED = "oauth-not-configured"
 CACHE_SECONDS = 60.0
 AUTH_TEST_TIMEOUT = 2.0
 """Seconds for the single-workspace token's ``auth.test`` when an event has to ask it on its ack
@@ -320,3 +323,27 @@ class WorkspaceAuthorize(AsyncAuthorize):
                 "slack: the bot token was refused by auth.test: %s", exc.response.get("error")
             )
             return None
+
+
+def explicit_oauth_settings(
+    settings: SlackSettings,
+    installations: SlackInstallations,
+    states: SlackOAuthStates,
+    redirect_uri: str,
+) -> AsyncOAuthSettings:
+    """Bolt's OAuth settings with every value given: bolt 1.x reads SLACK_CLIENT_ID/SECRET,
+    SLACK_SCOPES, SLACK_USER_SCOPES, SLACK_REDIRECT_URI and SLACK_INSTALL_PATH for each one it
+    is not. Without ``[slack] client_id`` the credentials are placeholders and the flow is never
+    routed to."""
+    secret = settings.client_secret.get_secret_value() if settings.client_secret else None
+    return AsyncOAuthSettings(
+        client_id=settings.client_id or _NOT_CONFIGURED,
+        client_secret=secret or _NOT_CONFIGURED,
+        scopes=list(settings.scopes),
+        user_scopes=[],
+        redirect_uri=redirect_uri,
+        install_path="/slack/install",
+        redirect_uri_path="/slack/oauth_redirect",
+        installation_store=installations,
+        state_store=states,
+    )

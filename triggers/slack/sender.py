@@ -34,7 +34,7 @@ from core.replies import Delivery, Reply, SendResult
 from triggers.files import FileStore
 from triggers.slack.hosts import is_slack_url
 from triggers.slack.installations import BotTokens
-from triggers.slack.mrkdwn import render_mrkdwn, split_mrkdwn
+from triggers.slack.render import render_mrkdwn, split_mrkdwn
 from triggers.webhook import retry_after
 
 logger = logging.getLogger(__name__)

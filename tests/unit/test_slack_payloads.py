@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from triggers.slack.messages import (
+from triggers.slack.payloads import (
     Chosen,
     choose_workflow,
     event_run_request,
@@ -17,7 +17,7 @@ from triggers.slack.messages import (
     strip_mention,
     thread_of,
 )
-from triggers.slack.mrkdwn import render_mrkdwn, split_mrkdwn
+from triggers.slack.render import render_mrkdwn, split_mrkdwn
 from triggers.slack.settings import SlackRoute, SlackSettings
 
 USER_MESSAGE: dict[str, Any] = {"user": "U1", "channel": "C1", "ts": "1.1", "text": "hi"}
