@@ -1,6 +1,8 @@
 """Where a cold sandboxed run's milliseconds go: the stages of one ``SandboxRunner.run`` of
-``examples/hello.py`` forked from the zygote, sequential and 10 at once, with the
-fresh-interpreter reference (``python -c 'import fastapi, uvicorn'``) beside it.
+``bench/workflows/client_greeter.py`` (``examples/hello.py`` importing its declared
+``codewords_client``, ``structlog``, ``httpx``; ``--workflow`` for another) forked from the
+zygote, sequential and 10 at once, with the fresh-interpreter reference
+(``python -c 'import fastapi, uvicorn'``) beside it.
 
 Usage (repository root, as root, bubblewrap installed)::
 
@@ -35,9 +37,9 @@ from dispatch.sandbox.sandbox_runner import SandboxRunner
 from dispatch.sandbox.zygote_pool import ZygotePool
 
 REPO = Path(__file__).resolve().parents[1]
-HELLO = REPO / "examples" / "hello.py"
+CLIENT_GREETER = Path(__file__).with_name("workflows") / "client_greeter.py"
 BASE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-STAGES = ("prepare", "relay", "fork", "place", "ready", "request", "teardown")
+STAGES = ("prepare", "relay", "fork", "place", "place: cgroup join", "ready", "request", "teardown")
 
 _marks: dict[str, list[float]] = {}
 """stage -> [ms], for sequential runs (the wrappers append)"""
@@ -73,6 +75,7 @@ def instrument() -> None:
     sandbox_runner._prepare = _timed_sync("prepare", sandbox_runner._prepare)  # type: ignore[assignment]
     sandbox_runner.relay_runtime_api = _timed("relay", sandbox_runner.relay_runtime_api)  # type: ignore[assignment]
     zygote_pool.Zygote.fork = _timed("fork", zygote_pool.Zygote.fork)  # type: ignore[method-assign]
+    sandbox_runner._join = _timed_sync("place: cgroup join", sandbox_runner._join)  # type: ignore[assignment]
     run._place = _timed("place", run._place)  # type: ignore[method-assign]
     sandbox_runner.wait_until_ready = _timed("ready", sandbox_runner.wait_until_ready)  # type: ignore[assignment]
     sandbox_runner.send_request = _timed("request", sandbox_runner.send_request)  # type: ignore[assignment]
@@ -122,6 +125,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--env", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--workflow", type=Path, default=CLIENT_GREETER)
     args = parser.parse_args()
     python = args.env / "bin" / "python"
     runs_dir = Path(tempfile.gettempdir()) / f"sb-cold-{uuid.uuid4().hex[:8]}"
@@ -139,11 +143,11 @@ async def main() -> None:
     instrument()
     pool = ZygotePool(settings, runs_dir.with_name(runs_dir.name + "-z"))
     runner = SandboxRunner(settings, base_env=BASE_ENV, zygotes=pool)
-    workflow = Workflow("hello", 1, HELLO, python, WorkflowLimits(network="none"))
+    workflow = Workflow("hello", 1, args.workflow, python, WorkflowLimits(network="none"))
     await one(runner, workflow)  # starts the zygote: not a cold run's cost
     _marks.clear()
     totals = [await one(runner, workflow) for _ in range(args.runs)]
-    stages = {stage: _marks.get(stage, [0.0]) for stage in STAGES}
+    stages = {stage: list(_marks.get(stage, [0.0])) for stage in STAGES}
     started = time.perf_counter()
     concurrent = await asyncio.gather(*(one(runner, workflow) for _ in range(10)))
     wall = (time.perf_counter() - started) * 1000
@@ -152,7 +156,8 @@ async def main() -> None:
     cgroups.release()
     runs_dir.rmdir()
     fresh = fresh_interpreter(python, 10)
-    print("| stage (zygote, network none) | p50 ms | p95 ms |\n|---|--:|--:|")
+    print(f"| stage ({args.workflow.name}, zygote, network none) | p50 ms | p95 ms |")
+    print("|---|--:|--:|")
     for stage, values in stages.items():
         print(f"| {stage} | {statistics.median(values):.1f} | {p(values, 0.95):.1f} |")
     print(
