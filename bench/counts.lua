@@ -1,8 +1,8 @@
--- Counting shared by the wrk scripts (post.lua, whatsapp.lua, the one bench/slack.py writes).
+-- Counting shared by the wrk scripts (post.lua, pool.lua).
 --
 -- A script loads it first (dofile) and then defines only init() and request(); init() calls
 -- reset_counts(). Each thread gets a 0-based "id" and counts what it sent and what came back;
--- done() adds the threads up and prints one machine-readable line, parsed by bench/run.py:
+-- done() adds the threads up and prints one machine-readable line, parsed by bench/wrk.py:
 --
 --   SBBENCH sent=<n> responses=<n> 2xx=<n> non2xx=<n> connect=<n> read=<n> write=<n> status=<n> timeout=<n>
 --

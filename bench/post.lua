@@ -1,4 +1,5 @@
--- wrk script for bench/run.py: POST {"n": 1} as JSON with the API key from the environment.
+-- wrk script for bench/api.py and bench/intake.py: POST {"n": 1} as JSON with the API key
+-- from the environment.
 --
 -- The key comes from $SWITCHBOARD_BENCH_KEY, never from argv (argv is visible to every user
 -- through ps and /proc). Counting and the SBBENCH line are bench/counts.lua's.

@@ -2,11 +2,11 @@
 
 Usage::
 
-    .venv/bin/python bench/profile_top.py PROFILE.txt [--top 25] [--thread-filter TEXT]
+    .venv/bin/python -m bench.profile_top PROFILE.txt [--top 25] [--thread-filter TEXT]
 
 Prints, per thread and overall, the functions with the most *self* samples (the frame on top of
 the stack) and the most *inclusive* samples (anywhere on the stack, counted once per stack).
-bench/run.py --profile DIR writes such files (``DIR/<backend>-c50.txt``).
+``python -m bench.api --profile DIR`` and ``python -m bench.intake --profile DIR`` write such files.
 """
 
 from __future__ import annotations

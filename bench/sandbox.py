@@ -3,7 +3,7 @@ the zygote.
 
 Usage (from the repository root, as root, with bubblewrap and slirp4netns installed)::
 
-    .venv/bin/python bench/sandbox.py --env <built environment dir> [--runs 30]
+    .venv/bin/python -m bench.sandbox --env <built environment dir> [--runs 30]
 
 ``--env`` is an environment built for the test workflows (``tests/runs.py`` builds one under
 ``$SWITCHBOARD_TEST_CACHE/envs/<hash>``). For each runner it times ``--runs`` sequential cold
@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -49,6 +49,7 @@ from dispatch.sandbox.zygote_pool import ZygotePool
 REPO = Path(__file__).resolve().parents[1]
 HELLO = REPO / "examples" / "hello.py"
 SLOW = REPO / "tests" / "workflows" / "slow.py"
+Network = Literal["none", "internet"]
 BASE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -88,9 +89,13 @@ def _timed(send: Callable[..., Awaitable[Outcome]]) -> Callable[..., Awaitable[O
     return send_request
 
 
-dispatch.sandbox.process_runner.send_request = _timed(dispatch.sandbox.process_runner.send_request)  # type: ignore[assignment]
-dispatch.sandbox.sandbox_runner.send_request = _timed(dispatch.sandbox.sandbox_runner.send_request)  # type: ignore[assignment]
-dispatch.sandbox.warm_pool.send_request = _timed(dispatch.sandbox.warm_pool.send_request)  # type: ignore[assignment]
+_SEND = "send_request"  # timed where each runner calls it
+for _module in (
+    dispatch.sandbox.process_runner,
+    dispatch.sandbox.sandbox_runner,
+    dispatch.sandbox.warm_pool,
+):
+    setattr(_module, _SEND, _timed(getattr(_module, _SEND)))
 
 
 async def cold(runner: ProcessRunner | SandboxRunner, workflow: Workflow) -> tuple[float, float]:
@@ -169,7 +174,7 @@ async def warm_overhead(python: Path, requests: int = 200) -> float:
 
 
 async def warm_reuse(
-    settings: SandboxSettings, zygotes: ZygotePool | None, python: Path, network: str, runs: int
+    settings: SandboxSettings, zygotes: ZygotePool | None, python: Path, network: Network, runs: int
 ) -> str:
     """p50 / p95 ms of whole runs (``runner.run``) served by a kept warm process."""
     pool = WarmPool(idle_ttl=600, cap=1)

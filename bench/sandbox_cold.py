@@ -72,14 +72,17 @@ def _timed_sync(stage: str, call: Callable[..., Any]) -> Callable[..., Any]:
 def instrument() -> None:
     """Wrap each stage's call (a benchmark's wrappers: the runner's code is unchanged)."""
     run = sandbox_runner.SandboxedRun
-    sandbox_runner._prepare = _timed_sync("prepare", sandbox_runner._prepare)  # type: ignore[assignment]
-    sandbox_runner.relay_runtime_api = _timed("relay", sandbox_runner.relay_runtime_api)  # type: ignore[assignment]
-    zygote_pool.Zygote.fork = _timed("fork", zygote_pool.Zygote.fork)  # type: ignore[method-assign]
-    sandbox_runner._join = _timed_sync("place: cgroup join", sandbox_runner._join)  # type: ignore[assignment]
-    run._place = _timed("place", run._place)  # type: ignore[method-assign]
-    sandbox_runner.wait_until_ready = _timed("ready", sandbox_runner.wait_until_ready)  # type: ignore[assignment]
-    sandbox_runner.send_request = _timed("request", sandbox_runner.send_request)  # type: ignore[assignment]
-    run._end = _timed("teardown", run._end)  # type: ignore[method-assign]
+    for owner, name, stage in (
+        (sandbox_runner, "relay_runtime_api", "relay"),
+        (zygote_pool.Zygote, "fork", "fork"),
+        (run, "_place", "place"),
+        (sandbox_runner, "wait_until_ready", "ready"),
+        (sandbox_runner, "send_request", "request"),
+        (run, "_end", "teardown"),
+    ):
+        setattr(owner, name, _timed(stage, getattr(owner, name)))
+    for name, stage in (("_prepare", "prepare"), ("_join", "place: cgroup join")):
+        setattr(sandbox_runner, name, _timed_sync(stage, getattr(sandbox_runner, name)))
 
 
 def invocation() -> Invocation:

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/scheduler.py [--schedules 10000] [--duration 60]
+    .venv/bin/python -m bench.scheduler [--schedules 10000] [--duration 60]
 
 A throwaway PostgreSQL (tests/pgserver.py) gets the schema (``switchboard db upgrade``) and
 ``--schedules`` six-field schedules, seconds spread evenly: 80 % fire every two minutes, 20 % every
@@ -32,14 +32,12 @@ import httpx
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from core.clock import parse_iso  # noqa: E402
-from core.tables import owners, runs  # noqa: E402
-from scheduler.cron import parse_cron  # noqa: E402
-from scheduler.tables import schedules  # noqa: E402
-from tests.pgserver import ThrowawayPostgres  # noqa: E402
+from bench.report import replace_section
+from core.clock import parse_iso
+from core.tables import owners, runs
+from scheduler.cron import parse_cron
+from scheduler.tables import schedules
+from tests.pgserver import ThrowawayPostgres
 
 SECTION = "## Scheduler"
 
@@ -152,7 +150,7 @@ def report(args: argparse.Namespace, figures: dict[str, object]) -> str:
 
 - Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; CPUs: {os.cpu_count()}; measured while other
   engineers' work shared the machine (noisy; run once).
-- Command: `.venv/bin/python bench/scheduler.py --schedules {args.schedules} --duration {args.duration}`
+- Command: `.venv/bin/python -m bench.scheduler --schedules {args.schedules} --duration {args.duration}`
 - Setup: {args.schedules:,} six-field schedules (80 % every 2 min, 20 % every minute, seconds spread
   evenly) on a throwaway PostgreSQL; `switchboard serve --role web,scheduler` (no worker) leads
   them; {args.warm_up} s warm-up, then {args.duration} s measured.
@@ -166,16 +164,6 @@ key): APScheduler's wake-up, the tick's submit through the group-committed intak
 Target: p99 ≤ 100 ms. `created_at` is stamped once per group-committed intake batch, so the
 lags of one second's ticks come in clusters (p99 and max may coincide).
 """  # noqa: E501
-
-
-def write_section(text: str) -> None:
-    path = REPO / "bench" / "RESULTS.md"
-    current = path.read_text() if path.exists() else ""
-    if SECTION in current:
-        before, _, after = current.partition(SECTION)
-        rest = after.split("\n## ", 1)
-        current = before + ("## " + rest[1] if len(rest) > 1 else "")
-    path.write_text(current.rstrip() + "\n\n" + text)
 
 
 def main() -> int:
@@ -192,7 +180,7 @@ def main() -> int:
     text = report(args, figures)
     print(text)
     if not args.no_write:
-        write_section(text)
+        replace_section(text)
     return 0
 
 

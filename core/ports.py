@@ -7,10 +7,12 @@ The composition root wires the implementations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from core.models import (
     Invocation,
@@ -37,7 +39,10 @@ class RunGateway(Protocol):
     seen before returns the run that key already made (``created`` false).
     """
 
-    async def submit(self, request: RunRequest) -> SubmittedRun: ...
+    async def submit(self, request: RunRequest, *, waited: bool = False) -> SubmittedRun:
+        """``waited``: the caller waits for the run's end on this node (a synchronous
+        ``/run``); the queue may then start it at once, without a claim of its own."""
+        ...
 
     async def provision(
         self, owner_id: str, caller_id: str | None, run_id: str | None = None
@@ -128,6 +133,44 @@ class Sender(Protocol):
     """
 
     async def send(self, delivery: Delivery) -> SendResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OwnMessage:
+    """A message a run sends itself (``send_email``): its one delivery, to ``target``."""
+
+    run_id: str
+    owner_id: str
+    service_id: str
+    target: Mapping[str, Any]
+    """A :class:`core.models.ReplyTarget` dump; its ``channel`` picks the sender."""
+    text: str
+    attachments: Sequence[str] = ()
+    per_hour: int = 0
+    """At most this many such messages per owner and service in an hour (0: no limit)."""
+
+
+class Queueing(StrEnum):
+    QUEUED = "queued"
+    ALREADY_QUEUED = "already_queued"
+    """The run was executed again (its worker died): its message was queued the first time."""
+    HAS_REPLY_TARGET = "has_reply_target"
+    """The run's own answer is delivered: it has no second delivery to give."""
+    RATE_LIMITED = "rate_limited"
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    outcome: Queueing
+    retry_after: int | None = None
+    """Seconds until the owner may queue another (``RATE_LIMITED``)."""
+
+
+class MessageQueue(Protocol):
+    """The delivery outbox as a built-in puts a run's own message in it: ``dispatch`` owns the
+    deliveries, so a channel's built-in writes none of its rows itself (issue 12)."""
+
+    async def queue(self, message: OwnMessage) -> Queued: ...
 
 
 class Metrics(Protocol):

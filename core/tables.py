@@ -139,6 +139,8 @@ runs = Table(
     Column("started_at", UTCDateTime()),
     Column("completed_at", UTCDateTime()),
     Index("ix_runs_status_queued_at", "status", "queued_at"),
+    # The claim's two passes (schedules and conversations, then API runs) in arrival order.
+    Index("ix_runs_status_source_queued_at", "status", "source", "queued_at"),
     Index("ix_runs_owner_created_at", "owner_id", "created_at"),
 )
 
@@ -209,42 +211,7 @@ deliveries = Table(
 # ``whatsapp:<our number>:<user>``): a message and its run are one row, committed together.
 Index("ix_runs_serial_key_created_at", runs.c.serial_key, runs.c.created_at)
 
-whatsapp_messages = Table(
-    "whatsapp_messages",
-    metadata,
-    # One row per message sent to Twilio (a reply may take several); status callbacks update it.
-    Column("sid", String(64), primary_key=True),
-    Column("delivery_id", BigId, ForeignKey("deliveries.id"), nullable=False, index=True),
-    Column("part", Integer, nullable=False),
-    Column("status", String(16), nullable=False),
-    # queued < sending < sent < delivered < read < failed/undelivered: a status only moves up.
-    Column("status_rank", Integer, nullable=False),
-    Column("error_code", String(16)),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("updated_at", UTCDateTime(), nullable=False),
-)
-
-# ---- email channel (triggers/email) --------------------------------------------------------
-
-email_messages = Table(
-    "email_messages",
-    metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    # The Message-ID (with its angle brackets) of a mail we received or sent: a reply whose
-    # In-Reply-To/References names one of these continues that conversation.
-    Column("message_id", String(300), nullable=False, unique=True),
-    Column("conversation_id", String(300), nullable=False),
-    Column("run_id", String(40)),
-    # "in" | "out" | "rcp" (a recipient our mail conversation_id was handed over for, kept
-    # while the relay defers others; message_id is then "rcpt:<address>:<Message-ID>")
-    Column("direction", String(3), nullable=False),
-    # The other party: the sender of a mail we received, the recipient of one we sent.
-    Column("peer", String(300), nullable=False),
-    # Inbound only: whether this mail was answered (auto-replies per sender are rate-limited).
-    Column("replied", Boolean, nullable=False, default=False),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Index("ix_email_messages_peer_created_at", "peer", "created_at"),
-)
+# ``whatsapp_messages``: triggers/whatsapp/tables.py (on this metadata).
 
 # ---- secrets (dispatch/secret_store.py; issue 14) -----------------------------------------------
 

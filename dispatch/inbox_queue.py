@@ -294,8 +294,8 @@ async def _apply(
     """One executemany per kind of outcome; every one ends this processor's lease."""
     released = {"lease_owner": None, "lease_expires_at": None}
     by_id = inbox_events.c.id == bindparam("b_id")
+    done = {"processed_at": now, "next_attempt_at": None, **released}
     if processed := changes.get(EventStatus.PROCESSED):
-        done = {"processed_at": now, "next_attempt_at": None, **released}
         await conn.execute(
             update(inbox_events)
             .where(by_id)

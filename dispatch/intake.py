@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql
@@ -27,9 +27,10 @@ from core.clock import Clock
 from core.db import Database
 from core.errors import Conflict, NotFound
 from core.inbox import AcceptedEvent, ArrivingEvent
-from core.models import RunRequest, RunStatus, SubmittedRun, new_run_id
+from core.models import RunRecord, RunRequest, RunStatus, SubmittedRun, new_run_id
 from core.tables import runs
 from dispatch.inbox_writer import InboxWriter
+from dispatch.queue import RunQueue
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,16 +42,42 @@ class NewHusk:
     run_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LocalRun:
+    """Intake item: a run request whose caller waits on this node, where ``worker_id`` has a
+    worker free for it: the run is leased to that worker in the intake's own transaction when
+    it may start now (``RunQueue.claim_submitted``), else it is queued as usual."""
+
+    request: RunRequest
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedHere:
+    """A ``LocalRun``'s result when it was leased in the intake transaction."""
+
+    submitted: SubmittedRun
+    run: RunRecord
+
+
 IntakeItem = RunRequest | NewHusk
 
 
 class IntakeWriter:
     """SQL for the intake batch (see ``GroupCommit``)."""
 
-    def __init__(self, database: Database, clock: Clock, inbox: InboxWriter | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        inbox: InboxWriter | None = None,
+        *,
+        claims: RunQueue | None = None,
+    ) -> None:
         self._db = database
         self._clock = clock
         self._inbox = inbox
+        self._claims = claims
 
     async def write(self, items: list[IntakeItem]) -> list[SubmittedRun | str | BaseException]:
         """Persist a batch of intake items in one transaction (see ``GroupCommit``).
@@ -70,28 +97,43 @@ class IntakeWriter:
         An ``ArrivingEvent``'s answer is its ``AcceptedEvent``; this node's inbox processor is
         woken once the batch is committed.
         """
+        written = await self.write_batch(list(items))  # no LocalRun in: no ClaimedHere out
+        return cast("list[SubmittedRun | str | AcceptedEvent | BaseException]", written)
+
+    async def write_batch(
+        self, items: list[IntakeItem | ArrivingEvent | LocalRun]
+    ) -> list[SubmittedRun | str | AcceptedEvent | ClaimedHere | BaseException]:
+        """:meth:`write_with_events`, where a ``LocalRun`` answers ``ClaimedHere`` when it was
+        leased to its worker in the same transaction (the gateway's batch)."""
         runs_at: list[int] = []
         requests: list[IntakeItem] = []
+        local: dict[int, str] = {}  # position in requests: the worker a LocalRun waits on
         events_at: list[int] = []
         events: list[ArrivingEvent] = []
         for index, item in enumerate(items):
             if isinstance(item, ArrivingEvent):
                 events_at.append(index)
                 events.append(item)
+            elif isinstance(item, LocalRun):
+                local[len(requests)] = item.worker_id
+                runs_at.append(index)
+                requests.append(item.request)
             else:
                 runs_at.append(index)
                 requests.append(item)
         if events and self._inbox is None:
             raise RuntimeError("this intake has no inbox to accept events into")
-        results: list[SubmittedRun | str | AcceptedEvent | BaseException | None] = [None] * len(
-            items
-        )
+        results: list[SubmittedRun | str | AcceptedEvent | ClaimedHere | BaseException | None]
+        results = [None] * len(items)
         woken = False
         async with self._db.write() as conn:
             # Under the write lock: created_at orders a conversation's runs (dispatch/queue.py).
             now = self._clock.now()
             if requests:
-                written = await self.write_in(conn, requests, now)
+                written: list[SubmittedRun | str | ClaimedHere | BaseException | None]
+                written = list(await self.write_in(conn, requests, now))
+                if local and self._claims is not None:
+                    await self._claim_local(conn, self._claims, local, requests, written)
                 for index, result in zip(runs_at, written, strict=True):
                     results[index] = result
             if events and self._inbox is not None:
@@ -149,6 +191,38 @@ class IntakeWriter:
             if skipped:
                 await self._answer_skipped(conn, skipped, items, results)
         return [r if r is not None else RuntimeError("intake item not handled") for r in results]
+
+    async def _claim_local(
+        self,
+        conn: AsyncConnection,
+        claims: RunQueue,
+        local: dict[int, str],
+        items: list[IntakeItem],
+        results: list[SubmittedRun | str | ClaimedHere | BaseException | None],
+    ) -> None:
+        """Lease the new runs of ``LocalRun`` items to their workers (before the commit)."""
+        by_worker: dict[str, dict[str, tuple[int, str, str]]] = {}
+        for index, worker_id in local.items():
+            result, item = results[index], items[index]
+            if (
+                isinstance(result, SubmittedRun)
+                and result.created
+                and isinstance(item, RunRequest)
+                and item.serial_key is None
+            ):
+                new = by_worker.setdefault(worker_id, {})
+                new[result.id] = (index, item.service_id, item.owner_id)
+        for worker_id, new in by_worker.items():
+            started = await claims.claim_submitted(
+                conn,
+                worker_id,
+                [(run_id, service, owner) for run_id, (_, service, owner) in new.items()],
+            )
+            for run in started:
+                index = new[run.id][0]
+                submitted = results[index]
+                if isinstance(submitted, SubmittedRun):
+                    results[index] = ClaimedHere(submitted, run)
 
     async def _answer_skipped(
         self,

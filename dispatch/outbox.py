@@ -22,20 +22,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Update, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.clock import Clock
 from core.db import Database
 from core.models import Outcome, RunRecord
-from core.ports import Metrics, Sender
+from core.ports import Metrics, OwnMessage, Queued, Queueing, Sender
 from core.replies import DEFAULT_FAILURE_LINE, Delivery, SendResult, reply_for
-from core.tables import deliveries
+from core.tables import deliveries, runs
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +59,13 @@ class OutboxSettings:
 class ReplyWriter:
     """Turns a run that just ended into its outbox row (written with the run's completion)."""
 
-    channels: frozenset[str]
+    channels: Callable[[], frozenset[str]]
+    """The channels with a sender now (channels register theirs when they start)."""
     failure_line: str = DEFAULT_FAILURE_LINE
 
     def row(self, run: RunRecord, outcome: Outcome, now: datetime) -> dict[str, Any] | None:
         return delivery_row(
-            run, outcome, now, channels=self.channels, failure_line=self.failure_line
+            run, outcome, now, channels=self.channels(), failure_line=self.failure_line
         )
 
 
@@ -111,6 +115,84 @@ def target_key(channel: str, target: Mapping[str, Any]) -> str:
     if channel == "email" and target.get("thread_id"):
         return f"email:{target.get('address')}:{target['thread_id']}"[:300]
     return f"{channel}:{target.get('address')}"[:300]
+
+
+class OwnMessages:
+    """Implements :class:`core.ports.MessageQueue`: a run's own message as its one delivery.
+
+    ``deliveries.run_id`` is unique, so a run queues one message, and a run executed again
+    (its worker died) finds the one it queued. The hourly limit is counted in the database, so
+    it holds across nodes; on PostgreSQL two queueings at the same instant may both pass (read
+    committed), SQLite's one writer counts exactly.
+    """
+
+    def __init__(self, database: Database, clock: Clock) -> None:
+        self._db = database
+        self._clock = clock
+
+    async def queue(self, message: OwnMessage) -> Queued:
+        async with self._db.write() as conn:
+            own = select(runs.c.reply_target).where(runs.c.id == message.run_id)
+            own_target = (await conn.execute(own)).scalar_one_or_none() or {}
+            if str(own_target.get("channel", "api")) not in NO_DELIVERY_CHANNELS:
+                return Queued(Queueing.HAS_REPLY_TARGET)
+            wait = await self._wait(conn, message)
+            if wait is not None:
+                return Queued(Queueing.RATE_LIMITED, retry_after=wait)
+            dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+            inserted = await conn.execute(
+                dialect.insert(deliveries)
+                .values(**self._row(message))
+                .on_conflict_do_nothing(index_elements=["run_id"])
+            )
+        return Queued(Queueing.QUEUED if inserted.rowcount else Queueing.ALREADY_QUEUED)
+
+    async def _wait(self, conn: AsyncConnection, message: OwnMessage) -> int | None:
+        """Seconds until the owner may queue another message, or ``None`` if it may now."""
+        if message.per_hour <= 0:
+            return None
+        since = self._clock.now() - timedelta(hours=1)
+        window = (
+            select(func.count(), func.min(deliveries.c.created_at))
+            .select_from(deliveries.join(runs, runs.c.id == deliveries.c.run_id))
+            .where(
+                runs.c.owner_id == message.owner_id,
+                runs.c.service_id == message.service_id,
+                deliveries.c.created_at >= since,
+                deliveries.c.run_id != message.run_id,
+            )
+        )
+        sent, oldest = (await conn.execute(window)).one()
+        if sent < message.per_hour or oldest is None:
+            return None
+        # The oldest counted message leaves the window at oldest + 1 h = now + (oldest - since).
+        left: timedelta = oldest - since
+        return max(1, math.ceil(left.total_seconds()))
+
+    def _row(self, message: OwnMessage) -> dict[str, Any]:
+        now = self._clock.now()
+        channel = str(message.target.get("channel"))
+        return {
+            "run_id": message.run_id,
+            "channel": channel,
+            "target": dict(message.target),
+            "target_key": target_key(channel, message.target),
+            "payload": {
+                "reply": {
+                    "text": message.text,
+                    "attachments": list(message.attachments),
+                    "failed": False,
+                },
+                "record": {"request_id": message.run_id, "service_id": message.service_id},
+            },
+            "status": "pending",
+            "attempts": 0,
+            "progress": 0,
+            "next_attempt_at": now,
+            "last_error": None,
+            "created_at": now,
+            "updated_at": now,
+        }
 
 
 class Outbox:

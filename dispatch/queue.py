@@ -12,21 +12,66 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Update, and_, exists, func, or_, select, update
+from sqlalchemy import Select, Update, and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.clock import Clock
 from core.db import Database
-from core.models import Outcome, RunRecord, RunStatus
-from core.tables import deliveries, runs
+from core.models import Outcome, RunRecord, RunStatus, Source
+from core.tables import deliveries, run_logs, runs
+from core.tracing import TRACE
 from dispatch.rows import run_from_row
 
 logger = logging.getLogger(__name__)
 
 CLAIM_LOCK_ID = 0x5357_4331  # "SWC1": the advisory lock that serialises claims on PostgreSQL
+REFILLS = 4
+"""Candidate windows one claim pass reads at most (see ``RunQueue._claim_in``)."""
+PRIORITY_SOURCES = tuple(source.value for source in Source if source is not Source.API)
+"""Claimed before API runs: schedules and conversations, someone or something waits on them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """How one run ended, for ``RunQueue.complete_many``."""
+
+    run_id: str
+    outcome: Outcome
+    reply: Callable[[datetime], dict[str, Any] | None] | None = None
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    """Log rows not stored yet (``LogWriter.take``), written in the completing transaction."""
+
+
+@dataclass(slots=True)
+class _Load:
+    """Running runs counted for one claim: per workflow, per owner, the serial keys held."""
+
+    workflow_limit: int
+    owner_limit: int | None
+    workflows: Counter[str] = field(default_factory=Counter)
+    owners: Counter[str] = field(default_factory=Counter)
+    keys: set[str] = field(default_factory=set)
+    expired: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def admits(self, service_id: str, owner_id: str) -> bool:
+        if self.workflows[service_id] >= self.workflow_limit:
+            return False
+        return self.owner_limit is None or self.owners[owner_id] < self.owner_limit
+
+    def take(self, service_id: str, owner_id: str) -> None:
+        self.workflows[service_id] += 1
+        self.owners[owner_id] += 1
+
+    def full_workflows(self) -> list[str]:
+        return [name for name, count in self.workflows.items() if count >= self.workflow_limit]
+
+    def full_owners(self) -> list[str]:
+        limit = self.owner_limit
+        return [] if limit is None else [o for o, n in self.owners.items() if n >= limit]
 
 
 class RunQueue:
@@ -40,115 +85,225 @@ class RunQueue:
         lease_seconds: float,
         max_attempts: int,
         per_workflow_limit: int,
+        per_owner_limit: int | None = None,
+        claim_window: int = 64,
     ) -> None:
         self._db = database
         self._clock = clock
         self._lease = timedelta(seconds=lease_seconds)
         self._max_attempts = max_attempts
         self._per_workflow_limit = per_workflow_limit
+        self._per_owner_limit = per_owner_limit
+        self._window = claim_window
 
     # ---- workers --------------------------------------------------------------------------
 
     async def claim(self, worker_id: str, limit: int) -> list[RunRecord]:
-        """Lease up to ``limit`` runnable runs, oldest first, honouring the concurrency limits.
+        """Lease up to ``limit`` runnable runs, fairly, honouring the concurrency limits.
 
-        Limits (DESIGN §1 step 2): ``per_workflow_limit`` running runs per workflow, and one
-        running run per ``serial_key`` (one chat, one queued schedule), taken in arrival order:
-        a run waits while an earlier run with its key is unfinished, including one still held
-        (provisioned) by its intake. On PostgreSQL, claims are
-        serialised cluster-wide by a transaction-level advisory lock, so two nodes cannot both
-        pass a limit check on runs the other one is claiming at the same moment.
+        Limits (DESIGN §1 step 2): ``per_workflow_limit`` running runs per workflow,
+        ``per_owner_limit`` per owner, and one running run per ``serial_key`` (one chat, one
+        queued schedule), taken in arrival order: a run waits while an earlier run with its key
+        is unfinished, including one still held (provisioned) by its intake. Order (README
+        "Fair claiming"): runs whose worker stopped first, then schedules and conversations,
+        then API runs, each oldest first; an owner at its limit is passed over, so one owner's
+        burst never holds another owner's run back for longer than a worker takes to free up.
+        On PostgreSQL, claims are serialised cluster-wide by a transaction-level advisory lock,
+        so two nodes cannot both pass a limit check on runs the other one is claiming.
         """
+        claimed, _ = await self.claim_more(worker_id, limit)
+        return claimed
+
+    async def claim_more(self, worker_id: str, limit: int) -> tuple[list[RunRecord], bool]:
+        """``claim``, and whether runnable-looking runs were left (a limit, the window)."""
         if limit <= 0:
-            return []
+            return [], True
         async with self._db.write() as conn:
-            if not self._db.is_sqlite:
-                await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
-            # Time is read under the locks: read before them, a run's started_at could be
-            # earlier than the completed_at of the predecessor whose commit let it start.
-            now = self._clock.now()
-            running = await conn.execute(
-                select(runs.c.service_id, runs.c.serial_key).where(
-                    runs.c.status == RunStatus.RUNNING, runs.c.lease_expires_at >= now
-                )
-            )
-            busy: Counter[str] = Counter()
-            held_keys: set[str] = set()
-            for service_id, serial_key in running:
-                busy[service_id] += 1
-                if serial_key is not None:
-                    held_keys.add(serial_key)
-            # Runs that must wait anyway are left out in SQL, so that a long backlog of one chat
-            # or one saturated workflow cannot fill the candidate window and hold back the rest.
-            earlier = runs.alias("earlier")
-            first_of_its_key = or_(
-                runs.c.serial_key.is_(None),
-                ~exists().where(
-                    earlier.c.serial_key == runs.c.serial_key,
-                    # A provisioned run with a key is held by its intake (a WhatsApp message
-                    # whose media is still downloading): the chat's later runs wait for it too.
-                    earlier.c.status.in_(
-                        (RunStatus.PROVISIONED, RunStatus.QUEUED, RunStatus.RUNNING)
-                    ),
-                    or_(
-                        earlier.c.created_at < runs.c.created_at,
-                        and_(earlier.c.created_at == runs.c.created_at, earlier.c.id < runs.c.id),
-                    ),
-                ),
-            )
-            full = [service for service, count in busy.items() if count >= self._per_workflow_limit]
-            query = (
-                select(
-                    runs.c.id, runs.c.service_id, runs.c.status, runs.c.attempts, runs.c.serial_key
-                )
-                .where(
-                    or_(
-                        runs.c.status == RunStatus.QUEUED,
-                        and_(runs.c.status == RunStatus.RUNNING, runs.c.lease_expires_at < now),
-                    ),
-                    first_of_its_key,
-                    runs.c.service_id.not_in(full),
-                )
-                .order_by(runs.c.queued_at, runs.c.id)
-                .limit(limit * 4 + 16)
-            )
-            if not self._db.is_sqlite:
-                query = query.with_for_update(skip_locked=True, of=runs)
-            picked: list[str] = []
-            for run_id, service_id, status, attempts, serial_key in await conn.execute(query):
+            claimed, more = await self._claim_in(conn, worker_id, limit)
+        claimed.sort(key=lambda record: record.queued_at or record.created_at)
+        return claimed, more
+
+    async def _claim_in(
+        self, conn: AsyncConnection, worker_id: str, limit: int
+    ) -> tuple[list[RunRecord], bool]:
+        if not self._db.is_sqlite:
+            await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
+        # Time is read under the locks: read before them, a run's started_at could be
+        # earlier than the completed_at of the predecessor whose commit let it start.
+        now = self._clock.now()
+        load = await self._load(conn, now)
+        picked: list[str] = []
+        more = await self._pick(conn, load.expired, load, picked, limit, now)
+        for sources in (PRIORITY_SOURCES, (Source.API.value,)):
+            # Asked again (a few times at most) when a limit this claim reached hid the rest of
+            # a full window: one owner's burst must not hide the next owner's run.
+            window = min(self._window, limit * 4 + 16)
+            for _ in range(REFILLS):
                 if len(picked) >= limit:
                     break
-                if status == RunStatus.RUNNING and attempts >= self._max_attempts:
-                    await self._give_up(conn, run_id, attempts, now)
+                owners_full = len(load.full_owners())
+                query = self._candidates(now, load, sources, picked, window)
+                candidates = list(await conn.execute(query))
+                limited = await self._pick(conn, candidates, load, picked, limit, now)
+                full = len(candidates) >= window
+                more = more or limited or full
+                # Only an owner newly at its limit is worth a second look: the runs it hid
+                # belong to others (a workflow's limit is left to the next claim, as before).
+                if not (full and len(load.full_owners()) > owners_full):
+                    break
+            if len(picked) >= limit:
+                more = True
+                break
+        claimed = await self._take_leases(conn, worker_id, picked) if picked else []
+        return claimed, more
+
+    async def _pick(
+        self,
+        conn: AsyncConnection,
+        candidates: list[Any],
+        load: _Load,
+        picked: list[str],
+        limit: int,
+        now: datetime,
+    ) -> bool:
+        """Add to ``picked`` the ``candidates`` that may start; whether a limit held one back."""
+        limited = False
+        for run_id, service_id, owner_id, status, attempts, serial_key in candidates:
+            if len(picked) >= limit:
+                return True
+            if status == RunStatus.RUNNING and attempts >= self._max_attempts:
+                await self._give_up(conn, run_id, attempts, now)
+                continue
+            if serial_key is not None:
+                if serial_key in load.keys:
                     continue
-                if serial_key is not None:
-                    if serial_key in held_keys:
-                        continue
-                    # Later runs of this key wait for this one, picked or not (arrival order).
-                    held_keys.add(serial_key)
-                if busy[service_id] >= self._per_workflow_limit:
-                    continue
-                busy[service_id] += 1
+                # Later runs of this key wait for this one, picked or not (arrival order).
+                load.keys.add(serial_key)
+            if not load.admits(service_id, owner_id):
+                limited = True  # the next run's end may let it start
+                continue
+            load.take(service_id, owner_id)
+            picked.append(run_id)
+        return limited
+
+    async def claim_submitted(
+        self, conn: AsyncConnection, worker_id: str, new: list[tuple[str, str, str]]
+    ) -> list[RunRecord]:
+        """In an intake's own transaction: lease the runs it just queued that may start now.
+
+        ``new``: (run id, workflow, owner) of runs without a serial key, queued by this
+        transaction. For a caller waiting on this node (a synchronous ``/run``): the run needs
+        no claim transaction of its own nor a worker's wake-up. Only runs within the workflow
+        and owner limits are taken; the others stay queued for the claim loop.
+        """
+        if not new:
+            return []
+        if not self._db.is_sqlite:
+            await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
+        load = await self._load(conn, self._clock.now())  # under the locks, as in claim
+        picked: list[str] = []
+        for run_id, service_id, owner_id in new:
+            if load.admits(service_id, owner_id):
+                load.take(service_id, owner_id)
                 picked.append(run_id)
-            if not picked:
-                return []
-            # After the query that saw the predecessors finished (on PostgreSQL a completion
-            # takes no claim lock: it may commit between the reading of ``now`` and that query).
-            started = self._clock.now()
-            result = await conn.execute(
-                update(runs)
-                .where(runs.c.id.in_(picked))
-                .values(
-                    status=RunStatus.RUNNING,
-                    lease_owner=worker_id,
-                    lease_expires_at=started + self._lease,
-                    attempts=runs.c.attempts + 1,
-                    started_at=started,
-                )
-                .returning(*runs.c)
+        return await self._take_leases(conn, worker_id, picked) if picked else []
+
+    async def _load(self, conn: AsyncConnection, now: datetime) -> _Load:
+        """What runs now: per workflow, per owner, the serial keys held; the expired leases."""
+        alive = runs.c.lease_expires_at >= now
+        running = await conn.execute(
+            select(
+                runs.c.id,
+                runs.c.service_id,
+                runs.c.owner_id,
+                runs.c.status,
+                runs.c.attempts,
+                runs.c.serial_key,
+                alive.label("alive"),
             )
-            claimed = [run_from_row(row) for row in result.mappings()]
-        claimed.sort(key=lambda record: record.queued_at or record.created_at)
+            .where(runs.c.status == RunStatus.RUNNING)
+            .order_by(runs.c.queued_at, runs.c.id)
+        )
+        load = _Load(self._per_workflow_limit, self._per_owner_limit)
+        for run_id, service_id, owner_id, status, attempts, serial_key, is_alive in running:
+            if is_alive:
+                load.take(service_id, owner_id)
+                if serial_key is not None:
+                    load.keys.add(serial_key)
+            else:
+                load.expired.append((run_id, service_id, owner_id, status, attempts, serial_key))
+        return load
+
+    def _candidates(
+        self,
+        now: datetime,
+        load: _Load,
+        sources: tuple[str, ...],
+        picked: list[str],
+        window: int,
+    ) -> Select[Any]:
+        """Queued runs from ``sources``, oldest first, leaving out the ones that must wait."""
+        # Runs that must wait anyway are left out in SQL, so that a long backlog of one chat,
+        # one saturated workflow or one owner cannot fill the window and hold back the rest.
+        earlier = runs.alias("earlier")
+        first_of_its_key = or_(
+            runs.c.serial_key.is_(None),
+            ~exists().where(
+                earlier.c.serial_key == runs.c.serial_key,
+                # A provisioned run with a key is held by its intake (a WhatsApp message
+                # whose media is still downloading): the chat's later runs wait for it too.
+                earlier.c.status.in_((RunStatus.PROVISIONED, RunStatus.QUEUED, RunStatus.RUNNING)),
+                or_(
+                    earlier.c.created_at < runs.c.created_at,
+                    and_(earlier.c.created_at == runs.c.created_at, earlier.c.id < runs.c.id),
+                ),
+            ),
+        )
+        query = (
+            select(
+                runs.c.id,
+                runs.c.service_id,
+                runs.c.owner_id,
+                runs.c.status,
+                runs.c.attempts,
+                runs.c.serial_key,
+            )
+            .where(
+                runs.c.status == RunStatus.QUEUED,
+                runs.c.source.in_(sources),
+                first_of_its_key,
+                runs.c.service_id.not_in(load.full_workflows()),
+                runs.c.owner_id.not_in(load.full_owners()),
+                runs.c.id.not_in(picked),
+            )
+            .order_by(runs.c.queued_at, runs.c.id)
+            .limit(window)
+        )
+        if not self._db.is_sqlite:
+            query = query.with_for_update(skip_locked=True, of=runs)
+        return query
+
+    async def _take_leases(
+        self, conn: AsyncConnection, worker_id: str, picked: list[str]
+    ) -> list[RunRecord]:
+        # After the query that saw the predecessors finished (on PostgreSQL a completion
+        # takes no claim lock: it may commit between the reading of ``now`` and that query).
+        started = self._clock.now()
+        result = await conn.execute(
+            update(runs)
+            .where(runs.c.id.in_(picked))
+            .values(
+                status=RunStatus.RUNNING,
+                lease_owner=worker_id,
+                lease_expires_at=started + self._lease,
+                attempts=runs.c.attempts + 1,
+                started_at=started,
+            )
+            .returning(*runs.c)
+        )
+        claimed = [run_from_row(row) for row in result.mappings()]
+        for record in claimed:
+            TRACE.mark(record.id, "claimed")
         return claimed
 
     async def _give_up(
@@ -201,26 +356,62 @@ class RunQueue:
         ``reply`` builds the run's outbox row; it is inserted in the same transaction, so the
         reply exists if and only if the run is recorded as finished.
         """
+        [record], _, _ = await self.complete_many(worker_id, [Completion(run_id, outcome, reply)])
+        return record is not None
+
+    async def complete_many(
+        self, worker_id: str, ends: list[Completion], *, claim: int = 0
+    ) -> tuple[list[RunRecord | None], list[RunRecord], bool]:
+        """Record several runs' ends in one transaction (one commit for all; see ``complete``),
+        then claim up to ``claim`` runs in it too: the workers freed take their next runs
+        without a commit of their own.
+
+        Returns each run as finished (``None``: the lease had passed to another worker), the
+        runs claimed, and whether runs were left that a later claim may take. Each run's last
+        log lines (``Completion.logs``) are inserted first: a run is never seen finished before
+        its lines are stored.
+        """
+        records: list[RunRecord | None] = []
+        claimed: list[RunRecord] = []
+        more = False
         async with self._db.write() as conn:
-            now = self._clock.now()  # under the write lock, as in claim
-            result = await conn.execute(
-                _held(worker_id, run_id).values(
-                    status=outcome.status,
-                    response_status=outcome.response_status,
-                    response_body=outcome.response_body,
-                    response_content_type=outcome.response_content_type,
-                    error=outcome.error,
-                    completed_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
+            if claim > 0 and not self._db.is_sqlite:
+                await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
+            now = self._clock.now()  # under the write lock (and the claim lock), as in claim
+            lines = [row for end in ends for row in end.logs]
+            if lines:
+                await conn.execute(run_logs.insert(), lines)
+            replies: list[dict[str, Any]] = []
+            for end in ends:
+                outcome = end.outcome
+                result = await conn.execute(
+                    _held(worker_id, end.run_id)
+                    .values(
+                        status=outcome.status,
+                        response_status=outcome.response_status,
+                        response_body=outcome.response_body,
+                        response_content_type=outcome.response_content_type,
+                        error=outcome.error,
+                        completed_at=now,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                    )
+                    .returning(*runs.c)
                 )
-            )
-            if result.rowcount != 1:
-                return False
-            row = reply(now) if reply is not None else None
-            if row is not None:
-                await conn.execute(deliveries.insert().values(**row))
-            return True
+                row = result.mappings().first()
+                records.append(None if row is None else run_from_row(row))
+                reply = end.reply(now) if row is not None and end.reply is not None else None
+                if reply is not None:
+                    replies.append(reply)
+            if replies:
+                await conn.execute(deliveries.insert(), replies)
+            if claim > 0:
+                claimed, more = await self._claim_in(conn, worker_id, claim)
+        for record in records:
+            if record is not None:
+                TRACE.mark(record.id, "completed")
+        claimed.sort(key=lambda record: record.queued_at or record.created_at)
+        return records, claimed, more
 
     async def expire_husks(self, ttl: float) -> list[str]:
         """Fail the API husks provisioned more than ``ttl`` s ago and never filled; their ids.

@@ -21,6 +21,12 @@ class RuntimeSettings(Section):
     per_workflow_limit: int = Field(
         default=4, ge=1, description="runs of one workflow executed at once, across all nodes"
     )
+    per_owner_limit: int = Field(
+        default=6,
+        ge=1,
+        description="runs of one owner executed at once, across all nodes; kept below workers "
+        "so that one owner's burst leaves a worker to the others (README 'Fair claiming')",
+    )
     lease_seconds: float = Field(
         default=30.0,
         gt=0,

@@ -17,10 +17,12 @@ from core.models import Grant, Invocation, Outcome, RunRecord, WorkflowLimits
 from core.ports import BuiltinService, LogSink, Metrics, SecretValues, WorkflowRunner
 from core.redaction import InFlightSecrets, Redactor
 from core.security import Signer
+from core.tracing import TRACE
+from dispatch.batching import GroupCommit
 from dispatch.events import RunEvents
 from dispatch.logs import LogWriter
 from dispatch.outbox import ReplyWriter
-from dispatch.queue import RunQueue
+from dispatch.queue import Completion, RunQueue
 from dispatch.registry import WorkflowRegistry
 from dispatch.run_environment import resolve_declared_env
 
@@ -85,6 +87,13 @@ class WorkerPool:
         self._signer = signer
         self._clock = clock
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._reserved = 0
+        self._more = True
+        """Whether the last claim left runs behind (limits, its window): a batch of ends claims
+        in its transaction only then; new work wakes the claim loop instead."""
+        self._completions: GroupCommit[Completion, RunRecord | None] = GroupCommit(
+            lambda ends: self._complete(ends), name="run-completions"
+        )
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
 
@@ -92,7 +101,47 @@ class WorkerPool:
     def active_count(self) -> int:
         return len(self._active)
 
+    @property
+    def worker_id(self) -> str:
+        return self._settings.worker_id
+
+    def reserve(self) -> bool:
+        """Hold a worker for a run about to be claimed in its intake's transaction (``adopt``
+        runs it, ``unreserve`` gives the worker back); ``False`` when every worker is busy."""
+        if self._stopping or len(self._active) + self._reserved >= self._settings.concurrency:
+            return False
+        self._reserved += 1
+        return True
+
+    def unreserve(self) -> None:
+        self._reserved -= 1
+        self._events.work_available.set()
+
+    def adopt(self, run: RunRecord) -> None:
+        """Execute ``run``, leased to this worker already (by ``RunQueue.claim_submitted``)."""
+        self._reserved -= 1
+        self._start_runs([run])
+
+    async def _complete(self, ends: list[Completion]) -> list[RunRecord | BaseException | None]:
+        """Record ``ends`` and, in the same transaction, claim the next runs for the workers
+        they free (DESIGN §4: one commit where a batch can share it)."""
+        free = 0
+        if self._more and not self._stopping:  # nothing was left to claim: no claim needed
+            free = self._settings.concurrency - len(self._active) - self._reserved + len(ends)
+        finished, claimed, more = await self._queue.complete_many(
+            self._settings.worker_id, ends, claim=free
+        )
+        if free > 0:
+            self._more = more
+        self._start_runs(claimed)
+        return list(finished)
+
+    def _start_runs(self, claimed: list[RunRecord]) -> None:
+        for run in claimed:
+            self._active[run.id] = asyncio.create_task(self._execute(run), name=f"run:{run.id}")
+
     def start(self) -> None:
+        self._completions.start()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="workers:claim"),
             asyncio.create_task(self._lease_loop(), name="workers:leases"),
@@ -112,6 +161,7 @@ class WorkerPool:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        unfinished: list[str] = []
         if self._active:
             _, pending = await asyncio.wait(
                 self._active.values(), timeout=self._settings.shutdown_grace
@@ -120,14 +170,17 @@ class WorkerPool:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            for run_id in unfinished:
-                logger.info("run %s: handed back to the queue at shutdown", run_id)
-                await self._queue.release(self._settings.worker_id, run_id)
+        # An end already queued is written even if its run was cancelled waiting for it, and
+        # before any release: a run recorded as finished is never handed back to run again.
+        await self._completions.aclose()
+        for run_id in unfinished:
+            logger.info("run %s: handed back to the queue at shutdown", run_id)
+            await self._queue.release(self._settings.worker_id, run_id)
 
     async def _claim_loop(self) -> None:
         work = self._events.work_available
         while not self._stopping:
-            free = self._settings.concurrency - len(self._active)
+            free = self._settings.concurrency - len(self._active) - self._reserved
             claimed: list[RunRecord] = []
             # Cleared also when every worker is busy: a set event makes ``work.wait()`` below
             # return without yielding, and this loop would spin and starve the event loop until
@@ -135,13 +188,12 @@ class WorkerPool:
             work.clear()
             if free > 0:
                 try:
-                    claimed = await self._queue.claim(self._settings.worker_id, free)
+                    claimed, self._more = await self._queue.claim_more(
+                        self._settings.worker_id, free
+                    )
                 except Exception:
                     logger.exception("claiming runs failed; trying again")
-                for run in claimed:
-                    self._active[run.id] = asyncio.create_task(
-                        self._execute(run), name=f"run:{run.id}"
-                    )
+                self._start_runs(claimed)
             if claimed:
                 # Claim again at once: runs held back by a limit reached in this claim (a
                 # workflow at its limit, a chat's next message) no longer hide the ones behind.
@@ -190,10 +242,13 @@ class WorkerPool:
         def sink(stream: str, line: str) -> None:
             self._logs.append(run.id, stream, redactor.redact(line))
 
+        lines: list[dict[str, Any]] = []
+        finished: RunRecord | None = None
         try:
             sink("system", f"run started: {run.service_id} (attempt {run.attempts})")
             self._on_started(run)
             outcome = await self._invoke(run, sink, redactor)
+            TRACE.mark(run.id, "executed")
             if outcome.error:
                 outcome = outcome.model_copy(update={"error": redactor.redact(outcome.error)})
             elapsed = (time.monotonic() - started) * 1000
@@ -203,12 +258,15 @@ class WorkerPool:
                 f"run {outcome.status.value} in {elapsed:.0f} ms"
                 + (f": {outcome.error}" if outcome.error else ""),
             )
-            await self._logs.settle(run.id)
+            lines = await self._logs.take(run.id)
+            TRACE.mark(run.id, "logs.settled")
 
             def reply(now: datetime) -> dict[str, Any] | None:
                 return self._replies.row(run, outcome, now)
 
-            if await self._queue.complete(self._settings.worker_id, run.id, outcome, reply):
+            # Batched with the other runs ending meanwhile: one commit for all of them.
+            finished = await self._completions.submit(Completion(run.id, outcome, reply, lines))
+            if finished is not None:
                 self._on_reply()
             else:
                 logger.warning(
@@ -219,10 +277,14 @@ class WorkerPool:
             raise
         except Exception:
             logger.exception("run %s: could not record its outcome", run.id)
+            self._logs.put_back(lines)  # its completion was rolled back, they were not stored
         finally:
             self._active.pop(run.id, None)
-            self._events.notify(run.id)
-            self._events.work_available.set()
+            self._events.notify(run.id, finished)
+            # Else its end claimed for the worker it freed, if anything was left to claim (new
+            # work wakes the claim loop itself).
+            if finished is None:
+                self._events.work_available.set()
 
     async def _invoke(self, run: RunRecord, sink: LogSink, redactor: Redactor) -> Outcome:
         invocation = self._invocation(run)

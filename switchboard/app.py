@@ -31,12 +31,9 @@ from switchboard.sandboxing import ConfiguredRunner, open_runner
 from switchboard.services import Services, open_services
 from switchboard.settings import Settings
 from triggers.api import ROUTES, ApiSettings, RuntimeApi
-from triggers.email.wiring import EMAIL_ROUTES, EmailWebhooks, email_intake
 from triggers.files import FILE_ROUTES, FileRoutes
 from triggers.inbox_api import InboxRoutes
 from triggers.secrets_api import SECRET_ROUTES, SecretRoutes
-from triggers.whatsapp.intake import WhatsAppIntake
-from triggers.whatsapp.wiring import WHATSAPP_ROUTES, open_whatsapp_intake
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +45,6 @@ API = web.AppKey("api", RuntimeApi)
 FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
 CHANNELS: web.AppKey[Sequence[Channel]] = web.AppKey("channels")
 PARTS = web.AppKey("channel_parts", LateParts)
-WHATSAPP = web.AppKey("whatsapp", WhatsAppIntake)
-EMAIL = web.AppKey("email", EmailWebhooks)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 SCHEDULER = web.AppKey("scheduler", SchedulerNode)
@@ -85,7 +80,7 @@ def create_app(
     app[READY] = asyncio.Event()
     app[STARTUP_ERROR] = []
     app[PARTS] = LateParts()
-    app[CHANNELS] = configured_channels(settings, app[PARTS])
+    app[CHANNELS] = configured_channels(settings, app[PARTS], roles=roles)
     app.cleanup_ctx.append(_services)
     app.on_shutdown.append(_stop_log_streams)
     if "worker" in roles:
@@ -104,14 +99,6 @@ def create_app(
             edge = channel.edge()
             if isinstance(edge, web.Application):
                 app.add_subapp(channel.prefix, edge)
-        if settings.whatsapp.enabled:
-            app.cleanup_ctx.append(_whatsapp)
-            for method, path, name in WHATSAPP_ROUTES:
-                app.router.add_route(method, path, _route_to(WHATSAPP, name))
-        # The web role also runs the SMTP intake server (another intake, like the HTTP API).
-        app.cleanup_ctx.append(_email)
-        for method, path, name in EMAIL_ROUTES:
-            app.router.add_route(method, path, _route_to(EMAIL, name))
         for method, path, name in SCHEDULE_ROUTES:
             app.router.add_route(method, path, _route_to(SCHEDULE_HANDLERS, name))
         for method, path, name in SECRET_ROUTES:
@@ -168,35 +155,6 @@ async def _stop_log_streams(app: web.Application) -> None:
         api.stop_log_streams()
 
 
-async def _whatsapp(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    settings = services.settings
-    await services.keys.ensure_owner(settings.whatsapp.owner)
-    async with open_whatsapp_intake(
-        settings.whatsapp,
-        services.gateway,
-        services.files,
-        services.database,
-        services.clock,
-        public_url=settings.server.base_url(),
-    ) as intake:
-        app[WHATSAPP] = intake
-        yield
-
-
-async def _email(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    async with email_intake(
-        services.settings.email,
-        gateway=services.gateway,
-        files=services.files,
-        database=services.database,
-        clock=services.clock,
-    ) as webhooks:
-        app[EMAIL] = webhooks
-        yield
-
-
 async def _workers(app: web.Application) -> AsyncIterator[None]:
     async with open_runner(app[SERVICES]) as chosen:
         app[RUNNER] = chosen
@@ -238,11 +196,13 @@ async def _worker_pool(app: web.Application, chosen: ConfiguredRunner) -> AsyncI
     )
     pool.start()
     services.outbox.start()
+    services.gateway.serve_locally(pool)
     app[WORKERS] = pool
     async with contextlib.AsyncExitStack() as stack:
         await inbox_processor(services, owner=pool_owner).start(stack)
         await retention(services).start(stack)
         yield
+    services.gateway.serve_locally(None)
     await pool.aclose()
     await services.outbox.aclose()
 

@@ -11,7 +11,7 @@ processor, run-started events go to the channel the run's reply is for (Slack's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -24,8 +24,11 @@ from core.models import RunRecord
 from core.ports import RunGateway, RunHistory
 from core.security import Signer
 from switchboard.settings import Settings
+from triggers.auth import KeyStore
+from triggers.email.channel import EmailChannel, EmailDeps
 from triggers.files import FileStore
 from triggers.slack.channel import SlackChannel, SlackDeps
+from triggers.whatsapp.channel import WhatsAppChannel, WhatsAppDeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +58,22 @@ class LateParts:
         return self.parts
 
 
-def configured_channels(settings: Settings, parts: Callable[[], ChannelParts]) -> list[Channel]:
+def configured_channels(
+    settings: Settings, parts: Callable[[], ChannelParts], *, roles: Collection[str]
+) -> list[Channel]:
     """The channels the settings enable, one line each."""
-    channels: list[Channel] = []
+    # The email channel is always there: send_email's sender, and on web nodes the SMTP intake.
+    channels: list[Channel] = [
+        EmailChannel(settings.email, lambda: _email(settings, parts()), listen="web" in roles)
+    ]
     if settings.slack.enabled:
         channels.append(SlackChannel(settings.slack, lambda: _slack(parts())))
+    if settings.whatsapp.enabled:
+        channels.append(
+            WhatsAppChannel(
+                settings.whatsapp, settings.server.base_url(), lambda: _whatsapp(parts())
+            )
+        )
     return channels
 
 
@@ -73,6 +87,27 @@ def _slack(parts: ChannelParts) -> SlackDeps:
         inbox=parts.inbox,
         public_url=parts.settings.server.base_url(),
         delivery_attempts=parts.settings.delivery.max_attempts,
+    )
+
+
+def _email(settings: Settings, parts: ChannelParts) -> EmailDeps:
+    return EmailDeps(
+        database=parts.database,
+        clock=parts.clock,
+        files=parts.files,
+        inbox=parts.inbox,
+        data_dir=settings.server.data_dir,
+        delivery_attempts=settings.delivery.max_attempts,
+    )
+
+
+def _whatsapp(parts: ChannelParts) -> WhatsAppDeps:
+    return WhatsAppDeps(
+        inbox=parts.inbox,
+        files=parts.files,
+        database=parts.database,
+        clock=parts.clock,
+        ensure_owner=KeyStore(parts.database, parts.clock).ensure_owner,
     )
 
 

@@ -7,8 +7,10 @@ registers them all. Add a package's table module here when it gets one.
 from __future__ import annotations
 
 import dispatch.inbox_tables  # noqa: F401  (registers its tables)
-import scheduler.tables  # noqa: F401
-import triggers.slack.tables  # noqa: F401
+import scheduler.tables  # noqa: F401  (registers its tables)
+import triggers.email.tables
+import triggers.slack.tables
+import triggers.whatsapp.tables  # noqa: F401  (registers its tables)
 from core.tables import metadata
 
 __all__ = ["metadata"]

@@ -36,7 +36,7 @@ from dispatch.inbox_store import InboxStore
 from dispatch.inbox_writer import InboxWriter
 from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
-from dispatch.outbox import Outbox, OutboxSettings, ReplyWriter
+from dispatch.outbox import Outbox, OutboxSettings, OwnMessages, ReplyWriter
 from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowInfo, WorkflowRegistry
 from dispatch.run_environment import unset_declarations
@@ -53,11 +53,10 @@ from switchboard.secret_keys import load_key_ring
 from switchboard.settings import Settings
 from triggers.auth import Authenticator, KeyStore
 from triggers.egress import guarded_client
-from triggers.email.wiring import EmailOutbound
+from triggers.email.send_email import SendEmailService
 from triggers.files import FileSettings, FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
 from triggers.webhook import WebhookSender
-from triggers.whatsapp.wiring import open_whatsapp_sender
 
 logger = logging.getLogger(__name__)
 
@@ -192,21 +191,17 @@ async def open_services(
                 download_ttl=settings.files.download_ttl,
             ),
         )
-        email = EmailOutbound.build(
-            settings.email,
-            data_dir=data_dir,
-            database=database,
-            clock=clock,
-            files=files,
-            max_attempts=settings.delivery.max_attempts,
-        )
-        builtins = {**builtin_services(), **email.builtins}
+        builtins: dict[str, BuiltinService] = {
+            **builtin_services(),
+            "send_email": SendEmailService(settings.email, OwnMessages(database, clock), files),
+        }
         queue = RunQueue(
             database,
             clock,
             lease_seconds=settings.runtime.lease_seconds,
             max_attempts=settings.runtime.max_attempts,
             per_workflow_limit=settings.runtime.per_workflow_limit,
+            per_owner_limit=settings.runtime.per_owner_limit,
         )
         logs = LogWriter(database, clock, events)
         registry = WorkflowRegistry(
@@ -228,14 +223,7 @@ async def open_services(
             "webhook": WebhookSender(
                 webhooks, webhook_secret(settings, signer), clock, destinations
             ),
-            "email": email.sender,
         }
-        if settings.whatsapp.enabled:
-            senders["whatsapp"] = await stack.enter_async_context(
-                open_whatsapp_sender(
-                    settings.whatsapp, database, clock, public_url=settings.server.base_url()
-                )
-            )
         outbox = Outbox(
             database,
             clock,
@@ -249,7 +237,7 @@ async def open_services(
             ),
         )
         inbox_writer = InboxWriter(database)
-        intake = IntakeWriter(database, clock, inbox_writer)
+        intake = IntakeWriter(database, clock, inbox_writer, claims=queue)
         gateway = QueueGateway(
             database,
             intake,
@@ -288,12 +276,6 @@ async def open_services(
             gateway=gateway,
             history=RunHistoryReader(database),
         )
-        for channel in channels:
-            await channel.start(stack)
-            for trigger in channel.processors:
-                inbox.register(trigger, channel.health)
-            if channel.sender is not None:  # the outbox reads its registry when it sends
-                senders[channel.name] = channel.sender
         secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
         if migrate and (problem := await secrets.check_keys()) is not None:
             logger.warning("secrets: %s", problem)
@@ -318,7 +300,7 @@ async def open_services(
             metrics=metrics,
             outbox=outbox,
             replies=ReplyWriter(
-                channels=outbox.channels, failure_line=settings.delivery.failure_line
+                channels=lambda: outbox.channels, failure_line=settings.delivery.failure_line
             ),
             schedules=schedules,
             secrets=secrets,
@@ -340,6 +322,13 @@ async def open_services(
         logs.start()
         services.gateway.start()
         try:
+            # Channels start once the intake's group commit runs: an SMTP listener accepts at once.
+            for channel in channels:
+                await channel.start(stack)
+                for trigger in channel.processors:
+                    inbox.register(trigger, channel.health)
+                if channel.sender is not None:  # the outbox reads its registry when it sends
+                    senders[channel.name] = channel.sender
             yield services
         finally:
             await services.gateway.aclose()

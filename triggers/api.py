@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,6 +28,7 @@ from core.models import (
     new_run_id,
 )
 from core.ports import RunGateway
+from core.tracing import TRACE
 from triggers.auth import Authenticator, Principal
 from triggers.files import FileStore
 
@@ -88,7 +90,9 @@ class RuntimeApi:
         return web.json_response({"request_id": run_id})
 
     async def run_sync(self, request: web.Request) -> web.Response:
-        record = await self._start(request)
+        received = time.perf_counter_ns()
+        record = await self._start(request, waited=True)
+        TRACE.mark(record.id, "api.received", received)
         finished = await self._gateway.wait_until_finished(record.id, self._settings.sync_timeout)
         if finished is None or not finished.finished:
             raise SyncTimeout(record.id, self._settings.sync_timeout)
@@ -99,6 +103,7 @@ class RuntimeApi:
             return web.json_response(
                 {"detail": detail, "request_id": finished.id}, status=status, headers=headers
             )
+        TRACE.mark(finished.id, "answered")
         return web.Response(
             status=finished.response_status,
             body=finished.response_body,
@@ -117,7 +122,7 @@ class RuntimeApi:
             content_type="application/json",
         )
 
-    async def _start(self, request: web.Request) -> SubmittedRun:
+    async def _start(self, request: web.Request, *, waited: bool = False) -> SubmittedRun:
         principal = await self._principal(request)
         service_id = request.match_info["service_id"]
         if not await self._gateway.has_service(service_id):
@@ -143,7 +148,7 @@ class RuntimeApi:
         )
         await self._auth.authorise_start(principal, run_id, provisioned=provisioned is not None)
         try:
-            return await self._gateway.submit(run_request)
+            return await self._gateway.submit(run_request, waited=waited)
         except Exception:
             if provisioned is None:  # a one-time key is spent only on a run that was made
                 await self._auth.cancel_start(principal, run_id)

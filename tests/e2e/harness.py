@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -97,7 +97,15 @@ class CliResult:
 class ServerProcess:
     """One ``switchboard serve`` process, with its output in files."""
 
-    def __init__(self, name: str, env: Mapping[str, str], port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        port: int,
+        log_dir: Path,
+        args: Sequence[str] = (),
+    ) -> None:
+        """``args`` go after ``serve`` (bench/ passes ``--role web``)."""
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -105,7 +113,7 @@ class ServerProcess:
         self.stderr_path = log_dir / f"{name}.stderr"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.popen = subprocess.Popen(
-                [*switchboard_command(), "serve"],
+                [*switchboard_command(), "serve", *args],
                 env=dict(env),
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
+import time
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -14,6 +16,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
+from core.inbox import EventInfo, EventStatus
 from core.tables import runs
 from tests.conftest import Live, LiveFactory, free_port
 from tests.fakes.smtp_sink import SmtpSink
@@ -64,7 +67,35 @@ async def smtp_send(live: Live, message: EmailMessage, *, mail_from: str | None 
     )
 
 
+async def inbox_events(live: Live, trigger: str | None = None) -> list[EventInfo]:
+    """The email events in the inbox, oldest first."""
+    found, _ = await live.services.inbox.events(
+        trigger=trigger, status=None, limit=500, cursor=None, include_body=False
+    )
+    return sorted((e for e in found if e.trigger.startswith("email:")), key=lambda e: e.id)
+
+
+async def settled(live: Live, *, timeout: float = 20, attempted: bool = False) -> list[EventInfo]:
+    """The email events once none is pending (processed, ignored or failed); with
+    ``attempted``, once each pending one has been tried at least once instead."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = await inbox_events(live)
+        waiting = [
+            e
+            for e in events
+            if e.status is EventStatus.PENDING and not (attempted and e.attempts > 0)
+        ]
+        if not waiting:
+            return events
+        if time.monotonic() > deadline:
+            raise AssertionError(f"email events still pending: {waiting}")
+        await asyncio.sleep(0.05)  # re-read: the processor may be on another node's loop
+
+
 async def email_runs(live: Live) -> list[dict[str, Any]]:
+    """The runs mail made, once the inbox processed every mail it took."""
+    await settled(live)
     async with live.services.database.read() as conn:
         rows = await conn.execute(select(runs).where(runs.c.source == "email").order_by(runs.c.id))
         return [dict(row) for row in rows.mappings()]

@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from core.inbox import EventStatus
 from tests.conftest import Live, LiveFactory
 from tests.fakes.smtp_sink import SmtpSink
 from tests.integration.email_helpers import (
@@ -18,6 +19,7 @@ from tests.integration.email_helpers import (
     SENDER,
     SENDGRID_TOKEN,
     email_runs,
+    inbox_events,
     inputs_of,
     mail,
     run_of,
@@ -230,8 +232,10 @@ async def test_mailgun_null_sender_is_a_bounce(
     form = {**mailgun_form("<bounce@sender.test>"), "sender": sender}
     response = await post_mailgun(live, form)
     assert response.status_code == 200, response.text
-    assert response.json()["outcome"] == "dropped"
     assert await email_runs(live) == []
+    (bounce,) = await inbox_events(live, "email:mailgun")
+    assert bounce.status is EventStatus.IGNORED
+    assert bounce.ignored_reason == "null sender (a bounce or delivery report)"
 
 
 async def test_mailgun_body_over_one_mebibyte(live_factory: LiveFactory, sink: SmtpSink) -> None:

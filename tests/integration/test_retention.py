@@ -11,12 +11,13 @@ from sqlalchemy import func, select
 from core.db import Database
 from core.inbox import EventStatus, Ignored
 from core.models import Outcome, RunRequest, SubmittedRun
-from core.tables import deliveries, run_logs, runs, whatsapp_messages
+from core.tables import deliveries, run_logs, runs
 from dispatch.queue import RunQueue
 from dispatch.retention import Retention, RetentionSettings
 from switchboard.migrate import upgrade
 from tests.integration.inbox_helpers import InboxNode, ManualClock, event, event_rows
 from triggers.auth import KeyStore
+from triggers.whatsapp.tables import whatsapp_messages
 
 DONE = Outcome.from_response(200, b"{}", "application/json")
 

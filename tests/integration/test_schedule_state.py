@@ -160,7 +160,7 @@ class UnreachableQueue:
         self._gateway = live.services.gateway
         self.attempts = 0
 
-    async def submit(self, request: RunRequest) -> SubmittedRun:
+    async def submit(self, request: RunRequest, *, waited: bool = False) -> SubmittedRun:
         self.attempts += 1
         raise ConnectionError("injected: the database is unreachable")
 

@@ -101,7 +101,7 @@ async def test_twins_make_run_requests_with_one_key_and_bots_are_ignored_with_a_
         },
     )
     await inbox.process_pending(slack.processors)
-    assert [entry.status for entry in inbox.events] == [
+    assert [entry.status for entry in inbox.entries] == [
         EventStatus.PROCESSED,
         EventStatus.PROCESSED,
         EventStatus.IGNORED,
@@ -110,6 +110,6 @@ async def test_twins_make_run_requests_with_one_key_and_bots_are_ignored_with_a_
     first, second = inbox.run_requests()
     assert first.idempotency_key == second.idempotency_key == "slack:T111:C1:1.1"
     assert first.reply_target is not None and first.reply_target.channel == "slack"
-    assert inbox.events[2].result == Ignored("sent by a bot")
+    assert inbox.entries[2].result == Ignored("sent by a bot")
     assert len(fake.called("users.info")) == 1  # the name is cached for the twin
     assert fake.called("chat.postMessage") == []  # processing replies nothing itself

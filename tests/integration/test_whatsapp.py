@@ -22,6 +22,7 @@ from twilio.request_validator import RequestValidator
 
 from core.models import Outcome, ReplyTarget, RunRequest, Source
 from core.tables import deliveries, inbound_events, runs
+from dispatch.inbox_tables import inbox_events
 from switchboard.app import ROLES
 from tests.conftest import Live, LiveFactory
 from tests.fakes.twilio_api import (
@@ -32,8 +33,9 @@ from tests.fakes.twilio_api import (
     whatsapp_message_form,
 )
 from tests.integration.deliveries import wait_for_delivery, wait_for_rows
+from triggers.whatsapp.message_log import MessageLog
+from triggers.whatsapp.parse import chat_key
 from triggers.whatsapp.sender import OUTSIDE_WINDOW
-from triggers.whatsapp.status import MessageLog
 
 USER = "whatsapp:+15005550006"
 OTHER_NUMBER = "whatsapp:+14155550100"
@@ -79,6 +81,34 @@ async def post_signed(
     return await http.post(url, data=params, headers={"X-Twilio-Signature": signature})
 
 
+async def runs_made(live: Live, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+    """The WhatsApp runs once the inbox processed at least ``count`` messages into runs."""
+    async with asyncio.timeout(timeout):
+        while True:
+            made = await whatsapp_runs(live)
+            if len(made) >= count:
+                return made
+            await asyncio.sleep(0.05)  # polling the database: nothing to subscribe to here
+
+
+async def stored_events(live: Live) -> list[str]:
+    """The dedupe keys of the inbox events the edge stored, in arrival order."""
+    async with live.services.database.read() as conn:
+        query = select(inbox_events.c.dedupe_key).order_by(inbox_events.c.id)
+        return [key for key in (await conn.execute(query)).scalars() if key is not None]
+
+
+async def all_processed(live: Live, timeout: float = 20) -> None:
+    """Until the inbox has no pending event left (every one processed, ignored or failed)."""
+    query = select(func.count()).where(inbox_events.c.status == "pending")
+    async with asyncio.timeout(timeout):
+        while True:
+            async with live.services.database.read() as conn:
+                if not (await conn.execute(query)).scalar():
+                    return
+            await asyncio.sleep(0.05)  # polling the database: nothing to subscribe to here
+
+
 async def whatsapp_runs(live: Live) -> list[dict[str, Any]]:
     async with live.services.database.read() as conn:
         rows = await conn.execute(
@@ -100,7 +130,7 @@ async def test_text_message_gets_one_reply_from_the_number_it_was_sent_to(
     [sent] = await twilio.wait_for(1)
     assert (sent.sender, sent.to, sent.body) == (OTHER_NUMBER, USER, "hello there")
     assert sent.get("StatusCallback") == live.url + "/twilio/status"
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     inputs = json.loads(run["request_body"])
     assert inputs["channel"] == "whatsapp" and inputs["text"] == "hello there"
     assert inputs["sender"] == {"id": USER, "name": "Ann"}
@@ -138,9 +168,11 @@ async def test_a_message_twilio_sends_twice_makes_one_run_and_one_reply(
     params = message("once")
     for _ in range(2):
         assert (await post_signed(http, live, params)).status_code == 200
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     await wait_for_delivery(live, run["id"], "sent")
     assert [sent.body for sent in twilio.messages] == ["once"]
+    assert len(await whatsapp_runs(live)) == 1
+    assert await stored_events(live) == [f"whatsapp:{params['MessageSid']}"]
 
 
 async def test_a_long_answer_goes_as_numbered_parts_in_order_resuming_after_a_429(
@@ -152,7 +184,7 @@ async def test_a_long_answer_goes_as_numbered_parts_in_order_resuming_after_a_42
     assert len(text) >= 5000
     twilio.fail_next(429, retry_after="0", after=1)  # the second part waits once
     await post_signed(http, live, message(text))
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     row = await wait_for_delivery(live, run["id"], "sent")
     assert row["attempts"] == 2
     parts = [sent.body or "" for sent in twilio.messages]
@@ -175,7 +207,7 @@ async def test_three_quick_messages_from_one_user_run_and_are_answered_in_order(
         assert (await post_signed(http, live, message(text))).status_code == 200
     sent = await twilio.wait_for(3, timeout=60)
     assert [m.body for m in sent] == texts
-    ran = await whatsapp_runs(live)
+    ran = await runs_made(live, 3)
     assert [json.loads(r["request_body"])["text"] for r in ran] == texts
     for earlier, later in itertools.pairwise(ran):
         assert later["started_at"] >= earlier["completed_at"]
@@ -198,7 +230,7 @@ async def test_media_is_downloaded_with_basic_auth_and_handed_on_as_a_signed_url
     [sent] = await twilio.wait_for(1, timeout=60)
     digest = hashlib.sha256(picture).hexdigest()
     assert sent.body == f"media-0.png {len(picture)} {digest}"
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     [attachment] = json.loads(run["request_body"])["attachments"]
     assert attachment["content_type"] == "image/png" and attachment["size"] == len(picture)
     assert attachment["url"].startswith(live.url + "/files/")
@@ -212,9 +244,9 @@ async def test_media_that_cannot_be_fetched_does_not_cost_the_message(
     missing = twilio.add_media(b"x", "image/jpeg").rsplit("/", 1)[0] + "/MEnothere"
     params = message("look", NumMedia="1", MediaUrl0=missing, MediaContentType0="image/jpeg")
     assert (await post_signed(http, live, params)).status_code == 200
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     await wait_for_delivery(live, run["id"], "sent")
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     inputs = json.loads(run["request_body"])
     assert inputs["attachments"] == []
     assert "answered 404" in inputs["event"]["media_errors"][0]
@@ -241,28 +273,25 @@ def api_fetches(twilio: FakeTwilioApi) -> int:
 async def test_media_does_not_hold_up_the_ack_nor_jump_the_chat_queue(
     live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
 ) -> None:
-    # A node that accepts messages but runs nothing: the queue can be probed while media hangs.
+    # A node that accepts messages but processes nothing: the ack path alone.
     web_node = await start(live_factory, twilio, roles={"web"}, media_timeout=30)
     gate = twilio.hold_media()
     picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
     photo = image(twilio, picture, Body="look at this")
-    async with asyncio.timeout(5):  # Twilio's media server has not answered yet
-        assert (await post_signed(http, web_node, photo)).status_code == 200
-    await twilio.wait_for_media_fetches(1)
-    async with asyncio.timeout(5):  # Twilio's retry while the media is still on its way
-        assert (await post_signed(http, web_node, photo)).status_code == 200
-    assert (await post_signed(http, web_node, message("and this text"))).status_code == 200
-    held, text = await whatsapp_runs(web_node)
-    assert held["status"] == "provisioned" and held["idempotency_key"].endswith(photo["MessageSid"])
-    assert text["status"] == "queued"
-    # The text arrived second: it waits for the picture's run even though that is not queued.
-    assert await web_node.services.queue.claim("probe", 10) == []
-    assert not gate.is_set()
+    async with asyncio.timeout(5):  # the picture, Twilio's retry of it, then a text
+        for params in (photo, photo, message("and this text")):
+            assert (await post_signed(http, web_node, params)).status_code == 200
+    assert twilio.media_fetches == []  # the ack path downloads nothing
+    assert await whatsapp_runs(web_node) == []
     worker_node = await start(live_factory, twilio, roles={"worker"})
+    await twilio.wait_for_media_fetches(1)
+    # The text arrived second: it waits for the picture's download, in the chat's order.
+    assert await whatsapp_runs(worker_node) == []
     gate.set()
     replies = await twilio.wait_for(2, timeout=60)
     assert [sent.body for sent in replies] == ["look at this", "and this text"]
     picture_run, text_run = await whatsapp_runs(worker_node)
+    assert picture_run["idempotency_key"] == f"whatsapp:{photo['MessageSid']}"
     assert text_run["started_at"] >= picture_run["completed_at"]
     [attachment] = json.loads(picture_run["request_body"])["attachments"]
     assert attachment["size"] == len(picture)
@@ -273,21 +302,21 @@ async def test_media_does_not_hold_up_the_ack_nor_jump_the_chat_queue(
 async def test_a_restart_while_media_downloads_loses_no_message(
     live_factory: LiveFactory, twilio: FakeTwilioApi, http: httpx.AsyncClient
 ) -> None:
-    first = await start(live_factory, twilio, roles={"web"}, workflow="whatsapp-bot")
+    first = await start(live_factory, twilio, workflow="whatsapp-bot")
     await first.register("whatsapp_bot")
     gate = twilio.hold_media()
     picture = b"GIF89a" + bytes(range(200))
-    assert (await post_signed(http, first, image(twilio, picture))).status_code == 200
+    async with asyncio.timeout(5):
+        assert (await post_signed(http, first, image(twilio, picture))).status_code == 200
     await twilio.wait_for_media_fetches(1)
-    await live_factory.stop(first)  # the download is interrupted; the run stays held
-    [held] = await whatsapp_runs(first)
-    assert held["status"] == "provisioned"
+    await live_factory.stop(first)  # the download is interrupted; the event stays in the inbox
+    assert await whatsapp_runs(first) == []
     gate.set()
     second = await start(live_factory, twilio, workflow="whatsapp-bot")
     [sent] = await twilio.wait_for(1, timeout=60)
     assert sent.body == f"media-0.png {len(picture)} {hashlib.sha256(picture).hexdigest()}"
     [run] = await whatsapp_runs(second)
-    assert run["id"] == held["id"] and run["status"] == "completed"
+    assert run["status"] == "completed"
     assert api_fetches(twilio) == 2
 
 
@@ -302,7 +331,7 @@ async def test_outside_the_window_the_template_is_sent_instead(
     )
     # The user wrote 25 hours ago: the window has closed since.
     await post_signed(http, live, message("remember me"))
-    [earlier] = await whatsapp_runs(live)
+    [earlier] = await runs_made(live, 1)
     await wait_for_delivery(live, earlier["id"], "sent")
     async with live.services.database.write() as conn:
         await conn.execute(
@@ -352,7 +381,7 @@ async def test_twilio_client_errors_fail_the_delivery_with_code_and_message(
     live = await start(live_factory, twilio)
     twilio.fail_next(400, code=21211, message="Invalid 'To' Phone Number")
     await post_signed(http, live, message("hi"))
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     row = await wait_for_delivery(live, run["id"], "failed")
     assert row["last_error"] == "Twilio error 21211: Invalid 'To' Phone Number"
     assert row["attempts"] == 1
@@ -363,7 +392,7 @@ async def test_status_callbacks_move_a_message_forward_only(
 ) -> None:
     live = await start(live_factory, twilio)
     await post_signed(http, live, message("track me"))
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     row = await wait_for_delivery(live, run["id"], "sent")
     [sent] = await twilio.wait_for(1)
     for status in ("sent", "read", "delivered", "sent"):  # the last two arrive late
@@ -377,11 +406,13 @@ async def test_status_callbacks_move_a_message_forward_only(
         }
         response = await post_signed(http, live, callback, path="/twilio/status")
         assert response.status_code == 204
+    await all_processed(live)
     log = MessageLog(live.services.database, live.services.clock)
     [recorded] = await log.of_delivery(row["id"])
     assert (recorded["sid"], recorded["status"], recorded["part"]) == (sent.sid, "read", 0)
     failure = {"MessageSid": sent.sid, "MessageStatus": "undelivered", "ErrorCode": "63016"}
     await post_signed(http, live, failure, path="/twilio/status")
+    await all_processed(live)
     [recorded] = await log.of_delivery(row["id"])
     assert (recorded["status"], recorded["error_code"]) == ("undelivered", "63016")
     # The delivery shows it too (API, CLI): it was sent, but it did not arrive.
@@ -398,7 +429,7 @@ async def test_status_callbacks_that_arrive_before_the_message_is_recorded_are_k
     twilio.early_statuses = ["sent", "delivered", "sending"]
     live = await start(live_factory, twilio)
     await post_signed(http, live, message("fast"))
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     row = await wait_for_delivery(live, run["id"], "sent")
     assert twilio.callback_answers == [204, 204, 204]
     [sent] = twilio.messages
@@ -423,25 +454,19 @@ async def test_behind_a_proxy_signatures_cover_the_public_url_and_its_query(
     params = message("via the proxy")
     socket_signed = await post_signed(http, live, params, path=path, signed_url=live.url + path)
     assert socket_signed.status_code == 403, socket_signed.text
-    assert await whatsapp_runs(live) == []
+    assert await stored_events(live) == []
     proxy_signed = await post_signed(http, live, params, path=path, signed_url=public + path)
     assert proxy_signed.status_code == 200, proxy_signed.text
-    [run] = await whatsapp_runs(live)
-    assert json.loads(run["request_body"])["text"] == "via the proxy"
+    assert await stored_events(live) == [f"whatsapp:{params['MessageSid']}"]
 
     path = "/twilio/status?q=1"
     callback = {"MessageSid": "SM" + "e" * 32, "MessageStatus": "delivered"}
     socket_signed = await post_signed(http, live, callback, path=path, signed_url=live.url + path)
     assert socket_signed.status_code == 403, socket_signed.text
-    assert await early_statuses(live) == []
+    assert len(await stored_events(live)) == 1
     proxy_signed = await post_signed(http, live, callback, path=path, signed_url=public + path)
     assert proxy_signed.status_code == 204, proxy_signed.text
-    assert await early_statuses(live) == [f"SM{'e' * 32}|delivered|"]
-
-
-async def early_statuses(live: Live) -> list[str]:
-    async with live.services.database.read() as conn:
-        return list((await conn.execute(select(inbound_events.c.dedupe_key))).scalars())
+    assert (await stored_events(live))[1:] == [f"whatsapp:SM{'e' * 32}:delivered"]
 
 
 async def test_a_restart_between_run_and_delivery_sends_exactly_one_reply(
@@ -450,8 +475,19 @@ async def test_a_restart_between_run_and_delivery_sends_exactly_one_reply(
     # A node that accepts messages but neither executes nor delivers: the run is completed by
     # hand, as a worker would, and the node "crashes" before any outbox drained.
     web_node = await start(live_factory, twilio, roles={"web"})
-    await post_signed(http, web_node, message("survive"))
     services = web_node.services
+    await services.gateway.submit(  # the run the inbox processor makes of a message
+        RunRequest(
+            owner_id="default",
+            service_id="echo",
+            body=json.dumps("survive"),
+            source=Source.WHATSAPP,
+            reply_target=ReplyTarget(
+                channel="whatsapp", address=USER, details={"from": SANDBOX_NUMBER}
+            ),
+            serial_key=chat_key(SANDBOX_NUMBER, USER),
+        )
+    )
     [run] = await services.queue.claim("worker-a", 1)
     done = Outcome.from_response(200, json.dumps({"text": "survived"}).encode(), None)
     assert await services.queue.complete(
@@ -474,7 +510,7 @@ async def test_a_5xx_from_twilio_is_retried_until_it_goes_through(
     live = await start(live_factory, twilio)
     twilio.fail_next(503, message="Service Unavailable")
     await post_signed(http, live, message("try again"))
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     row = await wait_for_delivery(live, run["id"], "sent")
     assert row["attempts"] == 2 and twilio.attempts == 2
     assert [sent.body for sent in twilio.messages] == ["try again"]
@@ -486,7 +522,7 @@ async def test_a_failed_run_is_answered_with_one_short_line_naming_it(
     live = await start(live_factory, twilio, workflow="fail")
     await live.register("fail")
     await post_signed(http, live, message("do the thing"))
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     await wait_for_delivery(live, run["id"], "sent", timeout=60)
     [sent] = twilio.messages
     assert sent.body == f"Sorry, that did not work (run {run['id']} failed)."
@@ -505,7 +541,7 @@ async def test_reply_attachments_go_one_media_url_per_message_after_the_text(
     }
     live = await start(live_factory, twilio, routes=[route])
     await post_signed(http, live, message("files please"))
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     await wait_for_delivery(live, run["id"], "sent")
     assert [(sent.body, sent.media_urls) for sent in twilio.messages] == [
         ("two files", []),
@@ -559,7 +595,7 @@ async def test_a_window_that_closes_between_parts_is_not_skipped_silently(
     text = " ".join(f"Sentence {n} is here to make the answer long." for n in range(100))
     twilio.fail_next(429, retry_after="3600", after=1)  # part 2 waits; the window closes
     await post_signed(http, live, message(text))
-    [run] = await whatsapp_runs(live)
+    [run] = await runs_made(live, 1)
     rows = await wait_for_rows(
         live, lambda row: row["attempts"] == 1 and row["status"] == "pending"
     )
@@ -597,19 +633,20 @@ async def test_a_duplicate_written_concurrently_by_another_node_is_answered_as_o
     params = message("twice at once")
     key = f"whatsapp:{params['MessageSid']}"
     now = live.services.clock.now()
-    # "Another node" has inserted the same message and not committed yet.
+    # "Another node" has stored the same message in the inbox and not committed yet.
     async with database.engine.connect() as other:
         transaction = await other.begin()
         await other.execute(
-            runs.insert().values(
-                id="req_other_node",
-                owner_id="default",
-                service_id="echo",
-                status="queued",
-                source="whatsapp",
-                idempotency_key=key,
-                created_at=now,
-                queued_at=now,
+            inbox_events.insert().values(
+                id="evt_other_node",
+                trigger="whatsapp",
+                dedupe_key=key,
+                ordering_key=chat_key(SANDBOX_NUMBER, USER),
+                status="pending",
+                received_at=now,
+                headers={},
+                body=b"",
+                attempts=0,
             )
         )
         posting = asyncio.ensure_future(post_signed(http, live, params))
@@ -617,8 +654,9 @@ async def test_a_duplicate_written_concurrently_by_another_node_is_answered_as_o
         await transaction.commit()
     response = await posting
     assert response.status_code == 200, response.text
-    [run] = await whatsapp_runs(live)
-    assert run["id"] == "req_other_node"
+    async with database.read() as conn:
+        query = select(inbox_events.c.id).where(inbox_events.c.dedupe_key == key)
+        assert list((await conn.execute(query)).scalars()) == ["evt_other_node"]
 
 
 async def wait_for_a_lock_waiter(live: Live) -> None:

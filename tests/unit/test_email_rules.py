@@ -7,11 +7,11 @@ from email.message import EmailMessage
 
 import pytest
 
-from triggers.email.compose import compose_mail, reply_subject
+from triggers.email.authentication import authenticated_from, sender_allowed, topmost_results
 from triggers.email.loops import Disposition, loop_verdict
 from triggers.email.parse import parse_email
+from triggers.email.render import compose_mail, reply_subject
 from triggers.email.routing import RouteMatch, Router
-from triggers.email.senders import authenticated_from, sender_allowed, topmost_results
 from triggers.email.settings import EmailRoute, EmailSettings
 from triggers.email.text import html_to_text, strip_quoted
 

@@ -94,7 +94,7 @@ async def test_an_event_is_stored_raw_with_its_keys_then_acknowledged(
     raw = json.dumps(envelope("Ev1", thread_ts="0.9"))
     response = await post(url, "/slack/events", raw)
     assert response.status_code == 200
-    [stored] = [entry.event for entry in inbox.events]
+    [stored] = [entry.event for entry in inbox.entries]
     assert stored.trigger == "slack" and stored.body == raw.encode()
     assert stored.dedupe_key == "slack:Ev1"
     assert stored.ordering_key == "slack:T111:C1:0.9"  # the thread root, not the message
@@ -113,8 +113,8 @@ async def test_retries_are_acknowledged_and_stored_once_twins_share_the_conversa
         await post(url, "/slack/events", as_mention, retry=retry) for retry in ("1", "2", "3")
     ]
     assert [answer.status_code for answer in answers] == [200] * 5
-    assert [entry.event.dedupe_key for entry in inbox.events] == ["slack:EvA", "slack:EvB"]
-    assert {entry.event.ordering_key for entry in inbox.events} == {"slack:T111:C1:1.1"}
+    assert [entry.event.dedupe_key for entry in inbox.entries] == ["slack:EvA", "slack:EvB"]
+    assert {entry.event.ordering_key for entry in inbox.entries} == {"slack:T111:C1:1.1"}
 
 
 @pytest.mark.parametrize("problem", ["bad", "stale", "missing"])
@@ -132,7 +132,7 @@ async def test_an_unsigned_or_stale_request_is_refused_and_not_stored(
             headers = {"Content-Type": "application/json"}
         response = await http.post(f"{url}/slack/events", content=raw, headers=headers)
     assert response.status_code == 401 and "X-Slack" in response.json()["detail"]
-    assert inbox.events == []
+    assert inbox.entries == []
 
 
 async def test_the_window_follows_the_injected_clock(
@@ -142,7 +142,7 @@ async def test_the_window_follows_the_injected_clock(
     signed_at = int(time.time()) - 3600  # an hour ago by the wall clock
     clock.at = datetime.fromtimestamp(signed_at + 10, UTC)
     response = await post(url, "/slack/events", json.dumps(envelope("Ev1")), timestamp=signed_at)
-    assert response.status_code == 200 and len(inbox.events) == 1
+    assert response.status_code == 200 and len(inbox.entries) == 1
 
 
 async def test_url_verification_and_ssl_check_are_answered_at_once(
@@ -156,7 +156,7 @@ async def test_url_verification_and_ssl_check_are_answered_at_once(
     form = "application/x-www-form-urlencoded"
     response = await post(url, "/slack/commands", probe, content_type=form)
     assert response.status_code == 200 and response.text == ""
-    assert inbox.events == []
+    assert inbox.entries == []
 
 
 async def test_a_slash_command_gets_its_ack_line_and_is_stored_by_trigger_id(
@@ -170,7 +170,7 @@ async def test_a_slash_command_gets_its_ack_line_and_is_stored_by_trigger_id(
     again = await post(url, "/slack/commands", raw, content_type=kind)
     assert (first.status_code, first.text) == (200, "On it")
     assert (again.status_code, again.text) == (200, "On it")  # a duplicate, answered alike
-    [stored] = [entry.event for entry in inbox.events]
+    [stored] = [entry.event for entry in inbox.entries]
     assert stored.dedupe_key == "slack:trigger:12.34" and stored.ordering_key == "slack:T111:C1"
 
 
@@ -180,4 +180,4 @@ async def test_a_signed_body_that_is_no_object_is_a_400_naming_it(
     url, inbox, _ = edge
     response = await post(url, "/slack/events", "[1, 2]")
     assert response.status_code == 400 and "JSON object" in response.json()["detail"]
-    assert inbox.events == []
+    assert inbox.entries == []

@@ -9,13 +9,6 @@ import pytest
 from pydantic import ValidationError
 
 from core.replies import Reply
-from triggers.whatsapp.messages import (
-    BODY_LIMIT,
-    OutboundMessage,
-    numbered_parts,
-    session_messages,
-    template_message,
-)
 from triggers.whatsapp.parse import (
     RoutedMessage,
     chat_key,
@@ -23,7 +16,14 @@ from triggers.whatsapp.parse import (
     media_items,
     route_message,
 )
-from triggers.whatsapp.render import render_for_whatsapp
+from triggers.whatsapp.render import (
+    BODY_LIMIT,
+    OutboundMessage,
+    numbered_parts,
+    render_for_whatsapp,
+    session_messages,
+    template_message,
+)
 from triggers.whatsapp.settings import WhatsAppRoute, WhatsAppSettings
 
 

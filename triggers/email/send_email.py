@@ -13,9 +13,7 @@ sends it with retries. The Message-ID is derived from the run id, so a run that 
 from __future__ import annotations
 
 import json
-import math
 import re
-from datetime import timedelta
 from typing import Any
 
 from pydantic import (
@@ -26,21 +24,15 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from core.clock import Clock
-from core.db import Database
 from core.errors import Forbidden
 from core.models import CallerRights, Grant, Invocation, Outcome
-from core.ports import LogSink
-from core.tables import deliveries, runs
-from triggers.email.sender import EmailSender
-from triggers.email.threads import insert_unless_present
+from core.ports import LogSink, MessageQueue, OwnMessage, Queueing
+from triggers.email.sender import mail_domain, message_id_for
+from triggers.email.settings import EmailSettings
 from triggers.files import FileStore
 
 _ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
-NO_DELIVERY_CHANNELS = ("api", "none")
 
 
 def _addresses(value: Any) -> list[str]:
@@ -105,22 +97,16 @@ class SendEmailRequest(BaseModel):
 
 
 class SendEmailService:
-    """A ``core.ports.BuiltinService``: validates, queues the mail, returns its Message-ID."""
+    """A ``core.ports.BuiltinService``: validates, queues the mail, returns its Message-ID.
 
-    def __init__(
-        self,
-        database: Database,
-        clock: Clock,
-        sender: EmailSender,
-        files: FileStore,
-        *,
-        per_hour: int = 0,
-    ) -> None:
-        self._db = database
-        self._clock = clock
-        self._sender = sender
+    The mail is queued through the outbox's port (``core.ports.MessageQueue``): ``dispatch``
+    owns the deliveries and the runs they belong to."""
+
+    def __init__(self, settings: EmailSettings, messages: MessageQueue, files: FileStore) -> None:
+        self._messages = messages
+        self._domain = mail_domain(settings)
         self._files = files
-        self._per_hour = per_hour
+        self._per_hour = settings.send_email_per_hour
 
     async def __call__(self, invocation: Invocation, on_log: LogSink) -> Outcome:
         refusal = CallerRights.of_run(invocation.headers).refusal(Grant.OUTBOUND, "send email")
@@ -133,94 +119,45 @@ class SendEmailService:
             )
         except ValueError as exc:
             return _bad_request(_explain(exc))
-        message_id = self._sender.message_id_for(invocation.run_id)
-        async with self._db.write() as conn:
-            own = select(runs.c.reply_target).where(runs.c.id == invocation.run_id)
-            own_target = (await conn.execute(own)).scalar_one_or_none() or {}
-            if str(own_target.get("channel", "api")) not in NO_DELIVERY_CHANNELS:
-                # deliveries.run_id is unique: the mail is this run's one delivery.
-                return _bad_request(
-                    "send_email sends its own mail: start it without a reply target"
-                )
-            wait = await self._rate_limited(conn, invocation)
-            if wait is not None:
-                return _too_many(self._per_hour, wait)
-            queued = await insert_unless_present(
-                conn,
-                deliveries,
-                self._row(invocation.run_id, request, message_id),
-                unique=["run_id"],
+        message_id = message_id_for(invocation.run_id, self._domain)
+        queued = await self._messages.queue(
+            OwnMessage(
+                run_id=invocation.run_id,
+                owner_id=invocation.owner_id,
+                service_id=invocation.service_id,
+                target=_target(request, message_id),
+                text=request.body,
+                attachments=tuple(request.attachments),
+                per_hour=self._per_hour,
             )
-        on_log("stdout", f"send_email: {'queued' if queued else 'already queued'} {message_id}")
+        )
+        if queued.outcome is Queueing.HAS_REPLY_TARGET:
+            # The mail is the run's one delivery.
+            return _bad_request("send_email sends its own mail: start it without a reply target")
+        if queued.outcome is Queueing.RATE_LIMITED:
+            return _too_many(self._per_hour, queued.retry_after or 1)
+        done = "queued" if queued.outcome is Queueing.QUEUED else "already queued"
+        on_log("stdout", f"send_email: {done} {message_id}")
         body = json.dumps({"message_id": message_id, "to": request.to}).encode()
         return Outcome.from_response(200, body, "application/json")
 
-    async def _rate_limited(self, conn: AsyncConnection, invocation: Invocation) -> int | None:
-        """Seconds until the owner may queue another mail, or ``None`` if it may now.
 
-        Counted in the database, so the limit holds across nodes; on PostgreSQL two sends at
-        the same instant may both pass (read committed), SQLite's one writer counts exactly.
-        A run executed again (its worker died) is not refused its own queued mail.
-        """
-        if self._per_hour <= 0:
-            return None
-        since = self._clock.now() - timedelta(hours=1)
-        window = (
-            select(func.count(), func.min(deliveries.c.created_at))
-            .select_from(deliveries.join(runs, runs.c.id == deliveries.c.run_id))
-            .where(
-                runs.c.owner_id == invocation.owner_id,
-                runs.c.service_id == invocation.service_id,
-                deliveries.c.created_at >= since,
-                deliveries.c.run_id != invocation.run_id,
-            )
-        )
-        sent, oldest = (await conn.execute(window)).one()
-        if sent < self._per_hour or oldest is None:
-            return None
-        # The oldest counted mail leaves the window at oldest + 1 h = now + (oldest - since).
-        left: timedelta = oldest - since
-        return max(1, math.ceil(left.total_seconds()))
-
-    def _row(self, run_id: str, request: SendEmailRequest, message_id: str) -> dict[str, Any]:
-        now = self._clock.now()
-        address = request.to[0]
-        target = {
-            "channel": "email",
-            "address": address,
-            "thread_id": None,
-            "details": {
-                "subject": request.subject,
-                "to": request.to,
-                "cc": request.cc,
-                "bcc": request.bcc,
-                "reply_to": request.reply_to,
-                "message_id": message_id,
-            },
-        }
-        return {
-            "run_id": run_id,
-            "channel": "email",
-            "target": target,
-            # The outbox orders deliveries per target key. Each send_email mail is on its own (a
-            # new thread, its own Message-ID): nothing to wait for (see dispatch.outbox.target_key).
-            "target_key": f"email:{address}:{message_id}"[:300],
-            "payload": {
-                "reply": {
-                    "text": request.body,
-                    "attachments": request.attachments,
-                    "failed": False,
-                },
-                "record": {"request_id": run_id, "service_id": "send_email"},
-            },
-            "status": "pending",
-            "attempts": 0,
-            "progress": 0,
-            "next_attempt_at": now,
-            "last_error": None,
-            "created_at": now,
-            "updated_at": now,
-        }
+def _target(request: SendEmailRequest, message_id: str) -> dict[str, Any]:
+    # The outbox orders deliveries per thread (dispatch.outbox.target_key). Each send_email
+    # mail starts its own, named by its Message-ID: nothing to wait for.
+    return {
+        "channel": "email",
+        "address": request.to[0],
+        "thread_id": message_id,
+        "details": {
+            "subject": request.subject,
+            "to": request.to,
+            "cc": request.cc,
+            "bcc": request.bcc,
+            "reply_to": request.reply_to,
+            "message_id": message_id,
+        },
+    }
 
 
 def _explain(error: ValueError) -> str:

@@ -33,7 +33,7 @@ from aiosmtplib.email import extract_recipients
 from core.clock import Clock
 from core.errors import Forbidden, NotFound, PayloadTooLarge
 from core.replies import Delivery, SendResult
-from triggers.email.compose import OutgoingFile, compose_mail
+from triggers.email.render import OutgoingFile, compose_mail
 from triggers.email.settings import EmailSettings
 from triggers.email.threads import ThreadStore
 from triggers.files import FileStore
@@ -172,7 +172,7 @@ class EmailSender:
         self._max_attempts = max_attempts
 
     def message_id_for(self, run_id: str) -> str:
-        return f"<{run_id}@{self.domain}>"
+        return message_id_for(run_id, self.domain)
 
     @property
     def domain(self) -> str:
@@ -269,6 +269,11 @@ def with_links(text: str, links: list[str]) -> str:
         return text
     listed = "\n".join(f"- <{url}>" for url in links)
     return f"{text.rstrip()}\n\nAttachments (links):\n{listed}"
+
+
+def message_id_for(run_id: str, domain: str) -> str:
+    """A run's mail has one Message-ID: a retried attempt (or a run executed again) reuses it."""
+    return f"<{run_id}@{domain}>"
 
 
 def mail_domain(settings: EmailSettings) -> str:

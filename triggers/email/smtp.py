@@ -10,7 +10,7 @@ Envelope rules: ``RCPT TO`` outside our domains/addresses/routes → ``550`` (ne
 past :data:`MAX_RECIPIENTS` → ``452`` (RFC 5321 §4.5.3.1.10; the MTA sends the rest later); a
 ``MAIL FROM`` that is not UTF-8 → ``553``; over ``max_size`` → ``552`` (advertised as ``SIZE``);
 more than ``max_attachments`` → ``552``, MIME nested too deep → ``554``; ``250`` only once the
-mail and its run request are committed; any internal failure → ``451 4.3.0`` so the sending MTA
+mail is in the inbox; any internal failure → ``451 4.3.0`` so the sending MTA
 tries again (an exception escaping a hook would otherwise become aiosmtpd's permanent ``500``).
 Mail that can never be accepted gets a 5xx: a 4xx would have the sender retry it for days.
 """
@@ -25,8 +25,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from triggers.email.intake import EmailIntake
-from triggers.email.intake import Envelope as MailEnvelope
+from triggers.email.edge import Envelope as MailEnvelope
+from triggers.email.edge import MailIntake
 from triggers.email.settings import EmailSettings
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ MAX_RECIPIENTS = 100
 class SmtpIntakeHandler:
     """aiosmtpd handler hooks: recipient check, then hand the whole mail to the intake."""
 
-    def __init__(self, intake: EmailIntake, max_size: int) -> None:
+    def __init__(self, intake: MailIntake, max_size: int) -> None:
         self._intake = intake
         self._max_size = max_size
 
@@ -146,7 +146,7 @@ def password_check(settings: EmailSettings) -> Any:
 
 
 async def start_smtp_servers(
-    intake: EmailIntake, settings: EmailSettings, *, hostname: str
+    intake: MailIntake, settings: EmailSettings, *, hostname: str
 ) -> list[asyncio.Server]:
     """Listen on ``smtp_port`` (MX) and ``submission_port`` where set, on ``smtp_host``; close
     each with ``close()`` + ``wait_closed()``."""

@@ -8,6 +8,7 @@ root, when the client kept it) or the mail's own id starts a new one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.clock import Clock
 from core.db import Database
-from core.tables import email_messages
+from triggers.email.tables import email_messages
 
 
 async def insert_unless_present(
@@ -104,16 +105,59 @@ class ThreadStore:
                 }
                 await insert_unless_present(conn, email_messages, values, unique=["message_id"])
 
-    async def replies_since(self, peer: str, since: datetime) -> int:
-        """How many of ``peer``'s mails since ``since`` were answered automatically."""
+    async def replies_since(self, peer: str, since: datetime, *, besides: str = "") -> int:
+        """How many of ``peer``'s mails since ``since`` were answered automatically, not
+        counting the mail ``besides`` (processed again: its own row must not limit it)."""
         query = select(func.count()).where(
             email_messages.c.peer == peer[:300],
             email_messages.c.direction == "in",
             email_messages.c.replied.is_(True),
             email_messages.c.created_at >= since,
+            email_messages.c.message_id != besides[:300],
         )
         async with self._db.read() as conn:
             return int((await conn.execute(query)).scalar_one())
 
-    async def replies_in_last_hour(self, peer: str) -> int:
-        return await self.replies_since(peer, self._clock.now() - timedelta(hours=1))
+    async def replies_in_last_hour(self, peer: str, *, besides: str = "") -> int:
+        since = self._clock.now() - timedelta(hours=1)
+        return await self.replies_since(peer, since, besides=besides)
+
+    async def inbound(self, message_id: str) -> Received | None:
+        """What processing decided for mail ``message_id`` before (it is processed again after
+        a crash or a retry: the same conversation, the same reply decision)."""
+        query = select(email_messages.c.conversation_id, email_messages.c.replied).where(
+            email_messages.c.message_id == message_id[:300], email_messages.c.direction == "in"
+        )
+        async with self._db.read() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else Received(str(row.conversation_id), bool(row.replied))
+
+    async def seen_token(self, token: str) -> bool:
+        """Whether a Mailgun post with this token was stored (a replayed request)."""
+        query = select(email_messages.c.id).where(email_messages.c.message_id == _token_key(token))
+        async with self._db.read() as conn:
+            return (await conn.execute(query)).first() is not None
+
+    async def remember_token(self, token: str) -> None:
+        """Kept as a ``tok`` row: its key is no Message-ID, so threading never matches it."""
+        values = {
+            "message_id": _token_key(token),
+            "conversation_id": _token_key(token),
+            "direction": "tok",
+            "peer": "mailgun",
+            "run_id": None,
+            "replied": False,
+            "created_at": self._clock.now(),
+        }
+        async with self._db.write() as conn:
+            await insert_unless_present(conn, email_messages, values, unique=["message_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    conversation_id: str
+    replied: bool
+
+
+def _token_key(token: str) -> str:
+    return f"mailgun-token:{token}"[:300]

@@ -3,8 +3,8 @@
 ``POST /email/mailgun``: a Mailgun route's ``forward()``. The signature is HMAC-SHA256 (key:
 ``mailgun_signing_key``) over ``timestamp + token``; a stale timestamp (older than
 ``mailgun_max_age``) or a token seen before is refused. Tokens are remembered in the database
-(``inbound_events``, source ``mailgun``), so a replay is refused by every node; a token is recorded
-only once its mail is stored, so Mailgun's retry of a failed post still gets through. Refusals
+(the channel's ``email_messages``), so a replay is refused by every node; a token is recorded only
+once its mail is stored, so Mailgun's retry of a failed post still gets through. Refusals
 answer ``406`` (Mailgun: "rejected, do not retry"); a storage failure answers ``503`` (retried).
 A route ending in ``mime`` posts the raw message (``body-mime``); otherwise the mail is rebuilt
 from the parsed fields.
@@ -16,8 +16,9 @@ SendGrid posts the message as it arrived: any charset, 8-bit bytes included (PRO
 "fields are not guaranteed UTF-8"). aiohttp's ``post()`` decodes text fields as strict UTF-8 and
 would fail such mail with a 500 that SendGrid retries for three days and then drops, so the body
 is read part by part as bytes (``multipart/form-data``, or ``x-www-form-urlencoded``) within the
-size limit. A body we cannot read or a message we cannot parse is a ``400``; a body over the
-limit a ``413``; a failure on our side (storage) a ``503``, which SendGrid retries.
+size limit. A body we cannot read is a ``400``; a body over the limit a ``413``; a failure on our
+side (storage) a ``503``, which SendGrid retries. Both answer once the mail is in the inbox
+(``edge.py``): the mail itself is read in processing.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,26 +36,15 @@ from urllib.parse import parse_qsl
 from aiohttp import BodyPartReader, web
 from multidict import MultiDictProxy
 from pydantic import SecretStr
-from sqlalchemy import select
 
 from core.clock import Clock
-from core.db import Database
 from core.errors import BadRequest
 from core.json_input import parse_json
-from core.tables import inbound_events
-from triggers.email.intake import EmailIntake, Envelope, IntakeResult
-from triggers.email.parse import ParsedEmail, parse_email
+from triggers.email.edge import Admission, Envelope, MailIntake
 from triggers.email.settings import EmailSettings
-from triggers.email.threads import insert_unless_present
+from triggers.email.threads import ThreadStore
 
 logger = logging.getLogger(__name__)
-
-EMAIL_ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("POST", "/email/mailgun", "mailgun"),
-    ("POST", "/email/sendgrid", "sendgrid"),
-    ("POST", "/email/sendgrid/{token}", "sendgrid"),
-)
-"""(method, path, handler method of :class:`EmailWebhooks`)."""
 
 FORM_OVERHEAD = 1024 * 1024  # form encoding and the parsed copies providers send alongside
 SENDGRID_FIELDS = frozenset({"email", "envelope"})
@@ -75,16 +66,43 @@ def mailgun_signature(key: bytes, timestamp: str, token: str) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-class EmailWebhooks:
-    """aiohttp handlers for the inbound-parse webhooks."""
+@dataclass(frozen=True, slots=True)
+class WebhookParts:
+    """What the handlers use, known once the services run (:meth:`EmailWebhooks.bind`)."""
 
-    def __init__(
-        self, settings: EmailSettings, intake: EmailIntake, database: Database, clock: Clock
-    ) -> None:
+    intake: MailIntake
+    threads: ThreadStore
+    """Remembers Mailgun tokens (replay protection across nodes)."""
+    clock: Clock
+
+
+class EmailWebhooks:
+    """aiohttp handlers for the inbound-parse webhooks.
+
+    The sub-application is built with the server (before it starts), its parts are bound when
+    the channel starts: the server takes no request before that.
+    """
+
+    def __init__(self, settings: EmailSettings, parts: WebhookParts | None = None) -> None:
         self._settings = settings
-        self._intake = intake
-        self._db = database
-        self._clock = clock
+        self._parts = parts
+
+    def bind(self, parts: WebhookParts) -> None:
+        self._parts = parts
+
+    @property
+    def _bound(self) -> WebhookParts:
+        if self._parts is None:
+            raise RuntimeError("the email webhooks took a request before the channel started")
+        return self._parts
+
+    def app(self) -> web.Application:
+        """The sub-application mounted at ``/email`` (URLs as before: ``/email/mailgun``…)."""
+        app = web.Application()
+        app.router.add_post("/mailgun", self.mailgun)
+        app.router.add_post("/sendgrid", self.sendgrid)
+        app.router.add_post("/sendgrid/{token}", self.sendgrid)
+        return app
 
     @property
     def _body_limit(self) -> int:
@@ -138,25 +156,25 @@ class EmailWebhooks:
         given = _text(form, "signature").encode("utf-8", "surrogateescape")
         if not token or not hmac.compare_digest(expected, given):
             return _mailgun_refusal("invalid signature")
-        now = self._clock.now().timestamp()
+        now = self._bound.clock.now().timestamp()
         if (
             not (timestamp.isascii() and timestamp.isdigit())
             or abs(now - int(timestamp)) > self._settings.mailgun_max_age
         ):
             return _mailgun_refusal("stale timestamp")
-        if await self._seen_token(token):
+        if await self._bound.threads.seen_token(token):
             return _mailgun_refusal("token already used (replayed request)")
         raw = _file_or_text(form, "body-mime") or _rebuild_mailgun(form)
         recipients = [r.strip() for r in _text(form, "recipient").split(",") if r.strip()]
         try:
-            result = await self._intake.accept(
+            result = await self._bound.intake.accept(
                 raw,
                 Envelope(mail_from=_mailgun_sender(form), recipients=recipients, via="mailgun"),
             )
         except Exception:
             logger.exception("storing a Mailgun mail failed; Mailgun will retry")
             return web.json_response({"detail": "temporary failure, retry"}, status=503)
-        await self._remember_token(token)
+        await self._bound.threads.remember_token(token)
         if result.rejected:
             return _mailgun_refusal(result.reason)
         return _accepted(result)
@@ -182,22 +200,13 @@ class EmailWebhooks:
         to = envelope.get("to")
         sender = envelope.get("from")
         try:
-            parsed: ParsedEmail = parse_email(raw)
-        except Exception as exc:  # the stdlib parser is lenient: this is truly unparseable
-            logger.info("a SendGrid post carried an unparseable message: %s", type(exc).__name__)
-            return web.json_response(
-                {"detail": f"the email field is not a readable message: {type(exc).__name__}"},
-                status=400,
-            )
-        try:
-            result = await self._intake.accept_parsed(
-                parsed,
+            result = await self._bound.intake.accept(
+                raw,
                 Envelope(
                     mail_from=sender if isinstance(sender, str) else None,
                     recipients=[str(r) for r in to] if isinstance(to, list) else [],
                     via="sendgrid",
                 ),
-                raw,
             )
         except Exception:
             logger.exception("storing a SendGrid mail failed; SendGrid will retry")
@@ -205,20 +214,6 @@ class EmailWebhooks:
         if result.rejected:
             return web.json_response({"accepted": False, "detail": result.reason})
         return _accepted(result)
-
-    async def _seen_token(self, token: str) -> bool:
-        query = select(inbound_events.c.id).where(
-            inbound_events.c.source == "mailgun", inbound_events.c.dedupe_key == token[:300]
-        )
-        async with self._db.read() as conn:
-            return (await conn.execute(query)).first() is not None
-
-    async def _remember_token(self, token: str) -> None:
-        values = {"source": "mailgun", "dedupe_key": token[:300], "received_at": self._clock.now()}
-        async with self._db.write() as conn:
-            await insert_unless_present(
-                conn, inbound_events, values, unique=["source", "dedupe_key"]
-            )
 
 
 async def read_raw_fields(
@@ -273,10 +268,8 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _accepted(result: IntakeResult) -> web.Response:
-    return web.json_response(
-        {"accepted": True, "outcome": result.outcome.value, "request_id": result.run_id}
-    )
+def _accepted(result: Admission) -> web.Response:
+    return web.json_response({"accepted": True, "outcome": result.outcome.value, "id": result.id})
 
 
 def _mailgun_sender(form: Form) -> str | None:

@@ -3,8 +3,8 @@
 Twilio's media URLs need HTTP Basic auth (AccountSid:AuthToken) and redirect to a short-lived CDN
 URL (PROTOCOLS §2.1), so they are no use to a workflow as they are: each file is fetched (all of a
 message's files at once, bounded by ``media_timeout``) and stored behind a signed download URI.
-This happens after the ack, while the message's run is held (held.py); text-only messages skip
-all of this. A file that cannot be fetched does not cost the message: the run still starts, and
+This happens after the ack, when the inbox processes the message (process.py); text-only messages
+skip all of this. A file that cannot be fetched does not cost the message: the run still starts, and
 ``event.media_errors`` says what was missing. The credentials go only to Twilio: a media URL
 must be https on ``twilio.com`` (or ``[whatsapp] api_url``'s scheme, host and port, a fake in
 tests), and httpx drops the ``Authorization`` header on a redirect to another origin (the CDN).

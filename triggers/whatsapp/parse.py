@@ -14,9 +14,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from core.messages import Attachment, Conversation, InboundMessage, Person
 from triggers.whatsapp.settings import WhatsAppSettings, whatsapp_address
+
+
+def form_pairs(raw: bytes) -> list[tuple[str, str]]:
+    """A webhook's URL-encoded UTF-8 form, in order (``ValueError`` on anything else)."""
+    return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,9 @@ from twilio.rest import Client
 from core.clock import Clock
 from core.db import Database
 from core.replies import Delivery, Reply, SendResult
-from triggers.whatsapp.messages import OutboundMessage, session_messages, template_message
+from triggers.whatsapp.message_log import MessageLog
+from triggers.whatsapp.render import OutboundMessage, session_messages, template_message
 from triggers.whatsapp.settings import WhatsAppSettings, whatsapp_address
-from triggers.whatsapp.status import MessageLog
 from triggers.whatsapp.twilio_http import TwilioUnavailable
 from triggers.whatsapp.window import last_inbound_at
 
@@ -44,6 +44,7 @@ class WhatsAppSender:
         settings: WhatsAppSettings,
         database: Database,
         clock: Clock,
+        log: MessageLog,
         *,
         status_callback: str | None,
     ) -> None:
@@ -51,7 +52,7 @@ class WhatsAppSender:
         self._settings = settings
         self._db = database
         self._clock = clock
-        self._log = MessageLog(database, clock)
+        self._log = log
         self._status_callback = status_callback
 
     async def send(self, delivery: Delivery) -> SendResult:

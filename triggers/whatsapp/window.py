@@ -2,9 +2,10 @@
 
 Free-form messages may only be sent within 24 hours of the user's last message to that sender.
 The last message is the newest run its chat made: the run row is written in the same transaction
-that accepts the message (before Twilio gets its answer), so the window never depends on a second
-write that could be lost, and costs the intake nothing. A Twilio retry of the same message adds
-no run and does not move the window.
+that marks the message's inbox event processed, so the window never depends on a second write
+that could be lost, and costs the ack path nothing. A Twilio retry of the same message adds no
+run and does not move the window. (The run is created when the message is processed, a moment
+after it arrived; later only while the trigger is suspended, which errs on the open side.)
 """
 
 from __future__ import annotations

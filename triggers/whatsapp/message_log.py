@@ -25,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.clock import Clock
 from core.db import Database
-from core.tables import deliveries, inbound_events, whatsapp_messages
+from core.tables import deliveries, inbound_events
+from triggers.whatsapp.tables import whatsapp_messages
 
 STATUS_RANK = {
     "accepted": 0,

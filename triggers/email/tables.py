@@ -1,0 +1,31 @@
+"""The email channel's table: the Message-IDs it received and sent (threading, reply limits).
+
+Also the recipients a relay took while it deferred others (``rcp``) and the Mailgun tokens
+seen (``tok``): rows whose key is no Message-ID, so threading never matches them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Column, Index, String, Table
+
+from core.tables import BigId, UTCDateTime, metadata
+
+email_messages = Table(
+    "email_messages",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    # The Message-ID (with its angle brackets) of a mail we received or sent: a reply whose
+    # In-Reply-To/References names one of these continues that conversation.
+    Column("message_id", String(300), nullable=False, unique=True),
+    Column("conversation_id", String(300), nullable=False),
+    Column("run_id", String(40)),
+    # "in" | "out" | "rcp" (a recipient our mail conversation_id was handed over for, kept
+    # while the relay defers others; message_id is then "rcpt:<address>:<Message-ID>")
+    Column("direction", String(3), nullable=False),
+    # The other party: the sender of a mail we received, the recipient of one we sent.
+    Column("peer", String(300), nullable=False),
+    # Inbound only: whether this mail was answered (auto-replies per sender are rate-limited).
+    Column("replied", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_email_messages_peer_created_at", "peer", "created_at"),
+)
