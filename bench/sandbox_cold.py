@@ -4,7 +4,8 @@
 zygote, sequential and 10 at once, with the fresh-interpreter reference
 (``python -c 'import fastapi, uvicorn'``) beside it.
 
-Usage (repository root, as root, bubblewrap installed)::
+Usage (repository root, as root, bubblewrap installed; replaces its section of bench/RESULTS.md,
+``--output FILE`` to write elsewhere)::
 
     .venv/bin/python -m bench.sandbox_cold --env <built environment dir> [--runs 30]
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import dispatch.sandbox.sandbox_runner as sandbox_runner
 import dispatch.sandbox.zygote_pool as zygote_pool
+from bench.report import RESULTS, code_version, machine_facts, percentile, replace_section, table
 from core.models import Invocation, WorkflowLimits
 from dispatch.registry import Workflow
 from dispatch.sandbox.bwrap import SandboxSettings, probe_sandbox
@@ -119,16 +121,12 @@ def fresh_interpreter(python: Path, runs: int) -> float:
     return statistics.median(timings)
 
 
-def p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--env", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--workflow", type=Path, default=CLIENT_GREETER)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="the results file to update")
     args = parser.parse_args()
     python = args.env / "bin" / "python"
     runs_dir = Path(tempfile.gettempdir()) / f"sb-cold-{uuid.uuid4().hex[:8]}"
@@ -159,19 +157,35 @@ async def main() -> None:
     cgroups.release()
     runs_dir.rmdir()
     fresh = fresh_interpreter(python, 10)
-    print(f"| stage ({args.workflow.name}, zygote, network none) | p50 ms | p95 ms |")
-    print("|---|--:|--:|")
-    for stage, values in stages.items():
-        print(f"| {stage} | {statistics.median(values):.1f} | {p(values, 0.95):.1f} |")
-    print(
-        f"| **whole run** (N={args.runs}) | {statistics.median(totals):.1f} "
-        f"| {p(totals, 0.95):.1f} |"
+    rows = [
+        (stage, f"{statistics.median(values):.1f}", f"{percentile(values, 95):.1f}")
+        for stage, values in stages.items()
+    ]
+    rows.append(
+        (
+            f"**whole run** (N={args.runs})",
+            f"{statistics.median(totals):.1f}",
+            f"{percentile(totals, 95):.1f}",
+        )
     )
-    print(
-        f"\n10 at once: all done in {wall:.0f} ms (p50 {statistics.median(concurrent):.0f} ms, "
-        f"max {max(concurrent):.0f} ms)"
+    header = (f"stage ({args.workflow.name}, zygote, network none)", "p50 ms", "p95 ms")
+    facts = ", ".join(f"{name} {value}" for name, value in machine_facts())
+    section = "\n".join(
+        [
+            "## Sandbox: cold zygote run by stage (bench.sandbox_cold)",
+            "",
+            f"`python -m bench.sandbox_cold`, {code_version()}; {facts}. Analysis: the",
+            '"where a cold zygote run\'s time goes" section.',
+            "",
+            *table(header, rows, right=1),
+            "",
+            f"10 at once: all done in {wall:.0f} ms (p50 {statistics.median(concurrent):.0f} ms, "
+            f"max {max(concurrent):.0f} ms). Fresh interpreter, "
+            f"`python -c 'import fastapi, uvicorn'`, p50: {fresh:.0f} ms.",
+        ]
     )
-    print(f"\nFresh interpreter, `python -c 'import fastapi, uvicorn'`, p50: {fresh:.0f} ms")
+    replace_section(section, args.output)
+    print(section)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import fcntl
 import importlib
 import importlib.util
 import json
-import re
 import resource
 import signal
 import socket
@@ -78,7 +77,6 @@ IFF_UP = 0x1
 IFF_RUNNING = 0x40
 INNER_UID = 1000
 FDS_PER_RUN = 8
-LOCK_FILE = "switchboard-lock.txt"  # dispatch/environments.py LOCK_FILE_NAME, in sys.prefix
 STACK = (
     "fastapi",
     "pydantic",
@@ -165,43 +163,6 @@ def import_stack() -> None:
                 importlib.import_module(name)
             except ImportError:  # an optional extra (httptools, websockets) is not installed
                 pass
-
-
-def root_requirements(lock: str) -> set[str]:
-    """The normalized names a lock file (``uv pip compile`` output) pins that nothing in it
-    requires: no ``# via`` line follows them."""
-    lines = lock.splitlines()
-    roots = set()
-    for index, line in enumerate(lines):
-        after = lines[index + 1] if index + 1 < len(lines) else ""
-        if line and line[0].isalnum() and not after.strip().startswith("# via"):
-            name = re.split(r"[^A-Za-z0-9._-]", line, maxsplit=1)[0]
-            roots.add(re.sub(r"[-_.]+", "-", name).lower())
-    return roots
-
-
-def import_dependencies() -> None:
-    """Import the environment's root requirements (declared by the workflow, required by nothing
-    else in its lock: ``codewords-client`` brings ``structlog`` and ``httpx`` with it), so a
-    child finds them imported. The workflow module itself is never imported here: the zygote
-    runs nothing of any workflow, and holds nothing of any run."""
-    import importlib.metadata
-    import threading
-
-    try:
-        with open(os.path.join(sys.prefix, LOCK_FILE), encoding="utf-8") as file:
-            roots = root_requirements(file.read())
-    except OSError:  # an environment without a lock file: the children import
-        return
-    for module, distributions in sorted(importlib.metadata.packages_distributions().items()):
-        named = {re.sub(r"[-_.]+", "-", d).lower() for d in distributions}
-        if named & roots and module.isidentifier() and module not in sys.modules:
-            try:
-                importlib.import_module(module)
-            except Exception as exc:  # costs speed, not correctness: the child imports it
-                print(f"zygote: importing {module} failed: {exc!r}", file=sys.stderr)
-    if threading.active_count() > 1:
-        print("zygote: a dependency started a thread at import; forks may hang", file=sys.stderr)
 
 
 def warm_up() -> None:
@@ -490,7 +451,6 @@ def main(argv: list[str]) -> None:
     control = socket.socket(fileno=int(argv[1]))
     import_stack()
     warm_up()
-    import_dependencies()
     load_launcher()
     serve(control)
 
