@@ -34,17 +34,17 @@ from typing import Any, Literal
 
 import httpx
 
-import dispatch.runner
-import dispatch.sandbox
-import dispatch.warm
+import dispatch.sandbox.process_runner
+import dispatch.sandbox.sandbox_runner
+import dispatch.sandbox.warm_pool
 from core.models import Invocation, Outcome, WorkflowLimits
-from dispatch.bwrap import SandboxSettings, probe_sandbox
-from dispatch.cgroups import CgroupLayout, detect_cgroups
 from dispatch.registry import Workflow
-from dispatch.runner import LAUNCHER, ProcessRunner
-from dispatch.sandbox import SandboxRunner
-from dispatch.warm import WarmPool
-from dispatch.zygotes import ZygotePool
+from dispatch.sandbox.bwrap import SandboxSettings, probe_sandbox
+from dispatch.sandbox.cgroups import CgroupLayout, detect_cgroups
+from dispatch.sandbox.process_runner import LAUNCHER, ProcessRunner
+from dispatch.sandbox.sandbox_runner import SandboxRunner
+from dispatch.sandbox.warm_pool import WarmPool
+from dispatch.sandbox.zygote_pool import ZygotePool
 
 REPO = Path(__file__).resolve().parents[1]
 HELLO = REPO / "examples" / "hello.py"
@@ -89,9 +89,13 @@ def _timed(send: Callable[..., Awaitable[Outcome]]) -> Callable[..., Awaitable[O
     return send_request
 
 
-dispatch.runner.send_request = _timed(dispatch.runner.send_request)  # type: ignore[assignment]
-dispatch.sandbox.send_request = _timed(dispatch.sandbox.send_request)  # type: ignore[assignment,attr-defined]
-dispatch.warm.send_request = _timed(dispatch.warm.send_request)  # type: ignore[assignment,attr-defined]
+_SEND = "send_request"  # timed where each runner calls it
+for _module in (
+    dispatch.sandbox.process_runner,
+    dispatch.sandbox.sandbox_runner,
+    dispatch.sandbox.warm_pool,
+):
+    setattr(_module, _SEND, _timed(getattr(_module, _SEND)))
 
 
 async def cold(runner: ProcessRunner | SandboxRunner, workflow: Workflow) -> tuple[float, float]:

@@ -31,7 +31,7 @@ NON_PUBLIC_NETWORKS = tuple(
         "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
     )
 )  # fmt: skip
-"""The same rule as a table, for a packet filter (``dispatch/netfilter.py``, what an
+"""The same rule as a table, for a packet filter (``dispatch/sandbox/netfilter.py``, what an
 ``internet`` run may not reach): IANA's special-purpose registries minus what is global, plus
 multicast and the reserved rest. :func:`is_public_address` refuses every address in them."""
 

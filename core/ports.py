@@ -115,10 +115,10 @@ class WorkflowRunner(Protocol):
 
     The runner owns the workflow's process from start to end: when ``run`` returns or is
     cancelled, nothing of the run is left running. The one exception is opt-in warm reuse
-    (``workflow.limits.warm``, ``dispatch/warm.py``): after a completed run the process may be
-    kept, idle, for the next run of the same version and owner, until the runner tears it down
-    (idle TTL, shutdown); a run that did not complete never leaves its process behind. Lines
-    the workflow prints while serving a run go to that run's ``on_log``.
+    (``workflow.limits.warm``, ``dispatch/sandbox/warm_pool.py``): after a completed run the
+    process may be kept, idle, for the next run of the same version and owner, until the runner
+    tears it down (idle TTL, shutdown); a run that did not complete never leaves its process
+    behind. Lines the workflow prints while serving a run go to that run's ``on_log``.
     A run that exceeds ``invocation.timeout`` ends with status ``timed_out``; a runner that
     enforces ``workflow.limits`` ends a run that breaks one with an error naming it.
     """

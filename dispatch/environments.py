@@ -33,7 +33,8 @@ from dispatch.pep723 import PythonVersion, ScriptMetadata, format_python_version
 logger = logging.getLogger(__name__)
 
 LAUNCHER_REQUIREMENTS = ("uvicorn", "fastapi")
-"""What ``dispatch/launcher.py`` imports in every environment, added when a workflow omits them."""
+"""What ``dispatch/sandbox/inside/launcher.py`` imports in every environment, added when a
+workflow omits them."""
 
 COMPLETE_MARKER = ".complete"
 LOCK_FILE_NAME = "switchboard-lock.txt"

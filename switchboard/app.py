@@ -26,7 +26,7 @@ from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.headers import set_security_headers
 from switchboard.http import body_deadline_middleware, error_middleware
 from switchboard.metrics import PrometheusMetrics
-from switchboard.sandboxing import ChosenRunner, open_runner
+from switchboard.sandboxing import ConfiguredRunner, open_runner
 from switchboard.services import Services, open_services
 from switchboard.settings import Settings
 from triggers.api import ApiSettings, RuntimeApi
@@ -46,7 +46,7 @@ PARTS = web.AppKey("channel_parts", LateParts)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 SCHEDULER = web.AppKey("scheduler", SchedulerNode)
-RUNNER = web.AppKey("runner", ChosenRunner)
+RUNNER = web.AppKey("runner", ConfiguredRunner)
 
 ROLES = frozenset({"web", "worker", "scheduler"})
 
@@ -155,7 +155,7 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
             yield
 
 
-async def _worker_pool(app: web.Application, chosen: ChosenRunner) -> AsyncIterator[None]:
+async def _worker_pool(app: web.Application, chosen: ConfiguredRunner) -> AsyncIterator[None]:
     services = app[SERVICES]
     settings = services.settings
     pool_owner = f"node-{uuid.uuid4().hex[:12]}"

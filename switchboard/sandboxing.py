@@ -12,13 +12,13 @@ from pathlib import Path
 
 from core.errors import SwitchboardError
 from core.ports import WorkflowRunner
-from dispatch.bwrap import SandboxSettings, probe_sandbox
-from dispatch.cgroups import detect_cgroups
-from dispatch.runner import ProcessRunner
-from dispatch.sandbox import SandboxRunner
-from dispatch.seccomp import run_filter
-from dispatch.warm import WarmPool
-from dispatch.zygotes import ZygotePool
+from dispatch.sandbox.bwrap import SandboxSettings, probe_sandbox
+from dispatch.sandbox.cgroups import detect_cgroups
+from dispatch.sandbox.process_runner import ProcessRunner
+from dispatch.sandbox.sandbox_runner import SandboxRunner
+from dispatch.sandbox.seccomp import run_filter
+from dispatch.sandbox.warm_pool import WarmPool
+from dispatch.sandbox.zygote_pool import ZygotePool
 from switchboard.datadir import claim_directory
 from switchboard.services import Services
 
@@ -28,7 +28,9 @@ LOOPBACK_FOR = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S
 
 
 @dataclass(frozen=True, slots=True)
-class ChosenRunner:
+class ConfiguredRunner:
+    """The runner `runtime.sandbox` asked for on this host, with its pools (for /healthz)."""
+
     runner: WorkflowRunner
     mode: str
     """``bwrap`` or ``process``: what /healthz reports."""
@@ -52,7 +54,7 @@ class SandboxUnavailable(SwitchboardError):
 
 
 @asynccontextmanager
-async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
+async def open_runner(services: Services) -> AsyncIterator[ConfiguredRunner]:
     """The runner ``runtime.sandbox`` asks for, if this host can give it."""
     settings = services.settings
     await asyncio.to_thread(claim_directory, services.socket_dir, 0o700)
@@ -67,7 +69,7 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
             "sandbox = 'process': workflows run as plain processes without isolation; "
             "use only workflows you trust"
         )
-        yield ChosenRunner(plain, "process")
+        yield ConfiguredRunner(plain, "process")
         return
     # Traversable by the sandbox uid (its run dirs inside are 0700, chowned to it).
     await asyncio.to_thread(claim_directory, services.runs_dir, 0o711)
@@ -102,7 +104,7 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
             "or set runtime.sandbox = 'process' to silence this (or 'bwrap' to refuse to start).",
             problem,
         )
-        yield ChosenRunner(plain, "process", problem)
+        yield ConfiguredRunner(plain, "process", problem)
         return
     host = settings.server.host
     sandbox = SandboxSettings(
@@ -126,7 +128,7 @@ async def open_runner(services: Services) -> AsyncIterator[ChosenRunner]:
         sandbox, base_env=services.workflow_env(), zygotes=zygotes, warm=warm, seccomp=seccomp
     )
     try:
-        yield ChosenRunner(runner, "bwrap", zygotes=zygotes, warm=warm)
+        yield ConfiguredRunner(runner, "bwrap", zygotes=zygotes, warm=warm)
     finally:  # the workers have stopped: only warm processes are left, and close ends them
         await runner.close()
         if zygotes is not None:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from dispatch.cgroups import CgroupLayout
 from dispatch.environments import EnvironmentBuilder
 from dispatch.pep723 import read_script_metadata
-from dispatch.sandbox import SandboxRunner
-from dispatch.zygotes import ZygotePool
+from dispatch.sandbox.cgroups import CgroupLayout
+from dispatch.sandbox.sandbox_runner import SandboxRunner
+from dispatch.sandbox.zygote_pool import ZygotePool
 from tests.conftest import free_port
 from tests.fakes.slack_api import SlackApi
 from tests.fakes.smtp_sink import SmtpSink

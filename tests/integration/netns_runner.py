@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 from core.models import WorkflowLimits  # noqa: E402 - after the path fix
 from dispatch.environments import python_of  # noqa: E402
 from dispatch.registry import Workflow  # noqa: E402
-from dispatch.sandbox import SandboxRunner  # noqa: E402
-from dispatch.zygotes import ZygotePool  # noqa: E402
+from dispatch.sandbox.sandbox_runner import SandboxRunner  # noqa: E402
+from dispatch.sandbox.zygote_pool import ZygotePool  # noqa: E402
 from tests.integration.sandbox_helpers import (  # noqa: E402
     host_sandbox_or_problem,
     sandbox_settings_for,

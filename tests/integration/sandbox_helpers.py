@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from dispatch.bwrap import SandboxSettings, probe_sandbox
-from dispatch.cgroups import CgroupLayout, detect_cgroups
+from dispatch.sandbox.bwrap import SandboxSettings, probe_sandbox
+from dispatch.sandbox.cgroups import CgroupLayout, detect_cgroups
 
 SANDBOX_UID = 65534
 
@@ -60,8 +60,8 @@ def processes_with_in_environ(needle: str) -> list[int]:
 
 
 def zygotes_only(pids: list[int]) -> list[int]:
-    """The zygote interpreters among ``pids`` of processes naming ``zygote.py``: not the bwrap
-    chain that started them, nor the keepers and pids 1 forked from them (those keep the
+    """The zygote interpreters among ``pids`` of processes naming ``zygote_server.py``: not the
+    bwrap chain that started them, nor the keepers and pids 1 forked from them (those keep the
     zygote's command line, and a live run's pid 1 holds its secrets)."""
     interpreters = {pid for pid in pids if "python" in _program(pid)}
     return [pid for pid in interpreters if _parent(pid) not in interpreters]

@@ -23,11 +23,11 @@ import pytest
 import uvloop
 
 from core.models import Invocation, Outcome, RunStatus, WorkflowLimits
-from dispatch.cgroups import CgroupLayout
 from dispatch.registry import Workflow
-from dispatch.sandbox import SandboxRunner
-from dispatch.warm import WarmPool
-from dispatch.zygotes import ZygotePool
+from dispatch.sandbox.cgroups import CgroupLayout
+from dispatch.sandbox.sandbox_runner import SandboxRunner
+from dispatch.sandbox.warm_pool import WarmPool
+from dispatch.sandbox.zygote_pool import ZygotePool
 from tests.integration.sandbox_helpers import sandbox_settings_for
 from tests.runs import (
     WORKFLOWS,

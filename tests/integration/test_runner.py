@@ -21,7 +21,8 @@ from core.models import RunStatus
 from dispatch.environments import COMPLETE_MARKER, EnvironmentBuilder, python_of
 from dispatch.pep723 import ScriptMetadata
 from dispatch.registry import Workflow
-from dispatch.runner import MAX_LINE_BYTES, ProcessRunner
+from dispatch.sandbox.process_runner import ProcessRunner
+from dispatch.sandbox.serving import MAX_LINE_BYTES
 from tests.runs import (
     HELLO,
     REPO,
@@ -266,7 +267,7 @@ import asyncio, sys
 from pathlib import Path
 from core.models import Invocation
 from dispatch.registry import Workflow
-from dispatch.runner import ProcessRunner
+from dispatch.sandbox.process_runner import ProcessRunner
 
 invocation = Invocation.model_validate_json(sys.argv[4])
 runner = ProcessRunner(socket_dir=Path(sys.argv[3]), startup_timeout=30, base_env={})

@@ -21,9 +21,9 @@ import pytest
 from codewords_client import AsyncCodewordsClient
 
 from core.models import Outcome, RunStatus, WorkflowLimits
-from dispatch.cgroups import CgroupLayout
 from dispatch.registry import Workflow
-from dispatch.sandbox import SandboxRunner
+from dispatch.sandbox.cgroups import CgroupLayout
+from dispatch.sandbox.sandbox_runner import SandboxRunner
 from tests.conftest import LiveFactory
 from tests.integration.sandbox_helpers import memory_contains, processes_with, zygotes_only
 from tests.runs import (
@@ -288,7 +288,7 @@ async def test_the_zygote_never_holds_a_runs_secrets(
             Logs(),
         )
         assert outcome.status is RunStatus.COMPLETED, outcome.error
-    zygotes = zygotes_only(processes_with("zygote.py"))
+    zygotes = zygotes_only(processes_with("zygote_server.py"))
 
     assert zygotes, "no zygote process found"
     assert [pid for pid in zygotes if memory_contains(pid, SECRET.encode())] == []

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from dispatch.bwrap import probe_sandbox
-from dispatch.netfilter import filter_network
+from dispatch.sandbox.bwrap import probe_sandbox
+from dispatch.sandbox.netfilter import filter_network
 from tests.runs import BuiltEnvironment
 
 RUNNER = Path(__file__).with_name("netns_runner.py")

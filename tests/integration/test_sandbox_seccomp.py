@@ -14,8 +14,8 @@ import pyseccomp
 import pytest
 
 from core.models import RunStatus, WorkflowLimits
-from dispatch.sandbox import SandboxRunner
-from dispatch.seccomp import DENIED, NAMESPACE_FLAGS
+from dispatch.sandbox.sandbox_runner import SandboxRunner
+from dispatch.sandbox.seccomp import DENIED, NAMESPACE_FLAGS
 from tests.runs import (
     HELLO,
     WORKFLOWS,

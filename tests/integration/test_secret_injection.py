@@ -189,7 +189,7 @@ async def test_a_run_gets_its_declared_secrets_redacted_and_nothing_else(
 
     runtime = probe_server.settings.runtime
     if runtime.sandbox == "bwrap" and runtime.zygote:
-        zygotes = zygotes_only(processes_with("zygote.py"))
+        zygotes = zygotes_only(processes_with("zygote_server.py"))
         assert zygotes, "no zygote process found"
         assert [pid for pid in zygotes if memory_contains(pid, scoped.encode())] == []
 

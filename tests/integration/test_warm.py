@@ -22,11 +22,11 @@ import pytest
 from codewords_client import AsyncCodewordsClient
 
 from core.models import Invocation, RunStatus, WorkflowLimits
-from dispatch.cgroups import CgroupLayout
 from dispatch.registry import Workflow
-from dispatch.sandbox import SandboxRunner
-from dispatch.warm import WarmPool
-from dispatch.zygotes import ZygotePool
+from dispatch.sandbox.cgroups import CgroupLayout
+from dispatch.sandbox.sandbox_runner import SandboxRunner
+from dispatch.sandbox.warm_pool import WarmPool
+from dispatch.sandbox.zygote_pool import ZygotePool
 from tests.conftest import LiveFactory
 from tests.integration.sandbox_helpers import sandbox_settings_for
 from tests.runs import (

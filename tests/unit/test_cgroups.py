@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dispatch.cgroups import CgroupLayout, CgroupLimits, detect_cgroups
+from dispatch.sandbox.cgroups import CgroupLayout, CgroupLimits, detect_cgroups
 
 
 def v2_root(tmp_path: Path, controllers: str = "cpuset cpu io memory pids") -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from core.addresses import NON_PUBLIC_NETWORKS
-from dispatch.netfilter import ruleset
+from dispatch.sandbox.netfilter import ruleset
 
 
 def test_every_private_link_local_and_shared_network_is_refused() -> None:

@@ -10,10 +10,10 @@ from typing import Any, cast
 
 import pytest
 
-from dispatch import zygotes as module
-from dispatch.bwrap import SandboxSettings
-from dispatch.cgroups import CgroupLayout
-from dispatch.zygotes import Zygote, ZygoteKey, ZygotePool, clone_trees
+from dispatch.sandbox import zygote_pool as module
+from dispatch.sandbox.bwrap import SandboxSettings
+from dispatch.sandbox.cgroups import CgroupLayout
+from dispatch.sandbox.zygote_pool import Zygote, ZygoteKey, ZygotePool, clone_trees
 
 
 class FakeZygote:

@@ -1,136 +1,102 @@
-"""Run a workflow as a plain child process: the unisolated :class:`~core.ports.WorkflowRunner`.
-
-Each run gets its own process (started by ``dispatch/launcher.py`` with the environment's
-interpreter) serving the workflow on a private Unix socket, one HTTP request over that socket, and
-a SIGKILL to the process group at the end whatever happened. It gives no isolation beyond the
-process group (DESIGN §5 ``sandbox = "process"``, for development); a sandboxed runner replaces it
-behind the same port. A child that leaves the group (``setsid``) escapes this cleanup: only the
-sandbox's cgroup catches those.
-"""
+"""Serving one run's request: wait for the workflow to be ready, send the request on its Unix
+socket, all under the run's timeout while its limits are watched (:func:`serve`, the one loop of
+the fresh, forked and warm paths and of the unsandboxed runner). README "Sandbox" has the why."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
-import os
-import signal
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal, Protocol
 
 import httpx
 
-from core.models import Invocation, Outcome
-from core.ports import LogSink, ResolvedWorkflow
+from core.models import Invocation, Outcome, RunStatus, WorkflowLimits
+from core.ports import LogSink
+from dispatch.sandbox.cgroups import RunCgroup, limit_error
 
 logger = logging.getLogger(__name__)
 
-LAUNCHER = Path(__file__).with_name("launcher.py")
 MAX_LINE_BYTES = 16 * 1024
-MAX_SOCKET_PATH_BYTES = 107
 DRAIN_SECONDS = 2.0
 """How long the rest of a killed workflow's output may take to arrive before it is dropped."""
 CRASH_EXIT_GRACE_SECONDS = 5.0
 """How long to wait for the exit code of a workflow that dropped the connection mid-request."""
+LIMIT_POLL_SECONDS = 0.1
 
 
-class ProcessRunner:
-    """Runs each invocation in a fresh process group of the workflow's environment."""
+class RunProcess(Protocol):
+    """A run's process as serving and ending it need: a child process, a sandbox, a zygote's
+    child or a kept warm process."""
 
-    def __init__(
-        self, *, socket_dir: Path, startup_timeout: float, base_env: Mapping[str, str]
-    ) -> None:
-        self._socket_dir = socket_dir
-        self._startup_timeout = startup_timeout
-        self._base_env = dict(base_env)
+    @property
+    def returncode(self) -> int | None: ...
 
-    async def run(
-        self, invocation: Invocation, workflow: ResolvedWorkflow, on_log: LogSink
-    ) -> Outcome:
-        socket_path = self._socket_dir / f"{invocation.run_id}.sock"
-        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
-            return Outcome.failure(
-                f"the socket path {socket_path} is longer than {MAX_SOCKET_PATH_BYTES} bytes; "
-                "configure a shorter data directory"
-            )
-        await asyncio.to_thread(_prepare_socket_dir, self._socket_dir, socket_path)
-        ready_read, ready_write = os.pipe()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                str(workflow.python),
-                str(LAUNCHER),
-                str(workflow.source_path),
-                str(socket_path),
-                str(ready_write),
-                str(os.getpid()),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env={**self._base_env, **invocation.env},
-                cwd=workflow.source_path.parent,
-                start_new_session=True,
-                pass_fds=(ready_write,),
-            )
-        except OSError as exc:
-            os.close(ready_read)
-            logger.error("run %s: cannot start %s: %s", invocation.run_id, workflow.python, exc)
-            return Outcome.failure(f"could not start the workflow process: {exc.strerror or exc}")
-        except BaseException:
-            os.close(ready_read)
-            raise
-        finally:
-            os.close(ready_write)  # the child holds its copy; ours would hide the child's exit
-        logger.info(
-            "run %s: started %s v%s as pid %s",
-            invocation.run_id,
-            workflow.service_id,
-            workflow.version,
-            process.pid,
-        )
-        if process.stdout is None or process.stderr is None:  # pragma: no cover - both are PIPEs
-            raise RuntimeError("the workflow process has no output pipes")
-        readers = [
-            asyncio.create_task(forward_lines(process.stdout, "stdout", on_log)),
-            asyncio.create_task(forward_lines(process.stderr, "stderr", on_log)),
-        ]
-        ready_pipe = io.FileIO(ready_read, "rb")
-        try:
-            return await self._serve_one_request(invocation, process, ready_pipe, socket_path)
-        finally:
-            await _end(process, readers, ready_pipe, socket_path, invocation.run_id)
+    async def wait(self) -> int: ...
 
-    async def _serve_one_request(
-        self,
-        invocation: Invocation,
-        process: asyncio.subprocess.Process,
-        ready_pipe: io.FileIO,
-        socket_path: Path,
-    ) -> Outcome:
-        deadline = asyncio.timeout(invocation.timeout)
+    def kill(self) -> None: ...
+
+
+async def serve(
+    invocation: Invocation,
+    request: Callable[[], Awaitable[Outcome]],
+    watched: tuple[RunCgroup, WorkflowLimits] | None = None,
+) -> Outcome:
+    """``request()`` (start-up included) under ``invocation.timeout``, while the cgroup's limits
+    are watched: the first to end decides; a broken limit names a run that did not complete."""
+    deadline = asyncio.timeout(invocation.timeout)
+    serving = asyncio.create_task(_call(request))
+    watcher = asyncio.create_task(_watch_limits(invocation.run_id, watched))
+    try:
         try:
             async with deadline:
-                problem = await wait_until_ready(process, ready_pipe, self._startup_timeout)
-                if problem is not None:
-                    return Outcome.failure(problem)
-                return await send_request(invocation, process, socket_path)
+                done, _ = await asyncio.wait(
+                    {serving, watcher}, return_when=asyncio.FIRST_COMPLETED
+                )
         except TimeoutError:
             if not deadline.expired():
                 raise
             logger.info("run %s: timed out after %g s", invocation.run_id, invocation.timeout)
-            return Outcome.failure(f"timed out after {invocation.timeout:g} s", timed_out=True)
+            outcome = Outcome.failure(f"timed out after {invocation.timeout:g} s", timed_out=True)
+        else:
+            if serving not in done:  # a limit was hit first: the watcher named it
+                return Outcome.failure(watcher.result())
+            outcome = serving.result()
+        if watched is not None and outcome.status is not RunStatus.COMPLETED:
+            broken = limit_error(watched[0].events(), watched[1])
+            if broken is not None:
+                return Outcome.failure(broken)
+        return outcome
+    finally:
+        # Cancelled from outside (the run's caller gave up), the request must end too: left
+        # running, it would wait on the process beside the teardown's own wait.
+        serving.cancel()
+        watcher.cancel()
+        await asyncio.gather(serving, watcher, return_exceptions=True)
 
 
-class Exiting(Protocol):
-    """A workflow's process as far as serving one request needs it."""
+async def _call(request: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    return await request()
 
-    async def wait(self) -> int: ...
+
+async def _watch_limits(run_id: str, watched: tuple[RunCgroup, WorkflowLimits] | None) -> str:
+    """Return once the run breaks its memory or process limit, naming it (never if unwatched)."""
+    if watched is None:
+        await asyncio.Event().wait()
+    while watched is not None:
+        await asyncio.sleep(LIMIT_POLL_SECONDS)
+        broken = limit_error(watched[0].events(), watched[1])
+        if broken is not None:
+            logger.info("run %s: %s", run_id, broken)
+            return broken
+    raise AssertionError("unreachable")
 
 
 async def wait_until_ready(
-    process: Exiting, ready_pipe: io.FileIO, startup_timeout: float
+    process: RunProcess, ready_pipe: io.FileIO, startup_timeout: float
 ) -> str | None:
     """None once the workflow serves, else why it never will."""
     loop = asyncio.get_running_loop()
@@ -169,7 +135,7 @@ async def wait_until_ready(
 _NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
-async def send_request(invocation: Invocation, process: Exiting, socket_path: Path) -> Outcome:
+async def send_request(invocation: Invocation, process: RunProcess, socket_path: Path) -> Outcome:
     headers = dict(invocation.headers)
     if invocation.body and not any(name.lower() == "content-type" for name in headers):
         headers["Content-Type"] = "application/json"
@@ -236,26 +202,6 @@ def _size(limit: int) -> str:
     return f"{limit} bytes"
 
 
-async def _end(
-    process: asyncio.subprocess.Process,
-    readers: list[asyncio.Task[None]],
-    ready_pipe: io.FileIO,
-    socket_path: Path,
-    run_id: str,
-) -> None:
-    """Kill the run's process group, collect its last output, remove its socket."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    try:
-        await process.wait()
-    finally:
-        await drain(readers, run_id)
-        ready_pipe.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(socket_path)  # no thread hop: this must not be interrupted by cancellation
-    logger.info("run %s: process %s ended (code %s)", run_id, process.pid, process.returncode)
-
-
 async def drain(readers: list[asyncio.Task[None]], run_id: str) -> None:
     """Let the output readers of a killed run finish for a moment, then stop them."""
     _, pending = await asyncio.wait(readers, timeout=DRAIN_SECONDS)
@@ -296,9 +242,3 @@ def _emit(on_log: LogSink, name: str, line: bytes) -> None:
         on_log(name, text)
     except Exception:
         logger.exception("the log sink failed on a %s line", name)
-
-
-def _prepare_socket_dir(socket_dir: Path, socket_path: Path) -> None:
-    socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()  # left by a run of this id that died with the server

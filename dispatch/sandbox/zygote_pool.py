@@ -1,6 +1,6 @@
 """Zygotes on the server side: one per environment, started lazily, LRU-capped (DESIGN §5 speed).
 
-A zygote (``dispatch/zygote.py``) has imported FastAPI, pydantic and uvicorn once; forking it
+A zygote (``inside/zygote_server.py``) has imported FastAPI, pydantic and uvicorn once; forking it
 costs a few milliseconds where a fresh interpreter costs ≈ 400 ms. It holds nothing of any run:
 per run the server sends it the run's environment and file descriptors (never argv), including
 the run's directories as detached mount trees (``open_tree``), so the zygote's own mount view has
@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dispatch.bwrap import (
+from dispatch.sandbox.bwrap import (
     CHAIN_ENV,
     LAUNCHER_PATH,
     ZYGOTE,
@@ -38,8 +38,9 @@ from dispatch.bwrap import (
     base_interpreter_prefix,
     zygote_command,
 )
-from dispatch.runner import LAUNCHER, forward_lines
-from dispatch.spawn import SandboxProcess, start_sandbox_process
+from dispatch.sandbox.process_runner import LAUNCHER
+from dispatch.sandbox.serving import forward_lines
+from dispatch.sandbox.spawn import SandboxProcess, start_sandbox_process
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ async def sender_pid(channel: socket.socket, expected: bytes) -> int | None:
 
 def go_message(env: Mapping[str, str]) -> bytes:
     """The handshake's last message to a run's pid 1: ``g``, then its environment as JSON behind
-    a 4-byte big-endian length (read by ``dispatch/zygote.py`` :func:`receive_environment`)."""
+    a 4-byte big-endian length (read by ``inside/zygote_server.py`` :func:`receive_environment`)."""
     body = json.dumps(dict(env)).encode()
     return b"g" + struct.pack("!I", len(body)) + body
 

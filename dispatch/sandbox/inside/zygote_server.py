@@ -1,10 +1,10 @@
 """A zygote: import the workflow stack once, then fork one fully isolated child per run.
 
-Run inside its own bubblewrap sandbox (``dispatch/bwrap.py`` :func:`zygote_command`) by the
+Run inside its own bubblewrap sandbox (``bwrap.py`` :func:`zygote_command`) by the
 environment's interpreter, as root of its own user namespace (the unprivileged ``sandbox_uid``
 outside), with no run directory, no secrets and no per-run data::
 
-    <env>/bin/python zygote.py <control_fd>
+    <env>/bin/python zygote_server.py <control_fd>
 
 It says ``ready`` on the control socket (``SOCK_SEQPACKET``) once the stack is imported, then
 reads one message per run: a JSON header (workflow file, limits; no environment) and eight file
@@ -18,7 +18,7 @@ workflow's directory). Per run::
                     └fork→ pid 1 of the run: fresh /proc; rlimits; handshake (the server puts it
                            in the run's cgroup, connects slirp4netns); new user namespace
                            (uid 1000), no further user namespaces, no capabilities; the
-                           seccomp filter (``dispatch/seccomp.py``); the workflow
+                           seccomp filter (``seccomp.py``); the workflow
 
 The keeper reports the run's exit status on the status pipe. Children die with the zygote (the
 pid namespace of its sandbox ends with it, and bwrap's ``--die-with-parent`` ends it with the
@@ -31,7 +31,7 @@ import os
 import sys
 
 if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-    del sys.path[0]  # this is Switchboard's ``dispatch`` package: see launcher.py
+    del sys.path[0]  # Switchboard's own folder: see launcher.py
 
 import array
 import base64
@@ -290,7 +290,7 @@ def keep(run: dict[str, Any], fds: list[int]) -> int:
     for path, tree in under_tmp:
         os.makedirs(path, exist_ok=True)
         attach(tree, path, read_only=True)
-    # The zygote's / and /dev are read-only (dispatch/bwrap.py); what a run may write is its
+    # The zygote's / and /dev are read-only (dispatch/sandbox/bwrap.py); what a run may write is its
     # own, as in a fresh sandbox: /dev/shm, and a devpts instance (another run's ptys unseen).
     shm = f"size={run['tmp_size']},mode=1777"
     mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, shm)  # noqa: S108
@@ -406,7 +406,7 @@ class SockFprog(ctypes.Structure):
 
 def confine_syscalls(program: bytes) -> None:
     """Install the runs' seccomp filter, as bwrap ``--seccomp`` does for a fresh sandbox: the
-    BPF program the server built with libseccomp (``dispatch/seccomp.py``). Last, once every
+    BPF program the server built with libseccomp (``seccomp.py``). Last, once every
     mount and unshare of this run is done; after ``drop_capabilities`` (no new privileges)."""
     if not program or len(program) % SOCK_FILTER_SIZE:
         raise ValueError("the run's seccomp program is missing or malformed")

@@ -63,7 +63,7 @@ async def start_sandbox_process(
     err_read, err_write = os.pipe()
     try:
         # Returns once the child has exec'd (a few ms), as asyncio's own subprocess_exec does
-        # in the loop's thread; the argv is built by dispatch/bwrap.py.
+        # in the loop's thread; the argv is built by dispatch/sandbox/bwrap.py.
         popen = subprocess.Popen(  # noqa: S603, ASYNC220
             list(argv),
             stdin=subprocess.DEVNULL,

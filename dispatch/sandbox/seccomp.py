@@ -2,7 +2,7 @@
 
 Built once by the server with libseccomp (``pyseccomp``) and exported as a BPF program: bwrap
 installs it with ``--seccomp <fd>`` before it execs the launcher; a zygote's child installs the
-same bytes itself, last, before it loads the workflow (``dispatch/zygote.py``). Everything not
+same bytes itself, last, before it loads the workflow (``inside/zygote_server.py``). Everything not
 listed stays allowed (threads, ``fork``/``exec``, sockets, asyncio), so any workflow stack runs;
 the listed calls fail with ``EPERM``. They are the ones behind most kernel exploits and sandbox
 escapes of recent years (io_uring, user namespaces, BPF, userfaultfd, perf, keyrings), plus the

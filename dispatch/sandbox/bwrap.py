@@ -2,8 +2,8 @@
 
 :func:`sandbox_command` builds one run's argv (paths and numbers only: secrets travel in the
 environment), :class:`RunDirectory` the host directory its mount points, generated ``/etc`` and
-writable dirs live in; :func:`zygote_command` the same chain for a zygote (``dispatch/zygotes.py``).
-See ``dispatch/sandbox.py`` for why each step of the chain is there.
+writable dirs live in; :func:`zygote_command` the same chain for a zygote (``zygote_pool.py``).
+See ``sandbox_runner.py`` for why each step of the chain is there.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 from core.addresses import IPNetwork
 from core.models import WorkflowLimits
 from core.ports import ResolvedWorkflow
-from dispatch.cgroups import CgroupLayout
-from dispatch.runner import LAUNCHER
+from dispatch.sandbox.cgroups import CgroupLayout
+from dispatch.sandbox.process_runner import LAUNCHER
 
-ZYGOTE = LAUNCHER.with_name("zygote.py")
+ZYGOTE = LAUNCHER.with_name("zygote_server.py")
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ SHM = "/dev/shm"  # noqa: S108 - the run's own tmpfs
 WORKFLOW_DIR = "/workflow"
 LAUNCHER_PATH = "/opt/switchboard/launcher.py"
 FALLBACK_RELAY_PORT = 8900
-ZYGOTE_PATH = "/opt/switchboard/zygote.py"
+ZYGOTE_PATH = "/opt/switchboard/zygote_server.py"
 RESOLV_INTERNET = "/opt/switchboard/resolv.internet"
 CHAIN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 """The whole environment of the processes that build a sandbox (root's ``unshare``, ``sh``,
@@ -69,7 +69,7 @@ class SandboxSettings:
     zygote_cap: int = 8
     """At most this many idle zygotes are kept (least recently used ones stop first)."""
     network_allow: tuple[IPNetwork, ...] = ()
-    """Private networks ``internet`` runs may reach all the same (``dispatch/netfilter.py``)."""
+    """Private networks ``internet`` runs may reach all the same (``netfilter.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +196,7 @@ def sandbox_command(
     bwrap += ["--chdir", WORK]
     if info_fd is not None:
         bwrap += ["--info-fd", str(info_fd)]
-    if seccomp_fd is not None:  # dispatch/seccomp.py; installed right before the exec
+    if seccomp_fd is not None:  # dispatch/sandbox/seccomp.py; installed right before the exec
         bwrap += ["--seccomp", str(seccomp_fd)]
     return staged(run_dir, sources, cgroup_procs, limits, uid, [*bwrap, "--", *inner_command])
 
@@ -210,10 +210,11 @@ def zygote_command(
 ) -> list[str]:
     """The argv of a zygote: the same chain and read-only view as a run, with no run dir, no
     secrets, and root of its own user namespace (``uid`` outside), so that each child it forks can
-    make the namespaces of one run (``dispatch/zygote.py``). ``/run/work``, ``/run/switchboard``
-    and ``/workflow`` are empty mount points; ``/etc/resolv.conf`` is empty (``none``) until a
-    child of an ``internet`` run binds :data:`RESOLV_INTERNET` over it. Its ``/`` and ``/dev``
-    are read-only: what every child shares must be what none of them can change."""
+    make the namespaces of one run (``inside/zygote_server.py``). ``/run/work``,
+    ``/run/switchboard`` and ``/workflow`` are empty mount points; ``/etc/resolv.conf`` is empty
+    (``none``) until a child of an ``internet`` run binds :data:`RESOLV_INTERNET` over it. Its
+    ``/`` and ``/dev`` are read-only: what every child shares must be what none of them can
+    change."""
     bwrap = [
         "bwrap",
         "--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "ALL",

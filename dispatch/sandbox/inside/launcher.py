@@ -11,7 +11,7 @@ The workflow file is loaded under the module name ``__workflow__`` so that its o
 server is accepting connections from the line ``ready`` on ``ready_fd``; if the process dies first,
 the runner sees the pipe close instead. Exit code 2 means the workflow could not be loaded.
 
-In the sandbox (``dispatch/sandbox.py``) the parent pid is ``-`` (bubblewrap's ``--die-with-parent``
+In the sandbox (``sandbox_runner.py``) the parent pid is ``-`` (bubblewrap's ``--die-with-parent``
 does that job, and the parent is the sandbox's pid 1), and ``<port>:<runtime_socket>`` asks for a
 forwarder: connections to ``127.0.0.1:<port>`` inside the sandbox's network namespace are relayed
 to the Unix socket the runtime API is forwarded on, so ``CODEWORDS_RUNTIME_URI`` works under every
@@ -20,7 +20,7 @@ runtime API (a sync client in an ``async def``) still gets an answer. ``<netns_f
 on the first that bubblewrap is done with the network namespace, then wait on the second until
 the runner has connected it to the internet, before any workflow code runs.
 
-A warm process (``SWITCHBOARD_WARM=1`` in its environment, ``dispatch/warm.py``) serves one run
+A warm process (``SWITCHBOARD_WARM=1`` in its environment, ``warm_pool.py``) serves one run
 after another: :class:`WarmRequests` takes the run's own environment (its run-scoped
 ``CODEWORDS_API_KEY``) from a request header into ``os.environ`` and prints the request's fence
 line after the response, so the runner knows every line of that run has arrived.
@@ -31,9 +31,9 @@ from __future__ import annotations
 import os  # already loaded by the interpreter's startup: no sys.path search
 import sys
 
-# Running a script puts its directory first on sys.path; this file's directory is Switchboard's
-# ``dispatch`` package, whose modules (``queue.py``…) must never shadow the standard library or the
-# workflow's own imports. Drop it before importing anything else.
+# Running a script puts its directory first on sys.path; this file's directory (Switchboard's
+# ``inside``, or ``/opt/switchboard`` in the sandbox) must never shadow the
+# standard library or the workflow's own imports. Drop it before importing anything else.
 if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
     del sys.path[0]
 
@@ -179,7 +179,7 @@ class ReadyServer(uvicorn.Server):
 
 def receive_environment() -> None:
     """Take the run's environment (its key, the user's secrets, the declared variables) from the
-    descriptor ``SWITCHBOARD_RUN_ENV_FD`` names (``dispatch/bwrap.py`` :data:`RUN_ENV_FD`): the
+    descriptor ``SWITCHBOARD_RUN_ENV_FD`` names (``bwrap.py`` :data:`RUN_ENV_FD`): the
     processes that built the sandbox never had it in theirs. A zygote's child has it already."""
     named = os.environ.pop("SWITCHBOARD_RUN_ENV_FD", None)
     if named is None:

@@ -1,43 +1,9 @@
 """Warm reuse of a sandboxed workflow process: opt-in, one key, an idle TTL (DESIGN §5 speed).
 
-A workflow opts in with ``warm = true`` in its ``[tool.switchboard]`` table. Its first run starts
-like any other (a fresh sandbox or a zygote's child, with its own cgroup and run directory). When
-that run has completed, broken no limit and all its output has arrived, its process is not torn
-down but *parked*, idle, with everything it owns: sandbox, cgroup, run directory, runtime API
-relay. The next run with the same :class:`WarmKey` sends its request to the same Unix socket
-(≈ 1 ms instead of a cold start).
-
-Why isolation is not weakened:
-
-- A process is reused only for exactly what started it: the workflow id and version, its
-  environment (the interpreter's directory is named after the lock hash), the owner, the limits
-  (network policy included) and a digest of the environment it was started with, all but the
-  per-run key. Another owner, a new version, other limits or other secrets: a fresh process.
-- One run at a time per process; a second run of the same key meanwhile starts its own.
-- A run that fails (any status but completed, a 4xx/5xx answer included), times out, breaks a
-  limit or is cancelled ends its process as every run does (cgroup killed and removed, run
-  directory removed) before it returns. So does a process that exits while idle.
-- ``runtime.warm_idle_ttl``: a process not reused that long is torn down completely;
-  ``runtime.warm_cap`` bounds how many are kept (least recently used idle ones go first); the
-  runtime's shutdown tears every one down. Limits stay per process: what an earlier run left in
-  memory counts against the next one's memory limit.
-
-The run-scoped key (decision): ``CODEWORDS_API_KEY`` is minted per run; it names the run (the
-runtime API attributes calls made with it, nested runs included, to that run) and expires with
-it. A warm process keeps the environment it started with, so every request carries its run's own
-key in the ``X-Switchboard-Run-Env`` header, over the run's private Unix socket (never argv);
-the launcher (:class:`dispatch.launcher.WarmRequests`) takes the header off before the workflow
-sees the request and puts the key into ``os.environ`` for that request. A client made per request
-(``AsyncCodewordsClient()`` in the handler) therefore acts for the right run. One made at import
-keeps the first run's key: the same owner, so no access beyond what that owner has, but its calls
-are attributed to the first run and fail (401) once that run has ended. That trade-off is the
-workflow author's, which is one reason warm reuse is opt-in.
-
-Logs: the process's stdout and stderr stay connected to a :class:`LogRoute`, which hands lines to
-the current run's sink. After each response the launcher prints the request's random fence on
-both streams; lines before it belong to that run. Lines printed while the process is idle (a
-background task) go to the server's log at DEBUG with the workflow id, never to another run; a
-run whose fence does not arrive within ``DRAIN_SECONDS`` is not reused.
+A completed run that broke no limit and whose output fence arrived parks its process (sandbox,
+cgroup, run directory, relay) under its :class:`WarmKey`; the next run of that key sends its
+request to the same socket, with its own run-scoped key in ``X-Switchboard-Run-Env``. What is
+reused, when it is torn down and what a workflow accepts by opting in: README "Warm reuse".
 """
 
 from __future__ import annotations
@@ -51,12 +17,12 @@ import secrets
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from core.models import Invocation, Outcome, RunStatus, WorkflowLimits
 from core.ports import LogSink, ResolvedWorkflow
-from dispatch.cgroups import RunCgroup, limit_error
-from dispatch.runner import DRAIN_SECONDS, send_request
+from dispatch.sandbox.cgroups import RunCgroup, limit_error
+from dispatch.sandbox.serving import DRAIN_SECONDS, RunProcess, send_request, serve
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +32,6 @@ RUN_ENV_HEADER = "X-Switchboard-Run-Env"
 FENCE_HEADER = "X-Switchboard-Fence"
 PER_RUN_ENV = frozenset({"CODEWORDS_API_KEY"})
 """What differs between runs of one key: sent with each request, left out of the key."""
-LIMIT_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +60,6 @@ def warm_key(invocation: Invocation, workflow: ResolvedWorkflow, env: Mapping[st
         limits=workflow.limits,
         env_digest=hashlib.sha256(json.dumps(stable).encode()).hexdigest(),
     )
-
-
-class Running(Protocol):
-    """The process of a run, as far as keeping it needs: a sandbox or a zygote's child."""
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    async def wait(self) -> int: ...
 
 
 class LogRoute:
@@ -146,7 +102,7 @@ class LogRoute:
             sink(stream, line)
         else:
             # Not the line itself: it is no run's (so no run's redaction applies) and the
-            # process's environment holds its owner's secrets.
+            # process's environment candidates its owner's secrets.
             logger.debug(
                 "warm process of %s, between runs, wrote a %s line of %d characters (not kept)",
                 self._service_id,
@@ -163,13 +119,14 @@ class WarmProcess:
         key: WarmKey,
         *,
         first_run: str,
-        process: Running,
+        process: RunProcess,
         cgroup: RunCgroup,
         socket_path: Path,
         route: LogRoute,
     ) -> None:
         self.key = key
         self.first_run = first_run
+        self.process = process
         self.cgroup = cgroup
         self.socket_path = socket_path
         self.route = route
@@ -185,55 +142,35 @@ class WarmProcess:
     def alive(self) -> bool:
         return not self.exited.done() and not self.retired.is_set()
 
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
     async def wait(self) -> int:
         """The exit code, once the process exits (for ``send_request``)."""
         return await asyncio.shield(self.exited)
 
+    def kill(self) -> None:
+        self.process.kill()
+
     async def serve(self, invocation: Invocation) -> Outcome:
         """Send one run's request, watching its timeout and the process's limits."""
-        deadline = asyncio.timeout(invocation.timeout)
-        request = asyncio.create_task(send_request(invocation, self, self.socket_path))
-        watcher = asyncio.create_task(self._watch_limits(invocation.run_id))
-        try:
-            async with deadline:
-                done, _ = await asyncio.wait(
-                    {request, watcher}, return_when=asyncio.FIRST_COMPLETED
-                )
-            if request not in done:
-                return Outcome.failure(watcher.result())
-            outcome = request.result()
-            broken = limit_error(self.cgroup.events(), self.key.limits)
-            if broken is not None and outcome.status is not RunStatus.COMPLETED:
-                return Outcome.failure(broken)
-            return outcome
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            logger.info("run %s: timed out after %g s", invocation.run_id, invocation.timeout)
-            return Outcome.failure(f"timed out after {invocation.timeout:g} s", timed_out=True)
-        finally:
-            for task in (request, watcher):
-                task.cancel()
-            await asyncio.gather(request, watcher, return_exceptions=True)
 
-    async def _watch_limits(self, run_id: str) -> str:
-        while True:
-            await asyncio.sleep(LIMIT_POLL_SECONDS)
-            broken = limit_error(self.cgroup.events(), self.key.limits)
-            if broken is not None:
-                logger.info("run %s: %s", run_id, broken)
-                return broken
+        async def request() -> Outcome:
+            return await send_request(invocation, self, self.socket_path)
+
+        return await serve(invocation, request, (self.cgroup, self.key.limits))
 
 
-Start = Callable[[Invocation, LogSink, "Hold"], Coroutine[Any, Any, Outcome]]
-"""Starts a run as the sandbox does, with a :class:`Hold` its end calls before the teardown."""
+Start = Callable[[Invocation, LogSink, "WarmCandidate"], Coroutine[Any, Any, Outcome]]
+"""Starts a run as the sandbox does; its end hands the process to :meth:`WarmPool.park`."""
 
 
 class WarmPool:
     """Warm processes by key: at most ``cap`` kept, each torn down after ``idle_ttl`` s idle.
 
     Every kept process lives inside a task this pool owns (the run that started it, held at its
-    end: ``dispatch/sandbox.py`` ``Launch._end``); retiring the process lets that task go on to
+    end: ``sandbox_runner.py`` ``SandboxedRun._end``); retiring the process lets that task go on to
     the usual teardown. :meth:`close` retires all and waits for those tasks.
     """
 
@@ -365,18 +302,19 @@ class WarmPool:
     ) -> Outcome:
         route = LogRoute(key.service_id)
         fence = route.begin(on_log)
-        hold = Hold(self, key, route, invocation.run_id)
+        parked = asyncio.get_running_loop().create_future()
+        candidate = WarmCandidate(key, route, invocation.run_id, parked)
         first = invocation.model_copy(
             update={"headers": {**invocation.headers, FENCE_HEADER: fence}}
         )
-        task = asyncio.create_task(start(first, route, hold), name=f"warm:{invocation.run_id}")
-        hold.task = task
+        task = asyncio.create_task(start(first, route, candidate), name=f"warm:{invocation.run_id}")
+        candidate.task = task
         self._tasks.add(task)
 
         def forget(task: asyncio.Task[Outcome]) -> None:
             self._tasks.discard(task)
             # Once parked, nobody awaits the task: an error in the teardown is only logged.
-            parked = hold.parked.done() and not hold.parked.cancelled()
+            parked = candidate.parked.done() and not candidate.parked.cancelled()
             if parked and not task.cancelled() and task.exception() is not None:
                 logger.error(
                     "the warm process of run %s ended with an error",
@@ -386,59 +324,65 @@ class WarmPool:
 
         task.add_done_callback(forget)
         try:
-            done, _ = await asyncio.wait({task, hold.parked}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {task, candidate.parked}, return_when=asyncio.FIRST_COMPLETED
+            )
         except asyncio.CancelledError:
-            hold.abandoned = True
+            candidate.abandoned = True
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             raise
-        if hold.parked in done:
-            return hold.parked.result()
-        hold.parked.cancel()
+        if candidate.parked in done:
+            return candidate.parked.result()
+        candidate.parked.cancel()
         return task.result()
 
-
-class Hold:
-    """Called by a warm-capable run's end, before its teardown (``Launch._end``): parks the
-    process if the run leaves it fit for the next one, and returns only once it is retired."""
-
-    def __init__(self, pool: WarmPool, key: WarmKey, route: LogRoute, run_id: str) -> None:
-        self._pool = pool
-        self._key = key
-        self._route = route
-        self._run_id = run_id
-        self.parked: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.abandoned = False
-        """the run's caller went away: never park"""
-        self.task: asyncio.Task[Outcome] | None = None
-
-    async def __call__(
-        self, outcome: Outcome | None, process: Running, cgroup: RunCgroup, socket_path: Path
+    async def park(
+        self,
+        candidate: WarmCandidate,
+        outcome: Outcome | None,
+        process: RunProcess,
+        cgroup: RunCgroup,
+        socket_path: Path,
     ) -> None:
-        if self.abandoned or outcome is None or process.returncode is not None:
+        """Called by a warm-capable run's end, before its teardown: keep the process if the run
+        left it fit for the next one, and return only once it is retired."""
+        if candidate.abandoned or outcome is None or process.returncode is not None:
             return
+        key, run_id = candidate.key, candidate.run_id
         warm = WarmProcess(
-            self._key,
-            first_run=self._run_id,
+            key,
+            first_run=run_id,
             process=process,
             cgroup=cgroup,
             socket_path=socket_path,
-            route=self._route,
+            route=candidate.route,
         )
-        warm.task = self.task
+        warm.task = candidate.task
         try:
-            if not await self._pool._keep(warm, outcome) or not self._pool._admit(warm):
+            if not await self._keep(warm, outcome) or not self._admit(warm):
                 return
-            if self.parked.done():  # the caller went away meanwhile
-                self._pool._retire(warm)
+            if candidate.parked.done():  # the caller went away meanwhile
                 return
-            logger.info(
-                "run %s: its process is kept warm for %s", self._run_id, self._key.service_id
-            )
-            self.parked.set_result(outcome)
-            warm.exited.add_done_callback(lambda _: self._pool._retire(warm))
+            logger.info("run %s: its process is kept warm for %s", run_id, key.service_id)
+            candidate.parked.set_result(outcome)
+            warm.exited.add_done_callback(lambda _: self._retire(warm))
             await warm.retired.wait()
         finally:
-            self._pool._retire(warm)  # also when cancelled: it must not keep a place in the pool
+            self._retire(warm)  # also when cancelled: it must not keep a place in the pool
             warm.exited.cancel()
             await asyncio.gather(warm.exited, return_exceptions=True)
+
+
+@dataclass(eq=False)
+class WarmCandidate:
+    """A run started so that its process may be kept: what :meth:`WarmPool.park` needs of it."""
+
+    key: WarmKey
+    route: LogRoute
+    run_id: str
+    parked: asyncio.Future[Outcome]
+    """set when the process is kept: the run's outcome, for its caller"""
+    task: asyncio.Task[Outcome] | None = None
+    abandoned: bool = False
+    """the run's caller went away: never park"""

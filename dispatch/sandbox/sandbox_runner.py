@@ -1,41 +1,15 @@
 """Run each workflow in a bubblewrap sandbox with its own cgroup (DESIGN §5, ``sandbox = "bwrap"``).
 
-One run is one command line, built by :func:`sandbox_command` and started from the server::
+One run is one command line (:func:`sandbox_command`), or a child forked by its environment's
+zygote (``zygote_pool.py``), or a kept process (``warm_pool.py``); all three are served by
+``serving.serve`` and end in :meth:`SandboxedRun._end`::
 
     unshare --mount  sh: join the run's cgroups, set rlimits, bind the read-only sources   (root)
       └ setpriv --reuid <sandbox_uid> --no-new-privs                                       (drop)
           └ bwrap --unshare-user/pid/net/ipc/uts --die-with-parent --new-session …    (namespaces)
               └ <env>/bin/python launcher.py /workflow/main.py /run/switchboard/workflow.sock
 
-Why each step:
-
-- The sandbox runs as an unprivileged host uid (``sandbox_uid``, inside it uid 1000): never host
-  root, so even a file bwrap would expose by mistake is checked against an ordinary user. That
-  user cannot traverse the server's private directories (``/root/.pyenv``, a 0700 data dir), so a
-  private mount namespace made as root first bind-mounts the interpreter, the environment, the
-  workflow's directory and the launcher onto mount points inside the run directory; bwrap then
-  binds those read-only. Nothing else of the host is visible: ``/usr`` read-only, a few generated
-  files in ``/etc``, fresh ``/proc``, minimal ``/dev``, size-limited tmpfs ``/tmp`` and
-  ``/dev/shm``, the run's writable ``/run/work`` (``HOME``) and ``/run/switchboard`` (its
-  sockets); ``/`` and ``/dev`` are read-only.
-- The cgroup is joined by the shell before anything forks, so every process of the run, including
-  a ``setsid`` double-fork, is in it; limits are memory (swap 0), pids and CPU; the end of a run
-  kills the cgroup and removes it (``dispatch/cgroups.py``). rlimits back it up: ``NOFILE``,
-  ``FSIZE``, ``CORE=0`` (not ``RLIMIT_AS``: it breaks runtimes that reserve address space).
-- Network: always a private network namespace. ``none`` has only loopback; ``internet`` adds
-  slirp4netns with ``--disable-host-loopback`` (the host's 127.0.0.1 stays out of reach), attached
-  before the workflow is loaded: bwrap's ``--info-fd`` names the namespace, the launcher says when
-  bwrap is done with it (attaching earlier races bwrap's own loopback setup) and waits for a go.
-  Either way the launcher relays ``127.0.0.1:<server port>`` to ``/run/switchboard/runtime.sock``,
-  which the server relays to its own listener, so ``CODEWORDS_RUNTIME_URI`` and signed file URIs
-  of a server on loopback work unchanged inside.
-- Secrets travel in the environment of the chain (``/proc/<pid>/environ`` is readable only by the
-  same user and root), never in argv.
-
-Cold starts from a fresh interpreter cost what importing FastAPI costs (≈ 400 ms); see
-``dispatch/zygote.py`` for the forking variant, and ``dispatch/warm.py`` for the opt-in reuse of a
-completed run's process by the next run of the same workflow version and owner (``Launch._end``
-holds such a process before its teardown).
+What the sandbox sees and why: README "Sandbox"; figures: bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -50,11 +24,10 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
 from core.models import Invocation, Outcome, WorkflowLimits
 from core.ports import LogSink, ResolvedWorkflow
-from dispatch.bwrap import (
+from dispatch.sandbox.bwrap import (
     CHAIN_ENV,
     LAUNCHER_PATH,
     RUN_ENV_FD,
@@ -67,13 +40,21 @@ from dispatch.bwrap import (
     relay_port,
     sandbox_command,
 )
-from dispatch.cgroups import CgroupLimits, RunCgroup, limit_error
-from dispatch.netfilter import filter_network
-from dispatch.runner import drain, forward_lines, send_request, wait_until_ready
-from dispatch.seccomp import run_filter
-from dispatch.spawn import memory_file, start_sandbox_process
-from dispatch.warm import WARM_ENV, Hold, WarmPool, warm_key
-from dispatch.zygotes import (
+from dispatch.sandbox.cgroups import CgroupLimits, RunCgroup
+from dispatch.sandbox.netfilter import filter_network
+from dispatch.sandbox.runtime_relay import relay_runtime_api
+from dispatch.sandbox.seccomp import run_filter
+from dispatch.sandbox.serving import (
+    RunProcess,
+    drain,
+    forward_lines,
+    send_request,
+    serve,
+    wait_until_ready,
+)
+from dispatch.sandbox.spawn import memory_file, start_sandbox_process
+from dispatch.sandbox.warm_pool import WARM_ENV, WarmCandidate, WarmPool, warm_key
+from dispatch.sandbox.zygote_pool import (
     Zygote,
     ZygoteChild,
     ZygotePool,
@@ -85,7 +66,6 @@ from dispatch.zygotes import (
 
 logger = logging.getLogger(__name__)
 
-LIMIT_POLL_SECONDS = 0.1
 SLIRP_READY_SECONDS = 10.0
 KILL_GRACE_SECONDS = 1.0
 
@@ -93,7 +73,7 @@ KILL_GRACE_SECONDS = 1.0
 class SandboxRunner:
     """Runs each invocation in a fresh bubblewrap sandbox with its own cgroup; a workflow that
     opted into warm reuse may be served by the kept process of an earlier run of the same
-    version and owner instead (``dispatch/warm.py``)."""
+    version and owner instead (``warm_pool.py``)."""
 
     def __init__(
         self,
@@ -114,7 +94,7 @@ class SandboxRunner:
 
     async def close(self) -> None:
         """Tear down every warm process, then wait for the killed slirp4netns processes still
-        exiting (see :meth:`Launch._end`)."""
+        exiting (see :meth:`SandboxedRun._end`)."""
         if self.warm is not None:
             await self.warm.close()
         await asyncio.gather(*self._reaping, return_exceptions=True)
@@ -126,8 +106,8 @@ class SandboxRunner:
             return await self._start(invocation, on_log, None, workflow=workflow)
         env = self._env(invocation, warm=True)
 
-        async def start(first: Invocation, route: LogSink, hold: Hold) -> Outcome:
-            return await self._start(first, route, hold, workflow=workflow)
+        async def start(first: Invocation, route: LogSink, candidate: WarmCandidate) -> Outcome:
+            return await self._start(first, route, candidate, workflow=workflow)
 
         return await self.warm.run(invocation, warm_key(invocation, workflow, env), on_log, start)
 
@@ -135,11 +115,11 @@ class SandboxRunner:
         self,
         invocation: Invocation,
         on_log: LogSink,
-        hold: Hold | None,
+        candidate: WarmCandidate | None,
         *,
         workflow: ResolvedWorkflow,
     ) -> Outcome:
-        """One run in a new sandbox; with ``hold``, its end may keep the process warm first."""
+        """One run in a new sandbox; with a ``candidate``, its end may keep the process warm."""
         settings = self._settings
         limits = workflow.limits
         run_dir = RunDirectory(settings.runs_dir / invocation.run_id)
@@ -151,21 +131,22 @@ class SandboxRunner:
                 _prepare, run_dir, cgroup, settings, [s for s, _ in sources], limits
             )
             relay = await relay_runtime_api(run_dir.runtime_socket, settings.runtime_address)
-            env = self._env(invocation, warm=hold is not None)
-            launch = Launch(invocation, workflow, run_dir, cgroup, sources, env)
-            launch.reaping = self._reaping
-            launch.hold = hold
-            launch.seccomp = self._seccomp
+            env = self._env(invocation, warm=candidate is not None)
+            sandboxed = SandboxedRun(invocation, workflow, run_dir, cgroup, sources, env)
+            sandboxed.reaping = self._reaping
+            if candidate is not None and self.warm is not None:
+                sandboxed.warm = (self.warm, candidate)
+            sandboxed.seccomp = self._seccomp
             if self.zygotes is not None:
                 # A kept process is the zygote's child: the zygote stays acquired (not evicted)
                 # until the process is torn down.
                 zygote = await self.zygotes.acquire(workflow.python)
                 if zygote is not None:
                     try:
-                        return await launch.run(settings, on_log, zygote)
+                        return await sandboxed.run(settings, on_log, zygote)
                     finally:
                         self.zygotes.release(zygote)
-            return await launch.run(settings, on_log)
+            return await sandboxed.run(settings, on_log)
         finally:
             if relay is not None:
                 relay.close()
@@ -184,18 +165,7 @@ class SandboxRunner:
         }
 
 
-class RunProcess(Protocol):
-    """What a run's supervision needs of its process: a fresh sandbox or a zygote's child."""
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    async def wait(self) -> int: ...
-
-    def kill(self) -> None: ...
-
-
-class Launch:
+class SandboxedRun:
     """One sandboxed process from start to end: network, limits, request, kill."""
 
     def __init__(
@@ -217,11 +187,11 @@ class Launch:
         self.slirp: asyncio.subprocess.Process | None = None
         self.slirp_exit: int | None = None
         self.reaping: set[asyncio.Task[int]] | None = None
-        self.hold: Hold | None = None
-        """warm reuse: called at the end, before the teardown (``dispatch/warm.py``)"""
+        self.warm: tuple[WarmPool, WarmCandidate] | None = None
+        """warm reuse: called at the end, before the teardown (``warm_pool.py``)"""
         self.outcome: Outcome | None = None
         self.seccomp = b""
-        """the BPF program every process of the run is confined by (``dispatch/seccomp.py``)"""
+        """the BPF program every process of the run is confined by (``seccomp.py``)"""
 
     async def run(
         self, settings: SandboxSettings, on_log: LogSink, zygote: Zygote | None = None
@@ -280,58 +250,23 @@ class Launch:
     async def _supervise(
         self, settings: SandboxSettings, process: RunProcess, pipes: _Pipes
     ) -> Outcome:
-        """Serve the request while watching the limits; noted for :meth:`_end`'s hold."""
-        self.outcome = await self._decide(settings, process, pipes)
-        return self.outcome
+        """Serve the request while watching the limits; noted for :meth:`_end`'s keeping."""
 
-    async def _decide(
-        self, settings: SandboxSettings, process: RunProcess, pipes: _Pipes
-    ) -> Outcome:
-        """Serve the request while watching the limits; the first to end decides."""
-        watcher = asyncio.create_task(self._watch_limits())
-        serve = asyncio.create_task(self._serve(settings, process, pipes))
-        try:
-            done, _ = await asyncio.wait({serve, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if serve not in done:  # a limit was hit first: the watcher named it
-                serve.cancel()
-                await asyncio.gather(serve, return_exceptions=True)
-                return Outcome.failure(watcher.result())
-            outcome = serve.result()
-            broken = limit_error(self.cgroup.events(), self.limits)
-            if broken is not None and outcome.status.value != "completed":
-                return Outcome.failure(broken)
-            return outcome
-        finally:
-            # Cancelled from outside (the run's caller gave up), ``serve`` must end too: left
-            # running, it would wait on the process beside the teardown's own wait.
-            serve.cancel()
-            watcher.cancel()
-            await asyncio.gather(serve, watcher, return_exceptions=True)
-
-    async def _serve(
-        self, settings: SandboxSettings, process: RunProcess, pipes: _Pipes
-    ) -> Outcome:
-        invocation = self.invocation
-        deadline = asyncio.timeout(invocation.timeout)
-        try:
-            async with deadline:
-                if isinstance(process, ZygoteChild):
-                    problem = await self._place(settings, process)
-                    if problem is not None:
-                        return Outcome.failure(problem)
-                elif pipes.info_read is not None:
-                    problem = await self._connect_internet(settings, pipes)
-                    if problem is not None:
-                        return Outcome.failure(problem)
+        async def request() -> Outcome:
+            if isinstance(process, ZygoteChild):
+                problem = await self._place(settings, process)
+            elif pipes.info_read is not None:
+                problem = await self._connect_internet(settings, pipes)
+            else:
+                problem = None
+            if problem is None:
                 problem = await wait_until_ready(process, pipes.ready, settings.startup_timeout)
-                if problem is not None:
-                    return Outcome.failure(problem)
-                return await send_request(invocation, process, self.run_dir.workflow_socket)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            logger.info("run %s: timed out after %g s", invocation.run_id, invocation.timeout)
-            return Outcome.failure(f"timed out after {invocation.timeout:g} s", timed_out=True)
+            if problem is not None:
+                return Outcome.failure(problem)
+            return await send_request(self.invocation, process, self.run_dir.workflow_socket)
+
+        self.outcome = await serve(self.invocation, request, (self.cgroup, self.limits))
+        return self.outcome
 
     async def _connect_internet(self, settings: SandboxSettings, pipes: _Pipes) -> str | None:
         """Attach slirp4netns to the sandbox's network namespace, then let the sandbox go on."""
@@ -360,7 +295,7 @@ class Launch:
             async with asyncio.timeout(settings.startup_timeout):
                 keeper = await sender_pid(child.handshake, b"k")
                 if keeper is not None:
-                    # The keeper (see dispatch/zygote.py) joins while it makes the namespaces:
+                    # The keeper (see inside/zygote_server.py) joins while it makes the namespaces:
                     # a v1 cgroup move costs an RCU grace period; the move of pid 1 right after
                     # is then quick. Pid 1 forked after the keeper joined is in by inheritance.
                     joining = asyncio.create_task(asyncio.to_thread(_join, procs, keeper))
@@ -392,7 +327,7 @@ class Launch:
         return None
 
     async def _attach_slirp(self, settings: SandboxSettings, child: int) -> str | None:
-        """Filter the run's network (``dispatch/netfilter.py``) and connect slirp4netns to it,
+        """Filter the run's network (``netfilter.py``) and connect slirp4netns to it,
         side by side (nft takes ≈ 15 ms): both are done before the run is told to go, and
         nothing of the workflow runs before that."""
         filtering = asyncio.create_task(filter_network(child, settings.network_allow))
@@ -445,19 +380,10 @@ class Launch:
             return f"could not connect the sandbox to the internet: {stderr.decode().strip()}"
         return None
 
-    async def _watch_limits(self) -> str:
-        """Return once the run breaks its memory or process limit, naming it."""
-        while True:
-            await asyncio.sleep(LIMIT_POLL_SECONDS)
-            broken = limit_error(self.cgroup.events(), self.limits)
-            if broken is not None:
-                logger.info("run %s: %s", self.invocation.run_id, broken)
-                return broken
-
     async def _run_forked(
         self, settings: SandboxSettings, on_log: LogSink, zygote: Zygote
     ) -> Outcome:
-        """The run as a child of its environment's zygote (``dispatch/zygote.py``)."""
+        """The run as a child of its environment's zygote (``inside/zygote_server.py``)."""
         pipes = _Pipes(internet=False)
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
@@ -519,8 +445,10 @@ class Launch:
         """Kill everything in the run's cgroup (and slirp4netns), collect the last output. A
         warm-capable run's process may first be kept, idle, until its pool retires it."""
         try:
-            if self.hold is not None:
-                await self.hold(self.outcome, process, self.cgroup, self.run_dir.workflow_socket)
+            if self.warm is not None:
+                pool, candidate = self.warm
+                socket_path = self.run_dir.workflow_socket
+                await pool.park(candidate, self.outcome, process, self.cgroup, socket_path)
         finally:
             await self._tear_down(process, readers, pipes)
 
@@ -615,36 +543,6 @@ def _read_json(fd: int) -> dict[str, object]:
     except ValueError:
         return {}
     return parsed if isinstance(parsed, dict) else {}
-
-
-async def relay_runtime_api(socket_path: Path, address: tuple[str, int]) -> asyncio.Server:
-    """Listen on ``socket_path`` (mode 0666: the sandbox user connects) and relay to ``address``."""
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*address)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(
-            _pipe(reader, upstream_writer), _pipe(upstream_reader, writer), return_exceptions=True
-        )
-
-    server = await asyncio.start_unix_server(relay, path=str(socket_path))
-    os.chmod(socket_path, 0o666)  # noqa: S103 - one run's own socket
-    return server
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    finally:
-        if reader.at_eof():
-            writer.close()
 
 
 def _prepare(
