@@ -34,7 +34,9 @@ KEY_LIMIT = 300
 """Longest dedupe and ordering key stored (a Message-ID has no length limit of its own)."""
 
 
-class Outcome(StrEnum):
+class AdmissionState(StrEnum):
+    """How the edge answered one mail (SMTP or a webhook)."""
+
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     DROPPED = "dropped"
@@ -45,14 +47,14 @@ class Outcome(StrEnum):
 class Admission:
     """What the edge tells the sender: an SMTP reply line for a refusal, else the event."""
 
-    outcome: Outcome
+    outcome: AdmissionState
     reason: str = ""
     id: str | None = None
     """The inbox event (or, through the old intake, the run)."""
 
     @property
     def rejected(self) -> bool:
-        return self.outcome is Outcome.REJECTED
+        return self.outcome is AdmissionState.REJECTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,23 +110,26 @@ class MailEdge:
         head = read_head(raw)
         route = first_route(self.router, envelope.recipients, head)
         if route is None:
-            return Admission(Outcome.REJECTED, "550 5.1.1 no such recipient here")
+            return Admission(AdmissionState.REJECTED, "550 5.1.1 no such recipient here")
         shape = mime_shape(raw, max_depth=MAX_MIME_DEPTH)
         if shape.depth > MAX_MIME_DEPTH:
             # Permanent (5xx): a 451 would have the sending MTA retry this mail for days.
             return Admission(
-                Outcome.REJECTED, f"554 5.6.0 MIME parts nested deeper than {MAX_MIME_DEPTH} levels"
+                AdmissionState.REJECTED,
+                f"554 5.6.0 MIME parts nested deeper than {MAX_MIME_DEPTH} levels",
             )
         limit = self._settings.max_attachments
         if shape.attachments > limit:
             logger.info("email %s refused: %d attachments", head.message_id, shape.attachments)
-            return Admission(Outcome.REJECTED, f"552 5.3.4 too many attachments (limit {limit})")
+            return Admission(
+                AdmissionState.REJECTED, f"552 5.3.4 too many attachments (limit {limit})"
+            )
         verdict = loop_verdict(head, envelope.mail_from, self.router.is_own_address)
         if verdict.disposition is not Disposition.DROP:  # a bounce is taken, never refused
             refusal = sender_refusal(self._settings, head, route, envelope)
             if refusal is not None:
                 logger.info("email %s refused: %s", head.message_id, refusal)
-                return Admission(Outcome.REJECTED, refusal)
+                return Admission(AdmissionState.REJECTED, refusal)
         root = head.thread_root or content_id(envelope.mail_from, envelope.recipients, raw)
         accepted = await self._inbox.accept(
             ArrivingEvent(
@@ -135,7 +140,7 @@ class MailEdge:
                 headers=envelope.headers(),
             )
         )
-        outcome = Outcome.DUPLICATE if accepted.duplicate else Outcome.ACCEPTED
+        outcome = AdmissionState.DUPLICATE if accepted.duplicate else AdmissionState.ACCEPTED
         return Admission(outcome, id=accepted.id)
 
 
