@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +24,7 @@ from dispatch.outbox import ReplyWriter
 from dispatch.queue import Completion, RunQueue
 from dispatch.registry import WorkflowRegistry
 from dispatch.run_environment import resolve_declared_env
+from dispatch.settings import RuntimeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -35,27 +35,15 @@ RUN_KEY_MARGIN = 60.0
 """Seconds a run key's signed expiry lies past its run's deadline (clock skew between nodes)."""
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerSettings:
-    worker_id: str
-    concurrency: int
-    run_timeout: float
-    lease_seconds: float
-    poll_interval: float
-    runtime_url: str
-    workflow_log_level: str
-    shutdown_grace: float = 10.0
-    provision_ttl: float = 3600.0
-    max_response_size: int = 10 * 1024 * 1024
-
-
 class WorkerPool:
-    """Executes up to ``concurrency`` runs at once on this node."""
+    """Executes up to ``runtime.workers`` runs at once on this node."""
 
     def __init__(
         self,
-        settings: WorkerSettings,
+        settings: RuntimeSettings,
         *,
+        worker_id: str,
+        runtime_url: str,
         queue: RunQueue,
         registry: WorkflowRegistry,
         runner: WorkflowRunner,
@@ -78,6 +66,8 @@ class WorkerPool:
         self._replies = replies
         self._on_reply = on_reply
         self._settings = settings
+        self._worker_id = worker_id
+        self._runtime_url = runtime_url
         self._queue = queue
         self._registry = registry
         self._runner = runner
@@ -103,12 +93,12 @@ class WorkerPool:
 
     @property
     def worker_id(self) -> str:
-        return self._settings.worker_id
+        return self._worker_id
 
     def reserve(self) -> bool:
         """Hold a worker for a run about to be claimed in its intake's transaction (``adopt``
         runs it, ``unreserve`` gives the worker back); ``False`` when every worker is busy."""
-        if self._stopping or len(self._active) + self._reserved >= self._settings.concurrency:
+        if self._stopping or len(self._active) + self._reserved >= self._settings.workers:
             return False
         self._reserved += 1
         return True
@@ -127,10 +117,8 @@ class WorkerPool:
         they free (DESIGN §4: one commit where a batch can share it)."""
         free = 0
         if self._more and not self._stopping:  # nothing was left to claim: no claim needed
-            free = self._settings.concurrency - len(self._active) - self._reserved + len(ends)
-        finished, claimed, more = await self._queue.complete_many(
-            self._settings.worker_id, ends, claim=free
-        )
+            free = self._settings.workers - len(self._active) - self._reserved + len(ends)
+        finished, claimed, more = await self._queue.complete_many(self._worker_id, ends, claim=free)
         if free > 0:
             self._more = more
         self._start_runs(claimed)
@@ -175,12 +163,12 @@ class WorkerPool:
         await self._completions.aclose()
         for run_id in unfinished:
             logger.info("run %s: handed back to the queue at shutdown", run_id)
-            await self._queue.release(self._settings.worker_id, run_id)
+            await self._queue.release(self._worker_id, run_id)
 
     async def _claim_loop(self) -> None:
         work = self._events.work_available
         while not self._stopping:
-            free = self._settings.concurrency - len(self._active) - self._reserved
+            free = self._settings.workers - len(self._active) - self._reserved
             claimed: list[RunRecord] = []
             # Cleared also when every worker is busy: a set event makes ``work.wait()`` below
             # return without yielding, and this loop would spin and starve the event loop until
@@ -188,9 +176,7 @@ class WorkerPool:
             work.clear()
             if free > 0:
                 try:
-                    claimed, self._more = await self._queue.claim_more(
-                        self._settings.worker_id, free
-                    )
+                    claimed, self._more = await self._queue.claim_more(self._worker_id, free)
                 except Exception:
                     logger.exception("claiming runs failed; trying again")
                 self._start_runs(claimed)
@@ -223,7 +209,7 @@ class WorkerPool:
             await asyncio.sleep(interval)
             held = list(self._active)
             try:
-                kept = await self._queue.renew(self._settings.worker_id, held)
+                kept = await self._queue.renew(self._worker_id, held)
             except Exception:
                 logger.exception("renewing leases failed; trying again")
                 continue
@@ -294,7 +280,7 @@ class WorkerPool:
                 async with asyncio.timeout(invocation.timeout):
                     return await builtin(invocation, sink)
             workflow = await self._registry.resolve(run.service_id)
-            await self._queue.set_version(self._settings.worker_id, run.id, workflow.version)
+            await self._queue.set_version(self._worker_id, run.id, workflow.version)
             root = str(workflow.source_path.parent)
             # A workflow's own timeout may be shorter than runtime.run_timeout, never longer:
             # that is the operator's ceiling.
@@ -370,8 +356,8 @@ class WorkerPool:
             env={
                 "PORT": "8000",
                 "LOGLEVEL": settings.workflow_log_level,
-                "CODEWORDS_RUNTIME_URI": settings.runtime_url,
-                "RUNTIME_URI": settings.runtime_url,
+                "CODEWORDS_RUNTIME_URI": self._runtime_url,
+                "RUNTIME_URI": self._runtime_url,
             },
             timeout=settings.run_timeout,
             max_response_size=settings.max_response_size,

@@ -18,7 +18,7 @@ from core.inbox import InboxAdmin
 from core.models import CallerRights
 from dispatch.inbox_processor import InboxProcessor, ProcessorSettings
 from dispatch.retention import Retention, RetentionSettings
-from dispatch.workers import WorkerPool, WorkerSettings
+from dispatch.workers import WorkerPool
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import ScheduleRoutes
 from switchboard.channels import LateParts, configured_channels, run_started_to
@@ -160,18 +160,9 @@ async def _worker_pool(app: web.Application, chosen: ConfiguredRunner) -> AsyncI
     settings = services.settings
     pool_owner = f"node-{uuid.uuid4().hex[:12]}"
     pool = WorkerPool(
-        WorkerSettings(
-            worker_id=pool_owner,
-            concurrency=settings.runtime.workers,
-            run_timeout=settings.runtime.run_timeout,
-            lease_seconds=settings.runtime.lease_seconds,
-            poll_interval=settings.runtime.poll_interval,
-            runtime_url=settings.server.base_url(),
-            workflow_log_level=settings.runtime.workflow_log_level,
-            shutdown_grace=settings.runtime.shutdown_grace,
-            max_response_size=settings.runtime.max_response_size,
-            provision_ttl=settings.runtime.provision_ttl,
-        ),
+        settings.runtime,
+        worker_id=pool_owner,
+        runtime_url=settings.server.base_url(),
         queue=services.queue,
         registry=services.registry,
         runner=chosen.runner,
