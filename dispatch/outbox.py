@@ -38,21 +38,12 @@ from core.db import Database
 from core.models import Outcome, RunRecord
 from core.ports import Metrics, OwnMessage, Queued, Queueing, Sender
 from core.replies import DEFAULT_FAILURE_LINE, Delivery, SendResult, reply_for
+from dispatch.settings import DeliverySettings
 from dispatch.tables import deliveries, runs
 
 logger = logging.getLogger(__name__)
 
 NO_DELIVERY_CHANNELS = frozenset({"api", "none"})
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxSettings:
-    lease_seconds: float = 60.0
-    max_attempts: int = 8
-    max_backoff: float = 300.0
-    poll_interval: float = 1.0
-    batch: int = 50
-    failure_line: str = DEFAULT_FAILURE_LINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +195,7 @@ class Outbox:
         clock: Clock,
         senders: Mapping[str, Sender],
         metrics: Metrics,
-        settings: OutboxSettings,
+        settings: DeliverySettings,
     ) -> None:
         self._db = database
         self._clock = clock

@@ -144,6 +144,13 @@ class DeliverySettings(Section):
     )
     max_attempts: int = Field(default=8, ge=1)
     lease_seconds: float = Field(default=60.0, gt=0)
+    max_backoff: float = Field(
+        default=300.0, gt=0, description="longest wait between two attempts of one delivery"
+    )
+    poll_interval: float = Field(
+        default=0.5, gt=0, description="how often the outbox looks for deliveries other nodes made"
+    )
+    batch: int = Field(default=50, ge=1, description="deliveries one outbox pass takes at most")
     allow_hosts: tuple[str, ...] = Field(
         default=(),
         description="webhook hosts or ranges allowed besides public addresses: names "

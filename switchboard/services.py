@@ -36,7 +36,7 @@ from dispatch.inbox_store import InboxStore
 from dispatch.inbox_writer import InboxWriter
 from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
-from dispatch.outbox import Outbox, OutboxSettings, OwnMessages, ReplyWriter
+from dispatch.outbox import Outbox, OwnMessages, ReplyWriter
 from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowInfo, WorkflowRegistry
 from dispatch.run_environment import unset_declarations
@@ -229,12 +229,7 @@ async def open_services(
             clock,
             senders,
             metrics,
-            OutboxSettings(
-                lease_seconds=settings.delivery.lease_seconds,
-                max_attempts=settings.delivery.max_attempts,
-                poll_interval=settings.runtime.poll_interval,
-                failure_line=settings.delivery.failure_line,
-            ),
+            settings.delivery,
         )
         inbox_writer = InboxWriter(database)
         intake = IntakeWriter(database, clock, inbox_writer, claims=queue)

@@ -13,7 +13,8 @@ from sqlalchemy import update
 from core.addresses import DestinationPolicy
 from core.models import Outcome, ReplyTarget, RunRequest, RunStatus
 from core.ports import NullMetrics
-from dispatch.outbox import Outbox, OutboxSettings
+from dispatch.outbox import Outbox
+from dispatch.settings import DeliverySettings
 from dispatch.tables import deliveries
 from tests.conftest import Live, LiveFactory
 from tests.integration.deliveries import Receiver, delivery_rows, wait_for_delivery
@@ -113,7 +114,7 @@ async def test_reply_recorded_before_a_restart_is_sent_once_after_it(
                 services.clock,
                 {"webhook": WebhookSender(http, b"k" * 32, services.clock, LOOPBACK)},
                 NullMetrics(),
-                OutboxSettings(),
+                DeliverySettings(),
             )
             for _ in range(2)
         )
@@ -157,7 +158,7 @@ async def test_replies_to_one_target_stay_in_order_while_the_first_is_retried(
             services.clock,
             {"webhook": WebhookSender(http, b"k" * 32, services.clock, LOOPBACK)},
             NullMetrics(),
-            OutboxSettings(),
+            DeliverySettings(),
         )
         for _ in range(20):
             if len(receiver.received) == 5:
@@ -193,7 +194,7 @@ def webhook_outbox(live: Live, http: httpx.AsyncClient, lease_seconds: float) ->
         services.clock,
         {"webhook": WebhookSender(http, b"k" * 32, services.clock, LOOPBACK)},
         NullMetrics(),
-        OutboxSettings(lease_seconds=lease_seconds),
+        DeliverySettings(lease_seconds=lease_seconds),
     )
 
 

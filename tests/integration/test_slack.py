@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 from core.models import Outcome, RunStatus
 from core.ports import NullMetrics, Sender
 from core.replies import Delivery, Reply
-from dispatch.outbox import Outbox, OutboxSettings
+from dispatch.outbox import Outbox
+from dispatch.settings import DeliverySettings
 from dispatch.tables import runs
 from switchboard.app import inbox_processor
 from tests.conftest import Live, LiveFactory
@@ -337,7 +338,7 @@ async def test_restart_between_run_and_delivery_replies_exactly_once(
     sender = slack_sender(live)
     outboxes = [
         Outbox(
-            services.database, services.clock, {"slack": sender}, NullMetrics(), OutboxSettings()
+            services.database, services.clock, {"slack": sender}, NullMetrics(), DeliverySettings()
         )
         for _ in range(2)
     ]
