@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 
 from core.clock import Clock
 from core.inbox import EventProcessor, ProcessingResult, StoredEvent
@@ -24,17 +23,9 @@ from core.ports import Metrics
 from dispatch.batching import GroupCommit
 from dispatch.events import RunEvents
 from dispatch.inbox_queue import Finished, InboxQueue
+from dispatch.settings import InboxSettings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessorSettings:
-    owner: str
-    """This node's name in leases (``node-…``)."""
-    concurrency: int
-    lease_seconds: float
-    poll_interval: float
 
 
 class InboxProcessor:
@@ -42,7 +33,8 @@ class InboxProcessor:
 
     def __init__(
         self,
-        settings: ProcessorSettings,
+        settings: InboxSettings,
+        owner: str,
         queue: InboxQueue,
         processors: Mapping[str, EventProcessor],
         *,
@@ -53,6 +45,7 @@ class InboxProcessor:
         on_finished: Callable[[str], None] = lambda _event_id: None,
     ) -> None:
         self._settings = settings
+        self._owner = owner
         self._queue = queue
         self._processors = dict(processors)
         self._wake = wake
@@ -93,7 +86,7 @@ class InboxProcessor:
         unfinished = list(self._in_flight)
         self._in_flight.clear()
         try:
-            await self._queue.release(self._settings.owner, unfinished)
+            await self._queue.release(self._owner, unfinished)
         except Exception:
             logger.exception("inbox: handing back %d events failed", len(unfinished))
 
@@ -109,7 +102,7 @@ class InboxProcessor:
             claimed: list[StoredEvent] = []
             if free > 0:
                 try:
-                    claimed = await self._queue.claim(self._settings.owner, triggers, free)
+                    claimed = await self._queue.claim(self._owner, triggers, free)
                 except Exception:
                     logger.exception("inbox: claiming events failed; trying again")
             self._begin(claimed)
@@ -176,7 +169,7 @@ class InboxProcessor:
         if self._closing:
             free = 0
         answers, claimed = await self._queue.finish_and_claim(
-            self._settings.owner, outcomes, self._processors, free
+            self._owner, outcomes, self._processors, free
         )
         self._begin(claimed)
         return answers
@@ -188,7 +181,7 @@ class InboxProcessor:
                 continue
             asked = list(self._in_flight)
             try:
-                kept = await self._queue.renew(self._settings.owner, asked)
+                kept = await self._queue.renew(self._owner, asked)
             except Exception:
                 logger.exception("inbox: renewing leases failed; trying again")
                 continue

@@ -16,7 +16,7 @@ from core.channels import Channel
 from core.errors import Unauthorized
 from core.inbox import InboxAdmin
 from core.models import CallerRights
-from dispatch.inbox_processor import InboxProcessor, ProcessorSettings
+from dispatch.inbox_processor import InboxProcessor
 from dispatch.retention import Retention, RetentionSettings
 from dispatch.workers import WorkerPool
 from scheduler.node import SchedulerNode, scheduler_node
@@ -195,12 +195,8 @@ def inbox_processor(services: Services, *, owner: str) -> InboxProcessor:
     """The inbox processor of a worker node, fed the configured channels' processors."""
     settings = services.settings.inbox
     return InboxProcessor(
-        ProcessorSettings(
-            owner=owner,
-            concurrency=settings.concurrency,
-            lease_seconds=settings.lease_seconds,
-            poll_interval=settings.poll_interval,
-        ),
+        settings,
+        owner,
         services.inbox_queue,
         {
             trigger: processor

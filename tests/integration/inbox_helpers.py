@@ -32,12 +32,13 @@ from core.models import RunRequest, Source, SubmittedRun
 from core.ports import NullMetrics
 from dispatch.batching import GroupCommit
 from dispatch.events import RunEvents
-from dispatch.inbox_processor import InboxProcessor, ProcessorSettings
+from dispatch.inbox_processor import InboxProcessor
 from dispatch.inbox_queue import InboxQueue
 from dispatch.inbox_store import InboxStore
 from dispatch.inbox_tables import inbox_events
 from dispatch.inbox_writer import InboxWriter
 from dispatch.intake import IntakeItem, IntakeWriter
+from dispatch.settings import InboxSettings
 from dispatch.tables import runs
 
 
@@ -106,12 +107,10 @@ class InboxNode:
         self, processors: Mapping[str, EventProcessor], *, owner: str, concurrency: int = 8
     ) -> InboxProcessor:
         return InboxProcessor(
-            ProcessorSettings(
-                owner=owner,
-                concurrency=concurrency,
-                lease_seconds=self.lease_seconds,
-                poll_interval=0.05,
+            InboxSettings(
+                concurrency=concurrency, lease_seconds=self.lease_seconds, poll_interval=0.05
             ),
+            owner,
             self.queue,
             processors,
             wake=self.writer.work_available,
