@@ -54,7 +54,7 @@ from switchboard.settings import Settings
 from triggers.auth import Authenticator, KeyStore
 from triggers.egress import guarded_client
 from triggers.email.send_email import SendEmailService
-from triggers.files import FileSettings, FileStore
+from triggers.files import FileStore
 from triggers.secrets_api import MANAGE_USER_SECRETS
 from triggers.webhook import WebhookSender
 
@@ -183,13 +183,9 @@ async def open_services(
             database,
             clock,
             signer,
-            FileSettings(
-                directory=(data_dir / "files").resolve(),
-                base_url=settings.server.base_url(),
-                max_size=settings.files.max_size,
-                upload_ttl=settings.files.upload_ttl,
-                download_ttl=settings.files.download_ttl,
-            ),
+            settings.files,
+            directory=(data_dir / "files").resolve(),
+            base_url=settings.server.base_url(),
         )
         builtins: dict[str, BuiltinService] = {
             **builtin_services(),

@@ -27,6 +27,7 @@ from core.clock import Clock, isoformat
 from core.db import Database
 from core.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from core.security import Signer
+from triggers.file_settings import FilesSettings
 from triggers.file_tables import files
 
 CHUNK = 256 * 1024
@@ -56,26 +57,26 @@ class Incoming:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class FileSettings:
-    directory: Path
-    base_url: str
-    max_size: int
-    upload_ttl: int
-    download_ttl: int
-
-
 class FileStore:
     """Stored files and the signed URIs that reach them."""
 
     def __init__(
-        self, database: Database, clock: Clock, signer: Signer, settings: FileSettings
+        self,
+        database: Database,
+        clock: Clock,
+        signer: Signer,
+        settings: FilesSettings,
+        *,
+        directory: Path,
+        base_url: str,
     ) -> None:
         self._db = database
         self._clock = clock
         self._signer = signer
         self._settings = settings
-        settings.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._directory = directory
+        self._base_url = base_url
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def create(self, owner_id: str, filename: str) -> dict[str, Any]:
         filename = _clean_filename(filename)
@@ -118,7 +119,7 @@ class FileStore:
         expires = str(int(self._clock.now().timestamp()) + ttl)
         signature = self._signer.sign("file", method, file_id, expires)
         query = f"expires={expires}&sig={signature}"
-        return f"{self._settings.base_url}/files/{file_id}/{quote(filename)}?{query}"
+        return f"{self._base_url}/files/{file_id}/{quote(filename)}?{query}"
 
     def check_signature(
         self, method: str, file_id: str, expires: str | None, signature: str | None
@@ -140,7 +141,7 @@ class FileStore:
         row = await self._row(file_id)
         if row is None:
             raise NotFound("file", file_id)
-        target = self._settings.directory / file_id
+        target = self._directory / file_id
         partial = target.with_suffix(f".{secrets.token_hex(4)}.part")
         digest = hashlib.sha256()
         size = 0
@@ -223,7 +224,7 @@ class FileStore:
 
     def _write_files(self, named: Sequence[tuple[str, Incoming]]) -> None:
         for file_id, item in named:
-            target = self._settings.directory / file_id
+            target = self._directory / file_id
             partial = target.with_suffix(f".{secrets.token_hex(4)}.part")
             try:
                 with _private(partial) as handle:
@@ -270,14 +271,14 @@ class FileStore:
             raise NotFound("file", file_id)
         if row["size"] is not None and row["size"] > max_size:
             raise PayloadTooLarge(f"the file {row['filename']!r}", max_size)
-        data = await asyncio.to_thread((self._settings.directory / file_id).read_bytes)
+        data = await asyncio.to_thread((self._directory / file_id).read_bytes)
         return StoredFile(row["filename"], row["content_type"] or "application/octet-stream", data)
 
     async def open_for_download(self, file_id: str) -> tuple[Path, str, str]:
         row = await self._row(file_id)
         if row is None or row["uploaded_at"] is None:
             raise NotFound("file", file_id)
-        return self._settings.directory / file_id, row["content_type"], row["filename"]
+        return self._directory / file_id, row["content_type"], row["filename"]
 
     async def _row(self, file_id: str) -> Any:
         async with self._db.read() as conn:

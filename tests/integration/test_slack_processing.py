@@ -19,7 +19,8 @@ from dispatch.history import RunHistoryReader
 from dispatch.inbox_memory import MemoryInbox
 from switchboard.migrate import upgrade
 from tests.fakes.slack_api import BOT_USER_ID, SlackApi
-from triggers.files import FileSettings, FileStore
+from triggers.file_settings import FilesSettings
+from triggers.files import FileStore
 from triggers.slack.channel import SlackChannel, SlackDeps
 from triggers.slack.edge import dedupe_key, ordering_key
 from triggers.slack.settings import SlackSettings
@@ -41,7 +42,9 @@ async def channel(
             database,
             clock,
             Signer(b"0123456789abcdef0123"),
-            FileSettings(tmp_path / "files", "http://127.0.0.1:1", 1 << 20, 60, 60),
+            FilesSettings(max_size=1 << 20, upload_ttl=60, download_ttl=60),
+            directory=tmp_path / "files",
+            base_url="http://127.0.0.1:1",
         )
         settings = SlackSettings.model_validate(fake.slack_section(SECRET, workflow="echo"))
         deps = SlackDeps(
