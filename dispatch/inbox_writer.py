@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.db import Database
@@ -65,22 +66,11 @@ class InboxWriter:
             results[index] = AcceptedEvent(event_id, duplicate=False, held=held)
             if key is not None:
                 by_key[key] = [index]
-        if by_key:
-            stored = await conn.execute(
-                select(inbox_events.c.dedupe_key, inbox_events.c.id, inbox_events.c.status).where(
-                    inbox_events.c.dedupe_key.in_(list(by_key))
-                )
-            )
-            for key, event_id, status in stored:
-                rows = [row for row in rows if row["dedupe_key"] != key]
-                earlier = AcceptedEvent(event_id, duplicate=True, held=status == EventStatus.HELD)
-                for index in by_key.pop(key):
-                    results[index] = earlier
-            for indexes in by_key.values():
-                first = results[indexes[0]]
-                if isinstance(first, AcceptedEvent):
-                    for index in indexes[1:]:
-                        results[index] = AcceptedEvent(first.id, duplicate=True, held=first.held)
+        for indexes in by_key.values():  # the same key twice in this batch: one event
+            first = results[indexes[0]]
+            if isinstance(first, AcceptedEvent):
+                for index in indexes[1:]:
+                    results[index] = AcceptedEvent(first.id, duplicate=True, held=first.held)
         if rows:
             skipped = await self._insert(conn, rows)
             if skipped:
@@ -88,16 +78,19 @@ class InboxWriter:
         return [r if r is not None else RuntimeError("inbox event not handled") for r in results]
 
     async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
-        """Insert ``rows``; the dedupe keys skipped because another node stored them meanwhile."""
+        """Insert ``rows``; the dedupe keys skipped because they were stored before.
+
+        One statement (``ON CONFLICT DO NOTHING RETURNING``) instead of a look-up and an insert:
+        an intake batch pays per statement, and a repeated key is the rare case. On PostgreSQL
+        it also waits for a concurrent transaction inserting the same key, then skips it.
+        """
         keyed = {row["dedupe_key"] for row in rows if row["dedupe_key"] is not None}
-        if self._db.is_sqlite or not keyed:
-            # SQLite: the check above and this insert are one BEGIN IMMEDIATE (one writer).
+        if not keyed:
             await conn.execute(inbox_events.insert(), rows)
             return set()
-        # PostgreSQL: a concurrent transaction may have inserted one of these keys after our
-        # check; ON CONFLICT DO NOTHING waits for it, then skips (as IntakeWriter does for runs).
+        dialect = sqlite_dialect if self._db.is_sqlite else postgresql
         inserted = await conn.execute(
-            postgresql.insert(inbox_events)
+            dialect.insert(inbox_events)
             .on_conflict_do_nothing(index_elements=[inbox_events.c.dedupe_key])
             .returning(inbox_events.c.dedupe_key),
             rows,
