@@ -21,11 +21,16 @@ from core.inbox import ArrivingEvent, EventStatus
 from core.ports import NullMetrics
 from core.security import Signer
 from core.tables import runs
+from switchboard.app import inbox_admin
+from switchboard.channels import configured_triggers
 from switchboard.cli import _parser
 from switchboard.http import error_middleware
 from switchboard.inbox_commands import InboxCommand
 from switchboard.migrate import upgrade
-from tests.conftest import Live, make_settings
+from switchboard.services import open_services
+from tests.conftest import Live, LiveFactory, make_settings
+from tests.fakes.slack_api import SlackApi
+from tests.fakes.twilio_api import FakeTwilioApi
 from tests.integration.inbox_helpers import InboxNode, RunPerMessage, event, wait_for_status
 from triggers.auth import Authenticator, KeyRole, KeyStore
 from triggers.inbox_api import InboxRoutes
@@ -172,3 +177,19 @@ async def test_the_server_serves_the_routes_to_its_admin_key_only(live: Live) ->
         assert page.json() == {"events": [], "next_cursor": None}
         member = await http.get("/api/v1/inbox", headers={"Authorization": live.key})
         assert member.status_code == 403
+
+
+async def test_the_cli_knows_every_trigger_a_server_with_all_channels_registers(
+    live_factory: LiveFactory, slack: SlackApi, twilio: FakeTwilioApi
+) -> None:
+    # The CLI starts no channel: configured_triggers must name what the started channels do.
+    live = await live_factory.start(
+        slack=slack.slack_section("signing-secret", workflow="echo"),
+        whatsapp=twilio.whatsapp_section(workflow="echo"),
+    )
+    names = live.services.inbox.trigger_names
+    assert {"slack", "whatsapp", "email:smtp"} <= set(names)
+    assert sorted(configured_triggers(live.services.settings)) == names
+    async with open_services(live.services.settings, migrate=False) as services:
+        admin = inbox_admin(services)
+        assert [health.name for health in await admin.triggers()] == names
