@@ -34,7 +34,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.report import replace_section
 from core.clock import parse_iso
-from core.tables import owners, runs
+from core.tables import owners
+from dispatch.tables import runs
 from scheduler.cron import parse_cron
 from scheduler.tables import schedules
 from tests.pgserver import ThrowawayPostgres

@@ -14,6 +14,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from core.models import (
     Invocation,
     LogEntry,
@@ -21,6 +23,7 @@ from core.models import (
     RunRecord,
     RunRequest,
     RunSummary,
+    Source,
     SubmittedRun,
     WorkflowLimits,
 )
@@ -76,6 +79,34 @@ class RunHistory(Protocol):
 
     async def runs_by_key_prefix(self, owner_id: str, prefix: str, limit: int) -> list[RunSummary]:
         """``owner_id``'s runs whose idempotency key starts with ``prefix``, newest first."""
+        ...
+
+
+class RunStates(Protocol):
+    """Whether a run still runs, for packages that do not own the runs (a run key lives while
+    its run runs: ``triggers.auth``)."""
+
+    async def is_running(self, run_id: str, owner_id: str) -> bool:
+        """Whether ``owner_id``'s run ``run_id`` exists and has not finished."""
+        ...
+
+
+class ChatActivity(Protocol):
+    """When a conversation last made a run, for channels that do not own the runs (WhatsApp's
+    24-hour window: the run is written with its message's processing, PROTOCOLS §2.4)."""
+
+    async def last_run_at(self, serial_key: str, source: Source) -> datetime | None:
+        """When the newest run ``source`` made under ``serial_key`` was created, if any."""
+        ...
+
+
+class DeliveryFailures(Protocol):
+    """Marks a sent delivery failed when the provider reports it later (WhatsApp's status
+    callbacks), for channels that do not own the deliveries. It joins the caller's transaction,
+    so the channel's own record of the report and the delivery's failure commit together."""
+
+    async def mark_failed(self, conn: AsyncConnection, delivery_id: int, error: str) -> None:
+        """Delivery ``delivery_id`` is ``failed`` with ``error`` as its last error."""
         ...
 
 

@@ -28,9 +28,9 @@ from core.db import Database
 from core.errors import Conflict, NotFound
 from core.inbox import AcceptedEvent, ArrivingEvent
 from core.models import RunRecord, RunRequest, RunStatus, SubmittedRun, new_run_id
-from core.tables import runs
 from dispatch.inbox_writer import InboxWriter
 from dispatch.queue import RunQueue
+from dispatch.tables import runs
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,10 @@ from sqlalchemy import select
 from core.clock import Clock
 from core.db import Database
 from core.models import LogEntry
-from core.tables import run_logs
 from dispatch.batching import GroupCommit
 from dispatch.events import RunEvents
 from dispatch.rows import log_from_row
+from dispatch.tables import run_logs
 
 MAX_LINE = 16 * 1024
 _TICK = timedelta(microseconds=1)

@@ -38,7 +38,7 @@ from core.db import Database
 from core.models import Outcome, RunRecord
 from core.ports import Metrics, OwnMessage, Queued, Queueing, Sender
 from core.replies import DEFAULT_FAILURE_LINE, Delivery, SendResult, reply_for
-from core.tables import deliveries, runs
+from dispatch.tables import deliveries, runs
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.clock import Clock
 from core.db import Database
 from core.models import Outcome, RunRecord, RunStatus, Source
-from core.tables import deliveries, run_logs, runs
 from core.tracing import TRACE
 from dispatch.rows import run_from_row
+from dispatch.tables import deliveries, run_logs, runs
 
 logger = logging.getLogger(__name__)
 

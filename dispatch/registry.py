@@ -22,9 +22,9 @@ from core.clock import Clock
 from core.db import Database
 from core.errors import EnvironmentNotBuilt, NotFound, WorkflowError
 from core.models import DeclaredVariable, WorkflowLimits
-from core.tables import workflow_versions, workflows
 from dispatch.environments import EnvironmentBuilder, python_of
 from dispatch.pep723 import parse_script_metadata
+from dispatch.tables import workflow_versions, workflows
 
 SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SOURCE_NAME = "main.py"

@@ -24,8 +24,9 @@ from core.clock import Clock
 from core.db import Database
 from core.inbox import EventStatus
 from core.models import FINISHED_STATUSES
-from core.tables import deliveries, metadata, runs
+from core.tables import metadata
 from dispatch.inbox_tables import inbox_events
+from dispatch.tables import deliveries, runs
 
 logger = logging.getLogger(__name__)
 

@@ -24,15 +24,6 @@ from core.clock import Clock
 from core.db import Database
 from core.errors import NotFound, SecretsUnreadable
 from core.secret_records import SecretEvent, SecretInfo, check_name, check_value
-from core.tables import (
-    runs,
-    secret_events,
-    secret_keys,
-    secret_master,
-    secrets,
-    workflow_versions,
-    workflows,
-)
 from dispatch.envelope import (
     InvalidTag,
     KeyRing,
@@ -42,6 +33,15 @@ from dispatch.envelope import (
     seal,
     unseal,
     value_context,
+)
+from dispatch.tables import (
+    runs,
+    secret_events,
+    secret_keys,
+    secret_master,
+    secrets,
+    workflow_versions,
+    workflows,
 )
 
 logger = logging.getLogger(__name__)

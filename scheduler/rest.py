@@ -23,6 +23,21 @@ class ScheduleRoutes:
         self._schedules = schedules
         self._authenticate = authenticate
 
+    def route_table(self) -> list[web.RouteDef]:
+        """Every schedule route, bound to this object, for the composition root to register."""
+        return [
+            web.get("/schedules", self.list, allow_head=False),
+            web.post("/schedules", self.create),
+            web.post("/schedules/preview", self.preview_expression),
+            web.get("/schedules/{schedule_id}", self.get, allow_head=False),
+            web.patch("/schedules/{schedule_id}", self.update),
+            web.delete("/schedules/{schedule_id}", self.delete),
+            web.post("/schedules/{schedule_id}/pause", self.pause),
+            web.post("/schedules/{schedule_id}/resume", self.resume),
+            web.post("/schedules/{schedule_id}/run-now", self.run_now),
+            web.get("/schedules/{schedule_id}/preview", self.preview, allow_head=False),
+        ]
+
     async def _answer(
         self, request: web.Request, body: dict[str, Any], status: int = 200
     ) -> web.Response:
@@ -63,21 +78,6 @@ class ScheduleRoutes:
     async def preview_expression(self, request: web.Request) -> web.Response:
         body = await _json(request)
         return await self._answer(request, {**body, "action": "preview"})
-
-
-SCHEDULE_ROUTES = [
-    ("GET", "/schedules", "list"),
-    ("POST", "/schedules", "create"),
-    ("POST", "/schedules/preview", "preview_expression"),
-    ("GET", "/schedules/{schedule_id}", "get"),
-    ("PATCH", "/schedules/{schedule_id}", "update"),
-    ("DELETE", "/schedules/{schedule_id}", "delete"),
-    ("POST", "/schedules/{schedule_id}/pause", "pause"),
-    ("POST", "/schedules/{schedule_id}/resume", "resume"),
-    ("POST", "/schedules/{schedule_id}/run-now", "run_now"),
-    ("GET", "/schedules/{schedule_id}/preview", "preview"),
-]
-"""(method, path, handler name) of every route, for the composition root to register."""
 
 
 def _named(request: web.Request, action: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from core.channels import Channel
 from core.errors import Unauthorized
@@ -21,7 +20,7 @@ from dispatch.inbox_processor import InboxProcessor, ProcessorSettings
 from dispatch.retention import Retention, RetentionSettings
 from dispatch.workers import WorkerPool, WorkerSettings
 from scheduler.node import SchedulerNode, scheduler_node
-from scheduler.rest import SCHEDULE_ROUTES, ScheduleRoutes
+from scheduler.rest import ScheduleRoutes
 from switchboard.channels import (
     LateParts,
     configured_channels,
@@ -35,10 +34,10 @@ from switchboard.metrics import PrometheusMetrics
 from switchboard.sandboxing import ChosenRunner, open_runner
 from switchboard.services import Services, open_services
 from switchboard.settings import Settings
-from triggers.api import ROUTES, ApiSettings, RuntimeApi
-from triggers.files import FILE_ROUTES, FileRoutes
+from triggers.api import ApiSettings, RuntimeApi
+from triggers.files import FileRoutes
 from triggers.inbox_api import InboxRoutes
-from triggers.secrets_api import SECRET_ROUTES, SecretRoutes
+from triggers.secrets_api import SecretRoutes
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +46,11 @@ METRICS = web.AppKey("metrics", PrometheusMetrics)
 SERVICES = web.AppKey("services", Services)
 WORKERS = web.AppKey("workers", WorkerPool)
 API = web.AppKey("api", RuntimeApi)
-FILE_HANDLERS = web.AppKey("file_handlers", FileRoutes)
 CHANNELS: web.AppKey[Sequence[Channel]] = web.AppKey("channels")
 PARTS = web.AppKey("channel_parts", LateParts)
 READY = web.AppKey("ready", asyncio.Event)
 STARTUP_ERROR = web.AppKey("startup_error", list)
 SCHEDULER = web.AppKey("scheduler", SchedulerNode)
-SCHEDULE_HANDLERS = web.AppKey("schedule_handlers", ScheduleRoutes)
-SECRET_HANDLERS = web.AppKey("secret_handlers", SecretRoutes)
 RUNNER = web.AppKey("runner", ChosenRunner)
 
 ROLES = frozenset({"web", "worker", "scheduler"})
@@ -96,19 +92,11 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     if "web" in roles:
-        for method, path, name in ROUTES:
-            app.router.add_route(method, path, _route_to(API, name))
-        for method, path, name in FILE_ROUTES:
-            app.router.add_route(method, path, _route_to(FILE_HANDLERS, name))
         for channel in app[CHANNELS]:
             edge = channel.edge()
             if isinstance(edge, web.Application):
                 app.add_subapp(channel.prefix, edge)
-        for method, path, name in SCHEDULE_ROUTES:
-            app.router.add_route(method, path, _route_to(SCHEDULE_HANDLERS, name))
-        for method, path, name in SECRET_ROUTES:
-            app.router.add_route(method, path, _route_to(SECRET_HANDLERS, name))
-        app.cleanup_ctx.append(_inbox_routes)
+        app.cleanup_ctx.append(_api_routes)
     return app
 
 
@@ -125,13 +113,27 @@ def inbox_admin(services: Services) -> InboxAdmin:
     return inbox
 
 
-async def _inbox_routes(app: web.Application) -> AsyncIterator[None]:
-    """``/api/v1/triggers`` and ``/api/v1/inbox``, registered as bound methods of the handler
-    object made here from the services. aiohttp freezes the router only after startup
-    (``AppRunner``: ``startup()``, then ``freeze()``) and serves nothing before it finishes, so
-    routes added now are served like those added in :func:`create_app`."""
+async def _api_routes(app: web.Application) -> AsyncIterator[None]:
+    """The HTTP API's routes (runtime, files, schedules, secrets, triggers and inbox),
+    registered as bound methods of the handler objects made from the services. aiohttp freezes
+    the router only after startup (``AppRunner``: ``startup()``, then ``freeze()``) and serves
+    nothing before it finishes, so routes added now are served like those added in
+    :func:`create_app`."""
     services = app[SERVICES]
-    app.router.add_routes(InboxRoutes(services.inbox, services.auth).route_table())
+
+    async def schedule_owner(request: web.Request) -> tuple[str, CallerRights]:
+        principal = await services.auth.authenticate(request.headers.get("Authorization"))
+        services.auth.refuse_one_time(principal, "schedules")
+        return principal.owner_id, principal.rights
+
+    for routes in (
+        app[API].route_table(),
+        FileRoutes(services.files).route_table(),
+        ScheduleRoutes(services.schedules, schedule_owner).route_table(),
+        SecretRoutes(services.secrets, services.auth).route_table(),
+        InboxRoutes(services.inbox, services.auth).route_table(),
+    ):
+        app.router.add_routes(routes)
     yield
 
 
@@ -149,15 +151,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                 logs_max_seconds=services.settings.runtime.logs_max_seconds,
             ),
         )
-        app[FILE_HANDLERS] = FileRoutes(services.files)
-
-        async def schedule_owner(request: web.Request) -> tuple[str, CallerRights]:
-            principal = await services.auth.authenticate(request.headers.get("Authorization"))
-            services.auth.refuse_one_time(principal, "schedules")
-            return principal.owner_id, principal.rights
-
-        app[SCHEDULE_HANDLERS] = ScheduleRoutes(services.schedules, schedule_owner)
-        app[SECRET_HANDLERS] = SecretRoutes(services.secrets, services.auth)
         yield
 
 
@@ -305,17 +298,6 @@ async def _register(app: web.Application) -> None:
         logger.exception("registering the example workflows failed")
         app[STARTUP_ERROR].append(f"registering the example workflows failed: {exc}")
     app[READY].set()
-
-
-def _route_to(key: web.AppKey[Any], name: str) -> Handler:
-    """A handler that calls method ``name`` of the object the services context put at ``key``."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        result: web.StreamResponse = await getattr(request.app[key], name)(request)
-        return result
-
-    handler.__name__ = name
-    return handler
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from core.inbox import Inbox
 from core.models import RunRecord
 from core.ports import RunGateway, RunHistory
 from core.security import Signer
+from dispatch.history import DeliveryFailureWriter, RunHistoryReader
 from switchboard.settings import Settings
 from triggers.auth import KeyStore
 from triggers.email.channel import TRIGGERS as EMAIL_TRIGGERS
@@ -122,6 +123,8 @@ def _whatsapp(parts: ChannelParts) -> WhatsAppDeps:
         database=parts.database,
         clock=parts.clock,
         ensure_owner=KeyStore(parts.database, parts.clock).ensure_owner,
+        chats=RunHistoryReader(parts.database),
+        delivery_failures=DeliveryFailureWriter(parts.clock),
     )
 
 

@@ -6,11 +6,11 @@ registers them all. Add a package's table module here when it gets one.
 
 from __future__ import annotations
 
-import dispatch.inbox_tables  # noqa: F401  (registers its tables)
-import scheduler.tables  # noqa: F401  (registers its tables)
+import triggers.auth_tables
 import triggers.email.tables
+import triggers.file_tables
 import triggers.slack.tables
-import triggers.whatsapp.tables  # noqa: F401  (registers its tables)
+import triggers.whatsapp.tables  # noqa: F401  (each import registers its package's tables)
 from core.tables import metadata
 
 __all__ = ["metadata"]

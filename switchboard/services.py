@@ -293,7 +293,11 @@ async def open_services(
             builtins=builtins,
             keys=keys,
             auth=Authenticator(
-                keys, signer, clock, cache_seconds=settings.server.auth_cache_seconds
+                keys,
+                signer,
+                clock,
+                runs=RunHistoryReader(database),
+                cache_seconds=settings.server.auth_cache_seconds,
             ),
             files=files,
             gateway=gateway,

@@ -32,23 +32,6 @@ from core.tracing import TRACE
 from triggers.auth import Authenticator, Principal
 from triggers.files import FileStore
 
-ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("POST", "/provision-request", "provision"),
-    ("POST", "/run/{service_id}", "run_sync"),
-    ("POST", "/run/{service_id}/{path:.*}", "run_sync"),
-    ("GET", "/run/{service_id}", "run_sync"),
-    ("GET", "/run/{service_id}/{path:.*}", "run_sync"),
-    ("POST", "/run_async/{service_id}", "run_async"),
-    ("POST", "/run_async/{service_id}/{path:.*}", "run_async"),
-    ("GET", "/result/{request_id}", "result"),
-    ("GET", "/request/{request_id}", "details"),
-    ("GET", "/logs/{request_id}", "logs"),
-    ("POST", "/file", "create_file"),
-    ("GET", "/file/{file_id}", "describe_file"),
-)
-"""(method, path, handler method of :class:`RuntimeApi`)."""
-
-
 LOG_STREAM_CHECK_SECONDS = 1.0
 """How often an open /logs stream checks its client is still there (aiohttp does not say)."""
 
@@ -70,6 +53,23 @@ class RuntimeApi:
         self._files = files
         self._settings = settings
         self._closing = asyncio.Event()
+
+    def route_table(self) -> list[web.RouteDef]:
+        """The runtime API's routes, bound to this object (GETs without HEAD: a HEAD would run)."""
+        return [
+            web.post("/provision-request", self.provision),
+            web.post("/run/{service_id}", self.run_sync),
+            web.post("/run/{service_id}/{path:.*}", self.run_sync),
+            web.get("/run/{service_id}", self.run_sync, allow_head=False),
+            web.get("/run/{service_id}/{path:.*}", self.run_sync, allow_head=False),
+            web.post("/run_async/{service_id}", self.run_async),
+            web.post("/run_async/{service_id}/{path:.*}", self.run_async),
+            web.get("/result/{request_id}", self.result, allow_head=False),
+            web.get("/request/{request_id}", self.details, allow_head=False),
+            web.get("/logs/{request_id}", self.logs, allow_head=False),
+            web.post("/file", self.create_file),
+            web.get("/file/{file_id}", self.describe_file, allow_head=False),
+        ]
 
     def stop_log_streams(self) -> None:
         """End every open /logs stream (at shutdown, so it need not wait for them)."""

@@ -26,7 +26,8 @@ from sqlalchemy import or_, select, update
 from core.clock import Clock
 from core.db import Database
 from core.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
-from core.models import FINISHED_STATUSES, OWNER_RIGHTS, CallerRights, Grant, RunStatus
+from core.models import OWNER_RIGHTS, CallerRights, Grant
+from core.ports import RunStates
 from core.security import (
     ONE_TIME_PREFIX,
     REUSABLE_PREFIX,
@@ -36,7 +37,8 @@ from core.security import (
     generate_api_key,
     hash_api_key,
 )
-from core.tables import api_keys, owners, runs
+from core.tables import owners
+from triggers.auth_tables import api_keys
 
 OWNER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DEFAULT_OWNER = "default"
@@ -243,14 +245,6 @@ class KeyStore:
             role=KeyRole(row["role"]),
         )
 
-    async def run_is_running(self, run_id: str, owner_id: str) -> bool:
-        """Whether run ``run_id`` of ``owner_id`` exists and has not finished (its key lives)."""
-        async with self._db.read() as conn:
-            status = await conn.scalar(
-                select(runs.c.status).where(runs.c.id == run_id, runs.c.owner_id == owner_id)
-            )
-        return status is not None and RunStatus(status) not in FINISHED_STATUSES
-
     async def use_one_time_key(self, key_id: str, run_id: str) -> bool:
         """Spend a one-time key on ``run_id``; ``False`` if it was spent already."""
         async with self._db.write() as conn:
@@ -279,9 +273,16 @@ class Authenticator:
     """Turns an ``Authorization`` header into a :class:`Principal`, or raises ``Unauthorized``."""
 
     def __init__(
-        self, store: KeyStore, signer: Signer, clock: Clock, *, cache_seconds: float
+        self,
+        store: KeyStore,
+        signer: Signer,
+        clock: Clock,
+        *,
+        runs: RunStates,
+        cache_seconds: float,
     ) -> None:
         self._store = store
+        self._runs = runs
         self._signer = signer
         self._clock = clock
         self._cache_seconds = cache_seconds
@@ -332,7 +333,7 @@ class Authenticator:
     async def _still_running(self, run_id: str, owner_id: str) -> bool:
         if self._running.get(run_id, 0.0) > time.monotonic():
             return True
-        running = await self._store.run_is_running(run_id, owner_id)
+        running = await self._runs.is_running(run_id, owner_id)
         if len(self._running) > 10_000:
             self._running.clear()
         if len(self._ended) > 10_000:

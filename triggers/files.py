@@ -27,7 +27,7 @@ from core.clock import Clock, isoformat
 from core.db import Database
 from core.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from core.security import Signer
-from core.tables import files
+from triggers.file_tables import files
 
 CHUNK = 256 * 1024
 
@@ -308,18 +308,18 @@ def _clean_filename(filename: str) -> str:
     return name
 
 
-FILE_ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("PUT", "/files/{file_id}/{filename}", "upload"),
-    ("GET", "/files/{file_id}/{filename}", "download"),
-)
-"""(method, path, handler method of :class:`FileRoutes`): the signed URIs' endpoints."""
-
-
 class FileRoutes:
     """aiohttp handlers for the signed file URIs."""
 
     def __init__(self, store: FileStore) -> None:
         self._store = store
+
+    def route_table(self) -> list[web.RouteDef]:
+        """The signed URIs' endpoints, bound to this object."""
+        return [
+            web.put("/files/{file_id}/{filename}", self.upload),
+            web.get("/files/{file_id}/{filename}", self.download, allow_head=False),
+        ]
 
     async def upload(self, request: web.Request) -> web.Response:
         file_id = request.match_info["file_id"]

@@ -27,19 +27,6 @@ from triggers.auth import Authenticator, Principal
 MANAGE_USER_SECRETS = "manage_user_secrets"
 OPERATIONS = ("add", "get", "list", "delete")
 
-SECRET_ROUTES: tuple[tuple[str, str, str], ...] = (
-    ("GET", "/api/v1/secrets", "index"),
-    ("GET", "/api/v1/secrets/audit", "audit"),
-    ("PUT", "/api/v1/secrets/{name}", "put"),
-    ("DELETE", "/api/v1/secrets/{name}", "delete"),
-    ("POST", f"/run/{MANAGE_USER_SECRETS}", "manage"),
-    ("POST", f"/run/{MANAGE_USER_SECRETS}/", "manage"),
-    ("POST", f"/run_async/{MANAGE_USER_SECRETS}", "not_async"),
-    ("POST", f"/run_async/{MANAGE_USER_SECRETS}/", "not_async"),
-)
-"""(method, path, handler method of :class:`SecretRoutes`); the ``/run`` paths win over the
-runtime API's ``/run/{service_id}`` because aiohttp matches the most explicit path first."""
-
 
 class SecretRoutes:
     """Thin handlers: authenticate, check the caller may, hand to the store, answer JSON."""
@@ -47,6 +34,20 @@ class SecretRoutes:
     def __init__(self, store: SecretsManager, auth: Authenticator) -> None:
         self._store = store
         self._auth = auth
+
+    def route_table(self) -> list[web.RouteDef]:
+        """The secrets API's routes, bound to this object. The ``/run`` paths win over the
+        runtime API's ``/run/{service_id}``: aiohttp matches a plain path before a variable one."""
+        return [
+            web.get("/api/v1/secrets", self.index, allow_head=False),
+            web.get("/api/v1/secrets/audit", self.audit, allow_head=False),
+            web.put("/api/v1/secrets/{name}", self.put),
+            web.delete("/api/v1/secrets/{name}", self.delete),
+            web.post(f"/run/{MANAGE_USER_SECRETS}", self.manage),
+            web.post(f"/run/{MANAGE_USER_SECRETS}/", self.manage),
+            web.post(f"/run_async/{MANAGE_USER_SECRETS}", self.not_async),
+            web.post(f"/run_async/{MANAGE_USER_SECRETS}/", self.not_async),
+        ]
 
     async def _principal(self, request: web.Request) -> Principal:
         principal = await self._auth.authenticate(request.headers.get("Authorization"))

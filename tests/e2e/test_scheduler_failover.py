@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.clock import parse_iso
-from core.tables import runs
+from dispatch.tables import runs
 from tests.e2e.conftest import ServiceFactory
 from tests.e2e.harness import ServerProcess, bearer, wait_until
 

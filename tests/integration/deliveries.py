@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from core.tables import deliveries
+from dispatch.tables import deliveries
 from tests.conftest import Live
 
 

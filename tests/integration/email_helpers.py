@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from core.inbox import EventInfo, EventStatus
-from core.tables import runs
+from dispatch.tables import runs
 from tests.conftest import Live, LiveFactory, free_port
 from tests.fakes.smtp_sink import SmtpSink
 

@@ -30,7 +30,6 @@ from core.inbox import (
 )
 from core.models import RunRequest, Source, SubmittedRun
 from core.ports import NullMetrics
-from core.tables import runs
 from dispatch.batching import GroupCommit
 from dispatch.events import RunEvents
 from dispatch.inbox_processor import InboxProcessor, ProcessorSettings
@@ -39,6 +38,7 @@ from dispatch.inbox_store import InboxStore
 from dispatch.inbox_tables import inbox_events
 from dispatch.inbox_writer import InboxWriter
 from dispatch.intake import IntakeItem, IntakeWriter
+from dispatch.tables import runs
 
 
 class ManualClock:

@@ -12,7 +12,7 @@ from typing import TypeVar
 from sqlalchemy import select
 
 from core.models import RunRecord
-from core.tables import runs
+from dispatch.tables import runs
 from scheduler.node import SchedulerNode
 from switchboard.app import SCHEDULER
 from tests.conftest import Live

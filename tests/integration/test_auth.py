@@ -11,7 +11,8 @@ from core.clock import SystemClock
 from core.db import Database
 from core.errors import Unauthorized
 from core.security import Signer
-from core.tables import runs
+from dispatch.history import RunHistoryReader
+from dispatch.tables import runs
 from switchboard.migrate import upgrade
 from triggers.auth import Authenticator, KeyStore, Principal
 
@@ -35,7 +36,13 @@ async def store(database_url: str) -> AsyncIterator[CountingKeyStore]:
 
 
 def authenticator(store: KeyStore, cache_seconds: float) -> Authenticator:
-    return Authenticator(store, Signer(b"x" * 32), SystemClock(), cache_seconds=cache_seconds)
+    return Authenticator(
+        store,
+        Signer(b"x" * 32),
+        SystemClock(),
+        runs=RunHistoryReader(store._db),
+        cache_seconds=cache_seconds,
+    )
 
 
 async def test_concurrent_requests_share_one_lookup(store: CountingKeyStore) -> None:
@@ -72,7 +79,9 @@ async def test_one_time_key_is_spent_once(store: CountingKeyStore) -> None:
 
 async def test_run_key_acts_for_its_owner_until_it_expires(store: CountingKeyStore) -> None:
     signer = Signer(b"y" * 32)
-    auth = Authenticator(store, signer, SystemClock(), cache_seconds=0)
+    auth = Authenticator(
+        store, signer, SystemClock(), runs=RunHistoryReader(store._db), cache_seconds=0
+    )
     await running_run(store, "req_1", "alice")
     now = int(SystemClock().now().timestamp())
     valid = signer.run_key(run_id="req_1", owner_id="alice", expires=now + 60)

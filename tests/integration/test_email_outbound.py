@@ -14,7 +14,6 @@ import pytest
 from codewords_client import AsyncCodewordsClient
 
 from core.models import ReplyTarget, RunRequest, Source
-from core.tables import files
 from tests.conftest import Live, LiveFactory
 from tests.fakes.smtp_sink import SmtpSink
 from tests.integration.deliveries import delivery_rows, wait_for_delivery, wait_for_rows
@@ -27,6 +26,7 @@ from tests.integration.email_helpers import (
     start_email,
 )
 from triggers.email.sender import retry_delay
+from triggers.file_tables import files
 
 
 async def test_send_email_from_a_workflow(live_factory: LiveFactory, sink: SmtpSink) -> None:

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
-from core.tables import runs
+from dispatch.tables import runs
 from tests.conftest import LiveFactory, free_port
 from tests.fakes.smtp_sink import SmtpSink
 from tests.integration.deliveries import delivery_rows

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 
-from core.tables import files
 from tests.conftest import Live, LiveFactory
 from tests.fakes.smtp_sink import SmtpSink
 from tests.integration.email_helpers import BOT, SENDER, email_runs, mail, settled, start_email
+from triggers.file_tables import files
 
 
 def smtp_port(live: Live) -> int:

@@ -16,7 +16,7 @@ from core.db import Database
 from core.errors import BadRequest, NotFound
 from core.inbox import AcceptedEvent, EventStatus
 from core.models import RunRequest
-from core.tables import runs
+from dispatch.tables import runs
 from switchboard.migrate import upgrade
 from tests.integration.inbox_helpers import (
     InboxNode,

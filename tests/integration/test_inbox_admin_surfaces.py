@@ -20,7 +20,8 @@ from core.db import Database
 from core.inbox import ArrivingEvent, EventStatus
 from core.ports import NullMetrics
 from core.security import Signer
-from core.tables import runs
+from dispatch.history import RunHistoryReader
+from dispatch.tables import runs
 from switchboard.app import inbox_admin
 from switchboard.channels import configured_triggers
 from switchboard.cli import _parser
@@ -57,7 +58,9 @@ async def served(database: Database) -> AsyncIterator[Served]:
     clock = SystemClock()
     keys = KeyStore(database, clock)
     await keys.ensure_owner("default")
-    auth = Authenticator(keys, Signer(b"k" * 32), clock, cache_seconds=0)
+    auth = Authenticator(
+        keys, Signer(b"k" * 32), clock, runs=RunHistoryReader(database), cache_seconds=0
+    )
     node = InboxNode(database, clock, triggers=("test", "other"))
     node.commit.start()
     app = web.Application(middlewares=[error_middleware(NullMetrics())])
@@ -164,15 +167,19 @@ async def test_the_cli_commands_work_on_the_servers_database(
     shown = await cli("inbox", "show", accepted.id, "--body")
     assert "from the cli" in shown and "x-test: 1" in shown
     assert "(none)" in await cli("inbox", "list", "--status", "failed")
-    # No channel is configured here, so the CLI's inbox knows no trigger to list.
-    assert (await cli("triggers", "list")).strip() == "(none)"
+    # The CLI starts no channel, yet lists what the server would: email is always configured.
+    listed_triggers = json.loads(await cli("triggers", "list", "--json"))["triggers"]
+    assert [t["name"] for t in listed_triggers] == ["email:mailgun", "email:sendgrid", "email:smtp"]
 
 
 async def test_the_server_serves_the_routes_to_its_admin_key_only(live: Live) -> None:
     admin_key = (live.settings.server.data_dir / "admin.key").read_text().strip()
     async with httpx.AsyncClient(base_url=live.url, timeout=20) as http:
         listed = await http.get("/api/v1/triggers", headers={"Authorization": admin_key})
-        assert (listed.status_code, listed.json()) == (200, {"triggers": []})
+        assert listed.status_code == 200
+        # The email channel is always configured (send_email's sender, the SMTP intake).
+        names = [trigger["name"] for trigger in listed.json()["triggers"]]
+        assert names == ["email:mailgun", "email:sendgrid", "email:smtp"]
         page = await http.get("/api/v1/inbox", headers={"Authorization": admin_key})
         assert page.json() == {"events": [], "next_cursor": None}
         member = await http.get("/api/v1/inbox", headers={"Authorization": live.key})

@@ -17,6 +17,7 @@ from core.inbox import ArrivingEvent, Ignored, ProcessingResult, StoredEvent
 from core.models import RunRequest
 from core.ports import NullMetrics
 from core.security import Signer
+from dispatch.history import RunHistoryReader
 from dispatch.inbox_memory import MemoryInbox
 from switchboard.http import error_middleware
 from switchboard.migrate import upgrade
@@ -46,7 +47,9 @@ async def served(database_url: str) -> AsyncIterator[Served]:
     await upgrade(database)
     clock = SystemClock()
     keys = KeyStore(database, clock)
-    auth = Authenticator(keys, Signer(b"k" * 32), clock, cache_seconds=0)
+    auth = Authenticator(
+        keys, Signer(b"k" * 32), clock, runs=RunHistoryReader(database), cache_seconds=0
+    )
     inbox = MemoryInbox(
         triggers_configured={"slack", "email:smtp"}, processors={"slack": EchoProcessor()}
     )

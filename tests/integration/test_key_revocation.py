@@ -10,9 +10,9 @@ from sqlalchemy import update
 from core.clock import SystemClock
 from core.db import Database
 from core.errors import Conflict, NotFound
-from core.tables import api_keys
 from switchboard.migrate import upgrade
 from triggers.auth import KeyStore
+from triggers.auth_tables import api_keys
 
 
 @pytest.fixture

@@ -13,11 +13,13 @@ from core.clock import SystemClock
 from core.db import Database
 from core.errors import BadRequest, Forbidden
 from core.security import Signer
-from core.tables import api_keys, owners
+from core.tables import owners
+from dispatch.history import RunHistoryReader
 from switchboard.cli import main
 from switchboard.migrate import downgrade, upgrade
 from tests.conftest import Live
 from triggers.auth import Authenticator, KeyRole, KeyStore
+from triggers.auth_tables import api_keys
 
 
 @pytest.fixture
@@ -30,7 +32,13 @@ async def database(database_url: str) -> AsyncIterator[Database]:
 
 def authenticator(database: Database) -> Authenticator:
     clock = SystemClock()
-    return Authenticator(KeyStore(database, clock), Signer(b"s" * 32), clock, cache_seconds=0)
+    return Authenticator(
+        KeyStore(database, clock),
+        Signer(b"s" * 32),
+        clock,
+        runs=RunHistoryReader(database),
+        cache_seconds=0,
+    )
 
 
 async def test_a_key_is_a_member_unless_made_admin(database: Database) -> None:

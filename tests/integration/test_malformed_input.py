@@ -22,12 +22,13 @@ import pytest
 from sqlalchemy import func, select
 
 from core.models import RunRequest, Source
-from core.tables import inbound_events, runs
+from dispatch.tables import runs
 from scheduler.tables import schedules
 from tests.conftest import Live, LiveFactory, free_port
 from tests.fakes.slack_api import SlackApi
 from tests.fakes.smtp_sink import SmtpSink
 from tests.fakes.twilio_api import running_twilio_api
+from triggers.whatsapp.tables import inbound_events
 
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 MAILGUN_KEY = "mg-signing-key"

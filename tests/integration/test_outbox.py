@@ -13,8 +13,8 @@ from sqlalchemy import update
 from core.addresses import DestinationPolicy
 from core.models import Outcome, ReplyTarget, RunRequest, RunStatus
 from core.ports import NullMetrics
-from core.tables import deliveries
 from dispatch.outbox import Outbox, OutboxSettings
+from dispatch.tables import deliveries
 from tests.conftest import Live, LiveFactory
 from tests.integration.deliveries import Receiver, delivery_rows, wait_for_delivery
 from triggers.webhook import WebhookSender, webhook_signature

@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from core.db import Database
 from core.inbox import EventStatus, Ignored
 from core.models import Outcome, RunRequest, SubmittedRun
-from core.tables import deliveries, run_logs, runs
 from dispatch.queue import RunQueue
 from dispatch.retention import Retention, RetentionSettings
+from dispatch.tables import deliveries, run_logs, runs
 from switchboard.migrate import upgrade
 from tests.integration.inbox_helpers import InboxNode, ManualClock, event, event_rows
 from triggers.auth import KeyStore

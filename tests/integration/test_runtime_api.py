@@ -378,3 +378,14 @@ async def test_metrics_count_accepted_rejected_and_finished_runs(live: Live) -> 
     assert 'switchboard_requests_rejected_total{status="401"} 1.0' in text
     assert 'switchboard_run_duration_seconds_count{status="completed"} 1.0' in text
     assert 'switchboard_queue_depth{status="queued"} 0.0' in text
+
+
+async def test_head_starts_no_run(live: Live) -> None:
+    """GET /run runs a workflow, so HEAD is not served as a GET (nor on the other GET routes)."""
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        headers = {"Authorization": live.key}
+        for path in ("/run/echo", "/run/echo/sub", "/result/req_x", "/schedules"):
+            response = await http.head(path, headers=headers)
+            assert response.status_code == 405, path
+        served = await http.get("/run/echo", headers=headers)
+        assert served.status_code == 200

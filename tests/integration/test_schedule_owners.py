@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from core.db import Database
 from core.errors import Conflict
-from core.tables import runs
+from dispatch.tables import runs
 from scheduler.service import ConfigClash
 from scheduler.tables import schedules
 from switchboard.app import create_app

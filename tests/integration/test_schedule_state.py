@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from core.models import RunRecord, RunRequest, SubmittedRun
-from core.tables import runs
+from dispatch.tables import runs
 from scheduler.engine import ScheduleEngine
 from scheduler.models import MisfirePolicy, OverlapPolicy, ScheduleSpec
 from scheduler.service import ScheduleService

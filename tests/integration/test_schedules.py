@@ -15,7 +15,7 @@ from codewords_client import AsyncCodewordsClient
 from sqlalchemy import select
 
 from core.models import RunRecord, RunStatus
-from core.tables import runs
+from dispatch.tables import runs
 from scheduler.engine import ScheduleEngine
 from scheduler.models import MisfirePolicy, ScheduleSpec
 from scheduler.service import ScheduleService

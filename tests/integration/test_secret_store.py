@@ -15,10 +15,10 @@ from sqlalchemy import Column, ColumnElement, Table, select, update
 from core.clock import SystemClock
 from core.db import Database
 from core.errors import SecretsUnreadable
-from core.tables import secret_keys
-from core.tables import secrets as secrets_table
 from dispatch.envelope import KeyRing, MasterKey
 from dispatch.secret_store import SecretStore
+from dispatch.tables import secret_keys
+from dispatch.tables import secrets as secrets_table
 from switchboard.config import load_settings
 from switchboard.migrate import upgrade
 from switchboard.secret_keys import (

@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from core.models import Outcome, RunStatus
 from core.ports import NullMetrics, Sender
 from core.replies import Delivery, Reply
-from core.tables import runs
 from dispatch.outbox import Outbox, OutboxSettings
+from dispatch.tables import runs
 from switchboard.app import inbox_processor
 from tests.conftest import Live, LiveFactory
 from tests.fakes.slack_api import BOT_USER_ID, SlackApi, signed_headers

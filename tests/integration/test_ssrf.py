@@ -21,7 +21,7 @@ from twilio.request_validator import RequestValidator
 
 from core.addresses import is_public_address
 from core.models import ReplyTarget, RunRequest, Source
-from core.tables import runs
+from dispatch.tables import runs
 from tests.conftest import Live, LiveFactory
 from tests.fakes.slack_api import BOT_USER_ID, SlackApi, signed_headers
 from tests.fakes.twilio_api import (

@@ -21,8 +21,9 @@ from sqlalchemy import text as sql
 from twilio.request_validator import RequestValidator
 
 from core.models import Outcome, ReplyTarget, RunRequest, Source
-from core.tables import deliveries, inbound_events, runs
+from dispatch.history import DeliveryFailureWriter
 from dispatch.inbox_tables import inbox_events
+from dispatch.tables import deliveries, runs
 from switchboard.app import ROLES
 from tests.conftest import Live, LiveFactory
 from tests.fakes.twilio_api import (
@@ -36,6 +37,7 @@ from tests.integration.deliveries import wait_for_delivery, wait_for_rows
 from triggers.whatsapp.message_log import MessageLog
 from triggers.whatsapp.parse import chat_key
 from triggers.whatsapp.sender import OUTSIDE_WINDOW
+from triggers.whatsapp.tables import inbound_events
 
 USER = "whatsapp:+15005550006"
 OTHER_NUMBER = "whatsapp:+14155550100"
@@ -407,7 +409,11 @@ async def test_status_callbacks_move_a_message_forward_only(
         response = await post_signed(http, live, callback, path="/twilio/status")
         assert response.status_code == 204
     await all_processed(live)
-    log = MessageLog(live.services.database, live.services.clock)
+    log = MessageLog(
+        live.services.database,
+        live.services.clock,
+        DeliveryFailureWriter(live.services.clock),
+    )
     [recorded] = await log.of_delivery(row["id"])
     assert (recorded["sid"], recorded["status"], recorded["part"]) == (sent.sid, "read", 0)
     failure = {"MessageSid": sent.sid, "MessageStatus": "undelivered", "ErrorCode": "63016"}
@@ -433,7 +439,11 @@ async def test_status_callbacks_that_arrive_before_the_message_is_recorded_are_k
     row = await wait_for_delivery(live, run["id"], "sent")
     assert twilio.callback_answers == [204, 204, 204]
     [sent] = twilio.messages
-    log = MessageLog(live.services.database, live.services.clock)
+    log = MessageLog(
+        live.services.database,
+        live.services.clock,
+        DeliveryFailureWriter(live.services.clock),
+    )
     [recorded] = await log.of_delivery(row["id"])
     assert (recorded["sid"], recorded["status"]) == (sent.sid, "delivered")
     async with live.services.database.read() as conn:

@@ -163,7 +163,7 @@ def processor(whatsapp: WhatsAppSettings) -> WhatsAppProcessor:
     async def ensure_owner(owner: str) -> None:
         owners.append(owner)
 
-    return WhatsAppProcessor(whatsapp, fetcher, MessageLog(unused, unused), ensure_owner)
+    return WhatsAppProcessor(whatsapp, fetcher, MessageLog(unused, unused, unused), ensure_owner)
 
 
 async def test_processing_makes_one_run_per_message_in_chat_order_with_its_keys(

@@ -20,6 +20,7 @@ from core.clock import Clock
 from core.db import Database
 from core.inbox import AcceptedEvent, ArrivingEvent, EventProcessor, Inbox, TriggerHealth
 from core.models import RunRecord
+from core.ports import ChatActivity, DeliveryFailures
 from triggers.files import FileStore
 from triggers.whatsapp.edge import PREFIX, TRIGGER, TwilioSignature, WhatsAppEdge
 from triggers.whatsapp.media import MediaFetcher
@@ -39,6 +40,8 @@ class WhatsAppDeps:
     database: Database
     clock: Clock
     ensure_owner: Callable[[str], Awaitable[object]]
+    chats: ChatActivity
+    delivery_failures: DeliveryFailures
 
 
 class WhatsAppChannel:
@@ -71,7 +74,7 @@ class WhatsAppChannel:
         stack.push_async_callback(media_http.aclose)
         api_http = TwilioHttpClient(settings.api_url, settings.send_timeout)
         stack.push_async_callback(api_http.close)
-        log = MessageLog(deps.database, deps.clock)
+        log = MessageLog(deps.database, deps.clock, deps.delivery_failures)
         self._processor = WhatsAppProcessor(
             settings,
             MediaFetcher(
@@ -92,7 +95,7 @@ class WhatsAppChannel:
         self._sender = WhatsAppSender(
             client,
             settings,
-            deps.database,
+            deps.chats,
             deps.clock,
             log,
             status_callback=self._public_url.rstrip("/") + PREFIX + "/status",

@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.clock import Clock
 from core.db import Database
-from core.tables import deliveries, inbound_events
-from triggers.whatsapp.tables import whatsapp_messages
+from core.ports import DeliveryFailures
+from triggers.whatsapp.tables import inbound_events, whatsapp_messages
 
 STATUS_RANK = {
     "accepted": 0,
@@ -47,9 +47,10 @@ EARLY_SOURCE = "twilio-status"
 class MessageLog:
     """Rows of ``whatsapp_messages``: one per message Twilio accepted for a delivery."""
 
-    def __init__(self, database: Database, clock: Clock) -> None:
+    def __init__(self, database: Database, clock: Clock, failures: DeliveryFailures) -> None:
         self._db = database
         self._clock = clock
+        self._failures = failures
 
     async def record_sent(self, delivery_id: int, part: int, sid: str, status: str) -> None:
         now = self._clock.now()
@@ -139,11 +140,7 @@ class MessageLog:
             error = f"WhatsApp message {sid} (part {applied.part + 1}) {status}"
             if code:
                 error += f": Twilio error {code}"
-            await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == applied.delivery_id)
-                .values(status="failed", last_error=error, updated_at=self._clock.now())
-            )
+            await self._failures.mark_failed(conn, applied.delivery_id, error)
         return True
 
     async def _merge_early(self, sid: str) -> None:

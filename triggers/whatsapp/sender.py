@@ -21,7 +21,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
 from core.clock import Clock
-from core.db import Database
+from core.ports import ChatActivity
 from core.replies import Delivery, Reply, SendResult
 from triggers.whatsapp.message_log import MessageLog
 from triggers.whatsapp.render import OutboundMessage, session_messages, template_message
@@ -42,7 +42,7 @@ class WhatsAppSender:
         self,
         client: Client,
         settings: WhatsAppSettings,
-        database: Database,
+        chats: ChatActivity,
         clock: Clock,
         log: MessageLog,
         *,
@@ -50,7 +50,7 @@ class WhatsAppSender:
     ) -> None:
         self._client = client
         self._settings = settings
-        self._db = database
+        self._chats = chats
         self._clock = clock
         self._log = log
         self._status_callback = status_callback
@@ -110,7 +110,7 @@ class WhatsAppSender:
         session = session_messages(reply)
         if done and done >= len(session):
             return []  # every part went before a crash kept the outbox from recording it
-        last = await last_inbound_at(self._db, sender, user)
+        last = await last_inbound_at(self._chats, sender, user)
         window = timedelta(hours=self._settings.window_hours)
         if last is not None and self._clock.now() - last < window:
             return session[done:]

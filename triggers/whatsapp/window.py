@@ -12,23 +12,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
-
-from core.db import Database
 from core.models import Source
-from core.tables import runs
+from core.ports import ChatActivity
 from triggers.whatsapp.parse import chat_key
 
 
-async def last_inbound_at(database: Database, our_number: str, user: str) -> datetime | None:
+async def last_inbound_at(chats: ChatActivity, our_number: str, user: str) -> datetime | None:
     """When ``user`` last wrote to ``our_number``, as far as this service knows."""
-    async with database.read() as conn:
-        moment: datetime | None = (
-            await conn.execute(
-                select(func.max(runs.c.created_at)).where(
-                    runs.c.serial_key == chat_key(our_number, user),
-                    runs.c.source == Source.WHATSAPP.value,
-                )
-            )
-        ).scalar()
-    return moment
+    return await chats.last_run_at(chat_key(our_number, user), Source.WHATSAPP)
