@@ -21,7 +21,12 @@ from dispatch.retention import Retention, RetentionSettings
 from dispatch.workers import WorkerPool
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import ScheduleRoutes
-from switchboard.channels import LateParts, configured_channels, run_started_to
+from switchboard.channels import (
+    LateParts,
+    configured_channels,
+    configured_triggers,
+    run_started_to,
+)
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.headers import set_security_headers
 from switchboard.http import body_deadline_middleware, error_middleware
@@ -96,8 +101,16 @@ def create_app(
 
 
 def inbox_admin(services: Services) -> InboxAdmin:
-    """The durable inbox as operators drive it (the CLI's triggers and inbox commands)."""
-    return services.inbox
+    """The durable inbox as operators drive it (the CLI's triggers and inbox commands).
+
+    No channel starts in a CLI command, so none registers its triggers: the names come from the
+    settings instead (without them, ``triggers list`` showed nothing and ``triggers suspend
+    whatsapp`` answered "not found" next to a server serving WhatsApp)."""
+    inbox = services.inbox
+    for trigger in configured_triggers(services.settings):
+        if trigger not in inbox.trigger_names:
+            inbox.register(trigger)
+    return inbox
 
 
 async def _api_routes(app: web.Application) -> AsyncIterator[None]:

@@ -26,10 +26,13 @@ from core.security import Signer
 from dispatch.history import DeliveryFailureWriter, RunHistoryReader
 from switchboard.settings import Settings
 from triggers.auth import KeyStore
+from triggers.email.channel import TRIGGERS as EMAIL_TRIGGERS
 from triggers.email.channel import EmailChannel, EmailDeps
 from triggers.files import FileStore
 from triggers.slack.channel import SlackChannel, SlackDeps
+from triggers.slack.edge import TRIGGER as SLACK_TRIGGER
 from triggers.whatsapp.channel import WhatsAppChannel, WhatsAppDeps
+from triggers.whatsapp.edge import TRIGGER as WHATSAPP_TRIGGER
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,17 @@ def configured_channels(
             )
         )
     return channels
+
+
+def configured_triggers(settings: Settings) -> list[str]:
+    """The trigger names of the channels :func:`configured_channels` builds, without building
+    them: a CLI command starts no channel (no SMTP port, no Slack connection) yet must know them."""
+    names = list(EMAIL_TRIGGERS)
+    if settings.slack.enabled:
+        names.append(SLACK_TRIGGER)
+    if settings.whatsapp.enabled:
+        names.append(WHATSAPP_TRIGGER)
+    return names
 
 
 def _slack(parts: ChannelParts) -> SlackDeps:

@@ -7,12 +7,14 @@ SIGKILL), and the tails of their output are attached to the report of a failed t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.e2e.harness import ServerProcess, Service
+from tests.fakes.twilio_api import FakeTwilioApi, running_twilio_api
 
 SERVERS_KEY = pytest.StashKey[list[ServerProcess]]()
 
@@ -53,6 +55,13 @@ def service(make_service: ServiceFactory, database_url: str, workflow_cache: Pat
             "SWITCHBOARD_RUNTIME__SANDBOX": "process",
         }
     )
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[FakeTwilioApi]:
+    """The fake Twilio API, in this test's event loop: the servers' WhatsApp replies go there."""
+    async with running_twilio_api(free_port()) as fake:
+        yield fake
 
 
 @pytest.hookimpl(wrapper=True)

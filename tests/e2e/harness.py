@@ -205,17 +205,18 @@ class Service:
         assert self._servers, "no server was started"
         return self._servers[-1]
 
-    def start(self, **settings: str) -> ServerProcess:
-        """Start ``switchboard serve`` on a free port; ``settings`` are extra SWITCHBOARD_* vars."""
+    def start(self, *args: str, **settings: str) -> ServerProcess:
+        """Start ``switchboard serve <args>`` on a free port; ``settings`` are extra
+        SWITCHBOARD_* vars."""
         self._count += 1
         port = free_port()
         env = {**self.env, "SWITCHBOARD_SERVER__PORT": str(port), **settings}
-        process = ServerProcess(f"server-{self._count}", env, port, self.tmp)
+        process = ServerProcess(f"server-{self._count}", env, port, self.tmp, args)
         self._servers.append(process)
         return process
 
-    async def start_ready(self, **settings: str) -> ServerProcess:
-        process = self.start(**settings)
+    async def start_ready(self, *args: str, **settings: str) -> ServerProcess:
+        process = self.start(*args, **settings)
         await process.wait_ready()
         return process
 

@@ -22,11 +22,16 @@ from core.ports import NullMetrics
 from core.security import Signer
 from dispatch.history import RunHistoryReader
 from dispatch.tables import runs
+from switchboard.app import inbox_admin
+from switchboard.channels import configured_triggers
 from switchboard.cli import _parser
 from switchboard.http import error_middleware
 from switchboard.inbox_commands import InboxCommand
 from switchboard.migrate import upgrade
-from tests.conftest import Live, make_settings
+from switchboard.services import open_services
+from tests.conftest import Live, LiveFactory, make_settings
+from tests.fakes.slack_api import SlackApi
+from tests.fakes.twilio_api import FakeTwilioApi
 from tests.integration.inbox_helpers import InboxNode, RunPerMessage, event, wait_for_status
 from triggers.auth import Authenticator, KeyRole, KeyStore
 from triggers.inbox_api import InboxRoutes
@@ -162,8 +167,9 @@ async def test_the_cli_commands_work_on_the_servers_database(
     shown = await cli("inbox", "show", accepted.id, "--body")
     assert "from the cli" in shown and "x-test: 1" in shown
     assert "(none)" in await cli("inbox", "list", "--status", "failed")
-    # No channel is configured here, so the CLI's inbox knows no trigger to list.
-    assert (await cli("triggers", "list")).strip() == "(none)"
+    # The CLI starts no channel, yet lists what the server would: email is always configured.
+    listed_triggers = json.loads(await cli("triggers", "list", "--json"))["triggers"]
+    assert [t["name"] for t in listed_triggers] == ["email:mailgun", "email:sendgrid", "email:smtp"]
 
 
 async def test_the_server_serves_the_routes_to_its_admin_key_only(live: Live) -> None:
@@ -178,3 +184,19 @@ async def test_the_server_serves_the_routes_to_its_admin_key_only(live: Live) ->
         assert page.json() == {"events": [], "next_cursor": None}
         member = await http.get("/api/v1/inbox", headers={"Authorization": live.key})
         assert member.status_code == 403
+
+
+async def test_the_cli_knows_every_trigger_a_server_with_all_channels_registers(
+    live_factory: LiveFactory, slack: SlackApi, twilio: FakeTwilioApi
+) -> None:
+    # The CLI starts no channel: configured_triggers must name what the started channels do.
+    live = await live_factory.start(
+        slack=slack.slack_section("signing-secret", workflow="echo"),
+        whatsapp=twilio.whatsapp_section(workflow="echo"),
+    )
+    names = live.services.inbox.trigger_names
+    assert {"slack", "whatsapp", "email:smtp"} <= set(names)
+    assert sorted(configured_triggers(live.services.settings)) == names
+    async with open_services(live.services.settings, migrate=False) as services:
+        admin = inbox_admin(services)
+        assert [health.name for health in await admin.triggers()] == names
