@@ -92,7 +92,6 @@ def run_request_for(
     idempotency_key: str | None,
     serial_key: str,
     context: dict[str, str] | None = None,
-    held: bool = False,
 ) -> RunRequest:
     """The run for a message a channel received: ``workflow`` gets :meth:`InboundMessage.to_inputs`
     as its JSON body; the run's source is the message's channel."""
@@ -105,5 +104,4 @@ def run_request_for(
         idempotency_key=idempotency_key,
         serial_key=serial_key,
         context=context or {},
-        held=held,
     )

@@ -90,12 +90,6 @@ class RunRequest(_Frozen):
         default=None, description="fill this provisioned husk instead of creating a new run"
     )
     run_id: str | None = Field(default=None, description="use this id for a new run")
-    held: bool = Field(
-        default=False,
-        description="store the run as provisioned (deduplicated, and holding back later runs of "
-        "its serial key) until a submit with ``provisioned_run_id`` fills it in and queues it: "
-        "an intake that must fetch more (a message's media) after acknowledging its source",
-    )
 
 
 @dataclass(frozen=True, slots=True)

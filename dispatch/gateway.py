@@ -78,7 +78,7 @@ class QueueGateway:
     async def submit(self, request: RunRequest, *, waited: bool = False) -> SubmittedRun:
         if request.run_id is not None:
             TRACE.mark(request.run_id, "intake.queued")
-        workers = self._local if waited and not request.held else None
+        workers = self._local if waited else None
         if workers is not None and workers.reserve():
             committed = self._intake.submit_nowait(LocalRun(request, workers.worker_id))
             # Adopted when committed, even if this caller has gone: a run leased to this node
@@ -91,7 +91,7 @@ class QueueGateway:
         if not isinstance(submitted, SubmittedRun):
             raise TypeError("intake returned a husk id for a run request")
         TRACE.mark(submitted.id, "intake.committed")
-        if submitted.created and not request.held:  # a held run counts once, when filled in
+        if submitted.created:
             self._metrics.run_accepted(request.source.value)
         self._events.notify(submitted.id)
         if not isinstance(result, ClaimedHere):  # else its worker has it already

@@ -153,7 +153,7 @@ class InboxProcessor:
             due = time.monotonic() + (finished.retry_at - self._clock.now()).total_seconds()
             self._retry_due = due if self._retry_due is None else min(self._retry_due, due)
         for request, submitted in finished.runs:
-            if submitted.created and not request.held:
+            if submitted.created:
                 self._metrics.run_accepted(request.source.value)
             self._run_events.notify(submitted.id)
         if finished.runs:

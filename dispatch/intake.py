@@ -4,8 +4,8 @@
 place that knows a new run's row. Dedupe happens here: a repeated idempotency key (in the batch
 or already stored) yields the run that key made; a provisioned husk is filled exactly once.
 
-A ``held`` run request is stored provisioned (with its idempotency and serial keys) and filled
-later by a request of the same source naming it in ``provisioned_run_id``. On PostgreSQL two
+A provisioned husk (``/provision-request``) is filled by a request of the same source naming it
+in ``provisioned_run_id``. On PostgreSQL two
 nodes can insert the same idempotency key at once (neither sees the other's row before it
 commits): the insert skips a conflicting key and the run that key made is read back instead, so
 the duplicate is answered as a duplicate rather than failing its batch.
@@ -290,7 +290,7 @@ class IntakeWriter:
         self, conn: AsyncConnection, item: RunRequest, now: datetime
     ) -> SubmittedRun | BaseException:
         run_id = item.provisioned_run_id or ""
-        values = _run_row(item.model_copy(update={"held": False}), now)
+        values = _run_row(item, now)
         for column in ("id", "created_at", "idempotency_key"):
             values.pop(column)
         values["correlation_id"] = item.correlation_id or run_id
@@ -300,7 +300,7 @@ class IntakeWriter:
                 runs.c.id == run_id,
                 runs.c.owner_id == item.owner_id,
                 runs.c.status == RunStatus.PROVISIONED,
-                # A run held by one intake is filled by that intake only (an API husk by the API).
+                # A husk is filled by the intake that made it only (an API husk by the API).
                 runs.c.source == item.source.value,
             )
             .values(**values)
@@ -380,7 +380,7 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "workflow_version": None,
         "path": item.path,
         "method": item.method,
-        "status": RunStatus.PROVISIONED if item.held else RunStatus.QUEUED,
+        "status": RunStatus.QUEUED,
         "source": item.source.value,
         "reply_target": None
         if item.reply_target is None
@@ -392,5 +392,5 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "request_body": item.body,
         "attempts": 0,
         "created_at": now,
-        "queued_at": None if item.held else now,
+        "queued_at": now,
     }

@@ -104,7 +104,7 @@ class RunQueue:
         Limits (DESIGN §1 step 2): ``per_workflow_limit`` running runs per workflow,
         ``per_owner_limit`` per owner, and one running run per ``serial_key`` (one chat, one
         queued schedule), taken in arrival order: a run waits while an earlier run with its key
-        is unfinished, including one still held (provisioned) by its intake. Order (README
+        is unfinished. Order (README
         "Fair claiming"): runs whose worker stopped first, then schedules and conversations,
         then API runs, each oldest first; an owner at its limit is passed over, so one owner's
         burst never holds another owner's run back for longer than a worker takes to free up.
@@ -250,9 +250,7 @@ class RunQueue:
             runs.c.serial_key.is_(None),
             ~exists().where(
                 earlier.c.serial_key == runs.c.serial_key,
-                # A provisioned run with a key is held by its intake (a WhatsApp message
-                # whose media is still downloading): the chat's later runs wait for it too.
-                earlier.c.status.in_((RunStatus.PROVISIONED, RunStatus.QUEUED, RunStatus.RUNNING)),
+                earlier.c.status.in_((RunStatus.QUEUED, RunStatus.RUNNING)),
                 or_(
                     earlier.c.created_at < runs.c.created_at,
                     and_(earlier.c.created_at == runs.c.created_at, earlier.c.id < runs.c.id),

@@ -181,7 +181,6 @@ async def test_processing_makes_one_run_per_message_in_chat_order_with_its_keys(
     target = requests[0].reply_target
     assert target is not None and target.address == USER
     assert target.details == {"from": SANDBOX_NUMBER, "message_sid": sids[0]}
-    assert not any(r.held for r in requests)  # media no longer holds a run (issue 12)
     inputs = json.loads(requests[0].body or "")
     assert inputs["received_at"] == isoformat(edge.inbox.entries[0].event.received_at)
 
