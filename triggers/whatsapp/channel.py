@@ -66,9 +66,11 @@ class WhatsAppChannel:
         self._processor: WhatsAppProcessor | None = None
         self._sender: WhatsAppSender | None = None
         self._app: web.Application | None = None
+        self._inbox = _StartedInbox()
 
     async def start(self, stack: AsyncExitStack) -> None:
         settings, deps = self._settings, self._deps()
+        self._inbox.inbox = deps.inbox
         auth_token = self._auth_token
         media_http = httpx.AsyncClient(follow_redirects=True, timeout=settings.media_timeout)
         stack.push_async_callback(media_http.aclose)
@@ -104,7 +106,7 @@ class WhatsAppChannel:
     def edge(self) -> web.Application:
         if self._app is None:
             signature = TwilioSignature(self._auth_token, self._public_url)
-            self._app = WhatsAppEdge(_StartedInbox(self._deps), signature).app()
+            self._app = WhatsAppEdge(self._inbox, signature).app()
         return self._app
 
     @property
@@ -125,10 +127,11 @@ class WhatsAppChannel:
 
 
 class _StartedInbox:
-    """The services' inbox, looked up per event: the edge exists before the services do."""
+    """The services' inbox once the channel started: the edge is mounted before it exists."""
 
-    def __init__(self, deps: Callable[[], WhatsAppDeps]) -> None:
-        self._deps = deps
+    inbox: Inbox | None = None
 
     async def accept(self, event: ArrivingEvent) -> AcceptedEvent:
-        return await self._deps().inbox.accept(event)
+        if self.inbox is None:
+            raise web.HTTPServiceUnavailable(text="the WhatsApp channel is starting")
+        return await self.inbox.accept(event)
