@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from core.clock import Clock
@@ -55,8 +56,9 @@ class SchedulerNode:
         self.leading = asyncio.Event()
         self.engine: ScheduleEngine | None = None
 
-    def start(self) -> None:
+    async def start(self, stack: AsyncExitStack) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler:node")
+        stack.push_async_callback(self.aclose)
 
     def wake(self) -> None:
         """A schedule changed on this node: look at the table now, not at the next poll."""
