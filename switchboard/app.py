@@ -27,7 +27,7 @@ from dispatch.inbox_processor import InboxProcessor
 from dispatch.inbox_queue import InboxQueue
 from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
-from dispatch.retention import Retention, RetentionSettings
+from dispatch.retention import Retention
 from dispatch.workers import WorkerPool
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import ScheduleRoutes
@@ -217,7 +217,10 @@ async def _start_worker(
     services.gateway.serve_locally(pool)
     stack.callback(services.gateway.serve_locally, None)
     await inbox_processor(services, owner=pool_owner).start(stack)
-    await retention(services).start(stack)
+    settings = services.settings
+    await Retention(services.database, services.clock, settings.runtime, settings.inbox).start(
+        stack
+    )
 
 
 def inbox_processor(services: Services, *, owner: str) -> InboxProcessor:
@@ -245,23 +248,6 @@ def inbox_processor(services: Services, *, owner: str) -> InboxProcessor:
         run_events=services.events,
         metrics=services.metrics,
         on_finished=services.inbox.finished.notify,
-    )
-
-
-def retention(services: Services) -> Retention:
-    runtime, inbox = services.settings.runtime, services.settings.inbox
-    return Retention(
-        services.database,
-        services.clock,
-        RetentionSettings(
-            interval=runtime.retention_interval,
-            min_age=runtime.retention_min_age,
-            runs_max_age_days=runtime.runs_max_age_days,
-            runs_max_count=runtime.runs_max_count,
-            events_max_age_days=inbox.max_age_days,
-            events_max_count=inbox.max_count,
-            body_max_age_days=inbox.body_max_age_days,
-        ),
     )
 
 
