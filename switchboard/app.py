@@ -45,7 +45,7 @@ from switchboard.metrics import PrometheusMetrics
 from switchboard.sandboxing import ConfiguredRunner
 from switchboard.services import Services, start_services
 from switchboard.settings import Settings
-from triggers.api import ApiSettings, RuntimeApi
+from triggers.api import RuntimeApi
 from triggers.files import FileRoutes
 from triggers.inbox_api import InboxRoutes
 from triggers.secrets_api import SecretRoutes
@@ -160,7 +160,8 @@ def _add_api_routes(app: web.Application, services: Services) -> None:
         services.gateway,
         services.auth,
         services.files,
-        ApiSettings(sync_timeout=runtime.sync_timeout, logs_max_seconds=runtime.logs_max_seconds),
+        sync_timeout=runtime.sync_timeout,
+        logs_max_seconds=runtime.logs_max_seconds,
     )
     for routes in (
         app[API].route_table(),

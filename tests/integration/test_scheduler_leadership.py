@@ -11,11 +11,12 @@ from core.clock import SystemClock, parse_iso
 from scheduler.engine import jitter_delay
 from scheduler.leadership import FileLock, leadership_for
 from scheduler.models import ScheduleSpec
-from scheduler.node import NodeSettings, SchedulerNode
+from scheduler.node import SchedulerNode
+from scheduler.settings import SchedulerSettings
 from tests.conftest import Live, LiveFactory
 from tests.integration.schedule_helpers import EVERY_SECOND, eventually, schedule_runs
 
-FAST = NodeSettings(standby_retry=0.05, poll_interval=0.1)
+FAST = SchedulerSettings(standby_retry=0.05, poll_interval=0.1)
 
 
 async def test_two_nodes_on_one_database_take_turns_leading(live_factory: LiveFactory) -> None:
