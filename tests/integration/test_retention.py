@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,21 +14,13 @@ from dispatch.queue import RunQueue
 from dispatch.retention import Retention
 from dispatch.settings import InboxSettings, RuntimeSettings
 from dispatch.tables import deliveries, run_logs, runs
-from switchboard.migrate import upgrade
 from tests.integration.inbox_helpers import InboxNode, ManualClock, event, event_rows
-from triggers.auth import KeyStore
 from triggers.whatsapp.tables import whatsapp_messages
 
 DONE = Outcome.from_response(200, b"{}", "application/json")
 
 
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    await upgrade(db)
-    await KeyStore(db, ManualClock()).ensure_owner("default")
-    yield db
-    await db.dispose()
+pytestmark = pytest.mark.usefixtures("default_owner")
 
 
 def retention(
