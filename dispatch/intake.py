@@ -173,13 +173,9 @@ class IntakeWriter:
                 if item.idempotency_key is not None:
                     by_key[item.idempotency_key] = [index]
         if by_key:
-            stored = await conn.execute(
-                select(runs).where(runs.c.idempotency_key.in_(list(by_key)))
-            )
-            for existing in stored.mappings():
-                key = existing["idempotency_key"]
+            for key, run_id, status in await self._stored_keys(conn, list(by_key)):
                 rows = [r for r in rows if r["idempotency_key"] != key]
-                earlier = SubmittedRun(existing["id"], RunStatus(existing["status"]), created=False)
+                earlier = SubmittedRun(run_id, RunStatus(status), created=False)
                 for index in by_key.pop(key):
                     results[index] = earlier
             for indexes in by_key.values():
@@ -192,6 +188,25 @@ class IntakeWriter:
             if skipped:
                 await self._answer_skipped(conn, skipped, items, results)
         return [r if r is not None else RuntimeError("intake item not handled") for r in results]
+
+    async def _stored_keys(
+        self, conn: AsyncConnection, keys: list[str]
+    ) -> list[tuple[str, str, str]]:
+        """(idempotency key, run id, status) of the runs some of ``keys`` made already.
+
+        Every inbox event's run requests carry a key, so the processor's batches ask this each
+        time: on SQLite in one driver call (dispatch/sqlite_driver), not SQLAlchemy's four.
+        """
+        if self._db.is_sqlite:
+            marks = ", ".join("?" * len(keys))
+            sql = f"SELECT idempotency_key, id, status FROM runs WHERE idempotency_key IN ({marks})"  # noqa: S608
+            return [(k, i, s) for k, i, s in await sqlite_driver.fetchall(conn, sql, keys)]
+        stored = await conn.execute(
+            select(runs.c.idempotency_key, runs.c.id, runs.c.status).where(
+                runs.c.idempotency_key.in_(keys)
+            )
+        )
+        return [(k, i, s) for k, i, s in stored]
 
     async def _claim_local(
         self,
