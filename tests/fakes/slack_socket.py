@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 APP_ID = "A111"
 
@@ -45,6 +45,8 @@ class SocketMode:
     """Acks by envelope id, as received."""
     refuse: str | None = None
     """``apps.connections.open`` fails with this error (Socket Mode turned off, a bad token)."""
+    answer_pings: bool = True
+    """``False``: new connections never pong (a half-dead connection the client must notice)."""
     _tickets: set[str] = field(default_factory=set)
     _lost: bool = False
     _numbers: itertools.count[int] = field(default_factory=itertools.count)
@@ -73,7 +75,7 @@ class SocketMode:
         if ticket not in self._tickets:
             raise web.HTTPForbidden(text="unknown or used ticket")
         self._tickets.discard(ticket)
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(autoping=self.answer_pings)
         await ws.prepare(request)
         link = Link(next(self._numbers), ws, request)
         await self._change(lambda: self.links.append(link))
@@ -88,6 +90,8 @@ class SocketMode:
         )
         try:
             async for frame in ws:
+                if frame.type is not WSMsgType.TEXT:
+                    continue  # a ping left unanswered (autoping off)
                 message = json.loads(frame.data)
                 if "envelope_id" in message and not self._lost:
                     await self._ack(message)
