@@ -55,8 +55,8 @@ async def all_taken(slack: SlackApi) -> None:
         await fake.wait_for(lambda: not fake.unacked() or not fake.links, timeout=5)
 
 
-def stored(node: Node) -> list[str | None]:
-    return sorted(entry.event.dedupe_key for entry in node.inbox.entries)
+def stored(node: Node) -> list[str]:
+    return sorted(str(entry.event.dedupe_key) for entry in node.inbox.entries)
 
 
 async def test_refresh_disconnect_and_a_dropped_connection_lose_nothing(
