@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class SocketMode:
     """Envelopes by id, as sent."""
     acks: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Acks by envelope id, as received."""
+    acked_at: dict[str, float] = field(default_factory=dict)
+    """When each ack arrived (``time.monotonic``), for the benchmark's latencies."""
     refuse: str | None = None
     """``apps.connections.open`` fails with this error (Socket Mode turned off, a bad token)."""
     answer_pings: bool = True
@@ -155,6 +158,7 @@ class SocketMode:
     async def _ack(self, message: dict[str, Any]) -> None:
         async with self._changed:
             self.acks[message["envelope_id"]] = message
+            self.acked_at[message["envelope_id"]] = time.monotonic()
             self._changed.notify_all()
 
     async def _change(self, change: Callable[[], object]) -> None:
