@@ -289,6 +289,7 @@ class SlackApi:
         try:
             yield fake
         finally:
+            await fake.socket.close()
             await runner.cleanup()
 
 

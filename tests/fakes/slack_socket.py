@@ -151,6 +151,11 @@ class SocketMode:
         assert link.request.transport is not None
         link.request.transport.abort()
 
+    async def close(self) -> None:
+        """Close every connection (the server's shutdown would wait for their handlers)."""
+        for link in list(self.links):
+            await link.ws.close()
+
     async def wait_for(self, condition: Callable[[], object], timeout: float = 20.0) -> None:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: bool(condition()))
