@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 
 from dispatch.tables import runs
 from tests.conftest import Live, LiveFactory
-from tests.fakes.slack_api import BOT_USER_ID, SlackApi
+from tests.fakes.slack_api import BOT_USER_ID, SlackApi, signed_headers
 
 _ts = itertools.count(100)
 
@@ -143,3 +144,23 @@ async def test_two_nodes_with_sockets_make_one_run_per_event(
     await slack.wait_for(lambda: len(slack.posts) >= 6)
     assert await stored_runs(first) == 6
     assert sorted(post.args["text"] for post in slack.posts) == [f"m{n}" for n in range(6)]
+
+
+async def test_an_event_delivered_over_http_and_the_socket_runs_once(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    secret = "socket-and-http"
+    live = await start(live_factory, slack, signing_secret=secret, http_events=True)
+    payload = mention_envelope("both ways", event_id="EvBOTH")
+    raw = json.dumps(payload)
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(
+            f"{live.url}/slack/events", content=raw, headers=signed_headers(secret, raw)
+        )
+    assert answer.status_code == 200
+    envelope = await slack.socket.send("events_api", payload)
+    await slack.socket.wait_for(lambda: envelope in slack.socket.acks)
+    await slack.wait_for(lambda: slack.posts)
+    assert await stored_runs(live) == 1 and len(slack.posts) == 1
+    names = {each.name for each in await live.services.inbox.triggers()}
+    assert {"slack", "slack:socket"} <= names
