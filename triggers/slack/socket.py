@@ -236,7 +236,13 @@ class SlackSocket:
         """A fresh URL for every connection (each is a single-use ticket), then ``hello``."""
         opened = await self._web.apps_connections_open(app_token=self._token)
         url = str(opened["url"])
-        ws = await self._session.ws_connect(url, heartbeat=self.settings.socket_ping_interval)
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                ws = await self._session.ws_connect(
+                    url, heartbeat=self.settings.socket_ping_interval
+                )
+        except aiohttp.ClientResponseError as exc:  # its text names the URL: a ticket, not logged
+            raise ConnectionError(f"the WebSocket handshake answered {exc.status}") from None
         try:
             async with asyncio.timeout(HELLO_TIMEOUT):
                 hello = await ws.receive_json()
