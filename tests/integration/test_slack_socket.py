@@ -164,3 +164,22 @@ async def test_an_event_delivered_over_http_and_the_socket_runs_once(
     assert await stored_runs(live) == 1 and len(slack.posts) == 1
     names = {each.name for each in await live.services.inbox.triggers()}
     assert {"slack", "slack:socket"} <= names
+
+
+async def test_a_suspended_socket_trigger_acks_and_holds_then_resumes_and_replays(
+    live_factory: LiveFactory, slack: SlackApi
+) -> None:
+    live = await start(live_factory, slack)
+    inbox = live.services.inbox
+    await inbox.suspend("slack:socket")
+    envelope = await slack.socket.send("events_api", mention_envelope("wait", event_id="EvHOLD"))
+    await slack.socket.wait_for(lambda: envelope in slack.socket.acks)
+    [held], _ = await inbox.events(
+        trigger="slack:socket", status=None, limit=10, cursor=None, include_body=False
+    )
+    assert held.status == "held" and slack.posts == []
+    await inbox.resume("slack:socket")
+    await slack.wait_for(lambda: slack.posts)
+    [run] = await inbox.replay(held.id)
+    await slack.wait_for(lambda: len(slack.posts) == 2)
+    assert run and [post.args["text"] for post in slack.posts] == ["wait", "wait"]
