@@ -13,9 +13,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.e2e.harness import Service, wait_until
+from tests.e2e.harness import ServerProcess, Service, bearer, wait_until
 from tests.fakes.slack_api import BOT_USER_ID, SlackApi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -31,9 +32,13 @@ def write_config(service: Service, slack: SlackApi) -> Path:
     return path
 
 
-async def inbox_events(service: Service, config: Path) -> list[dict[str, Any]]:
-    listed = await service.cli("inbox", "list", "--json", "--config", str(config))
-    events: list[dict[str, Any]] = json.loads(listed.stdout)["events"]
+async def inbox_events(service: Service, node: ServerProcess) -> list[dict[str, Any]]:
+    """``GET /api/v1/inbox`` with the admin key (a CLI call boots the services: seconds)."""
+    key = (service.data_dir / "admin.key").read_text().strip()
+    async with httpx.AsyncClient(timeout=30) as http:
+        answer = await http.get(f"{node.url}/api/v1/inbox", headers=bearer(key))
+    answer.raise_for_status()
+    events: list[dict[str, Any]] = answer.json()["events"]
     return events
 
 
@@ -57,7 +62,7 @@ async def test_an_envelope_stored_but_not_acked_runs_once_after_a_kill(
     envelope = await fake.send("events_api", payload)
 
     async def stored() -> list[dict[str, Any]] | None:
-        return await inbox_events(service, config) or None
+        return await inbox_events(service, web) or None
 
     [held] = await wait_until(stored, 30, "the envelope to be stored")
     assert (held["trigger"], held["status"], held["dedupe_key"]) == (
@@ -70,14 +75,14 @@ async def test_an_envelope_stored_but_not_acked_runs_once_after_a_kill(
     assert fake.unacked() == [envelope] and slack.posts == []
 
     fake.lose_acks(False)
-    await service.start_ready("--config", str(config))
+    node = await service.start_ready("--config", str(config))
     await fake.wait_for(lambda: fake.links, timeout=30)
     again = await fake.redeliver(envelope)
     await fake.wait_for(lambda: again in fake.acks, timeout=30)
     await slack.wait_for(lambda: slack.posts, timeout=60)
 
     async def processed() -> dict[str, Any] | None:
-        [event] = await inbox_events(service, config)
+        [event] = await inbox_events(service, node)
         return event if event["status"] == "processed" else None
 
     done = await wait_until(processed, 30, "the inbox event to be processed")
