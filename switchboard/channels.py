@@ -30,7 +30,7 @@ from triggers.email.channel import TRIGGERS as EMAIL_TRIGGERS
 from triggers.email.channel import EmailChannel, EmailDeps
 from triggers.files import FileStore
 from triggers.slack.channel import SlackChannel, SlackDeps
-from triggers.slack.edge import TRIGGER as SLACK_TRIGGER
+from triggers.slack.channel import configured_triggers as slack_triggers
 from triggers.whatsapp.channel import WhatsAppChannel, WhatsAppDeps
 from triggers.whatsapp.edge import TRIGGER as WHATSAPP_TRIGGER
 
@@ -71,7 +71,9 @@ def configured_channels(
         EmailChannel(settings.email, lambda: _email(settings, parts()), listen="web" in roles)
     ]
     if settings.slack.enabled:
-        channels.append(SlackChannel(settings.slack, lambda: _slack(parts())))
+        channels.append(
+            SlackChannel(settings.slack, lambda: _slack(parts()), listen="web" in roles)
+        )
     if settings.whatsapp.enabled:
         channels.append(
             WhatsAppChannel(
@@ -86,7 +88,7 @@ def configured_triggers(settings: Settings) -> list[str]:
     them: a CLI command starts no channel (no SMTP port, no Slack connection) yet must know them."""
     names = list(EMAIL_TRIGGERS)
     if settings.slack.enabled:
-        names.append(SLACK_TRIGGER)
+        names += slack_triggers(settings.slack)
     if settings.whatsapp.enabled:
         names.append(WHATSAPP_TRIGGER)
     return names

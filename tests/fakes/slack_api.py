@@ -2,7 +2,8 @@
 
 Methods: ``auth.test``, ``chat.postMessage``, ``reactions.add/remove``, ``users.info``,
 ``files.getUploadURLExternal`` + the upload URL + ``files.completeUploadExternal`` (the
-``files_upload_v2`` flow), ``oauth.v2.access``; plus ``response_url`` endpoints for slash commands
+``files_upload_v2`` flow), ``oauth.v2.access``, ``apps.connections.open`` (Socket Mode:
+tests/fakes/slack_socket.py); plus ``response_url`` endpoints for slash commands
 and private file downloads. Failures are programmed per method with :meth:`SlackApi.fail_next`
 (HTTP 429 with ``Retry-After``, HTTP 200 or 500 ``ok: false``, or a dropped connection). Tests
 (Slack's and the scheduler's) wait on what arrived with :meth:`SlackApi.wait_for`.
@@ -27,6 +28,8 @@ from typing import Any
 
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
+
+from tests.fakes.slack_socket import SocketMode
 
 BOT_USER_ID = "UBOT"
 BOT_ID = "BBOT"
@@ -71,6 +74,8 @@ class SlackApi:
     """User id → display name for ``users.info``."""
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Bot token → (team id, bot user id), for ``auth.test``; unknown tokens are ``TEAM_ID``."""
+    socket: SocketMode = field(default_factory=SocketMode)
+    """Socket Mode: ``apps.connections.open`` answers a URL of this fake's WebSocket end."""
     holds: dict[str, asyncio.Event] = field(default_factory=dict)
     """Method → an event its calls wait for before being answered (a slow Slack)."""
     _failures: dict[str, list[_Failure]] = field(default_factory=dict)
@@ -85,6 +90,17 @@ class SlackApi:
         """The server's ``slack`` settings aimed at this fake: a bot token, no channel pacing."""
         return {
             "signing_secret": signing_secret,
+            "bot_token": "xoxb-test",
+            "api_url": self.api_url,
+            "channel_interval": 0,
+            **overrides,
+        }
+
+    def socket_section(self, **overrides: Any) -> dict[str, Any]:
+        """The ``slack`` settings of a Socket Mode app aimed at this fake (no signing secret)."""
+        return {
+            "app_token": "xapp-test",
+            "socket_mode": True,
             "bot_token": "xoxb-test",
             "api_url": self.api_url,
             "channel_interval": 0,
@@ -181,6 +197,8 @@ class SlackApi:
                 "team_id": team,
                 "team": "Test",
             }
+        if method == "apps.connections.open":
+            return self.socket.ticket(token)
         if method == "chat.postMessage":
             self._ts += 1
             ts = f"1800000000.{self._ts:06d}"
@@ -259,6 +277,7 @@ class SlackApi:
         app.router.add_post("/upload/{file_id}", fake.upload)
         app.router.add_post("/response/{name}", fake.respond)
         app.router.add_get("/files-pri/{name}", fake.private_file)
+        app.router.add_get("/link", fake.socket.link)
         runner = web.AppRunner(app)
         await runner.setup()
         with socket.socket() as probe:
@@ -266,9 +285,11 @@ class SlackApi:
             port = probe.getsockname()[1]
         await web.TCPSite(runner, "127.0.0.1", port).start()
         fake.base_url = f"http://127.0.0.1:{port}"
+        fake.socket.ws_url = f"ws://127.0.0.1:{port}/link"
         try:
             yield fake
         finally:
+            await fake.socket.close()
             await runner.cleanup()
 
 
