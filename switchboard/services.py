@@ -256,6 +256,7 @@ async def open_services(
             poll_interval=settings.inbox.poll_interval,
         )
         parts = parts if parts is not None else LateParts()
+        secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
         parts.parts = ChannelParts(
             settings=settings,
             database=database,
@@ -266,8 +267,8 @@ async def open_services(
             inbox=inbox,
             gateway=gateway,
             history=RunHistoryReader(database),
+            secrets=secrets,
         )
-        secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
         if migrate and (problem := await secrets.check_keys()) is not None:
             logger.warning("secrets: %s", problem)
         in_flight_secrets = InFlightSecrets()
