@@ -39,7 +39,8 @@ class Folder:
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
-_SEARCH = re.compile(rb"^SEARCH\b(.*)$")
+_SEARCH = re.compile(rb"^(?:SEARCH)?\s*([\d ]+)$")
+"""A SEARCH result line; aioimaplib strips ``* SEARCH`` from the untagged response."""
 
 
 class ImapSession:
