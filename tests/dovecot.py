@@ -59,7 +59,9 @@ class ImapUser:
 class Dovecot:
     def __init__(self) -> None:
         if not DOVECOT.exists():
-            raise DovecotUnavailableError("dovecot is not installed (apt-get install dovecot-imapd)")
+            raise DovecotUnavailableError(
+                "dovecot is not installed (apt-get install dovecot-imapd)"
+            )
         self.root = Path(tempfile.mkdtemp(prefix="sb-dovecot-"))
         self.root.chmod(0o755)
         self.port = _free_port()
@@ -115,10 +117,11 @@ service anvil {{
 """
 
     def start(self) -> None:
-        self._process = subprocess.Popen(  # noqa: S603 - fixed binary, our own config
+        self._process = subprocess.Popen(
             [str(DOVECOT), "-F", "-c", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # stop() ends its imap processes too, as a reboot would
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -136,7 +139,8 @@ service anvil {{
         process, self._process = self._process, None
         if process is None:
             return
-        process.send_signal(signal.SIGTERM)
+        # The master alone leaves logged-in imap processes serving: end the whole group.
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(15)
         except subprocess.TimeoutExpired:
@@ -160,7 +164,7 @@ service anvil {{
         path = self.root / "dovecot.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def add_user(self, password: str = "imap-secret") -> ImapUser:
+    def add_user(self, password: str = "imap-secret") -> ImapUser:  # noqa: S107 - a test login
         """A new user with an empty Maildir (unique name: tests may share the server)."""
         name = f"u{uuid.uuid4().hex[:10]}"
         home = self.root / "mail" / name
@@ -171,7 +175,7 @@ service anvil {{
         return ImapUser(name=name, password=password, port=self.port)
 
     def doveadm(self, *args: str) -> str:
-        result = subprocess.run(  # noqa: S603 - fixed binary, our own config
+        result = subprocess.run(
             [str(DOVEADM), "-c", str(self.config), *args],
             capture_output=True,
             text=True,
@@ -224,6 +228,13 @@ class ImapAppender:
         fetched = await self.imap.fetch("1:*", "(FLAGS)")
         return [bytes(line).decode() for line in fetched.lines if b"FETCH" in bytes(line)]
 
+    async def unsee_all(self, folder: str = "INBOX") -> None:
+        """Clear ``\\Seen`` on every message (as a rebuilt mailbox would)."""
+        await self.imap.select(folder)
+        response = await self.imap.store("1:*", "-FLAGS", "(\\Seen)")
+        if response.result != "OK":
+            raise AssertionError(f"STORE failed: {response}")
+
     async def count(self, folder: str = "INBOX") -> int:
         response = await self.imap.status(folder, "(MESSAGES)")
         for line in response.lines:
@@ -242,4 +253,3 @@ def _free_port() -> int:
 
 def _me() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
-

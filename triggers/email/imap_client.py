@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,13 +73,13 @@ class ImapSession:
         session = cls(client, settings)
         session.lost = lost
         try:
-            await client.wait_hello_from_server()
+            await session._call(client.wait_hello_from_server())
             if settings.tls == "starttls":
                 await session._start_tls(context)
-            response = await client.login(settings.username, password)
+            response = await session._call(client.login(settings.username, password))
             if response.result != "OK":
                 raise LoginRefused(f"login refused: {_text(response)}")
-            await client.protocol.capability()  # servers add capabilities after login
+            await session._call(client.protocol.capability())  # servers add more after login
             folder = await session._select()
         except BaseException:
             await session.close()
@@ -104,7 +105,7 @@ class ImapSession:
         await protocol.capability()  # RFC 3501 §6.2.1: forget what was said before TLS
 
     async def _select(self) -> Folder:
-        response = await self._client.select(_quoted(self._settings.folder))
+        response = await self._call(self._client.select(_quoted(self._settings.folder)))
         if response.result != "OK":
             raise ImapError(f"SELECT {self._settings.folder} refused: {_text(response)}")
         validity = exists = None
@@ -126,7 +127,7 @@ class ImapSession:
         criteria = [f"UID {uid + 1}:*"]
         if unseen_only:
             criteria.append("UNSEEN")
-        response = await self._client.uid_search(*criteria, charset=None)
+        response = await self._call(self._client.uid_search(*criteria, charset=None))
         if response.result != "OK":
             raise ImapError(f"UID SEARCH refused: {_text(response)}")
         found: set[int] = set()
@@ -137,7 +138,7 @@ class ImapSession:
 
     async def fetch(self, uid: int) -> bytes | None:
         """The raw message (``BODY.PEEK[]`` sets no ``\\Seen``), ``None`` if it is gone."""
-        response = await self._client.uid("fetch", str(uid), "(UID BODY.PEEK[])")
+        response = await self._call(self._client.uid("fetch", str(uid), "(UID BODY.PEEK[])"))
         if response.result != "OK":
             raise ImapError(f"UID FETCH {uid} refused: {_text(response)}")
         for line in response.lines:
@@ -149,21 +150,21 @@ class ImapSession:
         """Flag ``\\Seen``, or move to ``processed_folder`` (RFC 6851 MOVE, else COPY + delete)."""
         target = self._settings.processed_folder
         if target is None:
-            response = await self._client.uid("store", str(uid), "+FLAGS.SILENT (\\Seen)")
+            response = await self._uid("store", str(uid), "+FLAGS.SILENT (\\Seen)")
         elif self._client.has_capability("MOVE"):
-            response = await self._client.uid("move", str(uid), _quoted(target))
+            response = await self._uid("move", str(uid), _quoted(target))
         else:
-            response = await self._client.uid("copy", str(uid), _quoted(target))
+            response = await self._uid("copy", str(uid), _quoted(target))
             if response.result == "OK":
-                response = await self._client.uid("store", str(uid), "+FLAGS.SILENT (\\Deleted)")
+                response = await self._uid("store", str(uid), "+FLAGS.SILENT (\\Deleted)")
             if response.result == "OK" and self._client.has_capability("UIDPLUS"):
-                response = await self._client.uid("expunge", str(uid))
+                response = await self._uid("expunge", str(uid))
         if response.result != "OK":
             raise ImapError(f"marking UID {uid} done refused: {_text(response)}")
 
     async def ensure_folder(self, name: str) -> None:
         """Create ``processed_folder`` if it is missing (``NO [ALREADYEXISTS]`` is fine)."""
-        await self._client.create(_quoted(name))
+        await self._call(self._client.create(_quoted(name)))
 
     async def idle(self, seconds: float) -> None:
         """Wait in IDLE (RFC 2177) until the server pushes anything, ``seconds`` pass (re-issue
@@ -188,15 +189,37 @@ class ImapSession:
         except TimeoutError as exc:
             raise ImapError("IDLE did not end after DONE") from exc
 
+    async def _uid(self, *args: str) -> Any:
+        return await self._call(self._client.uid(*args))
+
+    async def _call(self, command: Awaitable[Any]) -> Any:
+        """``command``'s result, or :class:`ImapError` as soon as the connection drops
+        (aioimaplib would otherwise wait for the command's timeout)."""
+        if self.lost.is_set():
+            raise ImapError("the connection was closed")
+        task = asyncio.ensure_future(command)
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            lost.cancel()
+        if not task.done():
+            task.cancel()
+            raise ImapError("the connection was closed")
+        return task.result()
+
     async def noop(self) -> None:
-        response = await self._client.noop()
+        response = await self._call(self._client.noop())
         if response.result != "OK":
             raise ImapError(f"NOOP refused: {_text(response)}")
 
     async def close(self) -> None:
         """Log out politely when the connection still stands; never raises."""
         try:
-            if not self.lost.is_set() and self._client.protocol.transport is not None:
+            if not self.lost.is_set() and not self._client.has_pending_idle():
                 async with asyncio.timeout(5):
                     await self._client.logout()
         except Exception:  # noqa: S110 - closing a connection that may be gone already
