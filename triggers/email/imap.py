@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 STANDBY_SECONDS = 1.0
 """How often a node not holding the mailbox tries to take its lock."""
 MAX_BACKOFF = 60.0
+BATCH = 50
+"""UIDs fetched, committed and flagged together (one round trip each, one group commit)."""
+BATCH_BYTES = 32 * 1024 * 1024
+"""Bytes of mail one fetch holds in memory at most."""
 
 PasswordOf = Callable[[MailboxSettings], Awaitable[str]]
 """The mailbox's password: ``password``, or its ``password_secret`` read from the store."""
@@ -165,9 +169,10 @@ class MailboxReader:
         # Flagging leaves read mail in the folder: on a fresh start take only the unseen.
         unseen_only = rescan and self._settings.processed_folder is None
         while True:
-            for uid in await session.uids_after(last_uid, unseen_only=unseen_only):
-                await self._take(session, uid_validity, uid)
-                last_uid = uid
+            uids = await session.uids_after(last_uid, unseen_only=unseen_only)
+            for batch, too_big in await self._batches(session, uids):
+                await self._take(session, uid_validity, batch, too_big=too_big)
+                last_uid = batch[-1]
             unseen_only = False
             await self._state.alive(self.name, self._holder)
             if session.can_idle:
@@ -176,25 +181,57 @@ class MailboxReader:
                 await asyncio.sleep(self._settings.poll_seconds)
                 await session.noop()
 
-    async def _take(self, session: ImapSession, uid_validity: int, uid: int) -> None:
-        raw = await session.fetch(uid)
-        if raw is None:  # expunged meanwhile
-            await self._state.took(self.name, uid)
-            return
-        if len(raw) > self._max_size:
-            logger.info("imap %s: UID %d refused: %d bytes", self.name, uid, len(raw))
+    async def _batches(self, session: ImapSession, uids: list[int]) -> list[tuple[list[int], bool]]:
+        """``uids`` in fetches of at most :data:`BATCH` mails and :data:`BATCH_BYTES` (one
+        mail bigger than that alone); mails over ``max_size`` alone, never fetched."""
+        batches: list[tuple[list[int], bool]] = []
+        for start in range(0, len(uids), BATCH):
+            chunk = uids[start : start + BATCH]
+            sizes = await session.sizes(chunk)
+            batch: list[int] = []
+            total = 0
+            for uid in chunk:
+                size = sizes.get(uid, 0)
+                too_big = size > self._max_size
+                if batch and (too_big or total + size > BATCH_BYTES):
+                    batches.append((batch, False))
+                    batch, total = [], 0
+                if too_big:
+                    batches.append(([uid], True))
+                    continue
+                batch.append(uid)
+                total += size
+            if batch:
+                batches.append((batch, False))
+        return batches
+
+    async def _take(
+        self, session: ImapSession, uid_validity: int, uids: list[int], *, too_big: bool
+    ) -> None:
+        """Fetch, commit each to the inbox (in UID order: the arrival order per thread), and
+        only then flag or move them all and record the last UID."""
+        if too_big:
+            # As SMTP would answer 552: never taken; marked so it is not read again.
+            logger.info("imap %s: UID %d refused: over max_size", self.name, uids[0])
         else:
-            admission = await self._edge.accept(
-                raw,
-                Envelope(
-                    mail_from=None,
-                    recipients=[self._settings.mail_address or ""],
-                    via=f"imap:{self.name}",
-                ),
-                fallback_key=f"imap:{self.name}:{uid_validity}:{uid}",
+            raws = await session.fetch(uids)
+            # Started in order, so the inbox's group commit stores them in order.
+            await asyncio.gather(
+                *(self._accept(uid_validity, uid, raws[uid]) for uid in uids if uid in raws)
             )
-            if admission.rejected:
-                # As SMTP would answer 5xx: never taken; marked so it is not read again.
-                logger.info("imap %s: UID %d refused: %s", self.name, uid, admission.reason)
-        await session.done_with(uid)
-        await self._state.took(self.name, uid)
+        await session.done_with(uids)
+        await self._state.took(self.name, uids[-1])
+
+    async def _accept(self, uid_validity: int, uid: int, raw: bytes) -> None:
+        admission = await self._edge.accept(
+            raw,
+            Envelope(
+                mail_from=None,
+                recipients=[self._settings.mail_address or ""],
+                via=f"imap:{self.name}",
+            ),
+            fallback_key=f"imap:{self.name}:{uid_validity}:{uid}",
+        )
+        if admission.rejected:
+            # As SMTP would answer 5xx: never taken; marked so it is not read again.
+            logger.info("imap %s: UID %d refused: %s", self.name, uid, admission.reason)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,8 @@ class Folder:
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
+_UID = re.compile(rb"\bUID (\d+)")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _SEARCH = re.compile(rb"^(?:SEARCH)?\s*([\d ]+)$")
 """A SEARCH result line; aioimaplib strips ``* SEARCH`` from the untagged response."""
 
@@ -136,31 +138,54 @@ class ImapSession:
                 found.update(int(word) for word in match.group(1).split())
         return sorted(u for u in found if u > uid)
 
-    async def fetch(self, uid: int) -> bytes | None:
-        """The raw message (``BODY.PEEK[]`` sets no ``\\Seen``), ``None`` if it is gone."""
-        response = await self._call(self._client.uid("fetch", str(uid), "(UID BODY.PEEK[])"))
+    async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """``RFC822.SIZE`` of each of ``uids`` still there."""
+        response = await self._uid("fetch", _uid_set(uids), "(UID RFC822.SIZE)")
         if response.result != "OK":
-            raise ImapError(f"UID FETCH {uid} refused: {_text(response)}")
+            raise ImapError(f"UID FETCH (RFC822.SIZE) refused: {_text(response)}")
+        found = {}
+        for line in _lines(response):
+            if (uid := _UID.search(line)) and (size := _SIZE.search(line)):
+                found[int(uid.group(1))] = int(size.group(1))
+        return found
+
+    async def fetch(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """The raw messages (``BODY.PEEK[]`` sets no ``\\Seen``); one gone meanwhile is absent."""
+        response = await self._uid("fetch", _uid_set(uids), "(UID BODY.PEEK[])")
+        if response.result != "OK":
+            raise ImapError(f"UID FETCH refused: {_text(response)}")
+        found: dict[int, bytes] = {}
+        uid: int | None = None  # named on the line that opens the literal ...
+        body: bytes | None = None  # ... or after it, on the line that closes the FETCH
         for line in response.lines:
             if isinstance(line, bytearray):
-                return bytes(line)
-        return None
+                if uid is not None:
+                    found[uid], uid = bytes(line), None
+                else:
+                    body = bytes(line)
+            elif match := _UID.search(line):
+                if body is not None:
+                    found[int(match.group(1))], body = body, None
+                elif line.rstrip().endswith(b"}"):
+                    uid = int(match.group(1))
+        return found
 
-    async def done_with(self, uid: int) -> None:
+    async def done_with(self, uids: Sequence[int]) -> None:
         """Flag ``\\Seen``, or move to ``processed_folder`` (RFC 6851 MOVE, else COPY + delete)."""
         target = self._settings.processed_folder
+        uid_set = _uid_set(uids)
         if target is None:
-            response = await self._uid("store", str(uid), "+FLAGS.SILENT (\\Seen)")
+            response = await self._uid("store", uid_set, "+FLAGS.SILENT (\\Seen)")
         elif self._client.has_capability("MOVE"):
-            response = await self._uid("move", str(uid), _quoted(target))
+            response = await self._uid("move", uid_set, _quoted(target))
         else:
-            response = await self._uid("copy", str(uid), _quoted(target))
+            response = await self._uid("copy", uid_set, _quoted(target))
             if response.result == "OK":
-                response = await self._uid("store", str(uid), "+FLAGS.SILENT (\\Deleted)")
+                response = await self._uid("store", uid_set, "+FLAGS.SILENT (\\Deleted)")
             if response.result == "OK" and self._client.has_capability("UIDPLUS"):
-                response = await self._uid("expunge", str(uid))
+                response = await self._uid("expunge", uid_set)
         if response.result != "OK":
-            raise ImapError(f"marking UID {uid} done refused: {_text(response)}")
+            raise ImapError(f"marking UIDs {uid_set} done refused: {_text(response)}")
 
     async def ensure_folder(self, name: str) -> None:
         """Create ``processed_folder`` if it is missing (``NO [ALREADYEXISTS]`` is fine)."""
@@ -247,6 +272,10 @@ def _lines(response: Any) -> list[bytes]:
 def _text(response: Any) -> str:
     words = [line.decode(errors="replace") for line in response.lines if isinstance(line, bytes)]
     return " ".join(words)[:300] or str(response.result)
+
+
+def _uid_set(uids: Sequence[int]) -> str:
+    return ",".join(str(uid) for uid in uids)
 
 
 def _quoted(name: str) -> str:
