@@ -125,12 +125,16 @@ def render(results: list[Result], command: str) -> str:
         "",
         *(f"- {name}: {value}" for name, value in report.machine_facts()),
         f"- Command: `{command}`",
-        f"- Code measured: git {report.code_version()}",
+        f"- Code measured: {report.code_version()}",
         "",
         *report.table(header, [r.row() for r in results], right=1),
         "",
         "Mails/s counts from the first APPEND to the last inbox row: the server takes each new",
         "UID after the IDLE push, fetches it (`BODY.PEEK[]`), commits it and flags it `\\Seen`.",
+        "",
+        "Reading: into-inbox tracks Dovecot's own APPEND rate (Dovecot syncs each APPEND to its",
+        "Maildir), so the source is the limit here; the server fetches, commits and flags in",
+        "batches of up to 50.",
     ]
     return "\n".join(lines) + "\n"
 
