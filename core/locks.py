@@ -49,11 +49,17 @@ def advisory_key(name: str) -> int:
 class AdvisoryNamedLock:
     """PostgreSQL: ``pg_try_advisory_lock`` on an autocommit connection kept while held."""
 
-    def __init__(self, database: Database, name: str) -> None:
+    def __init__(self, database: Database, name: str, *, key: int | None = None) -> None:
         self._db = database
-        self._key = advisory_key(name)
+        self._key = advisory_key(name) if key is None else key
         self._name = name
         self._conn: AsyncConnection | None = None
+
+    @property
+    def connection(self) -> AsyncConnection | None:
+        """The connection holding the lock (``None`` when not held): read through it to know
+        the lock still holds while reading."""
+        return self._conn
 
     async def try_acquire(self) -> bool:
         conn = await self._db.engine.connect()
@@ -108,6 +114,10 @@ class FileNamedLock:
             return False
         self._fd = fd
         return True
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     async def check(self) -> None:
         if self._fd is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from dispatch.tables import runs
 from tests.dovecot import Dovecot
-from tests.e2e.conftest import ServiceFactory
-from tests.e2e.harness import ServerProcess, bearer, wait_until
+from tests.e2e.harness import ServerProcess, Service, bearer, wait_until
 from tests.integration.email_helpers import mail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -33,24 +31,16 @@ async def mailbox_details(server: ServerProcess, key: str, trigger: str) -> dict
 
 
 async def test_one_connection_per_mailbox_and_the_other_node_takes_over_a_killed_holder(
-    make_service: ServiceFactory, database_url: str, workflow_cache: Path, dovecot: Dovecot
+    service: Service, database_url: str, dovecot: Dovecot
 ) -> None:
     user = dovecot.add_user()
     trigger = f"email:imap:{user.name}"
-    service = make_service(
-        {
-            "SWITCHBOARD_SERVER__DATABASE_URL": database_url,
-            "SWITCHBOARD_RUNTIME__ENV_DIR": str(workflow_cache / "envs"),
-            "SWITCHBOARD_RUNTIME__UV_CACHE_DIR": str(workflow_cache / "uv"),
-            "SWITCHBOARD_RUNTIME__POLL_INTERVAL": "0.2",
-            "SWITCHBOARD_RUNTIME__REGISTER_EXAMPLES": "false",
-            "SWITCHBOARD_RUNTIME__SANDBOX": "process",
-            "SWITCHBOARD_EMAIL__WORKFLOW": "echo",
-            "SWITCHBOARD_EMAIL__MAILBOXES": json.dumps([user.mailbox()]),
-        }
-    )
-    first = await service.start_ready()
-    second = await service.start_ready()
+    settings = {
+        "SWITCHBOARD_EMAIL__WORKFLOW": "echo",
+        "SWITCHBOARD_EMAIL__MAILBOXES": json.dumps([user.mailbox()]),
+    }
+    first = await service.start_ready(**settings)
+    second = await service.start_ready(**settings)
     key = (service.data_dir / "admin.key").read_text().strip()
     by_pid = {first.pid: first, second.pid: second}
 
