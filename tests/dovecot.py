@@ -1,7 +1,8 @@
 """A throwaway Dovecot IMAP server for tests and benchmarks (Debian ``dovecot-imapd``).
 
 Its own config file in a temp dir (``base_dir``, ``state_dir``, log, passwd-file, Maildirs), on
-127.0.0.1 and a free port, ``ssl = no``; no system Dovecot is involved. Users are added while
+127.0.0.1: a plain port (STARTTLS offered, plaintext login allowed) and an IMAPS port, with a
+self-signed certificate (``cert``); no system Dovecot is involved. Users are added while
 it runs (the passwd-file is re-read when it changes), one per test, so one server serves a whole
 session. As root Dovecot drops to ``dovenull``/``dovecot`` and the mail processes to
 ``nobody``, so the temp dir is world-traversable and each Maildir belongs to that uid.
@@ -65,6 +66,9 @@ class Dovecot:
         self.root = Path(tempfile.mkdtemp(prefix="sb-dovecot-"))
         self.root.chmod(0o755)
         self.port = _free_port()
+        self.tls_port = _free_port()
+        """Implicit TLS (IMAPS); ``port`` offers STARTTLS too. ``cert`` is the CA to trust."""
+        self.cert = self.root / "cert.pem"
         self._uid = NOBODY if os.geteuid() == 0 else os.geteuid()
         self._gid = NOBODY if os.geteuid() == 0 else os.getegid()
         self._process: subprocess.Popen[bytes] | None = None
@@ -72,6 +76,7 @@ class Dovecot:
         self._users = self.root / "users"
         self._users.write_text("")
         self._users.chmod(0o644)
+        _self_signed(self.cert, self.root / "key.pem")
         self.config = self.root / "dovecot.conf"
         self.config.write_text(self._config())
 
@@ -86,7 +91,9 @@ log_path = {root}/dovecot.log
 instance_name = sb-{root.name}
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+ssl = yes
+ssl_cert = <{root}/cert.pem
+ssl_key = <{root}/key.pem
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
@@ -108,7 +115,8 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {self.tls_port}
   }}
 }}
 service anvil {{
@@ -242,6 +250,23 @@ class ImapAppender:
             if "MESSAGES" in text:
                 return int(text.rsplit("MESSAGES", 1)[1].strip(" )"))
         return 0
+
+
+def _self_signed(cert: Path, key: Path) -> None:
+    """A certificate for 127.0.0.1 (``openssl``, which scripts/setup dev installs)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise DovecotUnavailableError("openssl is needed for the test server's certificate")
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+            "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    cert.chmod(0o644)
 
 
 def _free_port() -> int:

@@ -121,6 +121,9 @@ async def test_dovecot_restarts_and_uidvalidity_resets_lose_and_double_nothing(
     await sink.wait_for(2)
     health = await mailbox_health(live, user)
     assert health.details["connected_since"] != before
+    # The restart was an error, but a blip within failing_after (300 s) is no failure.
+    assert health.details["last_mailbox_error"] is not None
+    assert health.details["failing"] is False
 
     # A new UIDVALIDITY makes every UID stale: the reader rescans, and the Message-IDs it
     # took before (their \Seen lost too, as in a rebuilt mailbox) make nothing new.
@@ -202,6 +205,24 @@ async def test_a_wrong_password_shows_in_health_and_affects_nothing_else(
     await run_of(live, by_imap)
     await run_of(live, by_smtp)
     assert (await mailbox_health(live, good)).details["connected"] is True
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the transport's test
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+async def test_a_mailbox_over_implicit_tls_or_starttls(
+    live_factory: LiveFactory, sink: SmtpSink, dovecot: Dovecot, tls: str
+) -> None:
+    user = dovecot.add_user()
+    port = dovecot.tls_port if tls == "implicit" else dovecot.port
+    live = await start_imap(
+        live_factory, sink, user, mailbox={"tls": tls, "port": port, "ca_file": str(dovecot.cert)}
+    )
+    question = mail_to(user)
+    async with dovecot.client(user) as imap:
+        await imap.append(question.as_bytes())
+    await sink.wait_for(1)
+    await run_of(live, question)
+    assert (await mailbox_health(live, user)).details["connected"] is True
 
 
 def _malformed(message_id: str, to: str) -> bytes:
