@@ -114,9 +114,19 @@ service imap-login {{
     address = 127.0.0.1
     port = {self.port}
   }}
+  inet_listener imap_no_idle {{
+    address = 127.0.0.2
+    port = {self.port}
+  }}
   inet_listener imaps {{
     address = 127.0.0.1
     port = {self.tls_port}
+  }}
+}}
+# A third address without IDLE (RFC 2177 is optional): the readers' polling path.
+local 127.0.0.2 {{
+  protocol imap {{
+    imap_capability = IMAP4rev1 LITERAL+ SASL-IR UIDPLUS MOVE
   }}
 }}
 service anvil {{

@@ -28,6 +28,7 @@ from tests.integration.email_helpers import (
 )
 from tests.integration.imap_helpers import CuttingProxy, mail_to, mailbox_health, start_imap
 from triggers.email.mailbox_settings import MailboxSettings
+from triggers.email.settings import EmailSettings
 
 
 async def _all_seen(imap: ImapAppender) -> bool:
@@ -225,6 +226,27 @@ async def test_a_mailbox_over_implicit_tls_or_starttls(
     assert (await mailbox_health(live, user)).details["connected"] is True
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_server_without_idle_is_polled_every_poll_seconds(
+    live_factory: LiveFactory, sink: SmtpSink, dovecot: Dovecot
+) -> None:
+    user = dovecot.add_user()
+    # Dovecot's 127.0.0.2 listener offers no IDLE (tests/dovecot.py).
+    live = await start_imap(
+        live_factory, sink, user, mailbox={"host": "127.0.0.2", "poll_seconds": 0.2}
+    )
+    first, second = mail_to(user), mail_to(user)
+    async with dovecot.client(user) as imap:
+        await imap.append(first.as_bytes())
+        await sink.wait_for(1)
+        await imap.append(second.as_bytes())
+        await sink.wait_for(2)
+    await run_of(live, first)
+    await run_of(live, second)
+    # Taken by polling on one connection, not by reconnecting after a refused IDLE.
+    assert (await mailbox_health(live, user)).details["last_mailbox_error"] is None
+
+
 def _malformed(message_id: str, to: str) -> bytes:
     return (
         f"From: {SENDER}\r\nTo: {to}\r\nSubject: broken\r\nMessage-ID: {message_id}\r\n"
@@ -274,6 +296,23 @@ async def test_a_20_mib_mail_and_a_malformed_mail_fare_as_they_do_over_smtp(
         inputs_of(await run_of(live, m))["attachments"][0]["size"] for m in (big_smtp, big_imap)
     }
     assert sizes == {BIG}
+
+
+def test_mailboxes_need_unique_names_and_a_workflow() -> None:
+    box = {"host": "127.0.0.1", "tls": "none", "username": "bot@example.com", "password": "x"}
+    with pytest.raises(ValidationError, match="share a name"):
+        EmailSettings.model_validate(
+            {"workflow": "echo", "mailboxes": [{**box, "name": "a"}, {**box, "name": "a"}]}
+        )
+    with pytest.raises(ValidationError, match="no workflow for its mail"):
+        EmailSettings.model_validate({"mailboxes": [{**box, "name": "a"}]})
+    routed = EmailSettings.model_validate(
+        {
+            "routes": [{"address": "bot@example.com", "workflow": "echo"}],
+            "mailboxes": [{**box, "name": "a"}],
+        }
+    )
+    assert routed.mailboxes[0].mail_address == "bot@example.com"
 
 
 def test_tls_none_is_refused_beyond_loopback_and_one_password_is_needed() -> None:
