@@ -210,6 +210,8 @@ class EmailChannel:
         for mailbox in self._settings.mailboxes:
             if trigger.name == mailbox.trigger:
                 return await self._running.mailboxes.health(
-                    mailbox.name, failing_after=mailbox.failing_after
+                    mailbox.name,
+                    failing_after=mailbox.failing_after,
+                    poll_seconds=mailbox.poll_seconds,
                 )
         return {}

@@ -94,9 +94,9 @@ class MailboxReader:
             self._task = None
 
     async def _run(self) -> None:
-        await self._state.position(self.name)  # the row health reads, from the first start
         while True:
             try:
+                await self._state.position(self.name)  # the row health reads, from the start
                 if await self._lock.try_acquire():
                     try:
                         await self._hold()
@@ -141,14 +141,21 @@ class MailboxReader:
             except asyncio.CancelledError:
                 raise
             except (ImapError, OSError, TimeoutError, AioImapException) as exc:
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                logger.warning("imap %s: %s; reconnecting in %.0f s", self.name, error, backoff)
-                await self._state.failed(self.name, error)
+                await self._failed(exc, backoff)
+            except Exception as exc:  # the inbox or the database: the mail is fetched again
+                logger.exception("imap %s: taking mail failed", self.name)
+                await self._failed(exc, backoff)
             finally:
                 if session is not None:
                     await session.close()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _failed(self, exc: Exception, backoff: float) -> None:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        logger.warning("imap %s: %s; reconnecting in %.0f s", self.name, error, backoff)
+        with contextlib.suppress(Exception):  # the database may be what failed
+            await self._state.failed(self.name, error)
 
     async def _follow(self, session: ImapSession, uid_validity: int) -> None:
         position = await self._state.position(self.name)

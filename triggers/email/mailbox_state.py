@@ -86,7 +86,9 @@ class MailboxState:
                 .values(holder=None, connected_at=None)
             )
 
-    async def health(self, name: str, *, failing_after: float) -> dict[str, object]:
+    async def health(
+        self, name: str, *, failing_after: float, poll_seconds: float
+    ) -> dict[str, object]:
         """``GET /api/v1/triggers`` details: connected, since when and by which node, the last
         message taken, the last error, and whether the trouble outlasted ``failing_after``."""
         async with self._db.read() as conn:
@@ -99,7 +101,9 @@ class MailboxState:
             return {"connected": False, "failing": False}
         now = self._clock.now()
         seen: datetime | None = row["seen_at"]
-        alive = seen is not None and now - seen < timedelta(seconds=3 * HEARTBEAT_SECONDS)
+        # The holder writes seen_at each IDLE round (HEARTBEAT_SECONDS) or poll.
+        beat = max(HEARTBEAT_SECONDS, poll_seconds)
+        alive = seen is not None and now - seen < timedelta(seconds=3 * beat)
         connected = alive and row["connected_at"] is not None and row["holder"] is not None
         since: datetime | None = row["failing_since"]
         failing = (
