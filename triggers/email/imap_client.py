@@ -49,31 +49,24 @@ _SEARCH = re.compile(rb"^(?:SEARCH)?\s*([\d ]+)$")
 class ImapSession:
     """One logged-in connection with ``folder`` selected."""
 
-    def __init__(self, client: Any, settings: MailboxSettings) -> None:
+    def __init__(self, client: Any, settings: MailboxSettings, lost: asyncio.Event) -> None:
         self._client = client
         self._settings = settings
-        self.lost = asyncio.Event()
+        self.lost = lost
         """Set when the server closes the connection (or the network drops it)."""
 
     @classmethod
     async def open(cls, settings: MailboxSettings, password: str) -> tuple[ImapSession, Folder]:
-        session: ImapSession | None = None
         lost = asyncio.Event()
         context = _tls_context(settings)
-        if settings.tls == "implicit":
-            client = aioimaplib.IMAP4_SSL(
-                host=settings.host, port=settings.port, timeout=COMMAND_TIMEOUT, ssl_context=context
-            )
-            client.protocol.conn_lost_cb = lambda exc: lost.set()
-        else:
-            client = aioimaplib.IMAP4(
-                host=settings.host,
-                port=settings.port,
-                timeout=COMMAND_TIMEOUT,
-                conn_lost_cb=lambda exc: lost.set(),
-            )
-        session = cls(client, settings)
-        session.lost = lost
+        client = aioimaplib.IMAP4(
+            host=settings.host,
+            port=settings.port,
+            timeout=COMMAND_TIMEOUT,
+            conn_lost_cb=lambda exc: lost.set(),
+            ssl_context=context if settings.tls == "implicit" else None,
+        )
+        session = cls(client, settings, lost)
         try:
             await session._call(client.wait_hello_from_server())
             if settings.tls == "starttls":
