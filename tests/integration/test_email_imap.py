@@ -10,6 +10,7 @@ import aiosmtplib
 import pytest
 from pydantic import ValidationError
 
+from core.inbox import EventStatus
 from tests.conftest import LiveFactory
 from tests.dovecot import Dovecot, ImapAppender
 from tests.e2e.harness import wait_until
@@ -224,6 +225,26 @@ async def test_a_mailbox_over_implicit_tls_or_starttls(
     await sink.wait_for(1)
     await run_of(live, question)
     assert (await mailbox_health(live, user)).details["connected"] is True
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_suspended_mailbox_trigger_holds_its_mail_until_resumed(
+    live_factory: LiveFactory, sink: SmtpSink, dovecot: Dovecot
+) -> None:
+    user = dovecot.add_user()
+    live = await start_imap(live_factory, sink, user)
+    trigger = f"email:imap:{user.name}"
+    await live.services.inbox.suspend(trigger)
+    question = mail_to(user)
+    async with dovecot.client(user) as imap:
+        await imap.append(question.as_bytes())
+        # Held in the inbox, and the mailbox's mail flagged: it is ours now.
+        await wait_until(lambda: _all_seen(imap), 10, "the held mail flagged")
+    (event,) = await inbox_events(live, trigger)
+    assert event.status is EventStatus.HELD
+    await live.services.inbox.resume(trigger)
+    await sink.wait_for(1)
+    await run_of(live, question)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
