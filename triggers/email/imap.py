@@ -77,8 +77,6 @@ class MailboxReader:
         self._max_size = max_size
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
-        self.holding = asyncio.Event()
-        """Set while this node holds the mailbox (tests wait on it)."""
 
     @property
     def name(self) -> str:
@@ -94,14 +92,16 @@ class MailboxReader:
             self._task = None
 
     async def _run(self) -> None:
+        known = False
         while True:
             try:
-                await self._state.position(self.name)  # the row health reads, from the start
+                if not known:  # the row health reads, there from the first start
+                    await self._state.position(self.name)
+                    known = True
                 if await self._lock.try_acquire():
                     try:
                         await self._hold()
                     finally:
-                        self.holding.clear()
                         await self._lock.release()
                         with contextlib.suppress(Exception):
                             await self._state.let_go(self.name, self._holder)
@@ -115,7 +115,6 @@ class MailboxReader:
 
     async def _hold(self) -> None:
         """Read the mailbox while the lock holds (its loss cancels the reading)."""
-        self.holding.set()
         logger.info("imap %s: this node holds the mailbox", self.name)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._keep_lock())
