@@ -254,6 +254,7 @@ async def start_services(
         poll_interval=settings.inbox.poll_interval,
     )
     parts = parts if parts is not None else LateParts()
+    secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
     parts.parts = ChannelParts(
         settings=settings,
         database=database,
@@ -264,8 +265,8 @@ async def start_services(
         inbox=inbox,
         gateway=gateway,
         history=RunHistoryReader(database),
+        secrets=secrets,
     )
-    secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
     if migrate and (problem := await secrets.check_keys()) is not None:
         logger.warning("secrets: %s", problem)
     await gateway.start(stack)

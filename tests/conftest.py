@@ -33,6 +33,7 @@ from switchboard.migrate import upgrade
 from switchboard.server import start_site
 from switchboard.services import Services
 from switchboard.settings import Settings
+from tests.dovecot import Dovecot, DovecotUnavailableError
 from tests.pgserver import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,18 @@ def free_port() -> int:
 def postgres() -> Iterator[ThrowawayPostgres]:
     with ThrowawayPostgres() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    """One Dovecot IMAP server per session (tests/dovecot.py); each test adds its own user."""
+    try:
+        server = Dovecot()
+        server.start()
+    except DovecotUnavailableError as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")
