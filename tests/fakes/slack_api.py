@@ -252,7 +252,8 @@ class SlackApi:
 
     @classmethod
     @asynccontextmanager
-    async def running(cls) -> AsyncIterator[SlackApi]:
+    async def running(cls, host: str = "127.0.0.1") -> AsyncIterator[SlackApi]:
+        """The fake on ``host`` (bench/chaos.py: a bridge address) and a free port."""
         fake = cls()
         app = web.Application()
         app.router.add_route("*", "/api/{method}", fake.api)
@@ -262,10 +263,10 @@ class SlackApi:
         runner = web.AppRunner(app)
         await runner.setup()
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
+            probe.bind((host, 0))
             port = probe.getsockname()[1]
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        fake.base_url = f"http://127.0.0.1:{port}"
+        await web.TCPSite(runner, host, port).start()
+        fake.base_url = f"http://{host}:{port}"
         try:
             yield fake
         finally:

@@ -107,6 +107,9 @@ class FakeTwilioApi:
     early_statuses: list[str] = field(default_factory=list)
     """Statuses called back (signed, to ``StatusCallback``) before the create call is answered."""
     callback_answers: list[int] = field(default_factory=list)
+    hold: asyncio.Event | None = None
+    """When set, ``Messages.json`` posts wait for this event before being answered (a Twilio
+    that hangs past the sender's timeout)."""
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def whatsapp_section(self, **overrides: Any) -> dict[str, Any]:
@@ -169,6 +172,10 @@ class FakeTwilioApi:
         if request.match_info["account"] != self.account_sid or not self._authorized(request):
             return _error(401, 20003, "Authenticate")
         form = MultiDict((k, v) for k, v in (await request.post()).items() if isinstance(v, str))
+        if self.hold is not None:
+            await self.hold.wait()
+            if request.transport is None or request.transport.is_closing():
+                return _error(503, 20503, "Service Unavailable")  # the caller gave up: nothing sent
         async with self._changed:
             self.attempts += 1
             if self._failures and self._failures[0].successes_first == 0:
@@ -253,9 +260,9 @@ def _error(
 
 
 @asynccontextmanager
-async def running_twilio_api(port: int) -> AsyncIterator[FakeTwilioApi]:
-    """The fake, serving on ``127.0.0.1:port`` until the block ends."""
-    fake = FakeTwilioApi(url=f"http://127.0.0.1:{port}")
+async def running_twilio_api(port: int, host: str = "127.0.0.1") -> AsyncIterator[FakeTwilioApi]:
+    """The fake, serving on ``host:port`` until the block ends."""
+    fake = FakeTwilioApi(url=f"http://{host}:{port}")
     app = web.Application()
     accounts = "/2010-04-01/Accounts/{account}"
     app.router.add_post(accounts + "/Messages.json", fake._create_message)
@@ -263,7 +270,7 @@ async def running_twilio_api(port: int) -> AsyncIterator[FakeTwilioApi]:
     app.router.add_get("/cdn/{media}", fake._cdn)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, host, port).start()
     try:
         yield fake
     finally:
