@@ -22,6 +22,7 @@ from bench.chaos_net import HUB_ADDRESS, NodeNamespace
 from bench.chaos_sinks import Sinks
 from bench.harness import Store, clean_environ, create_key
 from tests.e2e.harness import ServerProcess
+from tests.fakes.twilio_api import AUTH_TOKEN
 from tests.pgserver import ThrowawayPostgres
 
 Shape = Literal["split", "all", "single"]
@@ -35,7 +36,8 @@ SMTP_PORT = 2525
 PUBLIC_URL = "http://switchboard.chaos.test"
 """Every node's ``public_url``: Twilio signs the URL it calls, which is the load balancer's."""
 SLACK_SECRET = "chaos-signing-secret-0123456789abcdef"
-TWILIO_TOKEN = "chaos-twilio-token"
+TWILIO_TOKEN = AUTH_TOKEN
+"""The fake Twilio's own token: it checks our Basic auth with it, we check its signatures."""
 DOMAIN = "chaos.test"
 BOT_ADDRESS = f"bot@{DOMAIN}"
 LEASE = 4.0
@@ -93,6 +95,8 @@ class Node:
     log_dir: Path
     process: ServerProcess | None = None
     starts: int = 0
+    faulted: bool = False
+    """A fault has this node (killed and restarting, or cut off): no second fault takes it."""
     events: list[tuple[float, str]] = field(default_factory=list)
 
     @property

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from bench.chaos_cluster import Cluster
+from bench.chaos_cluster import Cluster, Node
 from bench.chaos_sinks import Misbehaviour, Provider, Sinks
 
 Kind = Literal["kill", "postgres", "cut", "provider"]
@@ -102,10 +102,7 @@ async def _one(fault: Fault, cluster: Cluster, sinks: Sinks) -> None:
         if fault.kind == "kill":
             await _kill(fault, cluster)
         elif fault.kind == "cut":
-            node = next(n for n in cluster.nodes if n.name == fault.target)
-            node.namespace.cut()
-            await asyncio.sleep(fault.length)  # the fault's length
-            node.namespace.mend()
+            await _cut(fault, cluster)
         elif fault.kind == "postgres":
             assert cluster.pg is not None
             await asyncio.to_thread(cluster.pg.crash)
@@ -119,23 +116,46 @@ async def _one(fault: Fault, cluster: Cluster, sinks: Sinks) -> None:
         log(f"fault over: {fault.kind} {fault.target} {fault.note}".rstrip())
 
 
+def _free_node(fault: Fault, cluster: Cluster) -> Node | None:
+    """The planned node, or the first live one no other fault has; None if there is none."""
+    planned = next(n for n in cluster.nodes if n.name == fault.target)
+    free = [n for n in cluster.nodes if n.alive and not n.faulted]
+    node = planned if planned in free else (free[0] if free else None)
+    if node is None:
+        fault.note = "(every node was down or faulted: skipped)"
+        return None
+    fault.target = node.name
+    node.faulted = True
+    return node
+
+
+async def _cut(fault: Fault, cluster: Cluster) -> None:
+    node = _free_node(fault, cluster)
+    if node is None:
+        return
+    try:
+        node.namespace.cut()
+        await asyncio.sleep(fault.length)  # the fault's length
+        node.namespace.mend()
+    finally:
+        node.faulted = False
+
+
 async def _kill(fault: Fault, cluster: Cluster) -> None:
-    node = next(n for n in cluster.nodes if n.name == fault.target)
-    if not node.alive:
-        alive = [n for n in cluster.nodes if n.alive]
-        if not alive:
-            fault.note = "(every node was down: skipped)"
-            return
-        node = alive[0]
-        fault.target = node.name
-    node.kill()
-    await asyncio.sleep(fault.length)  # the restart delay
-    for attempt in range(1, RESTART_ATTEMPTS + 1):
-        try:
-            await node.start_ready()
-            break
-        except AssertionError as exc:  # e.g. it booted while PostgreSQL was down, and gave up
-            log(f"{node.name} did not come back (attempt {attempt}): {str(exc)[:200]}")
-            node.stop()
-            await asyncio.sleep(1.0)  # before the next start
-    fault.note = f"(back after {time.monotonic() - (fault.started or 0):.1f} s)"
+    node = _free_node(fault, cluster)
+    if node is None:
+        return
+    try:
+        node.kill()
+        await asyncio.sleep(fault.length)  # the restart delay
+        for attempt in range(1, RESTART_ATTEMPTS + 1):
+            try:
+                await node.start_ready()
+                break
+            except AssertionError as exc:  # e.g. it booted while PostgreSQL was down, gave up
+                log(f"{node.name} did not come back (attempt {attempt}): {str(exc)[:200]}")
+                node.stop()
+                await asyncio.sleep(1.0)  # before the next start
+        fault.note = f"(back after {time.monotonic() - (fault.started or 0):.1f} s)"
+    finally:
+        node.faulted = False

@@ -228,7 +228,8 @@ class Load:
             if seq % THREAD_LENGTH == 0:
                 chain.clear()
             entry = self.ledger.new("email", "", seq)
-            message_id = f"<{entry.token}@sender.test>"
+            # Not the token: References repeat the thread's Message-IDs in every later mail.
+            message_id = f"<mail-{entry.token.rsplit('-', 1)[1]}@sender.test>"
             entry.conversation = chain[0] if chain else message_id
             mail = EmailMessage()
             mail["From"] = f"Writer {thread} <{sender}>"

@@ -198,6 +198,11 @@ class ThrowawayPostgres:
             ],
             as_service=True,
         )
+        if self.host != "127.0.0.1":
+            # initdb trusts loopback only; clients on the listen address's own subnet (the
+            # chaos bridge, which leads nowhere else) are trusted too.
+            with (self._root / "data" / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all samenet trust\n")
 
     def crash(self) -> None:
         """Immediate shutdown (``pg_ctl -m immediate``): clients lose their connections at once
