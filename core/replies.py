@@ -87,6 +87,10 @@ class Delivery(BaseModel):
     """The run's request record (``RunRecord.to_api()``), for targets that want all of it."""
     attempts: int
     progress: int
+    interrupted: bool = False
+    """The previous attempt ended with nothing recorded (its sender died, or stalled past its
+    lease, mid-send): parts from ``progress`` on may have reached the provider already. A sender
+    whose provider can be asked checks before sending them again."""
 
 
 class SendResult(BaseModel):
