@@ -64,6 +64,8 @@ def plan(rng: random.Random, duration: float, cluster: Cluster) -> list[Fault]:
     choices: list[Kind] = list(kinds[:4]) + ["provider"] * 2
     kinds += [rng.choice(choices) for _ in range(count - len(kinds))]
     rng.shuffle(kinds)
+    # The first three provider faults are one 500, one 429 and one hang; then any.
+    modes: list[Misbehaviour] = ["500", "429", "hang"]
     span = max(duration - START - TAIL, 1.0)
     offsets = sorted(START + span * (i + rng.uniform(0.1, 0.9)) / count for i in range(count))
     faults = []
@@ -77,7 +79,9 @@ def plan(rng: random.Random, duration: float, cluster: Cluster) -> list[Fault]:
         elif kind == "postgres":
             faults.append(Fault(kind, offset, "postgres", rng.uniform(2.0, 5.0)))
         else:
-            provider, mode, length = rng.choice(PROVIDER_FAULTS)
+            wanted = modes.pop(0) if modes else None
+            options = [f for f in PROVIDER_FAULTS if wanted is None or f[1] == wanted]
+            provider, mode, length = rng.choice(options)
             faults.append(Fault(kind, offset, f"{provider}:{mode}", length))
     return faults
 

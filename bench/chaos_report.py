@@ -110,6 +110,7 @@ def render(
             [
                 ["lost", verdict.counts["lost"] + verdict.counts["ticks lost"]],
                 ["doubled", verdict.counts["doubled"]],
+                ["redelivered (same Message-ID / Idempotency-Key)", verdict.counts["redelivered"]],
                 ["out of order", verdict.counts["out of order"]],
                 ["violations", len(verdict.violations)],
                 ["longest recovery", f"{max(recoveries, default=0):.1f} s"],

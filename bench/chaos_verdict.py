@@ -5,7 +5,8 @@ exactly one run's request) and exactly one reply (its token in exactly one messa
 provider accepted; a failed run's one-line reply counts through its run id); no event, acked or
 not, two; per conversation the replies in message order; every ``/run_async`` acknowledged with
 one request id, that run completed; every schedule tick in the window exactly one run and one
-webhook delivery (one POST per delivery: a repeat of one ``Idempotency-Key`` is a reply twice).
+webhook delivery. A repeat carrying the provider's own dedupe key (the mail's Message-ID, the
+webhook's ``Idempotency-Key``) is counted as redelivered: its recipient sees one message.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class Reply:
     run_id: str | None
     index: int
     at: float
+    identity: str = ""
+    """The provider's own dedupe key when it has one (email: the Message-ID): a repeat with
+    the same identity is one message to its recipient, counted as redelivered, not doubled."""
 
 
 @dataclass
@@ -93,7 +97,7 @@ async def gather(store: Store, sinks: Sinks) -> Facts:
     for index, mail in enumerate(sinks.smtp.messages):
         part = mail.get_body(("plain",))
         text = part.get_content() if part is not None else ""
-        replies.append(_reply("smtp", str(text), index, sinks))
+        replies.append(_reply("smtp", str(text), index, sinks, str(mail["Message-ID"])))
     hooks: dict[str, list[str]] = defaultdict(list)
     hook_times: dict[str, float] = {}
     for hook in sinks.webhook.hooks:
@@ -103,7 +107,7 @@ async def gather(store: Store, sinks: Sinks) -> Facts:
     return Facts(runs, replies, dict(hooks), hook_times)  # type: ignore[arg-type]
 
 
-def _reply(source: str, text: str, index: int, sinks: Sinks) -> Reply:
+def _reply(source: str, text: str, index: int, sinks: Sinks, identity: str = "") -> Reply:
     token = TOKEN.search(text)
     failed = FAILED_RUN.search(text)
     return Reply(
@@ -112,6 +116,7 @@ def _reply(source: str, text: str, index: int, sinks: Sinks) -> Reply:
         failed.group(1) if failed else None,
         index,
         sinks.seen_at(source, index),
+        identity or f"{source}#{index}",
     )
 
 
@@ -140,12 +145,14 @@ def judge(
         verdict.counts[f"{entry.source} acked"] += acked
         if len(runs) > 1:
             verdict.violations.append(f"{entry.token} ({entry.source}): {len(runs)} runs {runs}")
-        if len(replies) > 1:
+        distinct = {reply.identity for reply in replies}
+        if len(distinct) > 1:
             verdict.violations.append(
-                f"{entry.token} ({entry.source}): {len(replies)} replies "
+                f"{entry.token} ({entry.source}): {len(distinct)} replies "
                 f"(indexes {[r.index for r in replies]})"
             )
             verdict.counts["doubled"] += 1
+        verdict.counts["redelivered"] += len(replies) - len(distinct)
         if not acked:
             continue
         if not runs:
@@ -213,12 +220,14 @@ def _judge_ticks(
                         f"tick {schedule} {moment.isoformat()}: run {run} never delivered"
                     )
                     verdict.counts["ticks lost"] += 1
-                elif len(posts) > 1:
+                elif len(set(posts)) > 1:
                     verdict.violations.append(
                         f"tick {schedule} {moment.isoformat()}: run {run} delivered "
                         f"{len(posts)} times {sorted(set(posts))}"
                     )
                     verdict.counts["doubled"] += 1
+                else:
+                    verdict.counts["redelivered"] += len(posts) - 1
             moment += timedelta(seconds=1)
 
 
