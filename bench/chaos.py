@@ -58,6 +58,10 @@ async def create_schedules(cluster: Cluster, sinks: Sinks) -> datetime:
                     "cron_expression": "* * * * * *",
                     "input_data": {"schedule": schedule},
                     "deliver_to": f"webhook:{sinks.webhook.url}/hook/{schedule}",
+                    # Every tick of the window must fire once, however long the scheduler was
+                    # down: under "skip" a lone scheduler down past takeover_grace drops some.
+                    "misfire_policy": "run_all",
+                    "misfire_grace": 3600,
                 },
             )
             if created.status_code != 201:
