@@ -92,6 +92,13 @@ class Delivery(BaseModel):
     lease, mid-send): parts from ``progress`` on may have reached the provider already. A sender
     whose provider can be asked checks before sending them again."""
 
+    @property
+    def in_doubt(self) -> bool:
+        """Whether parts from ``progress`` on may be at the provider already: the previous
+        attempt was interrupted, or ended in a timeout or lost connection after its request
+        went out (the provider may have acted on it; bench.chaos saw both)."""
+        return self.interrupted or self.attempts > 1
+
 
 class SendResult(BaseModel):
     """How one attempt to send a delivery went."""

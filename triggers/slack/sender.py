@@ -200,7 +200,7 @@ class SlackSender:
             done = delivery.progress
             posted = (
                 await self._posted_before(client, channel, target.get("thread_id"), delivery)
-                if delivery.interrupted and done < len(parts)
+                if delivery.in_doubt and done < len(parts)
                 else set()
             )
             for index, part in enumerate(parts):

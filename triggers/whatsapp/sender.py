@@ -74,7 +74,7 @@ class WhatsAppSender:
             return SendResult.failed(plan, progress=done)
         sid: str | None = None
         total = done + len(plan)
-        if delivery.interrupted and plan:
+        if delivery.in_doubt and plan:
             adopted = await self._adopt_interrupted(delivery, sender, user, plan, done)
             plan, done = plan[adopted:], done + adopted
         for part, outbound in enumerate(plan, done):
