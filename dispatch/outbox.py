@@ -311,9 +311,12 @@ class Outbox:
         async with self._db.write() as conn:
             if not self._db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
-            ids = list((await conn.execute(query)).scalars())
-            if not ids:
+            found = (await conn.execute(query.add_columns(deliveries.c.status))).all()
+            if not found:
                 return []
+            ids = [row[0] for row in found]
+            # Claimed while still "sending": the attempt before ended without recording.
+            interrupted = {row[0] for row in found if row[1] == "sending"}
             result = await conn.execute(
                 update(deliveries)
                 .where(deliveries.c.id.in_(ids))
@@ -326,7 +329,10 @@ class Outbox:
                 .returning(*deliveries.c)
             )
             rows = result.mappings().all()
-        return sorted((_delivery_of(row) for row in rows), key=lambda d: d.id)
+        return sorted(
+            (_delivery_of(row, interrupted=row["id"] in interrupted) for row in rows),
+            key=lambda d: d.id,
+        )
 
     async def _record(self, delivery: Delivery, result: SendResult) -> None:
         now = self._clock.now()
@@ -380,7 +386,7 @@ def _leased(delivery: Delivery) -> Update:
     )
 
 
-def _delivery_of(row: Any) -> Delivery:
+def _delivery_of(row: Any, *, interrupted: bool = False) -> Delivery:
     payload = row["payload"] or {}
     return Delivery.model_validate(
         {
@@ -392,5 +398,6 @@ def _delivery_of(row: Any) -> Delivery:
             "record": payload.get("record") or {},
             "attempts": row["attempts"],
             "progress": row["progress"],
+            "interrupted": interrupted,
         }
     )

@@ -78,6 +78,8 @@ class SlackApi:
     """Socket Mode: ``apps.connections.open`` answers a URL of this fake's WebSocket end."""
     holds: dict[str, asyncio.Event] = field(default_factory=dict)
     """Method → an event its calls wait for before being answered (a slow Slack)."""
+    held: int = 0
+    """Calls that have waited (or are waiting) on one of ``holds``."""
     _failures: dict[str, list[_Failure]] = field(default_factory=dict)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _ts: int = 0
@@ -164,6 +166,8 @@ class SlackApi:
         call = Call(method, args, token)
         hold = self.holds.get(method)
         if hold is not None:
+            self.held += 1
+            await self._notify()
             await hold.wait()
         failures = self._failures.get(method)
         if failures and failures[0].after > 0:
@@ -187,6 +191,25 @@ class SlackApi:
         await self._record(call)
         return web.json_response(answer)
 
+    def _history(self, method: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Our successful posts in the channel (a thread's, for ``conversations.replies``), the
+        way Slack lists them: ``metadata`` only when ``include_all_metadata`` is asked for."""
+        found = []
+        for call in self.posts:
+            if call.args.get("channel") != args.get("channel"):
+                continue
+            thread = call.args.get("thread_ts")
+            if method == "conversations.replies" and thread != args.get("ts"):
+                continue
+            message: dict[str, Any] = {"type": "message", "text": call.args.get("text")}
+            if thread:
+                message["thread_ts"] = thread
+            wanted = str(args.get("include_all_metadata", "")).lower() in {"1", "true"}
+            if wanted and call.args.get("metadata"):
+                message["metadata"] = call.args["metadata"]
+            found.append(message)
+        return found
+
     def _answer(self, method: str, args: dict[str, Any], token: str | None) -> dict[str, Any]:
         team, bot_user = self.tokens.get(token or "", (TEAM_ID, BOT_USER_ID))
         if method == "auth.test":
@@ -203,6 +226,8 @@ class SlackApi:
             self._ts += 1
             ts = f"1800000000.{self._ts:06d}"
             return {"ok": True, "channel": args.get("channel"), "ts": ts, "message": {"ts": ts}}
+        if method in {"conversations.replies", "conversations.history"}:
+            return {"ok": True, "messages": self._history(method, args), "has_more": False}
         if method in {"reactions.add", "reactions.remove"}:
             return {"ok": True}
         if method == "users.info":
@@ -270,7 +295,8 @@ class SlackApi:
 
     @classmethod
     @asynccontextmanager
-    async def running(cls) -> AsyncIterator[SlackApi]:
+    async def running(cls, host: str = "127.0.0.1") -> AsyncIterator[SlackApi]:
+        """The fake on ``host`` (bench/chaos.py: a bridge address) and a free port."""
         fake = cls()
         app = web.Application()
         app.router.add_route("*", "/api/{method}", fake.api)
@@ -281,11 +307,11 @@ class SlackApi:
         runner = web.AppRunner(app)
         await runner.setup()
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
+            probe.bind((host, 0))
             port = probe.getsockname()[1]
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        fake.base_url = f"http://127.0.0.1:{port}"
-        fake.socket.ws_url = f"ws://127.0.0.1:{port}/link"
+        await web.TCPSite(runner, host, port).start()
+        fake.base_url = f"http://{host}:{port}"
+        fake.socket.ws_url = f"ws://{host}:{port}/link"
         try:
             yield fake
         finally:

@@ -40,6 +40,8 @@ from triggers.webhook import retry_after
 logger = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 30.0
+REPLY_EVENT = "switchboard_reply"
+"""``metadata.event_type`` of our posts; ``event_payload`` names the delivery and part."""
 MAX_UPLOAD = 1 << 30
 """Slack's file size limit (1 GB)."""
 UNREACHABLE = (aiohttp.ClientError, httpx.HTTPError, TimeoutError)
@@ -187,10 +189,15 @@ class SlackSender:
                     f"no bot token for Slack workspace {details.get('team_id')!r}"
                 )
             client = self._client(workspace.bot_token)
-            parts = self._parts(reply)
+            parts = self._parts(reply, delivery.id)
             done = delivery.progress
+            posted = (
+                await self._posted_before(client, channel, target.get("thread_id"), delivery)
+                if delivery.in_doubt and done < len(parts)
+                else set()
+            )
             for index, part in enumerate(parts):
-                if index < done:
+                if index < done or index in posted:
                     continue
                 await self._pace(channel)
                 stopped = await _post(part, client, channel, target.get("thread_id"), index)
@@ -217,8 +224,47 @@ class SlackSender:
             self._clients[token] = client
         return client
 
+    async def _posted_before(
+        self, client: AsyncWebClient, channel: str, thread: str | None, delivery: Delivery
+    ) -> set[int]:
+        """The parts of ``delivery`` already in the channel (or thread), by the metadata each
+        post carries: an attempt that died between Slack's answer and our record must not
+        post them twice (chat.postMessage has no idempotency key). A history we cannot read
+        (no ``*:history`` scope, Slack unreachable) says nothing: the parts are sent again."""
+        try:
+            if thread:
+                answer = await client.conversations_replies(
+                    channel=channel, ts=thread, include_all_metadata=True, limit=200
+                )
+            else:
+                answer = await client.conversations_history(
+                    channel=channel, include_all_metadata=True, limit=100
+                )
+        except (SlackApiError, *UNREACHABLE) as exc:
+            logger.warning(
+                "delivery %s (run %s): could not look for parts already posted: %r",
+                delivery.id,
+                delivery.run_id,
+                exc,
+            )
+            return set()
+        posted: set[int] = set()
+        for message in answer.get("messages") or []:
+            metadata = message.get("metadata") or {}
+            payload = metadata.get("event_payload") or {}
+            if metadata.get("event_type") == REPLY_EVENT and payload.get("delivery") == delivery.id:
+                posted.add(int(payload.get("part", -1)))
+        if posted:
+            logger.info(
+                "delivery %s (run %s): parts %s were posted by an interrupted attempt",
+                delivery.id,
+                delivery.run_id,
+                sorted(posted),
+            )
+        return posted
+
     def _parts(
-        self, reply: Reply | None
+        self, reply: Reply | None, delivery_id: int
     ) -> list[Callable[[AsyncWebClient, str, str | None], Awaitable[None]]]:
         if reply is None:
             return []
@@ -227,12 +273,24 @@ class SlackSender:
         links = [url for url in reply.attachments if url not in ours]
         text = with_links(reply.text, links)
         text = render_mrkdwn(text) if text.strip() else ""
-        for chunk in split_mrkdwn(text, self._settings.message_limit) if text else []:
+        chunks = split_mrkdwn(text, self._settings.message_limit) if text else []
+        for index, chunk in enumerate(chunks):
+            # Which delivery and part this post is: how a retry after a crash finds it.
+            metadata = {
+                "event_type": REPLY_EVENT,
+                "event_payload": {"delivery": delivery_id, "part": index},
+            }
 
             async def post(
-                client: AsyncWebClient, channel: str, thread: str | None, chunk: str = chunk
+                client: AsyncWebClient,
+                channel: str,
+                thread: str | None,
+                chunk: str = chunk,
+                metadata: dict[str, Any] = metadata,
             ) -> None:
-                await client.chat_postMessage(channel=channel, text=chunk, thread_ts=thread)
+                await client.chat_postMessage(
+                    channel=channel, text=chunk, thread_ts=thread, metadata=metadata
+                )
 
             parts.append(post)
         for url in ours:
