@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from console.app import mount_console
+from console.deps import LateConsole
 from core.channels import Channel
 from core.errors import Unauthorized
 from core.inbox import InboxAdmin
@@ -27,6 +29,7 @@ from switchboard.channels import (
     configured_triggers,
     run_started_to,
 )
+from switchboard.console import console_parts, first_start_link
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.headers import set_security_headers
 from switchboard.http import body_deadline_middleware, error_middleware
@@ -61,6 +64,7 @@ def create_app(
     *,
     roles: Collection[str] = ROLES,
     on_admin_key: Callable[[str], None] | None = None,
+    on_console_link: Callable[[str], None] | None = None,
 ) -> web.Application:
     """The whole service for ``roles``: ``web`` serves the API, ``worker`` executes runs,
     ``scheduler`` fires schedules (one leader per database, the other nodes stand by)."""
@@ -88,7 +92,7 @@ def create_app(
         app.cleanup_ctx.append(_workers)
     if "scheduler" in roles:
         app.cleanup_ctx.append(_scheduler)
-    app.cleanup_ctx.append(_bootstrap(on_admin_key))
+    app.cleanup_ctx.append(_bootstrap(on_admin_key, on_console_link))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     if "web" in roles:
@@ -97,6 +101,9 @@ def create_app(
             if isinstance(edge, web.Application):
                 app.add_subapp(channel.prefix, edge)
         app.cleanup_ctx.append(_api_routes)
+        late = LateConsole()
+        mount_console(app, late)
+        app.cleanup_ctx.append(console_parts(late, lambda: app[SERVICES]))
     return app
 
 
@@ -257,12 +264,15 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
 
 def _bootstrap(
     on_admin_key: Callable[[str], None] | None,
+    on_console_link: Callable[[str], None] | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def bootstrap(app: web.Application) -> AsyncIterator[None]:
         services = app[SERVICES]
         key = await ensure_admin_key(services)
         if key is not None and on_admin_key is not None:
             on_admin_key(key)
+        if key is not None and on_console_link is not None:
+            on_console_link(await first_start_link(services))
         task: asyncio.Task[None] | None = None
         if services.settings.runtime.register_examples:
             task = asyncio.create_task(_register(app), name="register-examples")

@@ -1,0 +1,53 @@
+"""Wiring the web console (``console/``) to the services: its parts, and its login links."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+
+from aiohttp import web
+
+from console.deps import ConsoleDeps, LateConsole
+from console.wiring import console_sessions, login_url
+from switchboard.services import Services
+
+FIRST_START_LINK = timedelta(hours=24)
+"""The demo's link: valid for a day, so it still works when the demo is opened later."""
+
+
+def console_deps(services: Services) -> ConsoleDeps:
+    return ConsoleDeps(
+        sessions=console_sessions(services.signer, services.clock, services.settings.console),
+        keys=services.keys,
+        authenticator=services.auth,
+        inbox=services.inbox,
+        schedules=services.schedules,
+        clock=services.clock,
+    )
+
+
+def console_parts(
+    late: LateConsole, services: Callable[[], Services]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` that hands the console its parts once the services run."""
+
+    async def parts(app: web.Application) -> AsyncIterator[None]:
+        late.deps = console_deps(services())
+        yield
+        late.deps = None
+
+    return parts
+
+
+async def first_start_link(services: Services) -> str:
+    """The login link the first start prints under the new admin key."""
+    link = await fresh_link(services, valid_for=FIRST_START_LINK)
+    return link or "(no admin key)"
+
+
+async def fresh_link(services: Services, *, valid_for: timedelta | None = None) -> str | None:
+    """A one-time login link for the data dir's admin key (``switchboard console``)."""
+    settings = services.settings
+    sessions = console_sessions(services.signer, services.clock, settings.console)
+    period = valid_for or timedelta(minutes=settings.console.login_link_minutes)
+    return await login_url(sessions, services.keys, settings.server.base_url(), valid_for=period)
