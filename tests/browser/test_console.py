@@ -1,0 +1,128 @@
+"""The web console in real Chromium against one demo server: each test is one thing a user does,
+in the order a user would (the first signs in with the demo's link, the last signs out)."""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import ConsoleServer, Screenshot
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+
+def test_the_demo_link_signs_in_and_no_token_stays_in_the_url(
+    page: Page, console_server: ConsoleServer, screenshot: Screenshot
+) -> None:
+    page.goto(console_server.url + "/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    screenshot(page, "login")
+    page.goto(console_server.login_link)
+    expect(page.get_by_role("heading", name="Triggers")).to_be_visible()
+    assert "token" not in page.url
+    cookie = next(c for c in page.context.cookies() if c["name"] == "switchboard_console")
+    assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
+    # The link works once: a second visit asks to sign in again.
+    again = httpx.get(console_server.login_link, follow_redirects=False)
+    assert again.status_code == 303
+    assert "used" in again.headers["Location"]
+
+
+def test_a_change_without_the_csrf_token_is_refused(
+    page: Page, console_server: ConsoleServer
+) -> None:
+    answer = page.request.post(
+        console_server.url + "/console/triggers/action",
+        form={"name": "email:smtp", "action": "suspend"},
+    )
+    assert answer.status == 403
+    assert "CSRF" in answer.text()
+
+
+def test_the_schedule_form_previews_fire_times_live_and_names_the_dst_gap(
+    page: Page, console_server: ConsoleServer, screenshot: Screenshot
+) -> None:
+    page.goto(console_server.url + "/console/schedules/new")
+    page.get_by_label("Workflow").fill("hello")
+    page.get_by_label("Time zone").fill("America/New_York")
+    page.get_by_label("From").fill("2027-03-10")
+    page.get_by_label("Cron").fill("30 2 * * *")
+    fires = page.locator("#preview ol.fires li")
+    expect(fires).to_have_count(10)
+    expect(fires.nth(0)).to_contain_text("2027-03-10 02:30:00 EST")
+    expect(fires.nth(4)).to_contain_text("DST gap")
+    expect(fires.nth(4)).to_contain_text("2027-03-14 03:00:00 EDT")
+    screenshot(page, "schedule-form")
+    page.get_by_label("Id").fill("nightly")
+    page.get_by_label("Inputs (JSON)").fill('{"name": "Ada"}')
+    page.get_by_role("button", name="Create schedule").click()
+    expect(page.get_by_role("status")).to_contain_text("schedule nightly created")
+    row = page.locator("tr[data-schedule='nightly']")
+    expect(row).to_contain_text("30 2 * * *")
+    expect(row).to_contain_text("your time")
+    screenshot(page, "schedules")
+
+
+def test_a_trigger_is_suspended_and_resumed(page: Page, console_server: ConsoleServer) -> None:
+    page.goto(console_server.url + "/console/triggers")
+    row = page.locator("tr[data-trigger='email:smtp']")
+    row.get_by_role("button", name="Suspend").click()
+    expect(page.get_by_role("status")).to_contain_text("email:smtp suspended")
+    expect(row.locator(".badge")).to_have_text("suspended")
+    row.get_by_role("button", name="Resume").click()
+    expect(page.get_by_role("status")).to_contain_text("email:smtp resumed")
+    expect(row.locator(".badge")).to_have_text("active")
+
+
+def test_an_inbox_event_is_replayed(
+    page: Page, console_server: ConsoleServer, screenshot: Screenshot
+) -> None:
+    mail = EmailMessage()
+    mail["From"] = "ada@sender.test"
+    mail["To"] = "hello@console.test"
+    mail["Subject"] = "Hi"
+    mail["Message-ID"] = "<console-replay@sender.test>"
+    mail.set_content("Ada")
+    with smtplib.SMTP("127.0.0.1", console_server.smtp_port, timeout=10) as smtp:
+        smtp.send_message(mail)
+    page.goto(console_server.url + "/console/triggers")
+    original = page.locator("tr[data-event]").first
+    event_id = original.get_attribute("data-event")
+    original.get_by_role("button", name="Replay").click()
+    expect(page.get_by_role("status")).to_contain_text(f"event {event_id} replayed")
+    expect(page.locator("tr[data-event]").first).to_contain_text(f"replays {event_id}")
+    screenshot(page, "triggers")
+
+
+def test_a_key_is_created_shown_once_and_revoked(
+    page: Page, console_server: ConsoleServer, screenshot: Screenshot
+) -> None:
+    page.goto(console_server.url + "/console/keys")
+    page.get_by_label("Name").fill("ci")
+    page.get_by_label("Owner").fill("team-a")
+    page.get_by_role("button", name="Create key").click()
+    key = page.locator("[data-new-key]").inner_text()
+    assert key.startswith("cwk-")
+    assert key not in page.url
+    screenshot(page, "keys")
+    listed = httpx.get(
+        console_server.url + "/api/v1/triggers", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert listed.status_code == 403  # a member key works, and is no admin
+    row = page.locator("tr[data-key]", has_text="team-a")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Revoke").click()
+    expect(page.get_by_role("status")).to_contain_text("revoked")
+    expect(row.locator(".badge")).to_have_text("revoked")
+
+
+def test_signing_out_ends_the_session(page: Page, console_server: ConsoleServer) -> None:
+    page.goto(console_server.url + "/console/triggers")
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.goto(console_server.url + "/console/triggers")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
