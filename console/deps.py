@@ -9,6 +9,9 @@ from aiohttp import web
 from console.sessions import Sessions
 from core.clock import Clock
 from core.inbox import InboxAdmin
+from core.ports import RunGateway
+from core.run_catalog import RunCatalog, RunControl
+from dispatch.registry import WorkflowRegistry
 from scheduler.service import ScheduleService
 from triggers.auth import Authenticator, KeyStore
 
@@ -21,6 +24,11 @@ class ConsoleDeps:
     inbox: InboxAdmin
     schedules: ScheduleService
     clock: Clock
+    catalog: RunCatalog
+    control: RunControl
+    gateway: RunGateway
+    bulk_limit: int
+    workflows: WorkflowRegistry
 
 
 @dataclass(slots=True)

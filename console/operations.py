@@ -13,7 +13,7 @@ RECENT_EVENTS = 30
 TRIGGER_ACTIONS = ("suspend", "resume", "discard")
 
 
-def _admin(signed: Signed, what: str) -> None:
+def admin_only(signed: Signed, what: str) -> None:
     if not signed.session.is_admin:
         raise Forbidden(f"{what} needs an admin key")
 
@@ -39,7 +39,7 @@ async def triggers_page(request: web.Request) -> web.Response:
 
 async def trigger_action(request: web.Request) -> web.StreamResponse:
     signed, form = await changing(request)
-    _admin(signed, "changing a trigger")
+    admin_only(signed, "changing a trigger")
     name, action = form.get("name", ""), form.get("action", "")
     if action not in TRIGGER_ACTIONS:
         raise BadRequest(f"action: one of {', '.join(TRIGGER_ACTIONS)}")
@@ -57,7 +57,7 @@ async def trigger_action(request: web.Request) -> web.StreamResponse:
 
 async def replay_event(request: web.Request) -> web.StreamResponse:
     signed, form = await changing(request)
-    _admin(signed, "replaying an inbox event")
+    admin_only(signed, "replaying an inbox event")
     event_id = form.get("event_id", "")
     runs = await signed.deps.inbox.replay(event_id)
     made = ", ".join(runs) if runs else "no run"

@@ -103,8 +103,13 @@ def create_app(
         app.cleanup_ctx.append(_api_routes)
         late = LateConsole()
         mount_console(app, late)
-        app.cleanup_ctx.append(console_parts(late, lambda: app[SERVICES]))
+        app.cleanup_ctx.append(console_parts(late, lambda: app[SERVICES], lambda: _stopper(app)))
     return app
+
+
+def _stopper(app: web.Application) -> Callable[[str], bool] | None:
+    workers = app.get(WORKERS)
+    return workers.stop if workers is not None else None
 
 
 def inbox_admin(services: Services) -> InboxAdmin:

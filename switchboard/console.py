@@ -8,6 +8,8 @@ from datetime import timedelta
 from aiohttp import web
 
 from console.deps import ConsoleDeps, LateConsole
+from dispatch.run_catalog import RunCatalogReader
+from dispatch.run_control import RunController
 from console.wiring import console_sessions, login_url
 from switchboard.services import Services
 
@@ -15,7 +17,8 @@ FIRST_START_LINK = timedelta(hours=24)
 """The demo's link: valid for a day, so it still works when the demo is opened later."""
 
 
-def console_deps(services: Services) -> ConsoleDeps:
+def console_deps(services: Services, *, stop_local: Callable[[str], bool] | None) -> ConsoleDeps:
+    """``stop_local``: stops a run this node's workers run (a cancel takes effect at once)."""
     return ConsoleDeps(
         sessions=console_sessions(services.signer, services.clock, services.settings.console),
         keys=services.keys,
@@ -23,16 +26,30 @@ def console_deps(services: Services) -> ConsoleDeps:
         inbox=services.inbox,
         schedules=services.schedules,
         clock=services.clock,
+        catalog=RunCatalogReader(services.database),
+        control=RunController(
+            services.database,
+            services.clock,
+            services.gateway,
+            services.events,
+            stop_local=stop_local,
+        ),
+        gateway=services.gateway,
+        bulk_limit=services.settings.runtime.bulk_limit,
+        workflows=services.registry,
     )
 
 
 def console_parts(
-    late: LateConsole, services: Callable[[], Services]
+    late: LateConsole,
+    services: Callable[[], Services],
+    stop_local: Callable[[], Callable[[str], bool] | None],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` that hands the console its parts once the services run."""
+    """A ``cleanup_ctx`` that hands the console its parts once the services (and, on a worker
+    node, the workers) run."""
 
     async def parts(app: web.Application) -> AsyncIterator[None]:
-        late.deps = console_deps(services())
+        late.deps = console_deps(services(), stop_local=stop_local())
         yield
         late.deps = None
 

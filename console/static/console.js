@@ -100,7 +100,55 @@ function paragraph(cls, text) {
   return p;
 }
 
+function liveRuns() {
+  const table = document.getElementById("runs");
+  if (!table || !table.dataset.live || !window.EventSource) return;
+  const body = table.tBodies[0];
+  const state = document.getElementById("live-state");
+  const source = new EventSource(table.dataset.live);
+  source.addEventListener("ready", () => { if (state) state.textContent = "Live: new runs and status changes appear as they happen."; table.dataset.ready = "1"; });
+  source.addEventListener("run", (event) => {
+    const run = JSON.parse(event.data);
+    const holder = document.createElement("tbody");
+    holder.innerHTML = run.html; // rendered and escaped by the server
+    const row = holder.firstElementChild;
+    if (!row) return;
+    row.classList.add("fresh");
+    const old = body.querySelector(`tr[data-run="${CSS.escape(run.id)}"]`);
+    if (old) old.replaceWith(row); else body.prepend(row);
+    const none = document.getElementById("no-runs");
+    if (none) none.remove();
+    localTimes(row);
+  });
+  source.addEventListener("error", () => { if (state) state.textContent = "Reconnecting…"; });
+}
+
+function followLog() {
+  const log = document.getElementById("log");
+  if (!log || !log.dataset.follow || !window.EventSource) return;
+  const source = new EventSource(log.dataset.follow);
+  log.dataset.following = "1";
+  source.addEventListener("line", (event) => {
+    const line = JSON.parse(event.data);
+    const span = document.createElement("span");
+    span.className = line.stream;
+    span.textContent = line.message;
+    const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.append(span, "\n");
+    if (atEnd) log.scrollTop = log.scrollHeight;
+  });
+  source.addEventListener("finished", (event) => {
+    source.close();
+    log.dataset.following = "";
+    const status = document.getElementById("run-status");
+    if (status) status.textContent = JSON.parse(event.data).status;
+    window.location.reload(); // the output, timeline and delivery are final now
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  liveRuns();
+  followLog();
   localTimes(document);
   confirmations();
   schedulePreview();

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import ROOT, free_port
-from tests.e2e.harness import READY_SECONDS, ServerProcess
+from tests.e2e.harness import CLI_SECONDS, READY_SECONDS, ServerProcess, switchboard_command
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -61,6 +62,28 @@ class ConsoleServer:
         assert found, f"the first start printed no console link\n{self.process.tails()}"
         self.login_link = found.group(1)
         self.admin_key = (directory / "data" / "admin.key").read_text().strip()
+        for workflow in ("slow", "chatty"):
+            path = ROOT / "tests" / "workflows" / f"{workflow}.py"
+            subprocess.run(
+                [*switchboard_command(), "workflows", "add", str(path), "--id", workflow],
+                env=env,
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                timeout=CLI_SECONDS,
+            )
+
+    def start(self, service: str, inputs: dict[str, object]) -> str:
+        """Start a run through the runtime API, as any client would; its id."""
+        answer = httpx.post(
+            f"{self.url}/run_async/{service}",
+            json=inputs,
+            headers={"Authorization": f"Bearer {self.admin_key}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        run_id: str = answer.json()["request_id"]
+        return run_id
 
     def _ready(self) -> bool:
         assert self.process.popen.poll() is None, self.process.tails()

@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import ConsoleServer, Screenshot
+from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -30,6 +31,80 @@ def test_the_demo_link_signs_in_and_no_token_stays_in_the_url(
     again = httpx.get(console_server.login_link, follow_redirects=False)
     assert again.status_code == 303
     assert "used" in again.headers["Location"]
+
+
+def test_a_run_started_by_the_api_appears_without_reload_and_completes(
+    page: Page, console_server: ConsoleServer, screenshot: Screenshot
+) -> None:
+    page.goto(console_server.url + "/console/runs")
+    expect(page.locator("#runs[data-ready='1']")).to_be_attached()
+    run_id = console_server.start("hello", {"name": "Grace"})
+    row = page.locator(f"tr[data-run='{run_id}']")
+    expect(row).to_be_visible()
+    expect(row.locator(".badge")).to_have_text("completed", timeout=30_000)
+    expect(row).to_contain_text("hello")
+    screenshot(page, "runs")
+
+
+def test_filters_and_search_find_the_run(page: Page, console_server: ConsoleServer) -> None:
+    page.goto(console_server.url + "/console/runs")
+    page.get_by_label("Search input and output").fill("Grace")
+    page.get_by_label("completed").check()
+    page.get_by_role("button", name="Filter").click()
+    rows = page.locator("#runs tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("completed")
+    page.get_by_label("Search input and output").fill("Nobody-at-all")
+    page.get_by_role("button", name="Filter").click()
+    expect(rows).to_have_count(0)
+    expect(page.locator("#no-runs")).to_be_visible()
+
+
+def test_a_running_runs_page_streams_its_log(
+    page: Page, console_server: ConsoleServer, screenshot: Screenshot
+) -> None:
+    run_id = console_server.start("chatty", {"ticks": 12, "interval": 0.4})
+    page.goto(f"{console_server.url}/console/runs/{run_id}")
+    log = page.locator("#log")
+    expect(log).to_have_attribute("data-following", "1")
+    expect(log).to_contain_text("tick 8", timeout=30_000)
+    assert page.locator("#run-status").inner_text() in ("queued", "running")
+    screenshot(page, "run-live")
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=30_000)
+    expect(page.locator("#output")).to_contain_text('"ticks": 12')
+
+
+def test_a_run_is_replayed_with_an_edited_input(
+    page: Page, console_server: ConsoleServer, screenshot: Screenshot
+) -> None:
+    run_id = console_server.start("hello", {"name": "Ada"})
+    page.goto(f"{console_server.url}/console/runs/{run_id}")
+    page.get_by_label("Inputs (edit to replay with another payload)").fill('{"name": "Lin"}')
+    page.get_by_role("button", name="Replay", exact=True).click()
+    expect(page.get_by_role("status")).to_contain_text(f"replay of {run_id} started")
+    expect(page.locator(".facts")).to_contain_text(f"replays {run_id}")
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=30_000)
+    expect(page.locator("#output")).to_contain_text("Hello Lin!")
+    screenshot(page, "run")
+
+
+def test_a_bulk_cancel_shows_the_count_first(
+    page: Page, console_server: ConsoleServer, screenshot: Screenshot
+) -> None:
+    started = {console_server.start("slow", {"seconds": 60}) for _ in range(3)}
+    page.goto(console_server.url + "/console/runs?service_id=slow&status=queued&status=running")
+    expect(page.locator("#runs tbody tr")).to_have_count(3)
+    page.get_by_role("button", name="Cancel them…").click()
+    expect(page.locator("[data-matching]")).to_have_text("3")
+    screenshot(page, "bulk")
+    page.get_by_role("button", name="Cancel 3 runs").click()
+    expect(page.get_by_role("status")).to_contain_text("3 runs cancelled")
+    for run_id in started:
+        answer = httpx.get(
+            f"{console_server.url}/api/v1/runs/{run_id}",
+            headers={"Authorization": f"Bearer {console_server.admin_key}"},
+        )
+        assert answer.json()["run"]["status"] == "cancelled"
 
 
 def test_a_change_without_the_csrf_token_is_refused(
@@ -118,6 +193,18 @@ def test_a_key_is_created_shown_once_and_revoked(
     row.get_by_role("button", name="Revoke").click()
     expect(page.get_by_role("status")).to_contain_text("revoked")
     expect(row.locator(".badge")).to_have_text("revoked")
+
+
+def test_a_workflow_is_deployed_by_upload(
+    page: Page, console_server: ConsoleServer, screenshot: Screenshot
+) -> None:
+    page.goto(console_server.url + "/console/workflows")
+    page.get_by_label("Workflow file").set_input_files(str(ROOT / "tests/workflows/chatty.py"))
+    page.get_by_label("Id").fill("chatty")
+    page.get_by_role("button", name="Deploy").click()
+    expect(page.get_by_role("status")).to_contain_text("chatty v2 deployed", timeout=60_000)
+    expect(page.locator("tr[data-workflow='chatty']")).to_contain_text("v2")
+    screenshot(page, "workflows")
 
 
 def test_signing_out_ends_the_session(page: Page, console_server: ConsoleServer) -> None:
