@@ -20,6 +20,8 @@ from core.inbox import InboxAdmin
 from core.models import CallerRights
 from dispatch.inbox_processor import InboxProcessor
 from dispatch.retention import Retention, RetentionSettings
+from dispatch.run_catalog import RunCatalogReader
+from dispatch.run_control import RunController
 from dispatch.workers import WorkerPool
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import ScheduleRoutes
@@ -40,6 +42,7 @@ from switchboard.settings import Settings
 from triggers.api import ApiSettings, RuntimeApi
 from triggers.files import FileRoutes
 from triggers.inbox_api import InboxRoutes
+from triggers.runs_api import RunRoutes
 from triggers.secrets_api import SecretRoutes
 
 logger = logging.getLogger(__name__)
@@ -144,9 +147,29 @@ async def _api_routes(app: web.Application) -> AsyncIterator[None]:
         ScheduleRoutes(services.schedules, schedule_owner).route_table(),
         SecretRoutes(services.secrets, services.auth).route_table(),
         InboxRoutes(services.inbox, services.auth).route_table(),
+        management_routes(app),
     ):
         app.router.add_routes(routes)
     yield
+
+
+def management_routes(app: web.Application) -> list[web.RouteDef]:
+    """``/api/v1/runs`` (issue 13); a cancel stops the run at once when it runs on this node."""
+    services = app[SERVICES]
+    workers = app.get(WORKERS)
+    control = RunController(
+        services.database,
+        services.clock,
+        services.gateway,
+        services.events,
+        stop_local=workers.stop if workers is not None else None,
+    )
+    return RunRoutes(
+        RunCatalogReader(services.database),
+        control,
+        services.auth,
+        bulk_limit=services.settings.runtime.bulk_limit,
+    ).route_table()
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
