@@ -68,8 +68,11 @@ async def runs_page(request: web.Request) -> web.Response:
         signed,
         runs=found.runs,
         next_url=(
-            f"?{filtered}&cursor={found.next_cursor}" if found.next_cursor and filtered
-            else f"?cursor={found.next_cursor}" if found.next_cursor else ""
+            f"?{filtered}&cursor={found.next_cursor}"
+            if found.next_cursor and filtered
+            else f"?cursor={found.next_cursor}"
+            if found.next_cursor
+            else ""
         ),
         filters=request.query,
         chosen=set(_statuses(request)),
@@ -149,9 +152,7 @@ async def cancel_run(request: web.Request) -> web.StreamResponse:
     signed, _ = await changing(request)
     run_id = request.match_info["run_id"]
     owner = None if signed.session.is_admin else signed.session.owner_id
-    item = await signed.deps.control.cancel(
-        run_id, owner_id=owner, actor=signed.session.key_id
-    )
+    item = await signed.deps.control.cancel(run_id, owner_id=owner, actor=signed.session.key_id)
     raise back(f"/console/runs/{run_id}", f"run {run_id} is {item.status.value}")
 
 

@@ -8,9 +8,9 @@ from datetime import timedelta
 from aiohttp import web
 
 from console.deps import ConsoleDeps, LateConsole
+from console.wiring import console_sessions, login_url
 from dispatch.run_catalog import RunCatalogReader
 from dispatch.run_control import RunController
-from console.wiring import console_sessions, login_url
 from switchboard.services import Services
 
 FIRST_START_LINK = timedelta(hours=24)

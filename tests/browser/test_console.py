@@ -23,7 +23,7 @@ def test_the_demo_link_signs_in_and_no_token_stays_in_the_url(
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     screenshot(page, "login")
     page.goto(console_server.login_link)
-    expect(page.get_by_role("heading", name="Triggers")).to_be_visible()
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
     assert "token" not in page.url
     cookie = next(c for c in page.context.cookies() if c["name"] == "switchboard_console")
     assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")

@@ -51,9 +51,7 @@ def test_a_login_link_for_another_key_is_refused(sessions: Sessions) -> None:
         sessions.redeem_login_token(token.replace("key_1", "key_2"))
 
 
-def test_a_session_cookie_is_read_until_it_expires(
-    sessions: Sessions, clock: MovingClock
-) -> None:
+def test_a_session_cookie_is_read_until_it_expires(sessions: Sessions, clock: MovingClock) -> None:
     cookie, age = sessions.new_session("key_1", "default", KeyRole.ADMIN)
     assert age == 3600
     session = sessions.read_session(cookie)
