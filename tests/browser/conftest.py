@@ -62,16 +62,23 @@ class ConsoleServer:
         assert found, f"the first start printed no console link\n{self.process.tails()}"
         self.login_link = found.group(1)
         self.admin_key = (directory / "data" / "admin.key").read_text().strip()
+        self._env = env
         for workflow in ("slow", "chatty"):
             path = ROOT / "tests" / "workflows" / f"{workflow}.py"
-            subprocess.run(
-                [*switchboard_command(), "workflows", "add", str(path), "--id", workflow],
-                env=env,
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
-                timeout=CLI_SECONDS,
-            )
+            self.cli("workflows", "add", str(path), "--id", workflow)
+
+    def cli(self, *args: str) -> str:
+        """``switchboard <args>`` on this server's data dir; its stdout."""
+        done = subprocess.run(
+            [*switchboard_command(), *args],
+            env=self._env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=CLI_SECONDS,
+        )
+        return done.stdout
 
     def start(self, service: str, inputs: dict[str, object]) -> str:
         """Start a run through the runtime API, as any client would; its id."""

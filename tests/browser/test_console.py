@@ -207,9 +207,17 @@ def test_a_workflow_is_deployed_by_upload(
     screenshot(page, "workflows")
 
 
-def test_signing_out_ends_the_session(page: Page, console_server: ConsoleServer) -> None:
+def test_signing_out_ends_the_session_and_the_cli_prints_a_fresh_link(
+    page: Page, console_server: ConsoleServer
+) -> None:
     page.goto(console_server.url + "/console/triggers")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.goto(console_server.url + "/console/triggers")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    printed = console_server.cli("console").strip().splitlines()[-1]
+    assert printed.startswith(f"{console_server.url}/login?token=")
+    page.goto(printed)
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
