@@ -15,21 +15,27 @@ from console.render import ENVIRONMENT, Signed, back, changing, page, pretty_jso
 from console.streams import STREAMS
 from core.clock import parse_iso
 from core.errors import BadRequest, Conflict
-from core.models import RunStatus, Source
+from core.models import LogEntry, RunStatus, Source
 from core.run_catalog import RunFilter, RunItem
 
 PAGE_SIZE = 50
 POLL_SECONDS = 0.5
-FILTER_FIELDS = ("status", "source", "service_id", "owner", "q", "since", "until")
+LOG_LINES = 2000
+"""A run's page shows its last lines; the API's /logs has them all."""
+SORTS = {"-created": "newest first", "created": "oldest first", "-duration": "longest first"}
+FILTER_FIELDS = ("status", "source", "service_id", "owner", "q", "since", "until", "sort")
 
 
 def run_filter(signed: Signed, query: Mapping[str, str], statuses: list[str]) -> RunFilter:
     """The list's filter from the form's fields (empty ones ignored), held to a member's owner."""
     fields: dict[str, Any] = {
         name: query[name].strip()
-        for name in ("service_id", "owner", "q", "since", "until")
+        for name in ("service_id", "owner", "q", "sort")
         if query.get(name, "").strip()
     }
+    for name in ("since", "until"):  # a date input: that day's start, UTC
+        if query.get(name, "").strip():
+            fields[name] = f"{query[name].strip()}T00:00:00Z"
     if statuses:
         fields["status"] = tuple(statuses)
     if query.get("source"):
@@ -78,7 +84,8 @@ async def runs_page(request: web.Request) -> web.Response:
         chosen=set(_statuses(request)),
         filtered=filtered,
         statuses=[status.value for status in RunStatus],
-        sources=[*(source.value for source in Source), "replay"],
+        sources=[source.value for source in Source],
+        sorts=SORTS,
         row=_row,
     )
 
@@ -112,9 +119,9 @@ async def run_page(request: web.Request) -> web.Response:
     run_id = request.match_info["run_id"]
     owner = None if signed.session.is_admin else signed.session.owner_id
     detail = await signed.deps.catalog.detail(run_id, owner_id=owner)
-    lines = []
+    lines: list[LogEntry] = []
     async for batch in signed.deps.gateway.follow_logs(run_id, follow=False):
-        lines.extend(batch)
+        lines = [*lines, *batch][-LOG_LINES:]
     return page(
         request,
         "run.html",

@@ -91,8 +91,8 @@ def test_a_run_is_replayed_with_an_edited_input(
 def test_a_bulk_cancel_shows_the_count_first(
     page: Page, console_server: ConsoleServer, screenshot: Screenshot
 ) -> None:
-    started = {console_server.start("slow", {"seconds": 60}) for _ in range(3)}
-    page.goto(console_server.url + "/console/runs?service_id=slow&status=queued&status=running")
+    started = {console_server.start("chatty", {"ticks": 600, "interval": 0.1}) for _ in range(3)}
+    page.goto(console_server.url + "/console/runs?service_id=chatty&status=queued&status=running")
     expect(page.locator("#runs tbody tr")).to_have_count(3)
     page.get_by_role("button", name="Cancel them…").click()
     expect(page.locator("[data-matching]")).to_have_text("3")
