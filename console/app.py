@@ -82,6 +82,7 @@ def console_app(late: LateConsole) -> web.Application:
             web.post("/inbox/replay", operations.replay_event),
             web.get("/workflows", workflows.workflows_page),
             web.post("/workflows", workflows.deploy),
+            web.get("/workflows/{workflow_id}", workflows.workflow_page),
             web.get("/keys", operations.keys_page),
             web.post("/keys", operations.create_key),
             web.post("/keys/revoke", operations.revoke_key),

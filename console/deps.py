@@ -11,7 +11,7 @@ from core.clock import Clock
 from core.inbox import InboxAdmin
 from core.ports import RunGateway
 from core.run_catalog import RunCatalog, RunControl
-from dispatch.registry import WorkflowRegistry
+from core.workflow_catalog import WorkflowAdmin
 from scheduler.service import ScheduleService
 from triggers.auth import Authenticator, KeyStore
 
@@ -28,7 +28,7 @@ class ConsoleDeps:
     control: RunControl
     gateway: RunGateway
     bulk_limit: int
-    workflows: WorkflowRegistry
+    workflows: WorkflowAdmin
 
 
 @dataclass(slots=True)

@@ -1,11 +1,9 @@
-"""The Workflows page: each workflow's current version, lock hash and declared variables, and
-deploying a new version by uploading its PEP 723 file (admin keys: a workflow serves every
-owner)."""
+"""The Workflows page: each workflow's versions (lock hash, dependencies, limits, declared
+variables) and deploying a new version by uploading its PEP 723 file (admin keys: a workflow
+serves every owner). Through ``core.workflow_catalog.WorkflowAdmin`` only."""
 
 from __future__ import annotations
 
-import asyncio
-import tempfile
 from pathlib import Path
 
 from aiohttp import web
@@ -13,15 +11,20 @@ from aiohttp import web
 from console.operations import admin_only
 from console.render import back, changing, page, signed_in
 from core.errors import BadRequest, SwitchboardError
-from dispatch.registry import WorkflowInfo, WorkflowRegistry
 
 MAX_SOURCE_BYTES = 1024 * 1024
 
 
 async def workflows_page(request: web.Request) -> web.Response:
     signed = await signed_in(request)
-    found = await signed.deps.workflows.list()
+    found = await signed.deps.workflows.workflows()
     return page(request, "workflows.html", signed, workflows=found, problem="")
+
+
+async def workflow_page(request: web.Request) -> web.Response:
+    signed = await signed_in(request)
+    detail = await signed.deps.workflows.workflow(request.match_info["workflow_id"])
+    return page(request, "workflow.html", signed, workflow=detail)
 
 
 async def deploy(request: web.Request) -> web.StreamResponse:
@@ -34,22 +37,13 @@ async def deploy(request: web.Request) -> web.StreamResponse:
     source = upload.file.read(MAX_SOURCE_BYTES + 1)
     if len(source) > MAX_SOURCE_BYTES:
         raise BadRequest(f"file: larger than {MAX_SOURCE_BYTES} bytes")
-    name = Path(upload.filename or "workflow.py").name
-    service_id = form.get("service_id", "").strip() or None
+    stem = Path(upload.filename or "workflow.py").stem.replace("_", "-")
+    workflow_id = form.get("service_id", "").strip() or stem
     try:
-        info = await _register(signed.deps.workflows, name, source, service_id)
-    except SwitchboardError as exc:
-        found = await signed.deps.workflows.list()
-        return page(
-            request, "workflows.html", signed, status=400, workflows=found, problem=exc.detail
-        )
-    raise back("/console/workflows", f"{info.service_id} v{info.version} deployed")
-
-
-async def _register(
-    registry: WorkflowRegistry, name: str, source: bytes, service_id: str | None
-) -> WorkflowInfo:
-    with tempfile.TemporaryDirectory(prefix="switchboard-upload-") as directory:
-        path = Path(directory) / (name if name.endswith(".py") else f"{name}.py")
-        await asyncio.to_thread(path.write_bytes, source)
-        return await registry.add(path, service_id)
+        text = source.decode("utf-8")
+        version = await signed.deps.workflows.deploy(workflow_id, text)
+    except (UnicodeDecodeError, SwitchboardError) as exc:
+        problem = exc.detail if isinstance(exc, SwitchboardError) else "file: not UTF-8 text"
+        found = await signed.deps.workflows.workflows()
+        return page(request, "workflows.html", signed, status=400, workflows=found, problem=problem)
+    raise back("/console/workflows", f"{workflow_id} v{version.version} deployed")

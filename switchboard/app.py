@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib.metadata
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -23,6 +24,7 @@ from dispatch.retention import Retention, RetentionSettings
 from dispatch.run_catalog import RunCatalogReader
 from dispatch.run_control import RunController
 from dispatch.workers import WorkerPool
+from dispatch.workflow_catalog import WorkflowCatalog
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import ScheduleRoutes
 from switchboard.channels import (
@@ -42,6 +44,8 @@ from switchboard.settings import Settings
 from triggers.api import ApiSettings, RuntimeApi
 from triggers.files import FileRoutes
 from triggers.inbox_api import InboxRoutes
+from triggers.manage_api import ManagementRoutes
+from triggers.openapi import OpenApiRoute
 from triggers.runs_api import RunRoutes
 from triggers.secrets_api import SecretRoutes
 
@@ -145,16 +149,19 @@ async def _api_routes(app: web.Application) -> AsyncIterator[None]:
         app[API].route_table(),
         FileRoutes(services.files).route_table(),
         ScheduleRoutes(services.schedules, schedule_owner).route_table(),
+        ScheduleRoutes(services.schedules, schedule_owner).route_table("/api/v1"),
         SecretRoutes(services.secrets, services.auth).route_table(),
         InboxRoutes(services.inbox, services.auth).route_table(),
         management_routes(app),
+        OpenApiRoute(title="Switchboard", version=_version()).route_table(),
     ):
         app.router.add_routes(routes)
     yield
 
 
 def management_routes(app: web.Application) -> list[web.RouteDef]:
-    """``/api/v1/runs`` (issue 13); a cancel stops the run at once when it runs on this node."""
+    """``/api/v1/runs``, ``workflows`` and ``keys`` (issue 13); a cancel stops the run at once
+    when it runs on this node."""
     services = app[SERVICES]
     workers = app.get(WORKERS)
     control = RunController(
@@ -164,12 +171,25 @@ def management_routes(app: web.Application) -> list[web.RouteDef]:
         services.events,
         stop_local=workers.stop if workers is not None else None,
     )
-    return RunRoutes(
-        RunCatalogReader(services.database),
-        control,
-        services.auth,
-        bulk_limit=services.settings.runtime.bulk_limit,
-    ).route_table()
+    workflows = WorkflowCatalog(
+        services.database, services.registry, services.settings.server.data_dir / "uploads"
+    )
+    return [
+        *RunRoutes(
+            RunCatalogReader(services.database),
+            control,
+            services.auth,
+            bulk_limit=services.settings.runtime.bulk_limit,
+        ).route_table(),
+        *ManagementRoutes(workflows, services.keys, services.auth).route_table(),
+    ]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("switchboard")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "0"
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:

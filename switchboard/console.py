@@ -11,6 +11,7 @@ from console.deps import ConsoleDeps, LateConsole
 from console.wiring import console_sessions, login_url
 from dispatch.run_catalog import RunCatalogReader
 from dispatch.run_control import RunController
+from dispatch.workflow_catalog import WorkflowCatalog
 from switchboard.services import Services
 
 FIRST_START_LINK = timedelta(hours=24)
@@ -36,7 +37,9 @@ def console_deps(services: Services, *, stop_local: Callable[[str], bool] | None
         ),
         gateway=services.gateway,
         bulk_limit=services.settings.runtime.bulk_limit,
-        workflows=services.registry,
+        workflows=WorkflowCatalog(
+            services.database, services.registry, services.settings.server.data_dir / "uploads"
+        ),
     )
 
 

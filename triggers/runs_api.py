@@ -170,7 +170,7 @@ class RunRoutes:
     )
     async def replay(self, request: web.Request) -> web.Response:
         principal = await self._caller(request)
-        body = await _model_body(request, ReplayBody)
+        body = await model_body(request, ReplayBody)
         owner = None if principal.is_admin else principal.owner_id
         replayed = await self._control.replay(
             request.match_info["run_id"],
@@ -190,7 +190,7 @@ class RunRoutes:
     )
     async def bulk(self, request: web.Request) -> web.Response:
         principal = await self._caller(request)
-        body = await _model_body(request, BulkBody)
+        body = await model_body(request, BulkBody)
         which = _scoped(principal, body.which())
         matched = await self._catalog.count(which)
         acted: list[str] = []
@@ -240,7 +240,7 @@ def _scoped(principal: Principal, which: RunFilter) -> RunFilter:
 Body = TypeVar("Body", bound=BaseModel)
 
 
-async def _model_body(request: web.Request, model: type[Body]) -> Body:
+async def model_body(request: web.Request, model: type[Body]) -> Body:
     raw = await request.read()
     parsed = parse_json(raw, what="the request body") if raw.strip() else {}
     if not isinstance(parsed, dict):

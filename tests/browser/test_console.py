@@ -205,6 +205,11 @@ def test_a_workflow_is_deployed_by_upload(
     expect(page.get_by_role("status")).to_contain_text("chatty v2 deployed", timeout=60_000)
     expect(page.locator("tr[data-workflow='chatty']")).to_contain_text("v2")
     screenshot(page, "workflows")
+    page.get_by_role("link", name="chatty", exact=True).click()
+    expect(page.locator("[data-version]")).to_have_count(2)
+    expect(page.locator("[data-version='2']")).to_contain_text("current")
+    expect(page.locator("[data-version='2']")).to_contain_text("fastapi")
+    screenshot(page, "workflow")
 
 
 def test_signing_out_ends_the_session_and_the_cli_prints_a_fresh_link(
