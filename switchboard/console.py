@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 
-from aiohttp import web
-
-from console.deps import ConsoleDeps, LateConsole
+from console.deps import ConsoleDeps
 from console.wiring import console_sessions, login_url
 from dispatch.run_catalog import RunCatalogReader
 from dispatch.run_control import RunController
@@ -41,22 +39,6 @@ def console_deps(services: Services, *, stop_local: Callable[[str], bool] | None
             services.database, services.registry, services.settings.server.data_dir / "uploads"
         ),
     )
-
-
-def console_parts(
-    late: LateConsole,
-    services: Callable[[], Services],
-    stop_local: Callable[[], Callable[[str], bool] | None],
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` that hands the console its parts once the services (and, on a worker
-    node, the workers) run."""
-
-    async def parts(app: web.Application) -> AsyncIterator[None]:
-        late.deps = console_deps(services(), stop_local=stop_local())
-        yield
-        late.deps = None
-
-    return parts
 
 
 async def first_start_link(services: Services) -> str:
