@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
@@ -101,8 +101,10 @@ class Database:
 
         return engine
 
-    def start(self, *, checkpoint_interval: float = 1.0) -> None:
-        """Start background maintenance (SQLite: WAL checkpoints off the write path)."""
+    async def start(self, stack: AsyncExitStack, *, checkpoint_interval: float = 1.0) -> None:
+        """Start background maintenance (SQLite: WAL checkpoints off the write path); the
+        engines are disposed when ``stack`` closes."""
+        stack.push_async_callback(self.dispose)
         if self.is_sqlite and self._maintenance is None:
             self._maintenance = asyncio.create_task(
                 self._checkpoint_loop(checkpoint_interval), name="sqlite-checkpoints"

@@ -25,6 +25,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -209,8 +210,9 @@ class Outbox:
     def channels(self) -> frozenset[str]:
         return frozenset(self._senders)
 
-    def start(self) -> None:
+    async def start(self, stack: AsyncExitStack) -> None:
         self._task = asyncio.create_task(self._drain_loop(), name="outbox")
+        stack.push_async_callback(self.aclose)
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any
 
@@ -139,13 +140,14 @@ class WorkerPool:
         for run in claimed:
             self._active[run.id] = asyncio.create_task(self._execute(run), name=f"run:{run.id}")
 
-    def start(self) -> None:
+    async def start(self, stack: AsyncExitStack) -> None:
         self._completions.start()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="workers:claim"),
             asyncio.create_task(self._lease_loop(), name="workers:leases"),
             asyncio.create_task(self._husk_loop(), name="workers:husks"),
         ]
+        stack.push_async_callback(self.aclose)
 
     async def aclose(self) -> None:
         """Stop claiming; let running runs finish for ``shutdown_grace`` s, hand back the rest."""

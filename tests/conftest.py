@@ -60,6 +60,12 @@ def workflow_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path = Path(configured)
         path.mkdir(parents=True, exist_ok=True)
         return path
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One cache for every worker of the run (their temp dirs share a parent): each
+        # environment is built once, under the builder's flock, not once per worker.
+        path = tmp_path_factory.getbasetemp().parent / "workflow-cache"
+        path.mkdir(exist_ok=True)
+        return path
     return tmp_path_factory.mktemp("workflow-cache")
 
 

@@ -26,7 +26,7 @@ from triggers.files import FileStore
 from triggers.slack.edge import TRIGGER, EdgeDeps, SlackEdge
 from triggers.slack.installations import BotTokens, SlackInstallations, SlackOAuthStates
 from triggers.slack.process import ProcessDeps, SlackProcessor
-from triggers.slack.sender import Reactions, SenderSettings, SlackSender
+from triggers.slack.sender import Reactions, SlackSender
 from triggers.slack.settings import SlackSettings
 
 
@@ -101,18 +101,11 @@ class SlackChannel:
         self._sender = SlackSender(
             tokens,
             deps.http,
-            SenderSettings(
-                api_url=settings.api_url,
-                message_limit=settings.message_limit,
-                channel_interval=settings.channel_interval,
-                working_reaction=settings.working_reaction,
-                done_reaction=settings.done_reaction,
-                failed_reaction=settings.failed_reaction,
-                delivery_attempts=deps.delivery_attempts,
-            ),
+            settings,
             reactions,
             session,
             deps.files,
+            delivery_attempts=deps.delivery_attempts,
         )
         self._processor = SlackProcessor(
             settings,

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -35,6 +34,7 @@ from triggers.files import FileStore
 from triggers.slack.hosts import is_slack_url
 from triggers.slack.installations import BotTokens
 from triggers.slack.render import render_mrkdwn, split_mrkdwn
+from triggers.slack.settings import SlackSettings
 from triggers.webhook import retry_after
 
 logger = logging.getLogger(__name__)
@@ -69,18 +69,6 @@ PERMANENT_ERRORS = frozenset(
         "used_url",
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class SenderSettings:
-    api_url: str
-    message_limit: int = 3800
-    channel_interval: float = 1.0
-    working_reaction: str | None = "eyes"
-    done_reaction: str | None = "white_check_mark"
-    failed_reaction: str | None = "x"
-    delivery_attempts: int = 8
-    """The outbox's ``max_attempts``: a retry asked for on the last attempt is a failure."""
 
 
 class Reactions:
@@ -125,11 +113,16 @@ class SlackSender:
         self,
         tokens: BotTokens,
         http: httpx.AsyncClient,
-        settings: SenderSettings,
+        settings: SlackSettings,
         reactions: Reactions,
         session: aiohttp.ClientSession,
         files: FileStore,
+        *,
+        delivery_attempts: int,
     ) -> None:
+        """``delivery_attempts`` is the outbox's ``max_attempts``: a retry asked for on the
+        last attempt is a failure."""
+        self._delivery_attempts = delivery_attempts
         self._session = session
         self._files = files
         self._tokens = tokens
@@ -202,7 +195,7 @@ class SlackSender:
                 await self._pace(channel)
                 stopped = await _post(part, client, channel, target.get("thread_id"), index)
                 if stopped is not None:
-                    last = delivery.attempts >= self._settings.delivery_attempts
+                    last = delivery.attempts >= self._delivery_attempts
                     if stopped.outcome == "failed" or last:
                         # No retry will bring the reply (a permanent error, or the outbox gives
                         # up now): the user's message should not keep saying "working".
