@@ -119,8 +119,9 @@ class WorkerPool:
         task = self._active.get(run_id)
         if task is None:
             return False
-        logger.info("run %s: cancelled; stopping it here", run_id)
-        task.cancel()
+        if not task.cancelling():  # once: a second cancel would cut its teardown short
+            logger.info("run %s: cancelled; stopping it here", run_id)
+            task.cancel()
         return True
 
     async def _complete(self, ends: list[Completion]) -> list[RunRecord | BaseException | None]:
@@ -227,7 +228,7 @@ class WorkerPool:
                 continue
             for run_id in set(held) - kept:
                 task = self._active.get(run_id)
-                if task is not None:
+                if task is not None and not task.cancelling():
                     # Lost to another worker, or cancelled (dispatch/run_control.py).
                     logger.warning("run %s: lease lost; stopping it here", run_id)
                     task.cancel()

@@ -190,16 +190,15 @@ def _add_api_routes(app: web.Application, services: Services) -> None:
         ScheduleRoutes(services.schedules, schedule_owner).route_table("/api/v1"),
         SecretRoutes(services.secrets, services.auth).route_table(),
         InboxRoutes(services.inbox, services.auth).route_table(),
-        management_routes(app),
+        management_routes(app, services),
         OpenApiRoute(title="Switchboard", version=_version()).route_table(),
     ):
         app.router.add_routes(routes)
 
 
-def management_routes(app: web.Application) -> list[web.RouteDef]:
+def management_routes(app: web.Application, services: Services) -> list[web.RouteDef]:
     """``/api/v1/runs``, ``workflows`` and ``keys`` (issue 13); a cancel stops the run at once
     when it runs on this node."""
-    services = app[SERVICES]
     workers = app.get(WORKERS)
     control = RunController(
         services.database,
