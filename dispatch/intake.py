@@ -336,7 +336,6 @@ INTAKE_COLUMNS = (
     "attempts",
     "created_at",
     "queued_at",
-    "replay_of",
 )
 """The columns intake writes: every row ``_husk_row`` and ``_run_row`` build has exactly these."""
 SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's storage format for SQLite DATETIME
@@ -368,7 +367,6 @@ def _husk_row(run_id: str, item: NewHusk, now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "created_at": now,
         "queued_at": None,
-        "replay_of": None,
     }
 
 
@@ -379,7 +377,7 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "owner_id": item.owner_id,
         "caller_id": item.caller_id,
         "service_id": item.service_id,
-        "workflow_version": item.workflow_version,
+        "workflow_version": None,
         "path": item.path,
         "method": item.method,
         "status": RunStatus.QUEUED,
@@ -395,5 +393,4 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "created_at": now,
         "queued_at": now,
-        "replay_of": item.replay_of,
     }

@@ -1,1 +1,0 @@
-"""The web console at ``/``: server-rendered pages over the same services as the API."""
