@@ -102,7 +102,9 @@ class InboxProcessor:
             claimed: list[StoredEvent] = []
             if free > 0:
                 try:
-                    claimed = await self._queue.claim(self._owner, triggers, free)
+                    claimed = await self._queue.claim(
+                        self._owner, triggers, free, busy=self._in_flight.keys()
+                    )
                 except Exception:
                     logger.exception("inbox: claiming events failed; trying again")
             self._begin(claimed)
@@ -169,7 +171,7 @@ class InboxProcessor:
         if self._closing:
             free = 0
         answers, claimed = await self._queue.finish_and_claim(
-            self._owner, outcomes, self._processors, free
+            self._owner, outcomes, self._processors, free, busy=self._in_flight.keys()
         )
         self._begin(claimed)
         return answers

@@ -68,12 +68,23 @@ class InboxQueue:
         self._retry_delay = retry_delay
         self._retry_delay_max = retry_delay_max
 
-    async def claim(self, owner: str, triggers: Collection[str], limit: int) -> list[StoredEvent]:
-        """Lease up to ``limit`` events of ``triggers`` that may be processed now, oldest first."""
+    async def claim(
+        self,
+        owner: str,
+        triggers: Collection[str],
+        limit: int,
+        busy: Collection[str] = (),
+    ) -> list[StoredEvent]:
+        """Lease up to ``limit`` events of ``triggers`` that may be processed now, oldest first.
+
+        ``busy``: the events ``owner`` is processing still. Their leases may have expired (the
+        renewals failed, say while the database was away) and another node may take them over,
+        but this node must not start them a second time beside the first.
+        """
         if limit <= 0 or not triggers:
             return []
         async with self._db.write() as conn:
-            return await self._claim_in(conn, owner, triggers, limit, self._clock.now())
+            return await self._claim_in(conn, owner, triggers, limit, self._clock.now(), busy)
 
     async def _claim_in(
         self,
@@ -82,6 +93,7 @@ class InboxQueue:
         triggers: Collection[str],
         limit: int,
         now: datetime,
+        busy: Collection[str],
     ) -> list[StoredEvent]:
         earlier = inbox_events.alias("earlier")
         query = (
@@ -106,6 +118,8 @@ class InboxQueue:
             .order_by(inbox_events.c.id)
             .limit(limit)
         )
+        if busy:
+            query = query.where(inbox_events.c.id.not_in(sorted(busy)))
         if not self._db.is_sqlite:
             # Two nodes see the same first events of their keys; each takes the unlocked ones.
             query = query.with_for_update(skip_locked=True, of=inbox_events)
@@ -181,6 +195,7 @@ class InboxQueue:
         outcomes: list[tuple[StoredEvent, ProcessingResult | BaseException]],
         triggers: Collection[str],
         limit: int,
+        busy: Collection[str] = (),
     ) -> tuple[list[Finished | BaseException], list[StoredEvent]]:
         """:meth:`finish`, then :meth:`claim` in the same transaction: the events these outcomes
         held back (the next of each conversation) are taken without another commit."""
@@ -189,7 +204,7 @@ class InboxQueue:
             answers = await self._finish_in(conn, owner, outcomes, now)
             claimed: list[StoredEvent] = []
             if limit > 0 and triggers:
-                claimed = await self._claim_in(conn, owner, triggers, limit, now)
+                claimed = await self._claim_in(conn, owner, triggers, limit, now, busy)
         return answers, claimed
 
     async def _finish_in(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -98,7 +98,9 @@ class RunQueue:
 
     # ---- workers --------------------------------------------------------------------------
 
-    async def claim(self, worker_id: str, limit: int) -> list[RunRecord]:
+    async def claim(
+        self, worker_id: str, limit: int, busy: Collection[str] = ()
+    ) -> list[RunRecord]:
         """Lease up to ``limit`` runnable runs, fairly, honouring the concurrency limits.
 
         Limits (DESIGN §1 step 2): ``per_workflow_limit`` running runs per workflow,
@@ -110,28 +112,34 @@ class RunQueue:
         burst never holds another owner's run back for longer than a worker takes to free up.
         On PostgreSQL, claims are serialised cluster-wide by a transaction-level advisory lock,
         so two nodes cannot both pass a limit check on runs the other one is claiming.
+
+        ``busy``: the runs ``worker_id`` is executing still. Their leases may have expired (the
+        renewals failed) and another worker may take them over; this one never starts them a
+        second time beside the first, and counts them as running.
         """
-        claimed, _ = await self.claim_more(worker_id, limit)
+        claimed, _ = await self.claim_more(worker_id, limit, busy)
         return claimed
 
-    async def claim_more(self, worker_id: str, limit: int) -> tuple[list[RunRecord], bool]:
+    async def claim_more(
+        self, worker_id: str, limit: int, busy: Collection[str] = ()
+    ) -> tuple[list[RunRecord], bool]:
         """``claim``, and whether runnable-looking runs were left (a limit, the window)."""
         if limit <= 0:
             return [], True
         async with self._db.write() as conn:
-            claimed, more = await self._claim_in(conn, worker_id, limit)
+            claimed, more = await self._claim_in(conn, worker_id, limit, busy)
         claimed.sort(key=lambda record: record.queued_at or record.created_at)
         return claimed, more
 
     async def _claim_in(
-        self, conn: AsyncConnection, worker_id: str, limit: int
+        self, conn: AsyncConnection, worker_id: str, limit: int, busy: Collection[str]
     ) -> tuple[list[RunRecord], bool]:
         if not self._db.is_sqlite:
             await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
         # Time is read under the locks: read before them, a run's started_at could be
         # earlier than the completed_at of the predecessor whose commit let it start.
         now = self._clock.now()
-        load = await self._load(conn, now)
+        load = await self._load(conn, now, busy)
         picked: list[str] = []
         more = await self._pick(conn, load.expired, load, picked, limit, now)
         for sources in (PRIORITY_SOURCES, (Source.API.value,)):
@@ -200,7 +208,7 @@ class RunQueue:
             return []
         if not self._db.is_sqlite:
             await conn.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_ID)))
-        load = await self._load(conn, self._clock.now())  # under the locks, as in claim
+        load = await self._load(conn, self._clock.now(), ())  # under the locks, as in claim
         picked: list[str] = []
         for run_id, service_id, owner_id in new:
             if load.admits(service_id, owner_id):
@@ -208,8 +216,9 @@ class RunQueue:
                 picked.append(run_id)
         return await self._take_leases(conn, worker_id, picked) if picked else []
 
-    async def _load(self, conn: AsyncConnection, now: datetime) -> _Load:
-        """What runs now: per workflow, per owner, the serial keys held; the expired leases."""
+    async def _load(self, conn: AsyncConnection, now: datetime, busy: Collection[str]) -> _Load:
+        """What runs now: per workflow, per owner, the serial keys held; the expired leases
+        (but those of ``busy`` runs, which run still)."""
         alive = runs.c.lease_expires_at >= now
         running = await conn.execute(
             select(
@@ -226,7 +235,7 @@ class RunQueue:
         )
         load = _Load(self._per_workflow_limit, self._per_owner_limit)
         for run_id, service_id, owner_id, status, attempts, serial_key, is_alive in running:
-            if is_alive:
+            if is_alive or run_id in busy:
                 load.take(service_id, owner_id)
                 if serial_key is not None:
                     load.keys.add(serial_key)
@@ -358,7 +367,12 @@ class RunQueue:
         return record is not None
 
     async def complete_many(
-        self, worker_id: str, ends: list[Completion], *, claim: int = 0
+        self,
+        worker_id: str,
+        ends: list[Completion],
+        *,
+        claim: int = 0,
+        busy: Collection[str] = (),
     ) -> tuple[list[RunRecord | None], list[RunRecord], bool]:
         """Record several runs' ends in one transaction (one commit for all; see ``complete``),
         then claim up to ``claim`` runs in it too: the workers freed take their next runs
@@ -404,7 +418,7 @@ class RunQueue:
             if replies:
                 await conn.execute(deliveries.insert(), replies)
             if claim > 0:
-                claimed, more = await self._claim_in(conn, worker_id, claim)
+                claimed, more = await self._claim_in(conn, worker_id, claim, busy)
         for record in records:
             if record is not None:
                 TRACE.mark(record.id, "completed")

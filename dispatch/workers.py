@@ -119,7 +119,9 @@ class WorkerPool:
         free = 0
         if self._more and not self._stopping:  # nothing was left to claim: no claim needed
             free = self._settings.workers - len(self._active) - self._reserved + len(ends)
-        finished, claimed, more = await self._queue.complete_many(self._worker_id, ends, claim=free)
+        finished, claimed, more = await self._queue.complete_many(
+            self._worker_id, ends, claim=free, busy=self._active.keys()
+        )
         if free > 0:
             self._more = more
         self._start_runs(claimed)
@@ -178,7 +180,9 @@ class WorkerPool:
             work.clear()
             if free > 0:
                 try:
-                    claimed, self._more = await self._queue.claim_more(self._worker_id, free)
+                    claimed, self._more = await self._queue.claim_more(
+                        self._worker_id, free, self._active.keys()
+                    )
                 except Exception:
                     logger.exception("claiming runs failed; trying again")
                 self._start_runs(claimed)

@@ -217,6 +217,32 @@ async def test_an_expired_lease_is_taken_over_by_another_node_and_makes_one_run(
     assert final["status"] == EventStatus.PROCESSED and final["run_ids"] == row["run_ids"]
 
 
+async def test_a_node_does_not_start_again_an_event_whose_lease_it_let_expire(
+    node: InboxNode,
+) -> None:
+    # Its renewals failed (the clock passed the lease): the event may go to another node, but
+    # this one, still processing it, must not start it a second time (the cause of a flaky
+    # takeover test: node A re-took its own event before node B could).
+    clock = node.clock
+    assert isinstance(clock, ManualClock)
+    first = await node.accept(event("hello"))
+    stalled = RunPerMessage()
+    stalled.gate = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        await node.processor({"test": stalled}, owner="node-a").start(stack)
+        async with asyncio.timeout(5):
+            await stalled.started.wait()
+        stalled.started.clear()
+        clock.advance(node.lease_seconds + 1)
+        await node.accept(event("other", key="chat-2"))  # wakes the claim loop
+        async with asyncio.timeout(5):
+            await stalled.started.wait()
+        assert stalled.seen == ["hello", "other"]
+        stalled.gate.set()
+        await wait_for_status(node, first.id, EventStatus.PROCESSED)
+    assert sorted(await run_bodies(node.database)) == ["hello", "other"]
+
+
 async def test_suspend_holds_events_and_resume_processes_them_in_order(node: InboxNode) -> None:
     health = await node.store.suspend("test")
     assert health.state == "suspended"

@@ -69,6 +69,19 @@ async def test_expired_lease_is_claimed_again_and_completes_exactly_once(
     assert record is not None and record.status == RunStatus.COMPLETED and record.attempts == 2
 
 
+async def test_a_worker_does_not_claim_again_a_run_it_still_executes(database: Database) -> None:
+    clock = ManualClock()
+    queue = make_queue(database, clock, per_workflow_limit=1)
+    writer = IntakeWriter(database, clock)
+    await submit(writer, request(), request())
+    [first] = await queue.claim("worker-a", 1)
+    clock.advance(31)  # worker-a's renewals failed; it still executes the run
+    # Neither the run itself nor, the run counting as running, the next one (a limit of 1).
+    assert await queue.claim("worker-a", 5, busy={first.id}) == []
+    [again] = await queue.claim("worker-b", 5)  # for anybody else the lease is over
+    assert again.id == first.id and again.attempts == 2
+
+
 async def test_renewed_lease_is_kept(database: Database) -> None:
     clock = ManualClock()
     queue = make_queue(database, clock)
