@@ -69,6 +69,23 @@ def invocation(body: object, timeout: float = 60) -> Invocation:
     )
 
 
+def bench_sandbox(name: str) -> SandboxSettings:
+    """Sandboxes as uid 65534 in a runs dir and cgroups named after ``name`` and of their own
+    (release the cgroups, remove the dir when done); exits where this host cannot make any."""
+    runs_dir = Path(tempfile.gettempdir()) / f"sb-{name}-{uuid.uuid4().hex[:8]}"
+    problem = probe_sandbox(65534, runs_dir)
+    cgroups = detect_cgroups(f"{name}-{uuid.uuid4().hex[:8]}") if problem is None else problem
+    if isinstance(cgroups, str):
+        raise SystemExit(f"no sandbox here: {cgroups}")
+    return SandboxSettings(
+        uid=65534,
+        runs_dir=runs_dir,
+        runtime_address=("127.0.0.1", 8000),
+        startup_timeout=30,
+        cgroups=cgroups,
+    )
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
@@ -195,18 +212,8 @@ async def main() -> None:
     parser.add_argument("--warm-only", action="store_true", help="only the warm reuse rows")
     args = parser.parse_args()
     python = args.env / "bin" / "python"
-    runs_dir = Path(tempfile.gettempdir()) / f"sb-bench-{uuid.uuid4().hex[:8]}"
-    problem = probe_sandbox(65534, runs_dir)
-    cgroups = detect_cgroups(f"bench-{uuid.uuid4().hex[:8]}") if problem is None else problem
-    if isinstance(cgroups, str):
-        raise SystemExit(f"no sandbox here: {cgroups}")
-    settings = SandboxSettings(
-        uid=65534,
-        runs_dir=runs_dir,
-        runtime_address=("127.0.0.1", 8000),
-        startup_timeout=30,
-        cgroups=cgroups,
-    )
+    settings = bench_sandbox("bench")
+    runs_dir, cgroups = settings.runs_dir, settings.cgroups
     pool = ZygotePool(settings, runs_dir.with_name(runs_dir.name + "-z"))
     warm_rows = [
         f"| {label}, network {network} | {args.runs} | "

@@ -21,9 +21,7 @@ import asyncio
 import functools
 import statistics
 import subprocess
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,16 +29,14 @@ from typing import Any
 import dispatch.sandbox.sandbox_runner as sandbox_runner
 import dispatch.sandbox.zygote_pool as zygote_pool
 from bench.report import RESULTS, code_version, machine_facts, percentile, replace_section, table
-from core.models import Invocation, WorkflowLimits
+from bench.sandbox import BASE_ENV, bench_sandbox, invocation
+from core.models import WorkflowLimits
 from dispatch.registry import Workflow
-from dispatch.sandbox.bwrap import SandboxSettings, probe_sandbox
-from dispatch.sandbox.cgroups import detect_cgroups
 from dispatch.sandbox.sandbox_runner import SandboxRunner
 from dispatch.sandbox.zygote_pool import ZygotePool
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_GREETER = Path(__file__).with_name("workflows") / "client_greeter.py"
-BASE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 STAGES = ("prepare", "relay", "fork", "place", "place: cgroup join", "ready", "request", "teardown")
 
 _marks: dict[str, list[float]] = {}
@@ -87,25 +83,9 @@ def instrument() -> None:
         setattr(sandbox_runner, name, _timed_sync(stage, getattr(sandbox_runner, name)))
 
 
-def invocation() -> Invocation:
-    run_id = f"req_cold{uuid.uuid4().hex[:16]}"
-    return Invocation(
-        run_id=run_id,
-        owner_id="bench",
-        service_id="hello",
-        workflow_version=1,
-        path="",
-        method="POST",
-        body=b'{"name": "Ada"}',
-        headers={"X-Request-Id": run_id},
-        env={"CODEWORDS_API_KEY": "bench-key", "CODEWORDS_RUNTIME_URI": "http://127.0.0.1:9"},
-        timeout=60,
-    )
-
-
 async def one(runner: SandboxRunner, workflow: Workflow) -> float:
     started = time.perf_counter()
-    outcome = await runner.run(invocation(), workflow, lambda _s, _l: None)
+    outcome = await runner.run(invocation({"name": "Ada"}), workflow, lambda _s, _l: None)
     if outcome.status.value != "completed":
         raise RuntimeError(outcome.error)
     return (time.perf_counter() - started) * 1000
@@ -129,18 +109,8 @@ async def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS, help="the results file to update")
     args = parser.parse_args()
     python = args.env / "bin" / "python"
-    runs_dir = Path(tempfile.gettempdir()) / f"sb-cold-{uuid.uuid4().hex[:8]}"
-    problem = probe_sandbox(65534, runs_dir)
-    cgroups = detect_cgroups(f"cold-{uuid.uuid4().hex[:8]}") if problem is None else problem
-    if isinstance(cgroups, str):
-        raise SystemExit(f"no sandbox here: {cgroups}")
-    settings = SandboxSettings(
-        uid=65534,
-        runs_dir=runs_dir,
-        runtime_address=("127.0.0.1", 8000),
-        startup_timeout=30,
-        cgroups=cgroups,
-    )
+    settings = bench_sandbox("cold")
+    runs_dir, cgroups = settings.runs_dir, settings.cgroups
     instrument()
     pool = ZygotePool(settings, runs_dir.with_name(runs_dir.name + "-z"))
     runner = SandboxRunner(settings, base_env=BASE_ENV, zygotes=pool)

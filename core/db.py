@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import await_
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +98,17 @@ class Database:
             if connection.connection.driver_connection.in_transaction:
                 logger.warning("rolling back a transaction abandoned on a pooled connection")
                 connection.exec_driver_sql("ROLLBACK")
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if pool_size == 1 else "BEGIN")
+            # Straight to the driver: one hop to aiosqlite's thread where ``exec_driver_sql``
+            # makes three (cursor, execute, close), and every write transaction begins here.
+            driver = connection.connection.driver_connection
+            await_(driver.execute("BEGIN IMMEDIATE" if pool_size == 1 else "BEGIN"))
 
         return engine
 
-    def start(self, *, checkpoint_interval: float = 1.0) -> None:
-        """Start background maintenance (SQLite: WAL checkpoints off the write path)."""
+    async def start(self, stack: AsyncExitStack, *, checkpoint_interval: float = 1.0) -> None:
+        """Start background maintenance (SQLite: WAL checkpoints off the write path); the
+        engines are disposed when ``stack`` closes."""
+        stack.push_async_callback(self.dispose)
         if self.is_sqlite and self._maintenance is None:
             self._maintenance = asyncio.create_task(
                 self._checkpoint_loop(checkpoint_interval), name="sqlite-checkpoints"

@@ -87,6 +87,17 @@ class Delivery(BaseModel):
     """The run's request record (``RunRecord.to_api()``), for targets that want all of it."""
     attempts: int
     progress: int
+    interrupted: bool = False
+    """The previous attempt ended with nothing recorded (its sender died, or stalled past its
+    lease, mid-send): parts from ``progress`` on may have reached the provider already. A sender
+    whose provider can be asked checks before sending them again."""
+
+    @property
+    def in_doubt(self) -> bool:
+        """Whether parts from ``progress`` on may be at the provider already: the previous
+        attempt was interrupted, or ended in a timeout or lost connection after its request
+        went out (the provider may have acted on it; bench.chaos saw both)."""
+        return self.interrupted or self.attempts > 1
 
 
 class SendResult(BaseModel):

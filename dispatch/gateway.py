@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Protocol
 
@@ -65,8 +66,9 @@ class QueueGateway:
         self._local: LocalWorkers | None = None
         self._adopted: dict[str, asyncio.Future[RunRecord | None]] = {}
 
-    def start(self) -> None:
+    async def start(self, stack: AsyncExitStack) -> None:
         self._intake.start()
+        stack.push_async_callback(self.aclose)
 
     async def aclose(self) -> None:
         await self._intake.aclose()

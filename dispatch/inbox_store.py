@@ -7,6 +7,7 @@ and replay. Processing itself is the inbox processor's (dispatch/inbox_processor
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
@@ -70,6 +71,11 @@ class InboxStore:
     def register(self, trigger: str, details: HealthDetails | None = None) -> None:
         """Name a configured trigger (a key of a channel's ``processors``)."""
         self._triggers[trigger] = details
+
+    @property
+    def work_available(self) -> asyncio.Event:
+        """Set when events this node stored may be processed: its inbox processor's wake-up."""
+        return self._writer.work_available
 
     @property
     def trigger_names(self) -> list[str]:

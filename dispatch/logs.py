@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,8 +44,9 @@ class LogWriter:
             self._write, name="run-logs", max_batch=2000
         )
 
-    def start(self) -> None:
+    async def start(self, stack: AsyncExitStack) -> None:
         self._commit.start()
+        stack.push_async_callback(self.aclose)
 
     async def aclose(self) -> None:
         self._hand_over()

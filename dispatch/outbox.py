@@ -25,6 +25,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -209,8 +210,9 @@ class Outbox:
     def channels(self) -> frozenset[str]:
         return frozenset(self._senders)
 
-    def start(self) -> None:
+    async def start(self, stack: AsyncExitStack) -> None:
         self._task = asyncio.create_task(self._drain_loop(), name="outbox")
+        stack.push_async_callback(self.aclose)
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -309,9 +311,12 @@ class Outbox:
         async with self._db.write() as conn:
             if not self._db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
-            ids = list((await conn.execute(query)).scalars())
-            if not ids:
+            found = (await conn.execute(query.add_columns(deliveries.c.status))).all()
+            if not found:
                 return []
+            ids = [row[0] for row in found]
+            # Claimed while still "sending": the attempt before ended without recording.
+            interrupted = {row[0] for row in found if row[1] == "sending"}
             result = await conn.execute(
                 update(deliveries)
                 .where(deliveries.c.id.in_(ids))
@@ -324,7 +329,10 @@ class Outbox:
                 .returning(*deliveries.c)
             )
             rows = result.mappings().all()
-        return sorted((_delivery_of(row) for row in rows), key=lambda d: d.id)
+        return sorted(
+            (_delivery_of(row, interrupted=row["id"] in interrupted) for row in rows),
+            key=lambda d: d.id,
+        )
 
     async def _record(self, delivery: Delivery, result: SendResult) -> None:
         now = self._clock.now()
@@ -378,7 +386,7 @@ def _leased(delivery: Delivery) -> Update:
     )
 
 
-def _delivery_of(row: Any) -> Delivery:
+def _delivery_of(row: Any, *, interrupted: bool = False) -> Delivery:
     payload = row["payload"] or {}
     return Delivery.model_validate(
         {
@@ -390,5 +398,6 @@ def _delivery_of(row: Any) -> Delivery:
             "record": payload.get("record") or {},
             "attempts": row["attempts"],
             "progress": row["progress"],
+            "interrupted": interrupted,
         }
     )

@@ -26,6 +26,7 @@ from core.inbox import EventStatus
 from core.models import FINISHED_STATUSES
 from core.tables import metadata
 from dispatch.inbox_tables import inbox_events
+from dispatch.settings import InboxSettings, RuntimeSettings
 from dispatch.tables import deliveries, runs
 
 logger = logging.getLogger(__name__)
@@ -42,17 +43,6 @@ UNDELIVERED = ("pending", "sending")  # dispatch/outbox.py
 
 
 @dataclass(frozen=True, slots=True)
-class RetentionSettings:
-    interval: float
-    min_age: float
-    runs_max_age_days: float
-    runs_max_count: int
-    events_max_age_days: float
-    events_max_count: int
-    body_max_age_days: float
-
-
-@dataclass(frozen=True, slots=True)
 class Pruned:
     runs: int = 0
     events: int = 0
@@ -62,10 +52,14 @@ class Pruned:
 class Retention:
     """Prunes every ``interval`` seconds; :meth:`prune` is one pass (tests call it directly)."""
 
-    def __init__(self, database: Database, clock: Clock, settings: RetentionSettings) -> None:
+    def __init__(
+        self, database: Database, clock: Clock, runtime: RuntimeSettings, inbox: InboxSettings
+    ) -> None:
+        """Runs by ``runtime``'s limits, inbox events by ``inbox``'s (both documented keys)."""
         self._db = database
         self._clock = clock
-        self._settings = settings
+        self._runtime = runtime
+        self._inbox = inbox
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, stack: AsyncExitStack) -> None:
@@ -92,25 +86,25 @@ class Retention:
                     )
             except Exception:
                 logger.exception("retention pass failed; trying again later")
-            await asyncio.sleep(self._settings.interval)
+            await asyncio.sleep(self._runtime.retention_interval)
 
     async def prune(self) -> Pruned:
-        settings = self._settings
+        runtime, inbox = self._runtime, self._inbox
         now = self._clock.now()
-        young = now - timedelta(seconds=settings.min_age)
-        bodies = await self._drop_bodies(now - timedelta(days=settings.body_max_age_days))
+        young = now - timedelta(seconds=runtime.retention_min_age)
+        bodies = await self._drop_bodies(now - timedelta(days=inbox.body_max_age_days))
         events = await self._delete_events(
-            inbox_events.c.received_at < now - timedelta(days=settings.events_max_age_days)
+            inbox_events.c.received_at < now - timedelta(days=inbox.max_age_days)
         )
-        cut = await self._nth_newest_event(settings.events_max_count)
+        cut = await self._nth_newest_event(inbox.max_count)
         if cut is not None:
             events += await self._delete_events(
                 and_(inbox_events.c.id <= cut, inbox_events.c.received_at < young)
             )
         removed = await self._delete_runs(
-            runs.c.completed_at < now - timedelta(days=settings.runs_max_age_days)
+            runs.c.completed_at < now - timedelta(days=runtime.runs_max_age_days)
         )
-        nth = await self._nth_newest_run(settings.runs_max_count)
+        nth = await self._nth_newest_run(runtime.runs_max_count)
         if nth is not None:
             created_at, run_id = nth
             older = or_(

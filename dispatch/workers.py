@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Any
 
@@ -112,6 +113,17 @@ class WorkerPool:
         self._reserved -= 1
         self._start_runs([run])
 
+    def stop(self, run_id: str) -> bool:
+        """Stop a run executing here that was cancelled (``dispatch/run_control.py``): its task
+        is cancelled, so its runner tears its process down; ``False`` if it is not here."""
+        task = self._active.get(run_id)
+        if task is None:
+            return False
+        if not task.cancelling():  # once: a second cancel would cut its teardown short
+            logger.info("run %s: cancelled; stopping it here", run_id)
+            task.cancel()
+        return True
+
     async def _complete(self, ends: list[Completion]) -> list[RunRecord | BaseException | None]:
         """Record ``ends`` and, in the same transaction, claim the next runs for the workers
         they free (DESIGN §4: one commit where a batch can share it)."""
@@ -128,13 +140,14 @@ class WorkerPool:
         for run in claimed:
             self._active[run.id] = asyncio.create_task(self._execute(run), name=f"run:{run.id}")
 
-    def start(self) -> None:
+    async def start(self, stack: AsyncExitStack) -> None:
         self._completions.start()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="workers:claim"),
             asyncio.create_task(self._lease_loop(), name="workers:leases"),
             asyncio.create_task(self._husk_loop(), name="workers:husks"),
         ]
+        stack.push_async_callback(self.aclose)
 
     async def aclose(self) -> None:
         """Stop claiming; let running runs finish for ``shutdown_grace`` s, hand back the rest."""
@@ -215,8 +228,9 @@ class WorkerPool:
                 continue
             for run_id in set(held) - kept:
                 task = self._active.get(run_id)
-                if task is not None:
-                    logger.warning("run %s: lease lost to another worker; stopping it here", run_id)
+                if task is not None and not task.cancelling():
+                    # Lost to another worker, or cancelled (dispatch/run_control.py).
+                    logger.warning("run %s: lease lost; stopping it here", run_id)
                     task.cancel()
 
     async def _execute(self, run: RunRecord) -> None:
@@ -251,7 +265,9 @@ class WorkerPool:
                 return self._replies.row(run, outcome, now)
 
             # Batched with the other runs ending meanwhile: one commit for all of them.
-            finished = await self._completions.submit(Completion(run.id, outcome, reply, lines))
+            finished = await self._completions.submit(
+                Completion(run.id, outcome, reply, lines, started_at=run.started_at)
+            )
             if finished is not None:
                 self._on_reply()
             else:
@@ -279,7 +295,8 @@ class WorkerPool:
             if builtin is not None:
                 async with asyncio.timeout(invocation.timeout):
                     return await builtin(invocation, sink)
-            workflow = await self._registry.resolve(run.service_id)
+            # A run that names its version (a replay of "same") runs that one, not the current.
+            workflow = await self._registry.resolve(run.service_id, run.workflow_version)
             await self._queue.set_version(self._worker_id, run.id, workflow.version)
             root = str(workflow.source_path.parent)
             # A workflow's own timeout may be shorter than runtime.run_timeout, never longer:

@@ -9,16 +9,13 @@ kernel releases it when the process dies.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import select
 
 from core.db import Database
+from core.locks import AdvisoryNamedLock, FileNamedLock
 from scheduler.tables import schedule_changes
 
 ADVISORY_LOCK_KEY = 0x5357_4348_4544  # "SWCHED": one key per database
@@ -46,33 +43,20 @@ class Leadership(Protocol):
 
 class AdvisoryLock:
     """PostgreSQL session advisory lock on a connection of its own (autocommit: no long
-    transaction holds a snapshot while this node leads)."""
+    transaction holds a snapshot while this node leads); ``core.locks`` holds it."""
 
     def __init__(self, database: Database) -> None:
-        self._db = database
-        self._conn: AsyncConnection | None = None
+        self._lock = AdvisoryNamedLock(database, "scheduler", key=ADVISORY_LOCK_KEY)
 
     async def try_acquire(self) -> bool:
-        conn = await self._db.engine.connect()
-        try:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            held = await conn.scalar(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-            )
-        except BaseException:
-            await conn.close()
-            raise
-        if not held:
-            await conn.close()
-            return False
-        self._conn = conn
-        return True
+        return await self._lock.try_acquire()
 
     async def revision(self) -> int:
-        if self._conn is None:
+        conn = self._lock.connection
+        if conn is None:
             raise LeadershipLost("not holding the scheduler lock")
         try:
-            value = await self._conn.scalar(select(schedule_changes.c.revision))
+            value = await conn.scalar(select(schedule_changes.c.revision))
         except Exception as exc:
             raise LeadershipLost(
                 f"the connection holding the scheduler lock failed: {exc}"
@@ -80,49 +64,28 @@ class AdvisoryLock:
         return int(value or 0)
 
     async def release(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
-            await conn.close()
-        except Exception:
-            # Never hand a connection that may still hold the lock back to the pool.
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
-                await conn.close()
+        await self._lock.release()
 
 
 class FileLock:
-    """SQLite: ``flock`` on ``<database file>.scheduler.lock``."""
+    """SQLite: ``flock`` on ``<database file>.scheduler.lock`` (``core.locks``)."""
 
     def __init__(self, database: Database, path: Path) -> None:
         self._db = database
-        self._path = path
-        self._fd: int | None = None
+        self._lock = FileNamedLock(path)
 
     async def try_acquire(self) -> bool:
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
+        return await self._lock.try_acquire()
 
     async def revision(self) -> int:
-        if self._fd is None:
+        if not self._lock.held:
             raise LeadershipLost("not holding the scheduler lock")
         async with self._db.read() as conn:
             value = await conn.scalar(select(schedule_changes.c.revision))
         return int(value or 0)
 
     async def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        await self._lock.release()
 
 
 def leadership_for(database: Database) -> Leadership:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
 
 from core.clock import Clock
 from core.db import Database
@@ -20,20 +20,6 @@ from scheduler.store import ScheduleStore
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class NodeSettings:
-    standby_retry: float = 0.5
-    """Seconds between a standby's attempts to take the lock."""
-    poll_interval: float = 1.0
-    """Seconds between the leader's checks of the change counter (and of its lock)."""
-    on_time: float = 2.0
-    """Ticks at most this late when a leader rebuilds a changed job fire normally, whatever the
-    misfire policy (see ``scheduler.misfire``)."""
-    takeover_grace: float = 10.0
-    """The same when a leader takes over: ticks this late fire once (at least the fail-over
-    time; see ``scheduler.misfire``)."""
-
-
 class SchedulerNode:
     """Standby → leader → (lock lost) → standby …, until :meth:`aclose`."""
 
@@ -43,8 +29,10 @@ class SchedulerNode:
         store: ScheduleStore,
         gateway: RunGateway,
         clock: Clock,
-        settings: NodeSettings = NodeSettings(),
+        settings: SchedulerSettings,
     ) -> None:
+        """``settings``: the retry and poll periods, ``on_time`` and ``takeover_grace`` (see
+        ``scheduler.misfire``) of the ``[scheduler]`` section."""
         self._leadership = leadership
         self._store = store
         self._gateway = gateway
@@ -55,8 +43,9 @@ class SchedulerNode:
         self.leading = asyncio.Event()
         self.engine: ScheduleEngine | None = None
 
-    def start(self) -> None:
+    async def start(self, stack: AsyncExitStack) -> None:
         self._task = asyncio.create_task(self._run(), name="scheduler:node")
+        stack.push_async_callback(self.aclose)
 
     def wake(self) -> None:
         """A schedule changed on this node: look at the table now, not at the next poll."""
@@ -126,12 +115,7 @@ def scheduler_node(
         schedules.store,
         gateway,
         clock,
-        NodeSettings(
-            standby_retry=settings.standby_retry,
-            poll_interval=settings.poll_interval,
-            on_time=settings.on_time,
-            takeover_grace=settings.takeover_grace,
-        ),
+        settings,
     )
     schedules.on_change(node.wake)
     return node

@@ -1,10 +1,17 @@
-"""The aiohttp application: routes, and every resource in a ``cleanup_ctx`` (reverse teardown)."""
+"""The aiohttp application: routes, and one ``cleanup_ctx`` that starts every component.
+
+Each component (``core.channels.Component``) registers its own teardown on the one exit stack,
+so a role is a list of starts in dependency order (:func:`_start_worker`, :func:`_start_scheduler`)
+and shutdown runs them backwards: the scheduler and the workers stop, then the channels' intake,
+then the group commits, then the database.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hmac
+import importlib.metadata
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -12,13 +19,22 @@ from typing import Any
 
 from aiohttp import web
 
+from console.app import mount_console
+from console.deps import LateConsole
 from core.channels import Channel
 from core.errors import Unauthorized
 from core.inbox import InboxAdmin
 from core.models import CallerRights
+from core.redaction import InFlightSecrets
 from dispatch.inbox_processor import InboxProcessor
-from dispatch.retention import Retention, RetentionSettings
+from dispatch.inbox_queue import InboxQueue
+from dispatch.intake import IntakeWriter
+from dispatch.logs import LogWriter
+from dispatch.retention import Retention
+from dispatch.run_catalog import RunCatalogReader
+from dispatch.run_control import RunController
 from dispatch.workers import WorkerPool
+from dispatch.workflow_catalog import WorkflowCatalog
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import ScheduleRoutes
 from switchboard.channels import (
@@ -27,16 +43,21 @@ from switchboard.channels import (
     configured_triggers,
     run_started_to,
 )
+from switchboard.console import console_deps, first_start_link
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.headers import set_security_headers
 from switchboard.http import body_deadline_middleware, error_middleware
+from switchboard.logging import redact_server_logs
 from switchboard.metrics import PrometheusMetrics
-from switchboard.sandboxing import ConfiguredRunner, open_runner
-from switchboard.services import Services, open_services
+from switchboard.sandboxing import ConfiguredRunner
+from switchboard.services import Services, start_services
 from switchboard.settings import Settings
-from triggers.api import ApiSettings, RuntimeApi
+from triggers.api import RuntimeApi
 from triggers.files import FileRoutes
 from triggers.inbox_api import InboxRoutes
+from triggers.manage_api import ManagementRoutes
+from triggers.openapi import OpenApiRoute
+from triggers.runs_api import RunRoutes
 from triggers.secrets_api import SecretRoutes
 
 logger = logging.getLogger(__name__)
@@ -61,6 +82,7 @@ def create_app(
     *,
     roles: Collection[str] = ROLES,
     on_admin_key: Callable[[str], None] | None = None,
+    on_console_link: Callable[[str], None] | None = None,
 ) -> web.Application:
     """The whole service for ``roles``: ``web`` serves the API, ``worker`` executes runs,
     ``scheduler`` fires schedules (one leader per database, the other nodes stand by)."""
@@ -82,13 +104,9 @@ def create_app(
     app[STARTUP_ERROR] = []
     app[PARTS] = LateParts()
     app[CHANNELS] = configured_channels(settings, app[PARTS], roles=roles)
-    app.cleanup_ctx.append(_services)
+    late = LateConsole()
+    app.cleanup_ctx.append(_components(roles, on_admin_key, on_console_link, late))
     app.on_shutdown.append(_stop_log_streams)
-    if "worker" in roles:
-        app.cleanup_ctx.append(_workers)
-    if "scheduler" in roles:
-        app.cleanup_ctx.append(_scheduler)
-    app.cleanup_ctx.append(_bootstrap(on_admin_key))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     if "web" in roles:
@@ -96,7 +114,7 @@ def create_app(
             edge = channel.edge()
             if isinstance(edge, web.Application):
                 app.add_subapp(channel.prefix, edge)
-        app.cleanup_ctx.append(_api_routes)
+        mount_console(app, late)
     return app
 
 
@@ -113,45 +131,101 @@ def inbox_admin(services: Services) -> InboxAdmin:
     return inbox
 
 
-async def _api_routes(app: web.Application) -> AsyncIterator[None]:
+def _components(
+    roles: Collection[str],
+    on_admin_key: Callable[[str], None] | None,
+    on_console_link: Callable[[str], None] | None,
+    console: LateConsole,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def components(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            services = await start_services(
+                app[SETTINGS],
+                stack,
+                metrics=app[METRICS],
+                channels=app[CHANNELS],
+                parts=app[PARTS],
+            )
+            app[SERVICES] = services
+            if "worker" in roles:
+                await _start_worker(app, services, stack)
+            if "scheduler" in roles:
+                await _start_scheduler(app, services, stack)
+            await _bootstrap(app, services, stack, on_admin_key, on_console_link)
+            if "web" in roles:
+                _add_api_routes(app, services)
+                workers = app.get(WORKERS)
+                console.deps = console_deps(
+                    services, stop_local=workers.stop if workers is not None else None
+                )
+            yield
+
+    return components
+
+
+def _add_api_routes(app: web.Application, services: Services) -> None:
     """The HTTP API's routes (runtime, files, schedules, secrets, triggers and inbox),
     registered as bound methods of the handler objects made from the services. aiohttp freezes
     the router only after startup (``AppRunner``: ``startup()``, then ``freeze()``) and serves
     nothing before it finishes, so routes added now are served like those added in
     :func:`create_app`."""
-    services = app[SERVICES]
 
     async def schedule_owner(request: web.Request) -> tuple[str, CallerRights]:
         principal = await services.auth.authenticate(request.headers.get("Authorization"))
         services.auth.refuse_one_time(principal, "schedules")
         return principal.owner_id, principal.rights
 
+    runtime = services.settings.runtime
+    app[API] = RuntimeApi(
+        services.gateway,
+        services.auth,
+        services.files,
+        sync_timeout=runtime.sync_timeout,
+        logs_max_seconds=runtime.logs_max_seconds,
+    )
     for routes in (
         app[API].route_table(),
         FileRoutes(services.files).route_table(),
         ScheduleRoutes(services.schedules, schedule_owner).route_table(),
+        ScheduleRoutes(services.schedules, schedule_owner).route_table("/api/v1"),
         SecretRoutes(services.secrets, services.auth).route_table(),
         InboxRoutes(services.inbox, services.auth).route_table(),
+        management_routes(app, services),
+        OpenApiRoute(title="Switchboard", version=_version()).route_table(),
     ):
         app.router.add_routes(routes)
-    yield
 
 
-async def _services(app: web.Application) -> AsyncIterator[None]:
-    async with open_services(
-        app[SETTINGS], metrics=app[METRICS], channels=app[CHANNELS], parts=app[PARTS]
-    ) as services:
-        app[SERVICES] = services
-        app[API] = RuntimeApi(
-            services.gateway,
+def management_routes(app: web.Application, services: Services) -> list[web.RouteDef]:
+    """``/api/v1/runs``, ``workflows`` and ``keys`` (issue 13); a cancel stops the run at once
+    when it runs on this node."""
+    workers = app.get(WORKERS)
+    control = RunController(
+        services.database,
+        services.clock,
+        services.gateway,
+        services.events,
+        stop_local=workers.stop if workers is not None else None,
+    )
+    workflows = WorkflowCatalog(
+        services.database, services.registry, services.settings.server.data_dir / "uploads"
+    )
+    return [
+        *RunRoutes(
+            RunCatalogReader(services.database),
+            control,
             services.auth,
-            services.files,
-            ApiSettings(
-                sync_timeout=services.settings.runtime.sync_timeout,
-                logs_max_seconds=services.settings.runtime.logs_max_seconds,
-            ),
-        )
-        yield
+            bulk_limit=services.settings.runtime.bulk_limit,
+        ).route_table(),
+        *ManagementRoutes(workflows, services.keys, services.auth).route_table(),
+    ]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("switchboard")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "0"
 
 
 async def _stop_log_streams(app: web.Application) -> None:
@@ -161,16 +235,19 @@ async def _stop_log_streams(app: web.Application) -> None:
         api.stop_log_streams()
 
 
-async def _workers(app: web.Application) -> AsyncIterator[None]:
-    async with open_runner(app[SERVICES]) as chosen:
-        app[RUNNER] = chosen
-        async for _ in _worker_pool(app, chosen):
-            yield
-
-
-async def _worker_pool(app: web.Application, chosen: ConfiguredRunner) -> AsyncIterator[None]:
-    services = app[SERVICES]
+async def _start_worker(
+    app: web.Application, services: Services, stack: contextlib.AsyncExitStack
+) -> None:
+    """A worker node: the runner, the outbox, the workers, the inbox processor, retention."""
     settings = services.settings
+    runner = ConfiguredRunner(services)
+    await runner.start(stack)
+    app[RUNNER] = runner
+    in_flight = InFlightSecrets()  # this node's runs' secret values, redacted from its logs
+    stack.callback(redact_server_logs(in_flight))
+    logs = LogWriter(services.database, services.clock, services.events)
+    await logs.start(stack)
+    await services.outbox.start(stack)  # after the workers stop: their last replies go out
     pool_owner = f"node-{uuid.uuid4().hex[:12]}"
     pool = WorkerPool(
         settings.runtime,
@@ -178,30 +255,28 @@ async def _worker_pool(app: web.Application, chosen: ConfiguredRunner) -> AsyncI
         runtime_url=settings.server.base_url(),
         queue=services.queue,
         registry=services.registry,
-        runner=chosen.runner,
+        runner=runner.runner,
         builtins=services.builtins,
-        logs=services.logs,
+        logs=logs,
         events=services.events,
         signer=services.signer,
         clock=services.clock,
         metrics=services.metrics,
         replies=services.replies,
         secrets=services.secrets,
-        in_flight=services.in_flight_secrets,
+        in_flight=in_flight,
         on_reply=services.outbox.wake,
-        on_started=run_started_to(app[CHANNELS]),
+        on_started=run_started_to(services.channels),
     )
-    pool.start()
-    services.outbox.start()
-    services.gateway.serve_locally(pool)
+    await pool.start(stack)
     app[WORKERS] = pool
-    async with contextlib.AsyncExitStack() as stack:
-        await inbox_processor(services, owner=pool_owner).start(stack)
-        await retention(services).start(stack)
-        yield
-    services.gateway.serve_locally(None)
-    await pool.aclose()
-    await services.outbox.aclose()
+    services.gateway.serve_locally(pool)
+    stack.callback(services.gateway.serve_locally, None)
+    await inbox_processor(services, owner=pool_owner).start(stack)
+    settings = services.settings
+    await Retention(services.database, services.clock, settings.runtime, settings.inbox).start(
+        stack
+    )
 
 
 def inbox_processor(services: Services, *, owner: str) -> InboxProcessor:
@@ -210,13 +285,21 @@ def inbox_processor(services: Services, *, owner: str) -> InboxProcessor:
     return InboxProcessor(
         settings,
         owner,
-        services.inbox_queue,
+        InboxQueue(
+            services.database,
+            services.clock,
+            IntakeWriter(services.database, services.clock),  # run requests only, no events
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+            retry_delay=settings.retry_delay,
+            retry_delay_max=settings.retry_delay_max,
+        ),
         {
             trigger: processor
             for channel in services.channels
             for trigger, processor in channel.processors.items()
         },
-        wake=services.inbox_writer.work_available,
+        wake=services.inbox.work_available,
         clock=services.clock,
         run_events=services.events,
         metrics=services.metrics,
@@ -224,56 +307,43 @@ def inbox_processor(services: Services, *, owner: str) -> InboxProcessor:
     )
 
 
-def retention(services: Services) -> Retention:
-    runtime, inbox = services.settings.runtime, services.settings.inbox
-    return Retention(
-        services.database,
-        services.clock,
-        RetentionSettings(
-            interval=runtime.retention_interval,
-            min_age=runtime.retention_min_age,
-            runs_max_age_days=runtime.runs_max_age_days,
-            runs_max_count=runtime.runs_max_count,
-            events_max_age_days=inbox.max_age_days,
-            events_max_count=inbox.max_count,
-            body_max_age_days=inbox.body_max_age_days,
-        ),
-    )
-
-
-async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+async def _start_scheduler(
+    app: web.Application, services: Services, stack: contextlib.AsyncExitStack
+) -> None:
     """``[[schedules]]`` of the config applied, then this node stands by or leads."""
-    services = app[SERVICES]
     settings = services.settings
     await services.schedules.apply_config(settings.scheduler.owner, settings.schedules)
     node = scheduler_node(
         services.database, services.schedules, services.gateway, services.clock, settings.scheduler
     )
-    node.start()
+    await node.start(stack)
     app[SCHEDULER] = node
-    yield
-    await node.aclose()
 
 
-def _bootstrap(
+async def _bootstrap(
+    app: web.Application,
+    services: Services,
+    stack: contextlib.AsyncExitStack,
     on_admin_key: Callable[[str], None] | None,
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def bootstrap(app: web.Application) -> AsyncIterator[None]:
-        services = app[SERVICES]
-        key = await ensure_admin_key(services)
-        if key is not None and on_admin_key is not None:
-            on_admin_key(key)
-        task: asyncio.Task[None] | None = None
-        if services.settings.runtime.register_examples:
-            task = asyncio.create_task(_register(app), name="register-examples")
-        else:
-            app[READY].set()
-        yield
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    on_console_link: Callable[[str], None] | None,
+) -> None:
+    """The demo's first admin key and console link, then the example workflows, registered in
+    the background."""
+    key = await ensure_admin_key(services)
+    if key is not None and on_admin_key is not None:
+        on_admin_key(key)
+    if key is not None and on_console_link is not None:
+        on_console_link(await first_start_link(services))
+    if not services.settings.runtime.register_examples:
+        app[READY].set()
+        return
+    task = asyncio.create_task(_register(app), name="register-examples")
 
-    return bootstrap
+    async def cancel() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    stack.push_async_callback(cancel)
 
 
 async def _register(app: web.Application) -> None:

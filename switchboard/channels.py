@@ -21,16 +21,15 @@ from core.clock import Clock
 from core.db import Database
 from core.inbox import Inbox
 from core.models import RunRecord
-from core.ports import RunGateway, RunHistory
+from core.ports import RunGateway, RunHistory, SecretValues
 from core.security import Signer
 from dispatch.history import DeliveryFailureWriter, RunHistoryReader
 from switchboard.settings import Settings
 from triggers.auth import KeyStore
-from triggers.email.channel import TRIGGERS as EMAIL_TRIGGERS
-from triggers.email.channel import EmailChannel, EmailDeps
+from triggers.email.channel import EmailChannel, EmailDeps, email_triggers
 from triggers.files import FileStore
 from triggers.slack.channel import SlackChannel, SlackDeps
-from triggers.slack.edge import TRIGGER as SLACK_TRIGGER
+from triggers.slack.channel import configured_triggers as slack_triggers
 from triggers.whatsapp.channel import WhatsAppChannel, WhatsAppDeps
 from triggers.whatsapp.edge import TRIGGER as WHATSAPP_TRIGGER
 
@@ -48,6 +47,7 @@ class ChannelParts:
     inbox: Inbox
     gateway: RunGateway
     history: RunHistory
+    secrets: SecretValues
 
 
 @dataclass(slots=True)
@@ -71,7 +71,9 @@ def configured_channels(
         EmailChannel(settings.email, lambda: _email(settings, parts()), listen="web" in roles)
     ]
     if settings.slack.enabled:
-        channels.append(SlackChannel(settings.slack, lambda: _slack(parts())))
+        channels.append(
+            SlackChannel(settings.slack, lambda: _slack(parts()), listen="web" in roles)
+        )
     if settings.whatsapp.enabled:
         channels.append(
             WhatsAppChannel(
@@ -84,9 +86,9 @@ def configured_channels(
 def configured_triggers(settings: Settings) -> list[str]:
     """The trigger names of the channels :func:`configured_channels` builds, without building
     them: a CLI command starts no channel (no SMTP port, no Slack connection) yet must know them."""
-    names = list(EMAIL_TRIGGERS)
+    names = email_triggers(settings.email)
     if settings.slack.enabled:
-        names.append(SLACK_TRIGGER)
+        names += slack_triggers(settings.slack)
     if settings.whatsapp.enabled:
         names.append(WHATSAPP_TRIGGER)
     return names
@@ -113,6 +115,7 @@ def _email(settings: Settings, parts: ChannelParts) -> EmailDeps:
         inbox=parts.inbox,
         data_dir=settings.server.data_dir,
         delivery_attempts=settings.delivery.max_attempts,
+        secrets=parts.secrets,
     )
 
 

@@ -1,7 +1,14 @@
-"""Wiring: build every component from the settings, once, in dependency order.
+"""Wiring: every shared component built from the settings, once, and started in dependency order.
 
 The server (``switchboard.app``) and the CLI use the same wiring, so a CLI command works on the same
 data dir and database as the server, whether or not the server is running.
+
+Lifecycle lives in the components (``core.channels.Component``: ``start(stack)`` registers its
+own teardown), so :func:`start_services` is a list of starts on the caller's stack.
+:class:`Services` is only what the HTTP handlers, the CLI commands and the roles' starts reach:
+ports and stores, nothing to start or stop. A frozen container rather than app keys, because the
+CLI has no application; what only one role uses (the run log writer, the inbox queue, the
+in-flight secrets, the workers, the scheduler node) is built by that role in ``switchboard.app``.
 """
 
 from __future__ import annotations
@@ -24,18 +31,15 @@ from core.clock import Clock, SystemClock
 from core.db import Database
 from core.errors import SecretsUnreadable
 from core.ports import BuiltinService, Metrics, NullMetrics, Sender
-from core.redaction import InFlightSecrets
 from core.security import Signer
 from dispatch.builtins import builtin_services
 from dispatch.environments import EnvironmentBuilder
 from dispatch.events import RunEvents
 from dispatch.gateway import QueueGateway
 from dispatch.history import RunHistoryReader
-from dispatch.inbox_queue import InboxQueue
 from dispatch.inbox_store import InboxStore
 from dispatch.inbox_writer import InboxWriter
 from dispatch.intake import IntakeWriter
-from dispatch.logs import LogWriter
 from dispatch.outbox import Outbox, OwnMessages, ReplyWriter
 from dispatch.queue import RunQueue
 from dispatch.registry import WorkflowInfo, WorkflowRegistry
@@ -47,7 +51,6 @@ from scheduler.store import ScheduleStore
 from switchboard.channels import ChannelParts, LateParts
 from switchboard.config import signing_secret
 from switchboard.datadir import prepare_data_dir
-from switchboard.logging import redact_server_logs
 from switchboard.migrate import upgrade
 from switchboard.secret_keys import load_key_ring
 from switchboard.settings import Settings
@@ -76,7 +79,6 @@ class Services:
     signer: Signer
     events: RunEvents
     queue: RunQueue
-    logs: LogWriter
     registry: WorkflowRegistry
     builtins: Mapping[str, BuiltinService]
     keys: KeyStore
@@ -89,12 +91,8 @@ class Services:
     schedules: ScheduleService
     secrets: SecretStore
     """the secret store: ``core.ports.SecretValues`` for runs, ``SecretsManager`` for the rest"""
-    in_flight_secrets: InFlightSecrets
-    """The secret values of this node's runs in flight: redacted from the server's logs."""
     inbox: InboxStore
     """``core.inbox.Inbox`` for the edges, ``InboxAdmin`` for the operators."""
-    inbox_queue: InboxQueue
-    inbox_writer: InboxWriter
     channels: list[Channel]
     """The configured channels, started (their senders are the outbox's)."""
 
@@ -154,180 +152,157 @@ def tool_env() -> dict[str, str]:
 
 @asynccontextmanager
 async def open_services(
+    settings: Settings, *, migrate: bool = True, metrics: Metrics | None = None
+) -> AsyncIterator[Services]:
+    """:func:`start_services` on a stack of its own, for the CLI and tests: no channel starts."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield await start_services(settings, stack, migrate=migrate, metrics=metrics)
+
+
+async def start_services(
     settings: Settings,
+    stack: contextlib.AsyncExitStack,
     *,
     migrate: bool = True,
     metrics: Metrics | None = None,
     channels: Sequence[Channel] = (),
     parts: LateParts | None = None,
-) -> AsyncIterator[Services]:
-    """Every component, started; stopped in reverse order on exit. ``channels`` start once
-    ``parts`` has what they are built from; their senders join the outbox's."""
+) -> Services:
+    """Every shared component, started on ``stack`` (stopped in reverse when it closes).
+    ``channels`` start once ``parts`` has what they are built from; their senders join the
+    outbox's."""
     data_dir = settings.server.data_dir
     prepare_data_dir(data_dir, settings.server.resolved_database_url())
     database = Database(
         settings.server.resolved_database_url(),
         sqlite_synchronous=settings.server.sqlite_synchronous,
     )
-    stack = contextlib.AsyncExitStack()
-    try:
-        if migrate:
-            await upgrade(database)
-        clock = SystemClock()
-        signer = Signer(signing_secret(settings))
-        events = RunEvents()
-        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
-        destinations = settings.delivery.destinations()
-        webhooks = await stack.enter_async_context(guarded_client(destinations))
-        files = FileStore(
-            database,
-            clock,
+    await database.start(stack)
+    if migrate:
+        await upgrade(database)
+    clock = SystemClock()
+    signer = Signer(signing_secret(settings))
+    events = RunEvents()
+    http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=False))
+    destinations = settings.delivery.destinations()
+    webhooks = await stack.enter_async_context(guarded_client(destinations))
+    files = FileStore(
+        database,
+        clock,
+        signer,
+        settings.files,
+        directory=(data_dir / "files").resolve(),
+        base_url=settings.server.base_url(),
+    )
+    builtins: dict[str, BuiltinService] = {
+        **builtin_services(),
+        "send_email": SendEmailService(settings.email, OwnMessages(database, clock), files),
+    }
+    queue = RunQueue(
+        database,
+        clock,
+        lease_seconds=settings.runtime.lease_seconds,
+        max_attempts=settings.runtime.max_attempts,
+        per_workflow_limit=settings.runtime.per_workflow_limit,
+        per_owner_limit=settings.runtime.per_owner_limit,
+    )
+    registry = WorkflowRegistry(
+        database,
+        clock,
+        EnvironmentBuilder(
+            env_dir=settings.env_dir(),
+            uv_cache_dir=settings.uv_cache_dir(),
+            python=Path(sys.executable),
+            base_env=tool_env(),
+        ),
+        workflows_dir=(data_dir / "workflows").resolve(),
+        reserved=frozenset([*builtins, SCHEDULE_RUNS, MANAGE_USER_SECRETS]),
+        default_limits=settings.runtime.limits,
+    )
+    keys = KeyStore(database, clock)
+    metrics = metrics or NullMetrics()
+    senders: dict[str, Sender] = {
+        "webhook": WebhookSender(webhooks, webhook_secret(settings, signer), clock, destinations),
+    }
+    outbox = Outbox(database, clock, senders, metrics, settings.delivery)
+    inbox_writer = InboxWriter(database)
+    intake = IntakeWriter(database, clock, inbox_writer, claims=queue)
+    gateway = QueueGateway(
+        database,
+        intake,
+        queue,
+        registry,
+        builtins,
+        events,
+        metrics,
+        poll_interval=settings.runtime.poll_interval,
+    )
+    schedules = ScheduleService(
+        ScheduleStore(database, RunHistoryReader(database)),
+        gateway,
+        clock,
+        ensure_owner=keys.ensure_owner,
+        destinations=destinations,
+    )
+    builtins[SCHEDULE_RUNS] = schedule_runs_service(schedules)
+    inbox = InboxStore(
+        database,
+        clock,
+        inbox_writer,
+        gateway.accept,
+        replay_timeout=settings.inbox.replay_timeout,
+        poll_interval=settings.inbox.poll_interval,
+    )
+    parts = parts if parts is not None else LateParts()
+    secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
+    parts.parts = ChannelParts(
+        settings=settings,
+        database=database,
+        clock=clock,
+        signer=signer,
+        http=http,
+        files=files,
+        inbox=inbox,
+        gateway=gateway,
+        history=RunHistoryReader(database),
+        secrets=secrets,
+    )
+    if migrate and (problem := await secrets.check_keys()) is not None:
+        logger.warning("secrets: %s", problem)
+    await gateway.start(stack)
+    # Channels start once the intake's group commit runs: an SMTP listener accepts at once.
+    for channel in channels:
+        await channel.start(stack)
+        for trigger in channel.processors:
+            inbox.register(trigger, channel.health)
+        if channel.sender is not None:  # the outbox reads its registry when it sends
+            senders[channel.name] = channel.sender
+    return Services(
+        settings=settings,
+        database=database,
+        clock=clock,
+        signer=signer,
+        events=events,
+        queue=queue,
+        registry=registry,
+        builtins=builtins,
+        keys=keys,
+        auth=Authenticator(
+            keys,
             signer,
-            settings.files,
-            directory=(data_dir / "files").resolve(),
-            base_url=settings.server.base_url(),
-        )
-        builtins: dict[str, BuiltinService] = {
-            **builtin_services(),
-            "send_email": SendEmailService(settings.email, OwnMessages(database, clock), files),
-        }
-        queue = RunQueue(
-            database,
             clock,
-            lease_seconds=settings.runtime.lease_seconds,
-            max_attempts=settings.runtime.max_attempts,
-            per_workflow_limit=settings.runtime.per_workflow_limit,
-            per_owner_limit=settings.runtime.per_owner_limit,
-        )
-        logs = LogWriter(database, clock, events)
-        registry = WorkflowRegistry(
-            database,
-            clock,
-            EnvironmentBuilder(
-                env_dir=settings.env_dir(),
-                uv_cache_dir=settings.uv_cache_dir(),
-                python=Path(sys.executable),
-                base_env=tool_env(),
-            ),
-            workflows_dir=(data_dir / "workflows").resolve(),
-            reserved=frozenset([*builtins, SCHEDULE_RUNS, MANAGE_USER_SECRETS]),
-            default_limits=settings.runtime.limits,
-        )
-        keys = KeyStore(database, clock)
-        metrics = metrics or NullMetrics()
-        senders: dict[str, Sender] = {
-            "webhook": WebhookSender(
-                webhooks, webhook_secret(settings, signer), clock, destinations
-            ),
-        }
-        outbox = Outbox(
-            database,
-            clock,
-            senders,
-            metrics,
-            settings.delivery,
-        )
-        inbox_writer = InboxWriter(database)
-        intake = IntakeWriter(database, clock, inbox_writer, claims=queue)
-        gateway = QueueGateway(
-            database,
-            intake,
-            queue,
-            registry,
-            builtins,
-            events,
-            metrics,
-            poll_interval=settings.runtime.poll_interval,
-        )
-        schedules = ScheduleService(
-            ScheduleStore(database, RunHistoryReader(database)),
-            gateway,
-            clock,
-            ensure_owner=keys.ensure_owner,
-            destinations=destinations,
-        )
-        builtins[SCHEDULE_RUNS] = schedule_runs_service(schedules)
-        inbox = InboxStore(
-            database,
-            clock,
-            inbox_writer,
-            gateway.accept,
-            replay_timeout=settings.inbox.replay_timeout,
-            poll_interval=settings.inbox.poll_interval,
-        )
-        parts = parts if parts is not None else LateParts()
-        parts.parts = ChannelParts(
-            settings=settings,
-            database=database,
-            clock=clock,
-            signer=signer,
-            http=http,
-            files=files,
-            inbox=inbox,
-            gateway=gateway,
-            history=RunHistoryReader(database),
-        )
-        secrets = SecretStore(database, clock, lambda: load_key_ring(settings))
-        if migrate and (problem := await secrets.check_keys()) is not None:
-            logger.warning("secrets: %s", problem)
-        in_flight_secrets = InFlightSecrets()
-        stack.callback(redact_server_logs(in_flight_secrets))
-        services = Services(
-            settings=settings,
-            database=database,
-            clock=clock,
-            signer=signer,
-            events=events,
-            queue=queue,
-            logs=logs,
-            registry=registry,
-            builtins=builtins,
-            keys=keys,
-            auth=Authenticator(
-                keys,
-                signer,
-                clock,
-                runs=RunHistoryReader(database),
-                cache_seconds=settings.server.auth_cache_seconds,
-            ),
-            files=files,
-            gateway=gateway,
-            metrics=metrics,
-            outbox=outbox,
-            replies=ReplyWriter(
-                channels=lambda: outbox.channels, failure_line=settings.delivery.failure_line
-            ),
-            schedules=schedules,
-            secrets=secrets,
-            in_flight_secrets=in_flight_secrets,
-            inbox=inbox,
-            inbox_queue=InboxQueue(
-                database,
-                clock,
-                intake,
-                lease_seconds=settings.inbox.lease_seconds,
-                max_attempts=settings.inbox.max_attempts,
-                retry_delay=settings.inbox.retry_delay,
-                retry_delay_max=settings.inbox.retry_delay_max,
-            ),
-            inbox_writer=inbox_writer,
-            channels=list(channels),
-        )
-        database.start()
-        logs.start()
-        services.gateway.start()
-        try:
-            # Channels start once the intake's group commit runs: an SMTP listener accepts at once.
-            for channel in channels:
-                await channel.start(stack)
-                for trigger in channel.processors:
-                    inbox.register(trigger, channel.health)
-                if channel.sender is not None:  # the outbox reads its registry when it sends
-                    senders[channel.name] = channel.sender
-            yield services
-        finally:
-            await services.gateway.aclose()
-            await logs.aclose()
-    finally:
-        await stack.aclose()
-        await database.dispose()
+            runs=RunHistoryReader(database),
+            cache_seconds=settings.server.auth_cache_seconds,
+        ),
+        files=files,
+        gateway=gateway,
+        metrics=metrics,
+        outbox=outbox,
+        replies=ReplyWriter(
+            channels=lambda: outbox.channels, failure_line=settings.delivery.failure_line
+        ),
+        schedules=schedules,
+        secrets=secrets,
+        inbox=inbox,
+        channels=list(channels),
+    )

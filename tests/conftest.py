@@ -33,6 +33,7 @@ from switchboard.migrate import upgrade
 from switchboard.server import start_site
 from switchboard.services import Services
 from switchboard.settings import Settings
+from tests.dovecot import Dovecot, DovecotUnavailableError
 from tests.pgserver import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,11 +55,29 @@ def postgres() -> Iterator[ThrowawayPostgres]:
 
 
 @pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    """One Dovecot IMAP server per session (tests/dovecot.py); each test adds its own user."""
+    try:
+        server = Dovecot()
+        server.start()
+    except DovecotUnavailableError as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
 def workflow_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     configured = os.environ.get("SWITCHBOARD_TEST_CACHE")
     if configured:
         path = Path(configured)
         path.mkdir(parents=True, exist_ok=True)
+        return path
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One cache for every worker of the run (their temp dirs share a parent): each
+        # environment is built once, under the builder's flock, not once per worker.
+        path = tmp_path_factory.getbasetemp().parent / "workflow-cache"
+        path.mkdir(exist_ok=True)
         return path
     return tmp_path_factory.mktemp("workflow-cache")
 

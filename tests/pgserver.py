@@ -22,6 +22,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -113,10 +114,20 @@ def _service_account() -> pwd.struct_passwd:
 class ThrowawayPostgres:
     """A private PostgreSQL server on 127.0.0.1 and a free port, deleted on exit."""
 
-    def __init__(self, *, bindir: Path | None = None, start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        bindir: Path | None = None,
+        start_timeout: float = 30.0,
+        host: str = "127.0.0.1",
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """``host``: the address to listen on (bench/chaos.py: a bridge in a namespace);
+        ``settings`` override :data:`SPEED_SETTINGS`."""
         self.bindir = bindir if bindir is not None else find_pg_bindir()
         self.start_timeout = start_timeout
-        self.host = "127.0.0.1"
+        self.host = host
+        self._settings = {**SPEED_SETTINGS, **(settings or {})}
         self.port = 0
         self._root: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -187,17 +198,32 @@ class ThrowawayPostgres:
             ],
             as_service=True,
         )
+        if self.host != "127.0.0.1":
+            # initdb trusts loopback only; clients on the listen address's own subnet (the
+            # chaos bridge, which leads nowhere else) are trusted too.
+            with (self._root / "data" / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all samenet trust\n")
 
-    def _start(self) -> None:
+    def crash(self) -> None:
+        """Immediate shutdown (``pg_ctl -m immediate``): clients lose their connections at once
+        and the next start recovers from the WAL."""
+        self._stop()
+
+    def start_again(self) -> None:
+        """Start the server again after :meth:`crash`, on the same port."""
+        self._start(keep_port=True)
+
+    def _start(self, keep_port: bool = False) -> None:
         assert self._root is not None
         log_path = self._root / "postgres.log"
         # Another process can take the free port between our probe and postgres binding it;
         # a fresh port on the next attempt makes that race harmless.
         attempts = 3
         for attempt in range(1, attempts + 1):
-            self.port = _free_port()
+            if not keep_port:
+                self.port = _free_port()
             settings = {
-                **SPEED_SETTINGS,
+                **self._settings,
                 "listen_addresses": self.host,
                 "port": str(self.port),
                 "unix_socket_directories": str(self._root),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
 from datetime import datetime
 
 from aiohttp import web
@@ -36,22 +35,25 @@ LOG_STREAM_CHECK_SECONDS = 1.0
 """How often an open /logs stream checks its client is still there (aiohttp does not say)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ApiSettings:
-    sync_timeout: float
-    logs_max_seconds: float = 3600.0
-
-
 class RuntimeApi:
     """Handlers for the runtime API. Each one: authenticate, parse, hand to the gateway, answer."""
 
     def __init__(
-        self, gateway: RunGateway, auth: Authenticator, files: FileStore, settings: ApiSettings
+        self,
+        gateway: RunGateway,
+        auth: Authenticator,
+        files: FileStore,
+        *,
+        sync_timeout: float,
+        logs_max_seconds: float = 3600.0,
     ) -> None:
+        """``sync_timeout`` and ``logs_max_seconds`` are ``runtime``'s (a section of
+        ``dispatch``, which the triggers do not import)."""
         self._gateway = gateway
         self._auth = auth
         self._files = files
-        self._settings = settings
+        self._sync_timeout = sync_timeout
+        self._logs_max_seconds = logs_max_seconds
         self._closing = asyncio.Event()
 
     def route_table(self) -> list[web.RouteDef]:
@@ -93,9 +95,9 @@ class RuntimeApi:
         received = time.perf_counter_ns()
         record = await self._start(request, waited=True)
         TRACE.mark(record.id, "api.received", received)
-        finished = await self._gateway.wait_until_finished(record.id, self._settings.sync_timeout)
+        finished = await self._gateway.wait_until_finished(record.id, self._sync_timeout)
         if finished is None or not finished.finished:
-            raise SyncTimeout(record.id, self._settings.sync_timeout)
+            raise SyncTimeout(record.id, self._sync_timeout)
         headers = {"X-Request-Id": finished.id}
         if finished.response_status is None:
             status = 504 if finished.status is RunStatus.TIMED_OUT else 502
@@ -165,7 +167,7 @@ class RuntimeApi:
 
     async def result(self, request: web.Request) -> web.Response:
         record = await self._readable(request)
-        wait = _seconds(request.query.get("timeout"), upper=self._settings.sync_timeout)
+        wait = _seconds(request.query.get("timeout"), upper=self._sync_timeout)
         if not record.finished and wait > 0:
             record = await self._gateway.wait_until_finished(record.id, wait) or record
         if not record.finished:
@@ -208,7 +210,7 @@ class RuntimeApi:
         server is closing: a husk never filled would otherwise be followed forever."""
         closing = asyncio.create_task(self._closing.wait())
         loop = asyncio.get_running_loop()
-        end = loop.time() + self._settings.logs_max_seconds
+        end = loop.time() + self._logs_max_seconds
         try:
             while not sending.done() and not closing.done() and not _client_gone(request):
                 left = end - loop.time()

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.e2e.harness import ServerProcess, Service
+from tests.fakes.slack_api import SlackApi
 from tests.fakes.twilio_api import FakeTwilioApi, running_twilio_api
 
 SERVERS_KEY = pytest.StashKey[list[ServerProcess]]()
@@ -75,3 +76,10 @@ def pytest_runtest_makereport(
         for server in servers:
             report.sections.append((f"switchboard {server.name} output", server.tails()))
     return report
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[SlackApi]:
+    """The fake Slack Web API and Socket Mode end, in this test's event loop."""
+    async with SlackApi.running() as fake:
+        yield fake

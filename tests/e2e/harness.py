@@ -104,16 +104,21 @@ class ServerProcess:
         port: int,
         log_dir: Path,
         args: Sequence[str] = (),
+        *,
+        host: str = "127.0.0.1",
+        wrapper: Sequence[str] = (),
     ) -> None:
-        """``args`` go after ``serve`` (bench/ passes ``--role web``)."""
+        """``args`` go after ``serve`` (bench/ passes ``--role web``); ``wrapper`` goes before
+        the command (bench/chaos.py: ``nsenter --net=…`` into the node's namespace, where the
+        server listens on ``host``)."""
         self.name = name
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
         self.stdout_path = log_dir / f"{name}.stdout"
         self.stderr_path = log_dir / f"{name}.stderr"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.popen = subprocess.Popen(
-                [*switchboard_command(), "serve", *args],
+                [*wrapper, *switchboard_command(), "serve", *args],
                 env=dict(env),
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,

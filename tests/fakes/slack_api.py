@@ -2,7 +2,8 @@
 
 Methods: ``auth.test``, ``chat.postMessage``, ``reactions.add/remove``, ``users.info``,
 ``files.getUploadURLExternal`` + the upload URL + ``files.completeUploadExternal`` (the
-``files_upload_v2`` flow), ``oauth.v2.access``; plus ``response_url`` endpoints for slash commands
+``files_upload_v2`` flow), ``oauth.v2.access``, ``apps.connections.open`` (Socket Mode:
+tests/fakes/slack_socket.py); plus ``response_url`` endpoints for slash commands
 and private file downloads. Failures are programmed per method with :meth:`SlackApi.fail_next`
 (HTTP 429 with ``Retry-After``, HTTP 200 or 500 ``ok: false``, or a dropped connection). Tests
 (Slack's and the scheduler's) wait on what arrived with :meth:`SlackApi.wait_for`.
@@ -27,6 +28,8 @@ from typing import Any
 
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
+
+from tests.fakes.slack_socket import SocketMode
 
 BOT_USER_ID = "UBOT"
 BOT_ID = "BBOT"
@@ -71,8 +74,12 @@ class SlackApi:
     """User id → display name for ``users.info``."""
     tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Bot token → (team id, bot user id), for ``auth.test``; unknown tokens are ``TEAM_ID``."""
+    socket: SocketMode = field(default_factory=SocketMode)
+    """Socket Mode: ``apps.connections.open`` answers a URL of this fake's WebSocket end."""
     holds: dict[str, asyncio.Event] = field(default_factory=dict)
     """Method → an event its calls wait for before being answered (a slow Slack)."""
+    held: int = 0
+    """Calls that have waited (or are waiting) on one of ``holds``."""
     _failures: dict[str, list[_Failure]] = field(default_factory=dict)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _ts: int = 0
@@ -85,6 +92,17 @@ class SlackApi:
         """The server's ``slack`` settings aimed at this fake: a bot token, no channel pacing."""
         return {
             "signing_secret": signing_secret,
+            "bot_token": "xoxb-test",
+            "api_url": self.api_url,
+            "channel_interval": 0,
+            **overrides,
+        }
+
+    def socket_section(self, **overrides: Any) -> dict[str, Any]:
+        """The ``slack`` settings of a Socket Mode app aimed at this fake (no signing secret)."""
+        return {
+            "app_token": "xapp-test",
+            "socket_mode": True,
             "bot_token": "xoxb-test",
             "api_url": self.api_url,
             "channel_interval": 0,
@@ -148,6 +166,8 @@ class SlackApi:
         call = Call(method, args, token)
         hold = self.holds.get(method)
         if hold is not None:
+            self.held += 1
+            await self._notify()
             await hold.wait()
         failures = self._failures.get(method)
         if failures and failures[0].after > 0:
@@ -171,6 +191,25 @@ class SlackApi:
         await self._record(call)
         return web.json_response(answer)
 
+    def _history(self, method: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Our successful posts in the channel (a thread's, for ``conversations.replies``), the
+        way Slack lists them: ``metadata`` only when ``include_all_metadata`` is asked for."""
+        found = []
+        for call in self.posts:
+            if call.args.get("channel") != args.get("channel"):
+                continue
+            thread = call.args.get("thread_ts")
+            if method == "conversations.replies" and thread != args.get("ts"):
+                continue
+            message: dict[str, Any] = {"type": "message", "text": call.args.get("text")}
+            if thread:
+                message["thread_ts"] = thread
+            wanted = str(args.get("include_all_metadata", "")).lower() in {"1", "true"}
+            if wanted and call.args.get("metadata"):
+                message["metadata"] = call.args["metadata"]
+            found.append(message)
+        return found
+
     def _answer(self, method: str, args: dict[str, Any], token: str | None) -> dict[str, Any]:
         team, bot_user = self.tokens.get(token or "", (TEAM_ID, BOT_USER_ID))
         if method == "auth.test":
@@ -181,10 +220,14 @@ class SlackApi:
                 "team_id": team,
                 "team": "Test",
             }
+        if method == "apps.connections.open":
+            return self.socket.ticket(token)
         if method == "chat.postMessage":
             self._ts += 1
             ts = f"1800000000.{self._ts:06d}"
             return {"ok": True, "channel": args.get("channel"), "ts": ts, "message": {"ts": ts}}
+        if method in {"conversations.replies", "conversations.history"}:
+            return {"ok": True, "messages": self._history(method, args), "has_more": False}
         if method in {"reactions.add", "reactions.remove"}:
             return {"ok": True}
         if method == "users.info":
@@ -252,23 +295,27 @@ class SlackApi:
 
     @classmethod
     @asynccontextmanager
-    async def running(cls) -> AsyncIterator[SlackApi]:
+    async def running(cls, host: str = "127.0.0.1") -> AsyncIterator[SlackApi]:
+        """The fake on ``host`` (bench/chaos.py: a bridge address) and a free port."""
         fake = cls()
         app = web.Application()
         app.router.add_route("*", "/api/{method}", fake.api)
         app.router.add_post("/upload/{file_id}", fake.upload)
         app.router.add_post("/response/{name}", fake.respond)
         app.router.add_get("/files-pri/{name}", fake.private_file)
+        app.router.add_get("/link", fake.socket.link)
         runner = web.AppRunner(app)
         await runner.setup()
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
+            probe.bind((host, 0))
             port = probe.getsockname()[1]
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        fake.base_url = f"http://127.0.0.1:{port}"
+        await web.TCPSite(runner, host, port).start()
+        fake.base_url = f"http://{host}:{port}"
+        fake.socket.ws_url = f"ws://{host}:{port}/link"
         try:
             yield fake
         finally:
+            await fake.socket.close()
             await runner.cleanup()
 
 

@@ -36,6 +36,8 @@ def _free_port() -> int:
 @dataclass
 class SmtpSink:
     port: int = field(default_factory=_free_port)
+    host: str = "127.0.0.1"
+    """Where to listen (bench/chaos.py: a bridge address; pass a ``port`` free there)."""
     messages: list[EmailMessage] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     answer: str | None = None
@@ -55,7 +57,7 @@ class SmtpSink:
 
     @property
     def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}?starttls=off"
+        return f"smtp://{self.host}:{self.port}?starttls=off"
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -83,7 +85,7 @@ class SmtpSink:
 
         self._server = await loop.create_server(
             protocol,
-            host="127.0.0.1",
+            host=self.host,
             port=self.port,
             ssl=context if self.implicit_tls else None,
         )

@@ -107,6 +107,14 @@ class FakeTwilioApi:
     early_statuses: list[str] = field(default_factory=list)
     """Statuses called back (signed, to ``StatusCallback``) before the create call is answered."""
     callback_answers: list[int] = field(default_factory=list)
+    hold: asyncio.Event | None = None
+    """When set, ``Messages.json`` posts wait for this event before being answered (a Twilio
+    that hangs past the sender's timeout)."""
+    held: int = 0
+    """Posts that have waited (or are waiting) on ``hold``."""
+    keep_abandoned: bool = False
+    """Whether a held post whose caller hung up meanwhile still creates its message (Twilio
+    took it, the caller never heard) instead of nothing."""
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def whatsapp_section(self, **overrides: Any) -> dict[str, Any]:
@@ -155,6 +163,10 @@ class FakeTwilioApi:
             f"/Media/{media_sid}"
         )
 
+    async def wait_held(self, count: int, timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.held >= count)
+
     async def wait_for(self, count: int, timeout: float = 20.0) -> list[SentMessage]:
         """The first ``count`` messages, once at least that many arrived."""
         async with asyncio.timeout(timeout), self._changed:
@@ -169,6 +181,14 @@ class FakeTwilioApi:
         if request.match_info["account"] != self.account_sid or not self._authorized(request):
             return _error(401, 20003, "Authenticate")
         form = MultiDict((k, v) for k, v in (await request.post()).items() if isinstance(v, str))
+        if self.hold is not None:
+            async with self._changed:
+                self.held += 1
+                self._changed.notify_all()
+            await self.hold.wait()
+            gone = request.transport is None or request.transport.is_closing()
+            if gone and not self.keep_abandoned:
+                return _error(503, 20503, "Service Unavailable")  # the caller gave up: nothing sent
         async with self._changed:
             self.attempts += 1
             if self._failures and self._failures[0].successes_first == 0:
@@ -197,6 +217,30 @@ class FakeTwilioApi:
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
         }
         return web.json_response(resource, status=201)
+
+    async def _list_messages(self, request: web.Request) -> web.Response:
+        """``GET Messages.json?To=&From=``: the messages sent, newest first, like Twilio."""
+        if request.match_info["account"] != self.account_sid or not self._authorized(request):
+            return _error(401, 20003, "Authenticate")
+        to, sender = request.query.get("To"), request.query.get("From")
+        found = [
+            {
+                "sid": message.sid,
+                "account_sid": self.account_sid,
+                "from": message.sender,
+                "to": message.to,
+                "body": message.body,
+                "status": "sent",
+                "direction": "outbound-api",
+                "api_version": "2010-04-01",
+            }
+            for message in reversed(self.messages)
+            if (to is None or message.to == to) and (sender is None or message.sender == sender)
+        ]
+        size = int(request.query.get("PageSize", "50"))
+        return web.json_response(
+            {"messages": found[:size], "page": 0, "page_size": size, "next_page_uri": None}
+        )
 
     async def _call_back(self, url: str, sid: str, message: MultiDict[str]) -> None:
         """Status callbacks as Twilio posts them, here before our create call is answered."""
@@ -253,17 +297,18 @@ def _error(
 
 
 @asynccontextmanager
-async def running_twilio_api(port: int) -> AsyncIterator[FakeTwilioApi]:
-    """The fake, serving on ``127.0.0.1:port`` until the block ends."""
-    fake = FakeTwilioApi(url=f"http://127.0.0.1:{port}")
+async def running_twilio_api(port: int, host: str = "127.0.0.1") -> AsyncIterator[FakeTwilioApi]:
+    """The fake, serving on ``host:port`` until the block ends."""
+    fake = FakeTwilioApi(url=f"http://{host}:{port}")
     app = web.Application()
     accounts = "/2010-04-01/Accounts/{account}"
     app.router.add_post(accounts + "/Messages.json", fake._create_message)
+    app.router.add_get(accounts + "/Messages.json", fake._list_messages)
     app.router.add_get(accounts + "/Messages/{message}/Media/{media}", fake._media_resource)
     app.router.add_get("/cdn/{media}", fake._cdn)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, host, port).start()
     try:
         yield fake
     finally:

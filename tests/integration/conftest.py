@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from core.clock import SystemClock
+from core.db import Database
 from dispatch.environments import EnvironmentBuilder
 from dispatch.pep723 import read_script_metadata
 from dispatch.sandbox.cgroups import CgroupLayout
 from dispatch.sandbox.sandbox_runner import SandboxRunner
 from dispatch.sandbox.zygote_pool import ZygotePool
+from switchboard.migrate import upgrade
 from tests.conftest import free_port
 from tests.fakes.slack_api import SlackApi
 from tests.fakes.smtp_sink import SmtpSink
@@ -23,6 +26,22 @@ from tests.fakes.twilio_api import FakeTwilioApi, running_twilio_api
 from tests.integration.deliveries import Receiver
 from tests.integration.sandbox_helpers import host_sandbox_or_problem, sandbox_settings_for
 from tests.runs import HELLO, PASSED_ENV, BuiltEnvironment
+from triggers.auth import KeyStore
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    """A database of the test's own, migrated; disposed after it."""
+    db = Database(database_url)
+    await upgrade(db)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+async def default_owner(database: Database) -> None:
+    """The owner ``default`` exists (runs and inbox events name their owner)."""
+    await KeyStore(database, SystemClock()).ensure_owner("default")
 
 
 @pytest.fixture

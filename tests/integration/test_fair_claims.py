@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from core.db import Database
 from core.models import Outcome, ReplyTarget, RunRequest, RunStatus, Source
 from dispatch.intake import ClaimedHere, IntakeWriter, LocalRun
 from dispatch.queue import Completion, RunQueue
-from switchboard.migrate import upgrade
 from tests.integration.test_queue import ManualClock
 from triggers.auth import KeyStore
 
@@ -18,13 +15,12 @@ OWNERS = ("alice", "bob", "default")
 
 
 @pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    await upgrade(db)
+async def owners(database: Database) -> None:
     for owner in OWNERS:
-        await KeyStore(db, ManualClock()).ensure_owner(owner)
-    yield db
-    await db.dispose()
+        await KeyStore(database, ManualClock()).ensure_owner(owner)
+
+
+pytestmark = pytest.mark.usefixtures("owners")
 
 
 def queue_of(

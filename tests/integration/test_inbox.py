@@ -17,7 +17,6 @@ from core.errors import BadRequest, NotFound
 from core.inbox import AcceptedEvent, EventStatus
 from core.models import RunRequest
 from dispatch.tables import runs
-from switchboard.migrate import upgrade
 from tests.integration.inbox_helpers import (
     InboxNode,
     ManualClock,
@@ -27,16 +26,8 @@ from tests.integration.inbox_helpers import (
     run_bodies,
     wait_for_status,
 )
-from triggers.auth import KeyStore
 
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    await upgrade(db)
-    await KeyStore(db, ManualClock()).ensure_owner("default")
-    yield db
-    await db.dispose()
+pytestmark = pytest.mark.usefixtures("default_owner")
 
 
 @pytest.fixture

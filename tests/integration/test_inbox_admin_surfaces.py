@@ -27,7 +27,6 @@ from switchboard.channels import configured_triggers
 from switchboard.cli import _parser
 from switchboard.http import error_middleware
 from switchboard.inbox_commands import InboxCommand
-from switchboard.migrate import upgrade
 from switchboard.services import open_services
 from tests.conftest import Live, LiveFactory, make_settings
 from tests.fakes.slack_api import SlackApi
@@ -43,14 +42,6 @@ class Served:
     node: InboxNode
     admin: dict[str, str]
     member: dict[str, str]
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    await upgrade(db)
-    yield db
-    await db.dispose()
 
 
 @pytest.fixture

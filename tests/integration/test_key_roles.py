@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,14 +19,6 @@ from switchboard.migrate import downgrade, upgrade
 from tests.conftest import Live
 from triggers.auth import Authenticator, KeyRole, KeyStore
 from triggers.auth_tables import api_keys
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await upgrade(database)
-    yield database
-    await database.dispose()
 
 
 def authenticator(database: Database) -> Authenticator:

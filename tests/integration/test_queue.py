@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,13 +27,7 @@ class ManualClock:
         self.moment += timedelta(seconds=seconds)
 
 
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    await upgrade(db)
-    await KeyStore(db, ManualClock()).ensure_owner("default")
-    yield db
-    await db.dispose()
+pytestmark = pytest.mark.usefixtures("default_owner")
 
 
 def make_queue(db: Database, clock: ManualClock, *, per_workflow_limit: int = 10) -> RunQueue:

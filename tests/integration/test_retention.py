@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,36 +11,26 @@ from core.db import Database
 from core.inbox import EventStatus, Ignored
 from core.models import Outcome, RunRequest, SubmittedRun
 from dispatch.queue import RunQueue
-from dispatch.retention import Retention, RetentionSettings
+from dispatch.retention import Retention
+from dispatch.settings import InboxSettings, RuntimeSettings
 from dispatch.tables import deliveries, run_logs, runs
-from switchboard.migrate import upgrade
 from tests.integration.inbox_helpers import InboxNode, ManualClock, event, event_rows
-from triggers.auth import KeyStore
 from triggers.whatsapp.tables import whatsapp_messages
 
 DONE = Outcome.from_response(200, b"{}", "application/json")
 
 
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    db = Database(database_url)
-    await upgrade(db)
-    await KeyStore(db, ManualClock()).ensure_owner("default")
-    yield db
-    await db.dispose()
+pytestmark = pytest.mark.usefixtures("default_owner")
 
 
-def retention(db: Database, clock: ManualClock, **changes: Any) -> Retention:
-    settings: dict[str, Any] = {
-        "interval": 300,
-        "min_age": 3600,
-        "runs_max_age_days": 14,
-        "runs_max_count": 10_000,
-        "events_max_age_days": 14,
-        "events_max_count": 10_000,
-        "body_max_age_days": 7,
-    }
-    return Retention(db, clock, RetentionSettings(**{**settings, **changes}))
+def retention(
+    db: Database,
+    clock: ManualClock,
+    runtime: RuntimeSettings | None = None,
+    inbox: InboxSettings | None = None,
+) -> Retention:
+    """Retention by the documented defaults, or by the sections given."""
+    return Retention(db, clock, runtime or RuntimeSettings(), inbox or InboxSettings())
 
 
 class Runs:
@@ -149,11 +138,11 @@ async def test_finished_runs_beyond_the_count_go_unless_they_are_young(database:
     await made.submit("queued")
     clock.advance(7200)
     await made.finished("young")
-    await retention(database, clock, runs_max_count=2).prune()
+    await retention(database, clock, RuntimeSettings(runs_max_count=2)).prune()
     assert await remaining_runs(database) == {"old-4", "young", "queued"}
     for i in range(3):
         await made.finished(f"fresh-{i}")
-    await retention(database, clock, runs_max_count=1).prune()
+    await retention(database, clock, RuntimeSettings(runs_max_count=1)).prune()
     assert await remaining_runs(database) == {"young", "queued", "fresh-0", "fresh-1", "fresh-2"}
 
 
@@ -208,8 +197,9 @@ async def test_finished_events_beyond_the_count_go_unless_they_are_young(
         await node.queue.finish("node-a", [(claimed_young, [])])
     finally:
         await node.commit.aclose()
-    await retention(database, clock, events_max_count=2).prune()
+    await retention(database, clock, inbox=InboxSettings(max_count=2)).prune()
     assert [row["id"] for row in await event_rows(database)] == [ids[3], young]
     # Beyond the count, but younger than min_age: a provider's retry must still find it.
-    await retention(database, clock, events_max_count=1, min_age=3 * 3600).prune()
+    keep_young = RuntimeSettings(retention_min_age=3 * 3600)
+    await retention(database, clock, keep_young, InboxSettings(max_count=1)).prune()
     assert [row["id"] for row in await event_rows(database)] == [ids[3], young]

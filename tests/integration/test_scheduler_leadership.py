@@ -5,16 +5,18 @@ jitter on a live leader: each tick fires between its fire time and its fire time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from core.clock import SystemClock, parse_iso
 from scheduler.engine import jitter_delay
 from scheduler.leadership import FileLock, leadership_for
 from scheduler.models import ScheduleSpec
-from scheduler.node import NodeSettings, SchedulerNode
+from scheduler.node import SchedulerNode
+from scheduler.settings import SchedulerSettings
 from tests.conftest import Live, LiveFactory
 from tests.integration.schedule_helpers import EVERY_SECOND, eventually, schedule_runs
 
-FAST = NodeSettings(standby_retry=0.05, poll_interval=0.1)
+FAST = SchedulerSettings(standby_retry=0.05, poll_interval=0.1)
 
 
 async def test_two_nodes_on_one_database_take_turns_leading(live_factory: LiveFactory) -> None:
@@ -30,9 +32,9 @@ async def test_two_nodes_on_one_database_take_turns_leading(live_factory: LiveFa
         )
         for _ in range(2)
     ]
-    for node in nodes:
-        node.start()
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # closes each node (again) at the end
+        for node in nodes:
+            await node.start(stack)
         waits = [asyncio.create_task(node.leading.wait()) for node in nodes]
         await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)
         for wait in waits:
@@ -53,9 +55,6 @@ async def test_two_nodes_on_one_database_take_turns_leading(live_factory: LiveFa
         await second.aclose()
         assert await probe.try_acquire()  # released at step-down, not held by a dead node
         await probe.release()
-    finally:
-        for node in nodes:
-            await node.aclose()
 
 
 async def test_file_lock_excludes_a_second_holder_until_released(live: Live) -> None:

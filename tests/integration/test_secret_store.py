@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from dispatch.secret_store import SecretStore
 from dispatch.tables import secret_keys
 from dispatch.tables import secrets as secrets_table
 from switchboard.config import load_settings
-from switchboard.migrate import upgrade
 from switchboard.secret_keys import (
     KEY_FILE,
     OLD_KEY_FILE,
@@ -31,14 +29,6 @@ from switchboard.secret_keys import (
 from triggers.auth import KeyStore
 
 NAME = "API_TOKEN"
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await upgrade(database)
-    yield database
-    await database.dispose()
 
 
 def node(database: Database, data_dir: Path, **server: Any) -> SecretStore:

@@ -33,11 +33,11 @@ async def channel(
     database_url: str, tmp_path: Path
 ) -> AsyncIterator[tuple[SlackChannel, MemoryInbox, SlackApi]]:
     database = Database(database_url)
-    await upgrade(database)
-    database.start()
     clock = SystemClock()
     inbox = MemoryInbox(clock=clock)
     async with SlackApi.running() as fake, httpx.AsyncClient() as http, AsyncExitStack() as stack:
+        await database.start(stack)
+        await upgrade(database)
         files = FileStore(
             database,
             clock,
@@ -53,7 +53,6 @@ async def channel(
         slack = SlackChannel(settings, lambda: deps)
         await slack.start(stack)
         yield slack, inbox, fake
-    await database.dispose()
 
 
 async def arrive(inbox: MemoryInbox, body: dict[str, Any]) -> None:

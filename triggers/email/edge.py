@@ -65,7 +65,8 @@ class Envelope:
     """``""`` for the null sender ``<>``; ``None`` when the source did not say."""
     recipients: Sequence[str]
     via: str
-    """``smtp`` | ``mailgun`` | ``sendgrid``: the trigger is ``email:<via>``."""
+    """``smtp`` | ``mailgun`` | ``sendgrid`` | ``imap:<mailbox>``: the trigger is
+    ``email:<via>``."""
     peer: str | None = None
     """The SMTP client's IP (``smtp`` only): decides whose Authentication-Results count."""
 
@@ -106,7 +107,10 @@ class MailEdge:
         self._inbox = inbox
         self.router = Router(settings)
 
-    async def accept(self, raw: bytes, envelope: Envelope) -> Admission:
+    async def accept(
+        self, raw: bytes, envelope: Envelope, *, fallback_key: str | None = None
+    ) -> Admission:
+        """``fallback_key`` dedupes a mail without a Message-ID (an IMAP mailbox's UID)."""
         head = read_head(raw)
         route = first_route(self.router, envelope.recipients, head)
         if route is None:
@@ -136,7 +140,9 @@ class MailEdge:
                 trigger=f"email:{envelope.via}",
                 ordering_key=f"email:{root}"[:KEY_LIMIT],
                 body=raw,
-                dedupe_key=f"email:{head.message_id}"[:KEY_LIMIT] if head.message_id else None,
+                dedupe_key=f"email:{head.message_id}"[:KEY_LIMIT]
+                if head.message_id
+                else fallback_key,
                 headers=envelope.headers(),
             )
         )

@@ -15,8 +15,7 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses, parseaddr
-
-from triggers.email.parse import header_text
+from typing import Any
 
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -38,6 +37,7 @@ class MailHead:
     in_reply_to: tuple[str, ...]
     references: tuple[str, ...]
     from_address: str
+    """The ``From`` address (lower case), or ``""`` when there is none."""
     to: tuple[str, ...]
     cc: tuple[str, ...]
 
@@ -65,15 +65,20 @@ def read_head(raw: bytes) -> MailHead:
     message = BytesHeaderParser(policy=policy.default).parsebytes(head_of(raw))
     if not isinstance(message, EmailMessage):  # pragma: no cover - policy.default guarantees it
         raise TypeError("expected an EmailMessage")
-    return MailHead(
-        message=message,
-        message_id=_first_id(header_text(message, "Message-ID")),
-        in_reply_to=tuple(_MESSAGE_ID.findall(header_text(message, "In-Reply-To") or "")),
-        references=tuple(_MESSAGE_ID.findall(header_text(message, "References") or "")),
-        from_address=parseaddr(header_text(message, "From") or "")[1].strip().lower(),
-        to=_addresses(message, "To"),
-        cc=_addresses(message, "Cc"),
-    )
+    return MailHead(**head_values(message))
+
+
+def head_values(message: EmailMessage) -> dict[str, Any]:
+    """:class:`MailHead`'s fields read from ``message`` (also what a parsed mail starts with)."""
+    return {
+        "message": message,
+        "message_id": _first_id(header_text(message, "Message-ID")),
+        "in_reply_to": tuple(_MESSAGE_ID.findall(header_text(message, "In-Reply-To") or "")),
+        "references": tuple(_MESSAGE_ID.findall(header_text(message, "References") or "")),
+        "from_address": parseaddr(header_text(message, "From") or "")[1].strip().lower(),
+        "to": _addresses(message, "To"),
+        "cc": _addresses(message, "Cc"),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,20 @@ def content_id(mail_from: str | None, recipients: Sequence[str], raw: bytes) -> 
         digest.update(part.encode() + b"\0")
     digest.update(raw)
     return f"<sha256.{digest.hexdigest()[:40]}@switchboard.invalid>"
+
+
+def header_text(message: EmailMessage, name: str) -> str | None:
+    """A header's decoded value, or ``None``; a header too broken to parse gives its raw text."""
+    try:
+        value = message.get(name)
+    except Exception:  # a defective header: fall back to the undecoded text
+        raw = [v for k, v in message.raw_items() if k.lower() == name.lower()]
+        return str(raw[0]) if raw else None
+    return None if value is None else as_text(value)
+
+
+def as_text(value: Any) -> str:
+    return str(value).replace("\r", " ").replace("\n", " ").strip()
 
 
 def _first_id(value: str | None) -> str | None:

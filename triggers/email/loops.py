@@ -20,9 +20,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import EmailMessage
 from enum import StrEnum
-from typing import Protocol
+
+from triggers.email.headers import MailHead
 
 
 class Disposition(StrEnum):
@@ -37,25 +37,12 @@ class Verdict:
     reason: str = ""
 
 
-class Headed(Protocol):
-    """What the rules read: headers only (a :class:`~triggers.email.headers.MailHead` on the
-    ack path, a :class:`~triggers.email.parse.ParsedEmail` in processing)."""
-
-    @property
-    def message(self) -> EmailMessage: ...
-
-    @property
-    def from_address(self) -> str: ...
-
-    def header(self, name: str) -> str | None: ...
-
-
 _DAEMONS = frozenset({"mailer-daemon", "postmaster"})
 _NO_REPLY = re.compile(r"^(no-?reply|do-?not-?reply|bounces?|.*-request|owner-.*)([+.-].*)?$")
 
 
 def loop_verdict(
-    parsed: Headed, envelope_from: str | None, is_own: Callable[[str], bool]
+    parsed: MailHead, envelope_from: str | None, is_own: Callable[[str], bool]
 ) -> Verdict:
     """Whether this mail runs its workflow, runs it without a reply, or is dropped."""
     sender = (envelope_from or "").strip().strip("<>").lower()

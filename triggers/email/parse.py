@@ -7,17 +7,15 @@ mail from the internet is often malformed, and a malformed header must not lose 
 from __future__ import annotations
 
 import mimetypes
-import re
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from email.utils import getaddresses, parseaddr
+from email.utils import parseaddr
 from typing import Any
 
+from triggers.email.headers import MailHead, as_text, head_values, header_text
 from triggers.email.text import html_to_text, strip_quoted
-
-_MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 
 MAX_MIME_DEPTH = 50
 """Deepest multipart nesting we read. Real mail nests a few levels (a forward of a forward);
@@ -36,32 +34,22 @@ class ParsedAttachment:
 
 
 @dataclass(frozen=True, slots=True)
-class ParsedEmail:
-    message: EmailMessage
-    message_id: str | None
-    """With its angle brackets, as it appears in ``In-Reply-To``/``References``."""
-    in_reply_to: tuple[str, ...]
-    references: tuple[str, ...]
+class ParsedEmail(MailHead):
+    """The whole mail: its head (what the edge read) and its decoded body."""
+
     subject: str
-    from_address: str
-    """The ``From`` address (lower case), or ``""`` when there is none."""
     from_name: str | None
     reply_to: str | None
-    to: tuple[str, ...]
-    cc: tuple[str, ...]
     text: str
     """The new part of the message (quoted history and signature removed)."""
     full_text: str
     html: str | None
     attachments: tuple[ParsedAttachment, ...]
 
-    def header(self, name: str) -> str | None:
-        return header_text(self.message, name)
-
     def headers(self) -> list[list[str]]:
         """Every header, decoded, in order (``[name, value]`` pairs)."""
         pairs = [
-            [name, _as_text(value)]
+            [name, as_text(value)]
             for name in self.message
             for value in self.message.get_all(name) or []
         ]
@@ -107,51 +95,19 @@ def _too_deep() -> UnreadableMail:
 
 
 def parsed_from_message(message: EmailMessage) -> ParsedEmail:
-    from_name, from_address = parseaddr(header_text(message, "From") or "")
+    from_name = parseaddr(header_text(message, "From") or "")[0]
     reply_to = parseaddr(header_text(message, "Reply-To") or "")[1] or None
     full_text, html = _body_text(message)
     return ParsedEmail(
-        message=message,
-        message_id=_first_id(header_text(message, "Message-ID")),
-        in_reply_to=tuple(_MESSAGE_ID.findall(header_text(message, "In-Reply-To") or "")),
-        references=tuple(_MESSAGE_ID.findall(header_text(message, "References") or "")),
+        **head_values(message),
         subject=" ".join((header_text(message, "Subject") or "").split()),
-        from_address=from_address.strip().lower(),
         from_name=from_name.strip() or None,
         reply_to=reply_to.strip().lower() if reply_to else None,
-        to=_addresses(message, "To"),
-        cc=_addresses(message, "Cc"),
         text=strip_quoted(full_text),
         full_text=full_text,
         html=html,
         attachments=tuple(_attachments(message)),
     )
-
-
-def header_text(message: EmailMessage, name: str) -> str | None:
-    """A header's decoded value, or ``None``; a header too broken to parse gives its raw text."""
-    try:
-        value = message.get(name)
-    except Exception:  # a defective header: fall back to the undecoded text
-        raw = [v for k, v in message.raw_items() if k.lower() == name.lower()]
-        return str(raw[0]) if raw else None
-    return None if value is None else _as_text(value)
-
-
-def _as_text(value: Any) -> str:
-    return str(value).replace("\r", " ").replace("\n", " ").strip()
-
-
-def _first_id(value: str | None) -> str | None:
-    if not value:
-        return None
-    found = _MESSAGE_ID.search(value)
-    return found.group(0) if found else None
-
-
-def _addresses(message: EmailMessage, name: str) -> tuple[str, ...]:
-    values = [header_text(message, name) or ""]
-    return tuple(address.lower() for _, address in getaddresses(values) if "@" in address)
 
 
 def _body_text(message: EmailMessage) -> tuple[str, str | None]:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.sections import Section
+from triggers.email.mailbox_settings import MailboxSettings
 
 
 class EmailRoute(Section):
@@ -135,6 +136,9 @@ class EmailSettings(Section):
         "(more: HTTP 429 with retry_after); 0: no limit",
     )
     routes: tuple[EmailRoute, ...] = ()
+    mailboxes: tuple[MailboxSettings, ...] = Field(
+        default=(), description="IMAP mailboxes read as triggers email:imap:<name>"
+    )
 
     @field_validator("domains", "addresses")
     @classmethod
@@ -184,6 +188,20 @@ class EmailSettings(Section):
                 "auth_username is the login of the submission port: set submission_port "
                 "(smtp_port is an MX and never asks for AUTH)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _mailboxes(self) -> EmailSettings:
+        names = [mailbox.name for mailbox in self.mailboxes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two [[email.mailboxes]] share a name: {sorted(names)}")
+        routed = {route.address for route in self.routes}
+        for mailbox in self.mailboxes:
+            if not (mailbox.workflow or self.workflow or mailbox.mail_address in routed):
+                raise ValueError(
+                    f"mailbox {mailbox.name!r}: no workflow for its mail (set workflow, a route "
+                    f"for {mailbox.mail_address}, or [email] workflow)"
+                )
         return self
 
     def is_trusted_relay(self, peer: str | None) -> bool:

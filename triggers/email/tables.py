@@ -1,4 +1,5 @@
-"""The email channel's table: the Message-IDs it received and sent (threading, reply limits).
+"""The email channel's tables: the Message-IDs it received and sent (threading, reply limits),
+and the state of each IMAP mailbox (``email_mailboxes``).
 
 Also the recipients a relay took while it deferred others (``rcp``) and the Mailgun tokens
 seen (``tok``): rows whose key is no Message-ID, so threading never matches them.
@@ -6,7 +7,7 @@ seen (``tok``): rows whose key is no Message-ID, so threading never matches them
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Index, String, Table
+from sqlalchemy import BigInteger, Boolean, Column, Index, String, Table
 
 from core.tables import BigId, UTCDateTime, metadata
 
@@ -28,4 +29,26 @@ email_messages = Table(
     Column("replied", Boolean, nullable=False, default=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Index("ix_email_messages_peer_created_at", "peer", "created_at"),
+)
+
+# One row per [[email.mailboxes]] name: where reading it stands (IMAP, PROTOCOLS §3b) and its
+# health as every node reports it (the mailbox is read by one node at a time).
+email_mailboxes = Table(
+    "email_mailboxes",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    # The mailbox's UIDVALIDITY when last_uid was taken: a different one makes every UID stale.
+    Column("uid_validity", BigInteger),
+    # The highest UID already written to the inbox (catch-up starts after it).
+    Column("last_uid", BigInteger, nullable=False, default=0),
+    # The node holding the connection (None: none), since when, and its last sign of life.
+    Column("holder", String(200)),
+    Column("connected_at", UTCDateTime()),
+    Column("seen_at", UTCDateTime()),
+    Column("last_message_at", UTCDateTime()),
+    Column("last_error", String(1000)),
+    Column("last_error_at", UTCDateTime()),
+    # The first error since the last good connection (None while connected): failing after
+    # the mailbox's failing_after grace.
+    Column("failing_since", UTCDateTime()),
 )

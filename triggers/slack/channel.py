@@ -26,8 +26,15 @@ from triggers.files import FileStore
 from triggers.slack.edge import TRIGGER, EdgeDeps, SlackEdge
 from triggers.slack.installations import BotTokens, SlackInstallations, SlackOAuthStates
 from triggers.slack.process import ProcessDeps, SlackProcessor
-from triggers.slack.sender import Reactions, SenderSettings, SlackSender
+from triggers.slack.sender import Reactions, SlackSender
 from triggers.slack.settings import SlackSettings
+from triggers.slack.socket import SOCKET_TRIGGER, SlackSocket, SocketDeps
+
+
+def configured_triggers(settings: SlackSettings) -> list[str]:
+    """``slack`` where the HTTP routes are on, ``slack:socket`` in Socket Mode."""
+    names = [TRIGGER] if settings.http_routes else []
+    return [*names, SOCKET_TRIGGER] if settings.socket_mode else names
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,27 +57,43 @@ _T = TypeVar("_T")
 
 
 class SlackChannel:
-    """Implements :class:`core.channels.Channel` for Slack (Events API, commands, replies)."""
+    """Implements :class:`core.channels.Channel` for Slack (Events API over HTTP or Socket Mode,
+    commands, replies); ``listen`` (the web role) holds the Socket Mode connection."""
 
     name = "slack"
     prefix = "/slack"
 
-    def __init__(self, settings: SlackSettings, deps: Callable[[], SlackDeps]) -> None:
+    def __init__(
+        self, settings: SlackSettings, deps: Callable[[], SlackDeps], *, listen: bool = True
+    ) -> None:
         self._settings = settings
         self._deps = deps
+        self._listen = listen
         self._edge = SlackEdge(settings)
+        self._socket: SlackSocket | None = None
         self._app: web.Application | None = None
         self._processor: SlackProcessor | None = None
         self._sender: SlackSender | None = None
 
-    def edge(self) -> web.Application:
+    def edge(self) -> web.Application | None:
+        """``None`` in Socket Mode without OAuth: no HTTP route to serve."""
+        if not (self._settings.http_routes or self._settings.oauth_enabled):
+            return None
         if self._app is None:
             self._app = self._edge.app()
         return self._app
 
     @property
     def processors(self) -> Mapping[str, EventProcessor]:
-        return {TRIGGER: self._started(self._processor)}
+        """One processing for both transports: the stored bodies are the same payloads."""
+        processor = self._started(self._processor)
+        names = configured_triggers(self._settings)
+        return dict.fromkeys(names, processor)
+
+    @property
+    def socket(self) -> SlackSocket | None:
+        """This node's Socket Mode connection (web nodes with ``socket_mode``)."""
+        return self._socket
 
     @property
     def sender(self) -> Sender | None:
@@ -101,18 +124,11 @@ class SlackChannel:
         self._sender = SlackSender(
             tokens,
             deps.http,
-            SenderSettings(
-                api_url=settings.api_url,
-                message_limit=settings.message_limit,
-                channel_interval=settings.channel_interval,
-                working_reaction=settings.working_reaction,
-                done_reaction=settings.done_reaction,
-                failed_reaction=settings.failed_reaction,
-                delivery_attempts=deps.delivery_attempts,
-            ),
+            settings,
             reactions,
             session,
             deps.files,
+            delivery_attempts=deps.delivery_attempts,
         )
         self._processor = SlackProcessor(
             settings,
@@ -138,6 +154,9 @@ class SlackChannel:
                 redirect_uri=redirect_uri,
             )
         )
+        if settings.socket_mode and self._listen:
+            self._socket = SlackSocket(settings, SocketDeps(deps.inbox, deps.clock, session))
+            await self._socket.start(stack)
 
     def run_started(self, run: RunRecord) -> None:
         """``:eyes:`` on the message the run answers (in the background, drained on stop)."""
@@ -145,6 +164,8 @@ class SlackChannel:
             self._sender.working(run.reply_target)
 
     async def health(self, trigger: TriggerHealth) -> Mapping[str, object]:
+        if trigger.name == SOCKET_TRIGGER and self._socket is not None:
+            return self._socket.details()
         return {}
 
     @staticmethod

@@ -87,22 +87,25 @@ class SlackEdge:
     """The aiohttp sub-application mounted at ``/slack`` (URLs as Slack's app config has them)."""
 
     def __init__(self, settings: SlackSettings) -> None:
-        if settings.signing_secret is None:
-            raise ValueError("the Slack edge needs [slack] signing_secret")
         self._settings = settings
-        self._secret = settings.signing_secret.get_secret_value()
+        secret = settings.signing_secret
+        self._secret = secret.get_secret_value() if secret is not None else None
         self._deps: EdgeDeps | None = None
         self._verifier: SignatureVerifier | None = None
         self._oauth_flow: AsyncOAuthFlow | None = None
 
     def attach(self, deps: EdgeDeps) -> None:
         self._deps = deps
-        self._verifier = _RawBytesVerifier(self._secret, clock=_Seconds(deps.clock))
+        if self._secret is not None:
+            self._verifier = _RawBytesVerifier(self._secret, clock=_Seconds(deps.clock))
 
     def app(self) -> web.Application:
+        """The event routes where ``http_routes`` (Socket Mode turns them off), the install
+        pages always (OAuth needs a browser's redirect either way)."""
         app = web.Application()
-        app.router.add_post("/events", self.events)
-        app.router.add_post("/commands", self.events)
+        if self._settings.http_routes:
+            app.router.add_post("/events", self.events)
+            app.router.add_post("/commands", self.events)
         app.router.add_get("/install", self.install)
         app.router.add_get("/oauth_redirect", self.oauth_redirect)
         app.cleanup_ctx.append(self._oauth)
@@ -137,15 +140,9 @@ class SlackEdge:
             return web.Response(status=200, text="")
         reply = ""
         if "command" in body:
-            chosen = choose_workflow(
-                self._settings,
-                channel=str(body.get("channel_id") or ""),
-                text=str(body.get("text") or "").strip(),
-                command=str(body.get("command") or ""),
-            )
-            if chosen is None:  # settings only, no I/O: nothing to store, say so at once
-                return web.Response(text=f"No workflow answers {body.get('command')} here.")
-            reply = self._settings.command_ack
+            store, reply = command_answer(self._settings, body)
+            if not store:
+                return web.Response(text=reply)
         content_type = request.headers.get("Content-Type", "")
         await deps.inbox.accept(
             ArrivingEvent(
@@ -212,6 +209,21 @@ def _parse(raw: bytes, content_type: str, charset: str | None) -> dict[str, Any]
             raise BadRequest("'payload' must be a JSON object")
         return {"payload": payload}
     return dict(params)
+
+
+def command_answer(settings: SlackSettings, body: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether a slash command is stored, and its immediate answer (PROTOCOLS §1.4: within
+    3 s): ``command_ack``, or, when no route takes the command (settings only, no I/O), a line
+    saying so and nothing stored."""
+    chosen = choose_workflow(
+        settings,
+        channel=str(body.get("channel_id") or ""),
+        text=str(body.get("text") or "").strip(),
+        command=str(body.get("command") or ""),
+    )
+    if chosen is None:
+        return False, f"No workflow answers {body.get('command')} here."
+    return True, settings.command_ack
 
 
 def dedupe_key(body: Mapping[str, Any]) -> str | None:

@@ -155,6 +155,36 @@ def _with_text(message: InboundMessage, text: str) -> InboundMessage:
     return message if message.text == text else message.model_copy(update={"text": text})
 
 
+def _routed_run_request(
+    message: InboundMessage,
+    chosen: Chosen,
+    details: dict[str, Any],
+    *,
+    owner_id: str,
+    thread_id: str | None = None,
+    idempotency_key: str | None,
+    serial_key: str,
+    context: dict[str, str] | None = None,
+) -> RunRequest:
+    """The run of ``chosen``'s workflow for ``message`` (the route's text and fixed inputs),
+    answered in the message's channel (``thread_id``) with the reply target's ``details``."""
+    return run_request_for(
+        _with_text(message, chosen.text),
+        owner_id=owner_id,
+        workflow=chosen.workflow,
+        fixed_inputs=chosen.route.inputs if chosen.route else None,
+        reply_target=ReplyTarget(
+            channel="slack",
+            address=message.conversation.id,
+            thread_id=thread_id,
+            details=details,
+        ),
+        idempotency_key=idempotency_key,
+        serial_key=serial_key,
+        context=context,
+    )
+
+
 def event_run_request(
     message: InboundMessage,
     chosen: Chosen,
@@ -169,20 +199,16 @@ def event_run_request(
     event = message.event
     channel = message.conversation.id
     thread = message.conversation.thread_id
-    return run_request_for(
-        _with_text(message, chosen.text),
+    details = {
+        **workspace_details(team_id, enterprise_id, enterprise_install),
+        "message_ts": str(event["ts"]),
+    }
+    return _routed_run_request(
+        message,
+        chosen,
+        details,
         owner_id=owner_id,
-        workflow=chosen.workflow,
-        fixed_inputs=chosen.route.inputs if chosen.route else None,
-        reply_target=ReplyTarget(
-            channel="slack",
-            address=channel,
-            thread_id=thread,
-            details={
-                **workspace_details(team_id, enterprise_id, enterprise_install),
-                "message_ts": str(event["ts"]),
-            },
-        ),
+        thread_id=thread,
         idempotency_key=message_key(team_id, channel, str(event["ts"])),
         serial_key=f"slack:{team_id}:{channel}:{thread}",
         context={"X-Slack-Event-Id": event_id} if event_id else {},
@@ -202,20 +228,16 @@ def command_run_request(
     channel = message.conversation.id
     response_type = chosen.route.response_type if chosen.route else "ephemeral"
     trigger = str(command.get("trigger_id") or command.get("response_url") or "")
-    return run_request_for(
-        _with_text(message, chosen.text),
+    details = {
+        **workspace_details(team_id, enterprise_id, False),
+        "response_url": str(command.get("response_url") or ""),
+        "response_type": response_type,
+    }
+    return _routed_run_request(
+        message,
+        chosen,
+        details,
         owner_id=owner_id,
-        workflow=chosen.workflow,
-        fixed_inputs=chosen.route.inputs if chosen.route else None,
-        reply_target=ReplyTarget(
-            channel="slack",
-            address=channel,
-            details={
-                **workspace_details(team_id, enterprise_id, False),
-                "response_url": str(command.get("response_url") or ""),
-                "response_type": response_type,
-            },
-        ),
         idempotency_key=f"slack:{team_id}:command:{trigger}"[:300] if trigger else None,
         serial_key=f"slack:{team_id}:{channel}:command",
     )

@@ -90,8 +90,6 @@ class SlackProcessor:
     """The ``slack`` trigger's :class:`core.inbox.EventProcessor`."""
 
     def __init__(self, settings: SlackSettings, deps: ProcessDeps) -> None:
-        if settings.signing_secret is None:
-            raise ValueError("the Slack channel needs [slack] signing_secret")
         self._settings = settings
         self._deps = deps
         self._names: dict[str, tuple[float, str | None]] = {}
@@ -105,7 +103,11 @@ class SlackProcessor:
         # SLACK_CLIENT_ID/SECRET, with file stores under $HOME); no SslCheck middleware, whose
         # verification token comes from SLACK_VERIFICATION_TOKEN (the edge answers the probe).
         self.app = AsyncApp(
-            signing_secret=settings.signing_secret.get_secret_value(),
+            # "" and not None: None would make bolt read SLACK_SIGNING_SECRET. Socket Mode has
+            # no signatures (the app token authenticates the connection, PROTOCOLS §1b).
+            signing_secret=(
+                settings.signing_secret.get_secret_value() if settings.signing_secret else ""
+            ),
             client=AsyncWebClient(base_url=settings.api_url, session=deps.session),
             authorize=WorkspaceAuthorize(deps.tokens),  # type: ignore[arg-type]  # AsyncAuthorize
             installation_store=deps.installations,

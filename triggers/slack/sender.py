@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -35,11 +34,14 @@ from triggers.files import FileStore
 from triggers.slack.hosts import is_slack_url
 from triggers.slack.installations import BotTokens
 from triggers.slack.render import render_mrkdwn, split_mrkdwn
+from triggers.slack.settings import SlackSettings
 from triggers.webhook import retry_after
 
 logger = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 30.0
+REPLY_EVENT = "switchboard_reply"
+"""``metadata.event_type`` of our posts; ``event_payload`` names the delivery and part."""
 MAX_UPLOAD = 1 << 30
 """Slack's file size limit (1 GB)."""
 UNREACHABLE = (aiohttp.ClientError, httpx.HTTPError, TimeoutError)
@@ -69,18 +71,6 @@ PERMANENT_ERRORS = frozenset(
         "used_url",
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class SenderSettings:
-    api_url: str
-    message_limit: int = 3800
-    channel_interval: float = 1.0
-    working_reaction: str | None = "eyes"
-    done_reaction: str | None = "white_check_mark"
-    failed_reaction: str | None = "x"
-    delivery_attempts: int = 8
-    """The outbox's ``max_attempts``: a retry asked for on the last attempt is a failure."""
 
 
 class Reactions:
@@ -125,11 +115,16 @@ class SlackSender:
         self,
         tokens: BotTokens,
         http: httpx.AsyncClient,
-        settings: SenderSettings,
+        settings: SlackSettings,
         reactions: Reactions,
         session: aiohttp.ClientSession,
         files: FileStore,
+        *,
+        delivery_attempts: int,
     ) -> None:
+        """``delivery_attempts`` is the outbox's ``max_attempts``: a retry asked for on the
+        last attempt is a failure."""
+        self._delivery_attempts = delivery_attempts
         self._session = session
         self._files = files
         self._tokens = tokens
@@ -194,15 +189,20 @@ class SlackSender:
                     f"no bot token for Slack workspace {details.get('team_id')!r}"
                 )
             client = self._client(workspace.bot_token)
-            parts = self._parts(reply)
+            parts = self._parts(reply, delivery.id)
             done = delivery.progress
+            posted = (
+                await self._posted_before(client, channel, target.get("thread_id"), delivery)
+                if delivery.in_doubt and done < len(parts)
+                else set()
+            )
             for index, part in enumerate(parts):
-                if index < done:
+                if index < done or index in posted:
                     continue
                 await self._pace(channel)
                 stopped = await _post(part, client, channel, target.get("thread_id"), index)
                 if stopped is not None:
-                    last = delivery.attempts >= self._settings.delivery_attempts
+                    last = delivery.attempts >= self._delivery_attempts
                     if stopped.outcome == "failed" or last:
                         # No retry will bring the reply (a permanent error, or the outbox gives
                         # up now): the user's message should not keep saying "working".
@@ -224,8 +224,47 @@ class SlackSender:
             self._clients[token] = client
         return client
 
+    async def _posted_before(
+        self, client: AsyncWebClient, channel: str, thread: str | None, delivery: Delivery
+    ) -> set[int]:
+        """The parts of ``delivery`` already in the channel (or thread), by the metadata each
+        post carries: an attempt that died between Slack's answer and our record must not
+        post them twice (chat.postMessage has no idempotency key). A history we cannot read
+        (no ``*:history`` scope, Slack unreachable) says nothing: the parts are sent again."""
+        try:
+            if thread:
+                answer = await client.conversations_replies(
+                    channel=channel, ts=thread, include_all_metadata=True, limit=200
+                )
+            else:
+                answer = await client.conversations_history(
+                    channel=channel, include_all_metadata=True, limit=100
+                )
+        except (SlackApiError, *UNREACHABLE) as exc:
+            logger.warning(
+                "delivery %s (run %s): could not look for parts already posted: %r",
+                delivery.id,
+                delivery.run_id,
+                exc,
+            )
+            return set()
+        posted: set[int] = set()
+        for message in answer.get("messages") or []:
+            metadata = message.get("metadata") or {}
+            payload = metadata.get("event_payload") or {}
+            if metadata.get("event_type") == REPLY_EVENT and payload.get("delivery") == delivery.id:
+                posted.add(int(payload.get("part", -1)))
+        if posted:
+            logger.info(
+                "delivery %s (run %s): parts %s were posted by an interrupted attempt",
+                delivery.id,
+                delivery.run_id,
+                sorted(posted),
+            )
+        return posted
+
     def _parts(
-        self, reply: Reply | None
+        self, reply: Reply | None, delivery_id: int
     ) -> list[Callable[[AsyncWebClient, str, str | None], Awaitable[None]]]:
         if reply is None:
             return []
@@ -234,12 +273,24 @@ class SlackSender:
         links = [url for url in reply.attachments if url not in ours]
         text = with_links(reply.text, links)
         text = render_mrkdwn(text) if text.strip() else ""
-        for chunk in split_mrkdwn(text, self._settings.message_limit) if text else []:
+        chunks = split_mrkdwn(text, self._settings.message_limit) if text else []
+        for index, chunk in enumerate(chunks):
+            # Which delivery and part this post is: how a retry after a crash finds it.
+            metadata = {
+                "event_type": REPLY_EVENT,
+                "event_payload": {"delivery": delivery_id, "part": index},
+            }
 
             async def post(
-                client: AsyncWebClient, channel: str, thread: str | None, chunk: str = chunk
+                client: AsyncWebClient,
+                channel: str,
+                thread: str | None,
+                chunk: str = chunk,
+                metadata: dict[str, Any] = metadata,
             ) -> None:
-                await client.chat_postMessage(channel=channel, text=chunk, thread_ts=thread)
+                await client.chat_postMessage(
+                    channel=channel, text=chunk, thread_ts=thread, metadata=metadata
+                )
 
             parts.append(post)
         for url in ours:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from core.sections import Section
 
@@ -49,7 +49,25 @@ class SlackRoute(Section):
 
 class SlackSettings(Section):
     signing_secret: SecretStr | None = Field(
-        default=None, description="the app's signing secret; the Slack routes exist only with it"
+        default=None, description="the app's signing secret; the HTTP event routes need it"
+    )
+    app_token: SecretStr | None = Field(
+        default=None, description="xapp-… (scope connections:write): Socket Mode's app-level token"
+    )
+    socket_mode: bool = Field(
+        default=False,
+        description="take events over Slack's Socket Mode (no public URL); each web node holds "
+        "one connection (Slack allows 10 per app)",
+    )
+    http_events: bool | None = Field(
+        default=None,
+        description="serve /slack/events and /slack/commands; default: on unless socket_mode",
+    )
+    socket_ping_interval: float = Field(
+        default=10.0, gt=0, description="seconds between pings; no pong in half of it: reconnect"
+    )
+    socket_backoff_max: float = Field(
+        default=30.0, gt=0, description="the longest wait between two failed connection attempts"
     )
     bot_token: SecretStr | None = Field(
         default=None, description="xoxb-… for a single workspace (no OAuth install needed)"
@@ -75,9 +93,30 @@ class SlackSettings(Section):
         default=1.0, ge=0, description="seconds between two messages to one channel (Slack: ~1/s)"
     )
 
+    @field_validator("app_token")
+    @classmethod
+    def _app_level(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and not token.get_secret_value().startswith("xapp-"):
+            raise ValueError("app_token must be an app-level token (xapp-…), not a bot token")
+        return token
+
+    @model_validator(mode="after")
+    def _transports(self) -> SlackSettings:
+        if self.socket_mode and self.app_token is None:
+            raise ValueError("socket_mode = true needs app_token (xapp-…)")
+        if self.http_events and self.signing_secret is None:
+            raise ValueError("http_events = true needs signing_secret")
+        return self
+
     @property
     def enabled(self) -> bool:
-        return self.signing_secret is not None
+        return self.signing_secret is not None or self.socket_mode
+
+    @property
+    def http_routes(self) -> bool:
+        """Whether this node serves the HTTP Events API and slash-command routes."""
+        wanted = self.http_events if self.http_events is not None else not self.socket_mode
+        return wanted and self.signing_secret is not None
 
     @property
     def oauth_enabled(self) -> bool:

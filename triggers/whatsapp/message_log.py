@@ -68,6 +68,16 @@ class MessageLog:
             )
         await self._merge_early(sid)
 
+    async def known(self, sids: list[str]) -> set[str]:
+        """Which of ``sids`` are recorded as parts of some delivery."""
+        if not sids:
+            return set()
+        async with self._db.read() as conn:
+            found = await conn.execute(
+                select(whatsapp_messages.c.sid).where(whatsapp_messages.c.sid.in_(sids))
+            )
+            return set(found.scalars())
+
     async def parts_sent(self, delivery_id: int) -> int:
         """How many parts of a delivery Twilio already took (a retry resumes after them).
 

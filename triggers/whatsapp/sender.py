@@ -74,6 +74,9 @@ class WhatsAppSender:
             return SendResult.failed(plan, progress=done)
         sid: str | None = None
         total = done + len(plan)
+        if delivery.in_doubt and plan:
+            adopted = await self._adopt_interrupted(delivery, sender, user, plan, done)
+            plan, done = plan[adopted:], done + adopted
         for part, outbound in enumerate(plan, done):
             try:
                 sid, status = await self._create(sender, user, outbound)
@@ -97,6 +100,48 @@ class WhatsAppSender:
                 sid,
             )
         return SendResult.sent(sid, progress=total)
+
+    async def _adopt_interrupted(
+        self,
+        delivery: Delivery,
+        sender: str,
+        user: str,
+        plan: list[OutboundMessage],
+        done: int,
+    ) -> int:
+        """How many of ``plan``'s first messages Twilio already has from an attempt that died
+        between Twilio's answer and :meth:`MessageLog.record_sent` (recorded now).
+
+        The Messages API has no idempotency key, so ask it: a message from our number to this
+        user that no delivery recorded can only be this delivery's (replies to one chat go one
+        delivery at a time, each message recorded at once); one whose body is the next part's
+        is that part. A list that cannot be read says nothing: the parts are sent again."""
+        try:
+            recent = await self._client.messages.list_async(to=user, from_=sender, limit=20)
+        except (TwilioRestException, TwilioUnavailable, aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning(
+                "delivery %s (run %s): could not look for messages already sent: %r",
+                delivery.id,
+                delivery.run_id,
+                exc,
+            )
+            return 0
+        known = await self._log.known([str(message.sid) for message in recent])
+        unknown = [m for m in reversed(recent) if str(m.sid) not in known]  # oldest first
+        adopted = 0
+        for message in unknown:
+            if adopted < len(plan) and message.body == plan[adopted].body:
+                status = str(message.status or "queued")
+                await self._log.record_sent(delivery.id, done + adopted, str(message.sid), status)
+                adopted += 1
+        if adopted:
+            logger.info(
+                "delivery %s (run %s): %d WhatsApp message(s) were sent by an interrupted attempt",
+                delivery.id,
+                delivery.run_id,
+                adopted,
+            )
+        return adopted
 
     async def _plan(
         self, delivery: Delivery, reply: Reply, sender: str, user: str, done: int
