@@ -15,6 +15,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 from core.clock import isoformat
 from core.errors import Forbidden
 from core.json_input import parse_json
+from core.log_levels import level_of_line
 
 
 class RunStatus(StrEnum):
@@ -203,7 +204,9 @@ class LogEntry(_Frozen):
         return {
             "createdAt": isoformat(self.created_at),
             "stream": self.stream,
-            "level": "error" if self.stream == "stderr" else "info",
+            # The stream is kept; a level only where the line states one (Switchboard's own
+            # lines are information unless they say otherwise).
+            "level": level_of_line(self.message) or ("info" if self.stream == "system" else None),
             "message": self.message,
             "request_id": self.run_id,
         }

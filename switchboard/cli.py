@@ -24,6 +24,7 @@ from core.clock import isoformat
 from core.errors import SwitchboardError
 from scheduler.actions import perform
 from switchboard.app import ROLES, create_app
+from switchboard.cli_parts import open_cli_parts
 from switchboard.config import load_settings
 from switchboard.inbox_commands import add_inbox_commands
 from switchboard.logging import configure_logging
@@ -50,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if server:
                 overrides["server"] = server
         settings = load_settings(getattr(args, "config", None), **overrides)
-        configure_logging(settings.server.log_level, settings.server.log_format)
+        # A command's output is what it prints; library INFO lines (Alembic's) are server talk.
+        debug = settings.server.log_level.upper() == "DEBUG"
+        quiet = args.command not in (serve, db_upgrade) and not debug
+        level = "WARNING" if quiet else settings.server.log_level
+        configure_logging(level, settings.server.log_format)
         return _run(args.command(args, settings))
     except SwitchboardError as exc:
         print(f"switchboard: {exc.detail}", file=sys.stderr)
@@ -278,7 +283,7 @@ async def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 async def keys_create(args: argparse.Namespace, settings: Settings) -> int:
     services: Services
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         key, info = await services.keys.create(
             owner_id=args.owner, name=args.name, one_time=args.one_time, role=KeyRole(args.role)
         )
@@ -292,7 +297,7 @@ async def keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def keys_list(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         keys = await services.keys.list(args.owner)
     _table(
         ["id", "owner", "name", "prefix", "kind", "role", "created", "state"],
@@ -314,14 +319,14 @@ async def keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         key_id = await services.keys.revoke(args.key)
     print(f"revoked {key_id}" if key_id == args.key else f"revoked {key_id} ({args.key})")
     return 0
 
 
 async def workflows_add(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         info = await services.registry.add(args.file, args.service_id)
         warnings = await services.unset_secret_warnings(info, args.owner)
     print(
@@ -333,7 +338,7 @@ async def workflows_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def workflows_list(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         workflows = await services.registry.list()
         # manage_user_secrets is answered by the web edge itself (never a stored run).
         builtins = sorted([*services.builtins, MANAGE_USER_SECRETS])
@@ -347,14 +352,14 @@ async def workflows_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def workflows_remove(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         await services.registry.remove(args.service_id)
     print(f"removed {args.service_id}")
     return 0
 
 
 async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         runs = await services.queue.list_runs(
             owner_id=args.owner, status=args.status, limit=args.limit
         )
@@ -377,7 +382,7 @@ async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def runs_show(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         record = await services.queue.get(args.run_id)
     if record is None:
         raise SwitchboardError(f"request {args.run_id!r} not found")
@@ -386,7 +391,7 @@ async def runs_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def runs_logs(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         if await services.queue.get(args.run_id) is None:
             raise SwitchboardError(f"request {args.run_id!r} not found")
         async for entries in services.gateway.follow_logs(args.run_id, follow=args.follow):
@@ -415,14 +420,14 @@ async def schedules_add(args: argparse.Namespace, settings: Settings) -> int:
         "overlap_policy": args.overlap,
         "jitter": args.jitter,
     }
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         created = await perform(services.schedules, args.owner, body)
     print(f"created schedule {created['id']}; next fire at {created['next_fire_at']}")
     return 0
 
 
 async def schedules_list(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         listed = await services.schedules.list_schedules(args.owner)
     _table(
         ["id", "workflow", "cron", "timezone", "state", "next fire", "last fire", "fired",
@@ -441,7 +446,7 @@ async def schedules_list(args: argparse.Namespace, settings: Settings) -> int:
 
 async def schedules_action(args: argparse.Namespace, settings: Settings) -> int:
     action = {"show": "get", "remove": "delete", "run-now": "run_now"}.get(args.action, args.action)
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         answer = await perform(
             services.schedules, None, {"action": action, "schedule_id": args.schedule_id}
         )
@@ -462,7 +467,7 @@ async def schedules_preview(args: argparse.Namespace, settings: Settings) -> int
         body.update(cron=args.cron, timezone=args.timezone)
     else:
         raise SwitchboardError("preview needs a schedule id or --cron")
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         answer = await perform(services.schedules, None, body)
     for moment in answer["fire_times"]:
         print(moment)
@@ -485,7 +490,7 @@ def _read_value(name: str) -> str:
 
 async def secrets_set(args: argparse.Namespace, settings: Settings) -> int:
     value = _read_value(args.name)
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         await services.keys.ensure_owner(args.owner)
         info = await services.secrets.put(
             args.owner, args.name, value, workflow_id=args.workflow, actor=CLI_ACTOR
@@ -495,7 +500,7 @@ async def secrets_set(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def secrets_list(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         listed = await services.secrets.list_secrets(args.owner)
     _table(
         ["name", "owner", "scope", "updated", "by"],
@@ -508,7 +513,7 @@ async def secrets_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def secrets_unset(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         await services.secrets.remove(
             args.owner, args.name, workflow_id=args.workflow, actor=CLI_ACTOR
         )
@@ -523,7 +528,7 @@ async def secrets_rotate_key(args: argparse.Namespace, settings: Settings) -> in
     as ``server.secrets_key_previous``; this re-encrypts, then the previous one can go."""
     from_file = not configured(settings)
     data_dir = settings.server.data_dir
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         resumed = from_file and not start_file_rotation(data_dir)
         rotation = await services.secrets.rotate(actor=CLI_ACTOR)
         if from_file:
@@ -542,7 +547,7 @@ async def secrets_rotate_key(args: argparse.Namespace, settings: Settings) -> in
 
 
 async def secrets_audit(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as services:
+    async with open_cli_parts(settings) as services:
         events = await services.secrets.audit(args.owner, limit=args.limit)
     _table(
         ["at", "action", "actor", "owner", "name", "workflow", "detail"],

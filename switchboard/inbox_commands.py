@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from core.clock import isoformat
 from core.inbox import EventStatus, InboxAdmin
 from switchboard.app import inbox_admin
-from switchboard.services import open_services
+from switchboard.cli_parts import open_cli_parts
 from switchboard.settings import Settings
 from switchboard.terminal import print_table
 from triggers.inbox_api import (
@@ -88,7 +88,7 @@ class InboxCommand:
     show: Show
 
     async def __call__(self, args: argparse.Namespace, settings: Settings) -> int:
-        async with open_services(settings) as services:
+        async with open_cli_parts(settings) as services:
             await self.show(inbox_admin(services), args, sys.stdout)
         return 0
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 import migrations
@@ -22,6 +24,18 @@ def alembic_config() -> Config:
 async def upgrade(database: Database, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (``head`` by default). Safe to call on every start."""
     await _run_alembic(database, command.upgrade, revision)
+
+
+async def schema_revisions(database: Database) -> tuple[frozenset[str], frozenset[str]]:
+    """(the revisions the database is at, the heads of our migrations): equal when it is at the
+    latest schema; the first is empty for a database never migrated."""
+    heads = frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+    def _current(connection: Connection) -> frozenset[str]:
+        return frozenset(MigrationContext.configure(connection).get_current_heads())
+
+    async with database.engine.connect() as connection:
+        return await connection.run_sync(_current), heads
 
 
 async def downgrade(database: Database, revision: str) -> None:

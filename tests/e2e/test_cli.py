@@ -8,6 +8,9 @@ import re
 import httpx
 import pytest
 
+from core.db import Database
+from switchboard.config import load_settings
+from switchboard.migrate import downgrade, schema_revisions
 from tests.e2e.conftest import ServiceFactory
 from tests.e2e.harness import CliResult, Service, await_result, bearer, line_count, wait_until
 
@@ -155,3 +158,27 @@ async def test_config_option_before_the_command_names_a_missing_file(
     result = await service.cli("--config", "/nonexistent.toml", "keys", "list", check=False)
     assert result.returncode != 0, result.describe()
     assert "/nonexistent.toml" in result.stderr, result.describe()
+
+
+async def test_a_command_on_a_database_one_migration_behind_names_it_and_migrates_nothing(
+    make_service: ServiceFactory,
+) -> None:
+    service = make_service({})
+    await service.cli("db", "upgrade")
+    listed = await service.cli("keys", "list")
+    assert "INFO" not in listed.stderr, listed.describe()
+    settings = load_settings(None, server={"data_dir": str(service.data_dir)})
+    database = Database(settings.server.resolved_database_url())
+    try:
+        await downgrade(database, "-1")
+        behind, heads = await schema_revisions(database)
+        assert behind and behind != heads
+        result = await service.cli("keys", "list", check=False)
+        after, _ = await schema_revisions(database)
+    finally:
+        await database.dispose()
+    assert result.returncode == 1, result.describe()
+    assert f"at revision {min(behind)}" in result.stderr, result.describe()
+    assert "run `switchboard db upgrade`" in result.stderr, result.describe()
+    assert "INFO" not in result.stderr and result.stdout == "", result.describe()
+    assert after == behind

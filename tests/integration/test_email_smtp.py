@@ -241,14 +241,16 @@ async def test_replies_to_one_sender_are_rate_limited(
 
 async def test_quoted_history_is_stripped(live_factory: LiveFactory, sink: SmtpSink) -> None:
     live = await start_email(live_factory, sink)
+    # Bottom-posted: the answer is below the quote, the signature below the answer.
     body = (
-        "Yes, ship it.\n\nThanks\n-- \nAlice\n\n"
-        "On Mon, 2 Nov 2026 at 10:00, Bot <bot@example.test> wrote:\n> Shall I ship it?\n"
+        "Hi Bot,\n\n"
+        "On Mon, 2 Nov 2026 at 10:00, Bot <bot@example.test> wrote:\n> Shall I ship it?\n\n"
+        "Yes, ship it.\n\nThanks\n-- \nAlice\n"
     )
     question = mail("Re: ship?", body)
     await smtp_send(live, question)
     inputs = inputs_of(await run_of(live, question))
-    assert inputs["text"] == "Yes, ship it.\n\nThanks"
+    assert inputs["text"] == "Hi Bot,\n\nYes, ship it.\n\nThanks"
     assert "> Shall I ship it?" in inputs["event"]["text"]
 
 

@@ -41,7 +41,12 @@ def mailgun_form(
         "sender": SENDER,
         "from": f"Alice <{SENDER}>",
         "subject": "Via Mailgun",
-        "body-plain": "Hello from Mailgun\n\nOn Sun, Bot wrote:\n> earlier\n",
+        # Outlook's top-posted reply: its rule and header block are not the reply.
+        "body-plain": (
+            "Hello from Mailgun\n\n________________________________\n"
+            f"From: Bot <{BOT}>\nSent: Sunday, November 1, 2026 09:00\nTo: {SENDER}\n"
+            "Subject: Via Mailgun\n\nearlier\n"
+        ),
         "stripped-text": "Hello from Mailgun",
         "message-headers": json.dumps(
             [

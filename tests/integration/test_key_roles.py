@@ -116,6 +116,10 @@ def test_keys_create_takes_a_role_and_keys_list_shows_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("SWITCHBOARD_SERVER__DATA_DIR", str(tmp_path / "data"))
+    # A command never creates the schema: that is `db upgrade`'s (or `serve`'s) job.
+    assert main(["keys", "list"]) == 1
+    assert "no revision (never migrated)" in capsys.readouterr().err
+    assert main(["db", "upgrade"]) == 0
     assert main(["keys", "create", "--role", "admin", "--name", "ops"]) == 0
     made = capsys.readouterr().out
     assert " with role admin;" in made and made.splitlines()[-1].startswith("cwk-")

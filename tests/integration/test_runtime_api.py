@@ -61,6 +61,20 @@ async def test_script_workflow_background_run_result_details_and_logs(live: Live
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no store logic here
+async def test_a_stderr_line_has_the_level_it_states_and_none_otherwise(live: Live) -> None:
+    await live.register("log_levels")
+    async with client(live) as c:
+        handle = await c.run("log-levels", {}, in_background=True)
+        await handle.result(timeout_seconds=60)
+        logs = [entry async for entry in handle.logs()]
+    seen = {entry["message"]: (entry["stream"], entry["level"]) for entry in logs}
+    assert seen["INFO:levels:an info line"] == ("stderr", "info"), logs
+    assert seen["WARNING:root:a warning line"] == ("stderr", "warning"), logs
+    assert seen["a plain stderr line"] == ("stderr", None), logs
+    assert seen["a plain stdout line"] == ("stdout", None), logs
+
+
 async def test_logs_resume_after_timestamp(live: Live) -> None:
     await live.register("hello")
     async with client(live) as c:
