@@ -75,10 +75,15 @@ class MediaFetcher:
             asyncio.ensure_future(self._fetch(index, url, content_type))
             for index, (url, content_type) in enumerate(items)
         ]
-        _, pending = await asyncio.wait(tasks, timeout=self._timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        pending: set[asyncio.Future[Attachment]] = set(tasks)
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=self._timeout)
+        finally:
+            # Also when this processing is cancelled (the node stops): no download may outlive
+            # it, still writing into the file store, its error never read.
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         attachments: list[Attachment] = []
         errors: list[str] = []
         for index, task in enumerate(tasks):
