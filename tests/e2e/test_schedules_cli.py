@@ -16,6 +16,7 @@ async def test_schedules_commands(make_service: ServiceFactory, tmp_path: Path) 
     service = make_service(
         {"SWITCHBOARD_SERVER__DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"}
     )
+    await service.cli("db", "upgrade")  # the CLI works on a migrated database only
     added = await service.cli(
         "schedules", "add", "--id", "standup", "--workflow", "echo", "--cron", "0 9 * * MON-FRI",
         "--timezone", "Europe/London", "--inputs", '{"team": "core"}',
