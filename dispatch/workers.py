@@ -86,6 +86,9 @@ class WorkerPool:
             lambda ends: self._complete(ends), name="run-completions"
         )
         self._stopping = False
+        self._handback: list[str] = []
+        """Runs leased to this worker as it stopped (a batch of ends or an intake claimed them
+        meanwhile): handed back unstarted, never left running past the pool's end."""
         self._loops: list[asyncio.Task[None]] = []
 
     @property
@@ -129,6 +132,9 @@ class WorkerPool:
 
     def _start_runs(self, claimed: list[RunRecord]) -> None:
         for run in claimed:
+            if self._stopping:
+                self._handback.append(run.id)
+                continue
             self._active[run.id] = asyncio.create_task(self._execute(run), name=f"run:{run.id}")
 
     async def start(self, stack: AsyncExitStack) -> None:
@@ -165,6 +171,8 @@ class WorkerPool:
         # An end already queued is written even if its run was cancelled waiting for it, and
         # before any release: a run recorded as finished is never handed back to run again.
         await self._completions.aclose()
+        unfinished += self._handback
+        self._handback = []
         for run_id in unfinished:
             logger.info("run %s: handed back to the queue at shutdown", run_id)
             await self._queue.release(self._worker_id, run_id)
