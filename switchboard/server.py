@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from http import HTTPStatus
 
 from aiohttp import web
@@ -49,7 +50,7 @@ class JsonErrorConnection(web.RequestHandler):
 class SwitchboardSite(web.BaseSite):
     """A TCP site whose connections are :class:`JsonErrorConnection` with the header timeout."""
 
-    __slots__ = ("_header_timeout", "_host", "_port")
+    __slots__ = ("_header_timeout", "_host", "_port", "_sock")
 
     def __init__(
         self,
@@ -59,11 +60,13 @@ class SwitchboardSite(web.BaseSite):
         *,
         header_timeout: float,
         backlog: int = 1024,
+        sock: socket.socket | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._header_timeout = header_timeout
+        self._sock = sock
 
     @property
     def name(self) -> str:
@@ -86,15 +89,26 @@ class SwitchboardSite(web.BaseSite):
                 access_log=None,  # type: ignore[arg-type]
             )
 
+        if self._sock is not None:
+            self._server = await loop.create_server(
+                connection, sock=self._sock, backlog=self._backlog
+            )
+            return
         self._server = await loop.create_server(
             connection, self._host, self._port, backlog=self._backlog
         )
 
 
 async def start_site(
-    runner: web.BaseRunner, settings: ServerSettings, *, host: str, port: int
+    runner: web.BaseRunner,
+    settings: ServerSettings,
+    *,
+    host: str,
+    port: int,
+    sock: socket.socket | None = None,
 ) -> SwitchboardSite:
-    """Listen on ``host:port`` for ``runner`` (set up already) with the server's settings."""
-    site = SwitchboardSite(runner, host, port, header_timeout=settings.header_timeout)
+    """Listen on ``host:port`` for ``runner`` (set up already) with the server's settings, or
+    on ``sock``, a socket bound already (so that nobody takes its port in between)."""
+    site = SwitchboardSite(runner, host, port, header_timeout=settings.header_timeout, sock=sock)
     await site.start()
     return site

@@ -254,7 +254,12 @@ class LiveFactory:
         self._runners: list[web.AppRunner] = []
 
     async def start(self, *, roles: Collection[str] = ROLES, **sections: dict[str, Any]) -> Live:
-        port = free_port()
+        # Bound here and kept: a port probed free and closed can be taken (by another worker's
+        # server, or as the local port of any outgoing connection) before the site binds it.
+        listening = socket.socket()
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(("127.0.0.1", 0))
+        port = listening.getsockname()[1]
         settings = make_settings(
             self._tmp / "data", self._database_url, self._cache, port, **sections
         )
@@ -262,7 +267,7 @@ class LiveFactory:
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
-        await start_site(runner, settings.server, host="127.0.0.1", port=port)
+        await start_site(runner, settings.server, host="127.0.0.1", port=port, sock=listening)
         async with asyncio.timeout(30):
             await app[READY].wait()
         services = app[SERVICES]
