@@ -164,16 +164,25 @@ async def test_the_runs_and_the_processed_mark_are_committed_together(database: 
     assert await run_bodies(database) == ["whole"]
 
 
+async def stalled_processor(
+    node: InboxNode, stack: AsyncExitStack
+) -> tuple[RunPerMessage, asyncio.Event]:
+    """A processor of ``node`` (owner ``node-a``) whose channel has begun its first event and
+    holds every event until the returned gate opens."""
+    stalled = RunPerMessage()
+    stalled.gate = gate = asyncio.Event()
+    await node.processor({"test": stalled}, owner="node-a").start(stack)
+    async with asyncio.timeout(5):
+        await stalled.started.wait()
+    return stalled, gate
+
+
 async def test_a_processor_stopped_mid_way_hands_back_its_event_and_it_runs_once(
     node: InboxNode,
 ) -> None:
     accepted = await node.accept(event("hello"))
-    stuck = RunPerMessage()
-    stuck.gate = asyncio.Event()  # never opened: the node stops while processing
     async with AsyncExitStack() as stack:
-        await node.processor({"test": stuck}, owner="node-a").start(stack)
-        async with asyncio.timeout(5):
-            await stuck.started.wait()
+        await stalled_processor(node, stack)  # never let go: the node stops while processing
     [row] = await event_rows(node.database)
     assert row["status"] == EventStatus.PENDING and row["lease_owner"] is None
     assert row["attempts"] == 0  # a graceful hand-back is not an attempt
@@ -194,18 +203,14 @@ async def test_an_expired_lease_is_taken_over_by_another_node_and_makes_one_run(
     try:
         # No dedupe key, so no idempotency key: only the lease keeps this to one run.
         accepted = await first.accept(event("hello"))
-        stalled = RunPerMessage()
-        stalled.gate = asyncio.Event()
         async with AsyncExitStack() as stack:
-            await first.processor({"test": stalled}, owner="node-a").start(stack)
-            async with asyncio.timeout(5):
-                await stalled.started.wait()
+            stalled, gate = await stalled_processor(first, stack)
             clock.advance(first.lease_seconds + 1)  # node A stops renewing, as if it died
             async with AsyncExitStack() as other:
                 await second.processor({"test": RunPerMessage()}, owner="node-b").start(other)
                 row = await wait_for_status(second, accepted.id, EventStatus.PROCESSED)
             stalled.done.clear()
-            stalled.gate.set()  # node A wakes up and finishes too late
+            gate.set()  # node A wakes up and finishes too late
             async with asyncio.timeout(5):
                 await stalled.done.wait()
     finally:
@@ -226,19 +231,15 @@ async def test_a_node_does_not_start_again_an_event_whose_lease_it_let_expire(
     clock = node.clock
     assert isinstance(clock, ManualClock)
     first = await node.accept(event("hello"))
-    stalled = RunPerMessage()
-    stalled.gate = asyncio.Event()
     async with AsyncExitStack() as stack:
-        await node.processor({"test": stalled}, owner="node-a").start(stack)
-        async with asyncio.timeout(5):
-            await stalled.started.wait()
+        stalled, gate = await stalled_processor(node, stack)
         stalled.started.clear()
         clock.advance(node.lease_seconds + 1)
         await node.accept(event("other", key="chat-2"))  # wakes the claim loop
         async with asyncio.timeout(5):
             await stalled.started.wait()
         assert stalled.seen == ["hello", "other"]
-        stalled.gate.set()
+        gate.set()
         await wait_for_status(node, first.id, EventStatus.PROCESSED)
     assert sorted(await run_bodies(node.database)) == ["hello", "other"]
 
