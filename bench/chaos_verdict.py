@@ -136,14 +136,16 @@ async def _read_states(store: Store, facts: Facts) -> None:
     ):
         raw = bytes(body) if isinstance(body, bytes | memoryview) else b""  # NULL once pruned
         text = raw.decode("utf-8", "replace")
-        state = f"{status} (attempts {attempts}{', ' + str(error)[:120] if error else ''})"
-        facts.inbox.append((str(event_id), str(trigger), state, text))
+        facts.inbox.append((str(event_id), str(trigger), _state(status, attempts, error), text))
     for run_id, status, attempts, error in await store.rows(
         "select run_id, status, attempts, coalesce(last_error, '') from deliveries"
     ):
-        facts.deliveries[str(run_id)] = (
-            f"{status} (attempts {attempts}{', ' + str(error)[:120] if error else ''})"
-        )
+        facts.deliveries[str(run_id)] = _state(status, attempts, error)
+
+
+def _state(status: object, attempts: object, error: object) -> str:
+    """A row's state as a violation names it: ``failed (attempts 3, <error>)``."""
+    return f"{status} (attempts {attempts}{', ' + str(error)[:120] if error else ''})"
 
 
 def _reply(source: str, text: str, index: int, sinks: Sinks, identity: str = "") -> Reply:

@@ -407,15 +407,15 @@ class SandboxedRun:
                 # its environment from the handshake, after it was forked (see _place).
                 header = {
                     "network": limits.network,
-                    "workflow_file": f"{WORKFLOW_DIR}/{self.workflow.source_path.name}",
+                    "workflow_file": f"{WORKFLOW_DIR}/{source.name}",
                     "open_files": limits.open_files,
                     "file_size": limits.file_size,
                     "tmp_size": limits.tmp_size,
                     "relay_port": relay_port(settings),
                     "seccomp": base64.b64encode(self.seccomp).decode("ascii"),
                 }
-                fds = [out_write, err_write, pipes.ready_write, status_write, theirs.fileno()]
-                await zygote.fork(header, [*fds, *trees])
+                ends = (out_write, err_write, pipes.ready_write, status_write, theirs.fileno())
+                await zygote.fork(header, [*ends, *trees])
             except OSError as exc:
                 return Outcome.failure(f"could not start the sandbox: {exc.strerror or exc}")
             finally:
