@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from console.deps import LATE, ConsoleDeps
-from console.render import back, changing, page
+from console.render import changing, done_at, page, see_other
 from console.sessions import COOKIE
 from core.errors import SwitchboardError, Unauthorized
 
@@ -50,7 +50,7 @@ async def login_link(request: web.Request) -> web.StreamResponse:
         value, age = await _key_session(deps, deps.sessions.redeem_login_token(token))
     except Unauthorized as exc:
         raise web.HTTPSeeOther(back_to_login(exc.detail)) from exc
-    response = web.HTTPSeeOther("/console/")
+    response = see_other("/console/")
     _set_session(request, response, value, age)
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
@@ -97,7 +97,7 @@ async def login_with_key(request: web.Request) -> web.StreamResponse:
     except SwitchboardError as exc:
         raise web.HTTPSeeOther(back_to_login(exc.detail)) from exc
     value, age = deps.sessions.new_session(principal.key_id, principal.owner_id, principal.role)
-    response = web.HTTPSeeOther("/console/")
+    response = see_other("/console/")
     _set_session(request, response, value, age)
     response.del_cookie(LOGIN_FORM_COOKIE, path="/console/login")
     return response
@@ -105,6 +105,6 @@ async def login_with_key(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     await changing(request)
-    response = back("/console/login", "signed out")
+    response = see_other(done_at("/console/login", "signed out"))
     response.del_cookie(COOKIE, path="/")
     return response

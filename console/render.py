@@ -80,10 +80,21 @@ def page(
 
 
 def back(location: str, done: str = "") -> web.HTTPSeeOther:
-    """Post/redirect/get: back to ``location`` with a line saying what was done."""
+    """Post/redirect/get: back to ``location`` with a line saying what was done (raise it)."""
+    return web.HTTPSeeOther(done_at(location, done))
+
+
+def done_at(location: str, done: str) -> str:
+    """``location`` with the line saying what was done (shown by the page)."""
     if done:
         location += ("&" if "?" in location else "?") + "done=" + _quote(done)
-    return web.HTTPSeeOther(location)
+    return location
+
+
+def see_other(location: str) -> web.Response:
+    """A 303 to ``location`` returned, not raised, so that it can set or clear cookies
+    (aiohttp deprecates returning an exception)."""
+    return web.Response(status=303, headers={"Location": location})
 
 
 def _quote(text: str) -> str:
