@@ -336,6 +336,7 @@ INTAKE_COLUMNS = (
     "attempts",
     "created_at",
     "queued_at",
+    "replay_of",
 )
 """The columns intake writes: every row ``_husk_row`` and ``_run_row`` build has exactly these."""
 SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's storage format for SQLite DATETIME
@@ -367,6 +368,7 @@ def _husk_row(run_id: str, item: NewHusk, now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "created_at": now,
         "queued_at": None,
+        "replay_of": None,
     }
 
 
@@ -377,7 +379,7 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "owner_id": item.owner_id,
         "caller_id": item.caller_id,
         "service_id": item.service_id,
-        "workflow_version": None,
+        "workflow_version": item.workflow_version,
         "path": item.path,
         "method": item.method,
         "status": RunStatus.QUEUED,
@@ -393,4 +395,5 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "created_at": now,
         "queued_at": now,
+        "replay_of": item.replay_of,
     }
