@@ -47,7 +47,7 @@ async def login_link(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/console/login")
     deps = request.app[LATE]()
     try:
-        value, age = await _key_session(deps, deps.sessions.redeem_login_token(token))
+        value, age = await _key_session(deps, await deps.sessions.redeem_login_token(token))
     except Unauthorized as exc:
         raise web.HTTPSeeOther(back_to_login(exc.detail)) from exc
     response = see_other("/console/")

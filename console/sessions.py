@@ -2,18 +2,24 @@
 
 A session is a signed cookie (HttpOnly, SameSite=Strict, expiring) naming the API key it acts
 as; every request checks that key is still active, so revoking it ends its sessions. A login
-link carries a short-lived signed token for the data dir's admin key, spent on first use (per
-server process; its expiry bounds a replay elsewhere). Every change carries the session's CSRF
-token (a hidden field, or the ``X-CSRF-Token`` header from the page's script).
+link carries a short-lived signed token for the data dir's admin key, spent on first use: its
+nonce goes into ``console_spent_logins`` in the same database every node shares, so a link
+printed by ``switchboard console`` signs in once, whichever node it reaches. Every change
+carries the session's CSRF token (a hidden field, or the ``X-CSRF-Token`` header from the
+page's script).
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import delete
+
+from console.tables import console_spent_logins
 from core.clock import Clock
+from core.db import Database, insert_unless_present
 from core.errors import Forbidden, Unauthorized
 from core.security import Signer
 from triggers.auth import KeyRole
@@ -38,15 +44,36 @@ class ConsoleSession:
         return self.role is KeyRole.ADMIN
 
 
+class SpentLogins:
+    """The login-token nonces already used, in the database (so on every node at once)."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def spend(self, nonce: str, expires: int, now: int) -> bool:
+        """Record ``nonce`` as used; ``False`` when it was used before. Forgets expired ones."""
+
+        def moment(seconds: int) -> datetime:
+            return datetime.fromtimestamp(seconds, UTC)
+
+        async with self._db.write() as conn:
+            await conn.execute(
+                delete(console_spent_logins).where(console_spent_logins.c.expires_at < moment(now))
+            )
+            values = {"nonce": nonce, "expires_at": moment(expires)}
+            return await insert_unless_present(conn, console_spent_logins, values, unique=["nonce"])
+
+
 class Sessions:
     """Mints and reads login tokens and session cookies with the server's signer."""
 
-    def __init__(self, signer: Signer, clock: Clock, *, session_seconds: int) -> None:
+    def __init__(
+        self, signer: Signer, clock: Clock, spent: SpentLogins, *, session_seconds: int
+    ) -> None:
         self._signer = signer
         self._clock = clock
+        self._spent = spent
         self._session_seconds = session_seconds
-        self._spent: dict[str, int] = {}
-        """login token nonces used on this process -> their expiry"""
 
     def _now(self) -> int:
         return int(self._clock.now().timestamp())
@@ -58,7 +85,7 @@ class Sessions:
         signature = self._signer.sign("console-login", key_id, str(expires), nonce)
         return f"{LOGIN_PREFIX}.{key_id}.{expires}.{nonce}.{signature}"
 
-    def redeem_login_token(self, token: str) -> str:
+    async def redeem_login_token(self, token: str) -> str:
         """The key id ``token`` signs in as; spends it. ``Unauthorized`` when it is not valid."""
         parts = token.split(".")
         if len(parts) != 5 or parts[0] != LOGIN_PREFIX or not parts[2].isdigit():
@@ -69,10 +96,8 @@ class Sessions:
             raise Unauthorized("this login link has expired; run `switchboard console`")
         if not self._signer.verify(signature, "console-login", key_id, expires, nonce):
             raise Unauthorized("this login link is not valid; run `switchboard console`")
-        self._spent = {spent: until for spent, until in self._spent.items() if until >= now}
-        if nonce in self._spent:
+        if not await self._spent.spend(nonce, int(expires), now):
             raise Unauthorized("this login link was used already; run `switchboard console`")
-        self._spent[nonce] = int(expires)
         return key_id
 
     def new_session(self, key_id: str, owner_id: str, role: KeyRole) -> tuple[str, int]:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from console.sessions import Sessions
+from console.sessions import Sessions, SpentLogins
 from console.settings import ConsoleSettings
 from core.clock import Clock
+from core.db import Database
 from core.security import Signer
 from triggers.auth import KeyInfo, KeyRole, KeyStore
 
 
-def console_sessions(signer: Signer, clock: Clock, settings: ConsoleSettings) -> Sessions:
-    return Sessions(signer, clock, session_seconds=int(settings.session_hours * 3600))
+def console_sessions(
+    signer: Signer, clock: Clock, database: Database, settings: ConsoleSettings
+) -> Sessions:
+    spent = SpentLogins(database)
+    return Sessions(signer, clock, spent, session_seconds=int(settings.session_hours * 3600))
 
 
 async def operator_key(keys: KeyStore) -> KeyInfo | None:

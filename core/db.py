@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Table, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -152,3 +153,13 @@ class Database:
                     await connection.exec_driver_sql("PRAGMA busy_timeout=1000")
                     await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._writer.dispose()
+
+
+async def insert_unless_present(
+    conn: AsyncConnection, table: Table, values: dict[str, Any], *, unique: list[str]
+) -> bool:
+    """Insert one row unless a row with the same ``unique`` columns exists; ``True`` if inserted."""
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=unique)
+    result = await conn.execute(statement)
+    return bool(result.rowcount)

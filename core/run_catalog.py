@@ -64,6 +64,7 @@ class RunItem(_Frozen):
     attempts: int
     workflow_version: int | None
     error: str | None
+    response_status: int | None = Field(description="the HTTP status the workflow answered")
     reply_channel: str | None = Field(description="where its answer goes (none: no reply)")
     replay_of: str | None = Field(description="the run this one replays")
 

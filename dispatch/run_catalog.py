@@ -40,6 +40,7 @@ ITEM_COLUMNS = (
     runs.c.attempts,
     runs.c.workflow_version,
     runs.c.error,
+    runs.c.response_status,
     runs.c.reply_target,
     runs.c.replay_of,
 )
@@ -129,6 +130,7 @@ def run_item(row: RowMapping) -> RunItem:
         attempts=row["attempts"],
         workflow_version=row["workflow_version"],
         error=row["error"],
+        response_status=row["response_status"],
         reply_channel=None if not isinstance(target, dict) else str(target.get("channel")),
         replay_of=row["replay_of"],
     )

@@ -16,12 +16,15 @@ import signal
 import sys
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from core.clock import isoformat
 from core.errors import SwitchboardError
+from core.run_catalog import RunSort
+from dispatch.run_catalog import RunCatalogReader
 from scheduler.actions import perform
 from switchboard.app import ROLES, create_app
 from switchboard.cli_parts import open_cli_parts
@@ -36,6 +39,8 @@ from switchboard.services import Services, open_services
 from switchboard.settings import Settings
 from switchboard.terminal import print_table as _table
 from triggers.auth import DEFAULT_OWNER, KeyRole
+from triggers.inbox_api import first_problem
+from triggers.runs_api import REPEATABLE, RunQuery
 from triggers.secrets_api import MANAGE_USER_SECRETS
 
 
@@ -144,10 +149,19 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(command=workflows_remove)
 
     runs = commands.add_parser("runs", help="runs").add_subparsers(title="runs commands")
-    p = runs.add_parser("list", parents=[common], help="recent runs, newest first")
-    p.add_argument("--status")
+    p = runs.add_parser("list", parents=[common], help="runs, newest first, with the API's filters")
+    p.add_argument("--status", action="append", help="queued, running, completed, failed, …")
+    p.add_argument("--source", action="append", help="api, slack, whatsapp, email, schedule, …")
+    p.add_argument("--workflow", dest="service_id", help="a workflow's id")
     p.add_argument("--owner")
+    p.add_argument("--since", help="created at or after (ISO 8601 with its offset)")
+    p.add_argument("--until", help="created before (ISO 8601 with its offset)")
+    p.add_argument("-q", "--search", dest="q", help="text in the run's input or output")
+    p.add_argument(
+        "--sort", choices=get_args(RunSort), help="-created (default), created, duration, …"
+    )
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--cursor", help="the next page's cursor printed under the last page")
     p.set_defaults(command=runs_list)
     p = runs.add_parser("show", parents=[common], help="a run's request record (JSON)")
     p.add_argument("run_id")
@@ -383,25 +397,39 @@ async def workflows_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def runs_list(args: argparse.Namespace, settings: Settings) -> int:
+    """The management API's ``GET /api/v1/runs`` on the database: the same filters and cursor."""
+    given = {name: getattr(args, name) for name in RunQuery.model_fields}
+    values = {name: value for name, value in given.items() if value is not None}
+    for name in REPEATABLE & values.keys():
+        values[name] = [part for value in values[name] for part in value.split(",") if part]
+    try:
+        query = RunQuery.model_validate(values)
+    except ValidationError as exc:
+        flags = {"service_id": "--workflow", "q": "--search"}
+        problem = first_problem(exc, lambda name: flags.get(name, f"--{name}"))
+        raise SwitchboardError(problem) from None
     async with open_cli_parts(settings) as services:
-        runs = await services.queue.list_runs(
-            owner_id=args.owner, status=args.status, limit=args.limit
+        page = await RunCatalogReader(services.database).page(
+            query.which(), limit=query.limit, cursor=query.cursor
         )
     _table(
-        ["id", "service", "status", "source", "created", "ms", "http"],
+        ["id", "service", "status", "source", "owner", "created", "ms", "http"],
         [
             [
                 r.id,
                 r.service_id or "(provisioned)",
                 r.status.value,
                 r.source.value,
+                r.owner_id,
                 isoformat(r.created_at) or "",
-                str(r.to_api()["durationMs"] or ""),
+                "" if r.duration_ms is None else str(r.duration_ms),
                 str(r.response_status or ""),
             ]
-            for r in runs
+            for r in page.runs
         ],
     )
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}")
     return 0
 
 

@@ -19,7 +19,9 @@ FIRST_START_LINK = timedelta(hours=24)
 def console_deps(services: Services, *, stop_local: Callable[[str], bool] | None) -> ConsoleDeps:
     """``stop_local``: stops a run this node's workers run (a cancel takes effect at once)."""
     return ConsoleDeps(
-        sessions=console_sessions(services.signer, services.clock, services.settings.console),
+        sessions=console_sessions(
+            services.signer, services.clock, services.database, services.settings.console
+        ),
         keys=services.keys,
         authenticator=services.auth,
         inbox=services.inbox,
@@ -50,6 +52,8 @@ async def first_start_link(services: Services) -> str:
 async def fresh_link(services: Services, *, valid_for: timedelta | None = None) -> str | None:
     """A one-time login link for the data dir's admin key (``switchboard console``)."""
     settings = services.settings
-    sessions = console_sessions(services.signer, services.clock, settings.console)
+    sessions = console_sessions(
+        services.signer, services.clock, services.database, settings.console
+    )
     period = valid_for or timedelta(minutes=settings.console.login_link_minutes)
     return await login_url(sessions, services.keys, settings.server.base_url(), valid_for=period)

@@ -6,6 +6,7 @@ registers them all. Add a package's table module here when it gets one.
 
 from __future__ import annotations
 
+import console.tables  # noqa: F401  (each import registers its package's tables)
 import triggers.auth_tables
 import triggers.email.tables
 import triggers.file_tables

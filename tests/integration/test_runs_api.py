@@ -8,8 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
+from core.errors import SwitchboardError
 from core.models import ReplyTarget, RunRequest, Source
+from switchboard.cli import _parser
 from tests.conftest import Live
 from triggers.auth import KeyRole
 
@@ -108,3 +111,60 @@ async def test_the_runs_list_filters_pages_and_keeps_owners_apart(live: Live) ->
         other = await http.get(f"/api/v1/runs/{theirs}", headers=member)
         assert other.status_code == 404
         assert (await http.get(f"/api/v1/runs/{theirs}", headers=admin)).status_code == 200
+
+
+async def test_switchboard_runs_list_takes_the_apis_filters(
+    live: Live, capsys: pytest.CaptureFixture[str]
+) -> None:
+    member = {"Authorization": f"Bearer {live.key}"}
+    async with httpx.AsyncClient(base_url=live.url, timeout=20) as http:
+        words = ("apple", "banana", "cherry")
+        made = [
+            (await http.post("/run/echo/", json={"word": w}, headers=member)).headers[
+                "X-Request-Id"
+            ]
+            for w in words
+        ]
+    failed = await live.services.gateway.submit(
+        RunRequest(
+            owner_id="default",
+            service_id="missing-workflow",
+            body='{"text": "from slack"}',
+            source=Source.SLACK,
+            reply_target=ReplyTarget(channel="none"),
+        )
+    )
+    async with httpx.AsyncClient(base_url=live.url, timeout=20) as http:
+        await _finished(http, member, failed.id)
+
+    async def cli(*argv: str) -> list[list[str]]:
+        args = _parser().parse_args(["runs", "list", *argv])
+        assert await args.command(args, live.settings) == 0
+        return [line.split() for line in capsys.readouterr().out.splitlines()]
+
+    def ids(rows: list[list[str]]) -> list[str]:
+        return [cells[0] for cells in rows if cells and cells[0].startswith("req_")]
+
+    everything = await cli()
+    assert everything[0][:5] == ["id", "service", "status", "source", "owner"]
+    assert ids(everything) == [failed.id, *made[::-1]]
+    assert ids(await cli("--status", "failed")) == [failed.id]
+    assert ids(await cli("--status", "failed,completed", "--source", "api")) == made[::-1]
+    assert ids(await cli("--source", "slack", "--source", "api")) == ids(everything)
+    assert ids(await cli("--workflow", "echo", "-q", "banana")) == [made[1]]
+    assert ids(await cli("--sort=created", "--owner", "default")) == [*made, failed.id]
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert ids(await cli("--since", later)) == []
+    assert ids(await cli("--until", later)) == ids(everything)
+    first = await cli("--limit", "2")
+    assert ids(first) == [failed.id, made[2]]
+    assert first[-1][:2] == ["more:", "--cursor"]
+    assert ids(await cli("--limit", "2", "--cursor", first[-1][2])) == [made[1], made[0]]
+    for bad, named in (
+        (["--status", "sleeping"], "--status"),
+        (["--limit", "0"], "--limit"),
+        (["--since", "yesterday"], "--since"),
+        (["--cursor", "nonsense"], "cursor"),
+    ):
+        with pytest.raises(SwitchboardError, match=named):
+            await cli(*bad)

@@ -1,13 +1,18 @@
-"""Console sign-in tokens and session cookies (console/sessions.py), on a clock the test moves."""
+"""Console sign-in tokens and session cookies (console/sessions.py), on a clock the test moves;
+spent login links in a real database (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select
 
-from console.sessions import Sessions
+from console.sessions import Sessions, SpentLogins
+from console.tables import console_spent_logins
+from core.db import Database
 from core.errors import Forbidden, Unauthorized
 from core.security import Signer
 from triggers.auth import KeyRole
@@ -27,28 +32,53 @@ def clock() -> MovingClock:
 
 
 @pytest.fixture
-def sessions(clock: MovingClock) -> Sessions:
-    return Sessions(Signer(b"s" * 32), clock, session_seconds=3600)
+async def database(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    yield database
+    await database.dispose()
 
 
-def test_a_login_link_signs_in_once(sessions: Sessions) -> None:
+@pytest.fixture
+def sessions(clock: MovingClock, database: Database) -> Sessions:
+    return Sessions(Signer(b"s" * 32), clock, SpentLogins(database), session_seconds=3600)
+
+
+async def test_a_login_link_signs_in_once_on_any_node(
+    sessions: Sessions, clock: MovingClock, database: Database
+) -> None:
     token = sessions.login_token("key_1", valid_for=timedelta(minutes=15))
-    assert sessions.redeem_login_token(token) == "key_1"
+    assert await sessions.redeem_login_token(token) == "key_1"
+    other_node = Sessions(Signer(b"s" * 32), clock, SpentLogins(database), session_seconds=3600)
     with pytest.raises(Unauthorized, match="used already"):
-        sessions.redeem_login_token(token)
+        await other_node.redeem_login_token(token)
+    with pytest.raises(Unauthorized, match="used already"):
+        await sessions.redeem_login_token(token)
 
 
-def test_a_login_link_expires(sessions: Sessions, clock: MovingClock) -> None:
+async def test_a_spent_link_is_forgotten_once_it_has_expired(
+    sessions: Sessions, clock: MovingClock, database: Database
+) -> None:
+    first = sessions.login_token("key_1", valid_for=timedelta(minutes=15))
+    await sessions.redeem_login_token(first)
+    clock.moment += timedelta(minutes=16)
+    second = sessions.login_token("key_1", valid_for=timedelta(minutes=15))
+    await sessions.redeem_login_token(second)
+    async with database.read() as conn:
+        kept = (await conn.execute(select(func.count()).select_from(console_spent_logins))).scalar()
+    assert kept == 1  # the first, past its expiry, went when the second was spent
+
+
+async def test_a_login_link_expires(sessions: Sessions, clock: MovingClock) -> None:
     token = sessions.login_token("key_1", valid_for=timedelta(minutes=15))
     clock.moment += timedelta(minutes=16)
     with pytest.raises(Unauthorized, match="expired"):
-        sessions.redeem_login_token(token)
+        await sessions.redeem_login_token(token)
 
 
-def test_a_login_link_for_another_key_is_refused(sessions: Sessions) -> None:
+async def test_a_login_link_for_another_key_is_refused(sessions: Sessions) -> None:
     token = sessions.login_token("key_1", valid_for=timedelta(minutes=15))
     with pytest.raises(Unauthorized, match="not valid"):
-        sessions.redeem_login_token(token.replace("key_1", "key_2"))
+        await sessions.redeem_login_token(token.replace("key_1", "key_2"))
 
 
 def test_a_session_cookie_is_read_until_it_expires(sessions: Sessions, clock: MovingClock) -> None:

@@ -14,10 +14,9 @@ from typing import Any
 from sqlalchemy import func, literal, select, update
 
 from core.clock import Clock
-from core.db import Database
+from core.db import Database, insert_unless_present
 from core.tables import UTCDateTime
 from triggers.email.tables import email_mailboxes
-from triggers.email.threads import insert_unless_present
 
 HEARTBEAT_SECONDS = 15.0
 """How often the holder writes ``seen_at``: a holder silent for three of these is gone."""

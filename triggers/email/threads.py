@@ -10,25 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import func, select
 
 from core.clock import Clock
-from core.db import Database
+from core.db import Database, insert_unless_present
 from triggers.email.tables import email_messages
-
-
-async def insert_unless_present(
-    conn: AsyncConnection, table: Table, values: dict[str, Any], *, unique: list[str]
-) -> bool:
-    """Insert one row unless a row with the same ``unique`` columns exists; ``True`` if inserted."""
-    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-    statement = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=unique)
-    result = await conn.execute(statement)
-    return bool(result.rowcount)
 
 
 class ThreadStore:
