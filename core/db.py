@@ -18,8 +18,11 @@ from typing import Any
 from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from core.errors import SwitchboardError
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +113,30 @@ class Database:
             self._maintenance = asyncio.create_task(
                 self._checkpoint_loop(checkpoint_interval), name="sqlite-checkpoints"
             )
+
+    async def wait_until_reachable(self, limit: float) -> None:
+        """Return once the database answers a query; wait up to ``limit`` seconds for one that
+        is down or still starting (a node restarted while its PostgreSQL restarts), trying
+        again with a growing pause. ``SwitchboardError`` naming the last failure after that."""
+        deadline = asyncio.get_running_loop().time() + limit
+        pause = 0.1
+        while True:
+            try:
+                async with self._writer.connect() as connection:
+                    await connection.exec_driver_sql("SELECT 1")
+                return
+            except (OSError, DBAPIError) as exc:
+                # The driver's message names the failure, never the URL's password.
+                reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise SwitchboardError(
+                        f"the database is not reachable ({reason}); waited {limit:g} s "
+                        "(server.database_wait); check server.database_url"
+                    ) from exc
+                logger.warning("the database is not reachable yet (%s); trying again", reason)
+                await asyncio.sleep(min(pause, left))  # a retry pause, bounded by ``limit``
+                pause = min(pause * 2, 2.0)
 
     async def _checkpoint_loop(self, interval: float) -> None:
         while True:

@@ -145,6 +145,7 @@ def _components(
                 metrics=app[METRICS],
                 channels=app[CHANNELS],
                 parts=app[PARTS],
+                database_wait=app[SETTINGS].server.database_wait,
             )
             app[SERVICES] = services
             if "worker" in roles:

@@ -167,10 +167,12 @@ async def start_services(
     metrics: Metrics | None = None,
     channels: Sequence[Channel] = (),
     parts: LateParts | None = None,
+    database_wait: float = 0.0,
 ) -> Services:
     """Every shared component, started on ``stack`` (stopped in reverse when it closes).
     ``channels`` start once ``parts`` has what they are built from; their senders join the
-    outbox's."""
+    outbox's. ``database_wait``: seconds to wait for an unreachable database (``serve``'s
+    ``server.database_wait``; the CLI's commands say at once that it is down)."""
     data_dir = settings.server.data_dir
     prepare_data_dir(data_dir, settings.server.resolved_database_url())
     database = Database(
@@ -178,6 +180,7 @@ async def start_services(
         sqlite_synchronous=settings.server.sqlite_synchronous,
     )
     await database.start(stack)
+    await database.wait_until_reachable(database_wait)
     if migrate:
         await upgrade(database)
     clock = SystemClock()

@@ -39,6 +39,12 @@ class ServerSettings(Section):
         description="SQLAlchemy URL. Default: SQLite (WAL) at <data_dir>/switchboard.db. "
         "PostgreSQL: postgresql+asyncpg://user:pass@host/db.",
     )
+    database_wait: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds `serve` waits at start for a database that is down or starting "
+        "(a node restarted while PostgreSQL restarts) before it gives up; 0: give up at once.",
+    )
     max_body_size: int = Field(default=10 * 1024 * 1024, ge=1024)
     header_timeout: float = Field(
         default=15.0,
