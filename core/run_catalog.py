@@ -21,6 +21,10 @@ RunSort = Literal["-created", "created", "-duration", "duration"]
 shortest/longest first."""
 
 MAX_QUERY_LENGTH = 200
+SEARCH_WINDOW = 20_000
+"""A search (``q``) reads at most this many runs (of those the other filters leave) for one
+page: there is no text index to keep off the write path, so an absent word would otherwise
+read every run. A page it fills short still has a ``next_cursor`` that searches on from there."""
 
 
 class _Frozen(BaseModel):
@@ -71,7 +75,11 @@ class RunItem(_Frozen):
 
 class RunPage(_Frozen):
     runs: list[RunItem]
-    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null: last")
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next page; null: last. A search (q) reads at "
+        f"most {SEARCH_WINDOW:,} runs per page, so its page can hold fewer than limit runs "
+        "and still have a next cursor."
+    )
 
 
 class TimelineEntry(_Frozen):

@@ -1,7 +1,9 @@
 """``core.run_catalog.RunCatalog`` over the runs, their logs and their deliveries.
 
 The list is keyset-paged on (sort key, id), newest first by default; the indexes of migration
-0014 serve each single filter (bench/runs_list.py measures the first page with 200,000 runs).
+0015 serve each single filter (bench/runs_list.py measures the first page with 200,000 runs).
+A search (``q``) has no text index (it would tax every run's write): it reads the bodies of at
+most ``search_window`` runs per page, so a word no run holds costs a bounded page, not a scan.
 A run's timeline is read from what the run already records: its queue time, the ``system`` line
 each attempt's worker writes when it starts it (``run started: … (attempt N)``), its end.
 """
@@ -17,14 +19,23 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, LargeBinary, Select, and_, func, literal, or_, select
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Row, RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.clock import isoformat, parse_iso
 from core.db import Database
 from core.errors import BadRequest, NotFound
 from core.json_input import parse_json
 from core.models import RunStatus, Source
-from core.run_catalog import DeliveryView, RunDetail, RunFilter, RunItem, RunPage, TimelineEntry
+from core.run_catalog import (
+    SEARCH_WINDOW,
+    DeliveryView,
+    RunDetail,
+    RunFilter,
+    RunItem,
+    RunPage,
+    TimelineEntry,
+)
 from dispatch.tables import deliveries, run_logs, runs
 
 ITEM_COLUMNS = (
@@ -50,18 +61,28 @@ ATTEMPT_LINE = re.compile(r"^run started: .* \(attempt (\d+)\)$")
 class RunCatalogReader:
     """Reads runs for operators (implements ``core.run_catalog.RunCatalog``)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, search_window: int = SEARCH_WINDOW) -> None:
         self._db = database
+        self._search_window = search_window
 
     async def page(self, which: RunFilter, *, limit: int, cursor: str | None) -> RunPage:
-        query = _ordered(
-            which, select(*ITEM_COLUMNS), _after(which, cursor), sqlite=self._db.is_sqlite
-        ).limit(limit + 1)
+        sqlite = self._db.is_sqlite
+        after = _after(which, cursor)
         async with self._db.read() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+            edge = None
+            if which.q is not None:
+                edge = await _search_edge(conn, which, after, self._search_window, sqlite)
+            within = after if edge is None else and_(*_up_to(which, edge), *_some(after))
+            query = _ordered(which, select(*ITEM_COLUMNS), within, sqlite=sqlite)
+            rows = (await conn.execute(query.limit(limit + 1))).mappings().all()
         items = [run_item(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return RunPage(runs=items, next_cursor=_cursor(which, items[-1]) if more else None)
+        if len(rows) > limit:
+            next_cursor: str | None = _cursor(which, items[-1])
+        elif edge is not None:  # the window is read: the next page searches on past it
+            next_cursor = _cursor_at(which, edge.key, edge.id)
+        else:
+            next_cursor = None
+        return RunPage(runs=items, next_cursor=next_cursor)
 
     async def count(self, which: RunFilter) -> int:
         query = select(func.count()).select_from(runs)
@@ -191,9 +212,41 @@ def _ordered(
 
 
 def _cursor(which: RunFilter, last: RunItem) -> str:
-    key: Any = last.duration_ms if which.sort.endswith("duration") else isoformat(last.created_at)
-    raw = json.dumps({"sort": which.sort, "key": key, "id": last.id}).encode()
+    key = last.duration_ms if which.sort.endswith("duration") else last.created_at
+    return _cursor_at(which, key, last.id)
+
+
+def _cursor_at(which: RunFilter, key: datetime | int | None, run_id: str) -> str:
+    shown = isoformat(key) if isinstance(key, datetime) else key
+    raw = json.dumps({"sort": which.sort, "key": shown, "id": run_id}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def _search_edge(
+    conn: AsyncConnection,
+    which: RunFilter,
+    after: ColumnElement[bool] | None,
+    window: int,
+    sqlite: bool,
+) -> Row[Any] | None:
+    """The last run a search's page may read: the ``window``-th of the runs the other filters
+    leave past the cursor (an index walk), or ``None`` when fewer remain."""
+    plain = which.model_copy(update={"q": None})
+    edge = _ordered(plain, select(_key_column(which).label("key"), runs.c.id), after, sqlite=sqlite)
+    found: Row[Any] | None = (await conn.execute(edge.offset(window - 1).limit(1))).first()
+    return found
+
+
+def _up_to(which: RunFilter, edge: Row[Any]) -> list[ColumnElement[bool]]:
+    """The runs up to and including ``edge`` in ``which``'s order."""
+    column = _key_column(which)
+    if which.sort.startswith("-"):
+        return [or_(column > edge.key, and_(column == edge.key, runs.c.id >= edge.id))]
+    return [or_(column < edge.key, and_(column == edge.key, runs.c.id <= edge.id))]
+
+
+def _some(condition: ColumnElement[bool] | None) -> list[ColumnElement[bool]]:
+    return [] if condition is None else [condition]
 
 
 def _after(which: RunFilter, cursor: str | None) -> ColumnElement[bool] | None:

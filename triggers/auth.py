@@ -406,6 +406,13 @@ class Authenticator:
         if principal.one_time:
             raise Unauthorized(f"a one-time key cannot be used for {what}")
 
+    @staticmethod
+    def refuse_run_key(principal: Principal, what: str) -> None:
+        """A workflow's run key acts within its grants (README 'Run keys'); what an operator
+        does (``what``: make or revoke keys, steer runs) would let it step outside them."""
+        if principal.acting_run_id is not None:
+            raise Forbidden(f"a run's key cannot be used for {what}; use an API key")
+
 
 def _key_from_header(header: str | None) -> str:
     if not header or not header.strip():

@@ -106,6 +106,7 @@ class ManagementRoutes:
     async def _caller(self, request: web.Request) -> Principal:
         principal = await self._auth.authenticate(request.headers.get("Authorization"))
         self._auth.refuse_one_time(principal, "the management API")
+        self._auth.refuse_run_key(principal, "the management API")
         return principal
 
     @operation(summary="List workflows", answers={200: WorkflowList}, tags=("workflows",))

@@ -173,3 +173,21 @@ async def test_outbound_granted_or_internet_workflows_may_send(live: Live, tmp_p
 
 def _spec(fields: dict[str, Any]) -> ScheduleSpec:
     return ScheduleSpec.model_validate(definition_fields(fields))
+
+
+async def test_a_run_key_cannot_use_the_management_api(live: Live, tmp_path: Path) -> None:
+    """Else a run key without grants could mint a full key of its owner, or revoke its keys."""
+    await register_probe(live, tmp_path, "operator-probe")
+    before = await live.services.keys.list()
+    answer = await probe(
+        live,
+        "operator-probe",
+        {"path": "/api/v1/keys", "json_body": {"name": "escape"}},
+        {"method": "GET", "path": "/api/v1/keys"},
+        {"method": "DELETE", "path": f"/api/v1/keys/{before[0].id}"},
+        {"method": "GET", "path": "/api/v1/runs"},
+        {"method": "GET", "path": "/api/v1/workflows"},
+    )
+    assert statuses(answer) == [403] * 5
+    assert all("a run's key cannot be used" in a["body"]["detail"] for a in answer["answers"])
+    assert await live.services.keys.list() == before
