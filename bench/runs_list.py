@@ -14,7 +14,8 @@ filter after 3 warm-up ones, timed from the request's first byte to the answer's
 The reference, measured in the same run against the same server: ``GET /api/v1/runs/{id}``, one
 run read by its primary key (the same authentication, JSON and HTTP path; the floor a list
 request cannot beat). Search (``q``) has no text index: a word most runs contain fills its page
-at once, a rare or absent one reads every input and output (those rows are shown as such).
+at once, a rare or absent one reads the inputs and outputs of the page's whole window (20,000
+runs, ``core.run_catalog.SEARCH_WINDOW``).
 Replaces the ``## Runs list`` section of bench/RESULTS.md.
 """
 
@@ -88,8 +89,8 @@ def cases(day: datetime) -> list[Case]:
         Case("sort=-duration", {"sort": "-duration"}),
         Case("sort=created (oldest first)", {"sort": "created"}),
         Case("q=order (in 1 of 8 runs)", {"q": "order"}),
-        Case("q=rare word (1 run in 20,000)", {"q": RARE}, "reads every run"),
-        Case("q=absent word", {"q": ABSENT}, "reads every run"),
+        Case("q=rare word (1 run in 20,000)", {"q": RARE}, "reads its window"),
+        Case("q=absent word", {"q": ABSENT}, "reads its window"),
         Case("failed, 2nd page (cursor)", {"status": "failed"}, "cursor"),
     ]
 
@@ -259,9 +260,9 @@ def render(results: list[Result], command: str, requests: int) -> str:
     lines += [
         "Reading: every filter, sort and cursor walks an index on its column and `created_at` (or",
         "`duration_ms`) and stops after 51 rows, so its page costs what the reference costs plus",
-        "a few rows. Search has no text index: a word in many runs fills a page in the first rows",
-        "it reads; a rare or absent word reads the input and output of every run the other",
-        "filters leave, which is the row to watch as a database grows (narrow it with `since`).",
+        "a few rows. Search has no text index (it would tax every run's write): a word in many",
+        "runs fills a page in the first rows it reads; a rare or absent word reads the window of",
+        "20,000 runs a page may read (its page can come back short, with a cursor to search on).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.replace_section(text, args.output)
     print(text)
-    filtered = [t for r in results for t in r.timings if t.note == "" or t.note == "cursor"]
+    filtered = [t for r in results for t in r.timings if t.note != "reference"]
     return 0 if all(report.percentile(list(t.samples_ms), 95) <= TARGET_MS for t in filtered) else 1
 
 
