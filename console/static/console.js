@@ -183,6 +183,11 @@ function chatTester() {
       problem.hidden = false;
       return;
     }
+    const sent = await answer.json();
+    if (sent.held) {
+      problem.textContent = `Held: the trigger console:${chat.dataset.kind} is suspended (resume it on the Triggers page).`;
+      problem.hidden = false;
+    }
     form.elements.namedItem("text").value = "";
     if (id) id.value = crypto.randomUUID().replaceAll("-", ""); // the next message's own id
   });
