@@ -138,3 +138,34 @@ async def test_bad_input_is_a_json_detail_and_owners_see_only_their_own(
         assert "No messages yet" in theirs.text
         mine = await http.get("/console/chat?as=slack")
         assert mine.text.count("only mine") == 2  # the message and its echo
+
+
+async def test_a_plain_form_is_sent_too_and_a_suspended_tester_holds_the_message(
+    live_factory: Any,
+) -> None:
+    live: Live = await live_factory.start(console={"chat_workflow": "echo"})
+    async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
+        csrf = await _signed_in(http, live.key)
+        # Without the page's script: the CSRF token is a form field, the answer a redirect.
+        plain = await http.post(
+            "/console/chat/messages",
+            data={"csrf": csrf, "as": "whatsapp", "text": "no script", "message_id": "p1"},
+        )
+        assert plain.status_code == 303
+        assert plain.headers["Location"] == "/console/chat?as=whatsapp"
+        [echo] = await _replies(http, "whatsapp", 1)
+        assert "no script" in echo["html"]
+
+        await live.services.inbox.suspend("console:slack")
+        held = await _say(http, csrf, **{"as": "slack", "text": "wait", "message_id": "h1"})
+        assert held.status_code == 201
+        assert held.json()["held"] is True
+        [event] = (
+            await live.services.inbox.events(
+                trigger="console:slack", status=None, limit=5, cursor=None, include_body=False
+            )
+        )[0]
+        assert event.status.value == "held"
+        await live.services.inbox.resume("console:slack")
+        [reply] = await _replies(http, "slack", 1)
+        assert "wait" in reply["html"]
