@@ -14,8 +14,9 @@ import uuid
 from aiohttp import web
 from markupsafe import Markup
 
-from console.chat_channel import KINDS, ConsoleChat
+from console.chat_channel import ConsoleChat
 from console.chat_markup import slack_html, whatsapp_html
+from console.chat_parts import KINDS
 from console.render import ENVIRONMENT, Signed, changing, page, signed_in
 from console.streams import STREAMS
 from console.transcripts import ChatLine

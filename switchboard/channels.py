@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from console.chat_channel import ChatDeps, ConsoleChat, chat_triggers
+from console.chat_channel import ConsoleChat
+from console.chat_parts import ChatDeps, chat_triggers
 from core.channels import Channel
 from core.clock import Clock
 from core.db import Database
@@ -129,6 +130,10 @@ def _chat(parts: ChannelParts) -> ChatDeps:
         database=parts.database,
         clock=parts.clock,
         files=parts.files,
+        http=parts.http,
+        chats=RunHistoryReader(parts.database),
+        delivery_failures=DeliveryFailureWriter(parts.clock),
+        ensure_owner=KeyStore(parts.database, parts.clock).ensure_owner,
         slack=settings.slack,
         whatsapp=settings.whatsapp,
         email=settings.email,

@@ -10,8 +10,10 @@ import re
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
 from tests.conftest import Live
+from triggers.whatsapp.tables import whatsapp_messages
 
 CSRF = re.compile(r'data-csrf="([^"]+)"')
 FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
@@ -89,6 +91,10 @@ async def test_a_message_as_each_channel_makes_one_run_and_one_rendered_reply(
         lengths = [int(re.findall(r'data-length="(\d+)"', part["html"])[0]) for part in parts]
         assert all(length <= 1600 for length in lengths), lengths
         assert "(1/2)" in parts[0]["html"] and "(2/2)" in parts[1]["html"]
+        # WhatsApp's own sender sent them: its message log has both parts, from our number.
+        async with live.services.database.read() as conn:
+            logged = (await conn.execute(select(whatsapp_messages.c.part))).scalars().all()
+        assert sorted(logged) == [0, 1]
 
         mail = {"as": "email", "text": "What is *new*?", "subject": "News", "message_id": "e1"}
         assert (await _say(http, csrf, **mail)).status_code == 201
