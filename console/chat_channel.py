@@ -31,6 +31,8 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from urllib.parse import urlencode
 
+import aiohttp
+
 from console.chat_parts import (
     KINDS,
     MAIL_DOMAIN,
@@ -78,8 +80,11 @@ class ConsoleChat:
     async def start(self, stack: AsyncExitStack) -> None:
         deps = self._deps()
         threads = ThreadStore(deps.database, deps.clock)
-        self._processor = ChatProcessor(deps, threads)
-        self._sender = ChatSender(deps, threads, self.transcripts)
+        # Bolt's Web API client needs a session; the tester's Slack processing makes no call.
+        session = aiohttp.ClientSession()
+        stack.push_async_callback(session.close)
+        self._processor = ChatProcessor(deps, threads, session)
+        self._sender = ChatSender(deps, threads, self.transcripts, self._processor.workspace)
 
     @property
     def processors(self) -> Mapping[str, EventProcessor]:

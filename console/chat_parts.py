@@ -11,7 +11,7 @@ import httpx
 from core.clock import Clock
 from core.db import Database
 from core.inbox import Inbox
-from core.ports import ChatActivity, DeliveryFailures
+from core.ports import ChatActivity, DeliveryFailures, RunHistory
 from triggers.email.settings import EmailSettings
 from triggers.files import FileStore
 from triggers.slack.settings import SlackSettings
@@ -24,6 +24,8 @@ OWNER_HEADER = "console-owner"
 """The stored event's header naming the signed-in owner who typed it."""
 TEAM = "console"
 """The Slack workspace of the tester's messages (real team ids are ``T…``)."""
+BOT_USER = "UCONSOLEBOT"
+"""The tester's Slack bot user (owner ids are lower case: no tester user is ``UCONSOLEBOT``)."""
 OUR_NUMBER = "whatsapp:console"
 TWILIO_ACCOUNT = "ACconsole"
 MAIL_DOMAIN = "console.invalid"
@@ -42,7 +44,9 @@ class ChatDeps:
     clock: Clock
     files: FileStore
     http: httpx.AsyncClient
-    """WhatsApp's media downloads (the tester sends none)"""
+    """WhatsApp's media downloads, Slack's file copies (the tester sends no file)"""
+    history: RunHistory
+    """whether a Slack message's run is stored (its twin's)"""
     chats: ChatActivity
     """WhatsApp's 24-hour window: the tester's chat is open once its message made a run"""
     delivery_failures: DeliveryFailures

@@ -1,18 +1,22 @@
 """The chat tester's :class:`core.inbox.EventProcessor`: each channel's own processing of the
 event the tester wrote, then the reply target handed to the console (``console/chat_channel.py``).
 
-WhatsApp and email run their channel's processor itself (:class:`WhatsAppProcessor`,
-:class:`EmailProcessor`) with the tester's settings. Slack's processor is bolt's dispatch, which
-asks the Web API who the bot is in the event's workspace (``auth.test``) before any listener
-runs; the tester's workspace has no token, so it runs the rules those listeners apply to a DM
-(``triggers.slack.payloads``: guards, route, message, run request).
+Each channel's processor itself runs (:class:`SlackProcessor`: bolt's dispatch and listeners;
+:class:`WhatsAppProcessor`; :class:`EmailProcessor`), with the tester's settings (owner, default
+workflow). Bolt's authorize step learns who the bot is in the tester's workspace from
+:class:`TesterWorkspace`, not from ``auth.test``: that workspace exists only here.
 """
 
 from __future__ import annotations
 
-import json
+from typing import Any
+
+import aiohttp
+from slack_bolt.authorization import AuthorizeResult
+from slack_sdk.web.async_client import AsyncWebClient
 
 from console.chat_parts import (
+    BOT_USER,
     KINDS,
     OWNER_HEADER,
     TEAM,
@@ -27,12 +31,8 @@ from core.inbox import Ignored, ProcessingResult, StoredEvent
 from core.models import ReplyTarget, RunRequest
 from triggers.email.process import EmailProcessor
 from triggers.email.threads import ThreadStore
-from triggers.slack.payloads import (
-    choose_workflow,
-    event_run_request,
-    ignored_because,
-    message_from_event,
-)
+from triggers.slack.installations import BotTokens, SlackInstallations, SlackOAuthStates
+from triggers.slack.process import ProcessDeps, SlackProcessor
 from triggers.whatsapp.media import MediaFetcher
 from triggers.whatsapp.message_log import MessageLog
 from triggers.whatsapp.process import WhatsAppProcessor
@@ -41,10 +41,18 @@ from triggers.whatsapp.process import WhatsAppProcessor
 class ChatProcessor:
     """The ``console:<kind>`` triggers' processor (one for the three)."""
 
-    def __init__(self, deps: ChatDeps, threads: ThreadStore) -> None:
+    def __init__(
+        self, deps: ChatDeps, threads: ThreadStore, session: aiohttp.ClientSession
+    ) -> None:
         self._deps = deps
         self._threads = threads
         self._log = MessageLog(deps.database, deps.clock, deps.delivery_failures)
+        self._session = session
+        installations = SlackInstallations(deps.database, deps.clock)
+        self.workspace = TesterWorkspace(installations, AsyncWebClient(session=session), None)
+        self._installations = installations
+        self._oauth_states = SlackOAuthStates(deps.database, deps.clock)
+        self._slack: dict[str, SlackProcessor] = {}
 
     async def process(self, event: StoredEvent) -> ProcessingResult:
         owner = event.headers.get(OWNER_HEADER, "")
@@ -52,7 +60,7 @@ class ChatProcessor:
         if not owner or kind not in KINDS:
             return Ignored(f"not a chat tester event ({event.trigger}, owner {owner!r})")
         if kind == "slack":
-            result = self._slack(event, owner)
+            result = await self._slack_of(owner).process(event)
         elif kind == "whatsapp":
             result = await self._whatsapp(owner).process(event)
         else:
@@ -61,30 +69,28 @@ class ChatProcessor:
             return result
         return [to_console(request, kind, owner, event.id) for request in result]
 
-    def _slack(self, event: StoredEvent, owner: str) -> ProcessingResult:
-        """What ``SlackProcessor._message`` does for a DM (``users.info`` not needed: the event
-        carries the sender's profile)."""
-        body = json.loads(event.body)
-        message = body["event"]
-        reason = ignored_because(message, None)
-        if reason is not None:
-            return Ignored(reason)
-        settings = slack_settings(self._deps, owner)
-        chosen = choose_workflow(settings, channel=str(message["channel"]), text=message["text"])
-        if chosen is None:
-            return Ignored("no workflow for the message")
-        inbound = message_from_event(
-            message,
-            bot_user_id=None,
-            sender_name=message["user_profile"]["display_name"],
-            attachments=(),
-            received_at=event.received_at,
-        )
-        return [
-            event_run_request(
-                inbound, chosen, owner_id=owner, team_id=TEAM, event_id=body.get("event_id")
+    def _slack_of(self, owner: str) -> SlackProcessor:
+        """The owner's Slack processor (bolt's app is built once per owner)."""
+        processor = self._slack.get(owner)
+        if processor is None:
+            deps = self._deps
+            processor = SlackProcessor(
+                slack_settings(deps, owner),
+                ProcessDeps(
+                    database=deps.database,
+                    history=deps.history,
+                    files=deps.files,
+                    clock=deps.clock,
+                    http=deps.http,
+                    installations=self._installations,
+                    oauth_states=self._oauth_states,
+                    tokens=self.workspace,
+                    session=self._session,
+                    redirect_uri="",
+                ),
             )
-        ]
+            self._slack[owner] = processor
+        return processor
 
     def _whatsapp(self, owner: str) -> WhatsAppProcessor:
         deps = self._deps
@@ -128,3 +134,26 @@ def to_console(request: RunRequest, kind: str, owner: str, event_id: str) -> Run
         },
     )
     return request.model_copy(update={"reply_target": target})
+
+
+class TesterWorkspace(BotTokens):
+    """The tester's Slack workspace (team ``console``) and its bot, as bolt's authorize step
+    asks for them: known here, never asked of Slack, and no other workspace."""
+
+    async def for_workspace(
+        self, enterprise_id: str | None, team_id: str | None, *, enterprise_install: bool = False
+    ) -> AuthorizeResult | None:
+        if team_id != TEAM or enterprise_id or enterprise_install:
+            return None
+        return tester_bot()
+
+
+def tester_bot() -> AuthorizeResult:
+    identity: dict[str, Any] = {
+        "enterprise_id": None,
+        "team_id": TEAM,
+        "bot_token": "xoxb-console-tester",  # never sent: the window is local
+        "bot_id": "BCONSOLE",
+        "bot_user_id": BOT_USER,
+    }
+    return AuthorizeResult(**identity)

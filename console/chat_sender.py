@@ -29,14 +29,16 @@ from console.chat_parts import (
     TWILIO_ACCOUNT,
     ChatDeps,
     email_settings,
+    slack_settings,
     whatsapp_settings,
 )
+from console.chat_processing import TesterWorkspace
+from console.chat_slack_api import WindowSession
 from console.transcripts import ChatLine, Transcripts
 from core.replies import Delivery, SendResult
 from triggers.email.sender import EmailSender, Handover
 from triggers.email.threads import ThreadStore
-from triggers.slack.render import render_mrkdwn, split_mrkdwn
-from triggers.slack.sender import with_links
+from triggers.slack.sender import Reactions, SlackSender
 from triggers.whatsapp.message_log import MessageLog
 from triggers.whatsapp.sender import WhatsAppSender
 
@@ -47,8 +49,15 @@ class ChatSender:
     """Sends ``console`` deliveries: ``details.as`` names the channel, ``details.target`` the
     channel's own reply target."""
 
-    def __init__(self, deps: ChatDeps, threads: ThreadStore, transcripts: Transcripts) -> None:
+    def __init__(
+        self,
+        deps: ChatDeps,
+        threads: ThreadStore,
+        transcripts: Transcripts,
+        workspace: TesterWorkspace,
+    ) -> None:
         self._deps = deps
+        self._workspace = workspace
         self._threads = threads
         self._transcripts = transcripts
         self._log = MessageLog(deps.database, deps.clock, deps.delivery_failures)
@@ -65,12 +74,24 @@ class ChatSender:
             return await self._email(as_channel, owner)
         if kind == "whatsapp":
             return await self._whatsapp(as_channel, owner)
-        reply = delivery.reply
-        text = with_links(reply.text, list(reply.attachments))
-        rendered = render_mrkdwn(text) if text.strip() else ""
-        parts = split_mrkdwn(rendered, self._deps.slack.message_limit) if rendered else []
-        self._show(delivery, owner, kind, parts, first=0, total=len(parts))
-        return SendResult.sent(progress=len(parts))
+        return await self._slack(as_channel, owner)
+
+    async def _slack(self, delivery: Delivery, owner: str) -> SendResult:
+        window = WindowSession()
+        sender = SlackSender(
+            self._workspace,
+            self._deps.http,
+            slack_settings(self._deps, owner),
+            Reactions(),
+            window,  # type: ignore[arg-type]  # the session's two members slack_sdk uses
+            self._deps.files,
+            delivery_attempts=self._deps.delivery_attempts,
+        )
+        result = await sender.send(delivery)
+        total = result.progress if result.outcome == "sent" else 0
+        for posted in window.posted:
+            self._show(delivery, owner, "slack", [posted.text], first=posted.part, total=total)
+        return result
 
     async def _whatsapp(self, delivery: Delivery, owner: str) -> SendResult:
         taken: list[str] = []

@@ -131,6 +131,7 @@ def _chat(parts: ChannelParts) -> ChatDeps:
         clock=parts.clock,
         files=parts.files,
         http=parts.http,
+        history=parts.history,
         chats=RunHistoryReader(parts.database),
         delivery_failures=DeliveryFailureWriter(parts.clock),
         ensure_owner=KeyStore(parts.database, parts.clock).ensure_owner,
