@@ -1,13 +1,12 @@
-"""The chat tester's :class:`core.ports.Sender` (channel ``console``): each channel's renderer,
-then the window instead of Slack's, Twilio's or SMTP's API (``console/chat_channel.py``).
+"""The chat tester's :class:`core.ports.Sender` (channel ``console``): each channel's own sender,
+over a transport that hands what it sends to the window (``console/chat_channel.py``).
 
-WhatsApp and email send through their channel's own sender (:class:`WhatsAppSender`: the window,
-the parts of at most 1,600 characters, the message log; :class:`EmailSender`: threading headers,
-Message-ID, attachments), each with its transport replaced at the seam its library has for one:
-twilio-python's HTTP client (:class:`WindowTwilio` answers the Messages API) and the email
-channel's ``MailTransport`` (:class:`WindowMail`). The Slack sender builds its own Web API
-clients and asks ``auth.test`` for a token first, so the tester renders as it does (mrkdwn, parts
-of ``message_limit``, non-file attachments as links) without it.
+:class:`SlackSender` (mrkdwn, parts of ``message_limit``, the reaction swap) on an aiohttp
+session that answers the Web API in process (``console/chat_slack_api.py``);
+:class:`WhatsAppSender` (the 24-hour window, parts of at most 1,600 characters, the message log)
+on a twilio-python HTTP client that answers the Messages API (:class:`WindowTwilio`);
+:class:`EmailSender` (threading headers, Message-ID, attachments) on a ``MailTransport`` that
+takes the mail (:class:`WindowMail`). Each is the seam its library has for a transport.
 """
 
 from __future__ import annotations
