@@ -42,7 +42,8 @@ class ChatLine:
 @dataclass(slots=True)
 class _Conversation:
     lines: deque[ChatLine] = field(default_factory=lambda: deque(maxlen=KEEP))
-    delivered: set[tuple[int, int]] = field(default_factory=set)
+    delivered: dict[tuple[int, int], None] = field(default_factory=dict)
+    """(delivery, part) shown, oldest first; as bounded as the lines (a retry comes soon)."""
 
 
 class Transcripts:
@@ -63,7 +64,9 @@ class Transcripts:
         if delivery is not None:
             if delivery in conversation.delivered:
                 return False
-            conversation.delivered.add(delivery)
+            conversation.delivered[delivery] = None
+            if len(conversation.delivered) > KEEP:
+                del conversation.delivered[next(iter(conversation.delivered))]
         conversation.lines.append(dataclasses.replace(line, seq=next(self._seq)))
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
