@@ -146,6 +146,12 @@ function followLog() {
   });
 }
 
+function messageId() {
+  // getRandomValues, not randomUUID: the latter exists only in secure contexts (https, localhost).
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
 function chatTester() {
   const chat = document.getElementById("chat");
   const form = document.getElementById("chat-form");
@@ -189,7 +195,7 @@ function chatTester() {
       problem.hidden = false;
     }
     form.elements.namedItem("text").value = "";
-    if (id) id.value = crypto.randomUUID().replaceAll("-", ""); // the next message's own id
+    if (id) id.value = messageId(); // the next message's own id (a resend is the same event)
   });
 }
 

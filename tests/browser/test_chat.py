@@ -51,6 +51,23 @@ def test_as_a_slack_user_the_answer_arrives_as_mrkdwn(
     assert run["status"] == "completed"
 
 
+def test_a_second_message_is_a_new_event_with_its_own_answer(
+    page: Page, console_server: ConsoleServer
+) -> None:
+    page.goto(console_server.url + "/console/chat")
+    expect(page.locator("#chat[data-ready='1']")).to_be_attached()
+    expect(page.locator("li.line")).to_have_count(2)  # the first exchange, rendered by the server
+    page.get_by_label("Message").fill("And again")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("li.line.in")).to_have_count(2)
+    expect(page.locator("li.line.out")).to_have_count(2, timeout=REPLY_SECONDS)
+    expect(page.locator("li.line.out").nth(1)).to_contain_text("And again")
+    page.get_by_label("Message").fill("A third time")
+    page.get_by_role("button", name="Send").click()  # the page's next id: not a duplicate
+    expect(page.locator("li.line.out")).to_have_count(3, timeout=REPLY_SECONDS)
+    assert len(_runs(console_server, "slack")) == 3
+
+
 def test_as_a_whatsapp_user_a_long_answer_comes_in_parts(
     page: Page, console_server: ConsoleServer, screenshot: Screenshot
 ) -> None:
@@ -95,7 +112,7 @@ def test_as_an_email_sender_the_answer_is_a_threaded_mail(
 def test_each_conversation_keeps_one_reply_per_message(
     page: Page, console_server: ConsoleServer
 ) -> None:
-    for kind, replies in (("slack", 1), ("whatsapp", 2), ("email", 1)):
+    for kind, messages, replies in (("slack", 3, 3), ("whatsapp", 1, 2), ("email", 1, 1)):
         page.goto(f"{console_server.url}/console/chat?as={kind}")
-        expect(page.locator("li.line.in")).to_have_count(1)
+        expect(page.locator("li.line.in")).to_have_count(messages)
         expect(page.locator("li.line.out")).to_have_count(replies)
