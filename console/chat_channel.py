@@ -15,9 +15,9 @@ Out: the run completes, the outbox writes its delivery and hands it to the teste
 (``console/chat_sender.py``): the channel's renderer and, for WhatsApp and email, its sender,
 over a transport that puts the parts in :class:`~console.transcripts.Transcripts` for the window.
 
-Exactly once: one typed message is one inbox event (dedupe key ``console:<kind>:<message id>``,
-the id the page generates per message), one run (the channel's idempotency key), one delivery,
-and each part is shown once (by delivery and part).
+Exactly once: one typed message is one inbox event (dedupe key
+``console:<kind>:<owner>:<message id>``, the id the page generates per message), one run (the
+channel's idempotency key), one delivery, and each part is shown once (by delivery and part).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import json
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from urllib.parse import urlencode
@@ -55,6 +55,7 @@ from core.inbox import AcceptedEvent, ArrivingEvent, EventProcessor, TriggerHeal
 from core.models import RunRecord
 from core.ports import Sender
 from triggers.email.threads import ThreadStore
+from triggers.whatsapp.process import MESSAGE, WEBHOOK_HEADER
 
 MAX_TEXT = 20_000
 """Characters one typed message may have."""
@@ -72,6 +73,14 @@ class ConsoleChat:
         self.transcripts = Transcripts()
         self._processor: ChatProcessor | None = None
         self._sender: ChatSender | None = None
+        self._last_ts = 0.0
+
+    def _ts(self, now: datetime) -> datetime:
+        """``now``, or a microsecond after the last message's time: a Slack message is named
+        by its ``ts`` (the run's idempotency key), so no two may share one."""
+        stamp = max(now.timestamp(), self._last_ts + 1e-6)
+        self._last_ts = stamp
+        return datetime.fromtimestamp(stamp, tz=UTC)
 
     def edge(self) -> object | None:
         """None: the tester's routes are the console's (``console/chat.py``)."""
@@ -122,13 +131,13 @@ class ConsoleChat:
             raise BadRequest("message_id: at most 64 characters")
         deps = self._deps()
         now = deps.clock.now()
-        body, headers = _event_body(kind, owner, text, subject, message_id, now)
+        body, headers = _event_body(kind, owner, text, subject, message_id, self._ts(now))
         accepted = await deps.inbox.accept(
             ArrivingEvent(
                 trigger=trigger_of(kind),
                 ordering_key=f"{TRIGGER_PREFIX}{kind}:{owner}",
                 body=body,
-                dedupe_key=f"{TRIGGER_PREFIX}{kind}:{message_id}",
+                dedupe_key=f"{TRIGGER_PREFIX}{kind}:{owner}:{message_id}",
                 headers={OWNER_HEADER: owner, **headers},
             )
         )
@@ -175,7 +184,7 @@ def _event_body(
         return json.dumps(envelope).encode(), {"content-type": "application/json"}
     if kind == "whatsapp":
         form = {
-            "MessageSid": f"SM{TEAM}-{message_id}",
+            "MessageSid": f"SM{TEAM}-{owner}-{message_id}",
             "AccountSid": TWILIO_ACCOUNT,
             "From": whatsapp_user(owner),
             "To": OUR_NUMBER,
@@ -184,7 +193,7 @@ def _event_body(
             "ProfileName": owner,
             "WaId": f"{TEAM}-{owner}",
         }
-        return urlencode(form).encode(), {"twilio-webhook": "message"}
+        return urlencode(form).encode(), {WEBHOOK_HEADER: MESSAGE}
     mail = EmailMessage()
     mail["From"] = f"{owner} <{sender_address(owner)}>"
     mail["To"] = f"switchboard@{MAIL_DOMAIN}"

@@ -138,10 +138,16 @@ async def test_bad_input_is_a_json_detail_and_owners_see_only_their_own(
 
         assert (await _say(http, csrf, **{"as": "slack", "text": "only mine"})).status_code == 201
         await _replies(http, "slack", 1)
-        await _signed_in(other, await live.key_for("bob"))
+        bob_csrf = await _signed_in(other, await live.key_for("bob"))
         theirs = await other.get("/console/chat?as=slack")
         assert "only mine" not in theirs.text
         assert "No messages yet" in theirs.text
+        # A message id is the owner's own: the same one from two owners is two messages.
+        for client, token in ((http, csrf), (other, bob_csrf)):
+            sent = await _say(client, token, **{"as": "whatsapp", "text": "hi", "message_id": "s"})
+            assert sent.status_code == 201, sent.text
+        [bob] = await _replies(other, "whatsapp", 1)
+        assert "hi" in bob["html"]
         mine = await http.get("/console/chat?as=slack")
         assert mine.text.count("only mine") == 2  # the message and its echo
 
