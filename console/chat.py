@@ -53,8 +53,12 @@ def markup(line: ChatLine) -> Markup:
     return Markup("")
 
 
+EMOJI = {"eyes": "👀", "white_check_mark": "✅", "x": "❌"}
+"""How the window shows the reactions Slack's sender uses by default; others as ``:name:``."""
+
+
 def render_line(line: ChatLine) -> str:
-    return ENVIRONMENT.get_template("_chat_line.html").render(line=line, markup=markup)
+    return ENVIRONMENT.get_template("_chat_line.html").render(line=line, markup=markup, emoji=EMOJI)
 
 
 async def chat_page(request: web.Request) -> web.Response:
@@ -111,9 +115,14 @@ async def chat_events(request: web.Request) -> web.StreamResponse:
             for line in transcripts.lines(owner, kind, after=after):
                 await stream.send(
                     "line",
-                    {"seq": line.seq, "direction": line.direction, "html": render_line(line)},
+                    {
+                        "seq": line.seq,
+                        "key": line.key,
+                        "direction": line.direction,
+                        "html": render_line(line),
+                    },
                 )
-                after = line.seq
+                after = max(after, line.seq)  # an updated line keeps its place
             if not await stream.wait(changed, WAIT_SECONDS):
                 await stream.comment()
     return stream.response

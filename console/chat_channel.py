@@ -94,6 +94,7 @@ class ConsoleChat:
         stack.push_async_callback(session.close)
         self._processor = ChatProcessor(deps, threads, session)
         self._sender = ChatSender(deps, threads, self.transcripts, self._processor.workspace)
+        stack.push_async_callback(self._sender.aclose)
 
     @property
     def processors(self) -> Mapping[str, EventProcessor]:
@@ -106,7 +107,9 @@ class ConsoleChat:
         return self._sender
 
     def run_started(self, run: RunRecord) -> None:
-        """The window shows nothing while a run works."""
+        """As a Slack user: ``:eyes:`` on the message the run answers, as Slack shows it."""
+        if self._sender is not None:
+            self._sender.working(run.reply_target)
 
     async def health(self, trigger: TriggerHealth) -> Mapping[str, object]:
         return {}
@@ -131,7 +134,8 @@ class ConsoleChat:
             raise BadRequest("message_id: at most 64 characters")
         deps = self._deps()
         now = deps.clock.now()
-        body, headers = _event_body(kind, owner, text, subject, message_id, self._ts(now))
+        stamp = self._ts(now)
+        body, headers = _event_body(kind, owner, text, subject, message_id, stamp)
         accepted = await deps.inbox.accept(
             ArrivingEvent(
                 trigger=trigger_of(kind),
@@ -152,9 +156,15 @@ class ConsoleChat:
                     at=now,
                     subject=(subject.strip() or DEFAULT_SUBJECT) if kind == "email" else None,
                     event_id=accepted.id,
+                    ref=slack_ts(stamp) if kind == "slack" else None,
                 )
             )
         return accepted
+
+
+def slack_ts(moment: datetime) -> str:
+    """A Slack message's ``ts``: its time in seconds, to the microsecond."""
+    return f"{moment.timestamp():.6f}"
 
 
 def _event_body(
@@ -162,7 +172,7 @@ def _event_body(
 ) -> tuple[bytes, dict[str, str]]:
     """The event as the channel's provider would have sent it, and the headers stored with it."""
     if kind == "slack":
-        ts = f"{now.timestamp():.6f}"
+        ts = slack_ts(now)
         envelope = {
             "type": "event_callback",
             "team_id": TEAM,

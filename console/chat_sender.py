@@ -25,6 +25,7 @@ from twilio.rest import Client
 
 from console.chat_parts import (
     KINDS,
+    TEAM,
     TWILIO_ACCOUNT,
     ChatDeps,
     email_settings,
@@ -60,6 +61,33 @@ class ChatSender:
         self._threads = threads
         self._transcripts = transcripts
         self._log = MessageLog(deps.database, deps.clock, deps.delivery_failures)
+        self._reactions = Reactions()
+        """shared: a reply's swap waits for the ``:eyes:`` its run's start added"""
+
+    async def aclose(self) -> None:
+        await self._reactions.aclose()
+
+    def working(self, target: Mapping[str, Any] | None) -> None:
+        """``SlackSender.working`` for a tester's Slack message whose run just started."""
+        details: Mapping[str, Any] = (target or {}).get("details") or {}
+        if details.get("as") == "slack" and details.get("owner"):
+            owner = str(details["owner"])
+            self._slack_sender(owner, WindowSession(self._reacted)).working(details.get("target"))
+
+    def _reacted(self, channel: str, ts: str, name: str, added: bool) -> None:
+        owner = channel.removeprefix(f"D{TEAM}-")
+        self._transcripts.react(owner, "slack", ts, name, added=added)
+
+    def _slack_sender(self, owner: str, window: WindowSession) -> SlackSender:
+        return SlackSender(
+            self._workspace,
+            self._deps.http,
+            slack_settings(self._deps, owner),
+            self._reactions,
+            window,  # type: ignore[arg-type]  # the session's two members slack_sdk uses
+            self._deps.files,
+            delivery_attempts=self._deps.delivery_attempts,
+        )
 
     async def send(self, delivery: Delivery) -> SendResult:
         details: Mapping[str, Any] = delivery.target.get("details") or {}
@@ -76,17 +104,8 @@ class ChatSender:
         return await self._slack(as_channel, owner)
 
     async def _slack(self, delivery: Delivery, owner: str) -> SendResult:
-        window = WindowSession()
-        sender = SlackSender(
-            self._workspace,
-            self._deps.http,
-            slack_settings(self._deps, owner),
-            Reactions(),
-            window,  # type: ignore[arg-type]  # the session's two members slack_sdk uses
-            self._deps.files,
-            delivery_attempts=self._deps.delivery_attempts,
-        )
-        result = await sender.send(delivery)
+        window = WindowSession(self._reacted)
+        result = await self._slack_sender(owner, window).send(delivery)
         total = result.progress if result.outcome == "sent" else 0
         for posted in window.posted:
             self._show(delivery, owner, "slack", [posted.text], first=posted.part, total=total)

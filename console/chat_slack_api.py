@@ -11,7 +11,7 @@ process.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +38,15 @@ class Posted:
     part: int
 
 
+Reacted = Callable[[str, str, str, bool], None]
+"""Receives ``(channel, message ts, reaction name, added)`` for each reaction call."""
+
+
 @dataclass(slots=True)
 class WindowSession:
     """Quacks like the ``aiohttp.ClientSession`` slack_sdk uses (``closed``, ``request``)."""
 
+    on_reaction: Reacted | None = None
     posted: list[Posted] = field(default_factory=list)
     closed: bool = False
 
@@ -66,6 +71,13 @@ class WindowSession:
             return _Answer({"ok": True, "channel": body.get("channel"), "ts": _ts(self)})
         if name.startswith("conversations."):
             return _Answer({"ok": True, "messages": [], "has_more": False})
+        if self.on_reaction is not None:
+            self.on_reaction(
+                str(body.get("channel") or ""),
+                str(body.get("timestamp") or ""),
+                str(body.get("name") or ""),
+                name == "reactions.add",
+            )
         return _Answer({"ok": True})
 
 

@@ -37,6 +37,17 @@ class ChatLine:
     event_id: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     """An email's header lines as the mail carried them (From, To, Subject…)."""
+    ref: str | None = None
+    """What the channel calls the message (a Slack ``ts``): reactions find it by this."""
+    reactions: tuple[str, ...] = ()
+    """Reaction names on the message (Slack's ``eyes`` while its run works, then a check)."""
+
+    @property
+    def key(self) -> str:
+        """Which bubble this is, across updates (the page replaces it when it changes)."""
+        if self.direction == "in":
+            return f"in:{self.event_id or self.ref or self.seq}"
+        return f"out:{self.run_id}:{self.part}"
 
 
 @dataclass(slots=True)
@@ -68,12 +79,33 @@ class Transcripts:
             if len(conversation.delivered) > KEEP:
                 del conversation.delivered[next(iter(conversation.delivered))]
         conversation.lines.append(dataclasses.replace(line, seq=next(self._seq)))
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self._wake()
         return True
 
+    def react(self, owner: str, kind: str, ref: str, name: str, *, added: bool) -> bool:
+        """Add or remove reaction ``name`` on the message ``ref``; ``False`` when not kept."""
+        conversation = self._conversations.get((owner, kind))
+        if conversation is None:
+            return False
+        for index, line in enumerate(conversation.lines):
+            if line.ref == ref:
+                names = [other for other in line.reactions if other != name]
+                if added:
+                    names.append(name)
+                # The same place, a new number: a window waiting after the old one gets it.
+                conversation.lines[index] = dataclasses.replace(
+                    line, seq=next(self._seq), reactions=tuple(names)
+                )
+                self._wake()
+                return True
+        return False
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     def lines(self, owner: str, kind: str, *, after: int = 0) -> list[ChatLine]:
-        """``owner``'s conversation as ``kind``, oldest first, after line ``after``."""
+        """``owner``'s conversation as ``kind`` in order, the lines numbered after ``after``."""
         found = self._conversations.get((owner, kind))
         if found is None:
             return []

@@ -164,11 +164,16 @@ function chatTester() {
   source.addEventListener("ready", () => { chat.dataset.ready = "1"; });
   source.addEventListener("line", (event) => {
     const line = JSON.parse(event.data);
-    if (chat.querySelector(`li[data-seq="${CSS.escape(String(line.seq))}"]`)) return;
+    const old = chat.querySelector(`li[data-key="${CSS.escape(line.key)}"]`);
+    if (old && Number(old.dataset.seq) >= line.seq) return; // shown already (a reconnect)
     const holder = document.createElement("ol");
     holder.innerHTML = line.html; // rendered and escaped by the server
     const item = holder.firstElementChild;
     if (!item) return;
+    if (old) {
+      old.replaceWith(item); // the same message, changed (a reaction)
+      return;
+    }
     chat.append(item);
     const none = document.getElementById("no-lines");
     if (none) none.remove();

@@ -45,6 +45,8 @@ def test_as_a_slack_user_the_answer_arrives_as_mrkdwn(
     expect(reply.locator(".bubble")).to_contain_text("<i>no markup</i>")
     expect(reply.locator(".bubble i")).to_have_count(0)
     assert page.url.endswith("/console/chat")  # no reload: the answer came over the stream
+    # As in Slack: the sender swaps the :eyes: the run's start put on the message for a check.
+    expect(page.locator("li.line.in .reaction")).to_have_text(["✅ :white_check_mark:"])
     screenshot(page, "chat-slack")
     [run] = _runs(console_server, "slack")
     assert run["service_id"] == "hello"

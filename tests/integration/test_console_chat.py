@@ -83,6 +83,10 @@ async def test_a_message_as_each_channel_makes_one_run_and_one_rendered_reply(
         [slack] = await _replies(http, "slack", 1)
         assert "Hi <strong>there</strong> &lt;b&gt;" in slack["html"]
         assert "<b>" not in slack["html"]
+        # Slack's sender swapped the :eyes: its run's start put on the message for a check.
+        shown = (await http.get("/console/chat?as=slack")).text
+        assert 'data-reaction="white_check_mark"' in shown
+        assert 'data-reaction="eyes"' not in shown
 
         long = " ".join(["word"] * 500)  # 2,499 characters: two WhatsApp messages
         sent = await _say(http, csrf, **{"as": "whatsapp", "text": long, "message_id": "w1"})
