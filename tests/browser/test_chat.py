@@ -4,9 +4,11 @@ shown without a reload as that channel renders it. In order: the first test sign
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import ConsoleServer, Screenshot
 
@@ -118,3 +120,53 @@ def test_each_conversation_keeps_one_reply_per_message(
         page.goto(f"{console_server.url}/console/chat?as={kind}")
         expect(page.locator("li.line.in")).to_have_count(messages)
         expect(page.locator("li.line.out")).to_have_count(replies)
+
+
+def _wait_for_reply(server: ConsoleServer, cookie: str, kind: str, after: str) -> None:
+    """Until the conversation's event stream sends a reply line after line ``after`` (a
+    condition, not a sleep)."""
+    with httpx.stream(
+        "GET",
+        f"{server.url}/console/chat/events?as={kind}&after={after}",
+        headers={"Cookie": cookie},
+        timeout=REPLY_SECONDS / 1000,
+    ) as stream:
+        assert stream.status_code == 200
+        event = ""
+        for text in stream.iter_lines():
+            if text.startswith("event: "):
+                event = text.removeprefix("event: ")
+            elif text.startswith("data: ") and event == "line":
+                if json.loads(text.removeprefix("data: "))["direction"] == "out":
+                    return
+    raise AssertionError("the stream ended before a reply")
+
+
+def test_without_javascript_the_form_sends_and_the_page_shows_the_answer(
+    browser: Browser, console_server: ConsoleServer, screenshot: Screenshot
+) -> None:
+    context = browser.new_context(
+        java_script_enabled=False, viewport={"width": 1280, "height": 900}
+    )
+    context.set_default_timeout(10_000)
+    try:
+        page = context.new_page()
+        page.goto(console_server.cli("console").strip().splitlines()[-1])
+        page.goto(console_server.url + "/console/chat")
+        page.get_by_label("Speak", exact=True).select_option(label="as an email sender")
+        page.get_by_role("button", name="Switch").click()
+        expect(page.get_by_role("heading", name="Speaking as an email sender")).to_be_visible()
+        page.get_by_label("Message").fill("Plain HTML only")
+        page.get_by_role("button", name="Send").click()
+        assert page.url.endswith("/console/chat?as=email")  # post, then redirect back
+        expect(page.locator("li.line.in")).to_have_count(2)
+        sent = page.locator("li.line.in").last.get_attribute("data-seq") or "0"
+        [session] = [c for c in context.cookies() if c["name"] == "switchboard_console"]
+        cookie = f"switchboard_console={session['value']}"
+        _wait_for_reply(console_server, cookie, "email", sent)
+        page.reload()
+        expect(page.locator("li.line.out .mail")).to_have_count(2)
+        expect(page.locator("li.line.out .mail-body").nth(1)).to_contain_text("Plain HTML only")
+        screenshot(page, "chat-no-js")
+    finally:
+        context.close()
