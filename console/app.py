@@ -12,14 +12,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from console import login, operations, runs, schedules, workflows
+from console import chat, login, operations, runs, schedules, workflows
 from console.deps import LATE, LateConsole
 from console.render import SignIn, page
 from console.streams import STREAMS, EventStreams
 from core.errors import SwitchboardError
 
 PREFIX = "/console"
-LIVE = ("/preview", "/events", "/logs")
+LIVE = ("/preview", "/events", "/logs", "/chat/messages")
 """Paths a script reads (JSON, event streams): no redirect, no HTML error page."""
 STATIC = Path(__file__).resolve().parent / "static"
 CONSOLE_POLICY = (
@@ -83,6 +83,9 @@ def console_app(late: LateConsole) -> web.Application:
             web.get("/workflows", workflows.workflows_page),
             web.post("/workflows", workflows.deploy),
             web.get("/workflows/{workflow_id}", workflows.workflow_page),
+            web.get("/chat", chat.chat_page),
+            web.post("/chat/messages", chat.send_message),
+            web.get("/chat/events", chat.chat_events),
             web.get("/keys", operations.keys_page),
             web.post("/keys", operations.create_key),
             web.post("/keys/revoke", operations.revoke_key),

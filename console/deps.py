@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from console.chat_channel import ConsoleChat
 from console.sessions import Sessions
 from core.clock import Clock
 from core.inbox import InboxAdmin
@@ -29,6 +30,8 @@ class ConsoleDeps:
     gateway: RunGateway
     bulk_limit: int
     workflows: WorkflowAdmin
+    chat: ConsoleChat | None = None
+    """the chat tester's channel (``None`` where it is not configured: a CLI)"""
 
 
 @dataclass(slots=True)

@@ -17,3 +17,8 @@ class ConsoleSettings(Section):
         le=24 * 60,
         description="how long a login link of `switchboard console` stays valid (it works once)",
     )
+    chat_workflow: str = Field(
+        default="hello",
+        description="the workflow that answers the chat tester when the channel it speaks as "
+        "names none ([slack] workflow, [whatsapp] workflow, [email] workflow, their routes)",
+    )

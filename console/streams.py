@@ -56,6 +56,27 @@ class EventStream:
         payload = json.dumps(data, separators=(",", ":"), default=str)
         await self.response.write(f"event: {event}\ndata: {payload}\n\n".encode())
 
+    async def comment(self) -> None:
+        """A line the browser ignores: keeps a quiet stream's connection open."""
+        await self.response.write(b": quiet\n\n")
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        """Wait until ``event`` is set (``True``), or ``seconds`` pass, the server stops or the
+        stream ends (``False``): a live page woken by what it shows, not by a poll."""
+        woken = asyncio.ensure_future(event.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                {woken, stopping},
+                timeout=min(seconds, max(self._time_left(), 0)),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for task in (woken, stopping):
+                task.cancel()
+            await asyncio.gather(woken, stopping, return_exceptions=True)
+        return event.is_set()
+
     async def pause(self, seconds: float) -> None:
         """Wait ``seconds`` (less at shutdown or the stream's end): the next poll's interval."""
         with contextlib.suppress(TimeoutError):

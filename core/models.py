@@ -64,7 +64,7 @@ class _Frozen(BaseModel):
 class ReplyTarget(_Frozen):
     """Where a run's answer goes (DESIGN §2): channel kind + address + thread."""
 
-    channel: Literal["none", "api", "slack", "whatsapp", "email", "webhook"] = "api"
+    channel: Literal["none", "api", "slack", "whatsapp", "email", "webhook", "console"] = "api"
     address: str | None = None
     thread_id: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)

@@ -16,7 +16,11 @@
 #   "CODEWORDS_RUNTIME_URI",
 # ]
 # ///
-"""My First Workflow (the CodeWords getting-started greeting): POST / {"name": ...}."""
+"""My First Workflow (the CodeWords getting-started greeting): POST / {"name": ...}.
+
+It also answers a message from a channel (Slack, WhatsApp, email, the console's chat tester:
+the DESIGN §9 object with ``text`` and ``sender``), which is how the demo answers them.
+"""
 
 import logging
 import os
@@ -30,8 +34,17 @@ logger = logging.getLogger("hello")
 app = FastAPI(title="My First CodeWords Workflow")
 
 
+class Sender(BaseModel):
+    id: str = ""
+    name: str | None = None
+
+
 class GreetingRequest(BaseModel):
-    name: str
+    name: str | None = None
+    text: str | None = None
+    """a channel's message (with ``sender`` and ``channel``): greet who wrote it"""
+    sender: Sender | None = None
+    channel: str | None = None
 
 
 class GreetingResponse(BaseModel):
@@ -40,8 +53,13 @@ class GreetingResponse(BaseModel):
 
 @app.post("/", response_model=GreetingResponse)
 async def greet(request: GreetingRequest) -> GreetingResponse:
-    logger.info("greeting %s", request.name)
-    return GreetingResponse(message=f"Hello {request.name}!")
+    if request.text is None:
+        logger.info("greeting %s", request.name)
+        return GreetingResponse(message=f"Hello {request.name or 'there'}!")
+    who = request.sender.name or request.sender.id if request.sender else "there"
+    logger.info("answering a %s message from %s", request.channel, who)
+    # Markdown: each channel renders it its own way (Slack mrkdwn, WhatsApp, email text).
+    return GreetingResponse(message=f"Hello **{who}**! You wrote:\n\n{request.text}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from console.chat_channel import ConsoleChat
+from console.chat_parts import ChatDeps, chat_triggers
 from core.channels import Channel
 from core.clock import Clock
 from core.db import Database
@@ -80,6 +82,8 @@ def configured_channels(
                 settings.whatsapp, settings.server.base_url(), lambda: _whatsapp(parts())
             )
         )
+    # The console's chat tester (issue 13): on every node, answered by that node's outbox.
+    channels.append(ConsoleChat(lambda: _chat(parts())))
     return channels
 
 
@@ -91,7 +95,7 @@ def configured_triggers(settings: Settings) -> list[str]:
         names += slack_triggers(settings.slack)
     if settings.whatsapp.enabled:
         names.append(WHATSAPP_TRIGGER)
-    return names
+    return [*names, *chat_triggers()]
 
 
 def _slack(parts: ChannelParts) -> SlackDeps:
@@ -116,6 +120,26 @@ def _email(settings: Settings, parts: ChannelParts) -> EmailDeps:
         data_dir=settings.server.data_dir,
         delivery_attempts=settings.delivery.max_attempts,
         secrets=parts.secrets,
+    )
+
+
+def _chat(parts: ChannelParts) -> ChatDeps:
+    settings = parts.settings
+    return ChatDeps(
+        inbox=parts.inbox,
+        database=parts.database,
+        clock=parts.clock,
+        files=parts.files,
+        http=parts.http,
+        history=parts.history,
+        chats=RunHistoryReader(parts.database),
+        delivery_failures=DeliveryFailureWriter(parts.clock),
+        ensure_owner=KeyStore(parts.database, parts.clock).ensure_owner,
+        slack=settings.slack,
+        whatsapp=settings.whatsapp,
+        email=settings.email,
+        workflow=settings.console.chat_workflow,
+        delivery_attempts=settings.delivery.max_attempts,
     )
 
 

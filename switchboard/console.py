@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+from console.chat_channel import ConsoleChat
 from console.deps import ConsoleDeps
 from console.wiring import console_sessions, login_url
 from dispatch.run_catalog import RunCatalogReader
@@ -40,6 +41,7 @@ def console_deps(services: Services, *, stop_local: Callable[[str], bool] | None
         workflows=WorkflowCatalog(
             services.database, services.registry, services.settings.server.data_dir / "uploads"
         ),
+        chat=next((c for c in services.channels if isinstance(c, ConsoleChat)), None),
     )
 
 

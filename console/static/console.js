@@ -146,7 +146,66 @@ function followLog() {
   });
 }
 
+function messageId() {
+  // getRandomValues, not randomUUID: the latter exists only in secure contexts (https, localhost).
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+function chatTester() {
+  const chat = document.getElementById("chat");
+  const form = document.getElementById("chat-form");
+  if (!chat || !form || !window.EventSource) return;
+  const problem = document.getElementById("chat-problem");
+  for (const button of document.querySelectorAll("[data-no-js]")) button.hidden = true;
+  const chooser = document.querySelector("[data-chat-switch]");
+  if (chooser) chooser.addEventListener("change", () => { chooser.form.submit(); });
+  const source = new EventSource(chat.dataset.live);
+  source.addEventListener("ready", () => { chat.dataset.ready = "1"; });
+  source.addEventListener("line", (event) => {
+    const line = JSON.parse(event.data);
+    const old = chat.querySelector(`li[data-key="${CSS.escape(line.key)}"]`);
+    if (old && Number(old.dataset.seq) >= line.seq) return; // shown already (a reconnect)
+    const holder = document.createElement("ol");
+    holder.innerHTML = line.html; // rendered and escaped by the server
+    const item = holder.firstElementChild;
+    if (!item) return;
+    if (old) {
+      old.replaceWith(item); // the same message, changed (a reaction)
+      return;
+    }
+    chat.append(item);
+    const none = document.getElementById("no-lines");
+    if (none) none.remove();
+    item.scrollIntoView({ block: "nearest" });
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const fields = new FormData(form);
+    const id = form.elements.namedItem("message_id");
+    problem.hidden = true;
+    const answer = await fetch(form.action, {
+      method: "POST", body: fields, credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrfToken(), Accept: "application/json" },
+    });
+    if (!answer.ok) {
+      const body = await answer.json().catch(() => ({ detail: answer.statusText }));
+      problem.textContent = body.detail || answer.statusText;
+      problem.hidden = false;
+      return;
+    }
+    const sent = await answer.json();
+    if (sent.held) {
+      problem.textContent = `Held: the trigger console:${chat.dataset.kind} is suspended (resume it on the Triggers page).`;
+      problem.hidden = false;
+    }
+    form.elements.namedItem("text").value = "";
+    if (id) id.value = messageId(); // the next message's own id (a resend is the same event)
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  chatTester();
   liveRuns();
   followLog();
   localTimes(document);

@@ -35,6 +35,16 @@ from tests.integration.inbox_helpers import InboxNode, RunPerMessage, event, wai
 from triggers.auth import Authenticator, KeyRole, KeyStore
 from triggers.inbox_api import InboxRoutes
 
+ALWAYS_CONFIGURED = [
+    "console:email",
+    "console:slack",
+    "console:whatsapp",
+    "email:mailgun",
+    "email:sendgrid",
+    "email:smtp",
+]
+"""Trigger names a server without Slack or WhatsApp has: email and the chat tester's."""
+
 
 @dataclass
 class Served:
@@ -158,9 +168,10 @@ async def test_the_cli_commands_work_on_the_servers_database(
     shown = await cli("inbox", "show", accepted.id, "--body")
     assert "from the cli" in shown and "x-test: 1" in shown
     assert "(none)" in await cli("inbox", "list", "--status", "failed")
-    # The CLI starts no channel, yet lists what the server would: email is always configured.
+    # The CLI starts no channel, yet lists what the server would: email and the console's chat
+    # tester are always configured.
     listed_triggers = json.loads(await cli("triggers", "list", "--json"))["triggers"]
-    assert [t["name"] for t in listed_triggers] == ["email:mailgun", "email:sendgrid", "email:smtp"]
+    assert [t["name"] for t in listed_triggers] == ALWAYS_CONFIGURED
 
 
 async def test_the_server_serves_the_routes_to_its_admin_key_only(live: Live) -> None:
@@ -168,9 +179,10 @@ async def test_the_server_serves_the_routes_to_its_admin_key_only(live: Live) ->
     async with httpx.AsyncClient(base_url=live.url, timeout=20) as http:
         listed = await http.get("/api/v1/triggers", headers={"Authorization": admin_key})
         assert listed.status_code == 200
-        # The email channel is always configured (send_email's sender, the SMTP intake).
+        # The email channel is always configured (send_email's sender, the SMTP intake), and
+        # the console's chat tester.
         names = [trigger["name"] for trigger in listed.json()["triggers"]]
-        assert names == ["email:mailgun", "email:sendgrid", "email:smtp"]
+        assert names == ALWAYS_CONFIGURED
         page = await http.get("/api/v1/inbox", headers={"Authorization": admin_key})
         assert page.json() == {"events": [], "next_cursor": None}
         member = await http.get("/api/v1/inbox", headers={"Authorization": live.key})
