@@ -19,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import await_
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,10 @@ class Database:
             if connection.connection.driver_connection.in_transaction:
                 logger.warning("rolling back a transaction abandoned on a pooled connection")
                 connection.exec_driver_sql("ROLLBACK")
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if pool_size == 1 else "BEGIN")
+            # Straight to the driver: one hop to aiosqlite's thread where ``exec_driver_sql``
+            # makes three (cursor, execute, close), and every write transaction begins here.
+            driver = connection.connection.driver_connection
+            await_(driver.execute("BEGIN IMMEDIATE" if pool_size == 1 else "BEGIN"))
 
         return engine
 
