@@ -133,7 +133,7 @@ async def _exercise(args: argparse.Namespace, cluster: Cluster, sinks: Sinks) ->
     await asyncio.sleep(QUIET_AFTER_DRAIN)  # watch for late doubles after the drain
     stop.set()
     await watcher
-    facts = await gather(cluster.store, sinks)
+    facts = await gather(cluster.store, sinks, states=True)
     verdict = judge(ledger, facts, window, SCHEDULES)
     if drained_at is None:
         left = outstanding(ledger, facts, window, SCHEDULES)

@@ -37,6 +37,8 @@ START = 8.0
 """Seconds of fault-free load first, and (``TAIL``) at the end, before the drain is measured."""
 TAIL = 12.0
 RESTART_ATTEMPTS = 5
+FREE_WAIT = 120.0
+"""Seconds a fault waits for a live node no other fault has before it is skipped."""
 
 
 @dataclass
@@ -120,21 +122,35 @@ async def _one(fault: Fault, cluster: Cluster, sinks: Sinks) -> None:
         log(f"fault over: {fault.kind} {fault.target} {fault.note}".rstrip())
 
 
-def _free_node(fault: Fault, cluster: Cluster) -> Node | None:
-    """The planned node, or the first live one no other fault has; None if there is none."""
+async def _free_node(fault: Fault, cluster: Cluster) -> Node | None:
+    """The planned node, or the first live one no other fault has, once there is one.
+
+    Skipping a fault whose moment finds every node down or faulted made the run's fault count
+    depend on how fast nodes booted (on a loaded machine, several faults were skipped and the
+    run proved less than it claimed); the fault waits up to ``FREE_WAIT`` s for a node instead,
+    and says so. None only after that.
+    """
     planned = next(n for n in cluster.nodes if n.name == fault.target)
-    free = [n for n in cluster.nodes if n.alive and not n.faulted]
-    node = planned if planned in free else (free[0] if free else None)
-    if node is None:
-        fault.note = "(every node was down or faulted: skipped)"
-        return None
+    deadline = time.monotonic() + FREE_WAIT
+    while True:
+        free = [n for n in cluster.nodes if n.alive and not n.faulted]
+        node = planned if planned in free else (free[0] if free else None)
+        if node is not None:
+            break
+        if time.monotonic() >= deadline:
+            fault.note = f"(every node was down or faulted for {FREE_WAIT:g} s: skipped)"
+            return None
+        await asyncio.sleep(0.5)  # a poll interval: nodes report nothing when they come back
+    waited = time.monotonic() - (fault.started or 0)
+    if waited >= 1:
+        fault.note = f"(waited {waited:.1f} s for a free node) "
     fault.target = node.name
     node.faulted = True
     return node
 
 
 async def _cut(fault: Fault, cluster: Cluster) -> None:
-    node = _free_node(fault, cluster)
+    node = await _free_node(fault, cluster)
     if node is None:
         return
     try:
@@ -146,7 +162,7 @@ async def _cut(fault: Fault, cluster: Cluster) -> None:
 
 
 async def _kill(fault: Fault, cluster: Cluster) -> None:
-    node = _free_node(fault, cluster)
+    node = await _free_node(fault, cluster)
     if node is None:
         return
     try:
@@ -160,6 +176,6 @@ async def _kill(fault: Fault, cluster: Cluster) -> None:
                 log(f"{node.name} did not come back (attempt {attempt}): {str(exc)[:200]}")
                 node.stop()
                 await asyncio.sleep(1.0)  # before the next start
-        fault.note = f"(back after {time.monotonic() - (fault.started or 0):.1f} s)"
+        fault.note += f"(back after {time.monotonic() - (fault.started or 0):.1f} s)"
     finally:
         node.faulted = False

@@ -47,6 +47,24 @@ class Facts:
     replies: list[Reply]
     hooks: dict[str, list[str]]  # run id -> Idempotency-Keys of the POSTs carrying it
     hook_times: dict[str, float]
+    inbox: list[tuple[str, str, str, str]] = field(default_factory=list)
+    """id, trigger, "status, attempts, error", body: read for the final verdict only."""
+    deliveries: dict[str, str] = field(default_factory=dict)
+    """run id -> "status, attempts, last error": read for the final verdict only."""
+
+    def inbox_state(self, token: str) -> str:
+        """Where the inbox has the event carrying ``token``: what a lost run is explained by."""
+        found = [f"{i} {trig} {state}" for i, trig, state, body in self.inbox if token in body]
+        return "; inbox: " + (", ".join(found) if found else "no event holds it")
+
+    def run_state(self, runs: list[str], status: dict[str, str]) -> str:
+        """Each run's status and its delivery's: what a lost or doubled reply is explained by."""
+        parts = [
+            f"run {run} {status.get(run, '?')}, delivery "
+            + self.deliveries.get(run, "none" if self.deliveries else "not read")
+            for run in runs
+        ]
+        return "; " + "; ".join(parts) if parts else ""
 
     def tokens_in_runs(self) -> dict[str, list[str]]:
         found: dict[str, list[str]] = defaultdict(list)
@@ -81,7 +99,9 @@ class Facts:
         return found
 
 
-async def gather(store: Store, sinks: Sinks) -> Facts:
+async def gather(store: Store, sinks: Sinks, *, states: bool = False) -> Facts:
+    """What the fakes and the database hold; with ``states``, also every inbox event and
+    delivery, so that each violation can say where its event stopped (the final verdict)."""
     sinks.stamp()
     rows = await store.rows(
         "select id, source, status, coalesce(idempotency_key, ''), coalesce(request_body, '')"
@@ -104,7 +124,28 @@ async def gather(store: Store, sinks: Sinks) -> Facts:
         run_id = str(json.loads(hook.body).get("request_id"))
         hooks[run_id].append(hook.idempotency_key)
         hook_times.setdefault(run_id, hook.at)
-    return Facts(runs, replies, dict(hooks), hook_times)  # type: ignore[arg-type]
+    facts = Facts(runs, replies, dict(hooks), hook_times)  # type: ignore[arg-type]
+    if states:
+        await _read_states(store, facts)
+    return facts
+
+
+async def _read_states(store: Store, facts: Facts) -> None:
+    for event_id, trigger, status, attempts, error, body in await store.rows(
+        "select id, \"trigger\", status, attempts, coalesce(error, ''), body from inbox_events"
+    ):
+        raw = bytes(body) if isinstance(body, bytes | memoryview) else b""  # NULL once pruned
+        text = raw.decode("utf-8", "replace")
+        facts.inbox.append((str(event_id), str(trigger), _state(status, attempts, error), text))
+    for run_id, status, attempts, error in await store.rows(
+        "select run_id, status, attempts, coalesce(last_error, '') from deliveries"
+    ):
+        facts.deliveries[str(run_id)] = _state(status, attempts, error)
+
+
+def _state(status: object, attempts: object, error: object) -> str:
+    """A row's state as a violation names it: ``failed (attempts 3, <error>)``."""
+    return f"{status} (attempts {attempts}{', ' + str(error)[:120] if error else ''})"
 
 
 def _reply(source: str, text: str, index: int, sinks: Sinks, identity: str = "") -> Reply:
@@ -144,26 +185,35 @@ def judge(
         verdict.counts[f"{entry.source} sent"] += 1
         verdict.counts[f"{entry.source} acked"] += acked
         if len(runs) > 1:
-            verdict.violations.append(f"{entry.token} ({entry.source}): {len(runs)} runs {runs}")
+            verdict.violations.append(
+                f"{entry.token} ({entry.source}): {len(runs)} runs {runs}"
+                + facts.run_state(runs, status)
+            )
         distinct = {reply.identity for reply in replies}
         if len(distinct) > 1:
             verdict.violations.append(
                 f"{entry.token} ({entry.source}): {len(distinct)} replies "
-                f"(indexes {[r.index for r in replies]})"
+                f"(indexes {[r.index for r in replies]})" + facts.run_state(runs, status)
             )
             verdict.counts["doubled"] += 1
         verdict.counts["redelivered"] += len(replies) - len(distinct)
         if not acked:
             continue
         if not runs:
-            verdict.violations.append(f"{entry.token} ({entry.source}) acked, no run")
+            verdict.violations.append(
+                f"{entry.token} ({entry.source}) acked, no run" + facts.inbox_state(entry.token)
+            )
             verdict.counts["lost"] += 1
         elif any(status[run] == "failed" for run in runs):
-            verdict.violations.append(f"{entry.token} ({entry.source}): run {runs} failed")
+            verdict.violations.append(
+                f"{entry.token} ({entry.source}): run {runs} failed" + facts.run_state(runs, status)
+            )
         if entry.source == "api":
             _judge_api(entry, runs, status, verdict)
         elif not replies:
-            verdict.violations.append(f"{entry.token} ({entry.source}) acked, no reply")
+            verdict.violations.append(
+                f"{entry.token} ({entry.source}) acked, no reply" + facts.run_state(runs, status)
+            )
             verdict.counts["lost"] += 1
     _judge_order(ledger, replies_of, verdict)
     _judge_ticks(facts, window, schedules, verdict)

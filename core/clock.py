@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Annotated, Protocol
+
+from pydantic import PlainSerializer
 
 
 class Clock(Protocol):
@@ -41,3 +43,7 @@ def parse_iso(text: str) -> datetime:
         return moment.astimezone(UTC)
     except OverflowError as exc:  # 9999-12-31T23:59:59-23:59 is past the last UTC datetime
         raise ValueError(f"{text!r} is outside the range of UTC timestamps") from exc
+
+
+ApiTime = Annotated[datetime, PlainSerializer(isoformat, return_type=str)]
+"""A UTC time as every API field writes it (``2026-12-03T12:00:00.000000Z``)."""

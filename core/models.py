@@ -43,6 +43,8 @@ class Source(StrEnum):
     WHATSAPP = "whatsapp"
     EMAIL = "email"
     SCHEDULE = "schedule"
+    REPLAY = "replay"
+    """An operator's replay of an earlier run (``/api/v1/runs/{id}/replay``)."""
 
 
 def new_run_id() -> str:
@@ -91,6 +93,10 @@ class RunRequest(_Frozen):
         default=None, description="fill this provisioned husk instead of creating a new run"
     )
     run_id: str | None = Field(default=None, description="use this id for a new run")
+    workflow_version: int | None = Field(
+        default=None, description="run this version of the workflow, not the current one"
+    )
+    replay_of: str | None = Field(default=None, description="the run this one replays")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +142,7 @@ class RunRecord(_Frozen):
     response_content_type: str | None = None
     error: str | None = None
     attempts: int = 0
+    replay_of: str | None = None
     created_at: datetime
     queued_at: datetime | None = None
     started_at: datetime | None = None

@@ -342,6 +342,7 @@ INTAKE_COLUMNS = (
     "attempts",
     "created_at",
     "queued_at",
+    "replay_of",
 )
 """The columns intake writes: every row ``_husk_row`` and ``_run_row`` build has exactly these."""
 _SQLITE_INSERT_COMPILED = runs.insert().compile(
@@ -372,6 +373,7 @@ def _husk_row(run_id: str, item: NewHusk, now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "created_at": now,
         "queued_at": None,
+        "replay_of": None,
     }
 
 
@@ -382,7 +384,7 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "owner_id": item.owner_id,
         "caller_id": item.caller_id,
         "service_id": item.service_id,
-        "workflow_version": None,
+        "workflow_version": item.workflow_version,
         "path": item.path,
         "method": item.method,
         "status": RunStatus.QUEUED,
@@ -398,4 +400,5 @@ def _run_row(item: RunRequest, now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "created_at": now,
         "queued_at": now,
+        "replay_of": item.replay_of,
     }

@@ -44,6 +44,8 @@ class Completion:
     reply: Callable[[datetime], dict[str, Any] | None] | None = None
     logs: list[dict[str, Any]] = field(default_factory=list)
     """Log rows not stored yet (``LogWriter.take``), written in the completing transaction."""
+    started_at: datetime | None = None
+    """When this attempt started (its claim): the run's ``duration_ms`` is counted from it."""
 
 
 @dataclass(slots=True)
@@ -405,6 +407,7 @@ class RunQueue:
                         response_content_type=outcome.response_content_type,
                         error=outcome.error,
                         completed_at=now,
+                        duration_ms=_elapsed_ms(end.started_at, now),
                         lease_owner=None,
                         lease_expires_at=None,
                     )
@@ -490,6 +493,10 @@ class RunQueue:
                 .group_by(runs.c.status)
             )
             return {str(status): int(count) for status, count in result}
+
+
+def _elapsed_ms(start: datetime | None, end: datetime) -> int | None:
+    return None if start is None else round((end - start).total_seconds() * 1000)
 
 
 def _held(worker_id: str, run_id: str) -> Update:

@@ -193,16 +193,30 @@ class WorkflowRegistry:
         self._known[service_id] = time.monotonic() + self._cache_seconds
         return True
 
-    async def resolve(self, service_id: str) -> Workflow:
-        """The current version, with its environment. The run path: it never builds (no ``uv``
-        call), so a version whose environment is missing here raises :class:`EnvironmentNotBuilt`
-        at once (re-registering, or :meth:`build`, makes it)."""
-        query = _current(
+    async def resolve(self, service_id: str, version: int | None = None) -> Workflow:
+        """The current version (or ``version``: a replay of a run that ran it), with its
+        environment. The run path: it never builds (no ``uv`` call), so a version whose
+        environment is missing here raises :class:`EnvironmentNotBuilt` at once
+        (re-registering, or :meth:`build`, makes it)."""
+        columns = (
             workflow_versions.c.version,
             workflow_versions.c.source,
             workflow_versions.c.lock,
             workflow_versions.c.settings,
-        ).where(workflows.c.id == service_id)
+        )
+        if version is None:
+            query = _current(*columns).where(workflows.c.id == service_id)
+        else:
+            query = (
+                select(*columns)
+                .select_from(workflows)
+                .join(workflow_versions, workflow_versions.c.workflow_id == workflows.c.id)
+                .where(
+                    workflows.c.id == service_id,
+                    workflows.c.removed_at.is_(None),
+                    workflow_versions.c.version == version,
+                )
+            )
         async with self._db.read() as conn:
             row = (await conn.execute(query)).first()
         if row is None:

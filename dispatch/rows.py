@@ -30,6 +30,7 @@ def run_from_row(row: RowMapping) -> RunRecord:
         response_content_type=row["response_content_type"],
         error=row["error"],
         attempts=row["attempts"],
+        replay_of=row["replay_of"],
         created_at=row["created_at"],
         queued_at=row["queued_at"],
         started_at=row["started_at"],

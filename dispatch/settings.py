@@ -33,6 +33,9 @@ class RuntimeSettings(Section):
         description="a run whose worker stopped renewing its lease for this long is taken again",
     )
     max_attempts: int = Field(default=3, ge=1)
+    bulk_limit: int = Field(
+        default=500, ge=1, description="runs one POST /api/v1/runs/bulk cancels or replays at most"
+    )
     shutdown_grace: float = Field(
         default=10.0,
         ge=0,

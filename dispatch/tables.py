@@ -72,10 +72,19 @@ runs = Table(
     Column("queued_at", UTCDateTime()),
     Column("started_at", UTCDateTime()),
     Column("completed_at", UTCDateTime()),
+    # From the last start to the end, written with the end: the runs list sorts by it.
+    Column("duration_ms", Integer),
+    Column("replay_of", String(40)),
     Index("ix_runs_status_queued_at", "status", "queued_at"),
     # The claim's two passes (schedules and conversations, then API runs) in arrival order.
     Index("ix_runs_status_source_queued_at", "status", "source", "queued_at"),
     Index("ix_runs_owner_created_at", "owner_id", "created_at"),
+    # The runs list (issue 13): newest first, narrowed by one filter, keyset-paged on the id.
+    Index("ix_runs_created_at_id", "created_at", "id"),
+    Index("ix_runs_status_created_at", "status", "created_at"),
+    Index("ix_runs_service_id_created_at", "service_id", "created_at"),
+    Index("ix_runs_source_created_at", "source", "created_at"),
+    Index("ix_runs_duration_ms_id", "duration_ms", "id"),
 )
 
 run_logs = Table(

@@ -116,6 +116,17 @@ class WorkerPool:
         self._reserved -= 1
         self._start_runs([run])
 
+    def stop(self, run_id: str) -> bool:
+        """Stop a run executing here that was cancelled (``dispatch/run_control.py``): its task
+        is cancelled, so its runner tears its process down; ``False`` if it is not here."""
+        task = self._active.get(run_id)
+        if task is None:
+            return False
+        if not task.cancelling():  # once: a second cancel would cut its teardown short
+            logger.info("run %s: cancelled; stopping it here", run_id)
+            task.cancel()
+        return True
+
     async def _complete(self, ends: list[Completion]) -> list[RunRecord | BaseException | None]:
         """Record ``ends`` and, in the same transaction, claim the next runs for the workers
         they free (DESIGN §4: one commit where a batch can share it)."""
@@ -229,8 +240,9 @@ class WorkerPool:
                 continue
             for run_id in set(held) - kept:
                 task = self._active.get(run_id)
-                if task is not None:
-                    logger.warning("run %s: lease lost to another worker; stopping it here", run_id)
+                if task is not None and not task.cancelling():
+                    # Lost to another worker, or cancelled (dispatch/run_control.py).
+                    logger.warning("run %s: lease lost; stopping it here", run_id)
                     task.cancel()
 
     async def _execute(self, run: RunRecord) -> None:
@@ -265,7 +277,9 @@ class WorkerPool:
                 return self._replies.row(run, outcome, now)
 
             # Batched with the other runs ending meanwhile: one commit for all of them.
-            finished = await self._completions.submit(Completion(run.id, outcome, reply, lines))
+            finished = await self._completions.submit(
+                Completion(run.id, outcome, reply, lines, started_at=run.started_at)
+            )
             if finished is not None:
                 self._on_reply()
             else:
@@ -293,7 +307,8 @@ class WorkerPool:
             if builtin is not None:
                 async with asyncio.timeout(invocation.timeout):
                     return await builtin(invocation, sink)
-            workflow = await self._registry.resolve(run.service_id)
+            # A run that names its version (a replay of "same") runs that one, not the current.
+            workflow = await self._registry.resolve(run.service_id, run.workflow_version)
             await self._queue.set_version(self._worker_id, run.id, workflow.version)
             root = str(workflow.source_path.parent)
             # A workflow's own timeout may be shorter than runtime.run_timeout, never longer:

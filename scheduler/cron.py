@@ -126,6 +126,28 @@ class Cron:
                 break
         return times
 
+    def dst_note(self, fire: datetime, previous: datetime | None) -> str | None:
+        """What DST does to ``fire`` (one of :meth:`fire_times`, after ``previous``), said for
+        a person checking a schedule before trusting it; ``None`` when nothing."""
+        local = fire.astimezone(self.zone)
+        naive = local.replace(tzinfo=None)
+        shown = local.strftime("%H:%M")
+        if local.replace(fold=0).utcoffset() != local.replace(fold=1).utcoffset():
+            if self.wall_clock:
+                return f"DST fold: {shown} happens twice that night; it fires once, at the first"
+            return f"DST fold: {shown} happens twice that night; it fires at both"
+        if self.wall_clock:
+            matched = next(CronSim(self._expr, naive - timedelta(seconds=1)), None)
+            if matched != naive:
+                return f"DST gap: its time does not exist that night; it fires at {shown} instead"
+            return None
+        if previous is not None:
+            before = previous.astimezone(self.zone).utcoffset()
+            after = local.utcoffset()
+            if before is not None and after is not None and after > before:
+                return "after a DST gap: the local times the clocks skip do not fire"
+        return None
+
 
 def _exists(local: datetime) -> bool:
     return local.replace(tzinfo=None) == local.astimezone(UTC).astimezone(local.tzinfo).replace(

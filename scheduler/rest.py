@@ -23,19 +23,20 @@ class ScheduleRoutes:
         self._schedules = schedules
         self._authenticate = authenticate
 
-    def route_table(self) -> list[web.RouteDef]:
-        """Every schedule route, bound to this object, for the composition root to register."""
+    def route_table(self, prefix: str = "") -> list[web.RouteDef]:
+        """Every schedule route under ``prefix`` (``""`` and ``/api/v1``), bound to this object."""
+        base = f"{prefix}/schedules"
         return [
-            web.get("/schedules", self.list, allow_head=False),
-            web.post("/schedules", self.create),
-            web.post("/schedules/preview", self.preview_expression),
-            web.get("/schedules/{schedule_id}", self.get, allow_head=False),
-            web.patch("/schedules/{schedule_id}", self.update),
-            web.delete("/schedules/{schedule_id}", self.delete),
-            web.post("/schedules/{schedule_id}/pause", self.pause),
-            web.post("/schedules/{schedule_id}/resume", self.resume),
-            web.post("/schedules/{schedule_id}/run-now", self.run_now),
-            web.get("/schedules/{schedule_id}/preview", self.preview, allow_head=False),
+            web.get(base, self.list, allow_head=False),
+            web.post(base, self.create),
+            web.post(f"{base}/preview", self.preview_expression),
+            web.get(f"{base}/{{schedule_id}}", self.get, allow_head=False),
+            web.patch(f"{base}/{{schedule_id}}", self.update),
+            web.delete(f"{base}/{{schedule_id}}", self.delete),
+            web.post(f"{base}/{{schedule_id}}/pause", self.pause),
+            web.post(f"{base}/{{schedule_id}}/resume", self.resume),
+            web.post(f"{base}/{{schedule_id}}/run-now", self.run_now),
+            web.get(f"{base}/{{schedule_id}}/preview", self.preview, allow_head=False),
         ]
 
     async def _answer(
@@ -72,7 +73,11 @@ class ScheduleRoutes:
         return await self._answer(request, _named(request, "run_now"), status=202)
 
     async def preview(self, request: web.Request) -> web.Response:
-        body = {**_named(request, "preview"), "count": request.query.get("count", "5")}
+        body = {
+            **_named(request, "preview"),
+            "count": request.query.get("count", "5"),
+            "after": request.query.get("after"),
+        }
         return await self._answer(request, body)
 
     async def preview_expression(self, request: web.Request) -> web.Response:

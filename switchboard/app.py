@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib.metadata
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -18,6 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
+from console.app import mount_console
+from console.deps import LateConsole
 from core.channels import Channel
 from core.errors import Unauthorized
 from core.inbox import InboxAdmin
@@ -28,7 +31,10 @@ from dispatch.inbox_queue import InboxQueue
 from dispatch.intake import IntakeWriter
 from dispatch.logs import LogWriter
 from dispatch.retention import Retention
+from dispatch.run_catalog import RunCatalogReader
+from dispatch.run_control import RunController
 from dispatch.workers import WorkerPool
+from dispatch.workflow_catalog import WorkflowCatalog
 from scheduler.node import SchedulerNode, scheduler_node
 from scheduler.rest import ScheduleRoutes
 from switchboard.channels import (
@@ -37,6 +43,7 @@ from switchboard.channels import (
     configured_triggers,
     run_started_to,
 )
+from switchboard.console import console_deps, first_start_link
 from switchboard.demo import ensure_admin_key, register_examples
 from switchboard.headers import set_security_headers
 from switchboard.http import body_deadline_middleware, error_middleware
@@ -48,6 +55,9 @@ from switchboard.settings import Settings
 from triggers.api import RuntimeApi
 from triggers.files import FileRoutes
 from triggers.inbox_api import InboxRoutes
+from triggers.manage_api import ManagementRoutes
+from triggers.openapi import OpenApiRoute
+from triggers.runs_api import RunRoutes
 from triggers.secrets_api import SecretRoutes
 
 logger = logging.getLogger(__name__)
@@ -72,6 +82,7 @@ def create_app(
     *,
     roles: Collection[str] = ROLES,
     on_admin_key: Callable[[str], None] | None = None,
+    on_console_link: Callable[[str], None] | None = None,
 ) -> web.Application:
     """The whole service for ``roles``: ``web`` serves the API, ``worker`` executes runs,
     ``scheduler`` fires schedules (one leader per database, the other nodes stand by)."""
@@ -93,7 +104,8 @@ def create_app(
     app[STARTUP_ERROR] = []
     app[PARTS] = LateParts()
     app[CHANNELS] = configured_channels(settings, app[PARTS], roles=roles)
-    app.cleanup_ctx.append(_components(roles, on_admin_key))
+    late = LateConsole()
+    app.cleanup_ctx.append(_components(roles, on_admin_key, on_console_link, late))
     app.on_shutdown.append(_stop_log_streams)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -102,6 +114,7 @@ def create_app(
             edge = channel.edge()
             if isinstance(edge, web.Application):
                 app.add_subapp(channel.prefix, edge)
+        mount_console(app, late)
     return app
 
 
@@ -119,7 +132,10 @@ def inbox_admin(services: Services) -> InboxAdmin:
 
 
 def _components(
-    roles: Collection[str], on_admin_key: Callable[[str], None] | None
+    roles: Collection[str],
+    on_admin_key: Callable[[str], None] | None,
+    on_console_link: Callable[[str], None] | None,
+    console: LateConsole,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
@@ -135,9 +151,13 @@ def _components(
                 await _start_worker(app, services, stack)
             if "scheduler" in roles:
                 await _start_scheduler(app, services, stack)
-            await _bootstrap(app, services, stack, on_admin_key)
+            await _bootstrap(app, services, stack, on_admin_key, on_console_link)
             if "web" in roles:
                 _add_api_routes(app, services)
+                workers = app.get(WORKERS)
+                console.deps = console_deps(
+                    services, stop_local=workers.stop if workers is not None else None
+                )
             yield
 
     return components
@@ -167,10 +187,45 @@ def _add_api_routes(app: web.Application, services: Services) -> None:
         app[API].route_table(),
         FileRoutes(services.files).route_table(),
         ScheduleRoutes(services.schedules, schedule_owner).route_table(),
+        ScheduleRoutes(services.schedules, schedule_owner).route_table("/api/v1"),
         SecretRoutes(services.secrets, services.auth).route_table(),
         InboxRoutes(services.inbox, services.auth).route_table(),
+        management_routes(app, services),
+        OpenApiRoute(title="Switchboard", version=_version()).route_table(),
     ):
         app.router.add_routes(routes)
+
+
+def management_routes(app: web.Application, services: Services) -> list[web.RouteDef]:
+    """``/api/v1/runs``, ``workflows`` and ``keys`` (issue 13); a cancel stops the run at once
+    when it runs on this node."""
+    workers = app.get(WORKERS)
+    control = RunController(
+        services.database,
+        services.clock,
+        services.gateway,
+        services.events,
+        stop_local=workers.stop if workers is not None else None,
+    )
+    workflows = WorkflowCatalog(
+        services.database, services.registry, services.settings.server.data_dir / "uploads"
+    )
+    return [
+        *RunRoutes(
+            RunCatalogReader(services.database),
+            control,
+            services.auth,
+            bulk_limit=services.settings.runtime.bulk_limit,
+        ).route_table(),
+        *ManagementRoutes(workflows, services.keys, services.auth).route_table(),
+    ]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("switchboard")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "0"
 
 
 async def _stop_log_streams(app: web.Application) -> None:
@@ -270,11 +325,15 @@ async def _bootstrap(
     services: Services,
     stack: contextlib.AsyncExitStack,
     on_admin_key: Callable[[str], None] | None,
+    on_console_link: Callable[[str], None] | None,
 ) -> None:
-    """The demo's first admin key, then the example workflows, registered in the background."""
+    """The demo's first admin key and console link, then the example workflows, registered in
+    the background."""
     key = await ensure_admin_key(services)
     if key is not None and on_admin_key is not None:
         on_admin_key(key)
+    if key is not None and on_console_link is not None:
+        on_console_link(await first_start_link(services))
     if not services.settings.runtime.register_examples:
         app[READY].set()
         return

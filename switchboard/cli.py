@@ -26,6 +26,7 @@ from scheduler.actions import perform
 from switchboard.app import ROLES, create_app
 from switchboard.cli_parts import open_cli_parts
 from switchboard.config import load_settings
+from switchboard.console import fresh_link
 from switchboard.inbox_commands import add_inbox_commands
 from switchboard.logging import configure_logging
 from switchboard.migrate import upgrade
@@ -95,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = db.add_parser("upgrade", parents=[common], help="apply migrations")
     p.set_defaults(command=db_upgrade)
+
+    p = commands.add_parser(
+        "console", parents=[common], help="print a one-time login link for the web console"
+    )
+    p.set_defaults(command=console_link)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(title="keys commands")
     p = keys.add_parser(
@@ -243,7 +249,12 @@ async def serve(args: argparse.Namespace, settings: Settings) -> int:
         path = settings.server.data_dir / "admin.key"
         print(f"\nAdmin API key (saved in {path}, mode 0600):\n{key}\n", flush=True)
 
-    app = create_app(settings, roles=roles, on_admin_key=announce_key)
+    def announce_console(link: str) -> None:
+        print(f"Console: {link}\n", flush=True)
+
+    app = create_app(
+        settings, roles=roles, on_admin_key=announce_key, on_console_link=announce_console
+    )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     try:
         await runner.setup()
@@ -278,6 +289,19 @@ async def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings, migrate=False) as services:
         await upgrade(services.database)
     print("database is at the latest schema")
+    return 0
+
+
+async def console_link(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as services:
+        link = await fresh_link(services)
+    if link is None:
+        raise SwitchboardError(
+            "no admin key yet: start the server once, or `keys create --role admin`"
+        )
+    minutes = settings.console.login_link_minutes
+    print(f"Console login link (works once, for {minutes:g} minutes):")
+    print(link)
     return 0
 
 

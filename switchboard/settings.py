@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from console.settings import ConsoleSettings
 from core.sections import Section
 from dispatch.settings import DeliverySettings, InboxSettings, RuntimeSettings
 from scheduler.settings import SchedulerSettings, ScheduleSpec
@@ -119,6 +120,7 @@ class Settings(BaseSettings):
     whatsapp: WhatsAppSettings = WhatsAppSettings()
     email: EmailSettings = EmailSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    console: ConsoleSettings = ConsoleSettings()
     schedules: list[ScheduleSpec] = Field(default_factory=list, description="[[schedules]]")
 
     def env_dir(self) -> Path:

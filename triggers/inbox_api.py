@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Mapping
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.clock import isoformat
+from core.clock import ApiTime
 from core.errors import BadRequest
 from core.inbox import EventInfo, EventStatus, InboxAdmin, TriggerHealth
 from triggers.auth import Authenticator
@@ -23,11 +22,8 @@ from triggers.auth import Authenticator
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 
-ApiTime = Annotated[datetime, PlainSerializer(isoformat, return_type=str)]
-"""A UTC time as every API field writes it (``2026-12-03T12:00:00.000000Z``)."""
 
-
-def _query_parameter(name: str) -> str:
+def query_parameter(name: str) -> str:
     return f"query parameter {name!r}"
 
 
@@ -141,14 +137,14 @@ class InboxQuery(BaseModel):
 
     @classmethod
     def parse(
-        cls, query: Mapping[str, object], naming: Callable[[str], str] = _query_parameter
+        cls, query: Mapping[str, object], naming: Callable[[str], str] = query_parameter
     ) -> InboxQuery:
         """The validated query; a bad parameter raises ``BadRequest`` naming it (``naming``
         says how: a query parameter here, an option in the CLI)."""
         try:
             return cls.model_validate(dict(query))
         except ValidationError as exc:
-            raise BadRequest(_first_problem(exc, naming)) from None
+            raise BadRequest(first_problem(exc, naming)) from None
 
 
 class EventQuery(BaseModel):
@@ -210,7 +206,7 @@ class InboxRoutes:
         try:
             query = EventQuery.model_validate(_single_values(request))
         except ValidationError as exc:
-            raise BadRequest(_first_problem(exc, _query_parameter)) from None
+            raise BadRequest(first_problem(exc, query_parameter)) from None
         info = await self._inbox.event(
             request.match_info["event_id"], include_body=query.include == "body"
         )
@@ -248,7 +244,7 @@ def _single_values(request: web.Request) -> dict[str, str]:
     return values
 
 
-def _first_problem(exc: ValidationError, naming: Callable[[str], str]) -> str:
+def first_problem(exc: ValidationError, naming: Callable[[str], str]) -> str:
     # pydantic's ``msg`` never repeats the input; ``loc`` names the parameter.
     error = exc.errors()[0]
     name = naming(".".join(str(part) for part in error["loc"]))

@@ -392,48 +392,61 @@ class SandboxedRun:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         ours.setblocking(False)
         trees: list[int] = []
+        unread = [out_read, err_read, status_read]
+        """read ends not yet handed to a stream (``read_pipe`` owns, and closes, what it takes)"""
+        transports: list[asyncio.BaseTransport] = []
+        child: ZygoteChild | None = None
+        readers: list[asyncio.Task[None]] = []
         try:
-            sources = (self.run_dir.work, self.run_dir.sockets, self.workflow.source_path.parent)
-            trees += await asyncio.to_thread(clone_trees, sources)
-            limits = self.limits
-            # No "env" here: the zygote never sees a run's secrets. Pid 1 of the run reads its
-            # environment from the handshake, after it was forked (see _place).
-            header = {
-                "network": limits.network,
-                "workflow_file": f"{WORKFLOW_DIR}/{self.workflow.source_path.name}",
-                "open_files": limits.open_files,
-                "file_size": limits.file_size,
-                "tmp_size": limits.tmp_size,
-                "relay_port": relay_port(settings),
-                "seccomp": base64.b64encode(self.seccomp).decode("ascii"),
-            }
-            fds = [out_write, err_write, pipes.ready_write, status_write, theirs.fileno(), *trees]
-            await zygote.fork(header, fds)
-        except OSError as exc:
-            ours.close()
-            for fd in (out_read, err_read, status_read):
-                os.close(fd)
-            pipes.close()
-            return Outcome.failure(f"could not start the sandbox: {exc.strerror or exc}")
-        finally:
-            for fd in (out_write, err_write, status_write, *trees):
-                os.close(fd)
-            theirs.close()
-            pipes.close_child_ends()
-        stdout, out_transport = await read_pipe(out_read)
-        stderr, err_transport = await read_pipe(err_read)
-        status, status_transport = await read_pipe(status_read)
-        child = ZygoteChild(status, ours)
-        readers = [
-            asyncio.create_task(forward_lines(stdout, "stdout", on_log)),
-            asyncio.create_task(forward_lines(stderr, "stderr", on_log)),
-        ]
-        try:
+            try:
+                run_dir, source = self.run_dir, self.workflow.source_path
+                sources = (run_dir.work, run_dir.sockets, source.parent)
+                trees += await asyncio.to_thread(clone_trees, sources)
+                limits = self.limits
+                # No "env" here: the zygote never sees a run's secrets. Pid 1 of the run reads
+                # its environment from the handshake, after it was forked (see _place).
+                header = {
+                    "network": limits.network,
+                    "workflow_file": f"{WORKFLOW_DIR}/{source.name}",
+                    "open_files": limits.open_files,
+                    "file_size": limits.file_size,
+                    "tmp_size": limits.tmp_size,
+                    "relay_port": relay_port(settings),
+                    "seccomp": base64.b64encode(self.seccomp).decode("ascii"),
+                }
+                ends = (out_write, err_write, pipes.ready_write, status_write, theirs.fileno())
+                await zygote.fork(header, [*ends, *trees])
+            except OSError as exc:
+                return Outcome.failure(f"could not start the sandbox: {exc.strerror or exc}")
+            finally:
+                for fd in (out_write, err_write, status_write, *trees):
+                    os.close(fd)
+                theirs.close()
+                pipes.close_child_ends()
+            streams = []
+            while unread:
+                stream, transport = await read_pipe(unread.pop(0))
+                streams.append(stream)
+                transports.append(transport)
+            stdout, stderr, status = streams
+            child = ZygoteChild(status, ours)
+            readers = [
+                asyncio.create_task(forward_lines(stdout, "stdout", on_log)),
+                asyncio.create_task(forward_lines(stderr, "stderr", on_log)),
+            ]
             return await self._supervise(settings, child, pipes)
         finally:
-            await self._end(child, readers, pipes)
+            # Also when cancelled (a cancel, a lost lease) before the child was seen: a child
+            # the zygote forked meanwhile waits on the handshake to be placed, and gives up
+            # when ``ours`` closes (``ZygoteChild.kill``); nothing of it is left running.
+            if child is not None:
+                await self._end(child, readers, pipes)
+            else:
+                pipes.close()
             ours.close()
-            for transport in (out_transport, err_transport, status_transport):
+            for fd in unread:
+                os.close(fd)
+            for transport in transports:
                 transport.close()
 
     async def _end(

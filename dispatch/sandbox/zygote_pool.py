@@ -121,7 +121,16 @@ class Zygote:
         """Ask for one run's child: its environment travels here, never in argv."""
         message = json.dumps(header).encode()
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        await asyncio.to_thread(self.control.sendmsg, [message], ancillary)
+        sending = asyncio.ensure_future(
+            asyncio.to_thread(self.control.sendmsg, [message], ancillary)
+        )
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            # The thread still passes ``fds``: were they closed now, their numbers could be
+            # reused for a host file before it sends them. Return only once it let go.
+            await asyncio.gather(sending, return_exceptions=True)
+            raise
 
     async def stop(self) -> None:
         """Close the control socket: the zygote exits once its children are done; then kill."""
@@ -243,6 +252,9 @@ class ZygotePool:
                 said = await asyncio.to_thread(ours.recv, 16)
         except TimeoutError:
             said = b""
+        except asyncio.CancelledError:  # the run that asked for it was cancelled: no orphan
+            await zygote.stop()
+            raise
         if said != b"ready":
             logger.error("the zygote of %s did not start; runs use fresh processes", key.python)
             await zygote.stop()

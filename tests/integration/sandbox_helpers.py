@@ -64,7 +64,7 @@ def zygotes_only(pids: list[int]) -> list[int]:
     bwrap chain that started them, nor the keepers and pids 1 forked from them (those keep the
     zygote's command line, and a live run's pid 1 holds its secrets)."""
     interpreters = {pid for pid in pids if "python" in _program(pid)}
-    return [pid for pid in interpreters if _parent(pid) not in interpreters]
+    return [pid for pid in interpreters if parent_of(pid) not in interpreters]
 
 
 def _program(pid: int) -> str:
@@ -74,7 +74,7 @@ def _program(pid: int) -> str:
         return ""
 
 
-def _parent(pid: int) -> int | None:
+def parent_of(pid: int) -> int | None:
     try:
         status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
     except OSError:

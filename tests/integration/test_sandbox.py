@@ -8,6 +8,7 @@ sandboxes at all; CI installs bubblewrap and slirp4netns (scripts/setup), so the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
@@ -25,7 +26,12 @@ from dispatch.registry import Workflow
 from dispatch.sandbox.cgroups import CgroupLayout
 from dispatch.sandbox.sandbox_runner import SandboxRunner
 from tests.conftest import LiveFactory
-from tests.integration.sandbox_helpers import memory_contains, processes_with, zygotes_only
+from tests.integration.sandbox_helpers import (
+    memory_contains,
+    parent_of,
+    processes_with,
+    zygotes_only,
+)
 from tests.runs import (
     HELLO,
     SECRET,
@@ -273,6 +279,45 @@ async def test_secrets_are_not_in_any_command_line(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert_nothing_left(sandbox)
+
+
+def zygote_children() -> list[int]:
+    """Keepers and pids 1 forked from a zygote (they keep its command line)."""
+    named = processes_with("zygote_server.py")
+    zygotes = set(zygotes_only(named))
+    return [pid for pid in named if pid not in zygotes and parent_of(pid) in zygotes]
+
+
+@pytest.mark.parametrize("sandbox_runner", [True], ids=["zygote"], indirect=True)
+async def test_a_run_cancelled_at_any_moment_of_its_start_leaves_nothing(
+    sandbox: Sandbox, built_environment: BuiltEnvironment
+) -> None:
+    # A cancel (the operator's, or a lost lease) may land while the zygote is asked to fork,
+    # before the child is seen: the child forked meanwhile must give up, not wait forever.
+    first = await sandbox.runner.run(
+        invocation({"name": "Ada"}, run_id="req_zwarm" + uuid.uuid4().hex[:12]),
+        limited(built_environment, HELLO),
+        Logs(),
+    )
+    assert first.status is RunStatus.COMPLETED, first.error
+    for moment in range(0, 60, 3):  # ms after the start: the cancel's moment, not a wait
+        task = asyncio.create_task(
+            sandbox.runner.run(
+                invocation({"seconds": 30}, run_id=f"req_zcancel{moment}_{uuid.uuid4().hex[:8]}"),
+                limited(built_environment, WORKFLOWS / "slow.py"),
+                Logs(),
+            )
+        )
+        await asyncio.sleep(moment / 1000)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert_nothing_left(sandbox)
+        async with asyncio.timeout(10):  # a child that was forked gives up at once
+            while True:
+                if not zygote_children():
+                    break
+                await asyncio.sleep(0.02)  # polling a condition, bounded by the timeout
 
 
 @pytest.mark.parametrize("sandbox_runner", [True], ids=["zygote"], indirect=True)

@@ -207,3 +207,32 @@ def test_deliver_to_builds_the_agreed_reply_targets() -> None:
     ):
         with pytest.raises(InvalidSchedule, match="deliver_to"):
             parse_deliver_to(bad)
+
+
+def _notes(expression: str, zone: str, after: datetime, count: int) -> list[str | None]:
+    cron = parse_cron(expression, zone)
+    times = cron.preview(after, count)
+    return [
+        cron.dst_note(fire, previous)
+        for fire, previous in zip(times, [None, *times][:-1], strict=True)
+    ]
+
+
+def test_dst_notes_name_the_gap_and_the_fold_of_a_wall_clock_schedule() -> None:
+    spring = _notes("30 2 * * *", "America/New_York", datetime(2027, 3, 13, tzinfo=UTC), 3)
+    assert spring[0] is None
+    assert spring[1] is not None and spring[1].startswith("DST gap")
+    assert spring[2] is None
+    autumn = _notes("30 1 * * *", "America/New_York", datetime(2027, 11, 6, 12, tzinfo=UTC), 2)
+    assert autumn[0] is not None and "fires once" in autumn[0]
+    assert autumn[1] is None
+
+
+def test_dst_notes_of_an_hourly_schedule_say_it_fires_at_both_fold_hours() -> None:
+    notes = _notes("30 * * * *", "Europe/London", datetime(2027, 10, 30, 23, 0, tzinfo=UTC), 4)
+    assert [note is not None and "fires at both" in note for note in notes] == [
+        False,
+        True,
+        True,
+        False,
+    ]
