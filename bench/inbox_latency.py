@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import report
+from bench import events, report
 from bench.harness import (
     Backend,
     Store,
@@ -29,12 +29,15 @@ from bench.harness import (
 from bench.loads import load
 from bench.wrk import WrkResult
 from core.clock import parse_iso
+from tests.conftest import free_port
 from tests.fakes.slack_api import SlackApi
+from tests.fakes.twilio_api import running_twilio_api
 from tests.pgserver import ThrowawayPostgres
 
 RATE = 1000.0  # events/s offered
 CONNECTIONS = 50
 TARGET_P99_MS = 50.0
+MIN_RATE_SHARE = 0.9  # of RATE acknowledged, for the bar to count as met at that rate
 _SID = re.compile(r"SM\d{32}")
 
 
@@ -59,12 +62,20 @@ class LatencyResult:
     def render(results: list[LatencyResult]) -> list[str]:
         header = [
             "backend", "offered /s", "acked /s", "ack p99 ms", "inbox rows", "with run",
-            "inbox -> run p50 ms", "p99 ms", "max ms", "bar (p99 ≤ 50 ms)", "note",
+            "inbox -> run p50 ms", "p99 ms", "max ms",
+            f"bar (p99 ≤ {TARGET_P99_MS:g} ms, ≥ {MIN_RATE_SHARE * RATE:,.0f} acked/s)", "note",
         ]  # fmt: skip
         rows = []
         for r in results:
             w = r.wrk
-            met = r.samples_ms and r.p99 <= TARGET_P99_MS and r.paired == r.events
+            # At the rate asked for: a server acking far fewer events meets no bar "at 1,000/s".
+            met = (
+                r.samples_ms
+                and r.p99 <= TARGET_P99_MS
+                and r.paired == r.events
+                and w is not None
+                and w.accepted_per_s >= MIN_RATE_SHARE * RATE
+            )
             rows.append(
                 [
                     r.backend, f"{RATE:,.0f}", f"{w.accepted_per_s:,.0f}" if w else "-",
@@ -129,8 +140,11 @@ async def measure_inbox_latency(
 ) -> LatencyResult:
     store = postgres_store(pg, work, "sb_latency") if pg else sqlite_store(work, "sb-latency")
     result = LatencyResult(backend)
-    async with SlackApi.running() as slack_api:
-        env = env_for(slack_api.api_url)
+    # The echo runs' replies go to a fake Twilio on loopback (never api.twilio.com), answered
+    # at once: a failing delivery retried in the background would load the node it measures.
+    async with SlackApi.running() as slack_api, running_twilio_api(free_port()) as twilio_api:
+        twilio_api.account_sid, twilio_api.auth_token = events.TWILIO_ACCOUNT, events.TWILIO_TOKEN
+        env = {**env_for(slack_api.api_url), "SWITCHBOARD_WHATSAPP__API_URL": twilio_api.url}
         key = await create_key(store, env)
         server = await start_switchboard(store, env, "web,worker", work, f"latency-{backend}")
         try:

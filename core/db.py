@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import await_
 
 from core.errors import SwitchboardError
 
@@ -101,7 +102,21 @@ class Database:
             if connection.connection.driver_connection.in_transaction:
                 logger.warning("rolling back a transaction abandoned on a pooled connection")
                 connection.exec_driver_sql("ROLLBACK")
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if pool_size == 1 else "BEGIN")
+            # Straight to the driver: one hop to aiosqlite's thread where ``exec_driver_sql``
+            # makes three (cursor, execute, close), and every write transaction begins here.
+            # Unlike SQLAlchemy's execute, the driver call does not invalidate the connection
+            # when its task is cancelled (or times out) meanwhile: the BEGIN still runs on the
+            # thread (BEGIN IMMEDIATE may be waiting for another process's lock), and the
+            # connection went back to the pool holding the write lock nobody would release
+            # until this process's next write. Invalidating it, as SQLAlchemy does, rolls it
+            # back (the close hook, queued behind the BEGIN) and discards it.
+            driver = connection.connection.driver_connection
+            try:
+                await_(driver.execute("BEGIN IMMEDIATE" if pool_size == 1 else "BEGIN"))
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    connection.invalidate(exc)
+                raise
 
         return engine
 

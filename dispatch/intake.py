@@ -13,9 +13,8 @@ the duplicate is answered as a duplicate rather than failing its batch.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import select, update
@@ -28,8 +27,10 @@ from core.db import Database
 from core.errors import Conflict, NotFound
 from core.inbox import AcceptedEvent, ArrivingEvent
 from core.models import RunRecord, RunRequest, RunStatus, SubmittedRun, new_run_id
+from dispatch import sqlite_driver
 from dispatch.inbox_writer import InboxWriter
 from dispatch.queue import RunQueue
+from dispatch.sqlite_driver import PlainValues
 from dispatch.tables import runs
 
 
@@ -172,13 +173,9 @@ class IntakeWriter:
                 if item.idempotency_key is not None:
                     by_key[item.idempotency_key] = [index]
         if by_key:
-            stored = await conn.execute(
-                select(runs).where(runs.c.idempotency_key.in_(list(by_key)))
-            )
-            for existing in stored.mappings():
-                key = existing["idempotency_key"]
+            for key, run_id, status in await self._stored_keys(conn, list(by_key)):
                 rows = [r for r in rows if r["idempotency_key"] != key]
-                earlier = SubmittedRun(existing["id"], RunStatus(existing["status"]), created=False)
+                earlier = SubmittedRun(run_id, RunStatus(status), created=False)
                 for index in by_key.pop(key):
                     results[index] = earlier
             for indexes in by_key.values():
@@ -191,6 +188,25 @@ class IntakeWriter:
             if skipped:
                 await self._answer_skipped(conn, skipped, items, results)
         return [r if r is not None else RuntimeError("intake item not handled") for r in results]
+
+    async def _stored_keys(
+        self, conn: AsyncConnection, keys: list[str]
+    ) -> list[tuple[str, str, str]]:
+        """(idempotency key, run id, status) of the runs some of ``keys`` made already.
+
+        Every inbox event's run requests carry a key, so the processor's batches ask this each
+        time: on SQLite in one driver call (dispatch/sqlite_driver), not SQLAlchemy's four.
+        """
+        if self._db.is_sqlite:
+            marks = ", ".join("?" * len(keys))
+            sql = f"SELECT idempotency_key, id, status FROM runs WHERE idempotency_key IN ({marks})"  # noqa: S608
+            return [(k, i, s) for k, i, s in await sqlite_driver.fetchall(conn, sql, keys)]
+        stored = await conn.execute(
+            select(runs.c.idempotency_key, runs.c.id, runs.c.status).where(
+                runs.c.idempotency_key.in_(keys)
+            )
+        )
+        return [(k, i, s) for k, i, s in stored]
 
     async def _claim_local(
         self,
@@ -268,21 +284,11 @@ class IntakeWriter:
             return keyed - {key for (key,) in inserted}
         # SQLite: the check and the insert are one BEGIN IMMEDIATE transaction (one writer).
         # The intake hot path on SQLite: SQLAlchemy's per-row parameter processing cost more
-        # than the insert itself (~30 µs a row). The values are ours and of few kinds, so convert
-        # them the way its SQLite types would and hand the driver plain tuples.
-        stamps: dict[datetime, str] = {}
-
-        def plain(value: Any) -> Any:
-            if isinstance(value, datetime):
-                if value not in stamps:
-                    stamps[value] = value.astimezone(UTC).strftime(SQLITE_DATETIME)
-                return stamps[value]
-            if isinstance(value, dict):
-                return json.dumps(value)
-            return value
-
-        await conn.exec_driver_sql(
-            _SQLITE_INSERT, [tuple(plain(row[column]) for column in INTAKE_COLUMNS) for row in rows]
+        # than the insert itself (~30 µs a row), and its cursor three thread hops. The values
+        # are ours and of few kinds: plain tuples straight to the driver (dispatch/sqlite_driver).
+        plain = PlainValues()
+        await sqlite_driver.executemany(
+            conn, _SQLITE_INSERT, [tuple(plain(row[c]) for c in INTAKE_COLUMNS) for row in rows]
         )
         return set()
 
@@ -339,7 +345,6 @@ INTAKE_COLUMNS = (
     "replay_of",
 )
 """The columns intake writes: every row ``_husk_row`` and ``_run_row`` build has exactly these."""
-SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's storage format for SQLite DATETIME
 _SQLITE_INSERT_COMPILED = runs.insert().compile(
     dialect=sqlite_dialect.dialect(paramstyle="qmark"), column_keys=list(INTAKE_COLUMNS)
 )

@@ -7,6 +7,8 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -141,3 +143,37 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
+
+
+@asynccontextmanager
+async def failing_inserts(live: Live, table: str) -> AsyncIterator[None]:
+    """Every INSERT into ``table`` fails in the database itself (a trigger), while inside.
+
+    In the database rather than in SQLAlchemy's cursor events: the intake writes SQLite's
+    inbox and runs rows straight through the driver (dispatch/sqlite_driver), past those events.
+    """
+    database = live.services.database
+    name = f"fail_inserts_{table}"
+    if database.is_sqlite:
+        create = [
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
+            "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        ]
+        drop = [f"DROP TRIGGER {name}"]
+    else:
+        create = [
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RAISE EXCEPTION 'disk I/O error'; END $$",
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {name}()",
+        ]
+        drop = [f"DROP TRIGGER {name} ON {table}", f"DROP FUNCTION {name}()"]
+    async with database.write() as conn:
+        for statement in create:
+            await conn.exec_driver_sql(statement)
+    try:
+        yield
+    finally:
+        async with database.write() as conn:
+            for statement in drop:
+                await conn.exec_driver_sql(statement)

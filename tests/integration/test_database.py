@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from core.db import Database
 
@@ -68,3 +72,47 @@ async def test_a_connection_closed_mid_statement_does_not_keep_the_write_lock(
 
     assert await values_of(database) == [1, 2, 3, 4]
     del pending
+
+
+async def test_a_write_cancelled_while_it_begins_leaves_no_transaction_holding_the_lock(
+    database: Database, tmp_path: Path
+) -> None:
+    # Another process holds the write lock: the writer's BEGIN IMMEDIATE waits on the driver's
+    # thread, and its task is cancelled meanwhile (a shutdown, a timeout).
+    with contextlib.closing(
+        sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None, timeout=0)
+    ) as other:
+        drivers: list[Any] = []
+        connected = asyncio.Event()
+
+        def on_connect(connection: Any) -> None:
+            drivers.append(connection.connection.driver_connection)
+            connected.set()
+
+        # Fires as the write takes its connection; the write's task next yields to the loop
+        # when core.db's begin hook awaits the driver's BEGIN IMMEDIATE.
+        event.listen(database.engine.sync_engine, "engine_connect", on_connect)
+
+        async def write() -> None:
+            async with database.write() as connection:
+                await connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            task = asyncio.create_task(write())
+            await connected.wait()
+            task.cancel()
+            other.execute("COMMIT")  # the other process is done: the driver's BEGIN gets it
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            event.remove(database.engine.sync_engine, "engine_connect", on_connect)
+        # Whatever the driver's thread still had queued behind that BEGIN has run (or the
+        # connection was rightly discarded, and is closed).
+        with contextlib.suppress(ValueError):
+            await drivers[0].execute("SELECT 1")
+
+        other.execute("BEGIN IMMEDIATE")  # timeout 0: fails at once if the writer kept the lock
+        other.execute("COMMIT")
+        await write()
+        assert await values_of(database) == [1]

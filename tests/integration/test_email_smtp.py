@@ -6,13 +6,11 @@ import asyncio
 import smtplib
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import aiosmtplib
 import httpx
 import pytest
-from sqlalchemy import event, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import select
 
 from dispatch.tables import runs
 from tests.conftest import LiveFactory, free_port
@@ -22,6 +20,7 @@ from tests.integration.email_helpers import (
     BOT,
     SENDER,
     email_runs,
+    failing_inserts,
     inbox_events,
     inputs_of,
     mail,
@@ -129,21 +128,10 @@ async def test_database_failure_answers_451_and_the_retry_is_kept(
     live_factory: LiveFactory, sink: SmtpSink
 ) -> None:
     live = await start_email(live_factory, sink)
-    engine = live.services.database.engine.sync_engine
-
-    def fail_inbox_inserts(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO INBOX_EVENTS"):
-            raise OperationalError(statement, parameters, Exception("disk I/O error"))
-
     question = mail("While the database is down")
-    event.listen(engine, "before_cursor_execute", fail_inbox_inserts)
-    try:
+    async with failing_inserts(live, "inbox_events"):
         with pytest.raises(aiosmtplib.SMTPResponseException) as failed:
             await smtp_send(live, question)
-    finally:
-        event.remove(engine, "before_cursor_execute", fail_inbox_inserts)
     assert failed.value.code == 451
     assert await inbox_events(live) == []
     assert await email_runs(live) == []

@@ -11,11 +11,18 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
-from sqlalchemy.exc import OperationalError
 
 from tests.conftest import Live, LiveFactory
 from tests.fakes.smtp_sink import SmtpSink
-from tests.integration.email_helpers import BOT, SENDER, email_runs, mail, settled, start_email
+from tests.integration.email_helpers import (
+    BOT,
+    SENDER,
+    email_runs,
+    failing_inserts,
+    mail,
+    settled,
+    start_email,
+)
 from triggers.file_tables import files
 
 
@@ -88,22 +95,13 @@ async def test_a_hundred_attachments_take_one_transaction_and_a_retry_adds_none(
         if statement.lstrip().upper().startswith("INSERT INTO FILES"):
             inserts.append(statement)
 
-    def fail_run_inserts(
-        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO RUNS"):
-            raise OperationalError(statement, parameters, Exception("disk I/O error"))
-
     raw = with_attachments(100).as_bytes(policy=SMTP)
     event.listen(engine, "before_cursor_execute", count_file_inserts)
-    event.listen(engine, "before_cursor_execute", fail_run_inserts)
-    try:
+    async with failing_inserts(live, "runs"):
         # Stored in the inbox (250); processing stores the files, then fails to make the run.
         await asyncio.to_thread(send_raw, smtp_port(live), SENDER, [BOT], raw)
         (tried,) = await settled(live, attempted=True)
         statements = len(inserts)
-    finally:
-        event.remove(engine, "before_cursor_execute", fail_run_inserts)
     assert await stored_files(live) == 100
     assert statements == tried.attempts  # one insert of all the files per attempt, not per file
 
