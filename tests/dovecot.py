@@ -190,7 +190,27 @@ service anvil {{
         os.chown(home, self._uid, self._gid)
         with self._users.open("a") as users:
             users.write(f"{name}:{{PLAIN}}{password}:{self._uid}:{self._gid}::{home}\n")
+        self._wait_until_known(name, password)
         return ImapUser(name=name, password=password, port=self.port)
+
+    def _wait_until_known(self, name: str, password: str) -> None:
+        """Dovecot's auth process looks at the passwd-file at most once per second (its
+        ``passwd_file_sync`` skips a check in the second of the last one), so a login in the
+        second a user was added can be refused as unknown. Wait until a login would pass."""
+        deadline = time.monotonic() + 10
+        while True:
+            check = subprocess.run(
+                [str(DOVEADM), "-c", str(self.config), "auth", "test", name, password],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            if check.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Dovecot did not learn user {name}: {check.stdout}")
+            time.sleep(0.05)  # polling a condition, bounded by the deadline above
 
     def doveadm(self, *args: str) -> str:
         result = subprocess.run(
