@@ -256,9 +256,12 @@ class LiveFactory:
     async def start(self, *, roles: Collection[str] = ROLES, **sections: dict[str, Any]) -> Live:
         # Bound here and kept: a port probed free and closed can be taken (by another worker's
         # server, or as the local port of any outgoing connection) before the site binds it.
+        # No SO_REUSEADDR: with it, Linux may hand bind(port 0) a port another such socket holds
+        # bound but not yet listening, and one of the two listens fails "address in use". And
+        # listening at once: the site starts only after the services have (seconds later).
         listening = socket.socket()
-        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listening.bind(("127.0.0.1", 0))
+        listening.listen(128)
         port = listening.getsockname()[1]
         settings = make_settings(
             self._tmp / "data", self._database_url, self._cache, port, **sections
